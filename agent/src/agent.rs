@@ -1,0 +1,142 @@
+//! `clew run`: wires capture, pipeline, exporter and health endpoint
+//! together and runs until SIGINT/SIGTERM.
+
+use std::{sync::atomic::Ordering::Relaxed, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    signal::unix::{signal, SignalKind},
+};
+
+use crate::{
+    capture::{Capture, CaptureConfig},
+    cli::RunArgs,
+    export::{ExportConfig, Exporter},
+    health,
+    nesting::Nesting,
+    pipeline::Pipeline,
+    probe,
+    protocol::http1::spans::SpanOptions,
+    sampling::Sampler,
+    select::Selector,
+    stats::Stats,
+};
+
+/// Records handled before yielding to timers and signals.
+const DRAIN_BUDGET: usize = 4096;
+const SUMMARY_EVERY_TICKS: u64 = 30;
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    let report = probe::run();
+    report.require_capture()?;
+    let selector = Selector {
+        cgroups: args.cgroup,
+        pids: args.pid,
+        exes: args.exe,
+        ports: args.port,
+    };
+    let env = |k: &str| std::env::var(k).ok();
+    let sampler = Sampler::from_env(
+        env("OTEL_TRACES_SAMPLER").as_deref(),
+        env("OTEL_TRACES_SAMPLER_ARG").as_deref(),
+    )?;
+    let export_cfg = ExportConfig::from_env_and_args(args.otlp_endpoint, args.otlp_protocol)?;
+    let stats = Arc::new(Stats::default());
+    if let Some(addr) = args.health_listen {
+        let s = stats.clone();
+        tokio::spawn(async move {
+            if let Err(e) = health::serve(addr, s).await {
+                tracing::error!("{e:#}");
+            }
+        });
+    }
+
+    let mut capture = Capture::load(&CaptureConfig {
+        select_all: selector.is_all(),
+        capture_limit: args.capture_bytes,
+        ringbuf_bytes: args.ringbuf_mib.max(1) * 1024 * 1024,
+    })?;
+    let maps = capture.maps()?;
+    let ring = capture.take_ring()?;
+    capture.attach()?;
+    let exporter = Exporter::start(export_cfg).context("starting the exporter")?;
+    let opts = SpanOptions {
+        capture_query: args.capture_query,
+    };
+    let mut pipeline = Pipeline::new(
+        selector.clone(),
+        maps,
+        Nesting::new(sampler),
+        exporter,
+        opts,
+        stats.clone(),
+    );
+    pipeline.start()?;
+    tracing::info!(
+        programs = capture.attached().len(),
+        selection = %describe(&selector),
+        ?sampler,
+        "tracing started"
+    );
+    stats.ready.store(true, Relaxed);
+
+    // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until
+    // both are dropped together below.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut ticks = 0u64;
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let rb = guard.get_inner_mut();
+                let mut n = 0;
+                while n < DRAIN_BUDGET {
+                    let Some(item) = rb.next() else { break };
+                    pipeline.handle(&item);
+                    n += 1;
+                }
+                if n < DRAIN_BUDGET {
+                    guard.clear_ready();
+                }
+            }
+            _ = tick.tick() => {
+                pipeline.tick();
+                ticks += 1;
+                stats.ready.store(pipeline.exporter().is_running(), Relaxed);
+                if ticks % SUMMARY_EVERY_TICKS == 0 {
+                    tracing::info!(stats = %stats.summary(), export = ?pipeline.exporter().stats(), "summary");
+                }
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    tracing::info!("stopping: detaching probes and flushing spans");
+    stats.ready.store(false, Relaxed);
+    drop(ring);
+    drop(capture);
+    let exporter = pipeline.into_exporter();
+    exporter.shutdown(Duration::from_secs(5)).await;
+    tracing::info!(stats = %stats.summary(), "stopped");
+    Ok(())
+}
+
+fn describe(s: &Selector) -> String {
+    if s.is_all() {
+        return "every process".into();
+    }
+    format!(
+        "cgroups={:?} pids={:?} exes={:?} ports={:?}",
+        s.cgroups, s.pids, s.exes, s.ports
+    )
+}
+
+pub fn probe() -> Result<()> {
+    print!("{}", probe::run().render());
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! Decoding of ring-buffer records (layouts in `clew-common`). Records are
+//! borrowed, not copied: payload slices point into the ring buffer.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use clew_common::{dir, kind, ConnEvent, DataHeader, ProcEvent, SockAddr};
+
+#[derive(Debug)]
+pub struct Data<'a> {
+    pub conn_id: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    pub ts_ns: u64,
+    pub ingress: bool,
+    /// Bytes the syscall moved; `payload` is the captured prefix of them.
+    pub total: usize,
+    pub payload: &'a [u8],
+}
+
+#[derive(Debug)]
+pub struct ConnOpen {
+    pub conn_id: u64,
+    pub tgid: u32,
+    pub fd: u32,
+    pub role: u8,
+    pub ts_ns: u64,
+    pub peer: Option<SocketAddr>,
+}
+
+#[derive(Debug)]
+pub enum Event<'a> {
+    Data(Data<'a>),
+    Open(ConnOpen),
+    Close { conn_id: u64, ts_ns: u64 },
+    Exec { tgid: u32 },
+    Exit { tgid: u32 },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is too short")]
+    Short(usize),
+    #[error("unknown record kind {0}")]
+    Kind(u32),
+    #[error("data record claims {captured} captured bytes but carries {present}")]
+    Length { captured: usize, present: usize },
+}
+
+fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    // SAFETY: length checked; the types are repr(C) plain data and the read
+    // is unaligned-safe.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) })
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
+    let k: u32 = read(bytes)?;
+    match k {
+        kind::DATA => {
+            let h: DataHeader = read(bytes)?;
+            let payload = &bytes[size_of::<DataHeader>()..];
+            let captured = h.captured as usize;
+            if payload.len() < captured {
+                return Err(DecodeError::Length {
+                    captured,
+                    present: payload.len(),
+                });
+            }
+            Ok(Event::Data(Data {
+                conn_id: h.conn_id,
+                tgid: (h.pid_tgid >> 32) as u32,
+                tid: h.pid_tgid as u32,
+                fd: h.fd,
+                ts_ns: h.ts_ns,
+                ingress: h.direction == dir::INGRESS,
+                total: (h.total as usize).max(captured),
+                payload: &payload[..captured],
+            }))
+        }
+        kind::CONN_OPEN => {
+            let c: ConnEvent = read(bytes)?;
+            Ok(Event::Open(ConnOpen {
+                conn_id: c.conn_id,
+                tgid: (c.pid_tgid >> 32) as u32,
+                fd: c.fd,
+                role: c.role,
+                ts_ns: c.ts_ns,
+                peer: sockaddr(&c.peer),
+            }))
+        }
+        kind::CONN_CLOSE => {
+            let c: ConnEvent = read(bytes)?;
+            Ok(Event::Close {
+                conn_id: c.conn_id,
+                ts_ns: c.ts_ns,
+            })
+        }
+        kind::PROC_EXEC => Ok(Event::Exec {
+            tgid: read::<ProcEvent>(bytes)?.tgid,
+        }),
+        kind::PROC_EXIT => Ok(Event::Exit {
+            tgid: read::<ProcEvent>(bytes)?.tgid,
+        }),
+        other => Err(DecodeError::Kind(other)),
+    }
+}
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+fn sockaddr(a: &SockAddr) -> Option<SocketAddr> {
+    if a.family != AF_INET && a.family != AF_INET6 {
+        return None;
+    }
+    let v6 = Ipv6Addr::from(a.addr);
+    let ip = match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    };
+    Some(SocketAddr::new(ip, a.port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        unsafe { std::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn data_record_round_trips() {
+        let h = DataHeader {
+            kind: kind::DATA,
+            direction: dir::EGRESS,
+            _pad: [0; 3],
+            conn_id: 7,
+            pid_tgid: (42u64 << 32) | 43,
+            ts_ns: 99,
+            total: 100,
+            captured: 3,
+            fd: 5,
+            syscall: 1,
+        };
+        let mut b = bytes_of(&h);
+        b.extend_from_slice(b"GET");
+        let Event::Data(d) = decode(&b).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (d.tgid, d.tid, d.fd, d.total, d.ingress),
+            (42, 43, 5, 100, false)
+        );
+        assert_eq!(d.payload, b"GET");
+    }
+
+    #[test]
+    fn truncated_and_unknown_records_are_errors() {
+        assert_eq!(decode(&[1, 0]).unwrap_err(), DecodeError::Short(2));
+        assert_eq!(
+            decode(&[9, 0, 0, 0, 0, 0, 0, 0]).unwrap_err(),
+            DecodeError::Kind(9)
+        );
+        let h = DataHeader {
+            kind: kind::DATA,
+            direction: 0,
+            _pad: [0; 3],
+            conn_id: 0,
+            pid_tgid: 0,
+            ts_ns: 0,
+            total: 10,
+            captured: 10,
+            fd: 0,
+            syscall: 0,
+        };
+        assert!(matches!(
+            decode(&bytes_of(&h)),
+            Err(DecodeError::Length { .. })
+        ));
+    }
+
+    #[test]
+    fn ipv4_peers_are_unmapped() {
+        let mut a = SockAddr {
+            family: AF_INET,
+            port: 8080,
+            ..Default::default()
+        };
+        a.addr[10] = 0xff;
+        a.addr[11] = 0xff;
+        a.addr[12..].copy_from_slice(&[127, 0, 0, 1]);
+        assert_eq!(sockaddr(&a), Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(sockaddr(&SockAddr::default()), None);
+    }
+}

@@ -1,0 +1,145 @@
+//! Kernel side of the pipeline: loads the embedded eBPF object, attaches its
+//! programs, and turns ring-buffer records into [`Event`]s.
+//!
+//! Everything attached is owned by [`Capture`]: aya attaches tracepoints
+//! through file descriptors, so dropping it (or the process dying, even by
+//! SIGKILL) detaches every program.
+
+mod event;
+mod maps;
+
+use anyhow::{Context, Result};
+use aya::{
+    maps::{MapData, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use clew_common::select;
+
+pub use event::{decode, ConnOpen, Data, DecodeError, Event};
+pub use maps::KernelMaps;
+
+/// The kernel object built from `ebpf/` (see agent/build.rs).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("CLEW_EBPF_OBJECT"));
+
+/// Syscall tracepoints carrying payload, all handled by `enter_io`/`exit_io`
+/// (which dispatch on the syscall number).
+const IO_SYSCALLS: &[&str] = &[
+    "read",
+    "write",
+    "readv",
+    "writev",
+    "recvfrom",
+    "sendto",
+    "recvmsg",
+    "sendmsg",
+    "sendfile64",
+];
+
+/// Load-time settings of the kernel programs.
+#[derive(Clone, Debug)]
+pub struct CaptureConfig {
+    /// Trace every process but the agent (no selector given).
+    pub select_all: bool,
+    /// Bytes of each read/write copied to userspace.
+    pub capture_limit: u32,
+    pub ringbuf_bytes: u32,
+}
+
+pub struct Capture {
+    ebpf: Ebpf,
+    attached: Vec<String>,
+}
+
+impl Capture {
+    pub fn load(cfg: &CaptureConfig) -> Result<Self> {
+        let mode = if cfg.select_all {
+            select::ALL
+        } else {
+            select::LISTED
+        };
+        let limit = cfg.capture_limit.clamp(64, clew_common::MAX_CAPTURE as u32);
+        let fork_off = fork_child_pid_offset().unwrap_or_else(|e| {
+            tracing::warn!("children of --pid/--exe/--port processes will not be followed: {e:#}");
+            0
+        });
+        let agent = std::process::id();
+        let ebpf = EbpfLoader::new()
+            .override_global("AGENT_TGID", &agent, true)
+            .override_global("SELECT_MODE", &mode, true)
+            .override_global("CAPTURE_LIMIT", &limit, true)
+            .override_global("FORK_CHILD_PID_OFFSET", &fork_off, true)
+            .map_max_entries("EVENTS", cfg.ringbuf_bytes.next_power_of_two())
+            .load(OBJECT)
+            .context("loading the eBPF programs (is this root, with BPF allowed?)")?;
+        Ok(Capture {
+            ebpf,
+            attached: Vec::new(),
+        })
+    }
+
+    /// Attaches every program; any failure is fatal because a partial set
+    /// would miss connections or bytes silently.
+    pub fn attach(&mut self) -> Result<()> {
+        for sc in IO_SYSCALLS {
+            self.attach_tp("enter_io", "syscalls", &format!("sys_enter_{sc}"))?;
+            self.attach_tp("exit_io", "syscalls", &format!("sys_exit_{sc}"))?;
+        }
+        for sc in ["accept", "accept4"] {
+            self.attach_tp("enter_accept", "syscalls", &format!("sys_enter_{sc}"))?;
+            self.attach_tp("exit_accept", "syscalls", &format!("sys_exit_{sc}"))?;
+        }
+        self.attach_tp("enter_connect", "syscalls", "sys_enter_connect")?;
+        self.attach_tp("exit_connect", "syscalls", "sys_exit_connect")?;
+        self.attach_tp("enter_close", "syscalls", "sys_enter_close")?;
+        self.attach_tp("proc_fork", "sched", "sched_process_fork")?;
+        self.attach_tp("proc_exec", "sched", "sched_process_exec")?;
+        self.attach_tp("proc_exit", "sched", "sched_process_exit")?;
+        Ok(())
+    }
+
+    fn attach_tp(&mut self, prog: &str, category: &str, name: &str) -> Result<()> {
+        let p: &mut TracePoint = self
+            .ebpf
+            .program_mut(prog)
+            .with_context(|| format!("program {prog} missing from the eBPF object"))?
+            .try_into()?;
+        if p.fd().is_err() {
+            p.load()
+                .with_context(|| format!("verifier rejected {prog}"))?;
+        }
+        p.attach(category, name)
+            .with_context(|| format!("attaching {prog} to {category}:{name}"))?;
+        self.attached.push(format!("{category}:{name}"));
+        Ok(())
+    }
+
+    pub fn attached(&self) -> &[String] {
+        &self.attached
+    }
+
+    /// Takes the ring buffer out; the caller polls it.
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EVENTS").context("EVENTS map missing")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    pub fn maps(&mut self) -> Result<KernelMaps> {
+        KernelMaps::take(&mut self.ebpf)
+    }
+}
+
+/// Reads where `child_pid` sits in the fork tracepoint record from its
+/// format file, instead of assuming a layout.
+fn fork_child_pid_offset() -> Result<u32> {
+    let path = crate::probe::tracefs_dir()?.join("events/sched/sched_process_fork/format");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .filter(|l| l.contains("child_pid;"))
+        .find_map(|l| {
+            let off = l.split("offset:").nth(1)?.split(';').next()?;
+            off.trim().parse().ok()
+        })
+        .context("no child_pid field in sched_process_fork")
+}

@@ -1,0 +1,178 @@
+//! The connection table: one entry per traced TCP connection, keyed by the
+//! kernel's connection id, holding its addresses and protocol session.
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use crate::protocol::http1::spans::{ConnFacts, Role, Session};
+
+pub struct Conn {
+    pub tgid: u32,
+    pub fd: u32,
+    pub facts: ConnFacts,
+    /// Known from the syscall that opened it, or sniffed from the first bytes.
+    pub role: Option<Role>,
+    pub session: Option<Session>,
+    pub last_ns: u64,
+}
+
+impl Conn {
+    /// The protocol session, created once the role is known.
+    pub fn session(&mut self, ingress: bool, payload: &[u8]) -> Option<&mut Session> {
+        if self.session.is_none() {
+            let role = self.role.or_else(|| Role::sniff(ingress, payload))?;
+            self.role = Some(role);
+            self.session = Some(Session::new(role));
+        }
+        self.session.as_mut()
+    }
+}
+
+/// Bounded: connections whose close we never saw (records lost under load)
+/// are evicted, least recently active first.
+pub struct ConnTable {
+    conns: HashMap<u64, Conn>,
+    max: usize,
+}
+
+impl ConnTable {
+    pub fn new(max: usize) -> Self {
+        ConnTable {
+            conns: HashMap::new(),
+            max,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Adds a connection, evicting the idlest when full; returns evicted ones
+    /// so the caller can stop capturing them.
+    pub fn insert(&mut self, id: u64, conn: Conn) -> Option<(u64, Conn)> {
+        let evicted = if self.conns.len() >= self.max && !self.conns.contains_key(&id) {
+            let idlest = self
+                .conns
+                .iter()
+                .min_by_key(|(_, c)| c.last_ns)
+                .map(|(id, _)| *id);
+            idlest.and_then(|i| self.conns.remove_entry(&i))
+        } else {
+            None
+        };
+        self.conns.insert(id, conn);
+        evicted
+    }
+
+    pub fn get_mut(&mut self, id: u64) -> Option<&mut Conn> {
+        self.conns.get_mut(&id)
+    }
+
+    pub fn remove(&mut self, id: u64) -> Option<Conn> {
+        self.conns.remove(&id)
+    }
+
+    /// Drops every connection of a process that exited.
+    pub fn remove_process(&mut self, tgid: u32) -> Vec<(u64, Conn)> {
+        let ids: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.tgid == tgid)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| self.conns.remove_entry(&id))
+            .collect()
+    }
+}
+
+/// Local and remote address of a process's socket, from /proc, for
+/// connections whose opening syscall did not reveal them.
+pub fn socket_addrs(pid: u32, fd: u32) -> Option<(SocketAddr, SocketAddr)> {
+    let p = procfs::process::Process::new(pid as i32).ok()?;
+    let inode = match p.fd_from_fd(fd as i32).ok()?.target {
+        procfs::process::FDTarget::Socket(i) => i,
+        _ => return None,
+    };
+    let v4 = p.tcp().ok().into_iter().flatten();
+    let v6 = p.tcp6().ok().into_iter().flatten();
+    v4.chain(v6)
+        .find(|e| e.inode == inode)
+        .map(|e| (e.local_address, e.remote_address))
+}
+
+/// Established TCP sockets a process holds: (fd, local, remote).
+pub fn established_sockets(pid: u32) -> Vec<(u32, SocketAddr, SocketAddr)> {
+    let Ok(p) = procfs::process::Process::new(pid as i32) else {
+        return Vec::new();
+    };
+    let entries: Vec<_> = p
+        .tcp()
+        .into_iter()
+        .flatten()
+        .chain(p.tcp6().into_iter().flatten())
+        .collect();
+    let Ok(fds) = p.fd() else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|fd| match fd.target {
+            procfs::process::FDTarget::Socket(inode) => entries
+                .iter()
+                .find(|e| e.inode == inode && e.state == procfs::net::TcpState::Established)
+                .map(|e| (fd.fd as u32, e.local_address, e.remote_address)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(tgid: u32, last_ns: u64) -> Conn {
+        Conn {
+            tgid,
+            fd: 3,
+            facts: ConnFacts {
+                peer: None,
+                local: None,
+            },
+            role: None,
+            session: None,
+            last_ns,
+        }
+    }
+
+    #[test]
+    fn full_table_evicts_the_idlest() {
+        let mut t = ConnTable::new(2);
+        assert!(t.insert(1, conn(1, 10)).is_none());
+        assert!(t.insert(2, conn(1, 5)).is_none());
+        let (id, _) = t.insert(3, conn(1, 20)).unwrap();
+        assert_eq!(id, 2);
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn role_is_sniffed_from_the_first_bytes() {
+        let mut c = conn(1, 0);
+        assert!(c.session(true, b"\x16\x03\x01").is_none());
+        assert_eq!(
+            c.session(false, b"GET / HTTP/1.1\r\n").unwrap().role(),
+            Role::Client
+        );
+    }
+
+    #[test]
+    fn process_exit_drops_its_connections() {
+        let mut t = ConnTable::new(8);
+        t.insert(1, conn(10, 0));
+        t.insert(2, conn(11, 0));
+        assert_eq!(t.remove_process(10).len(), 1);
+        assert_eq!(t.len(), 1);
+    }
+}

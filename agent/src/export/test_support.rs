@@ -1,0 +1,200 @@
+//! Test fixtures shared by the export tests: span builders and in-process OTLP collectors.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{ExportStats, Exporter, Protocol};
+use crate::span::{Resource, Span, SpanKind, Status};
+
+pub fn resource(pid: u32, service: &str) -> Arc<Resource> {
+    Arc::new(Resource {
+        pid,
+        service_name: service.into(),
+        attributes: vec![("service.name".into(), service.into())],
+    })
+}
+
+/// A sampled 1 ms SERVER span "GET"; ids are zero but for their last byte.
+pub fn span(resource: &Arc<Resource>, trace: u8, id: u8, parent: Option<u8>) -> Span {
+    let span_id = |last| [0, 0, 0, 0, 0, 0, 0, last];
+    let mut trace_id = [0; 16];
+    trace_id[15] = trace;
+    Span {
+        trace_id,
+        span_id: span_id(id),
+        parent_span_id: parent.map(span_id),
+        trace_state: String::new(),
+        sampled: true,
+        name: "GET".into(),
+        kind: SpanKind::Server,
+        start_ns: 1_000_000_000,
+        end_ns: 1_001_000_000,
+        status: Status::Unset,
+        attributes: Vec::new(),
+        resource: resource.clone(),
+    }
+}
+
+/// Polls the stats until `done` holds, for outcomes no request shows.
+pub async fn stats_until(exporter: &Exporter, done: impl Fn(&ExportStats) -> bool) -> ExportStats {
+    for _ in 0..500 {
+        let stats = exporter.stats();
+        if done(&stats) {
+            return stats;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("stats never settled: {:?}", exporter.stats());
+}
+
+/// A port nothing listens on (until a test binds it).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+pub struct Received {
+    pub headers: HeaderMap,
+    pub request: ExportTraceServiceRequest,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    /// Last byte of each span id, in request order.
+    pub fn span_ids(&self) -> Vec<u8> {
+        self.request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+            .map(|s| s.span_id[7])
+            .collect()
+    }
+}
+
+/// An OTLP receiver on 127.0.0.1 that hands every request to the test.
+pub struct Collector {
+    addr: SocketAddr,
+    protocol: Protocol,
+    received: mpsc::UnboundedReceiver<Received>,
+    server: JoinHandle<()>,
+}
+
+impl Collector {
+    /// `port` 0 picks a free one. The HTTP flavour answers 200.
+    pub async fn start(protocol: Protocol, port: u16) -> Collector {
+        Self::spawn(protocol, port, StatusCode::OK).await
+    }
+
+    /// An HTTP collector that answers every request with `status`.
+    pub async fn http_answering(status: StatusCode) -> Collector {
+        Self::spawn(Protocol::HttpProtobuf, 0, status).await
+    }
+
+    async fn spawn(protocol: Protocol, port: u16, status: StatusCode) -> Collector {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, received) = mpsc::unbounded_channel();
+        let server = match protocol {
+            Protocol::Grpc => tokio::spawn(async move {
+                tonic::transport::Server::builder()
+                    .add_service(TraceServiceServer::new(GrpcSink(tx)))
+                    .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                    .await
+                    .unwrap();
+            }),
+            Protocol::HttpProtobuf => {
+                let app = axum::Router::new()
+                    .route("/v1/traces", axum::routing::post(http_sink))
+                    .with_state((tx, status));
+                tokio::spawn(async move { axum::serve(listener, app).await.unwrap() })
+            }
+        };
+        Collector {
+            addr,
+            protocol,
+            received,
+            server,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        match self.protocol {
+            Protocol::Grpc => format!("http://{}", self.addr),
+            Protocol::HttpProtobuf => format!("http://{}/v1/traces", self.addr),
+        }
+    }
+
+    pub async fn next(&mut self) -> Received {
+        tokio::time::timeout(Duration::from_secs(15), self.received.recv())
+            .await
+            .expect("no OTLP request within 15s")
+            .unwrap()
+    }
+
+    /// Waits until the span with id byte `id` has arrived; returns every id seen.
+    pub async fn wait_for_span(&mut self, id: u8) -> Vec<u8> {
+        let mut seen = Vec::new();
+        while !seen.contains(&id) {
+            seen.extend(self.next().await.span_ids());
+        }
+        seen
+    }
+
+    /// Requests received so far, without waiting.
+    pub fn drain(&mut self) -> Vec<Received> {
+        std::iter::from_fn(|| self.received.try_recv().ok()).collect()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+struct GrpcSink(mpsc::UnboundedSender<Received>);
+
+#[tonic::async_trait]
+impl TraceService for GrpcSink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let headers = request.metadata().clone().into_headers();
+        let _ = self.0.send(Received {
+            headers,
+            request: request.into_inner(),
+        });
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+async fn http_sink(
+    State((tx, status)): State<(mpsc::UnboundedSender<Received>, StatusCode)>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> StatusCode {
+    let request = ExportTraceServiceRequest::decode(body).unwrap();
+    let _ = tx.send(Received { headers, request });
+    status
+}

@@ -1,0 +1,25 @@
+//! Clew: an eBPF-based, zero-code distributed tracing agent.
+//!
+//! The pipeline, in the order data flows: [`capture`] (kernel programs and
+//! ring buffer) → [`conn`] (connection table) → [`protocol`] (HTTP/1
+//! framing and exchanges) → [`span`] with [`nesting`] and [`sampling`] →
+//! [`export`]. [`pipeline`] drives one record through all of it;
+//! [`agent`] wires the stages to the runtime.
+
+pub mod agent;
+pub mod capture;
+pub mod cli;
+pub mod clock;
+pub mod conn;
+pub mod export;
+pub mod health;
+pub mod nesting;
+pub mod pipeline;
+pub mod probe;
+pub mod process;
+pub mod protocol;
+pub mod sampling;
+pub mod select;
+pub mod span;
+pub mod stats;
+pub mod trace_context;

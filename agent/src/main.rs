@@ -1,0 +1,19 @@
+use clap::Parser;
+use clew::{agent, cli};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = cli::Cli::parse();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cli.log_level));
+    // stdout belongs to the console trace view; the agent's own logs go to stderr.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        cli::Command::Run(args) => agent::run(args).await,
+        cli::Command::Probe => agent::probe(),
+    }
+}

@@ -1,0 +1,330 @@
+//! The userspace pipeline, one record at a time: ring-buffer record →
+//! connection → HTTP/1 session → exchange → span → sampling → exporter.
+//! Nothing here blocks: the exporter queue drops (and counts) when full.
+
+use std::{collections::HashSet, sync::Arc};
+
+use clew_common::role;
+
+use crate::{
+    capture::{self, ConnOpen, Event, KernelMaps},
+    clock::Clock,
+    conn::{self, Conn, ConnTable},
+    export::Exporter,
+    nesting::Nesting,
+    process::Processes,
+    protocol::http1::spans::{self, ConnFacts, Exchange, Role, SpanOptions},
+    select::Selector,
+    stats::{self, Stats},
+};
+
+const MAX_CONNS: usize = 65536;
+
+pub struct Pipeline {
+    conns: ConnTable,
+    nesting: Nesting,
+    processes: Processes,
+    clock: Clock,
+    opts: SpanOptions,
+    selector: Selector,
+    maps: KernelMaps,
+    exporter: Exporter,
+    stats: Arc<Stats>,
+    /// Processes selected through `--pid/--exe/--port`, mirrored in the kernel.
+    listed: HashSet<u32>,
+    exchanges: Vec<Exchange>,
+}
+
+impl Pipeline {
+    pub fn new(
+        selector: Selector,
+        maps: KernelMaps,
+        nesting: Nesting,
+        exporter: Exporter,
+        opts: SpanOptions,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Pipeline {
+            conns: ConnTable::new(MAX_CONNS),
+            nesting,
+            processes: Processes::new(),
+            clock: Clock::new(),
+            opts,
+            selector,
+            maps,
+            exporter,
+            stats,
+            listed: HashSet::new(),
+            exchanges: Vec::new(),
+        }
+    }
+
+    /// Pushes the selection into the kernel and adopts connections that
+    /// were already open, so their next request is traced.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let cgroups = self.selector.cgroup_ids()?;
+        self.maps.set_cgroups(&cgroups)?;
+        self.refresh_listed();
+        for pid in self.selector.current_processes()? {
+            self.adopt_existing(pid);
+        }
+        Ok(())
+    }
+
+    fn adopt_existing(&mut self, pid: u32) {
+        for (fd, local, peer) in conn::established_sockets(pid) {
+            match self.maps.seed_conn(pid, fd) {
+                Ok(id) => {
+                    let facts = ConnFacts {
+                        peer: Some(peer),
+                        local: Some(local),
+                    };
+                    self.track(
+                        id,
+                        Conn {
+                            tgid: pid,
+                            fd,
+                            facts,
+                            role: None,
+                            session: None,
+                            last_ns: 0,
+                        },
+                    );
+                    stats::add(&self.stats.conns_adopted, 1);
+                }
+                Err(e) => tracing::debug!(pid, fd, "cannot adopt connection: {e}"),
+            }
+        }
+    }
+
+    /// Re-resolves `--pid/--exe/--port` (ports start listening, processes come and go).
+    pub fn refresh_listed(&mut self) {
+        if self.selector.pids.is_empty()
+            && self.selector.exes.is_empty()
+            && self.selector.ports.is_empty()
+        {
+            return;
+        }
+        let now = self.selector.listed_pids();
+        for &pid in now.difference(&self.listed) {
+            if let Err(e) = self.maps.select_pid(pid) {
+                tracing::warn!("{e:#}");
+            }
+        }
+        let fresh: Vec<u32> = now.difference(&self.listed).copied().collect();
+        self.listed = now;
+        for pid in fresh {
+            tracing::info!(pid, "process selected");
+            self.adopt_existing(pid);
+        }
+    }
+
+    pub fn handle(&mut self, record: &[u8]) {
+        stats::add(&self.stats.events, 1);
+        match capture::decode(record) {
+            Ok(Event::Data(d)) => self.on_data(d),
+            Ok(Event::Open(o)) => self.on_open(o),
+            Ok(Event::Close { conn_id, ts_ns }) => self.on_close(conn_id, ts_ns),
+            Ok(Event::Exec { tgid }) => {
+                self.processes.forget(tgid);
+                if self.selector.exe_matches(tgid) && self.listed.insert(tgid) {
+                    if let Err(e) = self.maps.select_pid(tgid) {
+                        tracing::warn!("{e:#}");
+                    }
+                }
+            }
+            Ok(Event::Exit { tgid }) => self.on_exit(tgid),
+            Err(e) => {
+                stats::add(&self.stats.bad_records, 1);
+                tracing::debug!("bad ring-buffer record: {e}");
+            }
+        }
+    }
+
+    fn on_open(&mut self, o: ConnOpen) {
+        stats::add(&self.stats.conns_opened, 1);
+        let role = match o.role {
+            role::ACCEPTED => Some(Role::Server),
+            role::CONNECTED => Some(Role::Client),
+            _ => None,
+        };
+        // accept4(fd, NULL, NULL) (libuv, Go) reveals no peer: ask /proc
+        // while the socket is certainly still open.
+        let facts = match o.peer {
+            Some(peer) => ConnFacts {
+                peer: Some(peer),
+                local: None,
+            },
+            None => match conn::socket_addrs(o.tgid, o.fd) {
+                Some((local, peer)) => ConnFacts {
+                    peer: Some(peer),
+                    local: Some(local),
+                },
+                None => ConnFacts {
+                    peer: None,
+                    local: None,
+                },
+            },
+        };
+        let c = Conn {
+            tgid: o.tgid,
+            fd: o.fd,
+            facts,
+            role,
+            session: None,
+            last_ns: o.ts_ns,
+        };
+        self.track(o.conn_id, c);
+    }
+
+    fn track(&mut self, id: u64, c: Conn) {
+        if let Some((old_id, old)) = self.conns.insert(id, c) {
+            stats::add(&self.stats.conns_evicted, 1);
+            self.maps.forget_conn(old.tgid, old.fd);
+            self.nesting.conn_closed(old_id);
+        }
+    }
+
+    fn on_data(&mut self, d: capture::Data<'_>) {
+        let Some(c) = self.conns.get_mut(d.conn_id) else {
+            // Opened before its open record was read, or evicted: adopt it.
+            let facts = match conn::socket_addrs(d.tgid, d.fd) {
+                Some((local, peer)) => ConnFacts {
+                    peer: Some(peer),
+                    local: Some(local),
+                },
+                None => ConnFacts {
+                    peer: None,
+                    local: None,
+                },
+            };
+            let c = Conn {
+                tgid: d.tgid,
+                fd: d.fd,
+                facts,
+                role: None,
+                session: None,
+                last_ns: d.ts_ns,
+            };
+            stats::add(&self.stats.conns_adopted, 1);
+            self.track(d.conn_id, c);
+            return self.on_data(d);
+        };
+        c.last_ns = d.ts_ns;
+        let Some(session) = c.session(d.ingress, d.payload) else {
+            // First bytes are not HTTP/1 in either role: stop paying for it.
+            let (tgid, fd) = (c.tgid, c.fd);
+            self.drop_not_http(d.conn_id, tgid, fd);
+            return;
+        };
+        let before = session.losses;
+        session.on_data(
+            d.ingress,
+            d.payload,
+            d.total,
+            d.ts_ns,
+            d.tid,
+            d.conn_id,
+            &mut self.nesting,
+            &mut self.exchanges,
+        );
+        let hopeless = session.is_hopeless();
+        let after = session.losses;
+        count_losses(&self.stats, before, after);
+        if hopeless {
+            let (tgid, fd) = (c.tgid, c.fd);
+            self.drop_not_http(d.conn_id, tgid, fd);
+        }
+        self.emit(d.conn_id);
+    }
+
+    fn drop_not_http(&mut self, id: u64, tgid: u32, fd: u32) {
+        stats::add(&self.stats.conns_not_http, 1);
+        tracing::debug!(tgid, fd, "connection is not HTTP/1, no longer captured");
+        self.maps.forget_conn(tgid, fd);
+        self.conns.remove(id);
+        self.nesting.conn_closed(id);
+    }
+
+    fn on_close(&mut self, id: u64, ts: u64) {
+        stats::add(&self.stats.conns_closed, 1);
+        let Some(mut c) = self.conns.remove(id) else {
+            return;
+        };
+        if let Some(s) = c.session.as_mut() {
+            let before = s.losses;
+            s.on_close(ts, &mut self.nesting, &mut self.exchanges);
+            count_losses(&self.stats, before, s.losses);
+        }
+        self.nesting.conn_closed(id);
+        self.emit_with(c.tgid, &c.facts);
+    }
+
+    fn on_exit(&mut self, tgid: u32) {
+        self.processes.forget(tgid);
+        if self.listed.remove(&tgid) {
+            self.maps.unselect_pid(tgid);
+        }
+        for (id, c) in self.conns.remove_process(tgid) {
+            self.nesting.conn_closed(id);
+            self.maps.forget_conn(c.tgid, c.fd);
+        }
+    }
+
+    fn emit(&mut self, id: u64) {
+        match self.conns.get_mut(id).map(|c| (c.tgid, c.facts)) {
+            Some((tgid, facts)) => self.emit_with(tgid, &facts),
+            None => self.exchanges.clear(),
+        }
+    }
+
+    fn emit_with(&mut self, tgid: u32, facts: &ConnFacts) {
+        if self.exchanges.is_empty() {
+            return;
+        }
+        let resource = self.processes.resource(tgid);
+        for x in self.exchanges.drain(..) {
+            stats::add(&self.stats.spans_created, 1);
+            if !x.ctx.sampled {
+                stats::add(&self.stats.spans_unsampled, 1);
+                continue;
+            }
+            self.exporter.submit(spans::to_span(
+                x,
+                facts,
+                resource.clone(),
+                &self.clock,
+                self.opts,
+            ));
+        }
+    }
+
+    /// Periodic housekeeping (about once a second).
+    pub fn tick(&mut self) {
+        self.clock.resync();
+        self.refresh_listed();
+        let k = self.maps.stats();
+        stats::set(&self.stats.kernel_ringbuf_drops, k.ringbuf_drops);
+        stats::set(&self.stats.kernel_read_errors, k.read_errors);
+    }
+
+    pub fn exporter(&self) -> &Exporter {
+        &self.exporter
+    }
+
+    pub fn into_exporter(self) -> Exporter {
+        self.exporter
+    }
+}
+
+fn count_losses(stats: &Stats, before: spans::Losses, after: spans::Losses) {
+    stats::add(
+        &stats.http_parse_errors,
+        after.parse_errors - before.parse_errors,
+    );
+    stats::add(&stats.http_unanswered, after.unanswered - before.unanswered);
+    stats::add(
+        &stats.http_orphan_responses,
+        after.orphan_responses - before.orphan_responses,
+    );
+}

@@ -1,0 +1,268 @@
+//! Who a traced process is: its OpenTelemetry resource, read once from
+//! /proc (environment, executable, command line) and cached until it exits
+//! or execs.
+
+use std::{collections::HashMap, fs, path::Path, sync::Arc};
+
+use crate::span::{AttrValue, Resource};
+
+/// Cached resources; bounded because pids of exited processes we never
+/// heard about (missed exit records) would otherwise accumulate.
+pub struct Processes {
+    host: String,
+    cache: HashMap<u32, Arc<Resource>>,
+}
+
+const MAX_CACHED: usize = 16384;
+
+impl Processes {
+    pub fn new() -> Self {
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        Processes {
+            host,
+            cache: HashMap::new(),
+        }
+    }
+
+    pub fn resource(&mut self, tgid: u32) -> Arc<Resource> {
+        if let Some(r) = self.cache.get(&tgid) {
+            return r.clone();
+        }
+        if self.cache.len() >= MAX_CACHED {
+            self.cache
+                .retain(|pid, _| Path::new(&format!("/proc/{pid}")).exists());
+        }
+        let r = Arc::new(read(tgid, &self.host));
+        self.cache.insert(tgid, r.clone());
+        r
+    }
+
+    /// The process exited or exec'd another program.
+    pub fn forget(&mut self, tgid: u32) {
+        self.cache.remove(&tgid);
+    }
+}
+
+impl Default for Processes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What /proc says about a process (empty fields when it is already gone).
+#[derive(Default)]
+pub struct ProcFacts {
+    pub env: Vec<(String, String)>,
+    pub exe_path: String,
+    pub comm: String,
+    pub cmdline: Vec<String>,
+    pub start_time: u64,
+}
+
+pub fn facts(pid: u32) -> ProcFacts {
+    let base = format!("/proc/{pid}");
+    let split0 = |b: Vec<u8>| -> Vec<String> {
+        b.split(|&c| c == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect()
+    };
+    let env = fs::read(format!("{base}/environ"))
+        .map(split0)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
+        .collect();
+    let exe_path = fs::read_link(format!("{base}/exe"))
+        .map(|p| {
+            p.to_string_lossy()
+                .trim_end_matches(" (deleted)")
+                .to_owned()
+        })
+        .unwrap_or_default();
+    let comm = fs::read_to_string(format!("{base}/comm"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let cmdline = fs::read(format!("{base}/cmdline"))
+        .map(split0)
+        .unwrap_or_default();
+    // Field 22 of stat, counted after the parenthesised comm (which may hold spaces).
+    let start_time = fs::read_to_string(format!("{base}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse().ok())
+        })
+        .unwrap_or(0);
+    ProcFacts {
+        env,
+        exe_path,
+        comm,
+        cmdline,
+        start_time,
+    }
+}
+
+fn read(pid: u32, host: &str) -> Resource {
+    build(pid, &facts(pid), host)
+}
+
+/// The resource of a process from its /proc facts (pure, for tests).
+pub fn build(pid: u32, f: &ProcFacts, host: &str) -> Resource {
+    let env = |k: &str| f.env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let exe_name = Path::new(&f.exe_path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| f.comm.clone());
+    let mut attrs: Vec<(String, AttrValue)> = Vec::new();
+    // OTEL_RESOURCE_ATTRIBUTES first, so the agent's own facts win on clashes
+    // except service.name, whose precedence the SDK spec defines.
+    for (k, v) in env("OTEL_RESOURCE_ATTRIBUTES")
+        .map(parse_resource_attributes)
+        .unwrap_or_default()
+    {
+        attrs.push((k, AttrValue::Str(v)));
+    }
+    let from_attrs = attrs
+        .iter()
+        .find(|(k, _)| k == "service.name")
+        .map(|(_, v)| v.to_string());
+    let service_name = env("OTEL_SERVICE_NAME")
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .or(from_attrs)
+        .unwrap_or_else(|| {
+            if exe_name.is_empty() {
+                format!("unknown_service:{pid}")
+            } else {
+                exe_name.clone()
+            }
+        });
+    let mut set = |k: &str, v: AttrValue| {
+        attrs.retain(|(n, _)| n != k);
+        attrs.push((k.to_owned(), v));
+    };
+    set("service.name", service_name.clone().into());
+    set(
+        "service.instance.id",
+        format!("{host}/{pid}/{}", f.start_time).into(),
+    );
+    set("process.pid", (pid as i64).into());
+    set("process.executable.name", exe_name.into());
+    if !f.exe_path.is_empty() {
+        set("process.executable.path", f.exe_path.clone().into());
+    }
+    if !f.cmdline.is_empty() {
+        set("process.command_line", f.cmdline.join(" ").into());
+    }
+    set("host.name", host.into());
+    set("telemetry.sdk.name", "clew".into());
+    set("telemetry.sdk.language", "rust".into());
+    set("telemetry.sdk.version", env!("CARGO_PKG_VERSION").into());
+    Resource {
+        pid,
+        service_name,
+        attributes: attrs,
+    }
+}
+
+/// `key1=value1,key2=value2` with percent-encoded values (W3C baggage octets).
+fn parse_resource_attributes(s: &str) -> Vec<(String, String)> {
+    s.split(',')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            let k = k.trim();
+            (!k.is_empty()).then(|| (k.to_owned(), percent_decode(v.trim())))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts_with(env: &[(&str, &str)]) -> ProcFacts {
+        ProcFacts {
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            exe_path: "/usr/bin/python3.11".into(),
+            comm: "python3".into(),
+            cmdline: vec!["python3".into(), "app.py".into()],
+            start_time: 77,
+        }
+    }
+
+    fn get<'a>(r: &'a Resource, k: &str) -> Option<&'a AttrValue> {
+        r.attributes.iter().find(|(n, _)| n == k).map(|(_, v)| v)
+    }
+
+    #[test]
+    fn service_name_precedence() {
+        let r = build(1, &facts_with(&[("OTEL_SERVICE_NAME", "checkout")]), "h");
+        assert_eq!(r.service_name, "checkout");
+        let r = build(
+            1,
+            &facts_with(&[("OTEL_RESOURCE_ATTRIBUTES", "service.name=cart,team=a%20b")]),
+            "h",
+        );
+        assert_eq!(r.service_name, "cart");
+        assert_eq!(get(&r, "team"), Some(&AttrValue::Str("a b".into())));
+        let r = build(1, &facts_with(&[]), "h");
+        assert_eq!(r.service_name, "python3.11");
+    }
+
+    #[test]
+    fn process_attributes() {
+        let r = build(42, &facts_with(&[]), "node-1");
+        assert_eq!(get(&r, "process.pid"), Some(&AttrValue::Int(42)));
+        assert_eq!(
+            get(&r, "process.command_line"),
+            Some(&AttrValue::Str("python3 app.py".into()))
+        );
+        assert_eq!(get(&r, "host.name"), Some(&AttrValue::Str("node-1".into())));
+        assert_eq!(
+            get(&r, "telemetry.sdk.name"),
+            Some(&AttrValue::Str("clew".into()))
+        );
+        assert_eq!(
+            get(&r, "service.instance.id"),
+            Some(&AttrValue::Str("node-1/42/77".into()))
+        );
+    }
+
+    #[test]
+    fn gone_process_gets_a_placeholder_name() {
+        let r = build(9, &ProcFacts::default(), "h");
+        assert_eq!(r.service_name, "unknown_service:9");
+    }
+
+    #[test]
+    fn percent_decoding_tolerates_bad_escapes() {
+        assert_eq!(percent_decode("a%2Cb%zz%4"), "a,b%zz%4");
+    }
+}

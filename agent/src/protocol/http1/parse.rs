@@ -1,0 +1,529 @@
+//! HTTP/1.x message heads: httparse-backed parsing and the body framing they imply.
+
+/// Headers kept per message; the ones past this still count for framing.
+pub const MAX_HEADERS: usize = 64;
+/// Bytes kept of each header value.
+pub const MAX_HEADER_VALUE: usize = 1024;
+/// Longest method a request line may start with; real ones are far shorter.
+const MAX_METHOD: usize = 24;
+/// What an HTTP/2 connection opens with: a valid-looking request line we must not take.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+/// Every response head starts with this.
+const RESPONSE_PREFIX: &[u8] = b"HTTP/1.";
+
+/// Why bytes could not be framed as HTTP/1 messages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("not HTTP/1: no start line where a message should begin")]
+    NotHttp,
+    #[error("malformed message head: {0}")]
+    BadHead(httparse::Error),
+    #[error("message head larger than the buffer limit")]
+    HeadersTooLarge,
+    #[error("cannot delimit the message body: {0}")]
+    BadFraming(&'static str),
+    #[error("bytes of a message head were not captured")]
+    Gap,
+}
+
+/// A request's start line and headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    /// The request-target as sent, e.g. `/a/b?x=1`.
+    pub target: String,
+    pub minor_version: u8,
+    /// Names as sent, in order; at most [`MAX_HEADERS`], values cut to [`MAX_HEADER_VALUE`] bytes.
+    pub headers: Vec<(String, String)>,
+}
+
+impl RequestHead {
+    /// The first value of header `name`, matched case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        find_header(&self.headers, name)
+    }
+
+    /// The target's path, without query, and without scheme and authority for absolute-form targets.
+    pub fn path(&self) -> &str {
+        let path = self
+            .target
+            .split_once('?')
+            .map_or(&*self.target, |(p, _)| p);
+        strip_origin(path)
+    }
+
+    /// The target's query, without the `?`.
+    pub fn query(&self) -> Option<&str> {
+        self.target.split_once('?').map(|(_, q)| q)
+    }
+}
+
+/// A response's status line and headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub reason: String,
+    pub minor_version: u8,
+    /// Same bounds as [`RequestHead::headers`].
+    pub headers: Vec<(String, String)>,
+}
+
+impl ResponseHead {
+    /// The first value of header `name`, matched case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        find_header(&self.headers, name)
+    }
+}
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Body {
+    Empty,
+    /// Exactly this many bytes, never zero.
+    Sized(u64),
+    Chunked,
+    UntilClose,
+}
+
+impl Body {
+    fn sized(len: u64) -> Self {
+        if len == 0 {
+            Body::Empty
+        } else {
+            Body::Sized(len)
+        }
+    }
+}
+
+/// The framing headers of a message, read from all its headers, not just the kept ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Framing {
+    /// Whether the final transfer-coding is chunked; `None` without Transfer-Encoding.
+    chunked: Option<bool>,
+    content_length: Result<Option<u64>, ParseError>,
+}
+
+impl Framing {
+    fn of(headers: &[httparse::Header<'_>]) -> Self {
+        Framing {
+            chunked: ends_chunked(headers),
+            content_length: content_length(headers),
+        }
+    }
+
+    /// Request body framing (RFC 9112 §6.3): Transfer-Encoding wins over Content-Length.
+    pub(super) fn request_body(self) -> Result<Body, ParseError> {
+        match self.chunked {
+            Some(true) => Ok(Body::Chunked),
+            Some(false) => Err(ParseError::BadFraming(
+                "request transfer-coding is not chunked",
+            )),
+            None => Ok(self.content_length?.map_or(Body::Empty, Body::sized)),
+        }
+    }
+
+    /// Response body framing for a status and request method that allow a body.
+    pub(super) fn response_body(self) -> Result<Body, ParseError> {
+        match self.chunked {
+            Some(true) => Ok(Body::Chunked),
+            Some(false) => Ok(Body::UntilClose),
+            None => Ok(self.content_length?.map_or(Body::UntilClose, Body::sized)),
+        }
+    }
+}
+
+/// Whether bytes at a message boundary can begin a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Sniff {
+    Yes,
+    No,
+    /// A prefix of a start line; more bytes decide.
+    NeedMore,
+}
+
+/// Sniffs `METHOD SP` (a token method) at the start of `buf`.
+pub(super) fn sniff_request(buf: &[u8]) -> Sniff {
+    if buf.starts_with(H2_PREFACE) {
+        return Sniff::No;
+    }
+    if H2_PREFACE.starts_with(buf) {
+        return Sniff::NeedMore;
+    }
+    match buf.iter().position(|&b| !is_token(b)) {
+        Some(0) => Sniff::No,
+        Some(n) if n <= MAX_METHOD && buf[n] == b' ' => Sniff::Yes,
+        Some(_) => Sniff::No,
+        None if buf.len() <= MAX_METHOD => Sniff::NeedMore,
+        None => Sniff::No,
+    }
+}
+
+/// Sniffs `HTTP/1.` at the start of `buf`.
+pub(super) fn sniff_response(buf: &[u8]) -> Sniff {
+    if buf.starts_with(RESPONSE_PREFIX) {
+        Sniff::Yes
+    } else if RESPONSE_PREFIX.starts_with(buf) {
+        Sniff::NeedMore
+    } else {
+        Sniff::No
+    }
+}
+
+/// Whether `line` (without its line ending) is a whole request line: stricter than sniffing, as
+/// it decides where to pick a stream up again, where any word and a space would look like a method.
+pub(super) fn is_request_line(line: &[u8]) -> bool {
+    let words = line.split(|&b| b == b' ').filter(|w| !w.is_empty()).count();
+    sniff_request(line) == Sniff::Yes
+        && words == 3
+        && (line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0"))
+}
+
+/// Whether `line` (without its line ending) is a whole status line, like `HTTP/1.1 200 OK`.
+pub(super) fn is_status_line(line: &[u8]) -> bool {
+    match line.strip_prefix(RESPONSE_PREFIX) {
+        Some([b'0' | b'1', b' ', code @ ..]) => {
+            code.len() >= 3
+                && code[..3].iter().all(u8::is_ascii_digit)
+                && matches!(code.get(3), None | Some(b' '))
+        }
+        _ => false,
+    }
+}
+
+/// Parses a complete request head (ending with its empty line).
+pub(super) fn parse_request(buf: &[u8]) -> Result<(RequestHead, Framing), ParseError> {
+    let mut slots = header_slots(buf);
+    let mut req = httparse::Request::new(&mut slots);
+    complete(config().parse_request(&mut req, buf))?;
+    let head = RequestHead {
+        method: req.method.unwrap_or_default().to_owned(),
+        target: req.path.unwrap_or_default().to_owned(),
+        minor_version: req.version.unwrap_or_default(),
+        headers: keep(req.headers),
+    };
+    Ok((head, Framing::of(req.headers)))
+}
+
+/// Parses a complete response head (ending with its empty line).
+pub(super) fn parse_response(buf: &[u8]) -> Result<(ResponseHead, Framing), ParseError> {
+    let mut slots = header_slots(buf);
+    let mut res = httparse::Response::new(&mut slots);
+    complete(config().parse_response(&mut res, buf))?;
+    let head = ResponseHead {
+        status: res.code.unwrap_or_default(),
+        reason: res.reason.unwrap_or_default().to_owned(),
+        minor_version: res.version.unwrap_or_default(),
+        headers: keep(res.headers),
+    };
+    Ok((head, Framing::of(res.headers)))
+}
+
+/// An observer must accept whatever real peers accept, so parse leniently.
+fn config() -> httparse::ParserConfig {
+    let mut config = httparse::ParserConfig::default();
+    config
+        .allow_multiple_spaces_in_request_line_delimiters(true)
+        .allow_multiple_spaces_in_response_status_delimiters(true)
+        .allow_spaces_after_header_name_in_responses(true)
+        .allow_obsolete_multiline_headers_in_responses(true)
+        .ignore_invalid_headers_in_requests(true)
+        .ignore_invalid_headers_in_responses(true);
+    config
+}
+
+/// One slot per line is always enough, so httparse never runs out of them.
+fn header_slots(buf: &[u8]) -> Vec<httparse::Header<'_>> {
+    let lines = buf.iter().filter(|&&b| b == b'\n').count();
+    vec![httparse::EMPTY_HEADER; lines]
+}
+
+fn complete(status: httparse::Result<usize>) -> Result<(), ParseError> {
+    match status {
+        Ok(httparse::Status::Complete(_)) => Ok(()),
+        // The buffer ends with an empty line, so wanting more means line endings are broken.
+        Ok(httparse::Status::Partial) => Err(ParseError::BadHead(httparse::Error::NewLine)),
+        Err(e) => Err(ParseError::BadHead(e)),
+    }
+}
+
+fn keep(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .take(MAX_HEADERS)
+        .map(|h| (h.name.to_owned(), value_string(h.value)))
+        .collect()
+}
+
+/// Lossy UTF-8 of at most [`MAX_HEADER_VALUE`] bytes, cut on a character boundary.
+fn value_string(value: &[u8]) -> String {
+    let mut s = String::from_utf8_lossy(&value[..value.len().min(MAX_HEADER_VALUE)]).into_owned();
+    let mut end = s.len().min(MAX_HEADER_VALUE);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s
+}
+
+fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Absolute-form targets (sent to proxies) put scheme and authority before the path.
+fn strip_origin(path: &str) -> &str {
+    let Some((scheme, rest)) = path.split_once("://") else {
+        return path;
+    };
+    let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    match rest.find('/') {
+        _ if !is_scheme => path,
+        Some(slash) => &rest[slash..],
+        None => "/",
+    }
+}
+
+/// RFC 9110 token characters, which methods and header names are made of.
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn named<'h, 'b>(
+    headers: &'h [httparse::Header<'b>],
+    name: &'h str,
+) -> impl DoubleEndedIterator<Item = &'b [u8]> + 'h {
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
+fn ends_chunked(headers: &[httparse::Header<'_>]) -> Option<bool> {
+    let last = named(headers, "transfer-encoding").next_back()?;
+    let coding = last
+        .rsplit(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .find(|c| !c.is_empty());
+    Some(coding.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")))
+}
+
+/// Repeated or comma-listed values are fine as long as they agree (RFC 9110 §8.6).
+fn content_length(headers: &[httparse::Header<'_>]) -> Result<Option<u64>, ParseError> {
+    let mut found = None;
+    for value in named(headers, "content-length") {
+        for part in value.split(|&b| b == b',') {
+            let len = decimal(part.trim_ascii())
+                .ok_or(ParseError::BadFraming("invalid Content-Length"))?;
+            if found.is_some_and(|f| f != len) {
+                return Err(ParseError::BadFraming("conflicting Content-Length values"));
+            }
+            found = Some(len);
+        }
+    }
+    Ok(found)
+}
+
+/// Plain digits only: `u64::from_str` would also take a sign.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |acc, &d| {
+        let digit = char::from(d).to_digit(10)?;
+        acc.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(head: &str) -> (RequestHead, Framing) {
+        parse_request(head.as_bytes()).expect("valid request head")
+    }
+
+    fn response(head: &str) -> (ResponseHead, Framing) {
+        parse_response(head.as_bytes()).expect("valid response head")
+    }
+
+    fn target(t: &str) -> RequestHead {
+        request(&format!("GET {t} HTTP/1.1\r\n\r\n")).0
+    }
+
+    #[test]
+    fn request_head_fields() {
+        let (head, _) = request("POST /a/b?x=1&y HTTP/1.0\r\nHost: h\r\nX-Id: 7\r\n\r\n");
+        assert_eq!(head.method, "POST");
+        assert_eq!(head.target, "/a/b?x=1&y");
+        assert_eq!(head.minor_version, 0);
+        assert_eq!(head.path(), "/a/b");
+        assert_eq!(head.query(), Some("x=1&y"));
+        assert_eq!(head.header("x-id"), Some("7"));
+        assert_eq!(head.header("HOST"), Some("h"));
+        assert_eq!(head.header("missing"), None);
+    }
+
+    #[test]
+    fn path_of_other_target_forms() {
+        assert_eq!(target("/plain").query(), None);
+        assert_eq!(target("http://h:80/p?q").path(), "/p");
+        assert_eq!(target("https://h").path(), "/");
+        assert_eq!(target("/r?to=http://x/y").path(), "/r");
+        assert_eq!(target("/a://b").path(), "/a://b");
+        assert_eq!(target("*").path(), "*");
+    }
+
+    #[test]
+    fn response_head_fields() {
+        let (head, _) = response("HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n\r\n");
+        assert_eq!(head.status, 404);
+        assert_eq!(head.reason, "Not Found");
+        assert_eq!(head.minor_version, 1);
+        assert_eq!(head.header("content-type"), Some("text/plain"));
+    }
+
+    #[test]
+    fn bare_lf_line_endings() {
+        let (head, _) = request("GET / HTTP/1.1\nHost: h\n\n");
+        assert_eq!(head.header("host"), Some("h"));
+    }
+
+    #[test]
+    fn headers_are_bounded_but_framing_sees_all() {
+        let mut head = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..100 {
+            head.push_str(&format!("X-{i}: {}\r\n", "v".repeat(2000)));
+        }
+        head.push_str("Content-Length: 5\r\n\r\n");
+        let (head, framing) = response(&head);
+        assert_eq!(head.headers.len(), MAX_HEADERS);
+        assert!(head
+            .headers
+            .iter()
+            .all(|(_, v)| v.len() == MAX_HEADER_VALUE));
+        assert_eq!(framing.response_body(), Ok(Body::Sized(5)));
+    }
+
+    #[test]
+    fn value_cut_on_char_boundary() {
+        let value = "é".repeat(MAX_HEADER_VALUE);
+        let kept = value_string(value.as_bytes());
+        assert_eq!(kept.len(), MAX_HEADER_VALUE);
+        assert_eq!(value_string(b"a\xffb"), "a\u{fffd}b");
+    }
+
+    #[test]
+    fn malformed_heads() {
+        assert_eq!(
+            parse_request(b"GET / HTTP/2.0\r\n\r\n").unwrap_err(),
+            ParseError::BadHead(httparse::Error::Version)
+        );
+        assert!(parse_request(b"GET /\r\n\r\n").is_err());
+        assert!(parse_response(b"HTTP/1.1 abc\r\n\r\n").is_err());
+    }
+
+    fn request_body(head: &str) -> Result<Body, ParseError> {
+        request(&format!("POST / HTTP/1.1\r\n{head}\r\n"))
+            .1
+            .request_body()
+    }
+
+    fn response_body(head: &str) -> Result<Body, ParseError> {
+        response(&format!("HTTP/1.1 200 OK\r\n{head}\r\n"))
+            .1
+            .response_body()
+    }
+
+    #[test]
+    fn request_framing() {
+        assert_eq!(request_body(""), Ok(Body::Empty));
+        assert_eq!(request_body("Content-Length: 0\r\n"), Ok(Body::Empty));
+        assert_eq!(request_body("content-length: 12\r\n"), Ok(Body::Sized(12)));
+        assert_eq!(
+            request_body("Content-Length: 5, 5\r\nContent-Length: 5\r\n"),
+            Ok(Body::Sized(5))
+        );
+        assert_eq!(
+            request_body("Transfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n"),
+            Ok(Body::Chunked)
+        );
+        for bad in ["+5", "-1", "", "0x10", "99999999999999999999", "5, 6"] {
+            assert!(
+                matches!(
+                    request_body(&format!("Content-Length: {bad}\r\n")),
+                    Err(ParseError::BadFraming(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            request_body("Transfer-Encoding: chunked, gzip\r\n"),
+            Err(ParseError::BadFraming(_))
+        ));
+    }
+
+    #[test]
+    fn response_framing() {
+        assert_eq!(response_body(""), Ok(Body::UntilClose));
+        assert_eq!(response_body("Content-Length: 0\r\n"), Ok(Body::Empty));
+        assert_eq!(response_body("Content-Length: 7\r\n"), Ok(Body::Sized(7)));
+        assert_eq!(
+            response_body("Transfer-Encoding: Chunked\r\n"),
+            Ok(Body::Chunked)
+        );
+        assert_eq!(
+            response_body("Transfer-Encoding: gzip\r\n"),
+            Ok(Body::UntilClose)
+        );
+        assert_eq!(
+            response_body("Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n"),
+            Ok(Body::UntilClose)
+        );
+        assert!(response_body("Content-Length: x\r\n").is_err());
+    }
+
+    #[test]
+    fn sniffing() {
+        assert_eq!(sniff_request(b"GET / HTTP/1.1"), Sniff::Yes);
+        assert_eq!(sniff_request(b"M-SEARCH * HTTP/1.1"), Sniff::Yes);
+        assert_eq!(sniff_request(b"GE"), Sniff::NeedMore);
+        assert_eq!(sniff_request(b""), Sniff::NeedMore);
+        assert_eq!(sniff_request(b" GET"), Sniff::No);
+        assert_eq!(sniff_request(b"HTTP/1.1 200 OK"), Sniff::No);
+        assert_eq!(sniff_request(b"\x16\x03\x01\x02\x00"), Sniff::No);
+        assert_eq!(
+            sniff_request("A".repeat(MAX_METHOD + 1).as_bytes()),
+            Sniff::No
+        );
+        assert_eq!(sniff_request(b"PRI * HT"), Sniff::NeedMore);
+        assert_eq!(
+            sniff_request(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Sniff::No
+        );
+        assert_eq!(sniff_response(b"HTTP/1.1 200"), Sniff::Yes);
+        assert_eq!(sniff_response(b"HTT"), Sniff::NeedMore);
+        assert_eq!(sniff_response(b"HTTP/2 200"), Sniff::No);
+        assert_eq!(sniff_response(b"GET / HTTP/1.1"), Sniff::No);
+    }
+
+    #[test]
+    fn whole_start_lines() {
+        assert!(is_request_line(b"GET /a?b HTTP/1.1"));
+        assert!(is_request_line(b"OPTIONS * HTTP/1.0"));
+        assert!(!is_request_line(b"rest of the cookie"));
+        assert!(!is_request_line(b"GET /a"));
+        assert!(!is_request_line(b"junk GET /a HTTP/1.1"));
+        assert!(!is_request_line(b"PRI * HTTP/2.0"));
+        assert!(is_status_line(b"HTTP/1.1 200 OK"));
+        assert!(is_status_line(b"HTTP/1.0 404"));
+        assert!(!is_status_line(b"HTTP/1.1 20"));
+        assert!(!is_status_line(b"HTTP/1.1 2000"));
+        assert!(!is_status_line(b"HTTP/1.2 200 OK"));
+        assert!(!is_status_line(b"HTTP/1.1"));
+    }
+}

@@ -1,0 +1,348 @@
+//! HTTP/1 exchanges on one connection: pairs each response with its request
+//! (by order, which HTTP/1 guarantees), assigns trace context as requests
+//! appear, and turns finished exchanges into spans with the stable HTTP
+//! semantic conventions.
+
+use std::{collections::VecDeque, net::SocketAddr, sync::Arc};
+
+use super::{Decoder, Frame, RequestHead, ResponseHead, Side};
+use crate::{
+    clock::Clock,
+    nesting::{Nesting, SpanCtx},
+    span::{AttrValue, Resource, Span, SpanKind, Status},
+};
+
+/// Requests awaiting their response on one connection; more means the
+/// peer pipelines absurdly or we lost sync, and the oldest is dropped.
+const MAX_PENDING: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The traced process reads requests and writes responses.
+    Server,
+    Client,
+}
+
+impl Role {
+    /// Guesses the role of a connection first seen mid-stream from the first
+    /// bytes in one direction: whoever sends a request line is the client.
+    pub fn sniff(ingress: bool, payload: &[u8]) -> Option<Role> {
+        const METHODS: &[&[u8]] = &[
+            b"GET ",
+            b"POST ",
+            b"PUT ",
+            b"DELETE ",
+            b"HEAD ",
+            b"OPTIONS ",
+            b"PATCH ",
+            b"CONNECT ",
+            b"TRACE ",
+        ];
+        let request = METHODS.iter().any(|m| payload.starts_with(m));
+        let response = payload.starts_with(b"HTTP/1.");
+        match (request, response, ingress) {
+            (true, _, true) | (_, true, false) => Some(Role::Server),
+            (true, _, false) | (_, true, true) => Some(Role::Client),
+            _ => None,
+        }
+    }
+}
+
+struct Pending {
+    head: RequestHead,
+    ctx: SpanCtx,
+    tid: u32,
+    start_ns: u64,
+    response: Option<ResponseHead>,
+}
+
+/// A request and its complete response.
+pub struct Exchange {
+    pub role: Role,
+    pub request: RequestHead,
+    pub response: ResponseHead,
+    pub ctx: SpanCtx,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+/// Why an exchange was abandoned, for the pipeline's counters.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Losses {
+    pub parse_errors: u64,
+    pub unanswered: u64,
+    pub orphan_responses: u64,
+}
+
+pub struct Session {
+    role: Role,
+    requests: Decoder,
+    responses: Decoder,
+    pending: VecDeque<Pending>,
+    frames: Vec<Frame>,
+    pub losses: Losses,
+}
+
+impl Session {
+    pub fn new(role: Role) -> Self {
+        Session {
+            role,
+            requests: Decoder::new(Side::Requests),
+            responses: Decoder::new(Side::Responses),
+            pending: VecDeque::new(),
+            frames: Vec::new(),
+            losses: Losses::default(),
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Both directions gave up on finding HTTP/1.
+    pub fn is_hopeless(&self) -> bool {
+        self.requests.is_hopeless() || self.responses.is_hopeless()
+    }
+
+    /// Feeds one syscall's bytes; finished exchanges are appended to `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_data(
+        &mut self,
+        ingress: bool,
+        payload: &[u8],
+        total: usize,
+        ts: u64,
+        tid: u32,
+        conn_id: u64,
+        nesting: &mut Nesting,
+        out: &mut Vec<Exchange>,
+    ) {
+        let carries_requests = ingress == (self.role == Role::Server);
+        let mut frames = std::mem::take(&mut self.frames);
+        if carries_requests {
+            self.requests.feed(payload, total, ts, &mut frames);
+            for f in frames.drain(..) {
+                self.on_request_frame(f, tid, conn_id, nesting);
+            }
+        } else {
+            self.responses.feed(payload, total, ts, &mut frames);
+            for f in frames.drain(..) {
+                self.on_response_frame(f, nesting, out);
+            }
+        }
+        self.frames = frames;
+    }
+
+    /// The connection closed: a response delimited by close ends here; any
+    /// request still waiting is lost.
+    pub fn on_close(&mut self, ts: u64, nesting: &mut Nesting, out: &mut Vec<Exchange>) {
+        let mut frames = std::mem::take(&mut self.frames);
+        self.responses.finish(ts, &mut frames);
+        for f in frames.drain(..) {
+            self.on_response_frame(f, nesting, out);
+        }
+        self.losses.unanswered += self.pending.len() as u64;
+        for p in self.pending.drain(..) {
+            if self.role == Role::Server {
+                nesting.server_done(p.tid, &p.ctx.span_id);
+            }
+        }
+    }
+
+    fn on_request_frame(&mut self, f: Frame, tid: u32, conn_id: u64, nesting: &mut Nesting) {
+        match f {
+            Frame::Request { head, ts } => {
+                let tp = head.header("traceparent");
+                let ctx = match self.role {
+                    Role::Server => {
+                        nesting.server_span(tid, conn_id, tp, head.header("tracestate"))
+                    }
+                    Role::Client => nesting.client_span(tid, tp),
+                };
+                self.responses.expect_response_to(&head.method);
+                if self.pending.len() >= MAX_PENDING {
+                    self.pending.pop_front();
+                    self.losses.unanswered += 1;
+                }
+                self.pending.push_back(Pending {
+                    head,
+                    ctx,
+                    tid,
+                    start_ns: ts,
+                    response: None,
+                });
+            }
+            Frame::Error(_) => self.losses.parse_errors += 1,
+            // Request bodies and odd frames change nothing in the exchange.
+            _ => {}
+        }
+    }
+
+    fn on_response_frame(&mut self, f: Frame, nesting: &mut Nesting, out: &mut Vec<Exchange>) {
+        match f {
+            Frame::Response { head, .. } => {
+                match self.pending.iter_mut().find(|p| p.response.is_none()) {
+                    Some(p) => p.response = Some(head),
+                    None => self.losses.orphan_responses += 1,
+                }
+            }
+            Frame::End { ts } => {
+                if !self.pending.front().is_some_and(|p| p.response.is_some()) {
+                    return;
+                }
+                let p = self.pending.pop_front().expect("checked");
+                if self.role == Role::Server {
+                    nesting.server_done(p.tid, &p.ctx.span_id);
+                }
+                out.push(Exchange {
+                    role: self.role,
+                    request: p.head,
+                    response: p.response.expect("checked"),
+                    ctx: p.ctx,
+                    start_ns: p.start_ns,
+                    end_ns: ts.max(p.start_ns),
+                });
+            }
+            Frame::Error(_) => self.losses.parse_errors += 1,
+            _ => {}
+        }
+    }
+}
+
+/// What the span builder knows about the connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnFacts {
+    pub peer: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SpanOptions {
+    /// Record `url.query` (off by default: queries often carry secrets).
+    pub capture_query: bool,
+}
+
+const KNOWN_METHODS: &[&str] = &[
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+];
+
+pub fn to_span(
+    x: Exchange,
+    conn: &ConnFacts,
+    resource: Arc<Resource>,
+    clock: &Clock,
+    opts: SpanOptions,
+) -> Span {
+    let req = &x.request;
+    let status = x.response.status;
+    let mut a: Vec<(&'static str, AttrValue)> = Vec::with_capacity(14);
+    let method = if KNOWN_METHODS.contains(&req.method.as_str()) {
+        req.method.clone()
+    } else {
+        a.push(("http.request.method_original", req.method.clone().into()));
+        "_OTHER".to_owned()
+    };
+    let name = if method == "_OTHER" {
+        "HTTP".to_owned()
+    } else {
+        method.clone()
+    };
+    a.push(("http.request.method", method.into()));
+    a.push(("http.response.status_code", (status as i64).into()));
+    a.push(("network.protocol.name", "http".into()));
+    a.push((
+        "network.protocol.version",
+        format!("1.{}", req.minor_version).into(),
+    ));
+    let (host, host_port) = req.header("host").map(split_host).unwrap_or((None, None));
+    let path = req.path();
+    match x.role {
+        Role::Server => {
+            a.push(("url.scheme", "http".into()));
+            a.push(("url.path", path.to_owned().into()));
+            if let Some(h) = host.or_else(|| conn.local.map(|l| l.ip().to_string())) {
+                a.push(("server.address", h.into()));
+            }
+            if let Some(p) = host_port.or(conn.local.map(|l| l.port())) {
+                a.push(("server.port", (p as i64).into()));
+            }
+            if let Some(peer) = conn.peer {
+                a.push(("client.address", peer.ip().to_string().into()));
+                a.push(("network.peer.address", peer.ip().to_string().into()));
+                a.push(("network.peer.port", (peer.port() as i64).into()));
+            }
+        }
+        Role::Client => {
+            let server = host
+                .clone()
+                .or_else(|| conn.peer.map(|p| p.ip().to_string()));
+            let port = host_port.or(conn.peer.map(|p| p.port()));
+            if let Some(s) = &server {
+                a.push(("server.address", s.clone().into()));
+                let authority = match port {
+                    Some(p) if p != 80 => format!("{s}:{p}"),
+                    _ => s.clone(),
+                };
+                a.push(("url.full", format!("http://{authority}{path}").into()));
+            }
+            if let Some(p) = port {
+                a.push(("server.port", (p as i64).into()));
+            }
+            if let Some(peer) = conn.peer {
+                a.push(("network.peer.address", peer.ip().to_string().into()));
+                a.push(("network.peer.port", (peer.port() as i64).into()));
+            }
+        }
+    }
+    if opts.capture_query {
+        if let Some(q) = req.query() {
+            a.push(("url.query", q.to_owned().into()));
+        }
+    }
+    if let Some(ua) = req.header("user-agent") {
+        a.push(("user_agent.original", ua.to_owned().into()));
+    }
+    let error_from = if x.role == Role::Server { 500 } else { 400 };
+    let status = if status >= error_from {
+        a.push(("error.type", status.to_string().into()));
+        Status::Error(String::new())
+    } else {
+        Status::Unset
+    };
+    Span {
+        trace_id: x.ctx.trace_id,
+        span_id: x.ctx.span_id,
+        parent_span_id: x.ctx.parent,
+        trace_state: x.ctx.trace_state,
+        sampled: x.ctx.sampled,
+        name,
+        kind: match x.role {
+            Role::Server => SpanKind::Server,
+            Role::Client => SpanKind::Client,
+        },
+        start_ns: clock.to_unix_ns(x.start_ns),
+        end_ns: clock.to_unix_ns(x.end_ns),
+        status,
+        attributes: a,
+        resource,
+    }
+}
+
+/// `host[:port]` or `[v6]:port` from a Host header.
+fn split_host(h: &str) -> (Option<String>, Option<u16>) {
+    let h = h.trim();
+    if h.is_empty() {
+        return (None, None);
+    }
+    if let Some(rest) = h.strip_prefix('[') {
+        let (ip, tail) = rest.split_once(']').unwrap_or((rest, ""));
+        return (
+            Some(ip.to_owned()),
+            tail.strip_prefix(':').and_then(|p| p.parse().ok()),
+        );
+    }
+    match h.rsplit_once(':') {
+        Some((host, port)) => (Some(host.to_owned()), port.parse().ok()),
+        None => (Some(h.to_owned()), None),
+    }
+}

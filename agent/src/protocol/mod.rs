@@ -1,0 +1,3 @@
+//! Protocol parsers: pure functions over captured bytes, one folder per protocol.
+
+pub mod http1;

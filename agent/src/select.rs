@@ -1,0 +1,220 @@
+//! Which processes Clew traces: `--cgroup` subtrees are matched in the
+//! kernel by cgroup ancestry; `--pid`, `--exe` and `--port` resolve to
+//! process ids here, kept current as processes exec and start listening.
+
+use std::{
+    collections::HashSet,
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+
+#[derive(Clone, Debug, Default)]
+pub struct Selector {
+    pub cgroups: Vec<PathBuf>,
+    pub pids: Vec<u32>,
+    pub exes: Vec<String>,
+    pub ports: Vec<u16>,
+}
+
+impl Selector {
+    /// No selector given: every process but the agent.
+    pub fn is_all(&self) -> bool {
+        self.cgroups.is_empty()
+            && self.pids.is_empty()
+            && self.exes.is_empty()
+            && self.ports.is_empty()
+    }
+
+    /// `(cgroup id, level)` per `--cgroup`, for the kernel's ancestor check.
+    pub fn cgroup_ids(&self) -> Result<Vec<(u64, u32)>> {
+        if self.cgroups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let root = cgroup2_mount()?;
+        self.cgroups.iter().map(|p| cgroup_id(&root, p)).collect()
+    }
+
+    /// Pids selected right now by `--pid`, `--exe` and `--port` (not cgroups).
+    pub fn listed_pids(&self) -> HashSet<u32> {
+        let mut out: HashSet<u32> = self.pids.iter().copied().filter(|p| alive(*p)).collect();
+        if !self.exes.is_empty() {
+            out.extend(all_pids().filter(|&p| self.exe_matches(p)));
+        }
+        if !self.ports.is_empty() {
+            out.extend(listeners(&self.ports));
+        }
+        out
+    }
+
+    /// Whether a process (typically one that just exec'd) matches `--exe`.
+    pub fn exe_matches(&self, pid: u32) -> bool {
+        if self.exes.is_empty() {
+            return false;
+        }
+        let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        self.exes
+            .iter()
+            .any(|want| exe_matches(want, &exe, comm.trim()))
+    }
+
+    /// Every process currently in scope, for picking up connections that
+    /// were open before Clew started.
+    pub fn current_processes(&self) -> Result<HashSet<u32>> {
+        if self.is_all() {
+            let me = std::process::id();
+            return Ok(all_pids().filter(|&p| p != me).collect());
+        }
+        let mut out = self.listed_pids();
+        if !self.cgroups.is_empty() {
+            let root = cgroup2_mount()?;
+            for cg in &self.cgroups {
+                collect_cgroup_procs(&resolve(&root, cg), &mut out);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn exe_matches(want: &str, exe: &Path, comm: &str) -> bool {
+    if want.contains('/') {
+        return exe == Path::new(want);
+    }
+    exe.file_name().is_some_and(|n| n == want) || comm == want
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn all_pids() -> impl Iterator<Item = u32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+}
+
+/// Where cgroup v2 is mounted (/sys/fs/cgroup on pure v2 hosts,
+/// /sys/fs/cgroup/unified on hybrid ones).
+pub fn cgroup2_mount() -> Result<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    mounts
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(dir))
+        })
+        .context("no cgroup v2 hierarchy is mounted (--cgroup needs one)")
+}
+
+fn resolve(root: &Path, p: &Path) -> PathBuf {
+    if p.starts_with(root) {
+        p.to_path_buf()
+    } else {
+        root.join(p.strip_prefix("/").unwrap_or(p))
+    }
+}
+
+/// A cgroup's id is its directory's inode number; its level is its depth
+/// below the root (which is level 0).
+fn cgroup_id(root: &Path, p: &Path) -> Result<(u64, u32)> {
+    let full = resolve(root, p);
+    let meta =
+        fs::metadata(&full).with_context(|| format!("--cgroup {}: no such cgroup", p.display()))?;
+    if !meta.is_dir() {
+        bail!("--cgroup {}: not a cgroup directory", p.display());
+    }
+    let rel = full.strip_prefix(root).expect("resolved under root");
+    Ok((meta.ino(), rel.components().count() as u32))
+}
+
+fn collect_cgroup_procs(dir: &Path, out: &mut HashSet<u32>) {
+    if let Ok(s) = fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(s.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+    }
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            collect_cgroup_procs(&e.path(), out);
+        }
+    }
+}
+
+/// Processes holding a listening TCP socket on one of `ports`.
+fn listeners(ports: &[u16]) -> HashSet<u32> {
+    let mut inodes = HashSet::new();
+    for t in [procfs::net::tcp(), procfs::net::tcp6()]
+        .into_iter()
+        .flatten()
+    {
+        for e in t {
+            if e.state == procfs::net::TcpState::Listen && ports.contains(&e.local_address.port()) {
+                inodes.insert(e.inode);
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return HashSet::new();
+    }
+    all_pids()
+        .filter(|&pid| {
+            procfs::process::Process::new(pid as i32)
+                .and_then(|p| p.fd())
+                .map(|fds| {
+                    fds.flatten()
+                        .any(|fd| matches!(fd.target, procfs::process::FDTarget::Socket(i) if inodes.contains(&i)))
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exe_matching_by_name_path_or_comm() {
+        let exe = Path::new("/usr/sbin/nginx");
+        assert!(exe_matches("nginx", exe, "nginx"));
+        assert!(exe_matches("/usr/sbin/nginx", exe, "nginx"));
+        assert!(!exe_matches("/usr/bin/nginx", exe, "nginx"));
+        assert!(exe_matches(
+            "gunicorn",
+            Path::new("/usr/bin/python3"),
+            "gunicorn"
+        ));
+        assert!(!exe_matches("curl", exe, "nginx"));
+    }
+
+    #[test]
+    fn cgroup_paths_resolve_relative_to_the_mount() {
+        let root = Path::new("/sys/fs/cgroup");
+        assert_eq!(
+            resolve(root, Path::new("/sys/fs/cgroup/a/b")),
+            PathBuf::from("/sys/fs/cgroup/a/b")
+        );
+        assert_eq!(
+            resolve(root, Path::new("system.slice/x")),
+            PathBuf::from("/sys/fs/cgroup/system.slice/x")
+        );
+        assert_eq!(
+            resolve(root, Path::new("/system.slice")),
+            PathBuf::from("/sys/fs/cgroup/system.slice")
+        );
+    }
+
+    #[test]
+    fn empty_selector_means_everything() {
+        assert!(Selector::default().is_all());
+        assert!(!Selector {
+            ports: vec![80],
+            ..Default::default()
+        }
+        .is_all());
+    }
+}

@@ -1,0 +1,94 @@
+//! The span model every stage after protocol parsing speaks: what a finished
+//! SERVER or CLIENT span looks like on its way to sampling and export.
+
+use std::sync::Arc;
+
+pub type TraceId = [u8; 16];
+pub type SpanId = [u8; 8];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpanKind {
+    Server,
+    Client,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttrValue {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}
+
+impl From<&str> for AttrValue {
+    fn from(v: &str) -> Self {
+        AttrValue::Str(v.to_owned())
+    }
+}
+impl From<String> for AttrValue {
+    fn from(v: String) -> Self {
+        AttrValue::Str(v)
+    }
+}
+impl From<i64> for AttrValue {
+    fn from(v: i64) -> Self {
+        AttrValue::Int(v)
+    }
+}
+impl From<bool> for AttrValue {
+    fn from(v: bool) -> Self {
+        AttrValue::Bool(v)
+    }
+}
+
+impl std::fmt::Display for AttrValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttrValue::Str(s) => f.write_str(s),
+            AttrValue::Int(i) => write!(f, "{i}"),
+            AttrValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+pub type Attributes = Vec<(&'static str, AttrValue)>;
+
+/// The OpenTelemetry resource of one traced process.
+#[derive(Debug, PartialEq)]
+pub struct Resource {
+    pub pid: u32,
+    pub service_name: String,
+    /// Every resource attribute, `service.name` included.
+    pub attributes: Vec<(String, AttrValue)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    Unset,
+    Error(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Span {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    pub trace_state: String,
+    pub sampled: bool,
+    pub name: String,
+    pub kind: SpanKind,
+    /// Unix epoch nanoseconds.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub status: Status,
+    pub attributes: Attributes,
+    pub resource: Arc<Resource>,
+}
+
+impl Span {
+    pub fn attr(&self, key: &str) -> Option<&AttrValue> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    }
+}

@@ -1,0 +1,195 @@
+//! Types shared by the kernel programs (`clew-ebpf`) and the agent.
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel writes it into maps
+//! and the ring buffer, userspace reads the same bytes back.
+#![no_std]
+
+/// Largest payload prefix one data event carries. Bodies beyond the
+/// configured capture limit are accounted for by length only.
+pub const MAX_CAPTURE: usize = 16384;
+/// Power-of-two mask used to prove capture bounds to the verifier.
+pub const CAPTURE_MASK: usize = MAX_CAPTURE - 1;
+/// Number of iovec entries followed per vectored call.
+pub const MAX_IOV: u32 = 8;
+/// Ring buffer size (bytes) unless the agent overrides it.
+pub const DEFAULT_RINGBUF_BYTES: u32 = 16 * 1024 * 1024;
+/// Entries in the (tgid, fd) → connection table. LRU: a connection that
+/// never closes cleanly is evicted by newer ones instead of filling the map.
+pub const MAX_CONNS: u32 = 65536;
+/// Entries for syscalls in flight (keyed by thread id), LRU for the same reason.
+pub const MAX_INFLIGHT: u32 = 16384;
+/// Explicitly selected processes (`--pid`, `--exe`, `--port` and their children).
+pub const MAX_PIDS: u32 = 16384;
+/// Selected cgroup subtrees (`--cgroup`).
+pub const MAX_CGROUPS: u32 = 16;
+
+/// Which processes the kernel programs look at.
+pub mod select {
+    /// Every process but the agent itself.
+    pub const ALL: u32 = 0;
+    /// Only tgids in `PIDS` and tasks under a cgroup in `CGROUPS`.
+    pub const LISTED: u32 = 1;
+}
+
+/// Kinds of ring-buffer records; every record starts with `kind: u32`.
+pub mod kind {
+    pub const DATA: u32 = 1;
+    pub const CONN_OPEN: u32 = 2;
+    pub const CONN_CLOSE: u32 = 3;
+    pub const PROC_EXEC: u32 = 4;
+    pub const PROC_EXIT: u32 = 5;
+}
+
+/// Direction of a data record as seen by the traced process.
+pub mod dir {
+    /// The process received these bytes (read/recv).
+    pub const INGRESS: u8 = 0;
+    /// The process sent these bytes (write/send).
+    pub const EGRESS: u8 = 1;
+}
+
+/// How a connection came to be known.
+pub mod role {
+    /// Seeded from /proc for a socket that existed before the agent started.
+    pub const UNKNOWN: u8 = 0;
+    /// Returned by accept()/accept4(): the process is the server.
+    pub const ACCEPTED: u8 = 1;
+    /// Opened by connect(): the process is the client.
+    pub const CONNECTED: u8 = 2;
+}
+
+/// Key of the connection table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+/// Value of the connection table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    /// Unique for the agent's lifetime; userspace keys its state by it so a
+    /// reused fd never mixes two connections.
+    pub id: u64,
+    pub role: u8,
+    pub _pad: [u8; 7],
+}
+
+/// A socket address as the syscall saw it (IPv4 addresses are stored
+/// IPv4-mapped in `addr`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockAddr {
+    /// AF_INET, AF_INET6, or 0 when unknown.
+    pub family: u16,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u32,
+    pub addr: [u8; 16],
+}
+
+/// Fixed head of a `kind::DATA` record; `captured` payload bytes follow it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DataHeader {
+    pub kind: u32,
+    pub direction: u8,
+    pub _pad: [u8; 3],
+    pub conn_id: u64,
+    pub pid_tgid: u64,
+    /// CLOCK_MONOTONIC nanoseconds at syscall exit.
+    pub ts_ns: u64,
+    /// Bytes this call (or iovec segment) moved.
+    pub total: u32,
+    /// Bytes of payload that follow the header (≤ total, ≤ capture limit).
+    pub captured: u32,
+    pub fd: u32,
+    /// Syscall number that produced the record, for diagnostics.
+    pub syscall: u32,
+}
+
+/// `kind::CONN_OPEN` / `kind::CONN_CLOSE`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnEvent {
+    pub kind: u32,
+    pub role: u8,
+    pub _pad: [u8; 3],
+    pub conn_id: u64,
+    pub pid_tgid: u64,
+    pub ts_ns: u64,
+    pub fd: u32,
+    pub _pad2: u32,
+    /// The remote end when the syscall exposed it (connect's argument,
+    /// accept's out-parameter); family 0 otherwise.
+    pub peer: SockAddr,
+}
+
+/// `kind::PROC_EXEC` / `kind::PROC_EXIT`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub ts_ns: u64,
+}
+
+/// One selected cgroup subtree: a task is inside it when its ancestor at
+/// `level` has id `id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CgroupSel {
+    pub id: u64,
+    pub level: u32,
+    pub used: u32,
+}
+
+/// Counters kept per CPU in the `STATS` array, by index.
+pub mod stat {
+    /// A record did not fit in the ring buffer (userspace is behind).
+    pub const RINGBUF_DROPS: u32 = 0;
+    /// A user-memory read failed (page not resident, bad pointer).
+    pub const READ_ERRORS: u32 = 1;
+    /// Data records emitted.
+    pub const DATA_EVENTS: u32 = 2;
+    pub const COUNT: u32 = 4;
+}
+
+/// Syscall numbers the programs dispatch on, per architecture.
+pub mod nr {
+    #[cfg(any(target_arch = "x86_64", bpf_target_arch = "x86_64"))]
+    mod arch {
+        pub const READ: i64 = 0;
+        pub const WRITE: i64 = 1;
+        pub const READV: i64 = 19;
+        pub const WRITEV: i64 = 20;
+        pub const SENDFILE: i64 = 40;
+        pub const SENDTO: i64 = 44;
+        pub const RECVFROM: i64 = 45;
+        pub const SENDMSG: i64 = 46;
+        pub const RECVMSG: i64 = 47;
+    }
+    #[cfg(any(target_arch = "aarch64", bpf_target_arch = "aarch64"))]
+    mod arch {
+        pub const READ: i64 = 63;
+        pub const WRITE: i64 = 64;
+        pub const READV: i64 = 65;
+        pub const WRITEV: i64 = 66;
+        pub const SENDFILE: i64 = 71;
+        pub const SENDTO: i64 = 206;
+        pub const RECVFROM: i64 = 207;
+        pub const SENDMSG: i64 = 211;
+        pub const RECVMSG: i64 = 212;
+    }
+    pub use arch::*;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for ConnKey {}
+    unsafe impl aya::Pod for ConnInfo {}
+    unsafe impl aya::Pod for CgroupSel {}
+}

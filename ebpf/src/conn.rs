@@ -1,0 +1,155 @@
+//! Connection lifecycle: accept/accept4 and connect put a TCP socket of a
+//! selected process into `CONNS`; close takes it out. Both emit a record so
+//! userspace can open and finish its per-connection state.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use clew_common::{kind, role, ConnEvent, ConnInfo, ConnKey, SockAddr};
+
+use crate::{
+    maps::{next_conn_id, now, Inflight, CONNS, EVENTS, INFLIGHT},
+    select::current_selected,
+    tp,
+};
+
+const AF_UNIX: u16 = 1;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const EINPROGRESS: i64 = 115;
+
+/// Reads a user `struct sockaddr` (family 0 if absent or unreadable).
+#[inline(always)]
+fn read_sockaddr(ptr: u64) -> SockAddr {
+    let mut out = SockAddr::default();
+    if ptr == 0 {
+        return out;
+    }
+    let Ok(head) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) }) else {
+        return out;
+    };
+    let family = u16::from_ne_bytes([head[0], head[1]]);
+    out.family = family;
+    out.port = u16::from_be_bytes([head[2], head[3]]);
+    if family == AF_INET {
+        out.addr[10] = 0xff;
+        out.addr[11] = 0xff;
+        out.addr[12..16].copy_from_slice(&head[4..8]);
+    } else if family == AF_INET6 {
+        if let Ok(a) = unsafe { bpf_probe_read_user((ptr + 8) as *const [u8; 16]) } {
+            out.addr = a;
+        }
+    }
+    out
+}
+
+fn emit(kind: u32, conn_id: u64, role: u8, pid_tgid: u64, fd: u32, peer: SockAddr) {
+    let ev = ConnEvent {
+        kind,
+        role,
+        _pad: [0; 3],
+        conn_id,
+        pid_tgid,
+        ts_ns: now(),
+        fd,
+        _pad2: 0,
+        peer,
+    };
+    if EVENTS.output::<ConnEvent>(&ev, 0).is_err() {
+        crate::maps::count(clew_common::stat::RINGBUF_DROPS);
+    }
+}
+
+fn remember(nr_role: u8, fd: u32, a1: u64, peer: SockAddr) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !current_selected((pid_tgid >> 32) as u32) {
+        return;
+    }
+    let inflight = Inflight {
+        nr: 0,
+        conn_id: 0,
+        fd,
+        role: nr_role,
+        _pad: [0; 3],
+        a1,
+        a2: 0,
+        peer,
+    };
+    let _ = INFLIGHT.insert(&pid_tgid, &inflight, 0);
+}
+
+fn open(pid_tgid: u64, fd: u32, role: u8, peer: SockAddr) {
+    let id = next_conn_id();
+    let key = ConnKey { tgid: (pid_tgid >> 32) as u32, fd };
+    let info = ConnInfo { id, role, _pad: [0; 7] };
+    if CONNS.insert(&key, &info, 0).is_ok() {
+        emit(kind::CONN_OPEN, id, role, pid_tgid, fd, peer);
+    }
+}
+
+fn take_inflight(role: u8) -> Option<(u64, Inflight)> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let v = unsafe { INFLIGHT.get(&pid_tgid) }.copied()?;
+    let _ = INFLIGHT.remove(&pid_tgid);
+    (v.role == role).then_some((pid_tgid, v))
+}
+
+#[tracepoint]
+pub fn enter_accept(ctx: TracePointContext) -> u32 {
+    // accept(fd, addr, addrlen) / accept4(fd, addr, addrlen, flags)
+    remember(role::ACCEPTED, tp::arg(&ctx, 0) as u32, tp::arg(&ctx, 1), SockAddr::default());
+    0
+}
+
+#[tracepoint]
+pub fn exit_accept(ctx: TracePointContext) -> u32 {
+    let Some((pid_tgid, v)) = take_inflight(role::ACCEPTED) else {
+        return 0;
+    };
+    let fd = tp::ret(&ctx);
+    if fd < 0 {
+        return 0;
+    }
+    let peer = read_sockaddr(v.a1);
+    if peer.family == AF_UNIX {
+        return 0;
+    }
+    open(pid_tgid, fd as u32, role::ACCEPTED, peer);
+    0
+}
+
+#[tracepoint]
+pub fn enter_connect(ctx: TracePointContext) -> u32 {
+    let peer = read_sockaddr(tp::arg(&ctx, 1));
+    if peer.family != AF_INET && peer.family != AF_INET6 {
+        return 0;
+    }
+    remember(role::CONNECTED, tp::arg(&ctx, 0) as u32, 0, peer);
+    0
+}
+
+#[tracepoint]
+pub fn exit_connect(ctx: TracePointContext) -> u32 {
+    let Some((pid_tgid, v)) = take_inflight(role::CONNECTED) else {
+        return 0;
+    };
+    let ret = tp::ret(&ctx);
+    if ret == 0 || ret == -EINPROGRESS {
+        open(pid_tgid, v.fd, role::CONNECTED, v.peer);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn enter_close(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let key = ConnKey { tgid: (pid_tgid >> 32) as u32, fd: tp::arg(&ctx, 0) as u32 };
+    let Some(info) = (unsafe { CONNS.get(&key) }).copied() else {
+        return 0;
+    };
+    let _ = CONNS.remove(&key);
+    emit(kind::CONN_CLOSE, info.id, info.role, pid_tgid, key.fd, SockAddr::default());
+    0
+}

@@ -1,0 +1,53 @@
+//! Clew's kernel programs: syscall tracepoints that follow TCP connections of
+//! the selected processes and copy a bounded prefix of every read and write
+//! into one ring buffer, in the order the kernel saw them.
+#![no_std]
+#![no_main]
+
+mod conn;
+mod io;
+mod maps;
+mod proc;
+mod select;
+
+/// Offsets inside the `syscalls:sys_{enter,exit}_*` tracepoint records: the
+/// common header (8 bytes), `__syscall_nr` (int, padded to 8), then six
+/// 8-byte arguments; on exit, the return value sits where arg 0 would.
+mod tp {
+    use aya_ebpf::{programs::TracePointContext, EbpfContext};
+
+    pub const NR: usize = 8;
+    pub const ARGS: usize = 16;
+    pub const RET: usize = 16;
+
+    #[inline(always)]
+    pub fn read<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+        // Tracepoint records are directly readable context memory.
+        unsafe { core::ptr::read_unaligned((ctx.as_ptr() as *const u8).add(offset) as *const T) }
+    }
+
+    #[inline(always)]
+    pub fn arg(ctx: &TracePointContext, i: usize) -> u64 {
+        read::<u64>(ctx, ARGS + 8 * i)
+    }
+
+    #[inline(always)]
+    pub fn nr(ctx: &TracePointContext) -> i64 {
+        read::<i32>(ctx, NR) as i64
+    }
+
+    #[inline(always)]
+    pub fn ret(ctx: &TracePointContext) -> i64 {
+        read::<i64>(ctx, RET)
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

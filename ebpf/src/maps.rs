@@ -1,0 +1,109 @@
+//! Maps and load-time constants shared by the programs.
+
+use aya_ebpf::{
+    helpers::generated::bpf_ktime_get_ns,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use clew_common::{
+    CgroupSel, ConnInfo, ConnKey, DataHeader, DEFAULT_RINGBUF_BYTES, MAX_CAPTURE, MAX_CGROUPS,
+    MAX_CONNS, MAX_INFLIGHT, MAX_PIDS,
+};
+
+/// Set by the agent at load time (see `agent/src/capture`).
+#[unsafe(no_mangle)]
+static AGENT_TGID: u32 = 0;
+#[unsafe(no_mangle)]
+static SELECT_MODE: u32 = 0;
+#[unsafe(no_mangle)]
+static CAPTURE_LIMIT: u32 = 4096;
+/// Offset of `child_pid` in the `sched:sched_process_fork` record, read by
+/// the agent from the tracepoint's format file.
+#[unsafe(no_mangle)]
+static FORK_CHILD_PID_OFFSET: u32 = 0;
+
+#[inline(always)]
+fn global(v: &'static u32) -> u32 {
+    unsafe { core::ptr::read_volatile(v) }
+}
+pub fn agent_tgid() -> u32 {
+    global(&AGENT_TGID)
+}
+pub fn select_mode() -> u32 {
+    global(&SELECT_MODE)
+}
+pub fn capture_limit() -> u32 {
+    global(&CAPTURE_LIMIT)
+}
+pub fn fork_child_pid_offset() -> u32 {
+    global(&FORK_CHILD_PID_OFFSET)
+}
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RINGBUF_BYTES, 0);
+
+#[map]
+pub static CONNS: LruHashMap<ConnKey, ConnInfo> = LruHashMap::with_max_entries(MAX_CONNS, 0);
+
+/// What a syscall's enter program saw, for its exit program.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Inflight {
+    pub nr: i64,
+    pub conn_id: u64,
+    pub fd: u32,
+    pub role: u8,
+    pub _pad: [u8; 3],
+    pub a1: u64,
+    pub a2: u64,
+    pub peer: clew_common::SockAddr,
+}
+
+#[map]
+pub static INFLIGHT: LruHashMap<u64, Inflight> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+#[map]
+pub static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PIDS, 0);
+
+#[map]
+pub static CGROUPS: Array<CgroupSel> = Array::with_max_entries(MAX_CGROUPS, 0);
+
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(clew_common::stat::COUNT, 0);
+
+/// Per-CPU source of connection ids (the CPU number goes in the top bits).
+#[map]
+static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// A data record is assembled here before it is copied into the ring buffer
+/// with only its used length (a reservation would cost the full maximum).
+#[repr(C)]
+pub struct Scratch {
+    pub hdr: DataHeader,
+    pub data: [u8; MAX_CAPTURE],
+}
+
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+pub fn count(stat: u32) {
+    if let Some(v) = STATS.get_ptr_mut(stat) {
+        unsafe { *v += 1 };
+    }
+}
+
+pub fn now() -> u64 {
+    unsafe { bpf_ktime_get_ns() }
+}
+
+pub fn next_conn_id() -> u64 {
+    let cpu = unsafe { aya_ebpf::helpers::generated::bpf_get_smp_processor_id() } as u64;
+    let seq = match CONN_SEQ.get_ptr_mut(0) {
+        Some(p) => unsafe {
+            *p += 1;
+            *p
+        },
+        None => 0,
+    };
+    (cpu << 48) | (seq & 0xffff_ffff_ffff)
+}
