@@ -108,7 +108,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 pipeline.tick();
                 ticks += 1;
                 stats.ready.store(pipeline.exporter().is_running(), Relaxed);
-                if ticks % SUMMARY_EVERY_TICKS == 0 {
+                if ticks.is_multiple_of(SUMMARY_EVERY_TICKS) {
                     tracing::info!(stats = %stats.summary(), export = ?pipeline.exporter().stats(), "summary");
                 }
             }

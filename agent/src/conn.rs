@@ -19,9 +19,10 @@ impl Conn {
     /// The protocol session, created once the role is known.
     pub fn session(&mut self, ingress: bool, payload: &[u8]) -> Option<&mut Session> {
         if self.session.is_none() {
+            let mid_stream = self.role.is_none();
             let role = self.role.or_else(|| Role::sniff(ingress, payload))?;
             self.role = Some(role);
-            self.session = Some(Session::new(role));
+            self.session = Some(Session::new(role, mid_stream));
         }
         self.session.as_mut()
     }

@@ -84,11 +84,18 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(role: Role) -> Self {
+    /// `mid_stream`: the connection was open before capture began, so either
+    /// direction may start inside a message.
+    pub fn new(role: Role, mid_stream: bool) -> Self {
+        let decoder = if mid_stream {
+            Decoder::mid_stream
+        } else {
+            Decoder::new
+        };
         Session {
             role,
-            requests: Decoder::new(Side::Requests),
-            responses: Decoder::new(Side::Responses),
+            requests: decoder(Side::Requests),
+            responses: decoder(Side::Responses),
             pending: VecDeque::new(),
             frames: Vec::new(),
             losses: Losses::default(),
@@ -187,7 +194,7 @@ impl Session {
                 }
             }
             Frame::End { ts } => {
-                if !self.pending.front().is_some_and(|p| p.response.is_some()) {
+                if self.pending.front().is_none_or(|p| p.response.is_none()) {
                     return;
                 }
                 let p = self.pending.pop_front().expect("checked");
@@ -344,5 +351,214 @@ fn split_host(h: &str) -> (Option<String>, Option<u16>) {
     match h.rsplit_once(':') {
         Some((host, port)) => (Some(host.to_owned()), port.parse().ok()),
         None => (Some(h.to_owned()), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::{Root, Sampler};
+
+    const REQ: &[u8] =
+        b"GET /a?x=1 HTTP/1.1\r\nHost: shop.local:8080\r\nUser-Agent: curl/8\r\n\r\n";
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    fn nesting() -> Nesting {
+        Nesting::new(Sampler::ParentBased(Root::AlwaysOn))
+    }
+
+    struct Harness {
+        s: Session,
+        n: Nesting,
+        out: Vec<Exchange>,
+    }
+
+    impl Harness {
+        fn new(role: Role) -> Self {
+            Harness {
+                s: Session::new(role, false),
+                n: nesting(),
+                out: Vec::new(),
+            }
+        }
+        fn feed(&mut self, ingress: bool, bytes: &[u8], ts: u64) {
+            self.s.on_data(
+                ingress,
+                bytes,
+                bytes.len(),
+                ts,
+                7,
+                1,
+                &mut self.n,
+                &mut self.out,
+            );
+        }
+    }
+
+    fn facts() -> ConnFacts {
+        ConnFacts {
+            peer: Some("10.0.0.9:41000".parse().unwrap()),
+            local: Some("10.0.0.1:8080".parse().unwrap()),
+        }
+    }
+
+    fn resource() -> Arc<Resource> {
+        Arc::new(Resource {
+            pid: 1,
+            service_name: "svc".into(),
+            attributes: vec![],
+        })
+    }
+
+    #[test]
+    fn keep_alive_exchanges_pair_in_order() {
+        let mut h = Harness::new(Role::Server);
+        h.feed(true, REQ, 10);
+        h.feed(false, OK, 20);
+        h.feed(
+            true,
+            b"POST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            30,
+        );
+        h.feed(false, b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n", 45);
+        let got: Vec<_> = h
+            .out
+            .iter()
+            .map(|x| {
+                (
+                    x.request.method.as_str(),
+                    x.response.status,
+                    x.start_ns,
+                    x.end_ns,
+                )
+            })
+            .collect();
+        assert_eq!(got, [("GET", 200, 10, 20), ("POST", 500, 30, 45)]);
+    }
+
+    #[test]
+    fn client_calls_made_while_serving_are_children() {
+        let mut n = nesting();
+        let mut out = Vec::new();
+        let mut server = Session::new(Role::Server, false);
+        let mut client = Session::new(Role::Client, false);
+        server.on_data(true, REQ, REQ.len(), 1, 7, 1, &mut n, &mut out);
+        client.on_data(false, REQ, REQ.len(), 2, 7, 2, &mut n, &mut out);
+        client.on_data(true, OK, OK.len(), 3, 7, 2, &mut n, &mut out);
+        server.on_data(false, OK, OK.len(), 4, 7, 1, &mut n, &mut out);
+        let (c, s) = (&out[0], &out[1]);
+        assert_eq!((c.role, s.role), (Role::Client, Role::Server));
+        assert_eq!(c.ctx.trace_id, s.ctx.trace_id);
+        assert_eq!(c.ctx.parent, Some(s.ctx.span_id));
+        assert_eq!(s.ctx.parent, None);
+    }
+
+    #[test]
+    fn continue_interim_does_not_complete_the_request() {
+        let mut h = Harness::new(Role::Server);
+        h.feed(
+            true,
+            b"PUT /u HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+            1,
+        );
+        h.feed(false, b"HTTP/1.1 100 Continue\r\n\r\n", 2);
+        h.feed(true, b"data", 3);
+        assert!(h.out.is_empty());
+        h.feed(
+            false,
+            b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+            4,
+        );
+        assert_eq!(h.out[0].response.status, 201);
+    }
+
+    #[test]
+    fn close_ends_a_close_delimited_response_and_counts_the_unanswered() {
+        let mut h = Harness::new(Role::Client);
+        h.feed(false, b"GET / HTTP/1.0\r\n\r\n", 1);
+        h.feed(true, b"HTTP/1.0 200 OK\r\n\r\nbody until close", 2);
+        h.s.on_close(9, &mut h.n, &mut h.out);
+        assert_eq!(h.out.len(), 1);
+        assert_eq!(h.out[0].end_ns, 9);
+        h.feed(false, b"GET / HTTP/1.1\r\n\r\n", 10);
+        h.s.on_close(11, &mut h.n, &mut h.out);
+        assert_eq!(h.s.losses.unanswered, 1);
+    }
+
+    #[test]
+    fn server_span_follows_semantic_conventions() {
+        let mut h = Harness::new(Role::Server);
+        h.feed(true, REQ, 1_000);
+        h.feed(
+            false,
+            b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n",
+            5_000,
+        );
+        let x = h.out.pop().unwrap();
+        let span = to_span(
+            x,
+            &facts(),
+            resource(),
+            &Clock::new(),
+            SpanOptions::default(),
+        );
+        assert_eq!(span.name, "GET");
+        assert_eq!(span.kind, SpanKind::Server);
+        let a = |k| span.attr(k).cloned();
+        assert_eq!(a("url.path"), Some("/a".into()));
+        assert_eq!(a("url.query"), None);
+        assert_eq!(a("server.address"), Some("shop.local".into()));
+        assert_eq!(a("server.port"), Some(8080i64.into()));
+        assert_eq!(a("client.address"), Some("10.0.0.9".into()));
+        assert_eq!(a("network.protocol.version"), Some("1.1".into()));
+        assert_eq!(a("user_agent.original"), Some("curl/8".into()));
+        assert_eq!(a("http.response.status_code"), Some(503i64.into()));
+        assert_eq!(span.status, Status::Error(String::new()));
+        assert_eq!(span.end_ns - span.start_ns, 4_000);
+    }
+
+    #[test]
+    fn client_span_errors_on_4xx_and_names_the_peer() {
+        let mut h = Harness::new(Role::Client);
+        h.feed(false, b"BREW /pot HTTP/1.1\r\n\r\n", 1);
+        h.feed(true, b"HTTP/1.1 418 Teapot\r\nContent-Length: 0\r\n\r\n", 2);
+        let x = h.out.pop().unwrap();
+        let span = to_span(
+            x,
+            &facts(),
+            resource(),
+            &Clock::new(),
+            SpanOptions {
+                capture_query: true,
+            },
+        );
+        assert_eq!(span.name, "HTTP");
+        assert_eq!(span.attr("http.request.method"), Some(&"_OTHER".into()));
+        assert_eq!(
+            span.attr("http.request.method_original"),
+            Some(&"BREW".into())
+        );
+        assert_eq!(span.attr("server.address"), Some(&"10.0.0.9".into()));
+        assert_eq!(
+            span.attr("url.full"),
+            Some(&"http://10.0.0.9:41000/pot".into())
+        );
+        assert!(matches!(span.status, Status::Error(_)));
+    }
+
+    #[test]
+    fn host_headers_split() {
+        assert_eq!(split_host("a:81"), (Some("a".into()), Some(81)));
+        assert_eq!(split_host("[::1]:8080"), (Some("::1".into()), Some(8080)));
+        assert_eq!(split_host("a"), (Some("a".into()), None));
+        assert_eq!(split_host(" "), (None, None));
+    }
+
+    #[test]
+    fn roles_are_sniffed_from_start_lines() {
+        assert_eq!(Role::sniff(true, b"GET / HTTP/1.1"), Some(Role::Server));
+        assert_eq!(Role::sniff(false, b"GET / HTTP/1.1"), Some(Role::Client));
+        assert_eq!(Role::sniff(true, b"HTTP/1.1 200 OK"), Some(Role::Client));
+        assert_eq!(Role::sniff(true, b"\x16\x03\x01"), None);
     }
 }
