@@ -21,6 +21,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::task::JoinHandle;
 
 pub use config::{ExportConfig, Protocol};
+pub use otlp::export_request;
 pub use stats::ExportStats;
 
 use crate::span::Span;

@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::trace::v1::{
 
 use crate::span::{AttrValue, Resource, Span, SpanKind, Status};
 
-pub(super) fn export_request(spans: &[Span]) -> ExportTraceServiceRequest {
+pub fn export_request(spans: &[Span]) -> ExportTraceServiceRequest {
     // Spans of one process share one `Arc<Resource>`, so its address is the
     // grouping key; first-seen order keeps the output deterministic.
     let mut groups: Vec<(&Resource, Vec<ProtoSpan>)> = Vec::new();

@@ -1,0 +1,92 @@
+//! Developer tasks for Clew: `cargo xtask --help`.
+//!
+//! The agent builds with the stable toolchain; its kernel programs (`ebpf/`)
+//! build with nightly for bpfel-unknown-none and are embedded into it, which
+//! is why builds go through here.
+
+mod bootstrap;
+mod build;
+mod cmd;
+mod ebpf;
+mod paths;
+mod peers;
+mod run;
+mod test;
+
+use std::ffi::OsString;
+
+use anyhow::Result;
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Clew developer tasks"
+)]
+enum Task {
+    /// Ensure the toolchains, nightly's rust-src and bpf-linker (in .tools/ or $CLEW_TOOLS_DIR).
+    Bootstrap,
+    /// Bootstrap, build the eBPF object, then the agent; prints the agent's path.
+    Build {
+        /// Build the agent without --release (target/debug/clew).
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Build, then run the agent (through sudo -E unless root): `cargo xtask run -- ARGS`.
+    Run {
+        /// Build and run the agent without --release.
+        #[arg(long)]
+        debug: bool,
+        /// Arguments for the agent.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Build, install the test peers, run the unit then the end-to-end tests (as root).
+    Test {
+        /// Only the unit tests (no root, no peers needed).
+        #[arg(long, conflicts_with = "e2e_only")]
+        unit_only: bool,
+        /// Only the end-to-end tests.
+        #[arg(long)]
+        e2e_only: bool,
+        /// Passed to the end-to-end test harness: a name filter, --nocapture, ...
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() {
+    if let Err(err) = dispatch(Task::parse()) {
+        eprintln!("[xtask] error: {err}");
+        for cause in err.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(task: Task) -> Result<()> {
+    let paths = paths::Paths::new()?;
+    match task {
+        Task::Bootstrap => bootstrap::run(&paths).map(drop),
+        Task::Build { debug } => {
+            let built = build::build(&paths, !debug)?;
+            println!("{}", paths.show(&built.agent));
+            Ok(())
+        }
+        Task::Run { debug, args } => run::run(&paths, !debug, args),
+        Task::Test {
+            unit_only,
+            e2e_only,
+            args,
+        } => {
+            let opts = test::Options {
+                unit: !e2e_only,
+                e2e: !unit_only,
+                args,
+            };
+            test::test(&paths, opts)
+        }
+    }
+}

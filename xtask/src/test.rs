@@ -1,0 +1,75 @@
+//! `cargo xtask test`: build, ensure the test peers, run the unit tests, then
+//! the end-to-end tests (package `clew-e2e`, in `tests/`) against the built
+//! agent, one at a time and as root.
+
+use std::{ffi::OsString, time::Instant};
+
+use anyhow::{bail, Result};
+
+use crate::{build, cmd, paths::Paths, peers};
+
+pub const E2E_PACKAGE: &str = "clew-e2e";
+
+pub struct Options {
+    pub unit: bool,
+    pub e2e: bool,
+    /// Passed to the end-to-end test harness (a filter, `--nocapture`, ...).
+    pub args: Vec<OsString>,
+}
+
+pub fn test(paths: &Paths, opts: Options) -> Result<()> {
+    if opts.e2e && !cmd::is_root()? {
+        bail!(
+            "the end-to-end tests load eBPF programs and need root: run \
+             `sudo -E env PATH=\"$PATH\" cargo xtask test` (or `cargo xtask test --unit-only`)"
+        );
+    }
+    let built = build::build(paths, true)?;
+    let python = if opts.e2e {
+        Some(peers::ensure(paths)?)
+    } else {
+        None
+    };
+
+    let mut failed = Vec::new();
+    if opts.unit {
+        let start = Instant::now();
+        eprintln!("[test] unit tests");
+        let mut cargo = cmd::cargo("stable");
+        cargo
+            .current_dir(&paths.root)
+            .env("CLEW_EBPF_OBJECT", &built.object)
+            .args(["test", "--workspace", "--exclude", E2E_PACKAGE]);
+        match cmd::run(&mut cargo) {
+            Ok(()) => eprintln!("[test] unit tests passed ({})", cmd::elapsed(start)),
+            Err(e) => {
+                eprintln!("[test] unit tests FAILED: {e:#}");
+                failed.push("unit tests");
+            }
+        }
+    }
+    if let Some(python) = python {
+        let start = Instant::now();
+        eprintln!("[test] end-to-end tests ({E2E_PACKAGE})");
+        let mut cargo = cmd::cargo("stable");
+        cargo
+            .current_dir(&paths.root)
+            .env("CLEW_EBPF_OBJECT", &built.object)
+            .env("CLEW_BIN", &built.agent)
+            .env("CLEW_TEST_PYTHON", &python)
+            .args(["test", "--package", E2E_PACKAGE, "--", "--test-threads=1"])
+            .args(&opts.args);
+        match cmd::run(&mut cargo) {
+            Ok(()) => eprintln!("[test] end-to-end tests passed ({})", cmd::elapsed(start)),
+            Err(e) => {
+                eprintln!("[test] end-to-end tests FAILED: {e:#}");
+                failed.push("end-to-end tests");
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("failed: {}", failed.join(", "));
+    }
+    eprintln!("[test] all passed");
+    Ok(())
+}
