@@ -19,6 +19,9 @@ use crate::{
 };
 
 const MAX_CONNS: usize = 65536;
+/// `--pid/--exe/--port` are re-resolved this often (ticks are 1 s): finding
+/// listeners means reading every process's fd table.
+const RESELECT_EVERY_TICKS: u64 = 5;
 
 pub struct Pipeline {
     conns: ConnTable,
@@ -33,6 +36,7 @@ pub struct Pipeline {
     /// Processes selected through `--pid/--exe/--port`, mirrored in the kernel.
     listed: HashSet<u32>,
     exchanges: Vec<Exchange>,
+    ticks: u64,
 }
 
 impl Pipeline {
@@ -56,6 +60,7 @@ impl Pipeline {
             stats,
             listed: HashSet::new(),
             exchanges: Vec::new(),
+            ticks: 0,
         }
     }
 
@@ -302,7 +307,10 @@ impl Pipeline {
     /// Periodic housekeeping (about once a second).
     pub fn tick(&mut self) {
         self.clock.resync();
-        self.refresh_listed();
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(RESELECT_EVERY_TICKS) {
+            self.refresh_listed();
+        }
         let k = self.maps.stats();
         stats::set(&self.stats.kernel_ringbuf_drops, k.ringbuf_drops);
         stats::set(&self.stats.kernel_read_errors, k.read_errors);
