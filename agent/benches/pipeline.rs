@@ -14,6 +14,9 @@ use clew::{
     span::Resource,
 };
 use clew_common::{dir, kind, DataHeader};
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use prost::Message;
 
