@@ -87,16 +87,7 @@ fn pipeline(c: &mut Criterion) {
                 let Ok(capture::Event::Data(d)) = capture::decode(r) else {
                     unreachable!()
                 };
-                session.on_data(
-                    d.ingress,
-                    d.payload,
-                    d.total,
-                    d.ts_ns,
-                    d.tid,
-                    d.conn_id,
-                    &mut nesting,
-                    &mut exchanges,
-                );
+                session.on_data(&d, &mut nesting, &mut exchanges);
                 for x in exchanges.drain(..) {
                     spans.push(clew::protocol::http1::spans::to_span(
                         x,

@@ -16,6 +16,17 @@ pub struct Conn {
 }
 
 impl Conn {
+    pub fn new(tgid: u32, fd: u32, facts: ConnFacts, role: Option<Role>, now_ns: u64) -> Self {
+        Conn {
+            tgid,
+            fd,
+            facts,
+            role,
+            session: None,
+            last_ns: now_ns,
+        }
+    }
+
     /// The protocol session, created once the role is known.
     pub fn session(&mut self, ingress: bool, payload: &[u8]) -> Option<&mut Session> {
         if self.session.is_none() {
@@ -90,9 +101,24 @@ impl ConnTable {
     }
 }
 
-/// Local and remote address of a process's socket, from /proc, for
-/// connections whose opening syscall did not reveal them.
-pub fn socket_addrs(pid: u32, fd: u32) -> Option<(SocketAddr, SocketAddr)> {
+impl ConnFacts {
+    /// Addresses from /proc, for connections whose opening syscall did not
+    /// reveal them (unknown when the socket is already gone).
+    pub fn from_proc(pid: u32, fd: u32) -> Self {
+        match socket_addrs(pid, fd) {
+            Some((local, peer)) => ConnFacts {
+                peer: Some(peer),
+                local: Some(local),
+            },
+            None => ConnFacts {
+                peer: None,
+                local: None,
+            },
+        }
+    }
+}
+
+fn socket_addrs(pid: u32, fd: u32) -> Option<(SocketAddr, SocketAddr)> {
     let p = procfs::process::Process::new(pid as i32).ok()?;
     let inode = match p.fd_from_fd(fd as i32).ok()?.target {
         procfs::process::FDTarget::Socket(i) => i,

@@ -160,25 +160,9 @@ impl Pipeline {
                 peer: Some(peer),
                 local: None,
             },
-            None => match conn::socket_addrs(o.tgid, o.fd) {
-                Some((local, peer)) => ConnFacts {
-                    peer: Some(peer),
-                    local: Some(local),
-                },
-                None => ConnFacts {
-                    peer: None,
-                    local: None,
-                },
-            },
+            None => ConnFacts::from_proc(o.tgid, o.fd),
         };
-        let c = Conn {
-            tgid: o.tgid,
-            fd: o.fd,
-            facts,
-            role,
-            session: None,
-            last_ns: o.ts_ns,
-        };
+        let c = Conn::new(o.tgid, o.fd, facts, role, o.ts_ns);
         self.track(o.conn_id, c);
     }
 
@@ -193,24 +177,13 @@ impl Pipeline {
     fn on_data(&mut self, d: capture::Data<'_>) {
         let Some(c) = self.conns.get_mut(d.conn_id) else {
             // Opened before its open record was read, or evicted: adopt it.
-            let facts = match conn::socket_addrs(d.tgid, d.fd) {
-                Some((local, peer)) => ConnFacts {
-                    peer: Some(peer),
-                    local: Some(local),
-                },
-                None => ConnFacts {
-                    peer: None,
-                    local: None,
-                },
-            };
-            let c = Conn {
-                tgid: d.tgid,
-                fd: d.fd,
-                facts,
-                role: None,
-                session: None,
-                last_ns: d.ts_ns,
-            };
+            let c = Conn::new(
+                d.tgid,
+                d.fd,
+                ConnFacts::from_proc(d.tgid, d.fd),
+                None,
+                d.ts_ns,
+            );
             stats::add(&self.stats.conns_adopted, 1);
             self.track(d.conn_id, c);
             return self.on_data(d);
@@ -223,16 +196,7 @@ impl Pipeline {
             return;
         };
         let before = session.losses;
-        session.on_data(
-            d.ingress,
-            d.payload,
-            d.total,
-            d.ts_ns,
-            d.tid,
-            d.conn_id,
-            &mut self.nesting,
-            &mut self.exchanges,
-        );
+        session.on_data(&d, &mut self.nesting, &mut self.exchanges);
         let hopeless = session.is_hopeless();
         let after = session.losses;
         count_losses(&self.stats, before, after);

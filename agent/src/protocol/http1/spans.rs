@@ -7,6 +7,7 @@ use std::{collections::VecDeque, net::SocketAddr, sync::Arc};
 
 use super::{Decoder, Frame, RequestHead, ResponseHead, Side};
 use crate::{
+    capture::Data,
     clock::Clock,
     nesting::{Nesting, SpanCtx},
     span::{AttrValue, Resource, Span, SpanKind, Status},
@@ -112,27 +113,17 @@ impl Session {
     }
 
     /// Feeds one syscall's bytes; finished exchanges are appended to `out`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn on_data(
-        &mut self,
-        ingress: bool,
-        payload: &[u8],
-        total: usize,
-        ts: u64,
-        tid: u32,
-        conn_id: u64,
-        nesting: &mut Nesting,
-        out: &mut Vec<Exchange>,
-    ) {
-        let carries_requests = ingress == (self.role == Role::Server);
+    pub fn on_data(&mut self, d: &Data<'_>, nesting: &mut Nesting, out: &mut Vec<Exchange>) {
+        let carries_requests = d.ingress == (self.role == Role::Server);
         let mut frames = std::mem::take(&mut self.frames);
         if carries_requests {
-            self.requests.feed(payload, total, ts, &mut frames);
+            self.requests.feed(d.payload, d.total, d.ts_ns, &mut frames);
             for f in frames.drain(..) {
-                self.on_request_frame(f, tid, conn_id, nesting);
+                self.on_request_frame(f, d.tid, d.conn_id, nesting);
             }
         } else {
-            self.responses.feed(payload, total, ts, &mut frames);
+            self.responses
+                .feed(d.payload, d.total, d.ts_ns, &mut frames);
             for f in frames.drain(..) {
                 self.on_response_frame(f, nesting, out);
             }
@@ -382,16 +373,22 @@ mod tests {
             }
         }
         fn feed(&mut self, ingress: bool, bytes: &[u8], ts: u64) {
-            self.s.on_data(
-                ingress,
-                bytes,
-                bytes.len(),
-                ts,
-                7,
-                1,
-                &mut self.n,
-                &mut self.out,
-            );
+            self.s
+                .on_data(&data(ingress, bytes, ts, 1), &mut self.n, &mut self.out);
+        }
+    }
+
+    /// One syscall's record on connection `conn_id`, read or written by thread 7.
+    fn data(ingress: bool, payload: &[u8], ts_ns: u64, conn_id: u64) -> Data<'_> {
+        Data {
+            conn_id,
+            tgid: 1,
+            tid: 7,
+            fd: 3,
+            ts_ns,
+            ingress,
+            total: payload.len(),
+            payload,
         }
     }
 
@@ -442,10 +439,10 @@ mod tests {
         let mut out = Vec::new();
         let mut server = Session::new(Role::Server, false);
         let mut client = Session::new(Role::Client, false);
-        server.on_data(true, REQ, REQ.len(), 1, 7, 1, &mut n, &mut out);
-        client.on_data(false, REQ, REQ.len(), 2, 7, 2, &mut n, &mut out);
-        client.on_data(true, OK, OK.len(), 3, 7, 2, &mut n, &mut out);
-        server.on_data(false, OK, OK.len(), 4, 7, 1, &mut n, &mut out);
+        server.on_data(&data(true, REQ, 1, 1), &mut n, &mut out);
+        client.on_data(&data(false, REQ, 2, 2), &mut n, &mut out);
+        client.on_data(&data(true, OK, 3, 2), &mut n, &mut out);
+        server.on_data(&data(false, OK, 4, 1), &mut n, &mut out);
         let (c, s) = (&out[0], &out[1]);
         assert_eq!((c.role, s.role), (Role::Client, Role::Server));
         assert_eq!(c.ctx.trace_id, s.ctx.trace_id);
