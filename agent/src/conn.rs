@@ -161,17 +161,11 @@ mod tests {
     use super::*;
 
     fn conn(tgid: u32, last_ns: u64) -> Conn {
-        Conn {
-            tgid,
-            fd: 3,
-            facts: ConnFacts {
-                peer: None,
-                local: None,
-            },
-            role: None,
-            session: None,
-            last_ns,
-        }
+        let facts = ConnFacts {
+            peer: None,
+            local: None,
+        };
+        Conn::new(tgid, 3, facts, None, last_ns)
     }
 
     #[test]

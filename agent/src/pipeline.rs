@@ -84,17 +84,7 @@ impl Pipeline {
                         peer: Some(peer),
                         local: Some(local),
                     };
-                    self.track(
-                        id,
-                        Conn {
-                            tgid: pid,
-                            fd,
-                            facts,
-                            role: None,
-                            session: None,
-                            last_ns: 0,
-                        },
-                    );
+                    self.track(id, Conn::new(pid, fd, facts, None, 0));
                     stats::add(&self.stats.conns_adopted, 1);
                 }
                 Err(e) => tracing::debug!(pid, fd, "cannot adopt connection: {e}"),
