@@ -1,0 +1,100 @@
+"""Test peer: a threaded HTTP/1.1 service (stdlib only) that the agent traces.
+
+GET /work[/...] -> 200 "ok"; GET /fail -> 500; GET /chain -> calls the
+downstream's /work (200, or 502 if that fails); GET /chain-fail -> calls the
+downstream's /fail and answers 500; POST /echo -> echoes the body. Every
+request's headers go to --header-log as one JSON line.
+"""
+
+import argparse
+import http.client
+import json
+import sys
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+ARGS = None
+LOG_LOCK = threading.Lock()
+
+
+def call_downstream(path):
+    """One plain HTTP/1.1 GET to the downstream; returns (status or None, body)."""
+    url = urllib.parse.urlsplit(ARGS.downstream)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"User-Agent": f"clew-e2e-{ARGS.name}"})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    except OSError as e:
+        return None, str(e).encode()
+    finally:
+        conn.close()
+
+
+class Handler(BaseHTTPRequestHandler):
+    # HTTP/1.1 so that clients can keep the connection alive.
+    protocol_version = "HTTP/1.1"
+
+    def reply(self, status, body):
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def record_headers(self):
+        if not ARGS.header_log:
+            return
+        line = json.dumps(
+            {"method": self.command, "path": self.path, "headers": list(self.headers.items())}
+        )
+        with LOG_LOCK, open(ARGS.header_log, "a") as f:
+            f.write(line + "\n")
+
+    def do_GET(self):
+        self.record_headers()
+        path = urllib.parse.urlsplit(self.path).path
+        if path == "/work" or path.startswith("/work/"):
+            self.reply(200, b"ok")
+        elif path == "/fail":
+            self.reply(500, b"failed on purpose")
+        elif path == "/chain":
+            status, body = call_downstream("/work")
+            self.reply(200 if status == 200 else 502, body)
+        elif path == "/chain-fail":
+            _, body = call_downstream("/fail")
+            self.reply(500, body)
+        else:
+            self.reply(404, b"not found")
+
+    def do_POST(self):
+        self.record_headers()
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if urllib.parse.urlsplit(self.path).path == "/echo":
+            self.reply(200, body)
+        else:
+            self.reply(404, b"not found")
+
+    def log_message(self, fmt, *args):
+        # Truncated: garbage "request lines" can be kilobytes long.
+        sys.stderr.write(f"[{ARGS.name}] {self.address_string()} {(fmt % args)[:200]}\n")
+        sys.stderr.flush()
+
+
+def main():
+    global ARGS
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--name", default="service", help="only used in log lines")
+    p.add_argument("--downstream", help="base URL for /chain and /chain-fail")
+    p.add_argument("--header-log", help="file to append request headers to (JSON lines)")
+    ARGS = p.parse_args()
+    server = ThreadingHTTPServer(("127.0.0.1", ARGS.port), Handler)
+    server.daemon_threads = True
+    print(f"[{ARGS.name}] listening on 127.0.0.1:{ARGS.port}", file=sys.stderr, flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+//! Harness for Clew's end-to-end tests: cgroups, a real OTLP receiver, the agent process and peers.
+
+pub mod agent;
+pub mod bpf;
+pub mod cgroup;
+pub mod check;
+pub mod env;
+pub mod fixture;
+pub mod net;
+pub mod nginx;
+pub mod peers;
+pub mod process;
+pub mod receiver;
+#[cfg(test)]
+mod selftest;
+
+/// How long tests wait for spans: export takes ~1-2 s, this leaves room for a loaded CI machine.
+pub const SPAN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+pub use agent::Agent;
+pub use cgroup::Cgroup;
+pub use check::Expect;
+pub use fixture::Traced;
+pub use receiver::{Protocol, Receiver, RecvSpan, Value};

@@ -1,0 +1,70 @@
+//! Loopback ports and readiness checks that do not generate traced traffic.
+
+use anyhow::{bail, Context, Result};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// True when something listens on 127.0.0.1:`port`. Reads /proc/net/tcp
+/// instead of connecting, because a probe connection to a traced server
+/// would itself be seen by the agent.
+pub fn is_listening(port: u16) -> bool {
+    let want = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        // Fields: sl local_address rem_address st ...; 0A is TCP_LISTEN.
+        .any(|f| f.len() > 3 && f[1] == want && f[3] == "0A")
+}
+
+/// Waits until 127.0.0.1:`port` is listening; `why_not` explains a timeout (e.g. a log).
+pub fn wait_listening(port: u16, timeout: Duration, why_not: impl Fn() -> String) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !is_listening(port) {
+        if Instant::now() > deadline {
+            bail!(
+                "nothing listened on 127.0.0.1:{port} within {timeout:?}\n{}",
+                why_not()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Status of a GET to `url` (only for untraced endpoints such as the agent's health server).
+pub fn http_status(url: &str) -> Result<u16> {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()?;
+    let resp = client
+        .get(url)
+        .send()
+        .with_context(|| format!("GET {url}"))?;
+    Ok(resp.status().as_u16())
+}
+
+/// Polls `url` until it answers 200; `why_not` explains a timeout.
+pub fn wait_http_ok(url: &str, timeout: Duration, why_not: impl Fn() -> String) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match http_status(url) {
+            Ok(200) => return Ok(()),
+            Ok(code) => format!("status {code}"),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() > deadline {
+            bail!(
+                "{url} not 200 within {timeout:?} (last: {last})\n{}",
+                why_not()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,34 @@
+//! OTLP/gRPC: a tonic TraceService that stores what it is sent.
+
+use super::{ingest, Shared};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+struct Collector(Shared);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        req: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        ingest(&self.0, req.get_ref());
+        Ok(Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+pub(super) async fn serve(listener: tokio::net::TcpListener, store: Shared) {
+    let result = tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(Collector(store)))
+        .serve_with_incoming(TcpIncoming::from(listener))
+        .await;
+    if let Err(e) = result {
+        eprintln!("OTLP/gRPC receiver stopped: {e}");
+    }
+}

@@ -1,0 +1,195 @@
+//! A real OTLP trace receiver (gRPC or HTTP/protobuf) that collects spans for assertions.
+
+mod grpc;
+mod http;
+mod span;
+
+pub use span::{flatten, RecvSpan, Value, KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET};
+
+use anyhow::{bail, Context, Result};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::runtime::Runtime;
+
+/// OTLP transport, named as the agent's `--otlp-protocol` spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl Protocol {
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
+/// What the receiver got, shared with the server tasks.
+#[derive(Default)]
+pub(crate) struct Store {
+    spans: Vec<RecvSpan>,
+    /// Export calls accepted, for failure messages.
+    requests: usize,
+    /// Requests the receiver refused (bad path, encoding, body), for failure messages.
+    errors: Vec<String>,
+}
+
+pub(crate) type Shared = Arc<Mutex<Store>>;
+
+pub(crate) fn ingest(store: &Shared, req: &ExportTraceServiceRequest) {
+    let mut s = store.lock().unwrap();
+    s.requests += 1;
+    s.spans.extend(flatten(req));
+}
+
+pub(crate) fn reject(store: &Shared, why: String) {
+    store.lock().unwrap().errors.push(why);
+}
+
+/// The receiver. It owns its own runtime so tests stay synchronous, and so
+/// that stopping it drops every connection, like a collector going down.
+pub struct Receiver {
+    protocol: Protocol,
+    port: u16,
+    store: Shared,
+    rt: Option<Runtime>,
+}
+
+impl Receiver {
+    /// Listens on a fresh port of 127.0.0.1.
+    pub fn start(protocol: Protocol) -> Result<Self> {
+        Self::start_on(protocol, 0)
+    }
+
+    /// Listens on 127.0.0.1:`port` (0 picks one).
+    pub fn start_on(protocol: Protocol, port: u16) -> Result<Self> {
+        let mut r = Receiver {
+            protocol,
+            port,
+            store: Shared::default(),
+            rt: None,
+        };
+        r.serve()?;
+        Ok(r)
+    }
+
+    fn serve(&mut self) -> Result<()> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        // std sets SO_REUSEADDR, so a restart can rebind the same port at once.
+        let listener = std::net::TcpListener::bind(("127.0.0.1", self.port))
+            .with_context(|| format!("binding OTLP receiver on 127.0.0.1:{}", self.port))?;
+        listener.set_nonblocking(true)?;
+        self.port = listener.local_addr()?.port();
+        let listener = {
+            let _guard = rt.enter();
+            tokio::net::TcpListener::from_std(listener)?
+        };
+        match self.protocol {
+            Protocol::Grpc => rt.spawn(grpc::serve(listener, self.store.clone())),
+            Protocol::HttpProtobuf => rt.spawn(http::serve(listener, self.store.clone())),
+        };
+        self.rt = Some(rt);
+        Ok(())
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The URL to give the agent's `--otlp-endpoint`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Closes the listener and every open connection; spans are kept.
+    pub fn stop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// Listens again on the same port after `stop`.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.serve()
+    }
+
+    /// Everything received so far.
+    pub fn spans(&self) -> Vec<RecvSpan> {
+        self.store.lock().unwrap().spans.clone()
+    }
+
+    /// Polls until `pred` holds for the spans received so far and returns
+    /// them; on timeout the error lists everything that did arrive.
+    pub fn wait_for(
+        &self,
+        pred: impl Fn(&[RecvSpan]) -> bool,
+        timeout: Duration,
+    ) -> Result<Vec<RecvSpan>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let spans = self.spans();
+            if pred(&spans) {
+                return Ok(spans);
+            }
+            if Instant::now() > deadline {
+                bail!("spans not as expected after {timeout:?}\n{}", self.dump());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// For negative checks only: fails as soon as a span matching `bad`
+    /// arrives within `window`. A window is unavoidable to show that
+    /// something did *not* happen.
+    pub fn expect_none_for(&self, bad: impl Fn(&RecvSpan) -> bool, window: Duration) -> Result<()> {
+        let deadline = Instant::now() + window;
+        while Instant::now() < deadline {
+            if let Some(s) = self.spans().iter().find(|s| bad(s)) {
+                bail!("unexpected span: {s}\n{}", self.dump());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Everything received, one span per line, plus refused requests.
+    pub fn dump(&self) -> String {
+        let s = self.store.lock().unwrap();
+        let mut out = format!(
+            "receiver ({:?} on port {}) got {} export requests, {} spans:\n",
+            self.protocol,
+            self.port,
+            s.requests,
+            s.spans.len()
+        );
+        for span in &s.spans {
+            let _ = writeln!(out, "  {span}");
+        }
+        for e in &s.errors {
+            let _ = writeln!(out, "  refused request: {e}");
+        }
+        out
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,10 @@
+//! End-to-end tests of plaintext HTTP/1.x tracing: real agent, real peers, real OTLP receiver.
+//!
+//! Run as root, one test at a time (`cargo xtask test`, or `cargo test -p
+//! clew-e2e -- --test-threads=1` with CLEW_BIN set or `target/release/clew` built).
+
+mod chain;
+mod connections;
+mod export;
+mod lifecycle;
+mod nginx_static;
