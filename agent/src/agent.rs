@@ -11,7 +11,7 @@ use tokio::{
 
 use crate::{
     capture::{Capture, CaptureConfig},
-    cli::RunArgs,
+    cli::{Propagation, RunArgs},
     export::{ExportConfig, Exporter},
     health,
     nesting::Nesting,
@@ -56,10 +56,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
         select_all: selector.is_all(),
         capture_limit: args.capture_bytes,
         ringbuf_bytes: args.ringbuf_mib.max(1) * 1024 * 1024,
+        sampling: sampler.kernel(),
     })?;
     let maps = capture.maps()?;
     let ring = capture.take_ring()?;
     capture.attach()?;
+    if args.propagation.contains(&Propagation::Headers) {
+        capture.attach_injection(&selector.cgroup_dirs()?)?;
+    }
     let exporter = Exporter::start(export_cfg).context("starting the exporter")?;
     let opts = SpanOptions {
         capture_query: args.capture_query,

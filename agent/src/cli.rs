@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Trace the selected processes and export spans.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print which kernel mechanisms this machine offers and which Clew uses.
     Probe,
 }
@@ -57,7 +57,19 @@ pub struct RunArgs {
     /// Record `url.query` (off by default: query strings often carry secrets).
     #[arg(long)]
     pub capture_query: bool,
+    /// How trace context crosses to the next service: `headers` (write
+    /// `traceparent` into outgoing plaintext HTTP/1 requests) or `none`.
+    #[arg(long, value_delimiter = ',', default_value = "headers")]
+    pub propagation: Vec<Propagation>,
     /// Kernel→agent ring buffer size in MiB (rounded up to a power of two).
     #[arg(long, default_value_t = 16)]
     pub ringbuf_mib: u32,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Propagation {
+    /// `traceparent` header in plaintext HTTP/1 requests.
+    Headers,
+    /// Observe only.
+    None,
 }

@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        cli::Command::Run(args) => agent::run(args).await,
+        cli::Command::Run(args) => agent::run(*args).await,
         cli::Command::Probe => agent::probe(),
     }
 }

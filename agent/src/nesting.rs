@@ -6,7 +6,10 @@ use std::collections::HashMap;
 
 use rand::Rng;
 
+use clew_common::{ctxflag, TraceCtx};
+
 use crate::{
+    capture::KernelCtx,
     sampling::Sampler,
     span::{SpanId, TraceId},
     trace_context::TraceParent,
@@ -33,6 +36,31 @@ const MAX_THREADS: usize = 65536;
 pub struct Nesting {
     sampler: Sampler,
     by_tid: HashMap<u32, Active>,
+    /// Ids the kernel decided, waiting for the request they belong to:
+    /// server side by connection, client side by sending thread.
+    kernel_server: HashMap<u64, (u64, SpanCtx)>,
+    kernel_client: HashMap<u32, (u64, SpanCtx)>,
+}
+
+/// A kernel context belongs to a request parsed from data recorded at most
+/// this long after it (the same syscall, in practice).
+const KERNEL_CTX_WINDOW_NS: u64 = 50_000_000;
+
+impl From<&TraceCtx> for SpanCtx {
+    fn from(c: &TraceCtx) -> Self {
+        SpanCtx {
+            trace_id: c.trace_id,
+            span_id: c.span_id,
+            parent: (c.flags & ctxflag::HAS_PARENT != 0).then_some(c.parent_id),
+            sampled: c.flags & ctxflag::SAMPLED != 0,
+            trace_state: String::new(),
+        }
+    }
+}
+
+fn take_fresh(m: &mut HashMap<u32, (u64, SpanCtx)>, k: &u32, ts: u64) -> Option<SpanCtx> {
+    let (at, ctx) = m.remove(k)?;
+    (at <= ts && ts - at <= KERNEL_CTX_WINDOW_NS).then_some(ctx)
 }
 
 impl Nesting {
@@ -40,39 +68,76 @@ impl Nesting {
         Nesting {
             sampler,
             by_tid: HashMap::new(),
+            kernel_server: HashMap::new(),
+            kernel_client: HashMap::new(),
         }
     }
 
-    /// A request arrived on a server connection, read by thread `tid`.
+    /// Ids the kernel decided for a request not parsed yet: server side,
+    /// the request whose first bytes carry the same timestamp; client side
+    /// (injected), the next request the thread sends.
+    pub fn kernel(&mut self, k: &KernelCtx) {
+        let entry = (k.ts_ns, SpanCtx::from(&k.ctx));
+        if k.server {
+            self.kernel_server.insert(k.conn_id, entry);
+        } else {
+            self.kernel_client.insert(k.tid, entry);
+        }
+        if self.kernel_server.len() + self.kernel_client.len() > MAX_THREADS {
+            // Contexts whose requests were never parsed (records lost).
+            let fresh =
+                |(at, _): &(u64, SpanCtx)| k.ts_ns.saturating_sub(*at) <= KERNEL_CTX_WINDOW_NS;
+            self.kernel_server.retain(|_, v| fresh(v));
+            self.kernel_client.retain(|_, v| fresh(v));
+        }
+    }
+
+    /// A request arrived on a server connection, read by thread `tid` at
+    /// `ts`. The kernel's ids win: outgoing requests were injected with them.
     pub fn server_span(
         &mut self,
         tid: u32,
         conn_id: u64,
+        ts: u64,
         traceparent: Option<&str>,
         tracestate: Option<&str>,
     ) -> SpanCtx {
         let incoming = traceparent.and_then(TraceParent::parse);
-        let ctx = match incoming {
-            Some(tp) => SpanCtx {
+        let kernel = self
+            .kernel_server
+            .remove(&conn_id)
+            .filter(|(at, _)| *at == ts)
+            .map(|(_, c)| c);
+        let mut ctx = match (kernel, incoming) {
+            (Some(k), _) => k,
+            (None, Some(tp)) => SpanCtx {
                 trace_id: tp.trace_id,
                 span_id: new_span_id(),
                 parent: Some(tp.parent_id),
                 sampled: self.sampler.sample(&tp.trace_id, Some(tp.sampled)),
-                trace_state: tracestate.unwrap_or_default().to_owned(),
+                trace_state: String::new(),
             },
-            None => self.root(),
+            (None, None) => self.root(),
         };
+        if incoming.is_some_and(|tp| tp.trace_id == ctx.trace_id) {
+            ctx.trace_state = tracestate.unwrap_or_default().to_owned();
+        }
         if self.by_tid.len() >= MAX_THREADS && !self.by_tid.contains_key(&tid) {
             self.by_tid.clear();
         }
-        self.by_tid.insert(
-            tid,
-            Active {
-                ctx: ctx.clone(),
-                conn_id,
-            },
-        );
+        let active = Active {
+            ctx: ctx.clone(),
+            conn_id,
+        };
+        self.by_tid.insert(tid, active);
         ctx
+    }
+
+    /// A server span `old` got the kernel's ids after it started.
+    pub fn rebind(&mut self, tid: u32, old: &SpanId, ctx: &SpanCtx) {
+        if let Some(a) = self.by_tid.get_mut(&tid).filter(|a| &a.ctx.span_id == old) {
+            a.ctx = ctx.clone();
+        }
     }
 
     /// The response to the server span `span_id` is complete.
@@ -89,12 +154,17 @@ impl Nesting {
     /// Server connection `conn_id` closed: nothing more is served on it.
     pub fn conn_closed(&mut self, conn_id: u64) {
         self.by_tid.retain(|_, a| a.conn_id != conn_id);
+        self.kernel_server.remove(&conn_id);
     }
 
-    /// A request is being sent by thread `tid`. When the request already
-    /// carries a `traceparent` (the application propagates by itself), the
-    /// span takes that identity instead of inventing one.
-    pub fn client_span(&mut self, tid: u32, traceparent: Option<&str>) -> SpanCtx {
+    /// A request is being sent by thread `tid` at `ts`. Ids the kernel
+    /// injected come first; a `traceparent` the application wrote itself
+    /// (it has an SDK) comes next; else the span nests under what the
+    /// thread is serving.
+    pub fn client_span(&mut self, tid: u32, ts: u64, traceparent: Option<&str>) -> SpanCtx {
+        if let Some(k) = take_fresh(&mut self.kernel_client, &tid, ts) {
+            return k;
+        }
         let serving = self.by_tid.get(&tid).map(|a| &a.ctx);
         match traceparent.and_then(TraceParent::parse) {
             Some(tp) => SpanCtx {
@@ -166,21 +236,21 @@ mod tests {
     #[test]
     fn client_calls_nest_under_the_request_their_thread_serves() {
         let mut n = nesting();
-        let server = n.server_span(10, 1, None, None);
-        let client = n.client_span(10, None);
+        let server = n.server_span(10, 1, 0, None, None);
+        let client = n.client_span(10, 0, None);
         assert_eq!(client.trace_id, server.trace_id);
         assert_eq!(client.parent, Some(server.span_id));
-        let other_thread = n.client_span(11, None);
+        let other_thread = n.client_span(11, 0, None);
         assert_ne!(other_thread.trace_id, server.trace_id);
         assert_eq!(other_thread.parent, None);
         n.server_done(10, &server.span_id);
-        assert_eq!(n.client_span(10, None).parent, None);
+        assert_eq!(n.client_span(10, 0, None).parent, None);
     }
 
     #[test]
     fn incoming_traceparent_is_joined() {
         let mut n = nesting();
-        let s = n.server_span(1, 1, Some(TP), Some("k=v"));
+        let s = n.server_span(1, 1, 0, Some(TP), Some("k=v"));
         assert_eq!(hex::encode(s.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(
             s.parent.map(hex::encode).as_deref(),
@@ -188,23 +258,64 @@ mod tests {
         );
         assert_eq!(s.trace_state, "k=v");
         assert!(s.sampled);
-        let unsampled = n.server_span(2, 1, Some(&TP.replace("-01", "-00")), None);
+        let unsampled = n.server_span(2, 1, 0, Some(&TP.replace("-01", "-00")), None);
         assert!(!unsampled.sampled);
     }
 
     #[test]
     fn application_context_on_outgoing_requests_wins() {
         let mut n = nesting();
-        let c = n.client_span(5, Some(TP));
+        let c = n.client_span(5, 0, Some(TP));
         assert_eq!(hex::encode(c.span_id), "00f067aa0ba902b7");
         assert_eq!(c.parent, None);
+    }
+
+    fn kernel_ctx(server: bool, conn_id: u64, tid: u32, ts_ns: u64, span: u8) -> KernelCtx {
+        let ctx = TraceCtx {
+            trace_id: [7; 16],
+            span_id: [span; 8],
+            parent_id: [9; 8],
+            flags: ctxflag::SAMPLED | ctxflag::HAS_PARENT,
+            _pad: [0; 7],
+        };
+        KernelCtx {
+            server,
+            conn_id,
+            tid,
+            ts_ns,
+            ctx,
+        }
+    }
+
+    #[test]
+    fn kernel_ids_win_for_the_request_they_precede() {
+        let mut n = nesting();
+        n.kernel(&kernel_ctx(true, 3, 1, 100, 1));
+        let s = n.server_span(1, 3, 100, Some(TP), None);
+        assert_eq!(
+            (s.trace_id, s.span_id, s.parent),
+            ([7; 16], [1; 8], Some([9; 8]))
+        );
+        n.kernel(&kernel_ctx(false, 0, 1, 200, 2));
+        let c = n.client_span(1, 210, None);
+        assert_eq!(c.span_id, [2; 8]);
+        // Consumed: the next request of the thread nests by userspace rules.
+        assert_eq!(n.client_span(1, 220, None).parent, Some([1; 8]));
+    }
+
+    #[test]
+    fn stale_kernel_ids_are_not_used() {
+        let mut n = nesting();
+        n.kernel(&kernel_ctx(false, 0, 4, 100, 2));
+        let c = n.client_span(4, 100 + KERNEL_CTX_WINDOW_NS + 1, None);
+        assert_ne!(c.span_id, [2; 8]);
     }
 
     #[test]
     fn closing_a_connection_forgets_its_threads() {
         let mut n = nesting();
-        n.server_span(1, 7, None, None);
-        n.server_span(2, 8, None, None);
+        n.server_span(1, 7, 0, None, None);
+        n.server_span(2, 8, 0, None, None);
         n.conn_closed(7);
         assert_eq!(n.tracked(), 1);
     }

@@ -7,11 +7,11 @@ use std::{collections::HashSet, sync::Arc};
 use clew_common::role;
 
 use crate::{
-    capture::{self, ConnOpen, Event, KernelMaps},
+    capture::{self, ConnOpen, Event, KernelCtx, KernelMaps},
     clock::Clock,
     conn::{self, Conn, ConnTable},
     export::Exporter,
-    nesting::Nesting,
+    nesting::{Nesting, SpanCtx},
     process::Processes,
     protocol::http1::spans::{self, ConnFacts, Exchange, Role, SpanOptions},
     select::Selector,
@@ -118,6 +118,7 @@ impl Pipeline {
         stats::add(&self.stats.events, 1);
         match capture::decode(record) {
             Ok(Event::Data(d)) => self.on_data(d),
+            Ok(Event::Ctx(k)) => self.on_kernel_ctx(k),
             Ok(Event::Open(o)) => self.on_open(o),
             Ok(Event::Close { conn_id, ts_ns }) => self.on_close(conn_id, ts_ns),
             Ok(Event::Exec { tgid }) => {
@@ -134,6 +135,21 @@ impl Pipeline {
                 tracing::debug!("bad ring-buffer record: {e}");
             }
         }
+    }
+
+    fn on_kernel_ctx(&mut self, k: KernelCtx) {
+        if k.server {
+            let session = self
+                .conns
+                .get_mut(k.conn_id)
+                .and_then(|c| c.session.as_mut());
+            if let Some(s) = session {
+                if s.adopt_server_ctx(k.ts_ns, SpanCtx::from(&k.ctx), &mut self.nesting) {
+                    return;
+                }
+            }
+        }
+        self.nesting.kernel(&k);
     }
 
     fn on_open(&mut self, o: ConnOpen) {

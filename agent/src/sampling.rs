@@ -59,6 +59,36 @@ impl Sampler {
     }
 }
 
+/// The sampler as the kernel programs apply it when they decide the ids of
+/// a new span (globals `SAMPLE_*` in ebpf/src/context.rs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelSampling {
+    /// 1: every new trace is sampled.
+    pub always: u32,
+    /// Otherwise sampled when the trace id's low 8 bytes are below this.
+    pub threshold: u64,
+    /// 1: an incoming sampled flag decides.
+    pub parent_based: u32,
+}
+
+impl Sampler {
+    pub fn kernel(&self) -> KernelSampling {
+        let (root_ratio, parent_based) = match *self {
+            Sampler::AlwaysOn => (1.0, 0),
+            Sampler::AlwaysOff => (0.0, 0),
+            Sampler::TraceIdRatio(r) => (r, 0),
+            Sampler::ParentBased(Root::AlwaysOn) => (1.0, 1),
+            Sampler::ParentBased(Root::AlwaysOff) => (0.0, 1),
+            Sampler::ParentBased(Root::TraceIdRatio(r)) => (r, 1),
+        };
+        KernelSampling {
+            always: (root_ratio >= 1.0) as u32,
+            threshold: (root_ratio * u64::MAX as f64) as u64,
+            parent_based,
+        }
+    }
+}
+
 /// Same rule as the OpenTelemetry SDKs: the trace id's low 8 bytes, read
 /// big-endian, below `ratio * 2^64`.
 fn ratio(trace_id: &TraceId, ratio: f64) -> bool {
@@ -106,6 +136,24 @@ mod tests {
         let s = Sampler::from_env(Some("parentbased_traceidratio"), Some("0")).unwrap();
         assert!(s.sample(&id(0), Some(true)));
         assert!(!s.sample(&id(0), None));
+    }
+
+    #[test]
+    fn kernel_parameters_match_the_userspace_rule() {
+        let k = Sampler::from_env(Some("parentbased_traceidratio"), Some("0.5"))
+            .unwrap()
+            .kernel();
+        assert_eq!((k.always, k.parent_based), (0, 1));
+        assert_eq!(k.threshold, u64::MAX / 2 + 1);
+        assert_eq!(Sampler::AlwaysOn.kernel().always, 1);
+        assert_eq!(
+            Sampler::AlwaysOff.kernel(),
+            KernelSampling {
+                always: 0,
+                threshold: 0,
+                parent_based: 0
+            }
+        );
     }
 
     #[test]

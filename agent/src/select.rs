@@ -37,6 +37,17 @@ impl Selector {
         self.cgroups.iter().map(|p| cgroup_id(&root, p)).collect()
     }
 
+    /// The cgroup directories whose sockets may need injection: the selected
+    /// subtrees, or the whole hierarchy when selecting by process (the
+    /// kernel then admits only sockets the selected processes connect).
+    pub fn cgroup_dirs(&self) -> Result<Vec<PathBuf>> {
+        let root = cgroup2_mount()?;
+        if self.cgroups.is_empty() {
+            return Ok(vec![root]);
+        }
+        Ok(self.cgroups.iter().map(|p| resolve(&root, p)).collect())
+    }
+
     /// Pids selected right now by `--pid`, `--exe` and `--port` (not cgroups).
     pub fn listed_pids(&self) -> HashSet<u32> {
         let mut out: HashSet<u32> = self.pids.iter().copied().filter(|p| alive(*p)).collect();

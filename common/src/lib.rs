@@ -38,6 +38,57 @@ pub mod kind {
     pub const CONN_CLOSE: u32 = 3;
     pub const PROC_EXEC: u32 = 4;
     pub const PROC_EXIT: u32 = 5;
+    /// Trace context the kernel decided for a request (see [`CtxEvent`]).
+    pub const TRACE_CTX: u32 = 6;
+}
+
+/// Bytes of a request head the kernel scans for `traceparent` and framing
+/// headers (power of two).
+pub const SCAN_BYTES: usize = 1024;
+/// Length of the header line the kernel inserts:
+/// `traceparent: 00-{32 hex}-{16 hex}-{2 hex}\r\n`.
+pub const TRACEPARENT_LINE: usize = 70;
+/// Sockets of traced clients that sk_msg may inject into.
+pub const MAX_INJECT_SOCKS: u32 = 65536;
+
+/// Flags of a [`TraceCtx`].
+pub mod ctxflag {
+    pub const SAMPLED: u8 = 1;
+    /// `parent_id` is set.
+    pub const HAS_PARENT: u8 = 2;
+    /// The parent came from an incoming `traceparent` (another process).
+    pub const REMOTE_PARENT: u8 = 4;
+    /// A `traceparent` with this span id was written into the request.
+    pub const INJECTED: u8 = 8;
+}
+
+/// Ids the kernel chose for a span, so that what it injects and what
+/// userspace exports agree.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceCtx {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_id: [u8; 8],
+    pub flags: u8,
+    pub _pad: [u8; 7],
+}
+
+/// `kind::TRACE_CTX`: sent just before the data record of the request it
+/// belongs to (server side, `conn_id` set) or from inside the `sendmsg`
+/// that carried the injected request (client side, `conn_id` 0: userspace
+/// pairs it by thread).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CtxEvent {
+    pub kind: u32,
+    /// `role::ACCEPTED` (server span) or `role::CONNECTED` (client span).
+    pub role: u8,
+    pub _pad: [u8; 3],
+    pub conn_id: u64,
+    pub pid_tgid: u64,
+    pub ts_ns: u64,
+    pub ctx: TraceCtx,
 }
 
 /// Direction of a data record as seen by the traced process.
@@ -192,4 +243,5 @@ mod pod {
     unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for ConnInfo {}
     unsafe impl aya::Pod for CgroupSel {}
+    unsafe impl aya::Pod for TraceCtx {}
 }

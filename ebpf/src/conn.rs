@@ -72,7 +72,8 @@ fn remember(nr_role: u8, fd: u32, a1: u64, peer: SockAddr) {
         conn_id: 0,
         fd,
         role: nr_role,
-        _pad: [0; 3],
+        conn_role: 0,
+        _pad: [0; 2],
         a1,
         a2: 0,
         peer,
@@ -82,8 +83,15 @@ fn remember(nr_role: u8, fd: u32, a1: u64, peer: SockAddr) {
 
 fn open(pid_tgid: u64, fd: u32, role: u8, peer: SockAddr) {
     let id = next_conn_id();
-    let key = ConnKey { tgid: (pid_tgid >> 32) as u32, fd };
-    let info = ConnInfo { id, role, _pad: [0; 7] };
+    let key = ConnKey {
+        tgid: (pid_tgid >> 32) as u32,
+        fd,
+    };
+    let info = ConnInfo {
+        id,
+        role,
+        _pad: [0; 7],
+    };
     if CONNS.insert(&key, &info, 0).is_ok() {
         emit(kind::CONN_OPEN, id, role, pid_tgid, fd, peer);
     }
@@ -99,7 +107,12 @@ fn take_inflight(role: u8) -> Option<(u64, Inflight)> {
 #[tracepoint]
 pub fn enter_accept(ctx: TracePointContext) -> u32 {
     // accept(fd, addr, addrlen) / accept4(fd, addr, addrlen, flags)
-    remember(role::ACCEPTED, tp::arg(&ctx, 0) as u32, tp::arg(&ctx, 1), SockAddr::default());
+    remember(
+        role::ACCEPTED,
+        tp::arg(&ctx, 0) as u32,
+        tp::arg(&ctx, 1),
+        SockAddr::default(),
+    );
     0
 }
 
@@ -145,11 +158,21 @@ pub fn exit_connect(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn enter_close(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let key = ConnKey { tgid: (pid_tgid >> 32) as u32, fd: tp::arg(&ctx, 0) as u32 };
+    let key = ConnKey {
+        tgid: (pid_tgid >> 32) as u32,
+        fd: tp::arg(&ctx, 0) as u32,
+    };
     let Some(info) = (unsafe { CONNS.get(&key) }).copied() else {
         return 0;
     };
     let _ = CONNS.remove(&key);
-    emit(kind::CONN_CLOSE, info.id, info.role, pid_tgid, key.fd, SockAddr::default());
+    emit(
+        kind::CONN_CLOSE,
+        info.id,
+        info.role,
+        pid_tgid,
+        key.fd,
+        SockAddr::default(),
+    );
     0
 }

@@ -4,14 +4,22 @@
 //! (one record per buffer or iovec segment) into the ring buffer.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw},
-    macros::tracepoint,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_user,
+        generated::bpf_probe_read_user as read_user_raw,
+    },
+    macros::{map, tracepoint},
+    maps::{PerCpuArray, ProgramArray},
     programs::TracePointContext,
 };
-use clew_common::{dir, kind, nr, stat, ConnKey, DataHeader, SockAddr, MAX_CAPTURE, MAX_IOV};
+use clew_common::{
+    dir, kind, nr, role, stat, ConnKey, DataHeader, SockAddr, MAX_CAPTURE, MAX_IOV, SCAN_BYTES,
+};
 
 use crate::{
-    maps::{capture_limit, count, now, Inflight, CONNS, EVENTS, INFLIGHT, SCRATCH},
+    context, head,
+    inject::HEAD,
+    maps::{capture_limit, count, now, Inflight, Scratch, CONNS, EVENTS, INFLIGHT, SCRATCH},
     tp,
 };
 
@@ -22,7 +30,10 @@ pub const IO_MARK: u8 = 0xff;
 pub fn enter_io(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let fd = tp::arg(&ctx, 0) as u32;
-    let key = ConnKey { tgid: (pid_tgid >> 32) as u32, fd };
+    let key = ConnKey {
+        tgid: (pid_tgid >> 32) as u32,
+        fd,
+    };
     let Some(info) = (unsafe { CONNS.get(&key) }) else {
         return 0;
     };
@@ -31,7 +42,8 @@ pub fn enter_io(ctx: TracePointContext) -> u32 {
         conn_id: info.id,
         fd,
         role: IO_MARK,
-        _pad: [0; 3],
+        conn_role: info.role,
+        _pad: [0; 2],
         // read/write/send*/recv*: buffer; *v: iovec array; *msg: msghdr.
         a1: tp::arg(&ctx, 1),
         a2: tp::arg(&ctx, 2),
@@ -57,6 +69,7 @@ pub fn exit_io(ctx: TracePointContext) -> u32 {
     }
     let len = ret as u64;
     let ts = now();
+
     match v.nr {
         nr::READ | nr::RECVFROM => emit(&v, pid_tgid, ts, dir::INGRESS, v.a1, len),
         nr::WRITE | nr::SENDTO => emit(&v, pid_tgid, ts, dir::EGRESS, v.a1, len),
@@ -69,7 +82,11 @@ pub fn exit_io(ctx: TracePointContext) -> u32 {
                 count(stat::READ_ERRORS);
                 return 0;
             };
-            let d = if v.nr == nr::RECVMSG { dir::INGRESS } else { dir::EGRESS };
+            let d = if v.nr == nr::RECVMSG {
+                dir::INGRESS
+            } else {
+                dir::EGRESS
+            };
             emit_iov(&v, pid_tgid, ts, d, m[0], m[1], len)
         }
         // sendfile moves file bytes the process never sees: account for
@@ -77,6 +94,46 @@ pub fn exit_io(ctx: TracePointContext) -> u32 {
         nr::SENDFILE => emit(&v, pid_tgid, ts, dir::EGRESS, 0, len),
         _ => {}
     }
+    if v.conn_role != role::CONNECTED {
+        // Request scanning lives in its own program so the verifier checks
+        // it once, not once per path through the code above.
+        if let Some(args) = OBSERVE.get_ptr_mut(0) {
+            unsafe { *args = Observe { v, len, ts } };
+            unsafe { TAIL.tail_call(&ctx, TAIL_OBSERVE) };
+        }
+    }
+    0
+}
+
+/// What `exit_io` hands to `observe_request`.
+#[derive(Clone, Copy)]
+pub struct Observe {
+    v: Inflight,
+    len: u64,
+    ts: u64,
+}
+
+#[map]
+static OBSERVE: PerCpuArray<Observe> = PerCpuArray::with_max_entries(1, 0);
+
+/// Tail-call targets (filled by the agent): index 0 is `observe_request`.
+#[map]
+static TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
+const TAIL_OBSERVE: u32 = 0;
+
+#[tracepoint]
+pub fn observe_request(_ctx: TracePointContext) -> u32 {
+    let Some(args) = OBSERVE.get(0).copied() else {
+        return 0;
+    };
+    let Some((buf, n)) = first_segment(&args.v, args.len) else {
+        return 0;
+    };
+    let d = match args.v.nr {
+        nr::READ | nr::RECVFROM | nr::READV | nr::RECVMSG => dir::INGRESS,
+        _ => dir::EGRESS,
+    };
+    observe_server(&args.v, d, buf, n, args.ts);
     0
 }
 
@@ -88,7 +145,8 @@ fn emit_iov(v: &Inflight, pid_tgid: u64, ts: u64, direction: u8, iov: u64, iovcn
         if (i as u64) >= iovcnt || left == 0 {
             return;
         }
-        let Ok(seg) = (unsafe { bpf_probe_read_user((iov + 16 * i as u64) as *const [u64; 2]) }) else {
+        let Ok(seg) = (unsafe { bpf_probe_read_user((iov + 16 * i as u64) as *const [u64; 2]) })
+        else {
             count(stat::READ_ERRORS);
             return;
         };
@@ -101,6 +159,61 @@ fn emit_iov(v: &Inflight, pid_tgid: u64, ts: u64, direction: u8, iov: u64, iovcn
         // More segments than we follow: keep the byte count honest.
         emit(v, pid_tgid, ts, direction, 0, left);
     }
+}
+
+/// The first buffer of a call and the bytes it holds (None for sendfile).
+#[inline(always)]
+fn first_segment(v: &Inflight, len: u64) -> Option<(u64, u64)> {
+    let iov = match v.nr {
+        nr::READ | nr::RECVFROM | nr::WRITE | nr::SENDTO => return Some((v.a1, len)),
+        nr::READV | nr::WRITEV => v.a1,
+        nr::RECVMSG | nr::SENDMSG => {
+            unsafe { bpf_probe_read_user((v.a1 + 16) as *const u64) }.ok()?
+        }
+        _ => return None,
+    };
+    let seg = unsafe { bpf_probe_read_user(iov as *const [u64; 2]) }.ok()?;
+    Some((seg[0], if seg[1] < len { seg[1] } else { len }))
+}
+
+/// Keeps the kernel's idea of which request each thread serves current:
+/// a request read on a server connection starts a SERVER span (joining its
+/// `traceparent`), a response written ends it. Runs (as a tail call) after the call's
+/// data records; the context record carries the same timestamp so userspace
+/// can tell which request it belongs to.
+#[inline(always)]
+fn observe_server(v: &Inflight, direction: u8, buf: u64, len: u64, ts: u64) {
+    if direction == dir::EGRESS {
+        if let Ok(b) = unsafe { bpf_probe_read_user(buf as *const [u8; 5]) } {
+            if b == *b"HTTP/" {
+                context::server_response();
+            }
+        }
+        return;
+    }
+    if len < 16 {
+        return;
+    }
+    let Some(h) = HEAD.get_ptr_mut(0) else {
+        return;
+    };
+    let h = unsafe { &mut *h };
+    let n = if len < SCAN_BYTES as u64 {
+        len as u32
+    } else {
+        SCAN_BYTES as u32
+    };
+    let n = n & (SCAN_BYTES as u32 * 2 - 1);
+    if unsafe { read_user_raw(h.buf.as_mut_ptr().cast(), n, buf as *const _) } != 0 {
+        return;
+    }
+    if !head::starts_with_method(&h.buf) {
+        return;
+    }
+    // A head longer than the scan still yields a traceparent seen early.
+    let _ = head::scan(h, n);
+    let ctx = context::server_request(head::traceparent(h));
+    context::emit(role::ACCEPTED, v.conn_id, ts, &ctx);
 }
 
 /// Emits one data record of `len` bytes, copying at most the capture limit
@@ -140,7 +253,11 @@ fn emit(v: &Inflight, pid_tgid: u64, ts: u64, direction: u8, buf: u64, len: u64)
         syscall: v.nr as u32,
     };
     let size = core::mem::size_of::<DataHeader>() + (captured as usize & (MAX_CAPTURE * 2 - 1));
-    let size = if size > core::mem::size_of::<Scratch>() { core::mem::size_of::<Scratch>() } else { size };
+    let size = if size > core::mem::size_of::<Scratch>() {
+        core::mem::size_of::<Scratch>()
+    } else {
+        size
+    };
     let bytes = unsafe { core::slice::from_raw_parts(s as *const Scratch as *const u8, size) };
     if EVENTS.output::<[u8]>(bytes, 0).is_err() {
         count(stat::RINGBUF_DROPS);
@@ -148,5 +265,3 @@ fn emit(v: &Inflight, pid_tgid: u64, ts: u64, direction: u8, buf: u64, len: u64)
         count(stat::DATA_EVENTS);
     }
 }
-
-use crate::maps::Scratch;

@@ -5,6 +5,9 @@
 #![no_main]
 
 mod conn;
+mod context;
+mod head;
+mod inject;
 mod io;
 mod maps;
 mod proc;

@@ -53,7 +53,9 @@ pub struct Inflight {
     pub conn_id: u64,
     pub fd: u32,
     pub role: u8,
-    pub _pad: [u8; 3],
+    /// Role of the connection (io records only).
+    pub conn_role: u8,
+    pub _pad: [u8; 2],
     pub a1: u64,
     pub a2: u64,
     pub peer: clew_common::SockAddr,

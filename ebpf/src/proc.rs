@@ -3,18 +3,18 @@
 //! executable name and drop per-process state.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 use clew_common::{kind, ProcEvent};
 
-use crate::{
-    maps::{count, fork_child_pid_offset, now, EVENTS, PIDS},
-};
+use crate::maps::{count, fork_child_pid_offset, now, EVENTS, PIDS};
 
 fn emit(kind: u32, tgid: u32) {
-    let ev = ProcEvent { kind, tgid, ts_ns: now() };
+    let ev = ProcEvent {
+        kind,
+        tgid,
+        ts_ns: now(),
+    };
     if EVENTS.output::<ProcEvent>(&ev, 0).is_err() {
         count(clew_common::stat::RINGBUF_DROPS);
     }

@@ -1,9 +1,10 @@
 """Test peer: a threaded HTTP/1.1 service (stdlib only) that the agent traces.
 
-GET /work[/...] -> 200 "ok"; GET /fail -> 500; GET /chain -> calls the
-downstream's /work (200, or 502 if that fails); GET /chain-fail -> calls the
-downstream's /fail and answers 500; POST /echo -> echoes the body. Every
-request's headers go to --header-log as one JSON line.
+GET /work[/...] -> 200 "ok" (after --work-delay-ms); GET /fail -> 500;
+GET /chain -> calls the downstream's /work (200, or 502 if that fails);
+GET /chain/X -> the same with the downstream's /work/X; GET /chain-fail ->
+calls the downstream's /fail and answers 500; POST /echo -> echoes the body.
+Every request's headers go to --header-log as one JSON line.
 """
 
 import argparse
@@ -11,6 +12,7 @@ import http.client
 import json
 import sys
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -56,11 +58,15 @@ class Handler(BaseHTTPRequestHandler):
         self.record_headers()
         path = urllib.parse.urlsplit(self.path).path
         if path == "/work" or path.startswith("/work/"):
+            time.sleep(ARGS.work_delay_ms / 1000)
             self.reply(200, b"ok")
         elif path == "/fail":
             self.reply(500, b"failed on purpose")
         elif path == "/chain":
             status, body = call_downstream("/work")
+            self.reply(200 if status == 200 else 502, body)
+        elif path.startswith("/chain/"):
+            status, body = call_downstream("/work/" + path[len("/chain/") :])
             self.reply(200 if status == 200 else 502, body)
         elif path == "/chain-fail":
             _, body = call_downstream("/fail")
@@ -89,6 +95,7 @@ def main():
     p.add_argument("--name", default="service", help="only used in log lines")
     p.add_argument("--downstream", help="base URL for /chain and /chain-fail")
     p.add_argument("--header-log", help="file to append request headers to (JSON lines)")
+    p.add_argument("--work-delay-ms", type=int, default=0, help="delay before answering /work")
     ARGS = p.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", ARGS.port), Handler)
     server.daemon_threads = True

@@ -2,8 +2,10 @@
 
 Subcommands: keepalive (many requests on one connection), pipeline (several
 requests in one write), split (headers and body in many small writes),
-garbage (non-HTTP bytes and a TLS ClientHello). Each exits non-zero when the
-server's answers are not what the test expects.
+garbage (non-HTTP bytes and a TLS ClientHello), session (one keep-alive
+connection, a request per path read from stdin), concurrent (many clients at
+once). Each exits non-zero when the server's answers are not what the test
+expects.
 """
 
 import argparse
@@ -12,6 +14,7 @@ import random
 import socket
 import struct
 import sys
+import threading
 import time
 
 UA = "clew-e2e-raw"
@@ -126,6 +129,54 @@ def garbage(args):
     print(f"sent {len(blobs)} garbage blobs")
 
 
+def session(args):
+    """One request per stdin line (a path) on one keep-alive connection; prints each status."""
+    conn = http.client.HTTPConnection("127.0.0.1", args.port, timeout=10)
+    first = None
+    for line in sys.stdin:
+        path = line.strip()
+        if not path:
+            continue
+        conn.request("GET", path, headers={"User-Agent": UA})
+        resp = conn.getresponse()
+        resp.read()
+        first = first or conn.sock
+        if conn.sock is not first:
+            sys.exit(f"{path} used a new connection")
+        print(resp.status, flush=True)
+    conn.close()
+
+
+def concurrent(args):
+    """GET {prefix}0 .. {prefix}{count-1} from --clients threads at once, a connection each."""
+    start = threading.Barrier(args.clients)
+    failures = []
+
+    def client(k):
+        start.wait()
+        for i in range(k, args.count, args.clients):
+            conn = http.client.HTTPConnection("127.0.0.1", args.port, timeout=30)
+            try:
+                conn.request("GET", f"{args.prefix}{i}", headers={"User-Agent": UA})
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status != args.status:
+                    failures.append(f"{args.prefix}{i}: status {resp.status}")
+            except OSError as e:
+                failures.append(f"{args.prefix}{i}: {e}")
+            finally:
+                conn.close()
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        sys.exit(f"{len(failures)} of {args.count} requests failed: {failures[:10]}")
+    print(f"{args.count} requests from {args.clients} concurrent clients")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -138,10 +189,24 @@ def main():
     sp.add_argument("--path", default="/echo")
     sp.add_argument("--body-len", type=int, default=1000)
     sub.add_parser("garbage")
-    for s in (k, pl, sp, sub.choices["garbage"]):
+    sub.add_parser("session")
+    c = sub.add_parser("concurrent")
+    c.add_argument("--prefix", required=True)
+    c.add_argument("--count", type=int, default=200)
+    c.add_argument("--clients", type=int, default=8)
+    c.add_argument("--status", type=int, default=200, help="status every answer must have")
+    for s in (k, pl, sp, c, sub.choices["garbage"], sub.choices["session"]):
         s.add_argument("--port", type=int, required=True)
     args = p.parse_args()
-    {"keepalive": keepalive, "pipeline": pipeline, "split": split, "garbage": garbage}[args.cmd](args)
+    commands = {
+        "keepalive": keepalive,
+        "pipeline": pipeline,
+        "split": split,
+        "garbage": garbage,
+        "session": session,
+        "concurrent": concurrent,
+    }
+    commands[args.cmd](args)
 
 
 if __name__ == "__main__":

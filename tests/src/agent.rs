@@ -5,17 +5,65 @@ use crate::env::clew_bin;
 use crate::net::{free_port, http_status};
 use crate::process::{Supervised, TempDir, SHORT_TAIL};
 use crate::receiver::Protocol;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Which processes the agent traces: one `--cgroup`, `--pid`, `--exe` or `--port` flag.
+#[derive(Clone, Copy, Debug)]
+pub enum Select<'a> {
+    Cgroup(&'a Cgroup),
+    Pid(u32),
+    Exe(&'a str),
+    Port(u16),
+}
+
+impl Select<'_> {
+    fn args(&self) -> [OsString; 2] {
+        let (flag, value): (&str, OsString) = match self {
+            Select::Cgroup(cg) => ("--cgroup", cg.path().into()),
+            Select::Pid(pid) => ("--pid", pid.to_string().into()),
+            Select::Exe(exe) => ("--exe", exe.into()),
+            Select::Port(port) => ("--port", port.to_string().into()),
+        };
+        [flag.into(), value]
+    }
+}
+
+/// Where the agent sends its spans.
+#[derive(Clone, Copy, Debug)]
+pub enum Export<'a> {
+    /// `--otlp-endpoint` and `--otlp-protocol`.
+    Otlp {
+        endpoint: &'a str,
+        protocol: Protocol,
+    },
+    /// No endpoint at all: finished traces are printed on the agent's stdout.
+    Console,
+}
+
+/// Environment variables that would change the agent's export or sampling
+/// behind the test's back; removed so that the tests are hermetic.
+const OTEL_ENV: &[&str] = &[
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+];
+
 /// A running agent. It runs outside the traced cgroup, so it never sees its own exports.
 pub struct Agent {
     proc: Supervised,
     health_port: u16,
+    /// Where stdout goes in the console view (else stdout shares the log).
+    stdout: Option<PathBuf>,
     // Holds the log file; dropped after `proc` prints it.
     _dir: TempDir,
 }
@@ -28,26 +76,51 @@ impl Agent {
         protocol: Protocol,
         extra_args: &[&str],
     ) -> Result<Self> {
+        Self::launch(
+            &[Select::Cgroup(cgroup)],
+            Export::Otlp { endpoint, protocol },
+            extra_args,
+        )
+    }
+
+    /// Starts `clew run` with the given selectors (none: every process) and
+    /// export, and waits for /readyz.
+    pub fn launch(select: &[Select], export: Export, extra_args: &[&str]) -> Result<Self> {
         let bin = clew_bin()?;
         let dir = TempDir::new("agent")?;
         let health_port = free_port()?;
         let mut cmd = Command::new(bin);
-        cmd.arg("run")
-            .arg("--cgroup")
-            .arg(cgroup.path())
-            .args(["--otlp-endpoint", endpoint])
-            .args(["--otlp-protocol", protocol.as_arg()])
-            .args(["--health-listen", &format!("127.0.0.1:{health_port}")])
+        cmd.arg("run");
+        for s in select {
+            cmd.args(s.args());
+        }
+        let stdout = match export {
+            Export::Otlp { endpoint, protocol } => {
+                cmd.args(["--otlp-endpoint", endpoint])
+                    .args(["--otlp-protocol", protocol.as_arg()]);
+                None
+            }
+            Export::Console => Some(dir.join("stdout.txt")),
+        };
+        for var in OTEL_ENV {
+            cmd.env_remove(var);
+        }
+        cmd.args(["--health-listen", &format!("127.0.0.1:{health_port}")])
             .args(["--log-level", "info"])
             .args(extra_args)
             // Plain text logs: they end up in test failure output.
             .env("NO_COLOR", "1");
-        let proc = Supervised::start("clew agent", &mut cmd, dir.join("agent.log"), |c| {
-            Ok(c.spawn()?)
-        })?;
+        let proc = Supervised::start_split(
+            "clew agent",
+            &mut cmd,
+            dir.join("agent.log"),
+            stdout.as_deref(),
+            |c| Ok(c.spawn()?),
+        )?;
         let mut agent = Agent {
             proc,
             health_port,
+            stdout,
             _dir: dir,
         };
         agent.wait_ready()?;
@@ -83,6 +156,39 @@ impl Agent {
         self.proc.log_tail(SHORT_TAIL)
     }
 
+    /// The agent's own log (stderr; stdout too unless in the console view).
+    pub fn log(&self) -> String {
+        self.proc.log_text()
+    }
+
+    /// What the console view printed on stdout so far.
+    pub fn console(&self) -> Result<String> {
+        let path = self
+            .stdout
+            .as_ref()
+            .context("the agent was not started with Export::Console")?;
+        Ok(std::fs::read_to_string(path).unwrap_or_default())
+    }
+
+    /// Polls the console view until `pred` holds for it and returns it; on
+    /// timeout the error shows the console and the log.
+    pub fn wait_console(&self, pred: impl Fn(&str) -> bool, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.console()?;
+            if pred(&text) {
+                return Ok(text);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "console view not as expected after {timeout:?}\n---- agent stdout ----\n{text}\n---- end of agent stdout ----\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Fails unless the agent is still running and /healthz answers 200.
     pub fn ensure_healthy(&mut self) -> Result<()> {
         self.proc.ensure_running()?;
@@ -108,5 +214,14 @@ impl Agent {
             );
         }
         Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // Shown only when the test fails, next to the log.
+        if let Ok(text) = self.console() {
+            eprintln!("---- clew agent stdout ----\n{text}\n---- end of clew agent stdout ----");
+        }
     }
 }

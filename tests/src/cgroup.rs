@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// A child cgroup `clew-test-<name>-<pid>[-n]` under the cgroup2 mount; removed on drop.
+#[derive(Debug)]
 pub struct Cgroup {
     path: PathBuf,
 }

@@ -81,6 +81,14 @@ impl<'a> Expect<'a> {
         spans.iter().filter(|s| self.matches(s)).collect()
     }
 
+    /// The one span `matches` selects, checked against the whole contract.
+    pub fn one<'s>(&self, spans: &'s [RecvSpan]) -> Result<&'s RecvSpan> {
+        expect_count(spans, &format!("{self:?} spans"), 1, |s| self.matches(s))?;
+        let s = self.select(spans)[0];
+        self.check(s)?;
+        Ok(s)
+    }
+
     /// Every field of the contract; all mismatches reported at once.
     pub fn check(&self, s: &RecvSpan) -> Result<()> {
         let mut bad = Vec::new();
@@ -236,4 +244,30 @@ pub fn children<'s>(spans: &'s [RecvSpan], parent: &RecvSpan) -> Vec<&'s RecvSpa
             s.trace_id == parent.trace_id && s.parent_span_id.as_deref() == Some(&parent.span_id)
         })
         .collect()
+}
+
+/// `child` is a direct child of `parent`: same trace, parent id set to
+/// `parent`'s span id, and its time span within `parent`'s.
+pub fn is_child_within(parent: &RecvSpan, child: &RecvSpan) -> bool {
+    child.trace_id == parent.trace_id
+        && child.parent_span_id.as_deref() == Some(&parent.span_id)
+        && parent.start_ns <= child.start_ns
+        && child.end_ns <= parent.end_ns
+}
+
+/// The largest number of `spans` open at the same instant (from their
+/// timestamps), to show that requests really overlapped.
+pub fn max_overlap(spans: &[&RecvSpan]) -> usize {
+    let mut edges: Vec<(u64, i32)> = spans
+        .iter()
+        .flat_map(|s| [(s.start_ns, 1), (s.end_ns, -1)])
+        .collect();
+    // Ends sort before starts at the same instant: touching spans do not overlap.
+    edges.sort();
+    let (mut open, mut max) = (0i32, 0i32);
+    for (_, d) in edges {
+        open += d;
+        max = max.max(open);
+    }
+    max as usize
 }

@@ -17,7 +17,7 @@ mod selftest;
 /// How long tests wait for spans: export takes ~1-2 s, this leaves room for a loaded CI machine.
 pub const SPAN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-pub use agent::Agent;
+pub use agent::{Agent, Export, Select};
 pub use cgroup::Cgroup;
 pub use check::Expect;
 pub use fixture::Traced;

@@ -5,8 +5,10 @@ use crate::env::{peers_dir, python, Python};
 use crate::net::{free_port, wait_listening};
 use crate::process::{Supervised, TempDir};
 use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -41,22 +43,78 @@ impl ReceivedRequest {
     }
 }
 
-impl PyService {
-    /// Starts the service named `name` (its OTEL_SERVICE_NAME) inside `cg`,
-    /// forwarding /chain to `downstream` if given, and waits until it listens.
-    pub fn start(cg: &Cgroup, name: &str, downstream: Option<&str>) -> Result<Self> {
-        let python = python()?;
+/// How to start a `PyService`; `PyService::start` covers the common case.
+#[derive(Clone, Debug)]
+pub struct ServiceOpts<'a> {
+    name: &'a str,
+    downstream: Option<&'a str>,
+    port: Option<u16>,
+    interpreter: Option<PathBuf>,
+    work_delay_ms: u32,
+}
+
+impl<'a> ServiceOpts<'a> {
+    /// Forward /chain requests to this base URL.
+    pub fn downstream(self, url: &'a str) -> Self {
+        ServiceOpts {
+            downstream: Some(url),
+            ..self
+        }
+    }
+
+    /// Listen on this port instead of a fresh one.
+    pub fn port(self, port: u16) -> Self {
+        ServiceOpts {
+            port: Some(port),
+            ..self
+        }
+    }
+
+    /// Run under this Python executable (e.g. a renamed copy) instead of the usual one.
+    pub fn interpreter(self, path: PathBuf) -> Self {
+        ServiceOpts {
+            interpreter: Some(path),
+            ..self
+        }
+    }
+
+    /// Hold every /work answer this long, so that concurrent requests overlap.
+    pub fn work_delay_ms(self, ms: u32) -> Self {
+        ServiceOpts {
+            work_delay_ms: ms,
+            ..self
+        }
+    }
+
+    /// Starts the service inside `cg` and waits until it listens.
+    pub fn start(self, cg: &Cgroup) -> Result<PyService> {
+        let mut python = python()?;
+        if let Some(path) = self.interpreter {
+            python = Python {
+                exe_name: path
+                    .file_name()
+                    .context("interpreter has no file name")?
+                    .to_string_lossy()
+                    .into_owned(),
+                path,
+            };
+        }
+        let name = self.name;
         let dir = TempDir::new(name)?;
-        let port = free_port()?;
+        let port = match self.port {
+            Some(p) => p,
+            None => free_port()?,
+        };
         let header_log = dir.join("headers.jsonl");
         let mut cmd = Command::new(&python.path);
         cmd.arg(peers_dir().join("http_service.py"))
             .args(["--port", &port.to_string(), "--name", name])
             .arg("--header-log")
             .arg(&header_log)
+            .args(["--work-delay-ms", &self.work_delay_ms.to_string()])
             .env("OTEL_SERVICE_NAME", name)
             .env("PYTHONUNBUFFERED", "1");
-        if let Some(d) = downstream {
+        if let Some(d) = self.downstream {
             cmd.args(["--downstream", d]);
         }
         let proc = Supervised::start(name, &mut cmd, dir.join("service.log"), |c| cg.spawn(c))?;
@@ -69,6 +127,29 @@ impl PyService {
             proc,
             _dir: dir,
         })
+    }
+}
+
+impl PyService {
+    /// Starts the service named `name` (its OTEL_SERVICE_NAME) inside `cg`,
+    /// forwarding /chain to `downstream` if given, and waits until it listens.
+    pub fn start(cg: &Cgroup, name: &str, downstream: Option<&str>) -> Result<Self> {
+        let opts = Self::opts(name);
+        match downstream {
+            Some(d) => opts.downstream(d).start(cg),
+            None => opts.start(cg),
+        }
+    }
+
+    /// Options for a service named `name`, to adjust before `start`.
+    pub fn opts(name: &str) -> ServiceOpts<'_> {
+        ServiceOpts {
+            name,
+            downstream: None,
+            port: None,
+            interpreter: None,
+            work_delay_ms: 0,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -159,4 +240,128 @@ pub fn raw_client(cg: &Cgroup, args: &[&str]) -> Result<String> {
         .ok()
         .with_context(|| format!("raw_client.py {args:?}"))?;
     Ok(out.stdout.trim().to_string())
+}
+
+/// `raw_client.py session`: one keep-alive connection that stays open across
+/// test steps (e.g. across the agent's start); each `get` sends one request
+/// on it. The client fails (and `get` with it) if the connection is ever replaced.
+pub struct KeepAliveSession {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    stderr_log: PathBuf,
+    _dir: TempDir,
+}
+
+impl KeepAliveSession {
+    /// Starts the client inside `cg`, connected to 127.0.0.1:`port` (the
+    /// connection opens with the first request).
+    pub fn start(cg: &Cgroup, port: u16) -> Result<Self> {
+        let py = python()?;
+        let dir = TempDir::new("session")?;
+        let stderr_log = dir.join("stderr.log");
+        let mut cmd = Command::new(&py.path);
+        cmd.arg(peers_dir().join("raw_client.py"))
+            .args(["session", "--port", &port.to_string()])
+            .env("OTEL_SERVICE_NAME", RAW_CLIENT)
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_log)?);
+        let mut child = cg.spawn(&mut cmd)?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().context("session stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(KeepAliveSession {
+            child,
+            stdin,
+            lines,
+            stderr_log,
+            _dir: dir,
+        })
+    }
+
+    /// Sends `GET path` on the session's connection; returns the status.
+    pub fn get(&mut self, path: &str) -> Result<u16> {
+        let stdin = self.stdin.as_mut().context("session already finished")?;
+        writeln!(stdin, "{path}")
+            .and_then(|()| stdin.flush())
+            .with_context(|| format!("session GET {path}: client gone\n{}", self.stderr()))?;
+        let line = self
+            .lines
+            .recv_timeout(CLIENT_TIMEOUT)
+            .with_context(|| format!("session GET {path}: no answer\n{}", self.stderr()))?;
+        line.trim()
+            .parse()
+            .with_context(|| format!("session GET {path} printed {line:?}\n{}", self.stderr()))
+    }
+
+    /// `get`, requiring `status`.
+    pub fn get_expect(&mut self, path: &str, status: u16) -> Result<()> {
+        let got = self.get(path)?;
+        if got != status {
+            bail!("session GET {path}: status {got}, expected {status}");
+        }
+        Ok(())
+    }
+
+    /// Closes the connection and requires the client to exit 0.
+    pub fn finish(mut self) -> Result<()> {
+        drop(self.stdin.take());
+        match crate::process::wait_deadline(&mut self.child, CLIENT_TIMEOUT)? {
+            Some(s) if s.success() => Ok(()),
+            Some(s) => bail!("session client exited with {s}\n{}", self.stderr()),
+            None => bail!("session client did not exit\n{}", self.stderr()),
+        }
+    }
+
+    fn stderr(&self) -> String {
+        format!(
+            "---- session client stderr ----\n{}---- end ----",
+            std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for KeepAliveSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `raw_client.py concurrent`: `count` GETs of `{prefix}{i}` for i in
+/// 0..count, sent by `clients` threads at once (one connection per request),
+/// each answered `status`.
+pub fn concurrent_gets(
+    cg: &Cgroup,
+    port: u16,
+    prefix: &str,
+    count: usize,
+    clients: usize,
+    status: u16,
+) -> Result<String> {
+    raw_client(
+        cg,
+        &[
+            "concurrent",
+            "--port",
+            &port.to_string(),
+            "--prefix",
+            prefix,
+            "--count",
+            &count.to_string(),
+            "--clients",
+            &clients.to_string(),
+            "--status",
+            &status.to_string(),
+        ],
+    )
 }

@@ -134,10 +134,24 @@ impl Supervised {
         log: PathBuf,
         spawn: impl FnOnce(&mut Command) -> Result<Child>,
     ) -> Result<Self> {
+        Self::start_split(name, cmd, log, None, spawn)
+    }
+
+    /// Like `start`, but with stdout sent to its own file `stdout` when given
+    /// (the log then holds stderr only).
+    pub fn start_split(
+        name: &str,
+        cmd: &mut Command,
+        log: PathBuf,
+        stdout: Option<&Path>,
+        spawn: impl FnOnce(&mut Command) -> Result<Child>,
+    ) -> Result<Self> {
         let file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        cmd.stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file);
+        let out = match stdout {
+            Some(p) => File::create(p).with_context(|| format!("creating {}", p.display()))?,
+            None => file.try_clone()?,
+        };
+        cmd.stdin(Stdio::null()).stdout(out).stderr(file);
         let child = spawn(cmd)?;
         Ok(Supervised {
             name: name.to_string(),

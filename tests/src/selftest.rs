@@ -2,7 +2,7 @@
 
 use crate::cgroup::Cgroup;
 use crate::nginx::Nginx;
-use crate::peers::{curl, curl_expect, raw_client, PyService};
+use crate::peers::{concurrent_gets, curl, curl_expect, raw_client, KeepAliveSession, PyService};
 use anyhow::Result;
 use std::process::Command;
 
@@ -63,5 +63,29 @@ fn nginx_serves_static_files_and_pipelines() -> Result<()> {
         ],
     )?;
     assert_eq!(statuses, "200 404 200");
+    Ok(())
+}
+
+#[test]
+fn session_and_concurrent_clients() -> Result<()> {
+    let cg = Cgroup::new("selftest-clients")?;
+    let backend = PyService::opts("backend").work_delay_ms(5).start(&cg)?;
+    let frontend = PyService::start(&cg, "frontend", Some(&backend.url("")))?;
+    let mut session = KeepAliveSession::start(&cg, backend.port)?;
+    session.get_expect("/work/one", 200)?;
+    session.get_expect("/fail", 500)?;
+    session.get_expect("/nope", 404)?;
+    session.finish()?;
+    concurrent_gets(&cg, frontend.port, "/chain/", 16, 4, 200)?;
+    let mut forwarded: Vec<String> = backend
+        .received()?
+        .into_iter()
+        .map(|r| r.path)
+        .filter(|p| p.starts_with("/work/") && p != "/work/one")
+        .collect();
+    forwarded.sort();
+    let mut want: Vec<String> = (0..16).map(|i| format!("/work/{i}")).collect();
+    want.sort();
+    assert_eq!(forwarded, want);
     Ok(())
 }

@@ -29,7 +29,11 @@ pub fn build(paths: &Paths, linker_dir: &Path) -> Result<PathBuf> {
     let start = Instant::now();
     let target_dir = paths.target.join("ebpf");
     // aya-ebpf selects per-architecture definitions (pt_regs etc.) by this cfg.
-    let mut rustflags = format!(r#"--cfg bpf_target_arch="{}""#, std::env::consts::ARCH);
+    // BTF is required: bpf_loop callbacks need func_info for the verifier.
+    let mut rustflags = format!(
+        r#"--cfg bpf_target_arch="{}" -C link-arg=--btf"#,
+        std::env::consts::ARCH
+    );
     if let Ok(extra) = std::env::var("CLEW_EBPF_RUSTFLAGS") {
         rustflags = format!("{rustflags} {extra}");
     }

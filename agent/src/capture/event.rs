@@ -3,7 +3,9 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use clew_common::{dir, kind, ConnEvent, DataHeader, ProcEvent, SockAddr};
+use clew_common::{
+    dir, kind, role, ConnEvent, CtxEvent, DataHeader, ProcEvent, SockAddr, TraceCtx,
+};
 
 #[derive(Debug)]
 pub struct Data<'a> {
@@ -28,8 +30,20 @@ pub struct ConnOpen {
     pub peer: Option<SocketAddr>,
 }
 
+/// Ids the kernel decided for a span (and, client side, injected).
+#[derive(Debug)]
+pub struct KernelCtx {
+    pub server: bool,
+    /// Server side only: the connection whose next request this is.
+    pub conn_id: u64,
+    pub tid: u32,
+    pub ts_ns: u64,
+    pub ctx: TraceCtx,
+}
+
 #[derive(Debug)]
 pub enum Event<'a> {
+    Ctx(KernelCtx),
     Data(Data<'a>),
     Open(ConnOpen),
     Close { conn_id: u64, ts_ns: u64 },
@@ -97,6 +111,16 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
                 conn_id: c.conn_id,
                 ts_ns: c.ts_ns,
             })
+        }
+        kind::TRACE_CTX => {
+            let c: CtxEvent = read(bytes)?;
+            Ok(Event::Ctx(KernelCtx {
+                server: c.role == role::ACCEPTED,
+                conn_id: c.conn_id,
+                tid: c.pid_tgid as u32,
+                ts_ns: c.ts_ns,
+                ctx: c.ctx,
+            }))
         }
         kind::PROC_EXEC => Ok(Event::Exec {
             tgid: read::<ProcEvent>(bytes)?.tgid,

@@ -9,14 +9,16 @@ mod event;
 mod maps;
 
 use anyhow::{Context, Result};
+use std::path::PathBuf;
+
 use aya::{
-    maps::{MapData, RingBuf},
-    programs::TracePoint,
+    maps::{MapData, ProgramArray, RingBuf, SockHash},
+    programs::{CgroupAttachMode, SkMsg, SockOps, TracePoint},
     Ebpf, EbpfLoader,
 };
 use clew_common::select;
 
-pub use event::{decode, ConnOpen, Data, DecodeError, Event};
+pub use event::{decode, ConnOpen, Data, DecodeError, Event, KernelCtx};
 pub use maps::KernelMaps;
 
 /// The kernel object built from `ebpf/` (see agent/build.rs).
@@ -44,6 +46,8 @@ pub struct CaptureConfig {
     /// Bytes of each read/write copied to userspace.
     pub capture_limit: u32,
     pub ringbuf_bytes: u32,
+    /// Head sampling for the ids the kernel decides.
+    pub sampling: crate::sampling::KernelSampling,
 }
 
 pub struct Capture {
@@ -69,6 +73,9 @@ impl Capture {
             .override_global("SELECT_MODE", &mode, true)
             .override_global("CAPTURE_LIMIT", &limit, true)
             .override_global("FORK_CHILD_PID_OFFSET", &fork_off, true)
+            .override_global("SAMPLE_ALWAYS", &cfg.sampling.always, true)
+            .override_global("SAMPLE_THRESHOLD", &cfg.sampling.threshold, true)
+            .override_global("SAMPLE_PARENT_BASED", &cfg.sampling.parent_based, true)
             .map_max_entries("EVENTS", cfg.ringbuf_bytes.next_power_of_two())
             .load(OBJECT)
             .context("loading the eBPF programs (is this root, with BPF allowed?)")?;
@@ -81,6 +88,7 @@ impl Capture {
     /// Attaches every program; any failure is fatal because a partial set
     /// would miss connections or bytes silently.
     pub fn attach(&mut self) -> Result<()> {
+        self.load_tail_calls()?;
         for sc in IO_SYSCALLS {
             self.attach_tp("enter_io", "syscalls", &format!("sys_enter_{sc}"))?;
             self.attach_tp("exit_io", "syscalls", &format!("sys_exit_{sc}"))?;
@@ -95,6 +103,58 @@ impl Capture {
         self.attach_tp("proc_fork", "sched", "sched_process_fork")?;
         self.attach_tp("proc_exec", "sched", "sched_process_exec")?;
         self.attach_tp("proc_exit", "sched", "sched_process_exit")?;
+        Ok(())
+    }
+
+    /// `exit_io` hands request scanning to `observe_request` by tail call.
+    fn load_tail_calls(&mut self) -> Result<()> {
+        let p: &mut TracePoint = self
+            .ebpf
+            .program_mut("observe_request")
+            .context("program observe_request missing")?
+            .try_into()?;
+        p.load().context("verifier rejected observe_request")?;
+        let fd = p.fd()?.try_clone()?;
+        let mut tail =
+            ProgramArray::try_from(self.ebpf.map_mut("TAIL").context("TAIL map missing")?)?;
+        tail.set(0, &fd, 0)
+            .context("installing the observe_request tail call")?;
+        Ok(())
+    }
+
+    /// `traceparent` injection: sk_msg on the socket map, and sockops on
+    /// each cgroup whose processes' connections may be injected into.
+    pub fn attach_injection(&mut self, cgroups: &[PathBuf]) -> Result<()> {
+        let socks: SockHash<&MapData, u64> = SockHash::try_from(
+            self.ebpf
+                .map("INJECT_SOCKS")
+                .context("INJECT_SOCKS map missing")?,
+        )?;
+        let socks_fd = socks.fd().try_clone()?;
+        let msg: &mut SkMsg = self
+            .ebpf
+            .program_mut("inject_traceparent")
+            .context("program inject_traceparent missing")?
+            .try_into()?;
+        msg.load().context("verifier rejected inject_traceparent")?;
+        msg.attach(&socks_fd)
+            .context("attaching sk_msg to the socket map")?;
+        self.attached.push("sk_msg:INJECT_SOCKS".into());
+        let ops: &mut SockOps = self
+            .ebpf
+            .program_mut("track_sockets")
+            .context("program track_sockets missing")?
+            .try_into()?;
+        ops.load().context("verifier rejected track_sockets")?;
+        for cg in cgroups {
+            let dir = std::fs::File::open(cg)
+                .with_context(|| format!("opening cgroup {}", cg.display()))?;
+            // A bpf_link (what aya uses on this kernel) coexists with other
+            // agents' sockops programs and takes no multi-attach flag.
+            ops.attach(dir, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching sockops to {}", cg.display()))?;
+            self.attached.push(format!("sockops:{}", cg.display()));
+        }
         Ok(())
     }
 

@@ -5,6 +5,10 @@
 
 mod chain;
 mod connections;
+mod console;
 mod export;
 mod lifecycle;
+mod nesting;
 mod nginx_static;
+mod preexisting;
+mod selection;

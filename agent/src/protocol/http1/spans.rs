@@ -147,15 +147,30 @@ impl Session {
         }
     }
 
+    /// The kernel's ids for a request already parsed (the kernel reports
+    /// them right after the request's bytes): the exchange takes them, so
+    /// it matches what was injected downstream.
+    pub fn adopt_server_ctx(&mut self, ts: u64, mut ctx: SpanCtx, nesting: &mut Nesting) -> bool {
+        let Some(p) = self.pending.iter_mut().find(|p| p.start_ns == ts) else {
+            return false;
+        };
+        if p.ctx.trace_id == ctx.trace_id {
+            ctx.trace_state = std::mem::take(&mut p.ctx.trace_state);
+        }
+        nesting.rebind(p.tid, &p.ctx.span_id, &ctx);
+        p.ctx = ctx;
+        true
+    }
+
     fn on_request_frame(&mut self, f: Frame, tid: u32, conn_id: u64, nesting: &mut Nesting) {
         match f {
             Frame::Request { head, ts } => {
                 let tp = head.header("traceparent");
                 let ctx = match self.role {
                     Role::Server => {
-                        nesting.server_span(tid, conn_id, tp, head.header("tracestate"))
+                        nesting.server_span(tid, conn_id, ts, tp, head.header("tracestate"))
                     }
-                    Role::Client => nesting.client_span(tid, tp),
+                    Role::Client => nesting.client_span(tid, ts, tp),
                 };
                 self.responses.expect_response_to(&head.method);
                 if self.pending.len() >= MAX_PENDING {

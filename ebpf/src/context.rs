@@ -1,0 +1,175 @@
+//! Trace context decided in the kernel, where it must be known before the
+//! process sends its next request: the SERVER span a thread is serving
+//! (from the request it just read, joining an incoming `traceparent`), and
+//! the ids of CLIENT spans written into outgoing requests.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_prandom_u32},
+    macros::map,
+    maps::LruHashMap,
+};
+use clew_common::{ctxflag, kind, CtxEvent, TraceCtx, MAX_INFLIGHT};
+
+use crate::maps::{count, EVENTS};
+
+/// Head sampling, set by the agent from OTEL_TRACES_SAMPLER(_ARG): a new
+/// trace is sampled when the low 8 bytes of its id (big-endian) are below
+/// the threshold; `SAMPLE_PARENT_BASED` honours an incoming sampled flag.
+#[unsafe(no_mangle)]
+static SAMPLE_THRESHOLD: u64 = u64::MAX;
+#[unsafe(no_mangle)]
+static SAMPLE_ALWAYS: u32 = 1;
+#[unsafe(no_mangle)]
+static SAMPLE_PARENT_BASED: u32 = 1;
+
+/// The SERVER span each thread is serving: set when it reads a request,
+/// cleared when it writes a response. LRU because a thread may die mid-request.
+#[map]
+pub static SERVING: LruHashMap<u32, TraceCtx> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    let mut k = 0;
+    while k < N {
+        let r = unsafe { bpf_get_prandom_u32() }.to_le_bytes();
+        let mut j = 0;
+        while j < 4 && k + j < N {
+            out[k + j] = r[j];
+            j += 1;
+        }
+        k += 4;
+    }
+    out
+}
+
+fn new_span_id() -> [u8; 8] {
+    let mut id = random::<8>();
+    id[0] |= 1; // never all-zero
+    id
+}
+
+fn sample_root(trace_id: &[u8; 16]) -> bool {
+    if unsafe { core::ptr::read_volatile(&SAMPLE_ALWAYS) } == 1 {
+        return true;
+    }
+    let mut low = [0u8; 8];
+    low.copy_from_slice(&trace_id[8..]);
+    u64::from_be_bytes(low) < unsafe { core::ptr::read_volatile(&SAMPLE_THRESHOLD) }
+}
+
+fn root() -> TraceCtx {
+    let mut trace_id = random::<16>();
+    trace_id[0] |= 1;
+    let flags = if sample_root(&trace_id) {
+        ctxflag::SAMPLED
+    } else {
+        0
+    };
+    TraceCtx {
+        trace_id,
+        span_id: new_span_id(),
+        parent_id: [0; 8],
+        flags,
+        _pad: [0; 7],
+    }
+}
+
+/// A thread read the start of a request: decide the SERVER span.
+pub fn server_request(incoming: Option<([u8; 16], [u8; 8], bool)>) -> TraceCtx {
+    let ctx = match incoming {
+        Some((trace_id, parent_id, sampled)) => {
+            let parent_based = unsafe { core::ptr::read_volatile(&SAMPLE_PARENT_BASED) } == 1;
+            let keep = if parent_based {
+                sampled
+            } else {
+                sample_root(&trace_id)
+            };
+            let mut flags = ctxflag::HAS_PARENT | ctxflag::REMOTE_PARENT;
+            if keep {
+                flags |= ctxflag::SAMPLED;
+            }
+            TraceCtx {
+                trace_id,
+                span_id: new_span_id(),
+                parent_id,
+                flags,
+                _pad: [0; 7],
+            }
+        }
+        None => root(),
+    };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = SERVING.insert(&tid, &ctx, 0);
+    ctx
+}
+
+/// The thread wrote a response: it no longer serves that request.
+pub fn server_response() {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = SERVING.remove(&tid);
+}
+
+/// A CLIENT span for a request the current thread sends: a child of the
+/// request it serves, or the root of a new trace.
+pub fn client_request() -> TraceCtx {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    match unsafe { SERVING.get(&tid) } {
+        Some(s) => TraceCtx {
+            trace_id: s.trace_id,
+            span_id: new_span_id(),
+            parent_id: s.span_id,
+            flags: (s.flags & ctxflag::SAMPLED) | ctxflag::HAS_PARENT,
+            _pad: [0; 7],
+        },
+        None => root(),
+    }
+}
+
+pub fn emit(role: u8, conn_id: u64, ts_ns: u64, ctx: &TraceCtx) {
+    let ev = CtxEvent {
+        kind: kind::TRACE_CTX,
+        role,
+        _pad: [0; 3],
+        conn_id,
+        pid_tgid: bpf_get_current_pid_tgid(),
+        ts_ns,
+        ctx: *ctx,
+    };
+    if EVENTS.output::<CtxEvent>(&ev, 0).is_err() {
+        count(clew_common::stat::RINGBUF_DROPS);
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Writes `traceparent: 00-{trace}-{span}-{flags}\r\n` into `out`.
+pub fn format_traceparent(ctx: &TraceCtx, out: &mut [u8; clew_common::TRACEPARENT_LINE]) {
+    let prefix = b"traceparent: 00-";
+    let mut k = 0;
+    while k < prefix.len() {
+        out[k] = prefix[k];
+        k += 1;
+    }
+    let mut j = 0;
+    while j < 16 {
+        out[16 + 2 * j] = HEX[(ctx.trace_id[j] >> 4) as usize];
+        out[17 + 2 * j] = HEX[(ctx.trace_id[j] & 15) as usize];
+        j += 1;
+    }
+    out[48] = b'-';
+    let mut j = 0;
+    while j < 8 {
+        out[49 + 2 * j] = HEX[(ctx.span_id[j] >> 4) as usize];
+        out[50 + 2 * j] = HEX[(ctx.span_id[j] & 15) as usize];
+        j += 1;
+    }
+    out[65] = b'-';
+    out[66] = b'0';
+    out[67] = if ctx.flags & ctxflag::SAMPLED != 0 {
+        b'1'
+    } else {
+        b'0'
+    };
+    out[68] = b'\r';
+    out[69] = b'\n';
+}

@@ -1,0 +1,217 @@
+//! A bounded scan of an HTTP/1 request head held in map memory: where the
+//! request line and the headers end, and where the `traceparent`,
+//! `content-length` and `transfer-encoding` values start.
+//!
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::generated::bpf_loop;
+use clew_common::SCAN_BYTES;
+
+const MASK: usize = SCAN_BYTES - 1;
+/// Bytes after a newline the matcher reads: the longest name it compares
+/// (`transfer-encoding:`).
+const LOOKAHEAD: usize = 20;
+/// Slack after `buf` so word loads at any masked offset stay in bounds.
+const SLACK: usize = 64;
+
+#[repr(C)]
+pub struct Head {
+    pub buf: [u8; SCAN_BYTES + SLACK],
+    /// Offsets just past the request line and past the blank line (0: not found).
+    pub line_end: u32,
+    pub hdr_end: u32,
+    /// Offsets of the first byte after `name:` (0: header absent).
+    pub traceparent: u32,
+    pub content_length: u32,
+    pub chunked: u32,
+}
+
+#[inline(always)]
+fn at(buf: &[u8; SCAN_BYTES + SLACK], i: usize) -> u8 {
+    buf[i & MASK]
+}
+
+#[inline(always)]
+fn word(buf: &[u8; SCAN_BYTES + SLACK], i: usize) -> u64 {
+    // SAFETY: the masked offset plus 8 stays inside buf thanks to SLACK.
+    unsafe { core::ptr::read_unaligned(buf.as_ptr().add(i & MASK) as *const u64) }
+}
+
+/// ASCII letters to lower case; harmless on the digits and `-:` compared here.
+const LOWER: u64 = 0x2020_2020_2020_2020;
+
+const fn le(s: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    let mut k = 0;
+    while k < 8 && k < s.len() {
+        w[k] = s[k];
+        k += 1;
+    }
+    u64::from_le_bytes(w)
+}
+
+/// True if `buf` starts with a method token used by real clients and a space.
+#[inline(always)]
+pub fn starts_with_method(buf: &[u8; SCAN_BYTES + SLACK]) -> bool {
+    let w = word(buf, 0);
+    let m4 = w & 0xffff_ffff;
+    let m5 = w & 0xff_ffff_ffff;
+    m4 == le(b"GET ")
+        || m4 == le(b"PUT ")
+        || m5 == le(b"POST ")
+        || m5 == le(b"HEAD ")
+        || (w & 0xff_ffff_ffff_ffff) == le(b"DELETE ")
+        || (w & 0xffff_ffff_ffff) == le(b"PATCH ")
+        || w == le(b"OPTIONS ")
+}
+
+/// Scans the first `len` bytes. Returns true when the whole head (up to
+/// the blank line) lies within them.
+///
+/// The loop runs through `bpf_loop`, so the verifier checks one iteration
+/// with an unknown index instead of walking every byte position.
+#[inline(always)]
+pub fn scan(h: &mut Head, len: u32) -> bool {
+    h.line_end = 0;
+    h.hdr_end = 0;
+    h.traceparent = 0;
+    h.content_length = 0;
+    h.chunked = 0;
+    let mut c = ScanCtx {
+        h: h as *mut Head,
+        len: len as u64,
+    };
+    unsafe {
+        bpf_loop(
+            (SCAN_BYTES - LOOKAHEAD) as u32,
+            step as *const () as *mut c_void,
+            &mut c as *mut ScanCtx as *mut c_void,
+            0,
+        )
+    };
+    // SAFETY: written by `step` through a pointer the compiler cannot see.
+    unsafe { core::ptr::read_volatile(&h.hdr_end) != 0 }
+}
+
+#[repr(C)]
+struct ScanCtx {
+    h: *mut Head,
+    len: u64,
+}
+
+/// One byte position; returns 1 to stop the loop.
+extern "C" fn step(i: u64, ctx: *mut c_void) -> i64 {
+    let c = unsafe { &mut *(ctx as *mut ScanCtx) };
+    let h = unsafe { &mut *c.h };
+    let i = (i as usize) & MASK;
+    let len = c.len as usize;
+    if i + 1 >= len {
+        return 1;
+    }
+    if at(&h.buf, i) != b'\n' {
+        return 0;
+    }
+    let n = i + 1;
+    if h.line_end == 0 {
+        h.line_end = n as u32;
+    }
+    let crlf = n + 2 <= len && at(&h.buf, n) == b'\r' && at(&h.buf, n + 1) == b'\n';
+    if crlf || at(&h.buf, n) == b'\n' {
+        h.hdr_end = (n + 1 + crlf as usize) as u32;
+        return 1;
+    }
+    if n + LOOKAHEAD > len {
+        return 0;
+    }
+    let w = word(&h.buf, n) | LOWER;
+    let w2 = word(&h.buf, n + 8) | LOWER;
+    if w == le(b"tracepar") && (w2 & 0xffff_ffff) == le(b"ent:") {
+        h.traceparent = (n + 12) as u32;
+    } else if w == le(b"content-") && (w2 & 0xff_ffff_ffff_ffff) == le(b"length:") {
+        h.content_length = (n + 15) as u32;
+    } else if w == le(b"transfer") {
+        h.chunked = 1;
+    }
+    0
+}
+
+/// Skips optional whitespace after a header's colon.
+#[inline(always)]
+fn value_start(h: &Head, off: u32) -> usize {
+    let mut p = off as usize;
+    if at(&h.buf, p) == b' ' || at(&h.buf, p) == b'\t' {
+        p += 1;
+    }
+    if at(&h.buf, p) == b' ' || at(&h.buf, p) == b'\t' {
+        p += 1;
+    }
+    p
+}
+
+/// The Content-Length value; None when absent, malformed or absurd.
+#[inline(always)]
+pub fn content_length(h: &Head) -> Option<u64> {
+    if h.content_length == 0 {
+        return Some(0);
+    }
+    let p = value_start(h, h.content_length);
+    let mut v: u64 = 0;
+    let mut k = 0;
+    while k < 16 {
+        let c = at(&h.buf, p + k);
+        if c.is_ascii_digit() {
+            v = v * 10 + (c - b'0') as u64;
+        } else if k == 0 {
+            return None;
+        } else {
+            return Some(v);
+        }
+        k += 1;
+    }
+    None
+}
+
+#[inline(always)]
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn decode(h: &Head, p: usize, out: &mut [u8]) -> Option<()> {
+    let mut k = 0;
+    while k < out.len() && k < 16 {
+        out[k] = (hex(at(&h.buf, p + 2 * k))? << 4) | hex(at(&h.buf, p + 2 * k + 1))?;
+        k += 1;
+    }
+    Some(())
+}
+
+/// The incoming `traceparent`: (trace id, parent span id, sampled).
+#[inline(always)]
+pub fn traceparent(h: &Head) -> Option<([u8; 16], [u8; 8], bool)> {
+    if h.traceparent == 0 {
+        return None;
+    }
+    let p = value_start(h, h.traceparent);
+    if at(&h.buf, p) != b'0' || at(&h.buf, p + 1) != b'0' || at(&h.buf, p + 2) != b'-' {
+        return None;
+    }
+    if at(&h.buf, p + 35) != b'-' || at(&h.buf, p + 52) != b'-' {
+        return None;
+    }
+    let mut trace = [0u8; 16];
+    let mut parent = [0u8; 8];
+    let mut flags = [0u8; 1];
+    decode(h, p + 3, &mut trace)?;
+    decode(h, p + 36, &mut parent)?;
+    decode(h, p + 53, &mut flags)?;
+    if trace == [0; 16] || parent == [0; 8] {
+        return None;
+    }
+    Some((trace, parent, flags[0] & 1 == 1))
+}

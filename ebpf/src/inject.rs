@@ -1,0 +1,222 @@
+//! `traceparent` injection into plaintext HTTP/1 requests, without writing
+//! user memory: a cgroup sockops program puts the TCP sockets that traced
+//! processes connect into `INJECT_SOCKS`, and an sk_msg program on that map
+//! inserts one header line after the request line of each request sent.
+//!
+//! It stands down (passes the bytes untouched) whenever it is unsure: a
+//! request that already carries `traceparent`, a head not wholly inside one
+//! send, chunked request bodies, or bytes that are not HTTP/1 — after those
+//! the socket is never touched again.
+
+use aya_ebpf::{
+    bindings::{
+        sk_action::SK_PASS, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_TCP_CONNECT_CB,
+    },
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_get_socket_cookie, bpf_msg_pull_data, bpf_probe_read_kernel},
+    },
+    macros::{map, sk_msg, sock_ops},
+    maps::{LruHashMap, PerCpuArray, SockHash},
+    programs::{SkMsgContext, SockOpsContext},
+};
+use clew_common::{ctxflag, role, MAX_INJECT_SOCKS, SCAN_BYTES, TRACEPARENT_LINE};
+
+use crate::{
+    context,
+    head::{self, Head},
+    maps::INFLIGHT,
+};
+
+#[map]
+pub static INJECT_SOCKS: SockHash<u64> = SockHash::with_max_entries(MAX_INJECT_SOCKS, 0);
+
+/// Sockets whose connect() a traced process made, until established.
+#[map]
+static CONNECTING: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_INJECT_SOCKS, 0);
+
+/// Where each injectable socket stands in its request stream.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct SockState {
+    /// Bytes of a request body still to pass before the next request starts.
+    skip: u64,
+    /// Message boundaries are lost: never inject on this socket again.
+    hands_off: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SockKey {
+    remote_ip: [u32; 4],
+    remote_port: u32,
+    local_port: u32,
+}
+
+#[map]
+static SOCK_STATE: LruHashMap<SockKey, SockState> =
+    LruHashMap::with_max_entries(MAX_INJECT_SOCKS, 0);
+
+#[map]
+pub static HEAD: PerCpuArray<Head> = PerCpuArray::with_max_entries(1, 0);
+
+#[sock_ops]
+pub fn track_sockets(ctx: SockOpsContext) -> u32 {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    match ctx.op() {
+        // Runs inside connect(): the thread is the one the connect tracepoint saw.
+        BPF_SOCK_OPS_TCP_CONNECT_CB => {
+            let pid_tgid = bpf_get_current_pid_tgid();
+            if unsafe { INFLIGHT.get(&pid_tgid) }.is_some_and(|v| v.role == role::CONNECTED) {
+                let _ = CONNECTING.insert(&cookie, &1, 0);
+            }
+        }
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+            if unsafe { CONNECTING.get(&cookie) }.is_some() {
+                let _ = CONNECTING.remove(&cookie);
+                let o = ctx.ops;
+                let key = unsafe {
+                    SockKey::read(
+                        &raw const (*o).family,
+                        &raw const (*o).remote_ip4,
+                        &raw const (*o).remote_ip6,
+                        &raw const (*o).remote_port,
+                        &raw const (*o).local_port,
+                    )
+                };
+                let _ = SOCK_STATE.insert(&key, &SockState::default(), 0);
+                let _ = INJECT_SOCKS.update(cookie, unsafe { &mut *ctx.ops }, BPF_NOEXIST as u64);
+            }
+        }
+        _ => {}
+    }
+    1
+}
+
+#[sk_msg]
+pub fn inject_traceparent(ctx: SkMsgContext) -> u32 {
+    let _ = try_inject(&ctx);
+    SK_PASS
+}
+
+fn try_inject(ctx: &SkMsgContext) -> Option<()> {
+    let key = msg_key(ctx);
+    let st = unsafe { &mut *SOCK_STATE.get_ptr_mut(&key)? };
+    if st.hands_off != 0 {
+        return None;
+    }
+    let size = ctx.size() as u64;
+    if st.skip > 0 {
+        if size <= st.skip {
+            st.skip -= size;
+        } else {
+            // A body's tail and what follows share a send: boundaries unknown.
+            st.hands_off = 1;
+        }
+        return None;
+    }
+    // Until proven a complete request head, this socket is off limits.
+    st.hands_off = 1;
+    let want = if size < SCAN_BYTES as u64 {
+        size as u32
+    } else {
+        SCAN_BYTES as u32
+    };
+    if unsafe { bpf_msg_pull_data(ctx.msg, 0, want, 0) } != 0 {
+        return None;
+    }
+    let avail = ctx.data_end().saturating_sub(ctx.data());
+    if avail < 16 || avail > SCAN_BYTES {
+        return None;
+    }
+    let h = unsafe { &mut *HEAD.get_ptr_mut(0)? };
+    let n = (avail as u32) & (SCAN_BYTES as u32 * 2 - 1);
+    if unsafe { bpf_probe_read_kernel(h.buf.as_mut_ptr().cast(), n, ctx.data() as *const _) } != 0 {
+        return None;
+    }
+    if !head::starts_with_method(&h.buf) || !head::scan(h, n) || h.chunked != 0 {
+        return None;
+    }
+    let total = h.hdr_end as u64 + head::content_length(h)?;
+    if size > total {
+        // Pipelined: this request is safe, what follows in the send is not.
+        st.hands_off = 1;
+    } else {
+        st.hands_off = 0;
+        st.skip = total - size;
+    }
+    if h.traceparent != 0 {
+        // The application propagates by itself: leave its bytes alone.
+        return None;
+    }
+    let at = h.line_end;
+    if at == 0 || at as usize >= SCAN_BYTES {
+        return None;
+    }
+    let mut tctx = context::client_request();
+    tctx.flags |= ctxflag::INJECTED;
+    let mut line = [0u8; TRACEPARENT_LINE];
+    context::format_traceparent(&tctx, &mut line);
+    let len = TRACEPARENT_LINE as u32;
+    ctx.push_data(at, len, 0).ok()?;
+    let written = unsafe { bpf_msg_pull_data(ctx.msg, at, at + len, 0) } == 0 && write(ctx, &line);
+    if !written {
+        // Put the message back exactly as the application sent it.
+        let _ = ctx.pop_data(at, len, 0);
+        st.hands_off = 1;
+        return None;
+    }
+    context::emit(role::CONNECTED, 0, crate::maps::now(), &tctx);
+    Some(())
+}
+
+fn msg_key(ctx: &SkMsgContext) -> SockKey {
+    let m = ctx.msg;
+    unsafe {
+        SockKey::read(
+            &raw const (*m).family,
+            &raw const (*m).remote_ip4,
+            &raw const (*m).remote_ip6,
+            &raw const (*m).remote_port,
+            &raw const (*m).local_port,
+        )
+    }
+}
+
+impl SockKey {
+    /// Context fields must be loaded one by one at fixed offsets: the
+    /// verifier refuses a pointer that could be either of two fields.
+    unsafe fn read(
+        family: *const u32,
+        ip4: *const u32,
+        ip6: *const [u32; 4],
+        remote_port: *const u32,
+        local_port: *const u32,
+    ) -> SockKey {
+        let rd = |p: *const u32| unsafe { core::ptr::read_volatile(p) };
+        let ip6 = ip6 as *const u32;
+        let v6 = unsafe { [rd(ip6), rd(ip6.add(1)), rd(ip6.add(2)), rd(ip6.add(3))] };
+        let v4 = rd(ip4);
+        SockKey {
+            remote_ip: if rd(family) == 2 { [v4, 0, 0, 0] } else { v6 },
+            remote_port: rd(remote_port),
+            local_port: rd(local_port),
+        }
+    }
+}
+
+fn write(ctx: &SkMsgContext, line: &[u8; TRACEPARENT_LINE]) -> bool {
+    let data = ctx.data();
+    if data + TRACEPARENT_LINE > ctx.data_end() {
+        return false;
+    }
+    let dst = data as *mut u8;
+    let mut k = 0;
+    while k < TRACEPARENT_LINE {
+        unsafe { *dst.add(k) = line[k] };
+        k += 1;
+    }
+    true
+}
