@@ -7,7 +7,7 @@ use std::{collections::HashSet, sync::Arc};
 use clew_common::role;
 
 use crate::{
-    capture::{self, ConnOpen, Event, KernelCtx, KernelMaps},
+    capture::{self, BlockedRead, ConnOpen, Event, KernelCtx, KernelMaps},
     clock::Clock,
     conn::{self, Conn, ConnTable},
     export::Exporter,
@@ -77,9 +77,15 @@ impl Pipeline {
     }
 
     fn adopt_existing(&mut self, pid: u32) {
+        let blocked = blocked_reads(pid);
         for (fd, local, peer) in conn::established_sockets(pid) {
             match self.maps.seed_conn(pid, fd) {
                 Ok(id) => {
+                    for (tid, call) in blocked.iter().filter(|(_, c)| c.fd == fd) {
+                        if let Err(e) = self.maps.resume_blocked_read(pid, *tid, id, call) {
+                            tracing::debug!(pid, tid, fd, "cannot resume a blocked read: {e}");
+                        }
+                    }
                     let facts = ConnFacts {
                         peer: Some(peer),
                         local: Some(local),
@@ -305,4 +311,19 @@ fn count_losses(stats: &Stats, before: spans::Losses, after: spans::Losses) {
         &stats.http_orphan_responses,
         after.orphan_responses - before.orphan_responses,
     );
+}
+
+/// Threads of `pid` blocked in a read-type syscall right now.
+fn blocked_reads(pid: u32) -> Vec<(u32, BlockedRead)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let tid: u32 = t.file_name().to_str()?.parse().ok()?;
+            let line = std::fs::read_to_string(t.path().join("syscall")).ok()?;
+            Some((tid, BlockedRead::parse(&line)?))
+        })
+        .collect()
 }

@@ -128,6 +128,28 @@ pub struct ConnInfo {
     pub _pad: [u8; 7],
 }
 
+/// What a syscall's enter program saw, for its exit program (map
+/// `INFLIGHT`, keyed by pid_tgid). Userspace writes one for a thread that
+/// was already blocked in a read when the agent started.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Inflight {
+    pub nr: i64,
+    pub conn_id: u64,
+    pub fd: u32,
+    /// `IO_MARK` for reads/writes, else the `role` of an accept/connect.
+    pub role: u8,
+    /// Role of the connection (io records only).
+    pub conn_role: u8,
+    pub _pad: [u8; 2],
+    pub a1: u64,
+    pub a2: u64,
+    pub peer: SockAddr,
+}
+
+/// Marks an `Inflight` entry as a read or write (not accept/connect).
+pub const IO_MARK: u8 = 0xff;
+
 /// A socket address as the syscall saw it (IPv4 addresses are stored
 /// IPv4-mapped in `addr`).
 #[repr(C)]
@@ -244,4 +266,5 @@ mod pod {
     unsafe impl aya::Pod for ConnInfo {}
     unsafe impl aya::Pod for CgroupSel {}
     unsafe impl aya::Pod for TraceCtx {}
+    unsafe impl aya::Pod for Inflight {}
 }

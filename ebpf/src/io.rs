@@ -13,7 +13,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use clew_common::{
-    dir, kind, nr, role, stat, ConnKey, DataHeader, SockAddr, MAX_CAPTURE, MAX_IOV, SCAN_BYTES,
+    dir, kind, nr, role, stat, ConnKey, DataHeader, SockAddr, IO_MARK, MAX_CAPTURE, MAX_IOV,
+    SCAN_BYTES,
 };
 
 use crate::{
@@ -22,9 +23,6 @@ use crate::{
     maps::{capture_limit, count, now, Inflight, Scratch, CONNS, EVENTS, INFLIGHT, SCRATCH},
     tp,
 };
-
-/// Marks an `INFLIGHT` entry as belonging to these programs (not accept/connect).
-pub const IO_MARK: u8 = 0xff;
 
 #[tracepoint]
 pub fn enter_io(ctx: TracePointContext) -> u32 {
@@ -60,7 +58,9 @@ pub fn exit_io(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let _ = INFLIGHT.remove(&pid_tgid);
-    if v.role != IO_MARK {
+    // The nr check drops an entry that outlived its call (one seeded by
+    // the agent for a read that returned before the entry was written).
+    if v.role != IO_MARK || v.nr != tp::nr(&ctx) {
         return 0;
     }
     let ret = tp::ret(&ctx);

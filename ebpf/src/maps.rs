@@ -5,6 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
+pub use clew_common::Inflight;
 use clew_common::{
     CgroupSel, ConnInfo, ConnKey, DataHeader, DEFAULT_RINGBUF_BYTES, MAX_CAPTURE, MAX_CGROUPS,
     MAX_CONNS, MAX_INFLIGHT, MAX_PIDS,
@@ -44,22 +45,6 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RINGBUF_BYTES, 0);
 
 #[map]
 pub static CONNS: LruHashMap<ConnKey, ConnInfo> = LruHashMap::with_max_entries(MAX_CONNS, 0);
-
-/// What a syscall's enter program saw, for its exit program.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Inflight {
-    pub nr: i64,
-    pub conn_id: u64,
-    pub fd: u32,
-    pub role: u8,
-    /// Role of the connection (io records only).
-    pub conn_role: u8,
-    pub _pad: [u8; 2],
-    pub a1: u64,
-    pub a2: u64,
-    pub peer: clew_common::SockAddr,
-}
 
 #[map]
 pub static INFLIGHT: LruHashMap<u64, Inflight> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);

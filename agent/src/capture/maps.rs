@@ -6,13 +6,16 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
     Ebpf,
 };
-use clew_common::{role, stat, CgroupSel, ConnInfo, ConnKey, MAX_CGROUPS};
+use clew_common::{
+    nr, role, stat, CgroupSel, ConnInfo, ConnKey, Inflight, SockAddr, IO_MARK, MAX_CGROUPS,
+};
 
 pub struct KernelMaps {
     conns: HashMap<MapData, ConnKey, ConnInfo>,
     pids: HashMap<MapData, u32, u8>,
     cgroups: Array<MapData, CgroupSel>,
     stats: PerCpuArray<MapData, u64>,
+    inflight: HashMap<MapData, u64, Inflight>,
     seeded: u64,
 }
 
@@ -35,6 +38,7 @@ impl KernelMaps {
             pids: HashMap::try_from(take("PIDS")?)?,
             cgroups: Array::try_from(take("CGROUPS")?)?,
             stats: PerCpuArray::try_from(take("STATS")?)?,
+            inflight: HashMap::try_from(take("INFLIGHT")?)?,
             seeded: 0,
         })
     }
@@ -82,6 +86,32 @@ impl KernelMaps {
         Ok(id)
     }
 
+    /// A thread was already blocked reading an adopted connection when the
+    /// probes attached, so its enter tracepoint never ran: record the call
+    /// as the enter program would have, and its return is captured.
+    pub fn resume_blocked_read(
+        &mut self,
+        tgid: u32,
+        tid: u32,
+        conn_id: u64,
+        call: &BlockedRead,
+    ) -> Result<()> {
+        let v = Inflight {
+            nr: call.nr,
+            conn_id,
+            fd: call.fd,
+            role: IO_MARK,
+            conn_role: role::UNKNOWN,
+            _pad: [0; 2],
+            a1: call.buf,
+            a2: call.len,
+            peer: SockAddr::default(),
+        };
+        let key = ((tgid as u64) << 32) | tid as u64;
+        // NOEXIST: a fresh entry from the real enter program wins.
+        Ok(self.inflight.insert(key, v, 1)?)
+    }
+
     /// Stops capturing a connection (not HTTP, or the process went away).
     pub fn forget_conn(&mut self, tgid: u32, fd: u32) {
         let _ = self.conns.remove(&ConnKey { tgid, fd });
@@ -94,5 +124,58 @@ impl KernelMaps {
             read_errors: sum(stat::READ_ERRORS),
             data_events: sum(stat::DATA_EVENTS),
         }
+    }
+}
+
+/// A read-type syscall a thread is blocked in, from /proc/PID/task/TID/syscall.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BlockedRead {
+    pub nr: i64,
+    pub fd: u32,
+    pub buf: u64,
+    pub len: u64,
+}
+
+impl BlockedRead {
+    /// Parses `NR ARG1 ARG2 ARG3 ...` (number in decimal, arguments in hex).
+    pub fn parse(line: &str) -> Option<Self> {
+        let mut f = line.split_whitespace();
+        let nr: i64 = f.next()?.parse().ok()?;
+        if ![nr::READ, nr::RECVFROM, nr::READV, nr::RECVMSG].contains(&nr) {
+            return None;
+        }
+        let mut arg = || u64::from_str_radix(f.next()?.trim_start_matches("0x"), 16).ok();
+        Some(BlockedRead {
+            nr,
+            fd: arg()? as u32,
+            buf: arg()?,
+            len: arg()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_blocked_reads_only() {
+        let r =
+            BlockedRead::parse("45 0x4 0x7f4f00000ba0 0x2000 0x0 0x0 0x0 0x7ffd 0x7f01").unwrap();
+        assert_eq!(
+            r,
+            BlockedRead {
+                nr: nr::RECVFROM,
+                fd: 4,
+                buf: 0x7f4f00000ba0,
+                len: 0x2000
+            }
+        );
+        assert_eq!(
+            BlockedRead::parse("7 0x1 0x2 0x3 0x0 0x0 0x0 0x1 0x2"),
+            None
+        );
+        assert_eq!(BlockedRead::parse("running"), None);
+        assert_eq!(BlockedRead::parse("0 0x3"), None);
     }
 }

@@ -19,7 +19,7 @@ use aya::{
 use clew_common::select;
 
 pub use event::{decode, ConnOpen, Data, DecodeError, Event, KernelCtx};
-pub use maps::KernelMaps;
+pub use maps::{BlockedRead, KernelMaps};
 
 /// The kernel object built from `ebpf/` (see agent/build.rs).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("CLEW_EBPF_OBJECT"));
