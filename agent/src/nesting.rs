@@ -166,8 +166,13 @@ impl Nesting {
             return k;
         }
         let serving = self.by_tid.get(&tid).map(|a| &a.ctx);
-        match traceparent.and_then(TraceParent::parse) {
-            Some(tp) => SpanCtx {
+        // A proxy forwards the traceparent it received: that is its
+        // caller's context, not an SDK's, so the span still nests normally.
+        let own = traceparent
+            .and_then(TraceParent::parse)
+            .filter(|tp| serving.is_none_or(|s| s.parent != Some(tp.parent_id)));
+        match (own, serving) {
+            (Some(tp), _) => SpanCtx {
                 trace_id: tp.trace_id,
                 span_id: tp.parent_id,
                 parent: serving
@@ -176,16 +181,14 @@ impl Nesting {
                 sampled: tp.sampled,
                 trace_state: String::new(),
             },
-            None => match serving {
-                Some(s) => SpanCtx {
-                    trace_id: s.trace_id,
-                    span_id: new_span_id(),
-                    parent: Some(s.span_id),
-                    sampled: s.sampled,
-                    trace_state: s.trace_state.clone(),
-                },
-                None => self.root(),
+            (None, Some(s)) => SpanCtx {
+                trace_id: s.trace_id,
+                span_id: new_span_id(),
+                parent: Some(s.span_id),
+                sampled: s.sampled,
+                trace_state: s.trace_state.clone(),
             },
+            (None, None) => self.root(),
         }
     }
 
@@ -268,6 +271,16 @@ mod tests {
         let c = n.client_span(5, 0, Some(TP));
         assert_eq!(hex::encode(c.span_id), "00f067aa0ba902b7");
         assert_eq!(c.parent, None);
+    }
+
+    #[test]
+    fn forwarded_traceparent_nests_like_any_call() {
+        let mut n = nesting();
+        let s = n.server_span(3, 1, 0, Some(TP), None);
+        let c = n.client_span(3, 0, Some(TP));
+        assert_eq!(c.trace_id, s.trace_id);
+        assert_eq!(c.parent, Some(s.span_id));
+        assert_ne!(hex::encode(c.span_id), "00f067aa0ba902b7");
     }
 
     fn kernel_ctx(server: bool, conn_id: u64, tid: u32, ts_ns: u64, span: u8) -> KernelCtx {
