@@ -65,8 +65,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
         capture.attach_injection(&selector.cgroup_dirs()?)?;
     }
     let exporter = Exporter::start(export_cfg).context("starting the exporter")?;
+    // Leaked once: span attributes take static keys, and these live as
+    // long as the agent does.
+    let baggage_keys: Vec<&'static str> = args
+        .baggage_attributes
+        .into_iter()
+        .map(|k| &*Box::leak(k.into_boxed_str()))
+        .collect();
     let opts = SpanOptions {
         capture_query: args.capture_query,
+        baggage_keys: Box::leak(baggage_keys.into_boxed_slice()),
     };
     let mut pipeline = Pipeline::new(
         selector.clone(),

@@ -61,6 +61,11 @@ pub struct RunArgs {
     /// `traceparent` into outgoing plaintext HTTP/1 requests) or `none`.
     #[arg(long, value_delimiter = ',', default_value = "headers")]
     pub propagation: Vec<Propagation>,
+    /// `baggage` keys recorded as span attributes, e.g. `tenant,plan`.
+    /// Clew never adds baggage to requests; it passes through as the
+    /// application forwards it.
+    #[arg(long, value_delimiter = ',')]
+    pub baggage_attributes: Vec<String>,
     /// Kernel→agent ring buffer size in MiB (rounded up to a power of two).
     #[arg(long, default_value_t = 16)]
     pub ringbuf_mib: u32,

@@ -122,7 +122,7 @@ pub fn build(pid: u32, f: &ProcFacts, host: &str) -> Resource {
     // OTEL_RESOURCE_ATTRIBUTES first, so the agent's own facts win on clashes
     // except service.name, whose precedence the SDK spec defines.
     for (k, v) in env("OTEL_RESOURCE_ATTRIBUTES")
-        .map(parse_resource_attributes)
+        .map(crate::trace_context::parse_baggage)
         .unwrap_or_default()
     {
         attrs.push((k, AttrValue::Str(v)));
@@ -168,36 +168,6 @@ pub fn build(pid: u32, f: &ProcFacts, host: &str) -> Resource {
         service_name,
         attributes: attrs,
     }
-}
-
-/// `key1=value1,key2=value2` with percent-encoded values (W3C baggage octets).
-fn parse_resource_attributes(s: &str) -> Vec<(String, String)> {
-    s.split(',')
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            let k = k.trim();
-            (!k.is_empty()).then(|| (k.to_owned(), percent_decode(v.trim())))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -259,10 +229,5 @@ mod tests {
     fn gone_process_gets_a_placeholder_name() {
         let r = build(9, &ProcFacts::default(), "h");
         assert_eq!(r.service_name, "unknown_service:9");
-    }
-
-    #[test]
-    fn percent_decoding_tolerates_bad_escapes() {
-        assert_eq!(percent_decode("a%2Cb%zz%4"), "a,b%zz%4");
     }
 }

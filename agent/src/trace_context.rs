@@ -55,6 +55,38 @@ impl TraceParent {
     }
 }
 
+/// W3C baggage (`k1=v1;prop,k2=v2`, percent-encoded values), the format
+/// of `OTEL_RESOURCE_ATTRIBUTES` too. Properties are dropped.
+pub fn parse_baggage(s: &str) -> Vec<(String, String)> {
+    s.split(',')
+        .filter_map(|member| {
+            let kv = member.split(';').next()?;
+            let (k, v) = kv.split_once('=')?;
+            let k = k.trim();
+            (!k.is_empty()).then(|| (k.to_owned(), percent_decode(v.trim())))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn is_lower_hex(s: &str) -> bool {
     s.bytes()
         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
@@ -88,6 +120,18 @@ mod tests {
         ] {
             assert_eq!(TraceParent::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn baggage_members_properties_and_escapes() {
+        assert_eq!(
+            parse_baggage("tenant=a%20b;ttl=3, plan = gold,=x,bad,esc=a%2Cb%zz%4"),
+            [
+                ("tenant".into(), "a b".into()),
+                ("plan".into(), "gold".into()),
+                ("esc".into(), "a,b%zz%4".into())
+            ]
+        );
     }
 
     #[test]

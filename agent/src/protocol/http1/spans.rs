@@ -233,6 +233,8 @@ pub struct ConnFacts {
 pub struct SpanOptions {
     /// Record `url.query` (off by default: queries often carry secrets).
     pub capture_query: bool,
+    /// `baggage` keys recorded as span attributes (`--baggage-attributes`).
+    pub baggage_keys: &'static [&'static str],
 }
 
 const KNOWN_METHODS: &[&str] = &[
@@ -310,6 +312,16 @@ pub fn to_span(
     if opts.capture_query {
         if let Some(q) = req.query() {
             a.push(("url.query", q.to_owned().into()));
+        }
+    }
+    if let Some(b) = req
+        .header("baggage")
+        .filter(|_| !opts.baggage_keys.is_empty())
+    {
+        for (k, v) in crate::trace_context::parse_baggage(b) {
+            if let Some(key) = opts.baggage_keys.iter().find(|want| **want == k) {
+                a.push((key, v.into()));
+            }
         }
     }
     if let Some(ua) = req.header("user-agent") {
@@ -542,6 +554,7 @@ mod tests {
             &Clock::new(),
             SpanOptions {
                 capture_query: true,
+                baggage_keys: &[],
             },
         );
         assert_eq!(span.name, "HTTP");
@@ -556,6 +569,31 @@ mod tests {
             Some(&"http://10.0.0.9:41000/pot".into())
         );
         assert!(matches!(span.status, Status::Error(_)));
+    }
+
+    #[test]
+    fn allow_listed_baggage_becomes_attributes() {
+        let mut h = Harness::new(Role::Server);
+        h.feed(
+            true,
+            b"GET / HTTP/1.1\r\nbaggage: tenant=acme,secret=x,plan=gold;p=1\r\n\r\n",
+            1,
+        );
+        h.feed(false, OK, 2);
+        let opts = SpanOptions {
+            capture_query: false,
+            baggage_keys: &["tenant", "plan"],
+        };
+        let span = to_span(
+            h.out.pop().unwrap(),
+            &facts(),
+            resource(),
+            &Clock::new(),
+            opts,
+        );
+        assert_eq!(span.attr("tenant"), Some(&"acme".into()));
+        assert_eq!(span.attr("plan"), Some(&"gold".into()));
+        assert_eq!(span.attr("secret"), None);
     }
 
     #[test]
