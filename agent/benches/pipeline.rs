@@ -79,7 +79,7 @@ fn pipeline(c: &mut Criterion) {
     g.bench_function("records_to_otlp_bytes", |b| {
         b.iter(|| {
             let mut nesting = Nesting::new(Sampler::ParentBased(Root::AlwaysOn));
-            let mut session = Session::new(Role::Server, false);
+            let mut session = Session::new(Role::Server, false, None);
             let mut exchanges = Vec::new();
             let mut spans = Vec::with_capacity(BATCH);
             let mut bytes = 0;

@@ -57,13 +57,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
         capture_limit: args.capture_bytes,
         ringbuf_bytes: args.ringbuf_mib.max(1) * 1024 * 1024,
         sampling: sampler.kernel(),
+        inject: args.propagation.contains(&Propagation::Headers),
     })?;
     let maps = capture.maps()?;
     let ring = capture.take_ring()?;
     capture.attach()?;
-    if args.propagation.contains(&Propagation::Headers) {
-        capture.attach_injection(&selector.cgroup_dirs()?)?;
-    }
+    capture.attach_sockops(&selector.cgroup_dirs()?)?;
     let exporter = Exporter::start(export_cfg).context("starting the exporter")?;
     // Leaked once: span attributes take static keys, and these live as
     // long as the agent does.

@@ -33,7 +33,11 @@ impl Conn {
             let mid_stream = self.role.is_none();
             let role = self.role.or_else(|| Role::sniff(ingress, payload))?;
             self.role = Some(role);
-            self.session = Some(Session::new(role, mid_stream));
+            let endpoint = match role {
+                Role::Client => self.facts.local,
+                Role::Server => self.facts.peer,
+            };
+            self.session = Some(Session::new(role, mid_stream, endpoint));
         }
         self.session.as_mut()
     }

@@ -2,7 +2,10 @@
 //! serving, so the CLIENT spans it sends become that span's children; and
 //! the ids and sampling decision of new spans.
 
-use std::collections::HashMap;
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+};
 
 use rand::Rng;
 
@@ -40,7 +43,13 @@ pub struct Nesting {
     /// server side by connection, client side by sending thread.
     kernel_server: HashMap<u64, (u64, SpanCtx)>,
     kernel_client: HashMap<u32, (u64, SpanCtx)>,
+    /// Client spans by the client's endpoint, for the server span of the
+    /// same request when this agent also traces the server.
+    offers: HashMap<SocketAddr, VecDeque<(u64, SpanCtx)>>,
 }
+
+/// A request reaches a server on this node well within this time.
+const OFFER_TTL_NS: u64 = 10_000_000_000;
 
 /// A kernel context belongs to a request parsed from data recorded at most
 /// this long after it (the same syscall, in practice).
@@ -70,7 +79,40 @@ impl Nesting {
             by_tid: HashMap::new(),
             kernel_server: HashMap::new(),
             kernel_client: HashMap::new(),
+            offers: HashMap::new(),
         }
+    }
+
+    /// A client span was sent from `endpoint`; a server on this node may
+    /// read it (in order, on that connection).
+    pub fn offer(&mut self, endpoint: SocketAddr, ts: u64, ctx: &SpanCtx) {
+        if self.offers.len() >= MAX_THREADS && !self.offers.contains_key(&endpoint) {
+            self.offers.retain(|_, q| {
+                q.back()
+                    .is_some_and(|(at, _)| ts.saturating_sub(*at) < OFFER_TTL_NS)
+            });
+            if self.offers.len() >= MAX_THREADS {
+                self.offers.clear();
+            }
+        }
+        let q = self.offers.entry(endpoint).or_default();
+        q.retain(|(at, _)| ts.saturating_sub(*at) < OFFER_TTL_NS);
+        if q.len() < 64 {
+            q.push_back((ts, ctx.clone()));
+        }
+    }
+
+    /// The oldest client span sent from `endpoint` before `ts`.
+    pub fn take_offer(&mut self, endpoint: SocketAddr, ts: u64) -> Option<SpanCtx> {
+        let q = self.offers.get_mut(&endpoint)?;
+        let ctx = match q.front() {
+            Some((at, _)) if *at <= ts => q.pop_front().map(|(_, c)| c),
+            _ => None,
+        };
+        if q.is_empty() {
+            self.offers.remove(&endpoint);
+        }
+        ctx
     }
 
     /// Ids the kernel decided for a request not parsed yet: server side,

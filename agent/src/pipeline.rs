@@ -170,10 +170,13 @@ impl Pipeline {
         let facts = match o.peer {
             Some(peer) => ConnFacts {
                 peer: Some(peer),
-                local: None,
+                local: o.local,
             },
             None => ConnFacts::from_proc(o.tgid, o.fd),
         };
+        // The resource is read now: short-lived clients are gone by the
+        // time their span is exported.
+        self.processes.resource(o.tgid);
         let c = Conn::new(o.tgid, o.fd, facts, role, o.ts_ns);
         self.track(o.conn_id, c);
     }

@@ -198,6 +198,9 @@ pub struct ConnEvent {
     /// The remote end when the syscall exposed it (connect's argument,
     /// accept's out-parameter); family 0 otherwise.
     pub peer: SockAddr,
+    /// Our own end of a connect(), as sockops saw it (IPv4 only; family 0
+    /// otherwise).
+    pub local: SockAddr,
 }
 
 /// `kind::PROC_EXEC` / `kind::PROC_EXIT`.

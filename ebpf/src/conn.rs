@@ -45,7 +45,15 @@ fn read_sockaddr(ptr: u64) -> SockAddr {
     out
 }
 
-fn emit(kind: u32, conn_id: u64, role: u8, pid_tgid: u64, fd: u32, peer: SockAddr) {
+fn emit(
+    kind: u32,
+    conn_id: u64,
+    role: u8,
+    pid_tgid: u64,
+    fd: u32,
+    peer: SockAddr,
+    local: SockAddr,
+) {
     let ev = ConnEvent {
         kind,
         role,
@@ -56,6 +64,7 @@ fn emit(kind: u32, conn_id: u64, role: u8, pid_tgid: u64, fd: u32, peer: SockAdd
         fd,
         _pad2: 0,
         peer,
+        local,
     };
     if EVENTS.output::<ConnEvent>(&ev, 0).is_err() {
         crate::maps::count(clew_common::stat::RINGBUF_DROPS);
@@ -81,7 +90,7 @@ fn remember(nr_role: u8, fd: u32, a1: u64, peer: SockAddr) {
     let _ = INFLIGHT.insert(&pid_tgid, &inflight, 0);
 }
 
-fn open(pid_tgid: u64, fd: u32, role: u8, peer: SockAddr) {
+fn open(pid_tgid: u64, fd: u32, role: u8, peer: SockAddr, local: SockAddr) {
     let id = next_conn_id();
     let key = ConnKey {
         tgid: (pid_tgid >> 32) as u32,
@@ -93,7 +102,7 @@ fn open(pid_tgid: u64, fd: u32, role: u8, peer: SockAddr) {
         _pad: [0; 7],
     };
     if CONNS.insert(&key, &info, 0).is_ok() {
-        emit(kind::CONN_OPEN, id, role, pid_tgid, fd, peer);
+        emit(kind::CONN_OPEN, id, role, pid_tgid, fd, peer, local);
     }
 }
 
@@ -129,7 +138,13 @@ pub fn exit_accept(ctx: TracePointContext) -> u32 {
     if peer.family == AF_UNIX {
         return 0;
     }
-    open(pid_tgid, fd as u32, role::ACCEPTED, peer);
+    open(
+        pid_tgid,
+        fd as u32,
+        role::ACCEPTED,
+        peer,
+        SockAddr::default(),
+    );
     0
 }
 
@@ -150,7 +165,19 @@ pub fn exit_connect(ctx: TracePointContext) -> u32 {
     };
     let ret = tp::ret(&ctx);
     if ret == 0 || ret == -EINPROGRESS {
-        open(pid_tgid, v.fd, role::CONNECTED, v.peer);
+        // track_sockets (sockops) noted our end in a1/a2 during connect().
+        let mut local = SockAddr {
+            family: AF_INET,
+            port: v.a2 as u16,
+            ..Default::default()
+        };
+        local.addr[10] = 0xff;
+        local.addr[11] = 0xff;
+        local.addr[12..16].copy_from_slice(&(v.a1 as u32).to_ne_bytes());
+        if v.a2 == 0 {
+            local.family = 0;
+        }
+        open(pid_tgid, v.fd, role::CONNECTED, v.peer, local);
     }
     0
 }
@@ -172,6 +199,7 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
         info.role,
         pid_tgid,
         key.fd,
+        SockAddr::default(),
         SockAddr::default(),
     );
     0

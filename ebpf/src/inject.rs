@@ -29,6 +29,11 @@ use crate::{
     maps::INFLIGHT,
 };
 
+/// 1 when `traceparent` injection is on (`--propagation headers`); else
+/// sockops only reports connections' local ends.
+#[unsafe(no_mangle)]
+static INJECT: u32 = 1;
+
 #[map]
 pub static INJECT_SOCKS: SockHash<u64> = SockHash::with_max_entries(MAX_INJECT_SOCKS, 0);
 
@@ -69,7 +74,20 @@ pub fn track_sockets(ctx: SockOpsContext) -> u32 {
         // Runs inside connect(): the thread is the one the connect tracepoint saw.
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
             let pid_tgid = bpf_get_current_pid_tgid();
-            if unsafe { INFLIGHT.get(&pid_tgid) }.is_some_and(|v| v.role == role::CONNECTED) {
+            let Some(v) = INFLIGHT.get_ptr_mut(&pid_tgid) else {
+                return 1;
+            };
+            let v = unsafe { &mut *v };
+            if v.role != role::CONNECTED {
+                return 1;
+            }
+            // Our own end, for linking both ends of a local call in userspace.
+            let o = ctx.ops;
+            if unsafe { core::ptr::read_volatile(&raw const (*o).family) } == 2 {
+                v.a1 = unsafe { core::ptr::read_volatile(&raw const (*o).local_ip4) } as u64;
+                v.a2 = unsafe { core::ptr::read_volatile(&raw const (*o).local_port) } as u64;
+            }
+            if unsafe { core::ptr::read_volatile(&INJECT) } == 1 {
                 let _ = CONNECTING.insert(&cookie, &1, 0);
             }
         }

@@ -28,6 +28,8 @@ pub struct ConnOpen {
     pub role: u8,
     pub ts_ns: u64,
     pub peer: Option<SocketAddr>,
+    /// Our end of a connect() (IPv4, from sockops).
+    pub local: Option<SocketAddr>,
 }
 
 /// Ids the kernel decided for a span (and, client side, injected).
@@ -103,6 +105,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
                 role: c.role,
                 ts_ns: c.ts_ns,
                 peer: sockaddr(&c.peer),
+                local: sockaddr(&c.local),
             }))
         }
         kind::CONN_CLOSE => {

@@ -48,11 +48,14 @@ pub struct CaptureConfig {
     pub ringbuf_bytes: u32,
     /// Head sampling for the ids the kernel decides.
     pub sampling: crate::sampling::KernelSampling,
+    /// Write `traceparent` into outgoing HTTP/1 requests.
+    pub inject: bool,
 }
 
 pub struct Capture {
     ebpf: Ebpf,
     attached: Vec<String>,
+    inject: bool,
 }
 
 impl Capture {
@@ -76,12 +79,14 @@ impl Capture {
             .override_global("SAMPLE_ALWAYS", &cfg.sampling.always, true)
             .override_global("SAMPLE_THRESHOLD", &cfg.sampling.threshold, true)
             .override_global("SAMPLE_PARENT_BASED", &cfg.sampling.parent_based, true)
+            .override_global("INJECT", &(cfg.inject as u32), true)
             .map_max_entries("EVENTS", cfg.ringbuf_bytes.next_power_of_two())
             .load(OBJECT)
             .context("loading the eBPF programs (is this root, with BPF allowed?)")?;
         Ok(Capture {
             ebpf,
             attached: Vec::new(),
+            inject: cfg.inject,
         })
     }
 
@@ -122,24 +127,13 @@ impl Capture {
         Ok(())
     }
 
-    /// `traceparent` injection: sk_msg on the socket map, and sockops on
-    /// each cgroup whose processes' connections may be injected into.
-    pub fn attach_injection(&mut self, cgroups: &[PathBuf]) -> Result<()> {
-        let socks: SockHash<&MapData, u64> = SockHash::try_from(
-            self.ebpf
-                .map("INJECT_SOCKS")
-                .context("INJECT_SOCKS map missing")?,
-        )?;
-        let socks_fd = socks.fd().try_clone()?;
-        let msg: &mut SkMsg = self
-            .ebpf
-            .program_mut("inject_traceparent")
-            .context("program inject_traceparent missing")?
-            .try_into()?;
-        msg.load().context("verifier rejected inject_traceparent")?;
-        msg.attach(&socks_fd)
-            .context("attaching sk_msg to the socket map")?;
-        self.attached.push("sk_msg:INJECT_SOCKS".into());
+    /// sockops on each cgroup whose processes' connections we follow (it
+    /// reports their local ends, and admits them to injection), and, when
+    /// injecting, sk_msg on the socket map.
+    pub fn attach_sockops(&mut self, cgroups: &[PathBuf]) -> Result<()> {
+        if self.inject {
+            self.attach_sk_msg()?;
+        }
         let ops: &mut SockOps = self
             .ebpf
             .program_mut("track_sockets")
@@ -155,6 +149,25 @@ impl Capture {
                 .with_context(|| format!("attaching sockops to {}", cg.display()))?;
             self.attached.push(format!("sockops:{}", cg.display()));
         }
+        Ok(())
+    }
+
+    fn attach_sk_msg(&mut self) -> Result<()> {
+        let socks: SockHash<&MapData, u64> = SockHash::try_from(
+            self.ebpf
+                .map("INJECT_SOCKS")
+                .context("INJECT_SOCKS map missing")?,
+        )?;
+        let socks_fd = socks.fd().try_clone()?;
+        let msg: &mut SkMsg = self
+            .ebpf
+            .program_mut("inject_traceparent")
+            .context("program inject_traceparent missing")?
+            .try_into()?;
+        msg.load().context("verifier rejected inject_traceparent")?;
+        msg.attach(&socks_fd)
+            .context("attaching sk_msg to the socket map")?;
+        self.attached.push("sk_msg:INJECT_SOCKS".into());
         Ok(())
     }
 

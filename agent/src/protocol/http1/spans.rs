@@ -82,12 +82,16 @@ pub struct Session {
     pending: VecDeque<Pending>,
     frames: Vec<Frame>,
     pub losses: Losses,
+    /// The client's end of the TCP connection (our local address when we
+    /// are the client, the peer when we serve), which links a CLIENT span
+    /// to the SERVER span of the same request when one agent sees both.
+    endpoint: Option<SocketAddr>,
 }
 
 impl Session {
     /// `mid_stream`: the connection was open before capture began, so either
     /// direction may start inside a message.
-    pub fn new(role: Role, mid_stream: bool) -> Self {
+    pub fn new(role: Role, mid_stream: bool, endpoint: Option<SocketAddr>) -> Self {
         let decoder = if mid_stream {
             Decoder::mid_stream
         } else {
@@ -100,6 +104,7 @@ impl Session {
             pending: VecDeque::new(),
             frames: Vec::new(),
             losses: Losses::default(),
+            endpoint,
         }
     }
 
@@ -157,6 +162,17 @@ impl Session {
         if p.ctx.trace_id == ctx.trace_id {
             ctx.trace_state = std::mem::take(&mut p.ctx.trace_state);
         }
+        if ctx.parent.is_none() && p.ctx.parent.is_some() {
+            // Linked to a client span this agent saw: keep that parent.
+            let linked = p.ctx.clone();
+            link(
+                &mut ctx,
+                &SpanCtx {
+                    span_id: linked.parent.unwrap_or_default(),
+                    ..linked
+                },
+            );
+        }
         nesting.rebind(p.tid, &p.ctx.span_id, &ctx);
         p.ctx = ctx;
         true
@@ -168,9 +184,22 @@ impl Session {
                 let tp = head.header("traceparent");
                 let ctx = match self.role {
                     Role::Server => {
-                        nesting.server_span(tid, conn_id, ts, tp, head.header("tracestate"))
+                        let mut ctx =
+                            nesting.server_span(tid, conn_id, ts, tp, head.header("tracestate"));
+                        if let Some(client) = self.endpoint.and_then(|e| nesting.take_offer(e, ts))
+                        {
+                            link(&mut ctx, &client);
+                            nesting.rebind(tid, &ctx.span_id.clone(), &ctx);
+                        }
+                        ctx
                     }
-                    Role::Client => nesting.client_span(tid, ts, tp),
+                    Role::Client => {
+                        let ctx = nesting.client_span(tid, ts, tp);
+                        if let Some(e) = self.endpoint {
+                            nesting.offer(e, ts, &ctx);
+                        }
+                        ctx
+                    }
                 };
                 self.responses.expect_response_to(&head.method);
                 if self.pending.len() >= MAX_PENDING {
@@ -219,6 +248,16 @@ impl Session {
             Frame::Error(_) => self.losses.parse_errors += 1,
             _ => {}
         }
+    }
+}
+
+/// Makes a parentless server span the child of the client span that sent
+/// its request (same connection, seen by this agent on both ends).
+fn link(server: &mut SpanCtx, client: &SpanCtx) {
+    if server.parent.is_none() {
+        server.trace_id = client.trace_id;
+        server.parent = Some(client.span_id);
+        server.sampled = client.sampled;
     }
 }
 
@@ -394,7 +433,7 @@ mod tests {
     impl Harness {
         fn new(role: Role) -> Self {
             Harness {
-                s: Session::new(role, false),
+                s: Session::new(role, false, None),
                 n: nesting(),
                 out: Vec::new(),
             }
@@ -464,8 +503,8 @@ mod tests {
     fn client_calls_made_while_serving_are_children() {
         let mut n = nesting();
         let mut out = Vec::new();
-        let mut server = Session::new(Role::Server, false);
-        let mut client = Session::new(Role::Client, false);
+        let mut server = Session::new(Role::Server, false, None);
+        let mut client = Session::new(Role::Client, false, None);
         server.on_data(&data(true, REQ, 1, 1), &mut n, &mut out);
         client.on_data(&data(false, REQ, 2, 2), &mut n, &mut out);
         client.on_data(&data(true, OK, 3, 2), &mut n, &mut out);
@@ -475,6 +514,30 @@ mod tests {
         assert_eq!(c.ctx.trace_id, s.ctx.trace_id);
         assert_eq!(c.ctx.parent, Some(s.ctx.span_id));
         assert_eq!(s.ctx.parent, None);
+    }
+
+    #[test]
+    fn both_ends_seen_by_one_agent_are_linked_without_headers() {
+        let mut n = nesting();
+        let mut out = Vec::new();
+        let client_end = Some("127.0.0.1:40000".parse().unwrap());
+        let mut client = Session::new(Role::Client, false, client_end);
+        let mut server = Session::new(Role::Server, false, client_end);
+        let mut other = Session::new(
+            Role::Server,
+            false,
+            Some("127.0.0.1:40001".parse().unwrap()),
+        );
+        let req = b"GET / HTTP/1.1\r\n\r\n";
+        client.on_data(&data(false, req, 1, 1), &mut n, &mut out);
+        server.on_data(&data(true, req, 2, 2), &mut n, &mut out);
+        other.on_data(&data(true, req, 3, 3), &mut n, &mut out);
+        server.on_data(&data(false, OK, 4, 2), &mut n, &mut out);
+        other.on_data(&data(false, OK, 5, 3), &mut n, &mut out);
+        client.on_data(&data(true, OK, 6, 1), &mut n, &mut out);
+        let (s, o, c) = (&out[0].ctx, &out[1].ctx, &out[2].ctx);
+        assert_eq!((s.trace_id, s.parent), (c.trace_id, Some(c.span_id)));
+        assert_eq!(o.parent, None);
     }
 
     #[test]
