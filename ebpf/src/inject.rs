@@ -179,6 +179,12 @@ fn try_inject(ctx: &SkMsgContext) -> Option<()> {
     context::format_traceparent(&tctx, &mut line);
     let len = TRACEPARENT_LINE as u32;
     ctx.push_data(at, len, 0).ok()?;
+    // One contiguous buffer again: pushed bytes land in their own page, and
+    // a message in pieces is sent as several segments, which Nagle and
+    // delayed ACKs then hold up for 40 ms. Best effort: a message too big
+    // to linearise is still sent correctly, only maybe later.
+    let _ = unsafe { bpf_msg_pull_data(ctx.msg, 0, size as u32 + len, 0) };
+    // Then a window onto the new line (no copy once linear).
     let written = unsafe { bpf_msg_pull_data(ctx.msg, at, at + len, 0) } == 0 && write(ctx, &line);
     if !written {
         // Put the message back exactly as the application sent it.
