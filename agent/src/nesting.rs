@@ -151,6 +151,15 @@ impl Nesting {
             .filter(|(at, _)| *at == ts)
             .map(|(_, c)| c);
         let mut ctx = match (kernel, incoming) {
+            // The kernel scans only the head's first 1 KiB: a traceparent
+            // it missed still makes the span join its trace.
+            (Some(k), Some(tp)) if k.parent.is_none() => SpanCtx {
+                trace_id: tp.trace_id,
+                span_id: k.span_id,
+                parent: Some(tp.parent_id),
+                sampled: self.sampler.sample(&tp.trace_id, Some(tp.sampled)),
+                trace_state: String::new(),
+            },
             (Some(k), _) => k,
             (None, Some(tp)) => SpanCtx {
                 trace_id: tp.trace_id,
@@ -356,6 +365,20 @@ mod tests {
         assert_eq!(c.span_id, [2; 8]);
         // Consumed: the next request of the thread nests by userspace rules.
         assert_eq!(n.client_span(1, 220, None).parent, Some([1; 8]));
+    }
+
+    #[test]
+    fn incoming_context_the_kernel_missed_still_joins() {
+        let mut n = nesting();
+        let mut k = kernel_ctx(true, 3, 1, 100, 1);
+        k.ctx.flags = ctxflag::SAMPLED;
+        n.kernel(&k);
+        let s = n.server_span(1, 3, 100, Some(TP), None);
+        assert_eq!(hex::encode(s.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            (s.span_id, s.parent.map(hex::encode)),
+            ([1; 8], Some("00f067aa0ba902b7".into()))
+        );
     }
 
     #[test]
