@@ -92,14 +92,15 @@ def main():
     global ARGS
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--bind", default="127.0.0.1", help="address to listen on")
     p.add_argument("--name", default="service", help="only used in log lines")
     p.add_argument("--downstream", help="base URL for /chain and /chain-fail")
     p.add_argument("--header-log", help="file to append request headers to (JSON lines)")
     p.add_argument("--work-delay-ms", type=int, default=0, help="delay before answering /work")
     ARGS = p.parse_args()
-    server = ThreadingHTTPServer(("127.0.0.1", ARGS.port), Handler)
+    server = ThreadingHTTPServer((ARGS.bind, ARGS.port), Handler)
     server.daemon_threads = True
-    print(f"[{ARGS.name}] listening on 127.0.0.1:{ARGS.port}", file=sys.stderr, flush=True)
+    print(f"[{ARGS.name}] listening on {ARGS.bind}:{ARGS.port}", file=sys.stderr, flush=True)
     server.serve_forever()
 
 

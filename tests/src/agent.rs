@@ -199,6 +199,24 @@ impl Agent {
         Ok(())
     }
 
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// SIGKILL, as an OOM kill or a crash would end it: no chance to clean
+    /// up. Returns once the process is reaped.
+    pub fn kill(mut self) -> Result<()> {
+        let status = self.proc.signal_and_wait(libc::SIGKILL, STOP_TIMEOUT)?;
+        use std::os::unix::process::ExitStatusExt;
+        if status.signal() != Some(libc::SIGKILL) {
+            bail!(
+                "agent ended with {status}, not by SIGKILL\n{}",
+                self.log_tail()
+            );
+        }
+        Ok(())
+    }
+
     /// Stops with SIGTERM and requires exit status 0.
     pub fn stop(self) -> Result<()> {
         self.stop_with(libc::SIGTERM)

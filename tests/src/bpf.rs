@@ -1,6 +1,8 @@
-//! Counting the agent's loaded BPF programs with bpftool, to prove none outlive it.
+//! The agent's BPF programs and maps as bpftool sees them: to prove none
+//! outlive it, and to look into the socket map of `traceparent` injection.
 
 use anyhow::{bail, Context, Result};
+use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -16,6 +18,10 @@ const CLEW_PROGS: &[&str] = &[
     "proc_exec",
     "proc_exit",
     "proc_fork",
+    "observe_request",
+    // sockops and sk_msg programs of traceparent injection ("inject_traceparent", truncated).
+    "track_sockets",
+    "inject_tracepa",
 ];
 
 /// `bpftool prog show` output.
@@ -87,4 +93,123 @@ pub fn cgroup_progs(path: &std::path::Path) -> Result<Vec<String>> {
         .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
         .map(str::to_string)
         .collect())
+}
+
+fn bpftool_json(args: &[&str]) -> Result<serde_json::Value> {
+    let out = Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .context("running bpftool (is it installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "bpftool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("parsing bpftool -j {} output", args.join(" ")))
+}
+
+/// A loaded program or map, from `bpftool -j prog|map show`.
+#[derive(Clone, Debug)]
+pub struct Object {
+    pub id: u64,
+    pub name: String,
+    pub kind: String,
+    /// Processes holding it (empty when bpftool cannot tell).
+    pub pids: Vec<u32>,
+}
+
+fn objects(what: &str) -> Result<Vec<Object>> {
+    let v = bpftool_json(&[what, "show"])?;
+    Ok(v.as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|o| Object {
+            id: o["id"].as_u64().unwrap_or(0),
+            name: o["name"].as_str().unwrap_or("").into(),
+            kind: o["type"].as_str().unwrap_or("").into(),
+            pids: o["pids"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|p| p["pid"].as_u64().map(|p| p as u32))
+                .collect(),
+        })
+        .collect())
+}
+
+/// Every loaded BPF program.
+pub fn programs() -> Result<Vec<Object>> {
+    objects("prog")
+}
+
+/// Ids of the loaded programs with one of clew's names.
+pub fn clew_prog_ids() -> Result<BTreeSet<u64>> {
+    Ok(programs()?
+        .into_iter()
+        .filter(|p| CLEW_PROGS.iter().any(|n| p.name.starts_with(n)))
+        .map(|p| p.id)
+        .collect())
+}
+
+/// Keys of the socket map `name` (a SOCKHASH keyed by socket cookie) that
+/// the agent with pid `agent_pid` holds. `Ok(None)` when that cannot be
+/// read here (no such map attributable to the agent, or bpftool cannot
+/// dump it), with the reason.
+pub fn sockhash_cookies(
+    name: &str,
+    agent_pid: u32,
+) -> Result<std::result::Result<Vec<u64>, String>> {
+    let maps: Vec<Object> = objects("map")?
+        .into_iter()
+        .filter(|m| m.name == name)
+        .collect();
+    let owned: Vec<&Object> = maps
+        .iter()
+        .filter(|m| m.pids.contains(&agent_pid))
+        .collect();
+    let map = match (&owned[..], &maps[..]) {
+        ([m], _) => *m,
+        // bpftool without pid information: fine as long as there is only one.
+        ([], [m]) if m.pids.is_empty() => m,
+        _ => {
+            return Ok(Err(format!(
+                "cannot tell which map named {name} is the agent's: {maps:?}"
+            )))
+        }
+    };
+    let id = map.id.to_string();
+    let dump = match bpftool_json(&["map", "dump", "id", &id]) {
+        Ok(v) => v,
+        Err(e) => {
+            return Ok(Err(format!(
+                "bpftool cannot dump map {name} (id {id}): {e:#}"
+            )))
+        }
+    };
+    let mut keys = Vec::new();
+    for entry in dump.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let bytes: Option<Vec<u8>> = entry["key"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok())
+            .collect();
+        match bytes.as_deref().map(<[u8; 8]>::try_from) {
+            Some(Ok(k)) => keys.push(u64::from_le_bytes(k)),
+            _ => {
+                return Ok(Err(format!(
+                    "unexpected key in the dump of {name}: {entry}"
+                )))
+            }
+        }
+    }
+    Ok(Ok(keys))
 }

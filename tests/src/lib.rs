@@ -6,13 +6,17 @@ pub mod cgroup;
 pub mod check;
 pub mod env;
 pub mod fixture;
+pub mod load;
 pub mod net;
+pub mod netns;
 pub mod nginx;
 pub mod peers;
 pub mod process;
 pub mod receiver;
+pub mod recording;
 #[cfg(test)]
 mod selftest;
+pub mod wire;
 
 /// How long tests wait for spans: export takes ~1-2 s, this leaves room for a loaded CI machine.
 pub const SPAN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

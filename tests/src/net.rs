@@ -13,8 +13,19 @@ pub fn free_port() -> Result<u16> {
 /// instead of connecting, because a probe connection to a traced server
 /// would itself be seen by the agent.
 pub fn is_listening(port: u16) -> bool {
-    let want = format!("0100007F:{port:04X}");
-    std::fs::read_to_string("/proc/net/tcp")
+    listening_in("/proc/net/tcp", [127, 0, 0, 1], port)
+}
+
+/// True when `ip`:`port` is listening in the network namespace of process
+/// `pid` (read from its /proc/PID/net/tcp).
+pub fn is_listening_in(pid: u32, ip: std::net::Ipv4Addr, port: u16) -> bool {
+    listening_in(&format!("/proc/{pid}/net/tcp"), ip.octets(), port)
+}
+
+fn listening_in(table: &str, ip: [u8; 4], port: u16) -> bool {
+    // The kernel prints the address as the in-memory u32, in host (little-endian) order.
+    let want = format!("{:08X}:{port:04X}", u32::from_le_bytes(ip));
+    std::fs::read_to_string(table)
         .unwrap_or_default()
         .lines()
         .skip(1)
@@ -30,6 +41,27 @@ pub fn wait_listening(port: u16, timeout: Duration, why_not: impl Fn() -> String
         if Instant::now() > deadline {
             bail!(
                 "nothing listened on 127.0.0.1:{port} within {timeout:?}\n{}",
+                why_not()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Like `wait_listening`, for `ip`:`port` in the network namespace of process `pid`.
+pub fn wait_listening_in(
+    pid: u32,
+    ip: std::net::Ipv4Addr,
+    port: u16,
+    timeout: Duration,
+    why_not: impl Fn() -> String,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !is_listening_in(pid, ip, port) {
+        if Instant::now() > deadline {
+            bail!(
+                "nothing listened on {ip}:{port} (netns of pid {pid}) within {timeout:?}\n{}",
                 why_not()
             );
         }

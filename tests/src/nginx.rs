@@ -1,9 +1,10 @@
-//! nginx serving static files from a temp dir, started inside a test's cgroup.
+//! nginx started inside a test's cgroup: serving static files from a temp
+//! dir, or as a reverse proxy.
 
 use crate::cgroup::Cgroup;
 use crate::net::{free_port, wait_listening};
 use crate::process::{Supervised, TempDir};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::process::Command;
 use std::time::Duration;
 
@@ -17,12 +18,22 @@ pub struct Nginx {
     dir: TempDir,
 }
 
+/// One access log line (see `log_format` below).
+#[derive(Clone, Debug)]
+pub struct Access {
+    /// When the request finished, Unix time in seconds.
+    pub time: f64,
+    pub status: u16,
+    /// The `traceparent` header it received, if any.
+    pub traceparent: Option<String>,
+    pub request: String,
+}
+
 impl Nginx {
     /// Serves `/index.html` and `/big.bin` with one worker (master_process on,
     /// so the traced worker is a forked child).
     pub fn start(cg: &Cgroup) -> Result<Self> {
         let dir = TempDir::new("nginx")?;
-        let port = free_port()?;
         let root = dir.join("www");
         std::fs::create_dir(&root)?;
         std::fs::write(
@@ -31,6 +42,35 @@ impl Nginx {
         )?;
         let big: Vec<u8> = (0..BIG_FILE_LEN).map(|i| (i % 251) as u8).collect();
         std::fs::write(root.join("big.bin"), big)?;
+        Self::launch(cg, dir, &format!("root {};", root.display()), "")
+    }
+
+    /// A reverse proxy: every request goes to `upstream` (`host:port`) over
+    /// HTTP/1.1, on kept-alive connections when `keepalive`, else one
+    /// connection per request (nginx's default HTTP/1.0 upstream).
+    pub fn proxy(cg: &Cgroup, upstream: &str, keepalive: bool) -> Result<Self> {
+        let dir = TempDir::new("nginx-proxy")?;
+        let (http, location) = if keepalive {
+            (
+                format!("upstream clew_upstream {{ server {upstream}; keepalive 64; keepalive_requests 100000; }}"),
+                "location / {
+            proxy_pass http://clew_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }"
+                .to_string(),
+            )
+        } else {
+            (
+                String::new(),
+                format!("location / {{ proxy_pass http://{upstream}; }}"),
+            )
+        };
+        Self::launch(cg, dir, &location, &http)
+    }
+
+    fn launch(cg: &Cgroup, dir: TempDir, server: &str, http: &str) -> Result<Self> {
+        let port = free_port()?;
         let p = dir.path().display();
         let conf = format!(
             "daemon off;
@@ -38,9 +78,10 @@ master_process on;
 worker_processes 1;
 pid {p}/nginx.pid;
 error_log {p}/error.log info;
-events {{ worker_connections 256; }}
+events {{ worker_connections 1024; }}
 http {{
-    access_log {p}/access.log;
+    log_format clew '$msec $status \"$http_traceparent\" \"$request\" \"$http_user_agent\" up=$upstream_status';
+    access_log {p}/access.log clew;
     client_body_temp_path {p}/client_body;
     proxy_temp_path {p}/proxy;
     fastcgi_temp_path {p}/fastcgi;
@@ -48,14 +89,14 @@ http {{
     scgi_temp_path {p}/scgi;
     default_type application/octet-stream;
     sendfile on;
-    keepalive_requests 1000;
+    keepalive_requests 100000;
+    {http}
     server {{
         listen 127.0.0.1:{port};
-        root {root};
+        {server}
     }}
 }}
-",
-            root = root.display()
+"
         );
         let conf_path = dir.join("nginx.conf");
         std::fs::write(&conf_path, conf)?;
@@ -87,14 +128,59 @@ http {{
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// `127.0.0.1:port`, as an upstream for `proxy`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     pub fn access_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
     }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+
+    /// The access log, parsed.
+    pub fn accesses(&self) -> Result<Vec<Access>> {
+        self.access_log()
+            .lines()
+            .map(|l| parse_access(l).with_context(|| format!("access log line {l:?}")))
+            .collect()
+    }
+}
+
+fn parse_access(line: &str) -> Option<Access> {
+    let (time, rest) = line.split_once(' ')?;
+    let (status, rest) = rest.split_once(' ')?;
+    let rest = rest.strip_prefix('"')?;
+    let (tp, rest) = rest.split_once("\" \"")?;
+    let (request, _) = rest.split_once('"')?;
+    Some(Access {
+        time: time.parse().ok()?,
+        status: status.parse().ok()?,
+        traceparent: (tp != "-").then(|| tp.to_string()),
+        request: request.to_string(),
+    })
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
         // Shown only when the test fails, next to the process log.
-        eprintln!("---- nginx access.log ----\n{}", self.access_log());
+        let log = self.access_log();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(200)..];
+        eprintln!(
+            "---- nginx access.log ({} lines, last {}) ----\n{}\n---- nginx error.log ----\n{}",
+            lines.len(),
+            tail.len(),
+            tail.join("\n"),
+            self.error_log()
+                .lines()
+                .filter(|l| !l.contains("[info]"))
+                .take(100)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
 }

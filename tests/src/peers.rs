@@ -2,7 +2,8 @@
 
 use crate::cgroup::Cgroup;
 use crate::env::{peers_dir, python, Python};
-use crate::net::{free_port, wait_listening};
+use crate::net::{free_port, wait_listening, wait_listening_in};
+use crate::netns::Netns;
 use crate::process::{Supervised, TempDir};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Write};
@@ -17,6 +18,8 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// `tests/peers/http_service.py`, traced under `service.name` = its name.
 pub struct PyService {
     pub name: String,
+    /// The address it listens on (127.0.0.1 unless `ServiceOpts::bind`).
+    pub host: String,
     pub port: u16,
     pub python: Python,
     header_log: PathBuf,
@@ -51,6 +54,8 @@ pub struct ServiceOpts<'a> {
     port: Option<u16>,
     interpreter: Option<PathBuf>,
     work_delay_ms: u32,
+    bind: Option<&'a str>,
+    netns: Option<&'a Netns>,
 }
 
 impl<'a> ServiceOpts<'a> {
@@ -86,6 +91,22 @@ impl<'a> ServiceOpts<'a> {
         }
     }
 
+    /// Listen on this IPv4 address instead of 127.0.0.1.
+    pub fn bind(self, addr: &'a str) -> Self {
+        ServiceOpts {
+            bind: Some(addr),
+            ..self
+        }
+    }
+
+    /// Run inside this network namespace.
+    pub fn netns(self, ns: &'a Netns) -> Self {
+        ServiceOpts {
+            netns: Some(ns),
+            ..self
+        }
+    }
+
     /// Starts the service inside `cg` and waits until it listens.
     pub fn start(self, cg: &Cgroup) -> Result<PyService> {
         let mut python = python()?;
@@ -106,9 +127,11 @@ impl<'a> ServiceOpts<'a> {
             None => free_port()?,
         };
         let header_log = dir.join("headers.jsonl");
+        let host = self.bind.unwrap_or("127.0.0.1");
         let mut cmd = Command::new(&python.path);
         cmd.arg(peers_dir().join("http_service.py"))
             .args(["--port", &port.to_string(), "--name", name])
+            .args(["--bind", host])
             .arg("--header-log")
             .arg(&header_log)
             .args(["--work-delay-ms", &self.work_delay_ms.to_string()])
@@ -117,10 +140,21 @@ impl<'a> ServiceOpts<'a> {
         if let Some(d) = self.downstream {
             cmd.args(["--downstream", d]);
         }
+        if let Some(ns) = self.netns {
+            ns.enter(&mut cmd);
+        }
         let proc = Supervised::start(name, &mut cmd, dir.join("service.log"), |c| cg.spawn(c))?;
-        wait_listening(port, START_TIMEOUT, || proc.log_tail(40))?;
+        if self.netns.is_some() || host != "127.0.0.1" {
+            let ip = host
+                .parse()
+                .with_context(|| format!("bind address {host}"))?;
+            wait_listening_in(proc.pid(), ip, port, START_TIMEOUT, || proc.log_tail(40))?;
+        } else {
+            wait_listening(port, START_TIMEOUT, || proc.log_tail(40))?;
+        }
         Ok(PyService {
             name: name.to_string(),
+            host: host.to_string(),
             port,
             python,
             header_log,
@@ -149,15 +183,22 @@ impl PyService {
             port: None,
             interpreter: None,
             work_delay_ms: 0,
+            bind: None,
+            netns: None,
         }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("http://{}:{}{path}", self.host, self.port)
     }
 
     pub fn pid(&self) -> u32 {
         self.proc.pid()
+    }
+
+    /// The service's log so far.
+    pub fn log(&self) -> String {
+        self.proc.log_text()
     }
 
     /// Requests received so far, from the service's header log.
@@ -190,20 +231,28 @@ impl PyService {
 /// GET (or other, via `args`) with curl inside `cg`; returns the status code.
 /// One curl process per call, so every request is its own connection.
 pub fn curl(cg: &Cgroup, url: &str, args: &[&str]) -> Result<u16> {
+    curl_in(cg, None, url, args)
+}
+
+/// `curl`, in network namespace `netns` if given.
+pub fn curl_in(cg: &Cgroup, netns: Option<&Netns>, url: &str, args: &[&str]) -> Result<u16> {
+    let mut cmd = Command::new("curl");
+    if let Some(ns) = netns {
+        ns.enter(&mut cmd);
+    }
     let out = cg
         .run(
-            Command::new("curl")
-                .args([
-                    "-sS",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "--max-time",
-                    "20",
-                ])
-                .args(args)
-                .arg(url),
+            cmd.args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "20",
+            ])
+            .args(args)
+            .arg(url),
             CLIENT_TIMEOUT,
         )?
         .ok()

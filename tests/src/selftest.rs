@@ -89,3 +89,40 @@ fn session_and_concurrent_clients() -> Result<()> {
     assert_eq!(forwarded, want);
     Ok(())
 }
+
+#[test]
+fn wire_client_and_recording_server_agree_byte_for_byte() -> Result<()> {
+    use crate::recording::{recorded_for, PlannedConn, RecordingServer, Step, WireClient};
+    let cg = Cgroup::new("selftest-wire")?;
+    let server = RecordingServer::start(&cg)?;
+    let get = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    let post = b"POST /b HTTP/1.1\r\nContent-Length: 5\r\n\r\nhel".to_vec();
+    let conns = vec![
+        PlannedConn {
+            id: 0,
+            steps: vec![
+                Step::Send(get.clone()),
+                Step::Await(1),
+                Step::Send(post.clone()),
+                Step::Send(b"lo".to_vec()),
+                Step::Await(1),
+            ],
+        },
+        // Not framable: recorded, never answered, and the client still finishes.
+        PlannedConn {
+            id: 1,
+            steps: vec![
+                Step::Send(b"\x16\x03\x01junk".to_vec()),
+                Step::Send(get.clone()),
+            ],
+        },
+    ];
+    let client = WireClient::spawn(&cg, "selftest", server.port, &conns, 2, false)?;
+    let opened = client.finish(std::time::Duration::from_secs(30))?;
+    let got = recorded_for(&server, &opened)?;
+    assert_eq!(got[&0].data, [&get[..], &post, b"lo"].concat());
+    assert_eq!(got[&0].answered, 2);
+    assert_eq!(got[&1].data, [&b"\x16\x03\x01junk"[..], &get].concat());
+    assert_eq!(got[&1].answered, 0);
+    Ok(())
+}

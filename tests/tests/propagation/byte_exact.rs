@@ -1,0 +1,113 @@
+//! What the kernel writes into traced clients' requests, byte for byte: a
+//! traced raw-socket client replays thousands of planned sends, an
+//! untraced server records every byte, and the test requires exactly the
+//! traceparent lines the injection rules call for and nothing else.
+
+use crate::plan::{check_client_spans, verify, Plan, SpanCheck};
+use anyhow::{bail, ensure, Result};
+use clew_e2e::recording::{recorded_for, RecordingServer, WireClient};
+use clew_e2e::{Agent, Cgroup, Protocol, Receiver, SPAN_TIMEOUT};
+use std::time::Duration;
+
+const CLIENT: &str = "wire-client";
+/// Connections replayed at once.
+const THREADS: usize = 4;
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Runs the plan `build` makes through a traced client against an untraced
+/// recording server, prints the per-case table, checks every byte, and
+/// checks the CLIENT spans of the injected requests.
+fn run(name: &str, build: impl FnOnce(&mut Plan), min_requests: usize) -> Result<SpanCheck> {
+    let traced = Cgroup::new(name)?;
+    // The witness must not be traced: its own cgroup, which no agent selects.
+    let untraced = Cgroup::new(&format!("{name}-server"))?;
+    let rx = Receiver::start(Protocol::Grpc)?;
+    let mut agent = Agent::start(&traced, &rx.endpoint(), Protocol::Grpc, &[])?;
+    let server = RecordingServer::start(&untraced)?;
+    let mut plan = Plan::new(server.port, 0x5eed_c1e3);
+    build(&mut plan);
+
+    let client = WireClient::spawn(&traced, CLIENT, server.port, &plan.conns, THREADS, false)?;
+    let opened = client.finish(RUN_TIMEOUT)?;
+    let recorded = recorded_for(&server, &opened)?;
+    let v = verify(&plan, &recorded);
+    println!(
+        "{name}: per case (requests sent; lines the rules call for; connections that end hands-off; connections received exactly as expected)\n{}",
+        v.table()
+    );
+    ensure!(
+        v.failures.is_empty(),
+        "{} of {} connections were not received as the injection rules say (first 10):\n{}\n\nall failed connections (case: first request line):\n  {}",
+        v.failures.len(),
+        plan.conns.len(),
+        v.failures.iter().take(10).cloned().collect::<Vec<_>>().join("\n\n"),
+        v.failed.join("\n  ")
+    );
+    ensure!(
+        v.total_requests() >= min_requests,
+        "the plan has only {} requests",
+        v.total_requests()
+    );
+    println!(
+        "{name}: {} connections, {} requests byte-exact, {} lines injected",
+        plan.conns.len(),
+        v.total_requests(),
+        v.injected.len()
+    );
+    // The default sampler (parentbased_always_on) samples every new trace.
+    let unsampled = v.injected.iter().filter(|(_, l)| l.flags != "01").count();
+    ensure!(
+        unsampled == 0,
+        "{unsampled} injected lines are not sampled (flags 00)"
+    );
+    let spans = check_client_spans(&rx, CLIENT, &v.injected, SPAN_TIMEOUT, |c| plan.describe(c))?;
+    let lost: usize = spans.missing.values().sum();
+    println!(
+        "{name}: {} injected requests have a CLIENT span with exactly the injected ids; {lost} have no CLIENT span at all (on {} connections: {:?})",
+        spans.matched,
+        spans.missing.len(),
+        spans.missing
+    );
+    agent.ensure_healthy()?;
+    agent.stop()?;
+    Ok(spans)
+}
+
+#[test]
+fn byte_exact_injection() -> Result<()> {
+    let spans = run("byte-exact", |p| p.all_cases(1), 2000)?;
+    if !spans.missing.is_empty() {
+        // Spans of whole connections go missing under this connection churn
+        // with --propagation none too: a capture bug, not an injection one,
+        // asserted by `client_span_for_every_injected_request`.
+        println!(
+            "byte_exact_injection: NOTE: {} connections lost CLIENT spans (see client_span_for_every_injected_request)",
+            spans.missing.len()
+        );
+    }
+    Ok(())
+}
+
+/// Heads of 990 to 1040 bytes: the line goes in exactly when the whole
+/// head lies within the first 1024 bytes of the send.
+#[test]
+#[ignore = "agent bug: heads of 1007 to 1024 bytes get no traceparent (head::scan visits only SCAN_BYTES - LOOKAHEAD = 1004 byte positions, so the blank line must end by byte 1006)"]
+fn byte_exact_injection_head_size_limit() -> Result<()> {
+    run("byte-exact-sizes", |p| p.head_sizes(990, 1040), 0).map(|_| ())
+}
+
+/// Every injected request of the byte-exact plan has its CLIENT span.
+#[test]
+#[ignore = "agent bug: under connection churn (4 threads opening and closing ~1800 connections) the agent loses all or the rest of the CLIENT spans of a few connections (clew_conns_closed < clew_conns_opened), with --propagation none as well"]
+fn client_span_for_every_injected_request() -> Result<()> {
+    let spans = run("span-per-injection", |p| p.all_cases(1), 2000)?;
+    if !spans.missing.is_empty() {
+        bail!(
+            "{} injected requests on {} connections have no CLIENT span: {:?}",
+            spans.missing.values().sum::<usize>(),
+            spans.missing.len(),
+            spans.missing
+        );
+    }
+    Ok(())
+}
