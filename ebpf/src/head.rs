@@ -84,7 +84,7 @@ pub fn scan(h: &mut Head, len: u32) -> bool {
     };
     unsafe {
         bpf_loop(
-            (SCAN_BYTES - LOOKAHEAD) as u32,
+            SCAN_BYTES as u32,
             step as *const () as *mut c_void,
             &mut c as *mut ScanCtx as *mut c_void,
             0,
