@@ -150,19 +150,9 @@ pub fn format_traceparent(ctx: &TraceCtx, out: &mut [u8; clew_common::TRACEPAREN
         out[k] = prefix[k];
         k += 1;
     }
-    let mut j = 0;
-    while j < 16 {
-        out[16 + 2 * j] = HEX[(ctx.trace_id[j] >> 4) as usize];
-        out[17 + 2 * j] = HEX[(ctx.trace_id[j] & 15) as usize];
-        j += 1;
-    }
+    put_hex(out, 16, &ctx.trace_id);
     out[48] = b'-';
-    let mut j = 0;
-    while j < 8 {
-        out[49 + 2 * j] = HEX[(ctx.span_id[j] >> 4) as usize];
-        out[50 + 2 * j] = HEX[(ctx.span_id[j] & 15) as usize];
-        j += 1;
-    }
+    put_hex(out, 49, &ctx.span_id);
     out[65] = b'-';
     out[66] = b'0';
     out[67] = if ctx.flags & ctxflag::SAMPLED != 0 {
@@ -172,4 +162,18 @@ pub fn format_traceparent(ctx: &TraceCtx, out: &mut [u8; clew_common::TRACEPAREN
     };
     out[68] = b'\r';
     out[69] = b'\n';
+}
+
+#[inline(always)]
+fn put_hex<const N: usize>(
+    out: &mut [u8; clew_common::TRACEPARENT_LINE],
+    at: usize,
+    bytes: &[u8; N],
+) {
+    let mut j = 0;
+    while j < N {
+        out[at + 2 * j] = HEX[(bytes[j] >> 4) as usize];
+        out[at + 2 * j + 1] = HEX[(bytes[j] & 15) as usize];
+        j += 1;
+    }
 }
