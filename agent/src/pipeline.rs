@@ -184,7 +184,7 @@ impl Pipeline {
     fn track(&mut self, id: u64, c: Conn) {
         if let Some((old_id, old)) = self.conns.insert(id, c) {
             stats::add(&self.stats.conns_evicted, 1);
-            self.maps.forget_conn(old.tgid, old.fd);
+            self.maps.forget_conn(old.tgid, old.fd, old_id);
             self.nesting.conn_closed(old_id);
         }
     }
@@ -225,7 +225,7 @@ impl Pipeline {
     fn drop_not_http(&mut self, id: u64, tgid: u32, fd: u32) {
         stats::add(&self.stats.conns_not_http, 1);
         tracing::debug!(tgid, fd, "connection is not HTTP/1, no longer captured");
-        self.maps.forget_conn(tgid, fd);
+        self.maps.forget_conn(tgid, fd, id);
         self.conns.remove(id);
         self.nesting.conn_closed(id);
     }
@@ -251,7 +251,7 @@ impl Pipeline {
         }
         for (id, c) in self.conns.remove_process(tgid) {
             self.nesting.conn_closed(id);
-            self.maps.forget_conn(c.tgid, c.fd);
+            self.maps.forget_conn(c.tgid, c.fd, id);
         }
     }
 

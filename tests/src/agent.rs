@@ -106,7 +106,10 @@ impl Agent {
             cmd.env_remove(var);
         }
         cmd.args(["--health-listen", &format!("127.0.0.1:{health_port}")])
-            .args(["--log-level", "info"])
+            .args([
+                "--log-level",
+                &std::env::var("CLEW_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            ])
             .args(extra_args)
             // Plain text logs: they end up in test failure output.
             .env("NO_COLOR", "1");

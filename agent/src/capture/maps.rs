@@ -112,9 +112,14 @@ impl KernelMaps {
         Ok(self.inflight.insert(key, v, 1)?)
     }
 
-    /// Stops capturing a connection (not HTTP, or the process went away).
-    pub fn forget_conn(&mut self, tgid: u32, fd: u32) {
-        let _ = self.conns.remove(&ConnKey { tgid, fd });
+    /// Stops capturing connection `id` (not HTTP, or evicted). Only if the
+    /// kernel's entry is still that connection: by the time userspace gets
+    /// here the fd may already belong to a newer one.
+    pub fn forget_conn(&mut self, tgid: u32, fd: u32, id: u64) {
+        let key = ConnKey { tgid, fd };
+        if self.conns.get(&key, 0).is_ok_and(|info| info.id == id) {
+            let _ = self.conns.remove(&key);
+        }
     }
 
     pub fn stats(&self) -> KernelStats {
