@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use aya::{
     maps::{MapData, ProgramArray, RingBuf, SockHash},
-    programs::{CgroupAttachMode, SkMsg, SockOps, TracePoint},
+    programs::{CgroupAttachMode, Program, ProgramError, SkMsg, SockOps, TracePoint},
     Ebpf, EbpfLoader,
 };
 use clew_common::select;
@@ -113,11 +113,7 @@ impl Capture {
 
     /// `exit_io` hands request scanning to `observe_request` by tail call.
     fn load_tail_calls(&mut self) -> Result<()> {
-        let p: &mut TracePoint = self
-            .ebpf
-            .program_mut("observe_request")
-            .context("program observe_request missing")?
-            .try_into()?;
+        let p: &mut TracePoint = program(&mut self.ebpf, "observe_request")?;
         p.load().context("verifier rejected observe_request")?;
         let fd = p.fd()?.try_clone()?;
         let mut tail =
@@ -134,11 +130,7 @@ impl Capture {
         if self.inject {
             self.attach_sk_msg()?;
         }
-        let ops: &mut SockOps = self
-            .ebpf
-            .program_mut("track_sockets")
-            .context("program track_sockets missing")?
-            .try_into()?;
+        let ops: &mut SockOps = program(&mut self.ebpf, "track_sockets")?;
         ops.load().context("verifier rejected track_sockets")?;
         for cg in cgroups {
             let dir = std::fs::File::open(cg)
@@ -159,11 +151,7 @@ impl Capture {
                 .context("INJECT_SOCKS map missing")?,
         )?;
         let socks_fd = socks.fd().try_clone()?;
-        let msg: &mut SkMsg = self
-            .ebpf
-            .program_mut("inject_traceparent")
-            .context("program inject_traceparent missing")?
-            .try_into()?;
+        let msg: &mut SkMsg = program(&mut self.ebpf, "inject_traceparent")?;
         msg.load().context("verifier rejected inject_traceparent")?;
         msg.attach(&socks_fd)
             .context("attaching sk_msg to the socket map")?;
@@ -172,11 +160,7 @@ impl Capture {
     }
 
     fn attach_tp(&mut self, prog: &str, category: &str, name: &str) -> Result<()> {
-        let p: &mut TracePoint = self
-            .ebpf
-            .program_mut(prog)
-            .with_context(|| format!("program {prog} missing from the eBPF object"))?
-            .try_into()?;
+        let p: &mut TracePoint = program(&mut self.ebpf, prog)?;
         if p.fd().is_err() {
             p.load()
                 .with_context(|| format!("verifier rejected {prog}"))?;
@@ -200,6 +184,18 @@ impl Capture {
     pub fn maps(&mut self) -> Result<KernelMaps> {
         KernelMaps::take(&mut self.ebpf)
     }
+}
+
+/// A program of the object, as its type.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let p = ebpf.program_mut(name);
+    Ok(
+        p.with_context(|| format!("program {name} missing from the eBPF object"))?
+            .try_into()?,
+    )
 }
 
 /// Reads where `child_pid` sits in the fork tracepoint record from its
