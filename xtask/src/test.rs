@@ -57,7 +57,14 @@ pub fn test(paths: &Paths, opts: Options) -> Result<()> {
             .env("CLEW_EBPF_OBJECT", &built.object)
             .env("CLEW_BIN", &built.agent)
             .env("CLEW_TEST_PYTHON", &python)
-            .args(["test", "--package", E2E_PACKAGE, "--", "--test-threads=1"])
+            .args([
+                "test",
+                "--package",
+                E2E_PACKAGE,
+                "--tests",
+                "--",
+                "--test-threads=1",
+            ])
             .args(&opts.args);
         match cmd::run(&mut cargo) {
             Ok(()) => eprintln!("[test] end-to-end tests passed ({})", cmd::elapsed(start)),
