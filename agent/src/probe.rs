@@ -73,6 +73,8 @@ pub fn run() -> Report {
         .to_owned();
     let ringbuf = is_map_supported(MapType::RingBuf).unwrap_or(false);
     let tp = prog(ProgramType::TracePoint) && has("events/syscalls");
+    let sockops = prog(ProgramType::SockOps) && crate::select::cgroup2_mount().is_ok();
+    let sk_msg = prog(ProgramType::SkMsg);
     let write_user = is_helper_supported(
         ProgramType::TracePoint,
         BpfHelper::BPF_FUNC_probe_write_user,
@@ -117,16 +119,8 @@ pub fn run() -> Report {
             Path::new("/sys/kernel/btf/vmlinux").exists(),
             "/sys/kernel/btf/vmlinux".into(),
         ),
-        m(
-            "sockops",
-            prog(ProgramType::SockOps) && cgroup2.is_some(),
-            "cgroup v2 sock_ops".into(),
-        ),
-        m(
-            "sk_msg",
-            prog(ProgramType::SkMsg),
-            "SOCKHASH verdicts".into(),
-        ),
+        m("sockops", sockops, "cgroup v2 sock_ops".into()),
+        m("sk_msg", sk_msg, "SOCKHASH verdicts".into()),
         m(
             "TC classifier",
             prog(ProgramType::SchedClassifier),
@@ -170,6 +164,21 @@ pub fn run() -> Report {
                 "bpf_get_current_ancestor_cgroup_id in the accept/connect programs",
             ),
         ),
+        (
+            "incoming traceparent / span ids",
+            pick(tp, "bpf_loop head scan in a tail-called tracepoint program"),
+        ),
+        (
+            "traceparent injection (HTTP/1)",
+            pick(
+                sockops && sk_msg,
+                "cgroup sockops → SOCKHASH → sk_msg push_data",
+            ),
+        ),
+        (
+            "traceparent injection (TLS, TCP option)",
+            "none (not built yet)".to_owned(),
+        ),
     ];
     Report {
         kernel,
@@ -187,9 +196,9 @@ impl Report {
             let here = if m.available { "yes" } else { "NO" };
             let _ = writeln!(s, "{:<22} {:<10} {}", m.name, here, m.detail);
         }
-        let _ = writeln!(s, "\n{:<30} uses", "job");
+        let _ = writeln!(s, "\n{:<40} uses", "job");
         for (job, how) in &self.jobs {
-            let _ = writeln!(s, "{job:<30} {how}");
+            let _ = writeln!(s, "{job:<40} {how}");
         }
         s
     }
