@@ -217,7 +217,8 @@ pub fn stalled_seconds(
 /// `tests/peers/node_service.js`: one downstream request per incoming request.
 pub struct NodeService {
     pub port: u16,
-    proc: Supervised,
+    /// Held for its Drop, which stops the service.
+    _proc: Supervised,
     _dir: TempDir,
 }
 
@@ -236,17 +237,13 @@ impl NodeService {
         wait_listening(port, Duration::from_secs(20), || proc.log_tail(40))?;
         Ok(NodeService {
             port,
-            proc,
+            _proc: proc,
             _dir: dir,
         })
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.proc.pid()
     }
 }
 

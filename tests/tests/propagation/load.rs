@@ -68,50 +68,41 @@ fn check_upstream(what: &str, mode: Mode, upstream: &Nginx, r: &WrkResult) -> Re
 
 /// wrk → nginx proxy (traced) → nginx static (traced).
 fn nginx_proxy(mode: Mode) -> Result<WrkResult> {
-    let traced = Cgroup::new("load-nginx")?;
-    let load = Cgroup::new("load-nginx-wrk")?;
-    let rx = Receiver::start(Protocol::Grpc)?;
-    let mut agent = Agent::start(&traced, &rx.endpoint(), Protocol::Grpc, mode.args())?;
-    let upstream = Nginx::start(&traced)?;
-    let proxy = Nginx::proxy(&traced, &upstream.addr(), true)?;
-    let r = wrk(
-        &load,
-        &proxy.url("/index.html"),
-        THREADS,
-        CONNECTIONS,
-        DURATION,
-    )?;
-    r.ensure_clean(
-        &format!("wrk → nginx proxy → nginx ({mode:?})"),
-        MIN_REQUESTS,
-    )?;
-    let share = check_upstream("nginx proxy", mode, &upstream, &r)?;
-    println!(
-        "load nginx proxy ({mode:?}): {} requests, {:.0} req/s, {:.1}% of upstream requests with traceparent, {} spans exported",
-        r.requests,
-        r.rps(),
-        share * 100.0,
-        rx.spans().len()
-    );
-    agent.ensure_healthy()?;
-    agent.stop()?;
-    Ok(r)
+    through("nginx", "nginx proxy", mode, |traced, upstream| {
+        let proxy = Nginx::proxy(traced, &upstream.addr(), true)?;
+        let url = proxy.url("/index.html");
+        Ok((proxy, url))
+    })
 }
 
 /// wrk → Node.js (traced, one downstream request each, keep-alive agent) → nginx static (traced).
 fn node_fanout(mode: Mode) -> Result<WrkResult> {
-    let traced = Cgroup::new("load-node")?;
-    let load = Cgroup::new("load-node-wrk")?;
+    through("node", "node", mode, |traced, upstream| {
+        let node = NodeService::start(traced, "node-svc", &upstream.url("/index.html"))?;
+        let url = node.url("/");
+        Ok((node, url))
+    })
+}
+
+/// Loads a traced front service (kept alive by `F`) in front of a traced
+/// nginx upstream, then checks errors, stalls and upstream headers.
+fn through<F>(
+    slug: &str,
+    what: &str,
+    mode: Mode,
+    front: impl FnOnce(&Cgroup, &Nginx) -> Result<(F, String)>,
+) -> Result<WrkResult> {
+    let traced = Cgroup::new(&format!("load-{slug}"))?;
+    let load = Cgroup::new(&format!("load-{slug}-wrk"))?;
     let rx = Receiver::start(Protocol::Grpc)?;
     let mut agent = Agent::start(&traced, &rx.endpoint(), Protocol::Grpc, mode.args())?;
     let upstream = Nginx::start(&traced)?;
-    let node = NodeService::start(&traced, "node-svc", &upstream.url("/index.html"))?;
-    let r = wrk(&load, &node.url("/"), THREADS, CONNECTIONS, DURATION)?;
-    r.ensure_clean(&format!("wrk → node → nginx ({mode:?})"), MIN_REQUESTS)?;
-    let share = check_upstream("node", mode, &upstream, &r)?;
+    let (_front, url) = front(&traced, &upstream)?;
+    let r = wrk(&load, &url, THREADS, CONNECTIONS, DURATION)?;
+    r.ensure_clean(&format!("wrk → {what} → nginx ({mode:?})"), MIN_REQUESTS)?;
+    let share = check_upstream(what, mode, &upstream, &r)?;
     println!(
-        "load node (pid {}) ({mode:?}): {} requests, {:.0} req/s, {:.1}% of upstream requests with traceparent, {} spans exported",
-        node.pid(),
+        "load {what} ({mode:?}): {} requests, {:.0} req/s, {:.1}% of upstream requests with traceparent, {} spans exported",
         r.requests,
         r.rps(),
         share * 100.0,
