@@ -1,7 +1,10 @@
 //! `clew run`: wires capture, pipeline, exporter and health endpoint
 //! together and runs until SIGINT/SIGTERM.
 
-use std::{sync::atomic::Ordering::Relaxed, sync::Arc, time::Duration};
+use std::{
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use tokio::{
@@ -114,9 +117,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 if n < DRAIN_BUDGET {
                     guard.clear_ready();
                 }
+                pipeline.tls.run_due(Instant::now(), &mut capture);
             }
             _ = tick.tick() => {
                 pipeline.tick();
+                pipeline.tls.run_due(Instant::now(), &mut capture);
                 ticks += 1;
                 stats.ready.store(pipeline.exporter().is_running(), Relaxed);
                 if ticks.is_multiple_of(SUMMARY_EVERY_TICKS) {
@@ -130,6 +135,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     tracing::info!("stopping: detaching probes and flushing spans");
     stats.ready.store(false, Relaxed);
     drop(ring);
+    pipeline.tls.detach_all(&mut capture);
     drop(capture);
     let exporter = pipeline.into_exporter();
     exporter.shutdown(Duration::from_secs(5)).await;

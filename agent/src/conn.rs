@@ -113,10 +113,12 @@ impl ConnFacts {
             Some((local, peer)) => ConnFacts {
                 peer: Some(peer),
                 local: Some(local),
+                tls: false,
             },
             None => ConnFacts {
                 peer: None,
                 local: None,
+                tls: false,
             },
         }
     }
@@ -168,6 +170,7 @@ mod tests {
         let facts = ConnFacts {
             peer: None,
             local: None,
+            tls: false,
         };
         Conn::new(tgid, 3, facts, None, last_ns)
     }

@@ -22,4 +22,5 @@ pub mod sampling;
 pub mod select;
 pub mod span;
 pub mod stats;
+pub mod tls;
 pub mod trace_context;

@@ -2,7 +2,7 @@
 //! connection → HTTP/1 session → exchange → span → sampling → exporter.
 //! Nothing here blocks: the exporter queue drops (and counts) when full.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{collections::HashSet, sync::Arc, time::Instant};
 
 use clew_common::role;
 
@@ -16,6 +16,7 @@ use crate::{
     protocol::http1::spans::{self, ConnFacts, Exchange, Role, SpanOptions},
     select::Selector,
     stats::{self, Stats},
+    tls::TlsHooks,
 };
 
 const MAX_CONNS: usize = 65536;
@@ -37,6 +38,8 @@ pub struct Pipeline {
     listed: HashSet<u32>,
     exchanges: Vec<Exchange>,
     ticks: u64,
+    /// TLS libraries of the traced processes; the agent loop runs its scans.
+    pub tls: TlsHooks,
 }
 
 impl Pipeline {
@@ -57,10 +60,11 @@ impl Pipeline {
             selector,
             maps,
             exporter,
-            stats,
+            stats: stats.clone(),
             listed: HashSet::new(),
             exchanges: Vec::new(),
             ticks: 0,
+            tls: TlsHooks::new(stats.clone()),
         }
     }
 
@@ -70,8 +74,10 @@ impl Pipeline {
         let cgroups = self.selector.cgroup_ids()?;
         self.maps.set_cgroups(&cgroups)?;
         self.refresh_listed();
+        let now = Instant::now();
         for pid in self.selector.current_processes()? {
             self.adopt_existing(pid);
+            self.tls.on_conn(pid, now);
         }
         Ok(())
     }
@@ -89,6 +95,7 @@ impl Pipeline {
                     let facts = ConnFacts {
                         peer: Some(peer),
                         local: Some(local),
+                        tls: false,
                     };
                     self.track(id, Conn::new(pid, fd, facts, None, 0));
                     stats::add(&self.stats.conns_adopted, 1);
@@ -134,6 +141,9 @@ impl Pipeline {
                         tracing::warn!("{e:#}");
                     }
                 }
+                if self.listed.contains(&tgid) || self.selector.in_cgroups(tgid) {
+                    self.tls.on_exec(tgid, Instant::now());
+                }
             }
             Ok(Event::Exit { tgid }) => self.on_exit(tgid),
             Err(e) => {
@@ -171,12 +181,14 @@ impl Pipeline {
             Some(peer) => ConnFacts {
                 peer: Some(peer),
                 local: o.local,
+                tls: false,
             },
             None => ConnFacts::from_proc(o.tgid, o.fd),
         };
         // The resource is read now: short-lived clients are gone by the
         // time their span is exported.
         self.processes.resource(o.tgid);
+        self.tls.on_conn(o.tgid, Instant::now());
         let c = Conn::new(o.tgid, o.fd, facts, role, o.ts_ns);
         self.track(o.conn_id, c);
     }
@@ -204,6 +216,7 @@ impl Pipeline {
             return self.on_data(d);
         };
         c.last_ns = d.ts_ns;
+        c.facts.tls |= d.tls;
         let Some(session) = c.session(d.ingress, d.payload) else {
             // First bytes are not HTTP/1 in either role: stop paying for it.
             let (tgid, fd) = (c.tgid, c.fd);
@@ -246,6 +259,7 @@ impl Pipeline {
 
     fn on_exit(&mut self, tgid: u32) {
         self.processes.forget(tgid);
+        self.tls.on_exit(tgid);
         if self.listed.remove(&tgid) {
             self.maps.unselect_pid(tgid);
         }
@@ -293,6 +307,7 @@ impl Pipeline {
         let k = self.maps.stats();
         stats::set(&self.stats.kernel_ringbuf_drops, k.ringbuf_drops);
         stats::set(&self.stats.kernel_read_errors, k.read_errors);
+        stats::set(&self.stats.kernel_tls_unbound, k.tls_unbound);
     }
 
     pub fn exporter(&self) -> &Exporter {

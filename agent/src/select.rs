@@ -72,6 +72,30 @@ impl Selector {
             .any(|want| exe_matches(want, &exe, comm.trim()))
     }
 
+    /// Whether a process sits in one of the `--cgroup` subtrees (every
+    /// process does when nothing is selected).
+    pub fn in_cgroups(&self, pid: u32) -> bool {
+        if self.is_all() {
+            return true;
+        }
+        if self.cgroups.is_empty() {
+            return false;
+        }
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            return false;
+        };
+        let Some(own) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
+            return false;
+        };
+        let Ok(root) = cgroup2_mount() else {
+            return false;
+        };
+        let own = root.join(own.trim_start_matches('/'));
+        self.cgroups
+            .iter()
+            .any(|cg| own.starts_with(resolve(&root, cg)))
+    }
+
     /// Every process currently in scope, for picking up connections that
     /// were open before Clew started.
     pub fn current_processes(&self) -> Result<HashSet<u32>> {

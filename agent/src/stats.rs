@@ -56,6 +56,10 @@ counters! {
     http_orphan_responses: "responses without a request",
     spans_created: "spans assembled",
     spans_unsampled: "spans dropped by head sampling",
+    tls_files_hooked: "TLS library files with probes attached",
+    tls_attach_failures: "TLS library files that could not be hooked",
+    tls_unsupported: "processes using a TLS library Clew cannot hook",
+    kernel_tls_unbound: "TLS records dropped: the socket under the SSL object was unknown",
 }
 
 pub fn add(c: &AtomicU64, n: u64) {

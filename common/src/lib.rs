@@ -125,7 +125,18 @@ pub struct ConnInfo {
     /// reused fd never mixes two connections.
     pub id: u64,
     pub role: u8,
-    pub _pad: [u8; 7],
+    /// `connstate` bits.
+    pub state: u8,
+    pub _pad: [u8; 6],
+}
+
+/// What the kernel has learnt about a connection's bytes (`ConnInfo::state`).
+pub mod connstate {
+    /// Some payload has been seen (the TLS record check is done).
+    pub const STARTED: u8 = 1;
+    /// The socket carries TLS: its ciphertext is never captured; plaintext
+    /// comes from the TLS library probes instead.
+    pub const TLS: u8 = 2;
 }
 
 /// What a syscall's enter program saw, for its exit program (map
@@ -141,7 +152,10 @@ pub struct Inflight {
     pub role: u8,
     /// Role of the connection (io records only).
     pub conn_role: u8,
-    pub _pad: [u8; 2],
+    /// `connstate` of the connection when the call began (io records only).
+    pub conn_state: u8,
+    /// `dataflag` bits for the records this call produces.
+    pub data_flags: u8,
     pub a1: u64,
     pub a2: u64,
     pub peer: SockAddr,
@@ -169,7 +183,9 @@ pub struct SockAddr {
 pub struct DataHeader {
     pub kind: u32,
     pub direction: u8,
-    pub _pad: [u8; 3],
+    /// `dataflag` bits.
+    pub flags: u8,
+    pub _pad: [u8; 2],
     pub conn_id: u64,
     pub pid_tgid: u64,
     /// CLOCK_MONOTONIC nanoseconds at syscall exit.
@@ -181,6 +197,13 @@ pub struct DataHeader {
     pub fd: u32,
     /// Syscall number that produced the record, for diagnostics.
     pub syscall: u32,
+}
+
+/// Bits of `DataHeader::flags`.
+pub mod dataflag {
+    /// Plaintext read from or written to a TLS library (SSL_read/SSL_write),
+    /// not bytes seen at the socket.
+    pub const TLS: u8 = 1;
 }
 
 /// `kind::CONN_OPEN` / `kind::CONN_CLOSE`.
@@ -230,7 +253,10 @@ pub mod stat {
     pub const READ_ERRORS: u32 = 1;
     /// Data records emitted.
     pub const DATA_EVENTS: u32 = 2;
-    pub const COUNT: u32 = 4;
+    /// TLS plaintext dropped because the library call's socket was unknown
+    /// (a connection opened before the agent, or not a selected one).
+    pub const TLS_UNBOUND: u32 = 3;
+    pub const COUNT: u32 = 8;
 }
 
 /// Syscall numbers the programs dispatch on, per architecture.

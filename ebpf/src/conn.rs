@@ -82,7 +82,8 @@ fn remember(nr_role: u8, fd: u32, a1: u64, peer: SockAddr) {
         fd,
         role: nr_role,
         conn_role: 0,
-        _pad: [0; 2],
+        conn_state: 0,
+        data_flags: 0,
         a1,
         a2: 0,
         peer,
@@ -99,7 +100,8 @@ fn open(pid_tgid: u64, fd: u32, role: u8, peer: SockAddr, local: SockAddr) {
     let info = ConnInfo {
         id,
         role,
-        _pad: [0; 7],
+        state: 0,
+        _pad: [0; 6],
     };
     if CONNS.insert(&key, &info, 0).is_ok() {
         emit(kind::CONN_OPEN, id, role, pid_tgid, fd, peer, local);

@@ -75,6 +75,7 @@ fn root() -> TraceCtx {
 }
 
 /// A thread read the start of a request: decide the SERVER span.
+#[inline(always)]
 pub fn server_request(incoming: Option<([u8; 16], [u8; 8], bool)>) -> TraceCtx {
     let ctx = match incoming {
         Some((trace_id, parent_id, sampled)) => {

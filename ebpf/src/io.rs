@@ -13,13 +13,14 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use clew_common::{
-    dir, kind, nr, role, stat, ConnKey, DataHeader, SockAddr, IO_MARK, MAX_CAPTURE, MAX_IOV,
-    SCAN_BYTES,
+    connstate, dir, kind, nr, role, stat, ConnKey, DataHeader, SockAddr, IO_MARK, MAX_CAPTURE,
+    MAX_IOV, SCAN_BYTES,
 };
 
 use crate::{
     context, head,
     inject::HEAD,
+    tls,
     maps::{capture_limit, count, now, Inflight, Scratch, CONNS, EVENTS, INFLIGHT, SCRATCH},
     tp,
 };
@@ -41,7 +42,8 @@ pub fn enter_io(ctx: TracePointContext) -> u32 {
         fd,
         role: IO_MARK,
         conn_role: info.role,
-        _pad: [0; 2],
+        conn_state: info.state,
+        data_flags: 0,
         // read/write/send*/recv*: buffer; *v: iovec array; *msg: msghdr.
         a1: tp::arg(&ctx, 1),
         a2: tp::arg(&ctx, 2),
@@ -63,11 +65,18 @@ pub fn exit_io(ctx: TracePointContext) -> u32 {
     if v.role != IO_MARK || v.nr != tp::nr(&ctx) {
         return 0;
     }
+    // Ciphertext: the TLS probes report this connection's plaintext.
+    if tls::bind_socket(pid_tgid, v.fd) || v.conn_state & connstate::TLS != 0 {
+        return 0;
+    }
     let ret = tp::ret(&ctx);
     if ret <= 0 {
         return 0;
     }
     let len = ret as u64;
+    if v.conn_state & connstate::STARTED == 0 && starts_tls(&v, pid_tgid, len) {
+        return 0;
+    }
     let ts = now();
 
     match v.nr {
@@ -94,15 +103,54 @@ pub fn exit_io(ctx: TracePointContext) -> u32 {
         nr::SENDFILE => emit(&v, pid_tgid, ts, dir::EGRESS, 0, len),
         _ => {}
     }
-    if v.conn_role != role::CONNECTED {
-        // Request scanning lives in its own program so the verifier checks
-        // it once, not once per path through the code above.
-        if let Some(args) = OBSERVE.get_ptr_mut(0) {
-            unsafe { *args = Observe { v, len, ts } };
-            unsafe { TAIL.tail_call(&ctx, TAIL_OBSERVE) };
-        }
+    // Request scanning lives in its own program so the verifier checks it
+    // once, not once per path through the code above.
+    if v.conn_role != role::CONNECTED && stage_observe(&v, len, ts) {
+        unsafe { TAIL.tail_call(&ctx, TAIL_OBSERVE) };
     }
     0
+}
+
+/// The first bytes of a connection decide whether it carries TLS: a TLS
+/// record header (content type 20–23, version 3.x) cannot start HTTP/1,
+/// HTTP/2 or a Kafka request. A connection met mid-stream starts with an
+/// application-data record (23) at a read boundary in practice.
+#[inline(always)]
+fn starts_tls(v: &Inflight, pid_tgid: u64, len: u64) -> bool {
+    let key = ConnKey {
+        tgid: (pid_tgid >> 32) as u32,
+        fd: v.fd,
+    };
+    if let Some(info) = CONNS.get_ptr_mut(&key) {
+        unsafe { (*info).state |= connstate::STARTED };
+    }
+    let Some((buf, n)) = first_segment(v, len) else {
+        return false;
+    };
+    if n < 5 {
+        return false;
+    }
+    let Ok(b) = (unsafe { bpf_probe_read_user(buf as *const [u8; 3]) }) else {
+        return false;
+    };
+    if (20..=23).contains(&b[0]) && b[1] == 3 && b[2] <= 4 {
+        tls::mark_tls(key.tgid, key.fd);
+        return true;
+    }
+    false
+}
+
+/// Hands a call's first buffer to `observe_request`/`observe_tls`, which
+/// the caller then tail-calls.
+#[inline(always)]
+pub fn stage_observe(v: &Inflight, len: u64, ts: u64) -> bool {
+    match OBSERVE.get_ptr_mut(0) {
+        Some(args) => {
+            unsafe { *args = Observe { v: *v, len, ts } };
+            true
+        }
+        None => false,
+    }
 }
 
 /// What `exit_io` hands to `observe_request`.
@@ -123,18 +171,24 @@ const TAIL_OBSERVE: u32 = 0;
 
 #[tracepoint]
 pub fn observe_request(_ctx: TracePointContext) -> u32 {
+    observe_staged();
+    0
+}
+
+/// The body of `observe_request` and `observe_tls`.
+#[inline(always)]
+pub fn observe_staged() {
     let Some(args) = OBSERVE.get(0).copied() else {
-        return 0;
+        return;
     };
     let Some((buf, n)) = first_segment(&args.v, args.len) else {
-        return 0;
+        return;
     };
     let d = match args.v.nr {
         nr::READ | nr::RECVFROM | nr::READV | nr::RECVMSG => dir::INGRESS,
         _ => dir::EGRESS,
     };
     observe_server(&args.v, d, buf, n, args.ts);
-    0
 }
 
 #[inline(always)]
@@ -219,7 +273,7 @@ fn observe_server(v: &Inflight, direction: u8, buf: u64, len: u64, ts: u64) {
 /// Emits one data record of `len` bytes, copying at most the capture limit
 /// from `buf` (nothing when `buf` is 0).
 #[inline(always)]
-fn emit(v: &Inflight, pid_tgid: u64, ts: u64, direction: u8, buf: u64, len: u64) {
+pub fn emit(v: &Inflight, pid_tgid: u64, ts: u64, direction: u8, buf: u64, len: u64) {
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -243,7 +297,8 @@ fn emit(v: &Inflight, pid_tgid: u64, ts: u64, direction: u8, buf: u64, len: u64)
     s.hdr = DataHeader {
         kind: kind::DATA,
         direction,
-        _pad: [0; 3],
+        flags: v.data_flags,
+        _pad: [0; 2],
         conn_id: v.conn_id,
         pid_tgid,
         ts_ns: ts,

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use clew_common::{
-    dir, kind, role, ConnEvent, CtxEvent, DataHeader, ProcEvent, SockAddr, TraceCtx,
+    dataflag, dir, kind, role, ConnEvent, CtxEvent, DataHeader, ProcEvent, SockAddr, TraceCtx,
 };
 
 #[derive(Debug)]
@@ -15,6 +15,8 @@ pub struct Data<'a> {
     pub fd: u32,
     pub ts_ns: u64,
     pub ingress: bool,
+    /// Plaintext from a TLS library call rather than bytes at the socket.
+    pub tls: bool,
     /// Bytes the syscall moved; `payload` is the captured prefix of them.
     pub total: usize,
     pub payload: &'a [u8],
@@ -92,6 +94,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
                 fd: h.fd,
                 ts_ns: h.ts_ns,
                 ingress: h.direction == dir::INGRESS,
+                tls: h.flags & dataflag::TLS != 0,
                 total: (h.total as usize).max(captured),
                 payload: &payload[..captured],
             }))
@@ -163,7 +166,8 @@ mod tests {
         let h = DataHeader {
             kind: kind::DATA,
             direction: dir::EGRESS,
-            _pad: [0; 3],
+            flags: 0,
+            _pad: [0; 2],
             conn_id: 7,
             pid_tgid: (42u64 << 32) | 43,
             ts_ns: 99,
@@ -194,7 +198,8 @@ mod tests {
         let h = DataHeader {
             kind: kind::DATA,
             direction: 0,
-            _pad: [0; 3],
+            flags: 0,
+            _pad: [0; 2],
             conn_id: 0,
             pid_tgid: 0,
             ts_ns: 0,

@@ -25,6 +25,7 @@ pub struct KernelStats {
     pub ringbuf_drops: u64,
     pub read_errors: u64,
     pub data_events: u64,
+    pub tls_unbound: u64,
 }
 
 impl KernelMaps {
@@ -80,7 +81,8 @@ impl KernelMaps {
         let info = ConnInfo {
             id,
             role: role::UNKNOWN,
-            _pad: [0; 7],
+            state: 0,
+            _pad: [0; 6],
         };
         self.conns.insert(ConnKey { tgid, fd }, info, 0)?;
         Ok(id)
@@ -102,7 +104,8 @@ impl KernelMaps {
             fd: call.fd,
             role: IO_MARK,
             conn_role: role::UNKNOWN,
-            _pad: [0; 2],
+            conn_state: 0,
+            data_flags: 0,
             a1: call.buf,
             a2: call.len,
             peer: SockAddr::default(),
@@ -128,6 +131,7 @@ impl KernelMaps {
             ringbuf_drops: sum(stat::RINGBUF_DROPS),
             read_errors: sum(stat::READ_ERRORS),
             data_events: sum(stat::DATA_EVENTS),
+            tls_unbound: sum(stat::TLS_UNBOUND),
         }
     }
 }

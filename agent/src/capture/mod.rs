@@ -7,6 +7,7 @@
 
 mod event;
 mod maps;
+mod uprobes;
 
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use clew_common::select;
 
 pub use event::{decode, ConnOpen, Data, DecodeError, Event, KernelCtx};
 pub use maps::{BlockedRead, KernelMaps};
+pub use uprobes::{SslLinks, SslOffsets};
 
 /// The kernel object built from `ebpf/` (see agent/build.rs).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("CLEW_EBPF_OBJECT"));
@@ -94,6 +96,7 @@ impl Capture {
     /// would miss connections or bytes silently.
     pub fn attach(&mut self) -> Result<()> {
         self.load_tail_calls()?;
+        self.load_uprobes()?;
         for sc in IO_SYSCALLS {
             self.attach_tp("enter_io", "syscalls", &format!("sys_enter_{sc}"))?;
             self.attach_tp("exit_io", "syscalls", &format!("sys_exit_{sc}"))?;

@@ -266,6 +266,8 @@ fn link(server: &mut SpanCtx, client: &SpanCtx) {
 pub struct ConnFacts {
     pub peer: Option<SocketAddr>,
     pub local: Option<SocketAddr>,
+    /// The bytes came from TLS library probes (`url.scheme` https).
+    pub tls: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -310,9 +312,14 @@ pub fn to_span(
     ));
     let (host, host_port) = req.header("host").map(split_host).unwrap_or((None, None));
     let path = req.path();
+    let (scheme, default_port) = if conn.tls {
+        ("https", 443)
+    } else {
+        ("http", 80)
+    };
     match x.role {
         Role::Server => {
-            a.push(("url.scheme", "http".into()));
+            a.push(("url.scheme", scheme.into()));
             a.push(("url.path", path.to_owned().into()));
             if let Some(h) = host.or_else(|| conn.local.map(|l| l.ip().to_string())) {
                 a.push(("server.address", h.into()));
@@ -334,10 +341,10 @@ pub fn to_span(
             if let Some(s) = &server {
                 a.push(("server.address", s.clone().into()));
                 let authority = match port {
-                    Some(p) if p != 80 => format!("{s}:{p}"),
+                    Some(p) if p != default_port => format!("{s}:{p}"),
                     _ => s.clone(),
                 };
-                a.push(("url.full", format!("http://{authority}{path}").into()));
+                a.push(("url.full", format!("{scheme}://{authority}{path}").into()));
             }
             if let Some(p) = port {
                 a.push(("server.port", (p as i64).into()));
@@ -453,6 +460,7 @@ mod tests {
             fd: 3,
             ts_ns,
             ingress,
+            tls: false,
             total: payload.len(),
             payload,
         }
@@ -462,6 +470,7 @@ mod tests {
         ConnFacts {
             peer: Some("10.0.0.9:41000".parse().unwrap()),
             local: Some("10.0.0.1:8080".parse().unwrap()),
+            tls: false,
         }
     }
 

@@ -1,0 +1,141 @@
+//! What TLS implementation a mapped file is, and where OpenSSL's entry
+//! points sit in it. Decided from the file name and its ELF symbols only;
+//! nothing is executed.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use object::{Object, ObjectSection, ObjectSymbol};
+
+use crate::capture::SslOffsets;
+
+/// A TLS implementation found in a process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Library {
+    /// OpenSSL (libssl, or an executable that exports its API, like `node`).
+    OpenSsl(SslOffsets),
+    /// A TLS stack Clew cannot hook; its name, for the log and `clew probe`.
+    Unsupported(&'static str),
+}
+
+/// Libraries known by name only, so that their processes are reported
+/// rather than silently missed.
+fn by_name(file_name: &str) -> Option<&'static str> {
+    let rules: &[(&str, &str)] = &[
+        ("libgnutls.so", "GnuTLS"),
+        // NSS's libssl3.so, not OpenSSL's libssl.so.3.
+        ("libssl3.so", "NSS"),
+        ("libjvm.so", "Java JSSE"),
+        ("libwolfssl.so", "wolfSSL"),
+        ("libmbedtls.so", "Mbed TLS"),
+    ];
+    rules
+        .iter()
+        .find(|(prefix, _)| file_name.starts_with(prefix))
+        .map(|&(_, what)| what)
+}
+
+/// Whether a mapped file is worth opening: TLS libraries by name, and the
+/// process's executable (static OpenSSL, Go, rustls).
+pub fn interesting(file_name: &str, is_exe: bool) -> bool {
+    is_exe || file_name.starts_with("libssl.so") || by_name(file_name).is_some()
+}
+
+/// Inspects one file (`path` as the agent can open it).
+pub fn inspect(path: &Path, file_name: &str) -> Result<Option<Library>> {
+    if let Some(what) = by_name(file_name) {
+        return Ok(Some(Library::Unsupported(what)));
+    }
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let elf = object::File::parse(&*data).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(classify(&elf, file_name.starts_with("libssl.so")))
+}
+
+fn classify(elf: &object::File<'_>, is_libssl: bool) -> Option<Library> {
+    let find = |name: &str| symbol_offset(elf, name);
+    if let (Some(read), Some(write)) = (find("SSL_read"), find("SSL_write")) {
+        return Some(Library::OpenSsl(SslOffsets {
+            read,
+            write,
+            read_ex: find("SSL_read_ex"),
+            write_ex: find("SSL_write_ex"),
+            free: find("SSL_free"),
+        }));
+    }
+    if is_libssl {
+        return Some(Library::Unsupported("libssl without symbols (BoringSSL?)"));
+    }
+    if elf.section_by_name(".go.buildinfo").is_some() {
+        let tls = elf
+            .symbols()
+            .any(|s| s.name().is_ok_and(|n| n.starts_with("crypto/tls.")));
+        return tls.then_some(Library::Unsupported("Go crypto/tls"));
+    }
+    let rustls = elf
+        .symbols()
+        .chain(elf.dynamic_symbols())
+        .any(|s| s.name().is_ok_and(|n| n.contains("6rustls")));
+    rustls.then_some(Library::Unsupported("rustls"))
+}
+
+/// File offset of a defined function symbol (dynamic symbols first: they
+/// survive stripping).
+fn symbol_offset(elf: &object::File<'_>, name: &str) -> Option<u64> {
+    let sym = elf
+        .dynamic_symbols()
+        .chain(elf.symbols())
+        .find(|s| s.is_definition() && s.name() == Ok(name))?;
+    let section = elf.section_by_index(sym.section_index()?).ok()?;
+    let (file_off, _) = section.file_range()?;
+    Some(sym.address() - section.address() + file_off)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_pick_what_to_open() {
+        assert!(interesting("libssl.so.3", false));
+        assert!(interesting("libssl.so.1.1", false));
+        assert!(interesting("libgnutls.so.30", false));
+        assert!(interesting("anything", true));
+        assert!(!interesting("libc.so.6", false));
+        assert!(!interesting("libcrypto.so.3", false));
+    }
+
+    #[test]
+    fn nss_is_not_openssl() {
+        let lib = inspect(Path::new("/nonexistent"), "libssl3.so").unwrap();
+        assert_eq!(lib, Some(Library::Unsupported("NSS")));
+    }
+
+    #[test]
+    fn an_executable_without_tls_is_nothing() {
+        let me = std::env::current_exe().unwrap();
+        let lib = inspect(&me, "test-binary").unwrap();
+        assert_eq!(lib, None);
+    }
+
+    #[test]
+    fn openssl_offsets_point_at_the_functions() {
+        // Debian's libssl3 (curl, Python and nginx use it); offsets must be
+        // distinct and inside the file.
+        let path = Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3");
+        let meta = std::fs::metadata(path).expect("libssl3 is installed (apt-get install libssl3)");
+        let Some(Library::OpenSsl(o)) = inspect(path, "libssl.so.3").unwrap() else {
+            panic!("libssl.so.3 not recognised as OpenSSL");
+        };
+        let all = [
+            o.read,
+            o.write,
+            o.read_ex.unwrap(),
+            o.write_ex.unwrap(),
+            o.free.unwrap(),
+        ];
+        for (i, a) in all.iter().enumerate() {
+            assert!(*a > 0 && *a < meta.len(), "offset {a:#x} outside the file");
+            assert!(!all[i + 1..].contains(a), "duplicate offset {a:#x}");
+        }
+    }
+}

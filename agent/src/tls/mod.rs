@@ -1,0 +1,258 @@
+//! TLS libraries of the traced processes: which each one maps, hooked once
+//! per distinct file, released when the last process using a file exits.
+//!
+//! Uprobes belong to a file, not a process, so one attachment covers every
+//! process mapping that file, including ones started later; the programs
+//! skip processes that are not selected.
+
+mod library;
+mod maps;
+
+use std::{
+    collections::{HashMap, HashSet},
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+pub use library::Library;
+
+use crate::{
+    capture::{Capture, SslLinks},
+    stats::{self, Stats},
+};
+
+/// A file, across mount namespaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+struct Hooked {
+    path: PathBuf,
+    library: Option<Library>,
+    links: Option<SslLinks>,
+    error: Option<String>,
+    users: HashSet<u32>,
+}
+
+/// What one process uses, for `clew probe` and the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub path: PathBuf,
+    pub library: Library,
+    /// OpenSSL with its probes attached.
+    pub hooked: bool,
+    pub error: Option<String>,
+}
+
+/// After an exec, libraries appear as the dynamic loader (then `dlopen`)
+/// maps them: look again a few times, then rely on connection events.
+const RESCAN_AFTER_EXEC: [Duration; 4] = [
+    Duration::ZERO,
+    Duration::from_millis(200),
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+];
+
+pub struct TlsHooks {
+    files: HashMap<FileId, Hooked>,
+    procs: HashMap<u32, HashSet<FileId>>,
+    /// Processes whose maps have been read since their last exec.
+    scanned: HashSet<u32>,
+    due: Vec<(Instant, u32)>,
+    exited: Vec<u32>,
+    stats: Arc<Stats>,
+}
+
+impl TlsHooks {
+    pub fn new(stats: Arc<Stats>) -> Self {
+        TlsHooks {
+            files: HashMap::new(),
+            procs: HashMap::new(),
+            scanned: HashSet::new(),
+            due: Vec::new(),
+            exited: Vec::new(),
+            stats,
+        }
+    }
+
+    /// A selected process exec'd: its old mappings are gone.
+    pub fn on_exec(&mut self, tgid: u32, now: Instant) {
+        self.scanned.remove(&tgid);
+        self.due
+            .extend(RESCAN_AFTER_EXEC.iter().map(|d| (now + *d, tgid)));
+    }
+
+    /// A selected process opened a connection: make sure its libraries
+    /// are known (processes that were running before, or forked).
+    pub fn on_conn(&mut self, tgid: u32, now: Instant) {
+        if self.scanned.insert(tgid) {
+            self.due.push((now, tgid));
+        }
+    }
+
+    pub fn on_exit(&mut self, tgid: u32) {
+        self.scanned.remove(&tgid);
+        self.due.retain(|&(_, p)| p != tgid);
+        if self.procs.contains_key(&tgid) {
+            self.exited.push(tgid);
+        }
+    }
+
+    fn release(&mut self, tgid: u32, capture: &mut Capture) {
+        for id in self.procs.remove(&tgid).unwrap_or_default() {
+            let Some(f) = self.files.get_mut(&id) else {
+                continue;
+            };
+            f.users.remove(&tgid);
+            if f.users.is_empty() {
+                let f = self.files.remove(&id).expect("present");
+                if let Some(links) = f.links {
+                    tracing::info!(file = %f.path.display(), "TLS library no longer used: probes detached");
+                    capture.detach_ssl(links);
+                }
+            }
+        }
+    }
+
+    /// Scans the processes whose time has come and releases what exited
+    /// processes were the last to use.
+    pub fn run_due(&mut self, now: Instant, capture: &mut Capture) {
+        for tgid in std::mem::take(&mut self.exited) {
+            self.release(tgid, capture);
+        }
+        if self.due.is_empty() {
+            return;
+        }
+        let (ready, later): (Vec<_>, Vec<_>) = self.due.drain(..).partition(|&(t, _)| t <= now);
+        self.due = later;
+        let pids: HashSet<u32> = ready.into_iter().map(|(_, p)| p).collect();
+        for pid in pids {
+            self.scan(pid, capture);
+        }
+    }
+
+    /// Reads a process's mappings and hooks any OpenSSL not hooked yet.
+    pub fn scan(&mut self, pid: u32, capture: &mut Capture) {
+        self.scanned.insert(pid);
+        for (m, is_exe) in maps::tls_candidates(pid) {
+            let Ok(meta) = std::fs::metadata(&m.host_path) else {
+                continue;
+            };
+            let id = FileId {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            };
+            if !self.procs.entry(pid).or_default().insert(id) {
+                continue;
+            }
+            let stats = &self.stats;
+            let f = self
+                .files
+                .entry(id)
+                .or_insert_with(|| hook(&m.host_path, &m.file_name, is_exe, capture, stats));
+            f.users.insert(pid);
+            if let Some(lib) = &f.library {
+                if matches!(lib, Library::Unsupported(_)) {
+                    stats::add(&stats.tls_unsupported, 1);
+                }
+                report(pid, &m.path, lib, f);
+            }
+        }
+    }
+
+    /// What each traced process uses.
+    pub fn findings(&self) -> Vec<(u32, Finding)> {
+        let mut out = Vec::new();
+        for (&pid, ids) in &self.procs {
+            for f in ids.iter().filter_map(|id| self.files.get(id)) {
+                if let Some(library) = &f.library {
+                    out.push((
+                        pid,
+                        Finding {
+                            path: f.path.clone(),
+                            library: library.clone(),
+                            hooked: f.links.is_some(),
+                            error: f.error.clone(),
+                        },
+                    ));
+                }
+            }
+        }
+        out.sort_by_key(|(pid, f)| (*pid, f.path.clone()));
+        out
+    }
+
+    pub fn detach_all(&mut self, capture: &mut Capture) {
+        for (_, f) in self.files.drain() {
+            if let Some(links) = f.links {
+                capture.detach_ssl(links);
+            }
+        }
+        self.procs.clear();
+    }
+}
+
+/// Inspects a file seen for the first time, and hooks it if it is OpenSSL.
+fn hook(
+    path: &std::path::Path,
+    name: &str,
+    is_exe: bool,
+    capture: &mut Capture,
+    stats: &Stats,
+) -> Hooked {
+    let mut h = Hooked {
+        path: path.to_path_buf(),
+        library: None,
+        links: None,
+        error: None,
+        users: HashSet::new(),
+    };
+    match library::inspect(path, name) {
+        Ok(lib) => h.library = lib,
+        Err(e) => {
+            // An executable we cannot parse is simply not a TLS library.
+            if !is_exe {
+                tracing::warn!("cannot inspect {}: {e:#}", path.display());
+            }
+            return h;
+        }
+    }
+    if let Some(Library::OpenSsl(offsets)) = &h.library {
+        match capture.attach_ssl(path, offsets) {
+            Ok(links) => {
+                tracing::info!(file = %path.display(), "OpenSSL hooked");
+                stats::add(&stats.tls_files_hooked, 1);
+                h.links = Some(links);
+            }
+            Err(e) => {
+                stats::add(&stats.tls_attach_failures, 1);
+                tracing::warn!("cannot hook OpenSSL in {}: {e:#}", path.display());
+                h.error = Some(format!("{e:#}"));
+            }
+        }
+    }
+    h
+}
+
+/// One log line per process and library it cannot see into.
+fn report(pid: u32, path: &std::path::Path, lib: &Library, f: &Hooked) {
+    match lib {
+        Library::Unsupported(what) => tracing::warn!(
+            pid,
+            file = %path.display(),
+            "{what} is not hooked: this process's TLS traffic is not traced"
+        ),
+        Library::OpenSsl(_) if f.links.is_none() => tracing::warn!(
+            pid,
+            file = %path.display(),
+            "OpenSSL found but not hooked: this process's TLS traffic is not traced"
+        ),
+        Library::OpenSsl(_) => {
+            tracing::debug!(pid, file = %path.display(), "OpenSSL traced")
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Plaintext of TLS connections, from uprobes on the OpenSSL API
+//! (`SSL_read`, `SSL_write` and their `_ex` forms), attached by the agent to
+//! every libssl (or executable with OpenSSL inside) a selected process maps.
+//!
+//! The entry probe remembers the call's buffer; the return probe emits the
+//! bytes the call really moved as a data record of the socket the `SSL`
+//! object runs over. Which socket that is is learnt from the syscalls made
+//! inside the call (`exit_io` binds `SSL` → fd in `TLS_FDS`), so the record
+//! carries the same connection id, and so the same connection attributes,
+//! as plaintext traffic would. The ciphertext at the socket is not captured.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::{map, uprobe, uretprobe},
+    maps::{LruHashMap, ProgramArray},
+    programs::{ProbeContext, RetProbeContext},
+};
+use clew_common::{
+    connstate, dataflag, dir, nr, role, stat, ConnKey, Inflight, MAX_CONNS, MAX_INFLIGHT,
+};
+
+use crate::{
+    io,
+    maps::{count, now, CONNS},
+    select::current_selected,
+};
+
+/// An SSL_read/SSL_write in progress on a thread (keyed by pid_tgid).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsCall {
+    ssl: u64,
+    buf: u64,
+    /// `size_t *` out-parameter of the `_ex` forms (0 for the int forms).
+    out: u64,
+    write: u8,
+    ex: u8,
+    _pad: [u8; 6],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SslKey {
+    tgid: u32,
+    _pad: u32,
+    ssl: u64,
+}
+
+#[map]
+static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+/// `SSL *` → the fd it reads and writes, per process. LRU-bounded, and
+/// `SSL_free` removes an entry before its address can be reused.
+#[map]
+static TLS_FDS: LruHashMap<SslKey, u32> = LruHashMap::with_max_entries(MAX_CONNS, 0);
+
+/// Tail-call targets for the return probes (filled by the agent): index 0
+/// is `observe_tls`.
+#[map]
+static TLS_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+#[uprobe]
+pub fn ssl_read_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, false, false)
+}
+
+#[uprobe]
+pub fn ssl_read_ex_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, false, true)
+}
+
+#[uprobe]
+pub fn ssl_write_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, true, false)
+}
+
+#[uprobe]
+pub fn ssl_write_ex_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, true, true)
+}
+
+#[uprobe]
+pub fn ssl_free_enter(ctx: ProbeContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(ssl) = ctx.arg::<u64>(0) {
+        let _ = TLS_FDS.remove(&SslKey { tgid, _pad: 0, ssl });
+    }
+    0
+}
+
+#[inline(always)]
+fn enter(ctx: &ProbeContext, write: bool, ex: bool) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // The probes fire in every process mapping the library.
+    if !current_selected((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
+        return 0;
+    };
+    let call = TlsCall {
+        ssl,
+        buf,
+        out: if ex { ctx.arg::<u64>(3).unwrap_or(0) } else { 0 },
+        write: write as u8,
+        ex: ex as u8,
+        _pad: [0; 6],
+    };
+    let _ = TLS_CALLS.insert(&pid_tgid, &call, 0);
+    0
+}
+
+#[uretprobe]
+pub fn ssl_exit(ctx: RetProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = TLS_CALLS.remove(&pid_tgid);
+    // Both forms return an int: > 0 bytes, or 1 with the count in *out.
+    let rc = ctx.ret::<u64>() as i32;
+    let len = if call.ex != 0 {
+        if rc != 1 {
+            return 0;
+        }
+        match unsafe { bpf_probe_read_user(call.out as *const u64) } {
+            Ok(n) => n,
+            Err(_) => {
+                count(stat::READ_ERRORS);
+                return 0;
+            }
+        }
+    } else if rc > 0 {
+        rc as u64
+    } else {
+        return 0;
+    };
+    let tgid = (pid_tgid >> 32) as u32;
+    let key = SslKey {
+        tgid,
+        _pad: 0,
+        ssl: call.ssl,
+    };
+    let Some(fd) = (unsafe { TLS_FDS.get(&key) }).copied() else {
+        count(stat::TLS_UNBOUND);
+        return 0;
+    };
+    let Some(info) = (unsafe { CONNS.get(&ConnKey { tgid, fd }) }).copied() else {
+        count(stat::TLS_UNBOUND);
+        return 0;
+    };
+    let (nr, direction) = if call.write != 0 {
+        (nr::WRITE, dir::EGRESS)
+    } else {
+        (nr::READ, dir::INGRESS)
+    };
+    let v = Inflight {
+        nr,
+        conn_id: info.id,
+        fd,
+        role: clew_common::IO_MARK,
+        conn_role: info.role,
+        conn_state: info.state,
+        data_flags: dataflag::TLS,
+        a1: call.buf,
+        a2: 0,
+        peer: Default::default(),
+    };
+    let ts = now();
+    io::emit(&v, pid_tgid, ts, direction, call.buf, len);
+    if info.role != role::CONNECTED && io::stage_observe(&v, len, ts) {
+        unsafe { TLS_TAIL.tail_call(&ctx, 0) };
+    }
+    0
+}
+
+/// `observe_request` for TLS plaintext (a tail call must stay within one
+/// program type).
+#[uretprobe]
+pub fn observe_tls(_ctx: RetProbeContext) -> u32 {
+    io::observe_staged();
+    0
+}
+
+/// Called by `exit_io` for every read/write on a tracked socket: inside an
+/// SSL call, the socket is that `SSL`'s transport. Returns whether the
+/// call's bytes are ciphertext (and so must not be captured).
+#[inline(always)]
+pub fn bind_socket(pid_tgid: u64, fd: u32) -> bool {
+    let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }) else {
+        return false;
+    };
+    let tgid = (pid_tgid >> 32) as u32;
+    let key = SslKey {
+        tgid,
+        _pad: 0,
+        ssl: call.ssl,
+    };
+    let _ = TLS_FDS.insert(&key, &fd, 0);
+    mark_tls(tgid, fd);
+    true
+}
+
+#[inline(always)]
+pub fn mark_tls(tgid: u32, fd: u32) {
+    if let Some(info) = CONNS.get_ptr_mut(&ConnKey { tgid, fd }) {
+        unsafe { (*info).state |= connstate::TLS | connstate::STARTED };
+    }
+}
