@@ -27,7 +27,8 @@ fn record(ingress: bool, payload: &[u8], ts: u64) -> Vec<u8> {
     let h = DataHeader {
         kind: kind::DATA,
         direction: if ingress { dir::INGRESS } else { dir::EGRESS },
-        _pad: [0; 3],
+        flags: 0,
+        _pad: [0; 2],
         conn_id: 1,
         pid_tgid: (100 << 32) | 101,
         ts_ns: ts,
@@ -72,6 +73,7 @@ fn pipeline(c: &mut Criterion) {
     let facts = ConnFacts {
         peer: Some("10.0.0.2:51000".parse().unwrap()),
         local: None,
+        tls: false,
     };
     let clock = Clock::new();
     let mut g = c.benchmark_group("pipeline");
