@@ -137,6 +137,8 @@ pub mod connstate {
     /// The socket carries TLS: its ciphertext is never captured; plaintext
     /// comes from the TLS library probes instead.
     pub const TLS: u8 = 2;
+    /// An `SSL` object is bound to this socket (see ebpf/src/tls.rs).
+    pub const SSL_BOUND: u8 = 4;
 }
 
 /// What a syscall's enter program saw, for its exit program (map

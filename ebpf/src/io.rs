@@ -66,15 +66,20 @@ pub fn exit_io(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // Ciphertext: the TLS probes report this connection's plaintext.
-    if tls::bind_socket(pid_tgid, v.fd) || v.conn_state & connstate::TLS != 0 {
+    if tls::bind_socket(pid_tgid, v.fd) {
         return 0;
     }
     let ret = tp::ret(&ctx);
+    if v.conn_state & connstate::TLS != 0 {
+        tls::ciphertext(pid_tgid, &v, ret);
+        return 0;
+    }
     if ret <= 0 {
         return 0;
     }
     let len = ret as u64;
     if v.conn_state & connstate::STARTED == 0 && starts_tls(&v, pid_tgid, len) {
+        tls::ciphertext(pid_tgid, &v, ret);
         return 0;
     }
     let ts = now();

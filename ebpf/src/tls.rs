@@ -4,10 +4,18 @@
 //!
 //! The entry probe remembers the call's buffer; the return probe emits the
 //! bytes the call really moved as a data record of the socket the `SSL`
-//! object runs over. Which socket that is is learnt from the syscalls made
-//! inside the call (`exit_io` binds `SSL` → fd in `TLS_FDS`), so the record
-//! carries the same connection id, and so the same connection attributes,
-//! as plaintext traffic would. The ciphertext at the socket is not captured.
+//! object runs over, so the record carries the same connection id, and so
+//! the same connection attributes, as plaintext traffic would. The
+//! ciphertext at the socket is not captured.
+//!
+//! Which socket an `SSL` runs over (`TLS_FDS`) is learnt two ways:
+//! - a socket BIO (nginx, curl, Python) does its I/O inside the call, so
+//!   `exit_io` sees the fd while the call is in progress: certain, and it
+//!   corrects any earlier guess;
+//! - a memory BIO (Node.js) has the application move ciphertext itself: it
+//!   reads a TLS socket, then hands the bytes to `SSL_read` on the same
+//!   thread. The first call on an unbound `SSL` takes the socket this thread
+//!   last read ciphertext from, if no other `SSL` has claimed it.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
@@ -48,6 +56,11 @@ struct SslKey {
 
 #[map]
 static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+/// The TLS socket each thread last read ciphertext from outside an SSL
+/// call (memory BIOs), by pid_tgid.
+#[map]
+static TLS_LAST_READ: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
 
 /// `SSL *` → the fd it reads and writes, per process. LRU-bounded, and
 /// `SSL_free` removes an entry before its address can be reused.
@@ -98,6 +111,15 @@ fn enter(ctx: &ProbeContext, write: bool, ex: bool) -> u32 {
     let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
         return 0;
     };
+    let tgid = (pid_tgid >> 32) as u32;
+    let key = SslKey { tgid, _pad: 0, ssl };
+    if unsafe { TLS_FDS.get(&key) }.is_none() {
+        if let Some(&fd) = unsafe { TLS_LAST_READ.get(&pid_tgid) } {
+            if claim(tgid, fd, false) {
+                let _ = TLS_FDS.insert(&key, &fd, 0);
+            }
+        }
+    }
     let call = TlsCall {
         ssl,
         buf,
@@ -197,7 +219,22 @@ pub fn bind_socket(pid_tgid: u64, fd: u32) -> bool {
         ssl: call.ssl,
     };
     let _ = TLS_FDS.insert(&key, &fd, 0);
-    mark_tls(tgid, fd);
+    claim(tgid, fd, true);
+    true
+}
+
+/// Marks a socket as TLS with an `SSL` bound to it. Unless `force`, only
+/// a TLS socket no `SSL` has claimed yet qualifies.
+#[inline(always)]
+fn claim(tgid: u32, fd: u32, force: bool) -> bool {
+    let Some(info) = CONNS.get_ptr_mut(&ConnKey { tgid, fd }) else {
+        return false;
+    };
+    let info = unsafe { &mut *info };
+    if !force && (info.state & connstate::TLS == 0 || info.state & connstate::SSL_BOUND != 0) {
+        return false;
+    }
+    info.state |= connstate::TLS | connstate::STARTED | connstate::SSL_BOUND;
     true
 }
 
@@ -205,5 +242,13 @@ pub fn bind_socket(pid_tgid: u64, fd: u32) -> bool {
 pub fn mark_tls(tgid: u32, fd: u32) {
     if let Some(info) = CONNS.get_ptr_mut(&ConnKey { tgid, fd }) {
         unsafe { (*info).state |= connstate::TLS | connstate::STARTED };
+    }
+}
+
+/// Ciphertext moved outside any SSL call: remember reads for memory BIOs.
+#[inline(always)]
+pub fn ciphertext(pid_tgid: u64, v: &Inflight, ret: i64) {
+    if ret > 0 && matches!(v.nr, nr::READ | nr::READV | nr::RECVFROM | nr::RECVMSG) {
+        let _ = TLS_LAST_READ.insert(&pid_tgid, &v.fd, 0);
     }
 }
