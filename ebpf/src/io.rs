@@ -25,6 +25,8 @@ use crate::{
     tp,
 };
 
+const MSG_PEEK: u64 = 2;
+
 #[tracepoint]
 pub fn enter_io(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -36,17 +38,32 @@ pub fn enter_io(ctx: TracePointContext) -> u32 {
     let Some(info) = (unsafe { CONNS.get(&key) }) else {
         return 0;
     };
+    // read/write/send*/recv*: buffer; *v: iovec array; *msg: msghdr.
+    let (a1, a2) = (tp::arg(&ctx, 1), tp::arg(&ctx, 2));
+    let nr = tp::nr(&ctx);
+    // A peek is read again for real: capturing it would duplicate bytes.
+    // recvfrom's flags come through the probe-read helper: a direct load
+    // past read()'s three arguments makes attaching to sys_enter_read fail.
+    let flags = if nr == nr::RECVFROM {
+        unsafe { ctx.read_at::<u64>(tp::ARGS + 24) }.unwrap_or(0)
+    } else if nr == nr::RECVMSG {
+        a2
+    } else {
+        0
+    };
+    if flags & MSG_PEEK != 0 {
+        return 0;
+    }
     let v = Inflight {
-        nr: tp::nr(&ctx),
+        nr,
         conn_id: info.id,
         fd,
         role: IO_MARK,
         conn_role: info.role,
         conn_state: info.state,
         data_flags: 0,
-        // read/write/send*/recv*: buffer; *v: iovec array; *msg: msghdr.
-        a1: tp::arg(&ctx, 1),
-        a2: tp::arg(&ctx, 2),
+        a1,
+        a2,
         peer: SockAddr::default(),
     };
     let _ = INFLIGHT.insert(&pid_tgid, &v, 0);
@@ -122,25 +139,23 @@ pub fn exit_io(ctx: TracePointContext) -> u32 {
 /// application-data record (23) at a read boundary in practice.
 #[inline(always)]
 fn starts_tls(v: &Inflight, pid_tgid: u64, len: u64) -> bool {
-    let key = ConnKey {
-        tgid: (pid_tgid >> 32) as u32,
-        fd: v.fd,
-    };
-    if let Some(info) = CONNS.get_ptr_mut(&key) {
-        unsafe { (*info).state |= connstate::STARTED };
-    }
     let Some((buf, n)) = first_segment(v, len) else {
         return false;
     };
-    if n < 5 {
+    // Too short to tell (yet): decide on a later call.
+    if n < 3 {
         return false;
     }
     let Ok(b) = (unsafe { bpf_probe_read_user(buf as *const [u8; 3]) }) else {
         return false;
     };
+    let tgid = (pid_tgid >> 32) as u32;
     if (20..=23).contains(&b[0]) && b[1] == 3 && b[2] <= 4 {
-        tls::mark_tls(key.tgid, key.fd);
+        tls::mark_tls(tgid, v.fd);
         return true;
+    }
+    if let Some(info) = CONNS.get_ptr_mut(&ConnKey { tgid, fd: v.fd }) {
+        unsafe { (*info).state |= connstate::STARTED };
     }
     false
 }

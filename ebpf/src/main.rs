@@ -26,8 +26,11 @@ mod tp {
 
     #[inline(always)]
     pub fn read<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
-        // Tracepoint records are directly readable context memory.
-        unsafe { core::ptr::read_unaligned((ctx.as_ptr() as *const u8).add(offset) as *const T) }
+        // Tracepoint records are directly readable context memory, with
+        // naturally aligned fields. Volatile: one load per field at a fixed
+        // offset, never a merged load at a computed one (the verifier
+        // refuses a modified context pointer).
+        unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(offset) as *const T) }
     }
 
     #[inline(always)]

@@ -4,12 +4,15 @@ GET /work[/...] -> 200 "ok" (after --work-delay-ms); GET /fail -> 500;
 GET /chain -> calls the downstream's /work (200, or 502 if that fails);
 GET /chain/X -> the same with the downstream's /work/X; GET /chain-fail ->
 calls the downstream's /fail and answers 500; POST /echo -> echoes the body.
-Every request's headers go to --header-log as one JSON line.
+Every request's headers go to --header-log as one JSON line. With
+--tls-cert/--tls-key it serves HTTPS; an https:// --downstream is called
+over TLS without verifying its certificate.
 """
 
 import argparse
 import http.client
 import json
+import ssl
 import sys
 import threading
 import time
@@ -23,7 +26,11 @@ LOG_LOCK = threading.Lock()
 def call_downstream(path):
     """One plain HTTP/1.1 GET to the downstream; returns (status or None, body)."""
     url = urllib.parse.urlsplit(ARGS.downstream)
-    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    if url.scheme == "https":
+        unverified = ssl._create_unverified_context()
+        conn = http.client.HTTPSConnection(url.hostname, url.port, timeout=10, context=unverified)
+    else:
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
     try:
         conn.request("GET", path, headers={"User-Agent": f"clew-e2e-{ARGS.name}"})
         resp = conn.getresponse()
@@ -97,9 +104,15 @@ def main():
     p.add_argument("--downstream", help="base URL for /chain and /chain-fail")
     p.add_argument("--header-log", help="file to append request headers to (JSON lines)")
     p.add_argument("--work-delay-ms", type=int, default=0, help="delay before answering /work")
+    p.add_argument("--tls-cert", help="PEM certificate: serve HTTPS")
+    p.add_argument("--tls-key", help="PEM private key for --tls-cert")
     ARGS = p.parse_args()
     server = ThreadingHTTPServer((ARGS.bind, ARGS.port), Handler)
     server.daemon_threads = True
+    if ARGS.tls_cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(ARGS.tls_cert, ARGS.tls_key)
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     print(f"[{ARGS.name}] listening on {ARGS.bind}:{ARGS.port}", file=sys.stderr, flush=True)
     server.serve_forever()
 

@@ -1,24 +1,29 @@
 // Test peer: a Node.js HTTP server (no packages) that makes one downstream
 // request per incoming request, on kept-alive connections.
 //
-// usage: node node_service.js PORT DOWNSTREAM_URL
+// usage: node node_service.js PORT DOWNSTREAM_URL [CERT KEY]
 // Every request is answered 200 with the downstream's body once the
-// downstream GET of DOWNSTREAM_URL answered 200; 502 otherwise.
+// downstream GET of DOWNSTREAM_URL answered 200; 502 otherwise. With CERT
+// and KEY (PEM files) the server speaks HTTPS; an https:// downstream is
+// called over TLS without verifying its certificate.
 
 "use strict";
 const http = require("http");
+const https = require("https");
+const fs = require("fs");
 
-const [port, downstream] = process.argv.slice(2);
+const [port, downstream, cert, key] = process.argv.slice(2);
 if (!port || !downstream) {
-  console.error("usage: node node_service.js PORT DOWNSTREAM_URL");
+  console.error("usage: node node_service.js PORT DOWNSTREAM_URL [CERT KEY]");
   process.exit(2);
 }
-const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
+const client = downstream.startsWith("https:") ? https : http;
+const agent = new client.Agent({ keepAlive: true, maxSockets: 64, rejectUnauthorized: false });
 let failures = 0;
 
-const server = http.createServer((req, res) => {
+const handler = (req, res) => {
   req.resume();
-  const up = http.get(downstream, { agent, headers: { "User-Agent": "clew-e2e-node" } }, (ures) => {
+  const up = client.get(downstream, { agent, headers: { "User-Agent": "clew-e2e-node" } }, (ures) => {
     const chunks = [];
     ures.on("data", (c) => chunks.push(c));
     ures.on("end", () => {
@@ -33,7 +38,10 @@ const server = http.createServer((req, res) => {
     res.writeHead(502, { "Content-Type": "text/plain" });
     res.end(String(e));
   });
-});
+};
+const server = cert
+  ? https.createServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(key) }, handler)
+  : http.createServer(handler);
 server.keepAliveTimeout = 60000;
 server.listen(Number(port), "127.0.0.1", () => {
   console.error(`[node] listening on 127.0.0.1:${port}, downstream ${downstream}`);

@@ -206,6 +206,21 @@ impl Agent {
         self.proc.pid()
     }
 
+    /// One of the agent's counters (`clew_<name>` at /metrics).
+    pub fn metric(&self, name: &str) -> Result<u64> {
+        let url = self.health_url("/metrics");
+        let text = reqwest::blocking::get(&url)
+            .and_then(|r| r.text())
+            .with_context(|| format!("GET {url}"))?;
+        let key = format!("clew_{name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .with_context(|| format!("no counter {name} at /metrics"))?
+            .trim()
+            .parse()
+            .with_context(|| format!("counter {name}"))
+    }
+
     /// SIGKILL, as an OOM kill or a crash would end it: no chance to clean
     /// up. Returns once the process is reaped.
     pub fn kill(mut self) -> Result<()> {

@@ -18,6 +18,8 @@ pub struct Expect<'a> {
     pub user_agent: Option<&'a str>,
     pub pid: Option<u32>,
     pub exe: Option<&'a str>,
+    /// `http` or `https`.
+    pub scheme: &'a str,
 }
 
 impl<'a> Expect<'a> {
@@ -33,6 +35,7 @@ impl<'a> Expect<'a> {
             user_agent: None,
             pid: None,
             exe: None,
+            scheme: "http",
         }
     }
 
@@ -41,6 +44,14 @@ impl<'a> Expect<'a> {
         Expect {
             kind: KIND_CLIENT,
             ..Self::server(service, path, server_port)
+        }
+    }
+
+    /// The request went over TLS.
+    pub fn https(self) -> Self {
+        Expect {
+            scheme: "https",
+            ..self
         }
     }
 
@@ -128,9 +139,19 @@ impl<'a> Expect<'a> {
             KIND_SERVER => ("url.path", self.path.to_string()),
             _ => (
                 "url.full",
-                format!("http://127.0.0.1:{}{}", self.server_port, self.path),
+                format!(
+                    "{}://127.0.0.1:{}{}",
+                    self.scheme, self.server_port, self.path
+                ),
             ),
         };
+        if self.kind == KIND_SERVER {
+            want(
+                &format!("url.scheme={:?}", self.scheme),
+                str_is(attr("url.scheme"), self.scheme),
+                show(attr("url.scheme")),
+            );
+        }
         for (key, value) in [
             ("http.request.method", self.method),
             (url.0, url.1.as_str()),

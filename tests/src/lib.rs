@@ -16,6 +16,7 @@ pub mod receiver;
 pub mod recording;
 #[cfg(test)]
 mod selftest;
+pub mod tls;
 pub mod wire;
 
 /// How long tests wait for spans: export takes ~1-2 s, this leaves room for a loaded CI machine.

@@ -6,6 +6,7 @@ use crate::cgroup::Cgroup;
 use crate::env::peers_dir;
 use crate::net::{free_port, wait_listening};
 use crate::process::{self, Supervised, TempDir};
+use crate::tls::TestCert;
 use anyhow::{bail, Context, Result};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -226,12 +227,25 @@ impl NodeService {
     /// Listens on 127.0.0.1 inside `cg` and forwards every request as a GET
     /// of `downstream` (a full URL) on kept-alive connections.
     pub fn start(cg: &Cgroup, name: &str, downstream: &str) -> Result<Self> {
+        Self::start_with(cg, name, downstream, None)
+    }
+
+    /// `start`, serving HTTPS with `cert` when given.
+    pub fn start_with(
+        cg: &Cgroup,
+        name: &str,
+        downstream: &str,
+        cert: Option<&TestCert>,
+    ) -> Result<Self> {
         let dir = TempDir::new("node")?;
         let port = free_port()?;
         let mut cmd = Command::new("node");
         cmd.arg(peers_dir().join("node_service.js"))
             .args([&port.to_string(), downstream])
             .env("OTEL_SERVICE_NAME", name);
+        if let Some(c) = cert {
+            cmd.arg(&c.cert).arg(&c.key);
+        }
         let proc = Supervised::start(name, &mut cmd, dir.join("node.log"), |c| cg.spawn(c))
             .context("starting node (is Node.js installed?)")?;
         wait_listening(port, Duration::from_secs(20), || proc.log_tail(40))?;

@@ -4,6 +4,7 @@
 use crate::cgroup::Cgroup;
 use crate::net::{free_port, wait_listening};
 use crate::process::{Supervised, TempDir};
+use crate::tls::TestCert;
 use anyhow::{Context, Result};
 use std::process::Command;
 use std::time::Duration;
@@ -13,6 +14,8 @@ pub const BIG_FILE_LEN: usize = 5 << 20;
 
 pub struct Nginx {
     pub port: u16,
+    /// `http`, or `https` for `tls_proxy`.
+    pub scheme: &'static str,
     // Kept for its lifetime: dropping it stops nginx and prints its log.
     _proc: Supervised,
     dir: TempDir,
@@ -42,7 +45,16 @@ impl Nginx {
         )?;
         let big: Vec<u8> = (0..BIG_FILE_LEN).map(|i| (i % 251) as u8).collect();
         std::fs::write(root.join("big.bin"), big)?;
-        Self::launch(cg, dir, &format!("root {};", root.display()), "")
+        Self::launch(cg, dir, &format!("root {};", root.display()), "", None)
+    }
+
+    /// An HTTPS reverse proxy (OpenSSL in nginx) to a plaintext `upstream`,
+    /// one HTTP/1.1 upstream connection per request.
+    pub fn tls_proxy(cg: &Cgroup, upstream: &str, cert: &TestCert) -> Result<Self> {
+        let dir = TempDir::new("nginx-tls")?;
+        let location =
+            format!("location / {{ proxy_pass http://{upstream}; proxy_http_version 1.1; }}");
+        Self::launch(cg, dir, &location, "", Some(cert))
     }
 
     /// A reverse proxy: every request goes to `upstream` (`host:port`) over
@@ -66,12 +78,26 @@ impl Nginx {
                 format!("location / {{ proxy_pass http://{upstream}; }}"),
             )
         };
-        Self::launch(cg, dir, &location, &http)
+        Self::launch(cg, dir, &location, &http, None)
     }
 
-    fn launch(cg: &Cgroup, dir: TempDir, server: &str, http: &str) -> Result<Self> {
+    fn launch(
+        cg: &Cgroup,
+        dir: TempDir,
+        server: &str,
+        http: &str,
+        tls: Option<&TestCert>,
+    ) -> Result<Self> {
         let port = free_port()?;
         let p = dir.path().display();
+        let listen = match tls {
+            Some(c) => format!(
+                "listen 127.0.0.1:{port} ssl;\n        ssl_certificate {};\n        ssl_certificate_key {};",
+                c.cert.display(),
+                c.key.display()
+            ),
+            None => format!("listen 127.0.0.1:{port};"),
+        };
         let conf = format!(
             "daemon off;
 master_process on;
@@ -92,7 +118,7 @@ http {{
     keepalive_requests 100000;
     {http}
     server {{
-        listen 127.0.0.1:{port};
+        {listen}
         {server}
     }}
 }}
@@ -119,13 +145,14 @@ http {{
         })?;
         Ok(Nginx {
             port,
+            scheme: if tls.is_some() { "https" } else { "http" },
             _proc: proc,
             dir,
         })
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("{}://127.0.0.1:{}{path}", self.scheme, self.port)
     }
 
     /// `127.0.0.1:port`, as an upstream for `proxy`.

@@ -5,6 +5,7 @@ use crate::env::{peers_dir, python, Python};
 use crate::net::{free_port, wait_listening, wait_listening_in};
 use crate::netns::Netns;
 use crate::process::{Supervised, TempDir};
+use crate::tls::TestCert;
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -22,6 +23,8 @@ pub struct PyService {
     pub host: String,
     pub port: u16,
     pub python: Python,
+    /// `http` or `https`.
+    pub scheme: &'static str,
     header_log: PathBuf,
     proc: Supervised,
     _dir: TempDir,
@@ -56,6 +59,7 @@ pub struct ServiceOpts<'a> {
     work_delay_ms: u32,
     bind: Option<&'a str>,
     netns: Option<&'a Netns>,
+    tls: Option<&'a TestCert>,
 }
 
 impl<'a> ServiceOpts<'a> {
@@ -95,6 +99,14 @@ impl<'a> ServiceOpts<'a> {
     pub fn bind(self, addr: &'a str) -> Self {
         ServiceOpts {
             bind: Some(addr),
+            ..self
+        }
+    }
+
+    /// Serve HTTPS with this certificate.
+    pub fn tls(self, cert: &'a TestCert) -> Self {
+        ServiceOpts {
+            tls: Some(cert),
             ..self
         }
     }
@@ -140,6 +152,12 @@ impl<'a> ServiceOpts<'a> {
         if let Some(d) = self.downstream {
             cmd.args(["--downstream", d]);
         }
+        if let Some(c) = self.tls {
+            cmd.arg("--tls-cert")
+                .arg(&c.cert)
+                .arg("--tls-key")
+                .arg(&c.key);
+        }
         if let Some(ns) = self.netns {
             ns.enter(&mut cmd);
         }
@@ -157,6 +175,7 @@ impl<'a> ServiceOpts<'a> {
             host: host.to_string(),
             port,
             python,
+            scheme: if self.tls.is_some() { "https" } else { "http" },
             header_log,
             proc,
             _dir: dir,
@@ -185,11 +204,12 @@ impl PyService {
             work_delay_ms: 0,
             bind: None,
             netns: None,
+            tls: None,
         }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}:{}{path}", self.host, self.port)
+        format!("{}://{}:{}{path}", self.scheme, self.host, self.port)
     }
 
     pub fn pid(&self) -> u32 {
@@ -270,6 +290,46 @@ pub fn curl_expect(cg: &Cgroup, url: &str, args: &[&str], status: u16) -> Result
         bail!("curl {url}: status {got}, expected {status}");
     }
     Ok(())
+}
+
+/// `service.name` of spans from `tls_client.py`.
+pub const TLS_CLIENT: &str = "tls-client";
+
+/// One answer `tls_client.py` got.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TlsAnswer {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub bytes: usize,
+}
+
+/// Runs `tests/peers/tls_client.py` (one kept-alive HTTPS connection, its
+/// fixed request sequence) against `host:port` inside `cg`.
+pub fn tls_client(cg: &Cgroup, host: &str, port: u16) -> Result<Vec<TlsAnswer>> {
+    let py = python()?;
+    let out = cg
+        .run(
+            Command::new(&py.path)
+                .arg(peers_dir().join("tls_client.py"))
+                .args([host, &port.to_string()])
+                .env("OTEL_SERVICE_NAME", TLS_CLIENT),
+            CLIENT_TIMEOUT,
+        )?
+        .ok()
+        .context("tls_client.py")?;
+    out.stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l)?;
+            Ok(TlsAnswer {
+                method: v["method"].as_str().unwrap_or("").into(),
+                path: v["path"].as_str().unwrap_or("").into(),
+                status: v["status"].as_u64().unwrap_or(0) as u16,
+                bytes: v["bytes"].as_u64().unwrap_or(0) as usize,
+            })
+        })
+        .collect()
 }
 
 /// `service.name` of spans from `raw_client.py`.

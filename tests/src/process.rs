@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// A directory under the system temp dir, removed on drop.
+#[derive(Debug)]
 pub struct TempDir {
     path: PathBuf,
 }
