@@ -172,7 +172,13 @@ impl Pipeline {
                 peer: Some(peer),
                 local: o.local,
             },
-            None => ConnFacts::from_proc(o.tgid, o.fd),
+            None => {
+                let facts = ConnFacts::from_proc(o.tgid, o.fd);
+                if let (Some(Role::Server), Some(peer)) = (role, facts.peer) {
+                    self.maps.set_peer(o.conn_id, peer);
+                }
+                facts
+            }
         };
         // The resource is read now: short-lived clients are gone by the
         // time their span is exported.
@@ -293,6 +299,9 @@ impl Pipeline {
         let k = self.maps.stats();
         stats::set(&self.stats.kernel_ringbuf_drops, k.ringbuf_drops);
         stats::set(&self.stats.kernel_read_errors, k.read_errors);
+        stats::set(&self.stats.tcp_options_written, k.tcp_opt_written);
+        stats::set(&self.stats.tcp_options_no_room, k.tcp_opt_no_room);
+        stats::set(&self.stats.tcp_options_read, k.tcp_opt_read);
     }
 
     pub fn exporter(&self) -> &Exporter {

@@ -12,6 +12,7 @@ mod io;
 mod maps;
 mod proc;
 mod select;
+mod tcp_option;
 
 /// Offsets inside the `syscalls:sys_{enter,exit}_*` tracepoint records: the
 /// common header (8 bytes), `__syscall_nr` (int, padded to 8), then six

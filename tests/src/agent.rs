@@ -2,7 +2,7 @@
 
 use crate::cgroup::Cgroup;
 use crate::env::clew_bin;
-use crate::net::{free_port, http_status};
+use crate::net::{free_port, http_status, http_text};
 use crate::process::{Supervised, TempDir, SHORT_TAIL};
 use crate::receiver::Protocol;
 use anyhow::{bail, Context, Result};
@@ -190,6 +190,18 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Current value of counter `clew_{name}` on /metrics.
+    pub fn metric(&self, name: &str) -> Result<u64> {
+        let text = http_text(&self.health_url("/metrics"))?;
+        let prefix = format!("clew_{name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .with_context(|| format!("no clew_{name} on /metrics:\n{text}"))?
+            .trim()
+            .parse()
+            .with_context(|| format!("clew_{name} is not a number"))
     }
 
     /// Fails unless the agent is still running and /healthz answers 200.

@@ -82,6 +82,18 @@ pub fn http_status(url: &str) -> Result<u16> {
     Ok(resp.status().as_u16())
 }
 
+/// Body of a GET to `url` (only for untraced endpoints such as the agent's health server).
+pub fn http_text(url: &str) -> Result<String> {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()?;
+    let resp = client
+        .get(url)
+        .send()
+        .with_context(|| format!("GET {url}"))?;
+    Ok(resp.text()?)
+}
+
 /// Polls `url` until it answers 200; `why_not` explains a timeout.
 pub fn wait_http_ok(url: &str, timeout: Duration, why_not: impl Fn() -> String) -> Result<()> {
     let deadline = Instant::now() + timeout;
