@@ -14,7 +14,7 @@ use tokio::{
 
 use crate::{
     capture::{Capture, CaptureConfig},
-    cli::{Propagation, RunArgs},
+    cli::{Mechanisms, RunArgs},
     export::{ExportConfig, Exporter},
     health,
     nesting::Nesting,
@@ -60,7 +60,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         capture_limit: args.capture_bytes,
         ringbuf_bytes: args.ringbuf_mib.max(1) * 1024 * 1024,
         sampling: sampler.kernel(),
-        inject: args.propagation.contains(&Propagation::Headers),
+        propagation: Mechanisms::from_list(&args.propagation)?,
     })?;
     let maps = capture.maps()?;
     let ring = capture.take_ring()?;
@@ -86,6 +86,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         opts,
         stats.clone(),
     );
+    pipeline.tls.hook_host_libraries(&mut capture);
     pipeline.start()?;
     tracing::info!(
         programs = capture.attached().len(),

@@ -57,9 +57,16 @@ pub struct RunArgs {
     /// Record `url.query` (off by default: query strings often carry secrets).
     #[arg(long)]
     pub capture_query: bool,
-    /// How trace context crosses to the next service: `headers` (write
-    /// `traceparent` into outgoing plaintext HTTP/1 requests) or `none`.
-    #[arg(long, value_delimiter = ',', default_value = "headers")]
+    /// How trace context crosses to the next service, a list of: `headers`
+    /// (write `traceparent` into outgoing plaintext HTTP/1 requests),
+    /// `tcp-option` (carry it in a TCP header option, for any TCP traffic),
+    /// or `none`.
+    #[arg(
+        long,
+        env = "CLEW_PROPAGATION",
+        value_delimiter = ',',
+        default_value = "headers,tcp-option"
+    )]
     pub propagation: Vec<Propagation>,
     /// `baggage` keys recorded as span attributes, e.g. `tenant,plan`.
     /// Clew never adds baggage to requests; it passes through as the
@@ -75,6 +82,64 @@ pub struct RunArgs {
 pub enum Propagation {
     /// `traceparent` header in plaintext HTTP/1 requests.
     Headers,
+    /// TCP header option (kind 25) on the segments that start a connection
+    /// or a request.
+    TcpOption,
     /// Observe only.
     None,
+}
+
+/// Which propagation mechanisms a `--propagation` list turns on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mechanisms {
+    pub headers: bool,
+    pub tcp_option: bool,
+}
+
+impl Mechanisms {
+    pub fn from_list(list: &[Propagation]) -> anyhow::Result<Self> {
+        let has = |p| list.contains(&p);
+        anyhow::ensure!(
+            !has(Propagation::None) || list.len() == 1,
+            "--propagation none cannot be combined with other mechanisms"
+        );
+        Ok(Mechanisms {
+            headers: has(Propagation::Headers),
+            tcp_option: has(Propagation::TcpOption),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Mechanisms, String> {
+        let cli =
+            Cli::try_parse_from(["clew", "run"].iter().chain(args)).map_err(|e| e.to_string())?;
+        let Command::Run(run) = cli.command else {
+            unreachable!()
+        };
+        Mechanisms::from_list(&run.propagation).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn propagation_lists() {
+        let both = Mechanisms {
+            headers: true,
+            tcp_option: true,
+        };
+        assert_eq!(parse(&[]), Ok(both));
+        assert_eq!(parse(&["--propagation", "headers,tcp-option"]), Ok(both));
+        assert_eq!(
+            parse(&["--propagation", "tcp-option"]),
+            Ok(Mechanisms {
+                headers: false,
+                tcp_option: true
+            })
+        );
+        assert_eq!(parse(&["--propagation", "none"]), Ok(Mechanisms::default()));
+        assert!(parse(&["--propagation", "none,headers"]).is_err());
+        assert!(parse(&["--propagation", "tls"]).is_err());
+    }
 }

@@ -46,7 +46,15 @@ pub struct Nesting {
     /// Client spans by the client's endpoint, for the server span of the
     /// same request when this agent also traces the server.
     offers: HashMap<SocketAddr, VecDeque<(u64, SpanCtx)>>,
+    /// Traces the kernel started for a request this agent then linked to a
+    /// local client span: the kernel already gave the request's downstream
+    /// calls the first trace id, so their spans move to the linked trace.
+    aliases: HashMap<TraceId, TraceId>,
 }
+
+/// Aliases kept at most; cleared wholesale beyond (a few spans then stay
+/// in the kernel's trace).
+const MAX_ALIASES: usize = 16384;
 
 /// A request reaches a server on this node well within this time.
 const OFFER_TTL_NS: u64 = 10_000_000_000;
@@ -80,11 +88,27 @@ impl Nesting {
             kernel_server: HashMap::new(),
             kernel_client: HashMap::new(),
             offers: HashMap::new(),
+            aliases: HashMap::new(),
         }
     }
 
     /// A client span was sent from `endpoint`; a server on this node may
     /// read it (in order, on that connection).
+    /// Spans of trace `from` belong to trace `to`.
+    pub fn alias(&mut self, from: TraceId, to: TraceId) {
+        if self.aliases.len() >= MAX_ALIASES {
+            self.aliases.clear();
+        }
+        self.aliases.insert(from, to);
+    }
+
+    /// The trace a span finally belongs to.
+    pub fn resolve_trace(&self, t: &mut TraceId) {
+        if let Some(to) = self.aliases.get(t) {
+            *t = *to;
+        }
+    }
+
     pub fn offer(&mut self, endpoint: SocketAddr, ts: u64, ctx: &SpanCtx) {
         if self.offers.len() >= MAX_THREADS && !self.offers.contains_key(&endpoint) {
             self.offers.retain(|_, q| {
@@ -387,6 +411,17 @@ mod tests {
         n.kernel(&kernel_ctx(false, 0, 4, 100, 2));
         let c = n.client_span(4, 100 + KERNEL_CTX_WINDOW_NS + 1, None);
         assert_ne!(c.span_id, [2; 8]);
+    }
+
+    #[test]
+    fn aliased_traces_resolve_to_the_linked_trace() {
+        let mut n = nesting();
+        let (kernel, linked, other) = ([1u8; 16], [2u8; 16], [3u8; 16]);
+        n.alias(kernel, linked);
+        let (mut a, mut b) = (kernel, other);
+        n.resolve_trace(&mut a);
+        n.resolve_trace(&mut b);
+        assert_eq!((a, b), (linked, other));
     }
 
     #[test]

@@ -183,7 +183,13 @@ impl Pipeline {
                 local: o.local,
                 tls: false,
             },
-            None => ConnFacts::from_proc(o.tgid, o.fd),
+            None => {
+                let facts = ConnFacts::from_proc(o.tgid, o.fd);
+                if let (Some(Role::Server), Some(peer)) = (role, facts.peer) {
+                    self.maps.set_peer(o.conn_id, peer);
+                }
+                facts
+            }
         };
         // The resource is read now: short-lived clients are gone by the
         // time their span is exported.
@@ -281,7 +287,8 @@ impl Pipeline {
             return;
         }
         let resource = self.processes.resource(tgid);
-        for x in self.exchanges.drain(..) {
+        for mut x in self.exchanges.drain(..) {
+            self.nesting.resolve_trace(&mut x.ctx.trace_id);
             stats::add(&self.stats.spans_created, 1);
             if !x.ctx.sampled {
                 stats::add(&self.stats.spans_unsampled, 1);
@@ -308,6 +315,9 @@ impl Pipeline {
         stats::set(&self.stats.kernel_ringbuf_drops, k.ringbuf_drops);
         stats::set(&self.stats.kernel_read_errors, k.read_errors);
         stats::set(&self.stats.kernel_tls_unbound, k.tls_unbound);
+        stats::set(&self.stats.tcp_options_written, k.tcp_opt_written);
+        stats::set(&self.stats.tcp_options_no_room, k.tcp_opt_no_room);
+        stats::set(&self.stats.tcp_options_read, k.tcp_opt_read);
     }
 
     pub fn exporter(&self) -> &Exporter {

@@ -75,6 +75,9 @@ pub fn run() -> Report {
     let tp = prog(ProgramType::TracePoint) && has("events/syscalls");
     let sockops = prog(ProgramType::SockOps) && crate::select::cgroup2_mount().is_ok();
     let sk_msg = prog(ProgramType::SkMsg);
+    let hdr_opt = sockops
+        && is_helper_supported(ProgramType::SockOps, BpfHelper::BPF_FUNC_store_hdr_opt)
+            .unwrap_or(false);
     let write_user = is_helper_supported(
         ProgramType::TracePoint,
         BpfHelper::BPF_FUNC_probe_write_user,
@@ -121,6 +124,11 @@ pub fn run() -> Report {
         ),
         m("sockops", sockops, "cgroup v2 sock_ops".into()),
         m("sk_msg", sk_msg, "SOCKHASH verdicts".into()),
+        m(
+            "TCP header options",
+            hdr_opt,
+            "sockops bpf_{reserve,store,load}_hdr_opt (Linux ≥ 5.10)".into(),
+        ),
         m(
             "TC classifier",
             prog(ProgramType::SchedClassifier),
@@ -176,8 +184,11 @@ pub fn run() -> Report {
             ),
         ),
         (
-            "traceparent injection (TLS, TCP option)",
-            "none (not built yet)".to_owned(),
+            "trace context in a TCP option (any TCP)",
+            pick(
+                hdr_opt && sk_msg,
+                "sockops header option kind 25, per request via sk_msg",
+            ),
         ),
     ];
     Report {

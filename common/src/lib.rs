@@ -179,6 +179,15 @@ pub struct SockAddr {
     pub addr: [u8; 16],
 }
 
+/// A client endpoint as a server sees it, keying the kernel's TCP-option
+/// maps: IPv4 addresses IPv4-mapped (as in [`SockAddr`]), port in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerKey {
+    pub addr: [u8; 16],
+    pub port: u32,
+}
+
 /// Fixed head of a `kind::DATA` record; `captured` payload bytes follow it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -255,9 +264,15 @@ pub mod stat {
     pub const READ_ERRORS: u32 = 1;
     /// Data records emitted.
     pub const DATA_EVENTS: u32 = 2;
+    /// Trace-context TCP options written into outgoing segments.
+    pub const TCP_OPT_WRITTEN: u32 = 3;
+    /// A context was due but the segment had no option space left.
+    pub const TCP_OPT_NO_ROOM: u32 = 4;
+    /// Trace-context TCP options read from incoming segments.
+    pub const TCP_OPT_READ: u32 = 5;
     /// TLS plaintext dropped because the library call's socket was unknown
     /// (a connection opened before the agent, or not a selected one).
-    pub const TLS_UNBOUND: u32 = 3;
+    pub const TLS_UNBOUND: u32 = 6;
     pub const COUNT: u32 = 8;
 }
 
@@ -298,4 +313,5 @@ mod pod {
     unsafe impl aya::Pod for CgroupSel {}
     unsafe impl aya::Pod for TraceCtx {}
     unsafe impl aya::Pod for Inflight {}
+    unsafe impl aya::Pod for PeerKey {}
 }

@@ -12,7 +12,7 @@ use clew_common::{kind, role, ConnEvent, ConnInfo, ConnKey, SockAddr};
 use crate::{
     maps::{next_conn_id, now, Inflight, CONNS, EVENTS, INFLIGHT},
     select::current_selected,
-    tp,
+    tcp_option, tp,
 };
 
 const AF_UNIX: u16 = 1;
@@ -91,7 +91,7 @@ fn remember(nr_role: u8, fd: u32, a1: u64, peer: SockAddr) {
     let _ = INFLIGHT.insert(&pid_tgid, &inflight, 0);
 }
 
-fn open(pid_tgid: u64, fd: u32, role: u8, peer: SockAddr, local: SockAddr) {
+fn open(pid_tgid: u64, fd: u32, role: u8, peer: SockAddr, local: SockAddr) -> u64 {
     let id = next_conn_id();
     let key = ConnKey {
         tgid: (pid_tgid >> 32) as u32,
@@ -106,6 +106,7 @@ fn open(pid_tgid: u64, fd: u32, role: u8, peer: SockAddr, local: SockAddr) {
     if CONNS.insert(&key, &info, 0).is_ok() {
         emit(kind::CONN_OPEN, id, role, pid_tgid, fd, peer, local);
     }
+    id
 }
 
 fn take_inflight(role: u8) -> Option<(u64, Inflight)> {
@@ -140,13 +141,14 @@ pub fn exit_accept(ctx: TracePointContext) -> u32 {
     if peer.family == AF_UNIX {
         return 0;
     }
-    open(
+    let id = open(
         pid_tgid,
         fd as u32,
         role::ACCEPTED,
         peer,
         SockAddr::default(),
     );
+    tcp_option::accepted(id, &peer);
     0
 }
 
@@ -179,7 +181,7 @@ pub fn exit_connect(ctx: TracePointContext) -> u32 {
         if v.a2 == 0 {
             local.family = 0;
         }
-        open(pid_tgid, v.fd, role::CONNECTED, v.peer, local);
+        let _ = open(pid_tgid, v.fd, role::CONNECTED, v.peer, local);
     }
     0
 }

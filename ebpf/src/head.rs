@@ -54,7 +54,13 @@ const fn le(s: &[u8]) -> u64 {
 /// True if `buf` starts with a method token used by real clients and a space.
 #[inline(always)]
 pub fn starts_with_method(buf: &[u8; SCAN_BYTES + SLACK]) -> bool {
-    let w = word(buf, 0);
+    is_method_word(word(buf, 0))
+}
+
+/// True if the first 8 bytes of a message, read as a little-endian word,
+/// start with a method token and a space.
+#[inline(always)]
+pub fn is_method_word(w: u64) -> bool {
     let m4 = w & 0xffff_ffff;
     let m5 = w & 0xff_ffff_ffff;
     m4 == le(b"GET ")

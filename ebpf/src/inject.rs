@@ -7,11 +7,18 @@
 //! request that already carries `traceparent`, a head not wholly inside one
 //! send, chunked request bodies, or bytes that are not HTTP/1 — after those
 //! the socket is never touched again.
+//!
+//! The same two programs carry the TCP-option mechanism (`tcp_option`):
+//! with `--propagation tcp-option`, sockets are admitted to the map for it
+//! too, and the sk_msg program tells it which sends are requests that left
+//! without a `traceparent`.
 
 use aya_ebpf::{
     bindings::{
         sk_action::SK_PASS, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_SOCK_OPS_HDR_OPT_LEN_CB, BPF_SOCK_OPS_PARSE_HDR_OPT_CB,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_SOCK_OPS_WRITE_HDR_OPT_CB,
     },
     helpers::{
         bpf_get_current_pid_tgid,
@@ -27,10 +34,10 @@ use crate::{
     context,
     head::{self, Head},
     maps::INFLIGHT,
+    tcp_option,
 };
 
-/// 1 when `traceparent` injection is on (`--propagation headers`); else
-/// sockops only reports connections' local ends.
+/// 1 when `traceparent` injection is on (`--propagation headers`).
 #[unsafe(no_mangle)]
 static INJECT: u32 = 1;
 
@@ -52,9 +59,11 @@ struct SockState {
     _pad: u32,
 }
 
+/// A TCP connection from our side: the remote end and our port, as sockops
+/// and sk_msg both see it.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct SockKey {
+pub struct SockKey {
     remote_ip: [u32; 4],
     remote_port: u32,
     local_port: u32,
@@ -69,43 +78,24 @@ pub static HEAD: PerCpuArray<Head> = PerCpuArray::with_max_entries(1, 0);
 
 #[sock_ops]
 pub fn track_sockets(ctx: SockOpsContext) -> u32 {
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     match ctx.op() {
         // Runs inside connect(): the thread is the one the connect tracepoint saw.
-        BPF_SOCK_OPS_TCP_CONNECT_CB => {
-            let pid_tgid = bpf_get_current_pid_tgid();
-            let Some(v) = INFLIGHT.get_ptr_mut(&pid_tgid) else {
-                return 1;
-            };
-            let v = unsafe { &mut *v };
-            if v.role != role::CONNECTED {
-                return 1;
-            }
-            // Our own end, for linking both ends of a local call in userspace.
-            let o = ctx.ops;
-            if unsafe { core::ptr::read_volatile(&raw const (*o).family) } == 2 {
-                v.a1 = unsafe { core::ptr::read_volatile(&raw const (*o).local_ip4) } as u64;
-                v.a2 = unsafe { core::ptr::read_volatile(&raw const (*o).local_port) } as u64;
-            }
-            if unsafe { core::ptr::read_volatile(&INJECT) } == 1 {
-                let _ = CONNECTING.insert(&cookie, &1, 0);
-            }
-        }
+        BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(&ctx),
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
             if unsafe { CONNECTING.get(&cookie) }.is_some() {
                 let _ = CONNECTING.remove(&cookie);
-                let o = ctx.ops;
-                let key = unsafe {
-                    SockKey::read(
-                        &raw const (*o).family,
-                        &raw const (*o).remote_ip4,
-                        &raw const (*o).remote_ip6,
-                        &raw const (*o).remote_port,
-                        &raw const (*o).local_port,
-                    )
-                };
-                let _ = SOCK_STATE.insert(&key, &SockState::default(), 0);
+                let _ = SOCK_STATE.insert(&ops_key(&ctx), &SockState::default(), 0);
                 let _ = INJECT_SOCKS.update(cookie, unsafe { &mut *ctx.ops }, BPF_NOEXIST as u64);
+            }
+        }
+        // Only on sockets tcp_option asked them for.
+        BPF_SOCK_OPS_HDR_OPT_LEN_CB => tcp_option::reserve(&ctx, &ops_key(&ctx)),
+        BPF_SOCK_OPS_WRITE_HDR_OPT_CB => tcp_option::write(&ctx, &ops_key(&ctx)),
+        BPF_SOCK_OPS_PARSE_HDR_OPT_CB => tcp_option::on_segment(&ctx),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            if tcp_option::enabled() {
+                tcp_option::on_accept(&ctx);
             }
         }
         _ => {}
@@ -113,17 +103,126 @@ pub fn track_sockets(ctx: SockOpsContext) -> u32 {
     1
 }
 
+fn on_connect(ctx: &SockOpsContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(v) = INFLIGHT.get_ptr_mut(&pid_tgid) else {
+        return;
+    };
+    let v = unsafe { &mut *v };
+    if v.role != role::CONNECTED {
+        return;
+    }
+    // Our own end, for linking both ends of a local call in userspace.
+    let o = ctx.ops;
+    if unsafe { core::ptr::read_volatile(&raw const (*o).family) } == 2 {
+        v.a1 = unsafe { core::ptr::read_volatile(&raw const (*o).local_ip4) } as u64;
+        v.a2 = unsafe { core::ptr::read_volatile(&raw const (*o).local_port) } as u64;
+    }
+    let headers = unsafe { core::ptr::read_volatile(&INJECT) } == 1;
+    if headers || tcp_option::enabled() {
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+        let _ = CONNECTING.insert(&cookie, &1, 0);
+    }
+    if tcp_option::enabled() {
+        tcp_option::on_connect(ctx, &ops_key(ctx));
+    }
+}
+
+fn ops_key(ctx: &SockOpsContext) -> SockKey {
+    let o = ctx.ops;
+    unsafe {
+        SockKey::read(
+            &raw const (*o).family,
+            &raw const (*o).remote_ip4,
+            &raw const (*o).remote_ip6,
+            &raw const (*o).remote_port,
+            &raw const (*o).local_port,
+        )
+    }
+}
+
+/// What a send turned out to be, for the TCP-option mechanism.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Not looked at, or unreadable.
+    Unseen,
+    /// Starts with a request head that leaves with a `traceparent` (the
+    /// application's or ours).
+    Carried,
+    /// Starts with a request head that leaves without one.
+    Bare,
+    /// Anything else: a body, non-HTTP bytes.
+    Other,
+}
+
 #[sk_msg]
 pub fn inject_traceparent(ctx: SkMsgContext) -> u32 {
-    let _ = try_inject(&ctx);
+    let key = msg_key(&ctx);
+    let sent = if unsafe { core::ptr::read_volatile(&INJECT) } == 1 {
+        try_inject(&ctx, &key)
+    } else {
+        Sent::Unseen
+    };
+    if tcp_option::enabled() {
+        tcp_option::on_send(&key, || {
+            let sent = if sent == Sent::Unseen {
+                classify(&ctx)
+            } else {
+                sent
+            };
+            sent == Sent::Bare
+        });
+    }
     SK_PASS
 }
 
-fn try_inject(ctx: &SkMsgContext) -> Option<()> {
-    let key = msg_key(ctx);
-    let st = unsafe { &mut *SOCK_STATE.get_ptr_mut(&key)? };
+/// Copies the start of the send into `HEAD`, scans it, and says whether it
+/// is a request head and whether it carries `traceparent`.
+fn classify(ctx: &SkMsgContext) -> Sent {
+    let size = ctx.size();
+    let want = if size < SCAN_BYTES as u32 {
+        size
+    } else {
+        SCAN_BYTES as u32
+    };
+    if unsafe { bpf_msg_pull_data(ctx.msg, 0, want, 0) } != 0 {
+        return Sent::Unseen;
+    }
+    let avail = ctx.data_end().saturating_sub(ctx.data());
+    if avail > SCAN_BYTES {
+        return Sent::Unseen;
+    }
+    if avail < 16 {
+        return Sent::Other;
+    }
+    let Some(h) = HEAD.get_ptr_mut(0) else {
+        return Sent::Unseen;
+    };
+    let h = unsafe { &mut *h };
+    let n = (avail as u32) & (SCAN_BYTES as u32 * 2 - 1);
+    if unsafe { bpf_probe_read_kernel(h.buf.as_mut_ptr().cast(), n, ctx.data() as *const _) } != 0 {
+        return Sent::Unseen;
+    }
+    if !head::starts_with_method(&h.buf) {
+        return Sent::Other;
+    }
+    // A head longer than the scan is still a request; a traceparent past
+    // the scan goes unseen (the option then duplicates it harmlessly).
+    let _ = head::scan(h, n);
+    if h.traceparent != 0 {
+        Sent::Carried
+    } else {
+        Sent::Bare
+    }
+}
+
+fn try_inject(ctx: &SkMsgContext, key: &SockKey) -> Sent {
+    let Some(st) = SOCK_STATE.get_ptr_mut(key) else {
+        return Sent::Unseen;
+    };
+    let st = unsafe { &mut *st };
     if st.hands_off != 0 {
-        return None;
+        return Sent::Unseen;
     }
     let size = ctx.size() as u64;
     if st.skip > 0 {
@@ -133,31 +232,25 @@ fn try_inject(ctx: &SkMsgContext) -> Option<()> {
             // A body's tail and what follows share a send: boundaries unknown.
             st.hands_off = 1;
         }
-        return None;
+        return Sent::Other;
     }
     // Until proven a complete request head, this socket is off limits.
     st.hands_off = 1;
-    let want = if size < SCAN_BYTES as u64 {
-        size as u32
-    } else {
-        SCAN_BYTES as u32
+    let sent = classify(ctx);
+    if sent != Sent::Bare && sent != Sent::Carried {
+        return sent;
+    }
+    let Some(h) = HEAD.get_ptr_mut(0) else {
+        return sent;
     };
-    if unsafe { bpf_msg_pull_data(ctx.msg, 0, want, 0) } != 0 {
-        return None;
+    let h = unsafe { &mut *h };
+    if h.hdr_end == 0 || h.chunked != 0 {
+        return sent;
     }
-    let avail = ctx.data_end().saturating_sub(ctx.data());
-    if avail < 16 || avail > SCAN_BYTES {
-        return None;
-    }
-    let h = unsafe { &mut *HEAD.get_ptr_mut(0)? };
-    let n = (avail as u32) & (SCAN_BYTES as u32 * 2 - 1);
-    if unsafe { bpf_probe_read_kernel(h.buf.as_mut_ptr().cast(), n, ctx.data() as *const _) } != 0 {
-        return None;
-    }
-    if !head::starts_with_method(&h.buf) || !head::scan(h, n) || h.chunked != 0 {
-        return None;
-    }
-    let total = h.hdr_end as u64 + head::content_length(h)?;
+    let Some(body) = head::content_length(h) else {
+        return sent;
+    };
+    let total = h.hdr_end as u64 + body;
     if size > total {
         // Pipelined: this request is safe, what follows in the send is not.
         st.hands_off = 1;
@@ -165,20 +258,32 @@ fn try_inject(ctx: &SkMsgContext) -> Option<()> {
         st.hands_off = 0;
         st.skip = total - size;
     }
-    if h.traceparent != 0 {
+    if sent == Sent::Carried {
         // The application propagates by itself: leave its bytes alone.
-        return None;
+        return sent;
     }
-    let at = h.line_end;
+    if inject(ctx, h.line_end, size) {
+        Sent::Carried
+    } else {
+        st.hands_off = 1;
+        Sent::Bare
+    }
+}
+
+/// Inserts a new CLIENT span's `traceparent` line at `at` (just past the
+/// request line), or leaves the message exactly as it was.
+fn inject(ctx: &SkMsgContext, at: u32, size: u64) -> bool {
     if at == 0 || at as usize >= SCAN_BYTES {
-        return None;
+        return false;
     }
     let mut tctx = context::client_request();
     tctx.flags |= ctxflag::INJECTED;
     let mut line = [0u8; TRACEPARENT_LINE];
     context::format_traceparent(&tctx, &mut line);
     let len = TRACEPARENT_LINE as u32;
-    ctx.push_data(at, len, 0).ok()?;
+    if ctx.push_data(at, len, 0).is_err() {
+        return false;
+    }
     // One contiguous buffer again: pushed bytes land in their own page, and
     // a message in pieces is sent as several segments, which Nagle and
     // delayed ACKs then hold up for 40 ms. Best effort: a message too big
@@ -189,11 +294,10 @@ fn try_inject(ctx: &SkMsgContext) -> Option<()> {
     if !written {
         // Put the message back exactly as the application sent it.
         let _ = ctx.pop_data(at, len, 0);
-        st.hands_off = 1;
-        return None;
+        return false;
     }
     context::emit(role::CONNECTED, 0, crate::maps::now(), &tctx);
-    Some(())
+    true
 }
 
 fn msg_key(ctx: &SkMsgContext) -> SockKey {

@@ -22,7 +22,7 @@ use crate::{
     inject::HEAD,
     tls,
     maps::{capture_limit, count, now, Inflight, Scratch, CONNS, EVENTS, INFLIGHT, SCRATCH},
-    tp,
+    tcp_option, tp,
 };
 
 const MSG_PEEK: u64 = 2;
@@ -286,7 +286,9 @@ fn observe_server(v: &Inflight, direction: u8, buf: u64, len: u64, ts: u64) {
     }
     // A head longer than the scan still yields a traceparent seen early.
     let _ = head::scan(h, n);
-    let ctx = context::server_request(head::traceparent(h));
+    // A traceparent in the request wins over the connection's TCP option.
+    let incoming = head::traceparent(h).or_else(|| tcp_option::received(v.conn_id));
+    let ctx = context::server_request(incoming);
     context::emit(role::ACCEPTED, v.conn_id, ts, &ctx);
 }
 

@@ -12,6 +12,7 @@ mod io;
 mod maps;
 mod proc;
 mod select;
+mod tcp_option;
 mod tls;
 
 /// Offsets inside the `syscalls:sys_{enter,exit}_*` tracepoint records: the

@@ -28,9 +28,10 @@ use clew_common::{
 };
 
 use crate::{
-    io,
+    context, head, io,
     maps::{count, now, CONNS},
     select::current_selected,
+    tcp_option,
 };
 
 /// An SSL_read/SSL_write in progress on a thread (keyed by pid_tgid).
@@ -120,6 +121,9 @@ fn enter(ctx: &ProbeContext, write: bool, ex: bool) -> u32 {
             }
         }
     }
+    if write {
+        offer_request(pid_tgid, buf);
+    }
     let call = TlsCall {
         ssl,
         buf,
@@ -130,6 +134,25 @@ fn enter(ctx: &ProbeContext, write: bool, ex: bool) -> u32 {
     };
     let _ = TLS_CALLS.insert(&pid_tgid, &call, 0);
     0
+}
+
+/// A request written through TLS cannot carry a `traceparent` Clew adds:
+/// its CLIENT span is decided here and offered to the TCP option, which the
+/// ciphertext's segments then carry.
+#[inline(always)]
+fn offer_request(pid_tgid: u64, buf: u64) {
+    if !tcp_option::enabled() {
+        return;
+    }
+    let Ok(w) = (unsafe { bpf_probe_read_user(buf as *const u64) }) else {
+        return;
+    };
+    if !head::is_method_word(u64::from_le(w)) {
+        return;
+    }
+    let ctx = context::client_request();
+    tcp_option::offer(pid_tgid, &ctx);
+    context::emit(role::CONNECTED, 0, now(), &ctx);
 }
 
 #[uretprobe]
@@ -245,10 +268,14 @@ pub fn mark_tls(tgid: u32, fd: u32) {
     }
 }
 
-/// Ciphertext moved outside any SSL call: remember reads for memory BIOs.
+/// Ciphertext moved outside any SSL call: remember reads on sockets no
+/// `SSL` has claimed yet, for memory BIOs.
 #[inline(always)]
 pub fn ciphertext(pid_tgid: u64, v: &Inflight, ret: i64) {
-    if ret > 0 && matches!(v.nr, nr::READ | nr::READV | nr::RECVFROM | nr::RECVMSG) {
+    if ret > 0
+        && v.conn_state & connstate::SSL_BOUND == 0
+        && matches!(v.nr, nr::READ | nr::READV | nr::RECVFROM | nr::RECVMSG)
+    {
         let _ = TLS_LAST_READ.insert(&pid_tgid, &v.fd, 0);
     }
 }

@@ -3,7 +3,10 @@
 GET /work[/...] -> 200 "ok" (after --work-delay-ms); GET /fail -> 500;
 GET /chain -> calls the downstream's /work (200, or 502 if that fails);
 GET /chain/X -> the same with the downstream's /work/X; GET /chain-fail ->
-calls the downstream's /fail and answers 500; POST /echo -> echoes the body.
+calls the downstream's /fail and answers 500; GET /keepalive/X -> calls the
+downstream's /work/X-0, /work/X-1 and /work/X-2 over one connection; GET
+/opaque -> sends the downstream non-HTTP bytes over a raw TCP connection and
+reads until it closes; POST /echo -> echoes the body.
 Every request's headers go to --header-log as one JSON line. With
 --tls-cert/--tls-key it serves HTTPS; an https:// --downstream is called
 over TLS without verifying its certificate.
@@ -12,6 +15,7 @@ over TLS without verifying its certificate.
 import argparse
 import http.client
 import json
+import socket
 import ssl
 import sys
 import threading
@@ -23,14 +27,18 @@ ARGS = None
 LOG_LOCK = threading.Lock()
 
 
-def call_downstream(path):
-    """One plain HTTP/1.1 GET to the downstream; returns (status or None, body)."""
+def connect_downstream():
+    """An HTTP/1.1 connection to the downstream (HTTPS, unverified, for https://)."""
     url = urllib.parse.urlsplit(ARGS.downstream)
     if url.scheme == "https":
         unverified = ssl._create_unverified_context()
-        conn = http.client.HTTPSConnection(url.hostname, url.port, timeout=10, context=unverified)
-    else:
-        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+        return http.client.HTTPSConnection(url.hostname, url.port, timeout=10, context=unverified)
+    return http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+
+
+def call_downstream(path):
+    """One HTTP/1.1 GET to the downstream; returns (status or None, body)."""
+    conn = connect_downstream()
     try:
         conn.request("GET", path, headers={"User-Agent": f"clew-e2e-{ARGS.name}"})
         resp = conn.getresponse()
@@ -39,6 +47,38 @@ def call_downstream(path):
         return None, str(e).encode()
     finally:
         conn.close()
+
+
+def keepalive_downstream(paths):
+    """HTTP/1.1 GETs to the downstream over one connection; True if all 200."""
+    conn = connect_downstream()
+    try:
+        ok = True
+        for path in paths:
+            conn.request("GET", path, headers={"User-Agent": f"clew-e2e-{ARGS.name}"})
+            resp = conn.getresponse()
+            resp.read()
+            ok = ok and resp.status == 200
+        return ok
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def opaque_downstream():
+    """Bytes no HTTP parser accepts (a TLS-like record header first) to the
+    downstream over a raw TCP connection; returns what came back."""
+    url = urllib.parse.urlsplit(ARGS.downstream)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as s:
+        s.sendall(b"\x16\x03\x01\x00\x20" + bytes(range(32)) + b"\r\n\r\n")
+        got = b""
+        try:
+            while chunk := s.recv(4096):
+                got += chunk
+        except OSError:
+            pass
+        return got
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -75,6 +115,13 @@ class Handler(BaseHTTPRequestHandler):
         elif path.startswith("/chain/"):
             status, body = call_downstream("/work/" + path[len("/chain/") :])
             self.reply(200 if status == 200 else 502, body)
+        elif path.startswith("/keepalive/"):
+            name = path[len("/keepalive/") :]
+            ok = keepalive_downstream([f"/work/{name}-{i}" for i in range(3)])
+            self.reply(200 if ok else 502, b"ok" if ok else b"failed")
+        elif path == "/opaque":
+            got = opaque_downstream()
+            self.reply(200, got[:64])
         elif path == "/chain-fail":
             _, body = call_downstream("/fail")
             self.reply(500, body)

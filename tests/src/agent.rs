@@ -2,7 +2,7 @@
 
 use crate::cgroup::Cgroup;
 use crate::env::clew_bin;
-use crate::net::{free_port, http_status};
+use crate::net::{free_port, http_status, http_text};
 use crate::process::{Supervised, TempDir, SHORT_TAIL};
 use crate::receiver::Protocol;
 use anyhow::{bail, Context, Result};
@@ -192,6 +192,18 @@ impl Agent {
         }
     }
 
+    /// Current value of counter `clew_{name}` on /metrics.
+    pub fn metric(&self, name: &str) -> Result<u64> {
+        let text = http_text(&self.health_url("/metrics"))?;
+        let prefix = format!("clew_{name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .with_context(|| format!("no clew_{name} on /metrics:\n{text}"))?
+            .trim()
+            .parse()
+            .with_context(|| format!("clew_{name} is not a number"))
+    }
+
     /// Fails unless the agent is still running and /healthz answers 200.
     pub fn ensure_healthy(&mut self) -> Result<()> {
         self.proc.ensure_running()?;
@@ -204,21 +216,6 @@ impl Agent {
 
     pub fn pid(&self) -> u32 {
         self.proc.pid()
-    }
-
-    /// One of the agent's counters (`clew_<name>` at /metrics).
-    pub fn metric(&self, name: &str) -> Result<u64> {
-        let url = self.health_url("/metrics");
-        let text = reqwest::blocking::get(&url)
-            .and_then(|r| r.text())
-            .with_context(|| format!("GET {url}"))?;
-        let key = format!("clew_{name} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&key))
-            .with_context(|| format!("no counter {name} at /metrics"))?
-            .trim()
-            .parse()
-            .with_context(|| format!("counter {name}"))
     }
 
     /// SIGKILL, as an OOM kill or a crash would end it: no chance to clean

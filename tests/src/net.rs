@@ -72,14 +72,19 @@ pub fn wait_listening_in(
 
 /// Status of a GET to `url` (only for untraced endpoints such as the agent's health server).
 pub fn http_status(url: &str) -> Result<u16> {
+    Ok(get(url)?.status().as_u16())
+}
+
+fn get(url: &str) -> Result<reqwest::blocking::Response> {
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()?;
-    let resp = client
-        .get(url)
-        .send()
-        .with_context(|| format!("GET {url}"))?;
-    Ok(resp.status().as_u16())
+    client.get(url).send().with_context(|| format!("GET {url}"))
+}
+
+/// Body of a GET to `url` (only for untraced endpoints such as the agent's health server).
+pub fn http_text(url: &str) -> Result<String> {
+    Ok(get(url)?.text()?)
 }
 
 /// Polls `url` until it answers 200; `why_not` explains a timeout.

@@ -7,8 +7,9 @@ use aya::{
     Ebpf,
 };
 use clew_common::{
-    nr, role, stat, CgroupSel, ConnInfo, ConnKey, Inflight, SockAddr, IO_MARK, MAX_CGROUPS,
+    nr, role, stat, CgroupSel, ConnInfo, ConnKey, Inflight, PeerKey, SockAddr, IO_MARK, MAX_CGROUPS,
 };
+use std::net::SocketAddr;
 
 pub struct KernelMaps {
     conns: HashMap<MapData, ConnKey, ConnInfo>,
@@ -16,6 +17,7 @@ pub struct KernelMaps {
     cgroups: Array<MapData, CgroupSel>,
     stats: PerCpuArray<MapData, u64>,
     inflight: HashMap<MapData, u64, Inflight>,
+    peers: HashMap<MapData, u64, PeerKey>,
     seeded: u64,
 }
 
@@ -26,6 +28,9 @@ pub struct KernelStats {
     pub read_errors: u64,
     pub data_events: u64,
     pub tls_unbound: u64,
+    pub tcp_opt_written: u64,
+    pub tcp_opt_no_room: u64,
+    pub tcp_opt_read: u64,
 }
 
 impl KernelMaps {
@@ -40,6 +45,7 @@ impl KernelMaps {
             cgroups: Array::try_from(take("CGROUPS")?)?,
             stats: PerCpuArray::try_from(take("STATS")?)?,
             inflight: HashMap::try_from(take("INFLIGHT")?)?,
+            peers: HashMap::try_from(take("PEERS")?)?,
             seeded: 0,
         })
     }
@@ -125,6 +131,22 @@ impl KernelMaps {
         }
     }
 
+    /// Tells the kernel the client endpoint of server connection `id`,
+    /// which accept() did not report (`accept4(fd, NULL, NULL)`), so its
+    /// requests can find the TCP options that client sent.
+    pub fn set_peer(&mut self, id: u64, peer: SocketAddr) {
+        let addr = match peer.ip() {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            std::net::IpAddr::V6(v6) => v6,
+        };
+        let key = PeerKey {
+            addr: addr.octets(),
+            port: peer.port() as u32,
+        };
+        // Best effort: without it, only header propagation reaches this connection.
+        let _ = self.peers.insert(id, key, 0);
+    }
+
     pub fn stats(&self) -> KernelStats {
         let sum = |i: u32| self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
         KernelStats {
@@ -132,6 +154,9 @@ impl KernelMaps {
             read_errors: sum(stat::READ_ERRORS),
             data_events: sum(stat::DATA_EVENTS),
             tls_unbound: sum(stat::TLS_UNBOUND),
+            tcp_opt_written: sum(stat::TCP_OPT_WRITTEN),
+            tcp_opt_no_room: sum(stat::TCP_OPT_NO_ROOM),
+            tcp_opt_read: sum(stat::TCP_OPT_READ),
         }
     }
 }

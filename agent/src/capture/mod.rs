@@ -19,6 +19,8 @@ use aya::{
 };
 use clew_common::select;
 
+use crate::cli::Mechanisms;
+
 pub use event::{decode, ConnOpen, Data, DecodeError, Event, KernelCtx};
 pub use maps::{BlockedRead, KernelMaps};
 pub use uprobes::{SslLinks, SslOffsets};
@@ -50,14 +52,14 @@ pub struct CaptureConfig {
     pub ringbuf_bytes: u32,
     /// Head sampling for the ids the kernel decides.
     pub sampling: crate::sampling::KernelSampling,
-    /// Write `traceparent` into outgoing HTTP/1 requests.
-    pub inject: bool,
+    /// Which propagation mechanisms the kernel programs apply.
+    pub propagation: Mechanisms,
 }
 
 pub struct Capture {
     ebpf: Ebpf,
     attached: Vec<String>,
-    inject: bool,
+    propagation: Mechanisms,
 }
 
 impl Capture {
@@ -81,14 +83,15 @@ impl Capture {
             .override_global("SAMPLE_ALWAYS", &cfg.sampling.always, true)
             .override_global("SAMPLE_THRESHOLD", &cfg.sampling.threshold, true)
             .override_global("SAMPLE_PARENT_BASED", &cfg.sampling.parent_based, true)
-            .override_global("INJECT", &(cfg.inject as u32), true)
+            .override_global("INJECT", &(cfg.propagation.headers as u32), true)
+            .override_global("TCP_OPTION", &(cfg.propagation.tcp_option as u32), true)
             .map_max_entries("EVENTS", cfg.ringbuf_bytes.next_power_of_two())
             .load(OBJECT)
             .context("loading the eBPF programs (is this root, with BPF allowed?)")?;
         Ok(Capture {
             ebpf,
             attached: Vec::new(),
-            inject: cfg.inject,
+            propagation: cfg.propagation,
         })
     }
 
@@ -127,10 +130,10 @@ impl Capture {
     }
 
     /// sockops on each cgroup whose processes' connections we follow (it
-    /// reports their local ends, and admits them to injection), and, when
-    /// injecting, sk_msg on the socket map.
+    /// reports their local ends, admits them to propagation, and writes and
+    /// reads TCP options), and, when propagating, sk_msg on the socket map.
     pub fn attach_sockops(&mut self, cgroups: &[PathBuf]) -> Result<()> {
-        if self.inject {
+        if self.propagation.headers || self.propagation.tcp_option {
             self.attach_sk_msg()?;
         }
         let ops: &mut SockOps = program(&mut self.ebpf, "track_sockets")?;

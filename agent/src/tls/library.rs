@@ -46,21 +46,21 @@ pub fn inspect(path: &Path, file_name: &str) -> Result<Option<Library>> {
     if let Some(what) = by_name(file_name) {
         return Ok(Some(Library::Unsupported(what)));
     }
-    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    // Mapped, not read: executables with OpenSSL inside (node) run to
+    // 100 MB, and only their symbol tables are looked at.
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: read-only view; a file changed under us yields wrong offsets
+    // (the attach then fails and is reported), not undefined behaviour in
+    // safe code, since `object` only reads bytes.
+    let data = unsafe { memmap2::Mmap::map(&file) }
+        .with_context(|| format!("mapping {}", path.display()))?;
     let elf = object::File::parse(&*data).with_context(|| format!("parsing {}", path.display()))?;
     Ok(classify(&elf, file_name.starts_with("libssl.so")))
 }
 
 fn classify(elf: &object::File<'_>, is_libssl: bool) -> Option<Library> {
-    let find = |name: &str| symbol_offset(elf, name);
-    if let (Some(read), Some(write)) = (find("SSL_read"), find("SSL_write")) {
-        return Some(Library::OpenSsl(SslOffsets {
-            read,
-            write,
-            read_ex: find("SSL_read_ex"),
-            write_ex: find("SSL_write_ex"),
-            free: find("SSL_free"),
-        }));
+    if let Some(offsets) = openssl_offsets(elf) {
+        return Some(Library::OpenSsl(offsets));
     }
     if is_libssl {
         return Some(Library::Unsupported("libssl without symbols (BoringSSL?)"));
@@ -78,13 +78,39 @@ fn classify(elf: &object::File<'_>, is_libssl: bool) -> Option<Library> {
     rustls.then_some(Library::Unsupported("rustls"))
 }
 
-/// File offset of a defined function symbol (dynamic symbols first: they
-/// survive stripping).
-fn symbol_offset(elf: &object::File<'_>, name: &str) -> Option<u64> {
-    let sym = elf
-        .dynamic_symbols()
-        .chain(elf.symbols())
-        .find(|s| s.is_definition() && s.name() == Ok(name))?;
+/// OpenSSL's entry points, from the dynamic symbols (they survive
+/// stripping), else the full symbol table; one pass over each.
+fn openssl_offsets(elf: &object::File<'_>) -> Option<SslOffsets> {
+    const NAMES: [&str; 5] = [
+        "SSL_read",
+        "SSL_write",
+        "SSL_read_ex",
+        "SSL_write_ex",
+        "SSL_free",
+    ];
+    let mut found = [None; 5];
+    for table in [elf.dynamic_symbols(), elf.symbols()] {
+        for sym in table.filter(|s| s.is_definition()) {
+            let Ok(name) = sym.name() else { continue };
+            if let Some(i) = NAMES.iter().position(|n| *n == name) {
+                found[i] = found[i].or_else(|| file_offset(elf, &sym));
+            }
+        }
+        if found[0].is_some() && found[1].is_some() {
+            break;
+        }
+    }
+    Some(SslOffsets {
+        read: found[0]?,
+        write: found[1]?,
+        read_ex: found[2],
+        write_ex: found[3],
+        free: found[4],
+    })
+}
+
+/// Where a symbol's code sits in the file (uprobes take file offsets).
+fn file_offset(elf: &object::File<'_>, sym: &object::Symbol<'_, '_>) -> Option<u64> {
     let section = elf.section_by_index(sym.section_index()?).ok()?;
     let (file_off, _) = section.file_range()?;
     Some(sym.address() - section.address() + file_off)
@@ -115,6 +141,14 @@ mod tests {
         let me = std::env::current_exe().unwrap();
         let lib = inspect(&me, "test-binary").unwrap();
         assert_eq!(lib, None);
+    }
+
+    #[test]
+    fn node_exports_openssl() {
+        // Node.js links OpenSSL statically and exports its API.
+        let node = std::fs::canonicalize("/usr/bin/node").expect("Node.js is installed");
+        let lib = inspect(&node, "node").unwrap();
+        assert!(matches!(lib, Some(Library::OpenSsl(_))), "{lib:?}");
     }
 
     #[test]

@@ -14,6 +14,33 @@ pub struct Mapped {
     pub file_name: String,
 }
 
+/// `libssl.so*` files in the dynamic loader's default directories (which
+/// hold the host's OpenSSL on Debian, Red Hat and Alpine layouts).
+pub fn host_libssl() -> Vec<PathBuf> {
+    let triplet = format!("{}-linux-gnu", std::env::consts::ARCH);
+    let dirs = [
+        format!("/lib/{triplet}"),
+        format!("/usr/lib/{triplet}"),
+        "/lib64".into(),
+        "/usr/lib64".into(),
+        "/lib".into(),
+        "/usr/lib".into(),
+    ];
+    let mut out = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if name.to_string_lossy().starts_with("libssl.so.") {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
 /// Distinct mapped files worth inspecting, each with whether it is the
 /// process's executable.
 pub fn tls_candidates(pid: u32) -> Vec<(Mapped, bool)> {

@@ -4,6 +4,13 @@
 //! Uprobes belong to a file, not a process, so one attachment covers every
 //! process mapping that file, including ones started later; the programs
 //! skip processes that are not selected.
+//!
+//! The host's own libssl is hooked at start-up and kept: a process started
+//! later uses it from its first request, before any scan of its mappings
+//! could run. Other files (containers' libraries, executables with OpenSSL
+//! inside) are found in selected processes' mappings: at start, at exec (and
+//! shortly after, as the loader and `dlopen` map them) and at a process's
+//! first connection.
 
 mod library;
 mod maps;
@@ -36,6 +43,8 @@ struct Hooked {
     links: Option<SslLinks>,
     error: Option<String>,
     users: HashSet<u32>,
+    /// The host's libssl: hooked for the agent's lifetime.
+    pinned: bool,
 }
 
 /// What one process uses, for `clew probe` and the log.
@@ -79,6 +88,29 @@ impl TlsHooks {
         }
     }
 
+    /// Hooks the host's libssl files (the loader's default directories).
+    pub fn hook_host_libraries(&mut self, capture: &mut Capture) {
+        for path in maps::host_libssl() {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let id = FileId {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            };
+            if self.files.contains_key(&id) {
+                continue;
+            }
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let mut f = hook(&path, &name, false, capture, &self.stats);
+            f.pinned = true;
+            self.files.insert(id, f);
+        }
+    }
+
     /// A selected process exec'd: its old mappings are gone.
     pub fn on_exec(&mut self, tgid: u32, now: Instant) {
         self.scanned.remove(&tgid);
@@ -108,7 +140,7 @@ impl TlsHooks {
                 continue;
             };
             f.users.remove(&tgid);
-            if f.users.is_empty() {
+            if f.users.is_empty() && !f.pinned {
                 let f = self.files.remove(&id).expect("present");
                 if let Some(links) = f.links {
                     tracing::info!(file = %f.path.display(), "TLS library no longer used: probes detached");
@@ -210,6 +242,7 @@ fn hook(
         links: None,
         error: None,
         users: HashSet::new(),
+        pinned: false,
     };
     match library::inspect(path, name) {
         Ok(lib) => h.library = lib,
@@ -244,7 +277,7 @@ fn report(pid: u32, path: &std::path::Path, lib: &Library, f: &Hooked) {
         Library::Unsupported(what) => tracing::warn!(
             pid,
             file = %path.display(),
-            "{what} is not hooked: this process's TLS traffic is not traced"
+            "maps {what}, which Clew cannot hook: TLS through it is not traced"
         ),
         Library::OpenSsl(_) if f.links.is_none() => tracing::warn!(
             pid,

@@ -3,7 +3,7 @@
 //! untraced server records every byte, and the test requires exactly the
 //! traceparent lines the injection rules call for and nothing else.
 
-use crate::plan::{check_client_spans, verify, Plan, SpanCheck};
+use crate::plan::{changed, check_client_spans, verify, Plan, SpanCheck};
 use anyhow::{bail, ensure, Result};
 use clew_e2e::recording::{recorded_for, RecordingServer, WireClient};
 use clew_e2e::{Agent, Cgroup, Protocol, Receiver, SPAN_TIMEOUT};
@@ -91,6 +91,51 @@ fn byte_exact_injection() -> Result<()> {
 #[test]
 fn byte_exact_injection_head_size_limit() -> Result<()> {
     run("byte-exact-sizes", |p| p.head_sizes(990, 1040), 0).map(|_| ())
+}
+
+/// With only the TCP option on, the same plan arrives exactly as sent:
+/// the option rides in TCP headers and never changes a payload byte.
+#[test]
+fn byte_exact_with_tcp_option_only() -> Result<()> {
+    let traced = Cgroup::new("byte-exact-tcpopt")?;
+    let untraced = Cgroup::new("byte-exact-tcpopt-server")?;
+    let rx = Receiver::start(Protocol::Grpc)?;
+    let only_option = &["--propagation", "tcp-option"];
+    let mut agent = Agent::start(&traced, &rx.endpoint(), Protocol::Grpc, only_option)?;
+    let server = RecordingServer::start(&untraced)?;
+    let mut plan = Plan::new(server.port, 0x0b7_c0de);
+    plan.all_cases(1);
+    let client = WireClient::spawn(&traced, CLIENT, server.port, &plan.conns, THREADS, false)?;
+    let opened = client.finish(RUN_TIMEOUT)?;
+    let changed = changed(&plan, &recorded_for(&server, &opened)?);
+    ensure!(
+        changed.is_empty(),
+        "{} of {} connections did not arrive as sent (first 10):\n{}",
+        changed.len(),
+        plan.conns.len(),
+        changed
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The option was in use: counters are refreshed once a second.
+    let deadline = std::time::Instant::now() + SPAN_TIMEOUT;
+    let written = loop {
+        let n = agent.metric("tcp_options_written")?;
+        if n > 0 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    ensure!(written > 0, "no TCP option was written");
+    println!(
+        "byte-exact-tcpopt: {} connections arrived byte for byte as sent; {written} TCP options written",
+        plan.conns.len()
+    );
+    agent.ensure_healthy()?;
+    agent.stop()
 }
 
 /// Every injected request of the byte-exact plan has its CLIENT span.

@@ -79,6 +79,26 @@ impl Verified {
     }
 }
 
+/// Connections of `plan` whose recorded bytes differ in any way from what
+/// was sent, described.
+pub fn changed(plan: &Plan, recorded: &HashMap<usize, Recorded>) -> Vec<String> {
+    let mut out = Vec::new();
+    for conn in &plan.conns {
+        let sent: Vec<u8> = conn.sends().flatten().copied().collect();
+        let got = recorded.get(&conn.id).map_or(&[][..], |r| &r.data[..]);
+        if *got != sent {
+            out.push(format!(
+                "connection {}: sent {} bytes, received {}: {}",
+                conn.id,
+                sent.len(),
+                got.len(),
+                escape(&got[..got.len().min(600)])
+            ));
+        }
+    }
+    out
+}
+
 /// Checks every planned connection against what the server recorded.
 pub fn verify(plan: &Plan, recorded: &HashMap<usize, Recorded>) -> Verified {
     let mut v = Verified {

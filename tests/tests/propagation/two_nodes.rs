@@ -51,79 +51,28 @@ fn two_nodes_over_veth() -> Result<()> {
         }
     }
 
-    let is = |s: &RecvSpan, server: bool, service: &str, path: &str| {
-        s.is_server() == server && s.service() == Some(service) && s.path() == Some(path)
-    };
-    let paths: Vec<(String, String)> = (0..N)
+    let pairs: Vec<(String, String)> = (0..N)
         .map(|i| (format!("/chain/veth-{i}"), format!("/work/veth-{i}")))
         .collect();
-    let spans_a = rx_a
-        .wait_for(
-            |s| {
-                paths.iter().all(|(chain, work)| {
-                    s.iter().any(|x| is(x, true, "svc-a", chain))
-                        && s.iter().any(|x| is(x, false, "svc-a", work))
-                })
-            },
-            SPAN_TIMEOUT,
-        )
-        .context("waiting for node A's SERVER and CLIENT spans (agent A)")?;
-    let spans_b = rx_b
-        .wait_for(
-            |s| {
-                paths
-                    .iter()
-                    .all(|(_, work)| s.iter().any(|x| is(x, true, "svc-b", work)))
-            },
-            SPAN_TIMEOUT,
-        )
-        .context("waiting for node B's SERVER spans (agent B)")?;
+    let (spans_a, spans_b) = wait_hops(&rx_a, &rx_b, &pairs)?;
     let received = svc_b.received()?;
 
     let mut bad = Vec::new();
-    for (chain, work) in &paths {
-        let one =
-            |spans: &[RecvSpan], server: bool, service: &str, path: &str| -> Result<RecvSpan> {
-                let found: Vec<&RecvSpan> = spans
-                    .iter()
-                    .filter(|s| is(s, server, service, path))
-                    .collect();
-                match found[..] {
-                    [s] => Ok(s.clone()),
-                    _ => bail!(
-                        "expected one {} span of {service} for {path}, got {}: {found:?}",
-                        if server { "SERVER" } else { "CLIENT" },
-                        found.len()
-                    ),
-                }
-            };
-        let a_server = one(&spans_a, true, "svc-a", chain)?;
-        let a_client = one(&spans_a, false, "svc-a", work)?;
-        let b_server = one(&spans_b, true, "svc-b", work)?;
+    for (chain, work) in &pairs {
+        let hop = Hop::find(&spans_a, &spans_b, chain, work)?;
         let header: Vec<String> = received
             .iter()
             .filter(|r| r.path == *work)
             .flat_map(|r| r.header("traceparent").into_iter().map(String::from))
             .collect();
-        let want_header = format!("00-{}-{}-01", a_client.trace_id, a_client.span_id);
-        let mut why = Vec::new();
-        if a_client.trace_id != a_server.trace_id
-            || a_client.parent_span_id.as_deref() != Some(&a_server.span_id)
-        {
-            why.push("A's CLIENT span is not a child of A's SERVER span");
-        }
-        if b_server.trace_id != a_client.trace_id {
-            why.push("B's SERVER span is not in A's trace");
-        }
-        if b_server.parent_span_id.as_deref() != Some(&a_client.span_id) {
-            why.push("B's SERVER span's parent is not A's CLIENT span");
-        }
+        let want_header = format!("00-{}-{}-01", hop.a_client.trace_id, hop.a_client.span_id);
+        let mut why = hop.problems();
         if header != [want_header.clone()] {
             why.push("B did not receive exactly one traceparent naming A's CLIENT span");
         }
         if !why.is_empty() {
             bad.push(format!(
-                "{work}: {}\n  A SERVER {a_server}\n  A CLIENT {a_client}\n  B SERVER {b_server}\n  B received traceparent {header:?}, wanted [{want_header:?}]",
+                "{work}: {}\n{hop}\n  B received traceparent {header:?}, wanted [{want_header:?}]",
                 why.join("; ")
             ));
         }
@@ -157,4 +106,100 @@ fn two_nodes_over_veth() -> Result<()> {
     agent_b.ensure_healthy()?;
     agent_a.stop()?;
     agent_b.stop()
+}
+
+fn is(s: &RecvSpan, server: bool, service: &str, path: &str) -> bool {
+    s.is_server() == server && s.service() == Some(service) && s.path() == Some(path)
+}
+
+/// Waits for svc-a's SERVER span of each pair's first path and CLIENT span
+/// of its second (agent A), and svc-b's SERVER span of the second (agent B).
+pub(crate) fn wait_hops(
+    rx_a: &Receiver,
+    rx_b: &Receiver,
+    pairs: &[(String, String)],
+) -> Result<(Vec<RecvSpan>, Vec<RecvSpan>)> {
+    let spans_a = rx_a
+        .wait_for(
+            |s| {
+                pairs.iter().all(|(outer, work)| {
+                    s.iter().any(|x| is(x, true, "svc-a", outer))
+                        && s.iter().any(|x| is(x, false, "svc-a", work))
+                })
+            },
+            SPAN_TIMEOUT,
+        )
+        .context("waiting for node A's SERVER and CLIENT spans (agent A)")?;
+    let spans_b = rx_b
+        .wait_for(
+            |s| {
+                pairs
+                    .iter()
+                    .all(|(_, work)| s.iter().any(|x| is(x, true, "svc-b", work)))
+            },
+            SPAN_TIMEOUT,
+        )
+        .context("waiting for node B's SERVER spans (agent B)")?;
+    Ok((spans_a, spans_b))
+}
+
+/// One call from svc-a (serving `outer`) to svc-b (`work`): the three spans
+/// that must form one trace.
+pub(crate) struct Hop {
+    pub a_server: RecvSpan,
+    pub a_client: RecvSpan,
+    pub b_server: RecvSpan,
+}
+
+impl Hop {
+    pub fn find(a: &[RecvSpan], b: &[RecvSpan], outer: &str, work: &str) -> Result<Hop> {
+        let one = |spans: &[RecvSpan], server: bool, service: &str, path: &str| {
+            let found: Vec<&RecvSpan> = spans
+                .iter()
+                .filter(|s| is(s, server, service, path))
+                .collect();
+            match found[..] {
+                [s] => Ok(s.clone()),
+                _ => bail!(
+                    "expected one {} span of {service} for {path}, got {}: {found:?}",
+                    if server { "SERVER" } else { "CLIENT" },
+                    found.len()
+                ),
+            }
+        };
+        Ok(Hop {
+            a_server: one(a, true, "svc-a", outer)?,
+            a_client: one(a, false, "svc-a", work)?,
+            b_server: one(b, true, "svc-b", work)?,
+        })
+    }
+
+    /// What keeps the three spans from being one trace, A's CLIENT span the
+    /// parent of B's SERVER span.
+    pub fn problems(&self) -> Vec<&'static str> {
+        let (a_server, a_client, b_server) = (&self.a_server, &self.a_client, &self.b_server);
+        let mut why = Vec::new();
+        if a_client.trace_id != a_server.trace_id
+            || a_client.parent_span_id.as_deref() != Some(&a_server.span_id)
+        {
+            why.push("A's CLIENT span is not a child of A's SERVER span");
+        }
+        if b_server.trace_id != a_client.trace_id {
+            why.push("B's SERVER span is not in A's trace");
+        }
+        if b_server.parent_span_id.as_deref() != Some(&a_client.span_id) {
+            why.push("B's SERVER span's parent is not A's CLIENT span");
+        }
+        why
+    }
+}
+
+impl std::fmt::Display for Hop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "  A SERVER {}\n  A CLIENT {}\n  B SERVER {}",
+            self.a_server, self.a_client, self.b_server
+        )
+    }
 }

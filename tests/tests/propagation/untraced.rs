@@ -3,11 +3,10 @@
 //! same time and its bytes arrive unchanged, while A's requests get their
 //! traceparent line.
 
-use crate::plan::{check_client_spans, verify, Plan};
+use crate::plan::{changed, check_client_spans, verify, Plan};
 use anyhow::{bail, ensure, Result};
 use clew_e2e::bpf::sockhash_cookies;
 use clew_e2e::recording::{recorded_for, RecordingServer, WireClient};
-use clew_e2e::wire::escape;
 use clew_e2e::{Agent, Cgroup, Protocol, Receiver, SPAN_TIMEOUT};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -75,21 +74,7 @@ fn untraced_traffic_untouched() -> Result<()> {
     let open_b = b.finish(Duration::from_secs(60))?;
 
     // B: byte for byte what it sent.
-    let got_b = recorded_for(&server, &open_b)?;
-    let mut changed = Vec::new();
-    for conn in &plan_b.conns {
-        let sent: Vec<u8> = conn.sends().flatten().copied().collect();
-        let got = &got_b[&conn.id].data;
-        if *got != sent {
-            changed.push(format!(
-                "connection {}: sent {} bytes, received {}: {}",
-                conn.id,
-                sent.len(),
-                got.len(),
-                escape(&got[..got.len().min(600)])
-            ));
-        }
-    }
+    let changed = changed(&plan_b, &recorded_for(&server, &open_b)?);
     let b_requests: usize = plan_b.meta.iter().map(|m| m.1).sum();
     if !changed.is_empty() {
         bail!(

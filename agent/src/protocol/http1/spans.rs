@@ -165,6 +165,7 @@ impl Session {
         if ctx.parent.is_none() && p.ctx.parent.is_some() {
             // Linked to a client span this agent saw: keep that parent.
             let linked = p.ctx.clone();
+            let kernel_trace = ctx.trace_id;
             link(
                 &mut ctx,
                 &SpanCtx {
@@ -172,6 +173,7 @@ impl Session {
                     ..linked
                 },
             );
+            nesting.alias(kernel_trace, ctx.trace_id);
         }
         nesting.rebind(p.tid, &p.ctx.span_id, &ctx);
         p.ctx = ctx;

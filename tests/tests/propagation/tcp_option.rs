@@ -1,0 +1,182 @@
+//! Trace context in a TCP header option, with header injection off
+//! (`--propagation tcp-option`): two "nodes" (network namespaces joined by
+//! a veth pair), an agent each. Node B's service must join node A's trace
+//! although no `traceparent` ever reaches it (its own header log proves
+//! that), per request on a kept-alive connection, and the option must also
+//! reach B on a connection whose bytes are not HTTP at all.
+
+use crate::two_nodes::{wait_hops, Hop};
+use anyhow::{bail, Result};
+use clew_e2e::netns::TwoNodes;
+use clew_e2e::peers::{curl_in, PyService};
+use clew_e2e::{Agent, Cgroup, Protocol, Receiver, SPAN_TIMEOUT};
+use std::time::{Duration, Instant};
+
+const ADDR_A: &str = "10.232.0.1";
+const ADDR_B: &str = "10.232.0.2";
+const ONLY_OPTION: &[&str] = &["--propagation", "tcp-option"];
+
+/// Service A (node A) calling service B (node B), each traced by its own agent.
+struct Setup {
+    rx_a: Receiver,
+    rx_b: Receiver,
+    agent_a: Agent,
+    agent_b: Agent,
+    svc_a: PyService,
+    svc_b: PyService,
+    cg_a: Cgroup,
+    _cg_b: Cgroup,
+    // Last: the namespaces outlive every process in them.
+    nodes: TwoNodes,
+}
+
+impl Setup {
+    fn start(tag: &str) -> Result<Setup> {
+        let nodes = TwoNodes::create(ADDR_A, ADDR_B)?;
+        let cg_a = Cgroup::new(&format!("{tag}-a"))?;
+        let cg_b = Cgroup::new(&format!("{tag}-b"))?;
+        let rx_a = Receiver::start(Protocol::Grpc)?;
+        let rx_b = Receiver::start(Protocol::Grpc)?;
+        let agent_a = Agent::start(&cg_a, &rx_a.endpoint(), Protocol::Grpc, ONLY_OPTION)?;
+        let agent_b = Agent::start(&cg_b, &rx_b.endpoint(), Protocol::Grpc, ONLY_OPTION)?;
+        let svc_b = PyService::opts("svc-b")
+            .bind(ADDR_B)
+            .netns(&nodes.b)
+            .start(&cg_b)?;
+        let svc_a = PyService::opts("svc-a")
+            .bind(ADDR_A)
+            .netns(&nodes.a)
+            .downstream(&svc_b.url(""))
+            .start(&cg_a)?;
+        Ok(Setup {
+            rx_a,
+            rx_b,
+            agent_a,
+            agent_b,
+            svc_a,
+            svc_b,
+            cg_a,
+            _cg_b: cg_b,
+            nodes,
+        })
+    }
+
+    fn get(&self, path: &str) -> Result<()> {
+        let url = self.svc_a.url(path);
+        let status = curl_in(&self.cg_a, Some(&self.nodes.a), &url, &[])?;
+        if status != 200 {
+            bail!(
+                "curl {url}: status {status}\n{}\n{}",
+                self.svc_a.log(),
+                self.svc_b.log()
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until agent `which`'s counter reaches `at_least` (counters are
+    /// refreshed from the kernel once a second).
+    fn wait_metric(&self, a: bool, name: &str, at_least: u64) -> Result<u64> {
+        let agent = if a { &self.agent_a } else { &self.agent_b };
+        let deadline = Instant::now() + SPAN_TIMEOUT;
+        loop {
+            let v = agent.metric(name)?;
+            if v >= at_least {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "agent {}: clew_{name} is {v}, wanted at least {at_least}\n{}",
+                    if a { "A" } else { "B" },
+                    agent.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn stop(mut self) -> Result<()> {
+        self.agent_a.ensure_healthy()?;
+        self.agent_b.ensure_healthy()?;
+        self.agent_a.stop()?;
+        self.agent_b.stop()
+    }
+}
+
+#[test]
+fn tcp_option_joins_nodes_per_request() -> Result<()> {
+    let s = Setup::start("tcpopt")?;
+    // (A's SERVER path, B's SERVER path): a new connection per call for
+    // /chain, three requests on one kept-alive connection for /keepalive.
+    let mut pairs = Vec::new();
+    for i in 0..4 {
+        s.get(&format!("/chain/opt-{i}"))?;
+        pairs.push((format!("/chain/opt-{i}"), format!("/work/opt-{i}")));
+    }
+    for k in 0..2 {
+        s.get(&format!("/keepalive/ka-{k}"))?;
+        for j in 0..3 {
+            pairs.push((format!("/keepalive/ka-{k}"), format!("/work/ka-{k}-{j}")));
+        }
+    }
+
+    let (spans_a, spans_b) = wait_hops(&s.rx_a, &s.rx_b, &pairs)?;
+    let received = s.svc_b.received()?;
+
+    let mut bad = Vec::new();
+    for (outer, work) in &pairs {
+        let hop = Hop::find(&spans_a, &spans_b, outer, work)?;
+        let headers: Vec<&str> = received
+            .iter()
+            .filter(|r| r.path == *work)
+            .flat_map(|r| r.header("traceparent"))
+            .collect();
+        let mut why = hop.problems();
+        if !headers.is_empty() {
+            why.push("B received a traceparent (headers are off)");
+        }
+        if !why.is_empty() {
+            bad.push(format!(
+                "{work}: {}\n{hop}\n  B received traceparent {headers:?}",
+                why.join("; ")
+            ));
+        }
+    }
+    println!(
+        "tcp_option: {}/{} requests form one trace across both agents through the TCP option",
+        pairs.len() - bad.len(),
+        pairs.len()
+    );
+    if !bad.is_empty() {
+        bail!(
+            "{} of {} requests did not join across the nodes:\n{}\n{}\n{}",
+            bad.len(),
+            pairs.len(),
+            bad.join("\n"),
+            s.rx_a.dump(),
+            s.rx_b.dump()
+        );
+    }
+    let n = pairs.len() as u64;
+    let written = s.wait_metric(true, "tcp_options_written", n)?;
+    let read = s.wait_metric(false, "tcp_options_read", n)?;
+    println!("tcp_option: agent A wrote {written} options, agent B read {read}");
+    s.stop()
+}
+
+#[test]
+fn tcp_option_reaches_non_http_connections() -> Result<()> {
+    let s = Setup::start("tcpopt-opaque")?;
+    // A's handler (serving a traced request) opens a raw connection to B
+    // and sends bytes that are not HTTP: only the connection's option
+    // (on the handshake's last ACK) can carry the context.
+    s.get("/opaque")?;
+    let written = s.wait_metric(true, "tcp_options_written", 1)?;
+    let read = s.wait_metric(false, "tcp_options_read", 1)?;
+    println!("tcp_option (non-HTTP): agent A wrote {written} options, agent B read {read}");
+    let got: Vec<_> = s.svc_b.received()?.into_iter().map(|r| r.path).collect();
+    if !got.is_empty() {
+        bail!("B parsed HTTP requests out of opaque bytes: {got:?}");
+    }
+    s.stop()
+}
