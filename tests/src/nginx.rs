@@ -42,7 +42,28 @@ impl Nginx {
         )?;
         let big: Vec<u8> = (0..BIG_FILE_LEN).map(|i| (i % 251) as u8).collect();
         std::fs::write(root.join("big.bin"), big)?;
-        Self::launch(cg, dir, &format!("root {};", root.display()), "")
+        let server = format!("root {};", root.display());
+        Self::launch(cg, dir, &server, "", Style::Test)
+    }
+
+    /// For the benchmark: serves `/index.html` without an access log (its
+    /// cost and its growth are not the agent's), over TLS with a fresh
+    /// self-signed certificate when `tls`.
+    pub fn start_bench(cg: &Cgroup, tls: bool) -> Result<Self> {
+        let dir = TempDir::new("nginx-bench")?;
+        let root = dir.join("www");
+        std::fs::create_dir(&root)?;
+        std::fs::write(
+            root.join("index.html"),
+            "<html><body>clew bench</body></html>\n",
+        )?;
+        let server = format!("root {};", root.display());
+        let style = if tls {
+            Style::BenchTls(self_signed(&dir)?)
+        } else {
+            Style::Bench
+        };
+        Self::launch(cg, dir, &server, "", style)
     }
 
     /// A reverse proxy: every request goes to `upstream` (`host:port`) over
@@ -66,12 +87,24 @@ impl Nginx {
                 format!("location / {{ proxy_pass http://{upstream}; }}"),
             )
         };
-        Self::launch(cg, dir, &location, &http)
+        Self::launch(cg, dir, &location, &http, Style::Test)
     }
 
-    fn launch(cg: &Cgroup, dir: TempDir, server: &str, http: &str) -> Result<Self> {
+    fn launch(cg: &Cgroup, dir: TempDir, server: &str, http: &str, style: Style) -> Result<Self> {
         let port = free_port()?;
         let p = dir.path().display();
+        let access_log = match style {
+            Style::Test => format!("access_log {p}/access.log clew;"),
+            Style::Bench | Style::BenchTls(_) => "access_log off;".to_string(),
+        };
+        let listen = match &style {
+            Style::BenchTls(cert) => format!(
+                "listen 127.0.0.1:{port} ssl;\n        ssl_certificate {};\n        ssl_certificate_key {};",
+                cert.cert.display(),
+                cert.key.display()
+            ),
+            Style::Test | Style::Bench => format!("listen 127.0.0.1:{port};"),
+        };
         let conf = format!(
             "daemon off;
 master_process on;
@@ -81,7 +114,7 @@ error_log {p}/error.log info;
 events {{ worker_connections 1024; }}
 http {{
     log_format clew '$msec $status \"$http_traceparent\" \"$request\" \"$http_user_agent\" up=$upstream_status';
-    access_log {p}/access.log clew;
+    {access_log}
     client_body_temp_path {p}/client_body;
     proxy_temp_path {p}/proxy;
     fastcgi_temp_path {p}/fastcgi;
@@ -92,7 +125,7 @@ http {{
     keepalive_requests 100000;
     {http}
     server {{
-        listen 127.0.0.1:{port};
+        {listen}
         {server}
     }}
 }}
@@ -150,6 +183,50 @@ http {{
     }
 }
 
+/// What a server is started for.
+enum Style {
+    /// Access log in the `clew` format, for the tests' assertions.
+    Test,
+    /// No access log.
+    Bench,
+    /// No access log, HTTPS with this certificate.
+    BenchTls(Cert),
+}
+
+struct Cert {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+/// A throw-away self-signed certificate for 127.0.0.1, made by `openssl req`.
+fn self_signed(dir: &TempDir) -> Result<Cert> {
+    let cert = Cert {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&cert.key)
+        .arg("-out")
+        .arg(&cert.cert)
+        .output()
+        .context("running openssl (is it installed?)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "openssl req failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(cert)
+}
+
 fn parse_access(line: &str) -> Option<Access> {
     let (time, rest) = line.split_once(' ')?;
     let (status, rest) = rest.split_once(' ')?;
@@ -167,6 +244,9 @@ fn parse_access(line: &str) -> Option<Access> {
 impl Drop for Nginx {
     fn drop(&mut self) {
         // Shown only when the test fails, next to the process log.
+        if !crate::process::log_dumps() {
+            return;
+        }
         let log = self.access_log();
         let lines: Vec<&str> = log.lines().collect();
         let tail = &lines[lines.len().saturating_sub(200)..];
