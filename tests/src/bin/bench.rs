@@ -31,7 +31,7 @@ struct Args {
     /// Rounds (default 3, quick 1).
     #[arg(long)]
     rounds: Option<usize>,
-    /// Seconds per load window (default 4, quick 2).
+    /// Seconds per load window (default 3, quick 2).
     #[arg(long)]
     duration: Option<u64>,
     /// CPU for the servers and CPU for the load generators; the agent is
@@ -66,7 +66,7 @@ fn main() -> Result<()> {
         scenarios: scenarios.clone(),
         modes,
         rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 3 }),
-        duration: Duration::from_secs(args.duration.unwrap_or(if args.quick { 2 } else { 4 })),
+        duration: Duration::from_secs(args.duration.unwrap_or(if args.quick { 2 } else { 3 })),
         quick: args.quick,
         cpus: Cpus {
             server: pin.then_some(args.server_cpu),
