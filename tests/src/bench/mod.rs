@@ -110,22 +110,31 @@ fn agent_run(
         samples.push(s);
     }
     if let Some(agent) = agent {
-        let kept: u64 = samples
-            .iter()
-            .filter_map(|s| s.agent.as_ref())
-            .map(|a| a.spans)
-            .sum();
-        let deadline = Instant::now() + SETTLE;
-        while rx.span_count() < kept && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let share = (kept > 0).then(|| rx.span_count() as f64 / kept as f64);
+        let share = settle(&agent, &rx)?;
         for a in samples.iter_mut().filter_map(|s| s.agent.as_mut()) {
             a.exported = share;
         }
         agent.stop()?;
     }
     Ok(samples)
+}
+
+/// Waits (at most `SETTLE`) for an agent that fell behind the load to
+/// finish its spans and for them to reach the receiver; returns the share
+/// of the run's kept spans that arrived.
+fn settle(agent: &crate::Agent, rx: &Receiver) -> Result<Option<f64>> {
+    let deadline = Instant::now() + SETTLE;
+    let mut last_kept = None;
+    loop {
+        let c = metrics::Counters::fetch(&agent.health_url("/metrics"))?;
+        let kept = (c.get("spans_created") - c.get("spans_unsampled")).max(0.0) as u64;
+        let done = last_kept == Some(kept) && rx.span_count() >= kept;
+        if done || Instant::now() > deadline {
+            return Ok((kept > 0).then(|| rx.span_count() as f64 / kept as f64));
+        }
+        last_kept = Some(kept);
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// A short unmeasured run so that the servers (Node's JIT above all) are warm.
