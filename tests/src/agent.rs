@@ -86,6 +86,17 @@ impl Agent {
     /// Starts `clew run` with the given selectors (none: every process) and
     /// export, and waits for /readyz.
     pub fn launch(select: &[Select], export: Export, extra_args: &[&str]) -> Result<Self> {
+        Self::launch_with_env(select, export, extra_args, &[])
+    }
+
+    /// `launch` with extra environment variables, set after the hermetic
+    /// clean-up (e.g. `OTEL_TRACES_SAMPLER`).
+    pub fn launch_with_env(
+        select: &[Select],
+        export: Export,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let bin = clew_bin()?;
         let dir = TempDir::new("agent")?;
         let health_port = free_port()?;
@@ -105,6 +116,7 @@ impl Agent {
         for var in OTEL_ENV {
             cmd.env_remove(var);
         }
+        cmd.envs(env.iter().copied());
         cmd.args(["--health-listen", &format!("127.0.0.1:{health_port}")])
             .args([
                 "--log-level",
@@ -253,6 +265,9 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         // Shown only when the test fails, next to the log.
+        if !crate::process::log_dumps() {
+            return;
+        }
         if let Ok(text) = self.console() {
             eprintln!("---- clew agent stdout ----\n{text}\n---- end of clew agent stdout ----");
         }

@@ -1,6 +1,7 @@
 //! Harness for Clew's end-to-end tests: cgroups, a real OTLP receiver, the agent process and peers.
 
 pub mod agent;
+pub mod bench;
 pub mod bpf;
 pub mod cgroup;
 pub mod check;

@@ -25,6 +25,8 @@ pub struct WrkResult {
     /// Unix time (s) when wrk started and ended.
     pub started: f64,
     pub ended: f64,
+    /// `--latency` only: (percentile, seconds), e.g. (50.0, 0.000061).
+    pub latency: Vec<(f64, f64)>,
     pub output: String,
 }
 
@@ -35,6 +37,12 @@ impl WrkResult {
         } else {
             0.0
         }
+    }
+
+    /// The latency at percentile `p` (50, 75, 90 or 99) in seconds, when
+    /// wrk ran with `--latency`.
+    pub fn latency_at(&self, p: f64) -> Option<f64> {
+        self.latency.iter().find(|(q, _)| *q == p).map(|(_, s)| *s)
     }
 
     pub fn errors(&self) -> u64 {
@@ -85,19 +93,32 @@ impl Wrk {
         connections: usize,
         duration: Duration,
     ) -> Result<Self> {
+        Self::start(
+            cg,
+            &mut Self::command(url, threads, connections, duration),
+            duration,
+        )
+    }
+
+    /// The command `spawn` runs, for callers that add options (`--latency`,
+    /// `-H`, a script).
+    pub fn command(url: &str, threads: usize, connections: usize, duration: Duration) -> Command {
         let mut cmd = Command::new("wrk");
         cmd.args(["-t", &threads.to_string()])
             .args(["-c", &connections.to_string()])
             .args(["-d", &format!("{}s", duration.as_secs())])
             .args(["--timeout", "10s"])
-            .arg(url)
-            .stdin(Stdio::null())
+            .arg(url);
+        cmd
+    }
+
+    /// Starts `cmd` (from `command`) inside `cg`; it should end after `duration`.
+    pub fn start(cg: &Cgroup, cmd: &mut Command, duration: Duration) -> Result<Self> {
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let started = unix_now();
-        let child = cg
-            .spawn(&mut cmd)
-            .context("starting wrk (is it installed?)")?;
+        let child = cg.spawn(cmd).context("starting wrk (is it installed?)")?;
         Ok(Wrk {
             child: Some(child),
             started,
@@ -172,7 +193,29 @@ pub fn parse_wrk(out: &str) -> Result<WrkResult> {
     if let Some(n) = num_after(out, "Non-2xx or 3xx responses:") {
         r.bad_status = n.parse()?;
     }
+    r.latency = parse_latency_distribution(out)?;
     Ok(r)
+}
+
+/// The `--latency` block: lines `50%  61.00us` after `Latency Distribution`.
+fn parse_latency_distribution(out: &str) -> Result<Vec<(f64, f64)>> {
+    let Some(at) = out.find("Latency Distribution") else {
+        return Ok(Vec::new());
+    };
+    let mut dist = Vec::new();
+    for line in out[at..].lines().skip(1) {
+        let mut w = line.split_whitespace();
+        let (Some(pct), Some(value)) = (w.next(), w.next()) else {
+            break;
+        };
+        let Some(pct) = pct.strip_suffix('%') else {
+            break;
+        };
+        let pct: f64 = pct.parse().with_context(|| format!("percentile {pct:?}"))?;
+        let secs = parse_duration(value).with_context(|| format!("latency {value:?}"))?;
+        dist.push((pct, secs));
+    }
+    Ok(dist)
 }
 
 fn parse_duration(s: &str) -> Option<f64> {
@@ -293,6 +336,31 @@ Transfer/sec:      5.00MB
         );
         let clean = parse_wrk("  9 requests in 1.00m, 1KB read\n").unwrap();
         assert_eq!((clean.errors(), clean.seconds), (0, 60.0));
+        assert!(clean.latency.is_empty());
+    }
+
+    #[test]
+    fn parses_latency_distribution() {
+        let out = "Running 2s test @ http://127.0.0.1:1/index.html
+  1 threads and 8 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    94.12us   40.00us   2.10ms   95.00%
+    Req/Sec    60.00k     1.00k   62.00k    70.00%
+  Latency Distribution
+     50%   61.00us
+     75%   90.50us
+     90%  150.00us
+     99%    1.54ms
+  120000 requests in 2.00s, 30.00MB read
+Requests/sec:  60000.00
+";
+        let r = parse_wrk(out).unwrap();
+        assert_eq!(r.latency.len(), 4);
+        let close = |a: Option<f64>, b: f64| (a.unwrap() - b).abs() < 1e-12;
+        assert!(close(r.latency_at(50.0), 61e-6));
+        assert!(close(r.latency_at(99.0), 1.54e-3));
+        assert_eq!(r.latency_at(95.0), None);
+        assert!(parse_wrk(&out.replace("61.00us", "61.00zz")).is_err());
     }
 
     #[test]

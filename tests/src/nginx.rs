@@ -18,6 +18,8 @@ pub struct Nginx {
     pub scheme: &'static str,
     // Kept for its lifetime: dropping it stops nginx and prints its log.
     _proc: Supervised,
+    /// The benchmark's own certificate, kept as long as nginx uses it.
+    _cert: Option<TestCert>,
     dir: TempDir,
 }
 
@@ -45,7 +47,34 @@ impl Nginx {
         )?;
         let big: Vec<u8> = (0..BIG_FILE_LEN).map(|i| (i % 251) as u8).collect();
         std::fs::write(root.join("big.bin"), big)?;
-        Self::launch(cg, dir, &format!("root {};", root.display()), "", None)
+        Self::launch(
+            cg,
+            dir,
+            &format!("root {};", root.display()),
+            "",
+            Conf::test(),
+        )
+    }
+
+    /// For the benchmark: serves `/index.html` without an access log (its
+    /// cost and its growth are not the agent's), over TLS with a fresh
+    /// self-signed certificate when `tls`.
+    pub fn start_bench(cg: &Cgroup, tls: bool) -> Result<Self> {
+        let dir = TempDir::new("nginx-bench")?;
+        let root = dir.join("www");
+        std::fs::create_dir(&root)?;
+        std::fs::write(
+            root.join("index.html"),
+            "<html><body>clew bench</body></html>\n",
+        )?;
+        let cert = if tls { Some(TestCert::new()?) } else { None };
+        let conf = Conf {
+            access_log: false,
+            tls: cert.as_ref(),
+        };
+        let mut nginx = Self::launch(cg, dir, &format!("root {};", root.display()), "", conf)?;
+        nginx._cert = cert;
+        Ok(nginx)
     }
 
     /// An HTTPS reverse proxy (OpenSSL in nginx) to a plaintext `upstream`,
@@ -54,7 +83,11 @@ impl Nginx {
         let dir = TempDir::new("nginx-tls")?;
         let location =
             format!("location / {{ proxy_pass http://{upstream}; proxy_http_version 1.1; }}");
-        Self::launch(cg, dir, &location, "", Some(cert))
+        let conf = Conf {
+            access_log: true,
+            tls: Some(cert),
+        };
+        Self::launch(cg, dir, &location, "", conf)
     }
 
     /// A reverse proxy: every request goes to `upstream` (`host:port`) over
@@ -78,18 +111,18 @@ impl Nginx {
                 format!("location / {{ proxy_pass http://{upstream}; }}"),
             )
         };
-        Self::launch(cg, dir, &location, &http, None)
+        Self::launch(cg, dir, &location, &http, Conf::test())
     }
 
-    fn launch(
-        cg: &Cgroup,
-        dir: TempDir,
-        server: &str,
-        http: &str,
-        tls: Option<&TestCert>,
-    ) -> Result<Self> {
+    fn launch(cg: &Cgroup, dir: TempDir, server: &str, http: &str, conf: Conf) -> Result<Self> {
         let port = free_port()?;
         let p = dir.path().display();
+        let access_log = if conf.access_log {
+            format!("access_log {p}/access.log clew;")
+        } else {
+            "access_log off;".to_string()
+        };
+        let tls = conf.tls;
         let listen = match tls {
             Some(c) => format!(
                 "listen 127.0.0.1:{port} ssl;\n        ssl_certificate {};\n        ssl_certificate_key {};",
@@ -107,7 +140,7 @@ error_log {p}/error.log info;
 events {{ worker_connections 1024; }}
 http {{
     log_format clew '$msec $status \"$http_traceparent\" \"$request\" \"$http_user_agent\" up=$upstream_status';
-    access_log {p}/access.log clew;
+    {access_log}
     client_body_temp_path {p}/client_body;
     proxy_temp_path {p}/proxy;
     fastcgi_temp_path {p}/fastcgi;
@@ -147,6 +180,7 @@ http {{
             port,
             scheme: if tls.is_some() { "https" } else { "http" },
             _proc: proc,
+            _cert: None,
             dir,
         })
     }
@@ -174,6 +208,22 @@ http {{
             .lines()
             .map(|l| parse_access(l).with_context(|| format!("access log line {l:?}")))
             .collect()
+    }
+}
+
+/// How `launch` writes the configuration.
+struct Conf<'a> {
+    /// The tests read the access log; the benchmark does not pay for one.
+    access_log: bool,
+    tls: Option<&'a TestCert>,
+}
+
+impl Conf<'_> {
+    fn test() -> Self {
+        Conf {
+            access_log: true,
+            tls: None,
+        }
     }
 }
 

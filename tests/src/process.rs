@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// A directory under the system temp dir, removed on drop.
@@ -115,6 +115,20 @@ pub fn wait_deadline(child: &mut Child, timeout: Duration) -> Result<Option<Exit
     }
 }
 
+static LOG_DUMPS: AtomicBool = AtomicBool::new(true);
+
+/// Stops children from printing their logs when dropped. Tests want them
+/// (the harness shows them for failing tests only); the benchmark, whose
+/// stderr is its progress report, does not.
+pub fn silence_log_dumps() {
+    LOG_DUMPS.store(false, Ordering::Relaxed);
+}
+
+/// Whether dropped children print their logs (see `silence_log_dumps`).
+pub fn log_dumps() -> bool {
+    LOG_DUMPS.load(Ordering::Relaxed)
+}
+
 /// Log lines quoted in error messages; the whole log is printed on drop.
 pub const SHORT_TAIL: usize = 15;
 
@@ -221,6 +235,8 @@ impl Drop for Supervised {
             let _ = child.kill();
             let _ = child.wait();
         }
-        eprintln!("{}", self.log_tail(300));
+        if log_dumps() {
+            eprintln!("{}", self.log_tail(300));
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! build with nightly for bpfel-unknown-none and are embedded into it, which
 //! is why builds go through here.
 
+mod bench;
 mod bootstrap;
 mod build;
 mod cmd;
@@ -54,6 +55,26 @@ enum Task {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Build, install the peers, then measure what the agent costs the
+    /// services it traces (as root); writes target/bench/bench.{json,md}.
+    Bench {
+        /// One round, short windows, no criterion run: under 3 minutes.
+        #[arg(long)]
+        quick: bool,
+        /// Only this scenario (repeatable): nginx-keepalive, nginx-close,
+        /// nginx-tls, node-downstream, grpc, kafka, overload.
+        #[arg(long)]
+        scenario: Vec<String>,
+        /// Rounds of interleaved modes (default 3, quick 1).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Seconds per load window (default 3, quick 2).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Passed to clew-bench (`--mode`, `--server-cpu`, ...).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
 }
 
 fn main() {
@@ -88,5 +109,21 @@ fn dispatch(task: Task) -> Result<()> {
             };
             test::test(&paths, opts)
         }
+        Task::Bench {
+            quick,
+            scenario,
+            rounds,
+            duration,
+            args,
+        } => bench::bench(
+            &paths,
+            bench::Options {
+                quick,
+                scenarios: scenario,
+                rounds,
+                duration,
+                args,
+            },
+        ),
     }
 }

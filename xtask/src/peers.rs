@@ -13,7 +13,19 @@ use anyhow::{Context, Result};
 
 use crate::{cmd, paths::Paths};
 
-pub const APT_PACKAGES: &[&str] = &["nginx", "curl", "python3", "bpftool", "iproute2", "wrk"];
+pub const APT_PACKAGES: &[&str] = &[
+    "nginx",
+    "curl",
+    "python3",
+    "bpftool",
+    "iproute2",
+    "wrk",
+    // The benchmark: certificates for its TLS scenario, and the system
+    // OpenSSL its load generator links against.
+    "openssl",
+    "libssl-dev",
+    "pkg-config",
+];
 
 /// Ensures the peers and returns the venv's python (for `CLEW_TEST_PYTHON`).
 pub fn ensure(paths: &Paths) -> Result<PathBuf> {

@@ -33,6 +33,11 @@ impl Protocol {
 #[derive(Default)]
 pub(crate) struct Store {
     spans: Vec<RecvSpan>,
+    /// Spans received, kept or not.
+    count: u64,
+    /// Benchmarks only count: keeping millions of spans would cost the
+    /// machine under test memory and CPU.
+    count_only: bool,
     /// Export calls accepted, for failure messages.
     requests: usize,
     /// Requests the receiver refused (bad path, encoding, body), for failure messages.
@@ -44,7 +49,19 @@ pub(crate) type Shared = Arc<Mutex<Store>>;
 pub(crate) fn ingest(store: &Shared, req: &ExportTraceServiceRequest) {
     let mut s = store.lock().unwrap();
     s.requests += 1;
-    s.spans.extend(flatten(req));
+    if s.count_only {
+        let n: usize = req
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        s.count += n as u64;
+    } else {
+        let spans = flatten(req);
+        s.count += spans.len() as u64;
+        s.spans.extend(spans);
+    }
 }
 
 pub(crate) fn reject(store: &Shared, why: String) {
@@ -68,10 +85,23 @@ impl Receiver {
 
     /// Listens on 127.0.0.1:`port` (0 picks one).
     pub fn start_on(protocol: Protocol, port: u16) -> Result<Self> {
+        Self::launch(protocol, port, Store::default())
+    }
+
+    /// Listens on a fresh port and only counts the spans it receives.
+    pub fn start_counting(protocol: Protocol) -> Result<Self> {
+        let store = Store {
+            count_only: true,
+            ..Store::default()
+        };
+        Self::launch(protocol, 0, store)
+    }
+
+    fn launch(protocol: Protocol, port: u16, store: Store) -> Result<Self> {
         let mut r = Receiver {
             protocol,
             port,
-            store: Shared::default(),
+            store: Arc::new(Mutex::new(store)),
             rt: None,
         };
         r.serve()?;
@@ -124,6 +154,11 @@ impl Receiver {
     pub fn restart(&mut self) -> Result<()> {
         self.stop();
         self.serve()
+    }
+
+    /// How many spans arrived so far (also in counting mode).
+    pub fn span_count(&self) -> u64 {
+        self.store.lock().unwrap().count
     }
 
     /// Everything received so far.

@@ -1,0 +1,166 @@
+//! One measurement: a load window against a target, with the agent's CPU
+//! time, peak RSS and counters read around it.
+
+use super::metrics::Counters;
+use super::mode::Mode;
+use super::pacer;
+use super::procfs;
+use super::scenario::{Load, Scenario, Target};
+use crate::load::Wrk;
+use crate::{Agent, Cgroup};
+use anyhow::{Context, Result};
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+/// What one load window measured.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub scenario: Scenario,
+    pub load: Load,
+    pub mode: Mode,
+    pub round: usize,
+    pub requests: u64,
+    pub seconds: f64,
+    pub errors: u64,
+    /// Fixed-rate runs: sends that started late (generator or server behind).
+    pub late: Option<u64>,
+    pub p50_s: Option<f64>,
+    pub p99_s: Option<f64>,
+    pub agent: Option<AgentUse>,
+}
+
+impl Sample {
+    pub fn rps(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.requests as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The agent's side of a window.
+#[derive(Clone, Debug, Default)]
+pub struct AgentUse {
+    /// User + system CPU seconds over the window, all threads.
+    pub cpu_s: f64,
+    /// VmHWM at the end of the window (since the agent started).
+    pub peak_rss: u64,
+    /// Ring-buffer records read, and those the kernel could not queue.
+    pub events: u64,
+    pub lost: u64,
+    /// Spans assembled and kept by sampling.
+    pub spans: u64,
+    /// Share of the agent run's kept spans that reached the receiver
+    /// (filled in once the run has settled).
+    pub exported: Option<f64>,
+}
+
+/// Where load generators run and servers sit.
+#[derive(Clone, Copy, Debug)]
+pub struct Cpus {
+    pub server: Option<usize>,
+    pub load: Option<usize>,
+}
+
+pub struct Window<'a> {
+    pub scenario: Scenario,
+    pub mode: Mode,
+    pub round: usize,
+    pub target: &'a Target,
+    pub load_cg: &'a Cgroup,
+    pub cpus: Cpus,
+    pub duration: Duration,
+}
+
+impl Window<'_> {
+    pub fn measure(&self, load: Load, agent: Option<&Agent>) -> Result<Sample> {
+        let before = agent.map(read_agent).transpose()?;
+        let mut sample = match load {
+            Load::Max => self.closed_loop()?,
+            Load::Rate(rate) => self.paced(rate)?,
+        };
+        sample.load = load;
+        if let (Some(agent), Some((cpu0, c0))) = (agent, before) {
+            let (cpu1, c1) = read_agent(agent)?;
+            sample.agent = Some(AgentUse {
+                cpu_s: cpu1 - cpu0,
+                peak_rss: procfs::peak_rss_bytes(agent.pid())?,
+                events: c1.delta(&c0, "events"),
+                lost: c1.delta(&c0, "kernel_ringbuf_drops"),
+                spans: c1
+                    .delta(&c0, "spans_created")
+                    .saturating_sub(c1.delta(&c0, "spans_unsampled")),
+                exported: None,
+            });
+        }
+        Ok(sample)
+    }
+
+    fn empty(&self) -> Sample {
+        Sample {
+            scenario: self.scenario,
+            load: Load::Max,
+            mode: self.mode,
+            round: self.round,
+            requests: 0,
+            seconds: 0.0,
+            errors: 0,
+            late: None,
+            p50_s: None,
+            p99_s: None,
+            agent: None,
+        }
+    }
+
+    fn closed_loop(&self) -> Result<Sample> {
+        let (threads, connections) = self.scenario.wrk_shape();
+        let mut cmd = Wrk::command(&self.target.url(), threads, connections, self.duration);
+        cmd.arg("--latency");
+        if !self.target.keepalive {
+            cmd.args(["-H", "Connection: close"]);
+        }
+        if let Some(cpu) = self.cpus.load {
+            // SAFETY: the hook only makes one syscall.
+            unsafe { cmd.pre_exec(move || procfs::pin_self(cpu)) };
+        }
+        let r = Wrk::start(self.load_cg, &mut cmd, self.duration)?.finish()?;
+        Ok(Sample {
+            requests: r.requests,
+            seconds: r.seconds,
+            errors: r.errors(),
+            p50_s: r.latency_at(50.0),
+            p99_s: r.latency_at(99.0),
+            ..self.empty()
+        })
+    }
+
+    fn paced(&self, rate: u32) -> Result<Sample> {
+        let spec = pacer::Spec {
+            addr: self.target.addr,
+            path: self.target.path.to_string(),
+            tls: self.target.tls,
+            keepalive: self.target.keepalive,
+            rate,
+            duration: self.duration,
+            cpu: self.cpus.load,
+        };
+        let o = pacer::run(&spec)?;
+        Ok(Sample {
+            requests: o.completed,
+            seconds: o.seconds,
+            errors: o.errors,
+            late: Some(o.late),
+            p50_s: o.percentile(50.0),
+            p99_s: o.percentile(99.0),
+            ..self.empty()
+        })
+    }
+}
+
+fn read_agent(agent: &Agent) -> Result<(f64, Counters)> {
+    let cpu = procfs::cpu_seconds(agent.pid())?;
+    let counters =
+        Counters::fetch(&agent.health_url("/metrics")).context("reading the agent's counters")?;
+    Ok((cpu, counters))
+}

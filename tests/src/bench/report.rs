@@ -1,0 +1,471 @@
+//! From samples to the table: medians over rounds, ratios and deltas
+//! against the baseline of the same scenario and load, the issue's targets
+//! next to what was measured, as Markdown and JSON.
+
+use super::machine::Machine;
+use super::measure::{Cpus, Sample};
+use super::mode::Mode;
+use super::scenario::{Load, Scenario};
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+
+/// One line of the table: a scenario × load × mode, medians over rounds.
+#[derive(Clone, Debug, Default)]
+pub struct Row {
+    pub scenario: String,
+    pub load: String,
+    pub mode: String,
+    pub rounds: usize,
+    pub rps: f64,
+    pub rps_ratio: Option<f64>,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    pub dp50_us: Option<f64>,
+    pub dp99_us: Option<f64>,
+    /// Agent CPU ms per 1,000 requests (= % of a core at 10k req/s).
+    pub cpu_ms_per_1k: Option<f64>,
+    pub rss_mib: Option<f64>,
+    /// Summed over rounds, like `errors`.
+    pub lost: Option<u64>,
+    pub spans_per_req: Option<f64>,
+    pub exported_pct: Option<f64>,
+    pub errors: u64,
+    pub late: Option<u64>,
+    /// Set for scenarios that cannot run: why.
+    pub note: Option<String>,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
+}
+
+/// Aggregates `samples` in the order the plan ran them; scenarios in
+/// `unavailable` get a row that says so.
+pub fn rows(samples: &[Sample], scenarios: &[Scenario]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for &scenario in scenarios {
+        if let Some(why) = scenario.unavailable() {
+            rows.push(Row {
+                scenario: scenario.name().into(),
+                note: Some(why.into()),
+                ..Row::default()
+            });
+            continue;
+        }
+        let mut keys: Vec<(Load, Mode)> = Vec::new();
+        for s in samples.iter().filter(|s| s.scenario == scenario) {
+            if !keys.contains(&(s.load, s.mode)) {
+                keys.push((s.load, s.mode));
+            }
+        }
+        // Per load, the baseline first, then the modes in their fixed order.
+        keys.sort_by_key(|&(load, mode)| {
+            let li = scenario.loads(false).iter().position(|&l| l == load);
+            let mi = Mode::ALL.iter().position(|&m| m == mode);
+            (li, mi)
+        });
+        for (load, mode) in keys {
+            let group: Vec<&Sample> = samples
+                .iter()
+                .filter(|s| s.scenario == scenario && s.load == load && s.mode == mode)
+                .collect();
+            rows.push(aggregate(scenario, load, mode, &group));
+        }
+    }
+    let baselines: Vec<Row> = rows
+        .iter()
+        .filter(|r| r.mode == Mode::Baseline.name())
+        .cloned()
+        .collect();
+    for row in rows.iter_mut().filter(|r| r.note.is_none()) {
+        let Some(base) = baselines
+            .iter()
+            .find(|b| b.scenario == row.scenario && b.load == row.load)
+        else {
+            continue;
+        };
+        if base.rps > 0.0 {
+            row.rps_ratio = Some(row.rps / base.rps);
+        }
+        row.dp50_us = row.p50_us.zip(base.p50_us).map(|(a, b)| a - b);
+        row.dp99_us = row.p99_us.zip(base.p99_us).map(|(a, b)| a - b);
+    }
+    rows
+}
+
+fn aggregate(scenario: Scenario, load: Load, mode: Mode, group: &[&Sample]) -> Row {
+    let f = |get: &dyn Fn(&Sample) -> Option<f64>| {
+        median(group.iter().filter_map(|s| get(s)).collect())
+    };
+    let agent = group.iter().any(|s| s.agent.is_some());
+    Row {
+        scenario: scenario.name().into(),
+        load: load.label(),
+        mode: mode.name().into(),
+        rounds: group.len(),
+        rps: f(&|s| Some(s.rps())).unwrap_or(0.0),
+        p50_us: f(&|s| s.p50_s.map(|v| v * 1e6)),
+        p99_us: f(&|s| s.p99_s.map(|v| v * 1e6)),
+        cpu_ms_per_1k: f(&|s| {
+            let a = s.agent.as_ref()?;
+            (s.requests > 0).then(|| a.cpu_s * 1e3 / (s.requests as f64 / 1e3))
+        }),
+        rss_mib: f(&|s| Some(s.agent.as_ref()?.peak_rss as f64 / (1 << 20) as f64)),
+        lost: agent.then(|| {
+            group
+                .iter()
+                .filter_map(|s| s.agent.as_ref())
+                .map(|a| a.lost)
+                .sum()
+        }),
+        spans_per_req: f(&|s| {
+            let a = s.agent.as_ref()?;
+            (s.requests > 0).then(|| a.spans as f64 / s.requests as f64)
+        }),
+        exported_pct: f(&|s| s.agent.as_ref()?.exported.map(|e| e * 100.0)),
+        errors: group.iter().map(|s| s.errors).sum(),
+        late: group.iter().filter_map(|s| s.late).reduce(|a, b| a + b),
+        ..Row::default()
+    }
+}
+
+fn opt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "–".into(), |v| format!("{v:.decimals$}"))
+}
+
+fn signed(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".into(), |v| format!("{v:+.1}"))
+}
+
+/// A progress line for one sample.
+pub fn one_line(s: &Sample) -> String {
+    let mut line = format!(
+        "{:.0} req/s, p50 {} µs, p99 {} µs",
+        s.rps(),
+        opt(s.p50_s.map(|v| v * 1e6), 1),
+        opt(s.p99_s.map(|v| v * 1e6), 1)
+    );
+    if s.errors > 0 {
+        let _ = write!(line, ", {} errors", s.errors);
+    }
+    if let Some(late) = s.late.filter(|&l| l > 0) {
+        let _ = write!(line, ", {late} late sends");
+    }
+    if let Some(a) = &s.agent {
+        let _ = write!(
+            line,
+            ", agent {:.2} CPU s, RSS {:.1} MiB, {} spans, {} lost",
+            a.cpu_s,
+            a.peak_rss as f64 / (1 << 20) as f64,
+            a.spans,
+            a.lost
+        );
+    }
+    line
+}
+
+/// Settings printed above the table.
+pub struct Header<'a> {
+    pub machine: &'a Machine,
+    pub rounds: usize,
+    pub duration_s: u64,
+    pub cpus: Cpus,
+    pub pipeline_spans_per_s: Option<f64>,
+}
+
+impl Header<'_> {
+    fn pinning(&self) -> String {
+        match (self.cpus.server, self.cpus.load) {
+            (Some(s), Some(l)) => {
+                format!("servers pinned to CPU {s}, load generators to CPU {l}, agent unpinned")
+            }
+            _ => "nothing pinned".into(),
+        }
+    }
+}
+
+pub fn markdown(header: &Header, rows: &[Row]) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "Machine: {}  ", header.machine.summary());
+    let _ = writeln!(
+        md,
+        "Settings: {} round(s) of {} s per load, modes interleaved; {}; loopback. \
+         `max` = wrk closed loop, `N/s` = open-loop fixed rate (latency from send to last byte).\n",
+        header.rounds,
+        header.duration_s,
+        header.pinning()
+    );
+    md.push_str(
+        "| scenario | load | mode | req/s | vs base | p50 µs | Δp50 µs | p99 µs | Δp99 µs \
+         | agent CPU ms/1k req | agent RSS MiB | lost events | spans/req | exported % | errors |\n",
+    );
+    md.push_str("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+    for r in rows {
+        if let Some(note) = &r.note {
+            let _ = writeln!(md, "| {} | – | {note} |||||||||||||", r.scenario);
+            continue;
+        }
+        let errors = match r.late.filter(|&l| l > 0) {
+            Some(late) => format!("{} ({late} late)", r.errors),
+            None => r.errors.to_string(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.scenario,
+            r.load,
+            r.mode,
+            r.rps,
+            r.rps_ratio
+                .map_or_else(|| "–".into(), |v| format!("{:.1}%", v * 100.0)),
+            opt(r.p50_us, 1),
+            signed(r.dp50_us),
+            opt(r.p99_us, 1),
+            signed(r.dp99_us),
+            opt(r.cpu_ms_per_1k, 2),
+            opt(r.rss_mib, 1),
+            r.lost.map_or_else(|| "–".into(), |v| v.to_string()),
+            opt(r.spans_per_req, 2),
+            opt(r.exported_pct, 1),
+            errors
+        );
+    }
+    md.push_str(
+        "\nTargets (issue 5; measured, not asserted):\n\n| target | measured | |\n|---|---|---|\n",
+    );
+    for t in targets(rows, header.pipeline_spans_per_s) {
+        let verdict = match t.met {
+            Some(true) => "met",
+            Some(false) => "missed",
+            None => "not measured",
+        };
+        let _ = writeln!(md, "| {} | {} | {verdict} |", t.what, t.measured);
+    }
+    md
+}
+
+pub struct Target {
+    pub what: &'static str,
+    pub measured: String,
+    pub met: Option<bool>,
+}
+
+/// The issue's targets, read off the rows for the clew (default) mode.
+pub fn targets(rows: &[Row], pipeline_spans_per_s: Option<f64>) -> Vec<Target> {
+    let clew = |scenario: Scenario, load: Option<&str>| {
+        let mut cands: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.scenario == scenario.name() && r.mode == Mode::Clew.name())
+            .filter(|r| load.is_none_or(|l| r.load == l))
+            .collect();
+        // Without a named load: the highest fixed rate.
+        cands.retain(|r| load.is_some() || r.load != "max");
+        cands.last().copied()
+    };
+    let check = |what,
+                 row: Option<&Row>,
+                 get: &dyn Fn(&Row) -> Option<f64>,
+                 show: &dyn Fn(f64) -> String,
+                 ok: &dyn Fn(f64) -> bool| {
+        let v = row.and_then(get);
+        Target {
+            what,
+            measured: match (row, v) {
+                (Some(r), Some(v)) => format!("{} ({} {})", show(v), r.scenario, r.load),
+                _ => "–".into(),
+            },
+            met: v.map(ok),
+        }
+    };
+    vec![
+        check(
+            "throughput with clew ≥ 97% of baseline (nginx keep-alive, max)",
+            clew(Scenario::NginxKeepalive, Some("max")),
+            &|r| r.rps_ratio,
+            &|v| format!("{:.1}%", v * 100.0),
+            &|v| v >= 0.97,
+        ),
+        check(
+            "added p50 ≤ 2 µs per plaintext request",
+            clew(Scenario::NginxKeepalive, None),
+            &|r| r.dp50_us,
+            &|v| format!("{v:+.1} µs"),
+            &|v| v <= 2.0,
+        ),
+        check(
+            "added p50 ≤ 10 µs per TLS request",
+            clew(Scenario::NginxTls, None),
+            &|r| r.dp50_us,
+            &|v| format!("{v:+.1} µs"),
+            &|v| v <= 10.0,
+        ),
+        check(
+            "agent CPU ≤ 5% of a core per 10k traced req/s",
+            clew(Scenario::NginxKeepalive, Some("10k/s")),
+            &|r| r.cpu_ms_per_1k,
+            &|v| format!("{v:.2}%"),
+            &|v| v <= 5.0,
+        ),
+        check(
+            "agent RSS ≤ 64 MiB at 10k req/s",
+            clew(Scenario::NginxKeepalive, Some("10k/s")),
+            &|r| r.rss_mib,
+            &|v| format!("{v:.1} MiB"),
+            &|v| v <= 64.0,
+        ),
+        Target {
+            what: "userspace pipeline ≥ 500k spans/s per core (criterion)",
+            measured: pipeline_spans_per_s.map_or_else(
+                || "– (not run)".into(),
+                |v| format!("{:.0}k spans/s", v / 1e3),
+            ),
+            met: pipeline_spans_per_s.map(|v| v >= 500e3),
+        },
+    ]
+}
+
+pub fn json(header: &Header, rows: &[Row], samples: &[Sample]) -> Value {
+    let targets: Vec<Value> = targets(rows, header.pipeline_spans_per_s)
+        .into_iter()
+        .map(|t| json!({"target": t.what, "measured": t.measured, "met": t.met}))
+        .collect();
+    let rows: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "scenario": r.scenario, "load": r.load, "mode": r.mode, "rounds": r.rounds,
+                "rps": r.rps, "rps_ratio": r.rps_ratio,
+                "p50_us": r.p50_us, "p99_us": r.p99_us, "dp50_us": r.dp50_us, "dp99_us": r.dp99_us,
+                "agent_cpu_ms_per_1k_req": r.cpu_ms_per_1k, "agent_peak_rss_mib": r.rss_mib,
+                "ringbuf_lost": r.lost, "spans_per_req": r.spans_per_req,
+                "exported_pct": r.exported_pct, "errors": r.errors, "late_sends": r.late,
+                "note": r.note,
+            })
+        })
+        .collect();
+    let samples: Vec<Value> = samples
+        .iter()
+        .map(|s| {
+            json!({
+                "scenario": s.scenario.name(), "load": s.load.label(), "mode": s.mode.name(),
+                "round": s.round + 1, "requests": s.requests, "seconds": s.seconds,
+                "errors": s.errors, "late_sends": s.late, "p50_s": s.p50_s, "p99_s": s.p99_s,
+                "agent": s.agent.as_ref().map(|a| json!({
+                    "cpu_s": a.cpu_s, "peak_rss_bytes": a.peak_rss, "events": a.events,
+                    "ringbuf_lost": a.lost, "spans": a.spans, "exported_share": a.exported,
+                })),
+            })
+        })
+        .collect();
+    json!({
+        "machine": header.machine.to_json(),
+        "settings": {
+            "rounds": header.rounds, "duration_s": header.duration_s,
+            "server_cpu": header.cpus.server, "load_cpu": header.cpus.load,
+        },
+        "pipeline_spans_per_s": header.pipeline_spans_per_s,
+        "rows": rows,
+        "targets": targets,
+        "samples": samples,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::measure::AgentUse;
+
+    fn sample(mode: Mode, load: Load, round: usize, requests: u64, p50_us: f64) -> Sample {
+        Sample {
+            scenario: Scenario::NginxKeepalive,
+            load,
+            mode,
+            round,
+            requests,
+            seconds: 2.0,
+            errors: 0,
+            late: None,
+            p50_s: Some(p50_us / 1e6),
+            p99_s: Some(2.0 * p50_us / 1e6),
+            agent: (mode != Mode::Baseline).then(|| AgentUse {
+                cpu_s: 0.2,
+                peak_rss: 30 << 20,
+                events: 2 * requests,
+                lost: 1,
+                spans: requests,
+                exported: Some(1.0),
+            }),
+        }
+    }
+
+    #[test]
+    fn medians_ratios_and_deltas_against_the_baseline() {
+        let samples = [
+            sample(Mode::Baseline, Load::Max, 0, 100_000, 50.0),
+            sample(Mode::Clew, Load::Max, 0, 96_000, 53.0),
+            sample(Mode::Baseline, Load::Max, 1, 110_000, 70.0),
+            sample(Mode::Clew, Load::Max, 1, 99_000, 51.0),
+            sample(Mode::Baseline, Load::Max, 2, 90_000, 60.0),
+            sample(Mode::Clew, Load::Max, 2, 97_000, 80.0),
+        ];
+        let rows = rows(&samples, &[Scenario::NginxKeepalive, Scenario::Grpc]);
+        assert_eq!(rows.len(), 3);
+        let (base, clew, grpc) = (&rows[0], &rows[1], &rows[2]);
+        assert_eq!((base.mode.as_str(), base.rounds), ("baseline", 3));
+        assert_eq!(base.rps, 50_000.0);
+        assert_eq!(clew.rps, 48_500.0);
+        assert!((clew.rps_ratio.unwrap() - 0.97).abs() < 1e-9);
+        assert!((clew.dp50_us.unwrap() - (53.0 - 60.0)).abs() < 1e-9);
+        // 0.2 CPU s for 97,000 requests.
+        assert!((clew.cpu_ms_per_1k.unwrap() - 200.0 / 97.0).abs() < 1e-9);
+        assert_eq!((clew.lost, clew.rss_mib), (Some(3), Some(30.0)));
+        assert_eq!(base.lost, None);
+        assert!(grpc.note.as_deref().unwrap().contains("n/a"));
+
+        let machine = Machine {
+            kernel: "6.18".into(),
+            cpu: "test cpu".into(),
+            cores: 2,
+            date: "today".into(),
+            git_rev: "abc".into(),
+        };
+        let header = Header {
+            machine: &machine,
+            rounds: 3,
+            duration_s: 2,
+            cpus: Cpus {
+                server: Some(0),
+                load: Some(1),
+            },
+            pipeline_spans_per_s: Some(750e3),
+        };
+        let md = markdown(&header, &rows);
+        assert!(
+            md.contains("| nginx-keepalive | max | clew | 48500 | 97.0% | 53.0 | -7.0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| grpc | – | n/a (HTTP/2 / gRPC not implemented) |"),
+            "{md}"
+        );
+        assert!(md.contains("| throughput with clew ≥ 97% of baseline (nginx keep-alive, max) | 97.0% (nginx-keepalive max) | met |"), "{md}");
+        assert!(md.contains("| 750k spans/s | met |"), "{md}");
+        assert!(
+            md.contains("| agent RSS ≤ 64 MiB at 10k req/s | – | not measured |"),
+            "{md}"
+        );
+        let json = json(&header, &rows, &samples);
+        assert_eq!(json["rows"][1]["rps"], 48_500.0);
+        assert_eq!(json["samples"].as_array().unwrap().len(), 6);
+        assert_eq!(json["machine"]["kernel"], "6.18");
+    }
+}
