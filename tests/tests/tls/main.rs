@@ -8,6 +8,7 @@ mod late_start;
 mod nginx_proxy;
 mod node;
 mod python_ssl;
+mod two_nodes;
 
 use anyhow::{ensure, Result};
 use clew_e2e::RecvSpan;
