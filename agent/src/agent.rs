@@ -14,7 +14,7 @@ use tokio::{
 
 use crate::{
     capture::{Capture, CaptureConfig},
-    cli::{Mechanisms, RunArgs},
+    cli::{Mechanisms, RunArgs, SelectArgs},
     export::{ExportConfig, Exporter},
     health,
     nesting::Nesting,
@@ -24,6 +24,7 @@ use crate::{
     sampling::Sampler,
     select::Selector,
     stats::Stats,
+    tls,
 };
 
 /// Records handled before yielding to timers and signals.
@@ -33,12 +34,7 @@ const SUMMARY_EVERY_TICKS: u64 = 30;
 pub async fn run(args: RunArgs) -> Result<()> {
     let report = probe::run();
     report.require_capture()?;
-    let selector = Selector {
-        cgroups: args.cgroup,
-        pids: args.pid,
-        exes: args.exe,
-        ports: args.port,
-    };
+    let selector = Selector::from(args.select);
     let env = |k: &str| std::env::var(k).ok();
     let sampler = Sampler::from_env(
         env("OTEL_TRACES_SAMPLER").as_deref(),
@@ -154,7 +150,18 @@ fn describe(s: &Selector) -> String {
     )
 }
 
-pub fn probe() -> Result<()> {
+pub fn probe(select: SelectArgs) -> Result<()> {
     print!("{}", probe::run().render());
+    let selector = Selector::from(select);
+    if selector.is_all() {
+        println!(
+            "\n(give --cgroup, --pid, --exe or --port to list those processes' TLS libraries)"
+        );
+        return Ok(());
+    }
+    print!(
+        "\n{}",
+        tls::render_processes(&selector.current_processes()?)
+    );
     Ok(())
 }

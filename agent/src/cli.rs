@@ -4,6 +4,8 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::select::Selector;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "clew",
@@ -22,12 +24,14 @@ pub struct Cli {
 pub enum Command {
     /// Trace the selected processes and export spans.
     Run(Box<RunArgs>),
-    /// Print which kernel mechanisms this machine offers and which Clew uses.
-    Probe,
+    /// Print which kernel mechanisms this machine offers and which Clew uses,
+    /// and, given a selection, the TLS libraries of the selected processes.
+    Probe(SelectArgs),
 }
 
-#[derive(Args, Debug, Clone)]
-pub struct RunArgs {
+/// Which processes to trace (none given: every process but the agent).
+#[derive(Args, Debug, Clone, Default)]
+pub struct SelectArgs {
     /// Trace every process in this cgroup v2 subtree, including ones started later
     /// (absolute path, or relative to the cgroup2 mount). Repeatable.
     #[arg(long)]
@@ -41,6 +45,23 @@ pub struct RunArgs {
     /// Trace processes listening on this TCP port. Repeatable.
     #[arg(long)]
     pub port: Vec<u16>,
+}
+
+impl From<SelectArgs> for Selector {
+    fn from(a: SelectArgs) -> Self {
+        Selector {
+            cgroups: a.cgroup,
+            pids: a.pid,
+            exes: a.exe,
+            ports: a.port,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
     /// OTLP endpoint; defaults from OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT.
     /// Without any, finished traces are printed on stdout.
     #[arg(long)]

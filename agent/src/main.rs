@@ -19,6 +19,6 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         cli::Command::Run(args) => agent::run(*args).await,
-        cli::Command::Probe => agent::probe(),
+        cli::Command::Probe(select) => agent::probe(select),
     }
 }

@@ -73,6 +73,7 @@ pub fn run() -> Report {
         .to_owned();
     let ringbuf = is_map_supported(MapType::RingBuf).unwrap_or(false);
     let tp = prog(ProgramType::TracePoint) && has("events/syscalls");
+    let uprobes = has("uprobe_events");
     let sockops = prog(ProgramType::SockOps) && crate::select::cgroup2_mount().is_ok();
     let sk_msg = prog(ProgramType::SkMsg);
     let hdr_opt = sockops
@@ -112,11 +113,7 @@ pub fn run() -> Report {
             prog(ProgramType::KProbe) && has("kprobe_events"),
             "needs CONFIG_KPROBES (kprobe_events in tracefs)".into(),
         ),
-        m(
-            "uprobes",
-            has("uprobe_events"),
-            "uprobe_events in tracefs".into(),
-        ),
+        m("uprobes", uprobes, "uprobe_events in tracefs".into()),
         m(
             "BTF",
             Path::new("/sys/kernel/btf/vmlinux").exists(),
@@ -181,6 +178,13 @@ pub fn run() -> Report {
             pick(
                 sockops && sk_msg,
                 "cgroup sockops → SOCKHASH → sk_msg push_data",
+            ),
+        ),
+        (
+            "TLS plaintext (OpenSSL, incl. static)",
+            pick(
+                uprobes,
+                "uprobes on SSL_read/SSL_write(_ex), once per library file",
             ),
         ),
         (

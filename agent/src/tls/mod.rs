@@ -228,6 +228,50 @@ impl TlsHooks {
     }
 }
 
+/// `clew probe`'s table: the TLS libraries each process maps, and whether
+/// `clew run` hooks them.
+pub fn render_processes(pids: &HashSet<u32>) -> String {
+    use std::fmt::Write as _;
+    let mut pids: Vec<u32> = pids.iter().copied().collect();
+    pids.sort_unstable();
+    let mut seen: HashMap<FileId, Option<Library>> = HashMap::new();
+    let mut s = String::new();
+    let _ = writeln!(s, "{:<8} {:<16} {:<42} library", "pid", "process", "file");
+    for pid in pids {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let mut any = false;
+        for (m, is_exe) in maps::tls_candidates(pid) {
+            let Ok(meta) = std::fs::metadata(&m.host_path) else {
+                continue;
+            };
+            let id = FileId {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            };
+            let lib = seen
+                .entry(id)
+                .or_insert_with(|| library::inspect(&m.host_path, &m.file_name).ok().flatten());
+            let verdict = match lib {
+                Some(Library::OpenSsl(_)) => "OpenSSL: hooked (uprobes)".to_string(),
+                Some(Library::Unsupported(what)) => format!("{what}: NOT hooked"),
+                None if is_exe => continue,
+                None => "unrecognised: NOT hooked".to_string(),
+            };
+            any = true;
+            let _ = writeln!(
+                s,
+                "{pid:<8} {:<16} {:<42} {verdict}",
+                comm.trim(),
+                m.path.display()
+            );
+        }
+        if !any {
+            let _ = writeln!(s, "{pid:<8} {:<16} {:<42} no TLS library", comm.trim(), "-");
+        }
+    }
+    s
+}
+
 /// Inspects a file seen for the first time, and hooks it if it is OpenSSL.
 fn hook(
     path: &std::path::Path,
