@@ -11,6 +11,7 @@ pub mod load;
 pub mod net;
 pub mod netns;
 pub mod nginx;
+pub mod node_pair;
 pub mod peers;
 pub mod process;
 pub mod receiver;

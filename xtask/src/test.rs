@@ -62,6 +62,8 @@ pub fn test(paths: &Paths, opts: Options) -> Result<()> {
                 "--package",
                 E2E_PACKAGE,
                 "--tests",
+                // Every target runs even when one fails: one run shows all.
+                "--no-fail-fast",
                 "--",
                 "--test-threads=1",
             ])

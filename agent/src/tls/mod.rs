@@ -37,6 +37,16 @@ struct FileId {
     ino: u64,
 }
 
+impl FileId {
+    fn of(path: &std::path::Path) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+}
+
 struct Hooked {
     path: PathBuf,
     library: Option<Library>,
@@ -91,12 +101,8 @@ impl TlsHooks {
     /// Hooks the host's libssl files (the loader's default directories).
     pub fn hook_host_libraries(&mut self, capture: &mut Capture) {
         for path in maps::host_libssl() {
-            let Ok(meta) = std::fs::metadata(&path) else {
+            let Some(id) = FileId::of(&path) else {
                 continue;
-            };
-            let id = FileId {
-                dev: meta.dev(),
-                ino: meta.ino(),
             };
             if self.files.contains_key(&id) {
                 continue;
@@ -171,12 +177,8 @@ impl TlsHooks {
     pub fn scan(&mut self, pid: u32, capture: &mut Capture) {
         self.scanned.insert(pid);
         for (m, is_exe) in maps::tls_candidates(pid) {
-            let Ok(meta) = std::fs::metadata(&m.host_path) else {
+            let Some(id) = FileId::of(&m.host_path) else {
                 continue;
-            };
-            let id = FileId {
-                dev: meta.dev(),
-                ino: meta.ino(),
             };
             if !self.procs.entry(pid).or_default().insert(id) {
                 continue;
@@ -241,12 +243,8 @@ pub fn render_processes(pids: &HashSet<u32>) -> String {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         let mut any = false;
         for (m, is_exe) in maps::tls_candidates(pid) {
-            let Ok(meta) = std::fs::metadata(&m.host_path) else {
+            let Some(id) = FileId::of(&m.host_path) else {
                 continue;
-            };
-            let id = FileId {
-                dev: meta.dev(),
-                ino: meta.ino(),
             };
             let lib = seen
                 .entry(id)

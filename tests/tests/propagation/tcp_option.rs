@@ -7,77 +7,33 @@
 
 use crate::two_nodes::{wait_hops, Hop};
 use anyhow::{bail, Result};
-use clew_e2e::netns::TwoNodes;
-use clew_e2e::peers::{curl_in, PyService};
-use clew_e2e::{Agent, Cgroup, Protocol, Receiver, SPAN_TIMEOUT};
+use clew_e2e::node_pair::{NodePair, NodePairOpts};
+use clew_e2e::SPAN_TIMEOUT;
 use std::time::{Duration, Instant};
 
 const ADDR_A: &str = "10.232.0.1";
 const ADDR_B: &str = "10.232.0.2";
 const ONLY_OPTION: &[&str] = &["--propagation", "tcp-option"];
 
-/// Service A (node A) calling service B (node B), each traced by its own agent.
-struct Setup {
-    rx_a: Receiver,
-    rx_b: Receiver,
-    agent_a: Agent,
-    agent_b: Agent,
-    svc_a: PyService,
-    svc_b: PyService,
-    cg_a: Cgroup,
-    _cg_b: Cgroup,
-    // Last: the namespaces outlive every process in them.
-    nodes: TwoNodes,
-}
+/// The two-node pair with only the TCP option on.
+struct Setup(NodePair);
 
 impl Setup {
     fn start(tag: &str) -> Result<Setup> {
-        let nodes = TwoNodes::create(ADDR_A, ADDR_B)?;
-        let cg_a = Cgroup::new(&format!("{tag}-a"))?;
-        let cg_b = Cgroup::new(&format!("{tag}-b"))?;
-        let rx_a = Receiver::start(Protocol::Grpc)?;
-        let rx_b = Receiver::start(Protocol::Grpc)?;
-        let agent_a = Agent::start(&cg_a, &rx_a.endpoint(), Protocol::Grpc, ONLY_OPTION)?;
-        let agent_b = Agent::start(&cg_b, &rx_b.endpoint(), Protocol::Grpc, ONLY_OPTION)?;
-        let svc_b = PyService::opts("svc-b")
-            .bind(ADDR_B)
-            .netns(&nodes.b)
-            .start(&cg_b)?;
-        let svc_a = PyService::opts("svc-a")
-            .bind(ADDR_A)
-            .netns(&nodes.a)
-            .downstream(&svc_b.url(""))
-            .start(&cg_a)?;
-        Ok(Setup {
-            rx_a,
-            rx_b,
-            agent_a,
-            agent_b,
-            svc_a,
-            svc_b,
-            cg_a,
-            _cg_b: cg_b,
-            nodes,
+        NodePair::start(NodePairOpts {
+            tag,
+            addr_a: ADDR_A,
+            addr_b: ADDR_B,
+            agent_args: ONLY_OPTION,
+            tls_b: None,
         })
-    }
-
-    fn get(&self, path: &str) -> Result<()> {
-        let url = self.svc_a.url(path);
-        let status = curl_in(&self.cg_a, Some(&self.nodes.a), &url, &[])?;
-        if status != 200 {
-            bail!(
-                "curl {url}: status {status}\n{}\n{}",
-                self.svc_a.log(),
-                self.svc_b.log()
-            );
-        }
-        Ok(())
+        .map(Setup)
     }
 
     /// Waits until agent `which`'s counter reaches `at_least` (counters are
     /// refreshed from the kernel once a second).
     fn wait_metric(&self, a: bool, name: &str, at_least: u64) -> Result<u64> {
-        let agent = if a { &self.agent_a } else { &self.agent_b };
+        let agent = if a { &self.0.agent_a } else { &self.0.agent_b };
         let deadline = Instant::now() + SPAN_TIMEOUT;
         loop {
             let v = agent.metric(name)?;
@@ -94,12 +50,12 @@ impl Setup {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
 
-    fn stop(mut self) -> Result<()> {
-        self.agent_a.ensure_healthy()?;
-        self.agent_b.ensure_healthy()?;
-        self.agent_a.stop()?;
-        self.agent_b.stop()
+impl std::ops::Deref for Setup {
+    type Target = NodePair;
+    fn deref(&self) -> &NodePair {
+        &self.0
     }
 }
 
@@ -161,7 +117,7 @@ fn tcp_option_joins_nodes_per_request() -> Result<()> {
     let written = s.wait_metric(true, "tcp_options_written", n)?;
     let read = s.wait_metric(false, "tcp_options_read", n)?;
     println!("tcp_option: agent A wrote {written} options, agent B read {read}");
-    s.stop()
+    s.0.stop()
 }
 
 #[test]
@@ -178,5 +134,5 @@ fn tcp_option_reaches_non_http_connections() -> Result<()> {
     if !got.is_empty() {
         bail!("B parsed HTTP requests out of opaque bytes: {got:?}");
     }
-    s.stop()
+    s.0.stop()
 }

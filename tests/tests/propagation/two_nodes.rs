@@ -2,17 +2,13 @@
 //! own agent: the traceparent the first node's kernel writes carries the
 //! trace to the second node's agent.
 //!
-//! The agents themselves run in the root network namespace and export to
-//! receivers on its 127.0.0.1: an agent observes through syscall
-//! tracepoints and cgroup programs, which do not depend on the network
-//! namespace of the processes it traces. Only the services, curl and the
-//! request between them live in the two namespaces; no traffic goes
-//! anywhere but 10.231.0.1, 10.231.0.2 and loopback.
+//! The agents export to receivers on the root namespace's 127.0.0.1 (see
+//! `clew_e2e::node_pair`); no traffic goes anywhere but 10.231.0.1,
+//! 10.231.0.2 and loopback.
 
 use anyhow::{bail, Context, Result};
-use clew_e2e::netns::TwoNodes;
-use clew_e2e::peers::{curl_in, PyService};
-use clew_e2e::{Agent, Cgroup, Protocol, Receiver, RecvSpan, SPAN_TIMEOUT};
+use clew_e2e::node_pair::{NodePair, NodePairOpts};
+use clew_e2e::{Receiver, RecvSpan, SPAN_TIMEOUT};
 
 const N: usize = 10;
 const ADDR_A: &str = "10.231.0.1";
@@ -20,41 +16,22 @@ const ADDR_B: &str = "10.231.0.2";
 
 #[test]
 fn two_nodes_over_veth() -> Result<()> {
-    // Declared first, dropped last: the namespaces outlive every process in them.
-    let nodes = TwoNodes::create(ADDR_A, ADDR_B)?;
-    let cg_a = Cgroup::new("node-a")?;
-    let cg_b = Cgroup::new("node-b")?;
-    let rx_a = Receiver::start(Protocol::Grpc)?;
-    let rx_b = Receiver::start(Protocol::Grpc)?;
-    let mut agent_a = Agent::start(&cg_a, &rx_a.endpoint(), Protocol::Grpc, &[])?;
-    let mut agent_b = Agent::start(&cg_b, &rx_b.endpoint(), Protocol::Grpc, &[])?;
-    let svc_b = PyService::opts("svc-b")
-        .bind(ADDR_B)
-        .netns(&nodes.b)
-        .start(&cg_b)?;
-    let svc_a = PyService::opts("svc-a")
-        .bind(ADDR_A)
-        .netns(&nodes.a)
-        .downstream(&svc_b.url(""))
-        .start(&cg_a)?;
-
+    let pair = NodePair::start(NodePairOpts {
+        tag: "node",
+        addr_a: ADDR_A,
+        addr_b: ADDR_B,
+        agent_args: &[],
+        tls_b: None,
+    })?;
     for i in 0..N {
-        let url = svc_a.url(&format!("/chain/veth-{i}"));
-        let status = curl_in(&cg_a, Some(&nodes.a), &url, &[])?;
-        if status != 200 {
-            bail!(
-                "curl {url} in {}: status {status}\n{}\n{}",
-                nodes.a.name(),
-                svc_a.log(),
-                svc_b.log()
-            );
-        }
+        pair.get(&format!("/chain/veth-{i}"))?;
     }
+    let (rx_a, rx_b, svc_b) = (&pair.rx_a, &pair.rx_b, &pair.svc_b);
 
     let pairs: Vec<(String, String)> = (0..N)
         .map(|i| (format!("/chain/veth-{i}"), format!("/work/veth-{i}")))
         .collect();
-    let (spans_a, spans_b) = wait_hops(&rx_a, &rx_b, &pairs)?;
+    let (spans_a, spans_b) = wait_hops(rx_a, rx_b, &pairs)?;
     let received = svc_b.received()?;
 
     let mut bad = Vec::new();
@@ -102,10 +79,7 @@ fn two_nodes_over_veth() -> Result<()> {
     if !strays_a.is_empty() || !strays_b.is_empty() {
         bail!("spans reached the other node's receiver: A got {strays_a:?}, B got {strays_b:?}");
     }
-    agent_a.ensure_healthy()?;
-    agent_b.ensure_healthy()?;
-    agent_a.stop()?;
-    agent_b.stop()
+    pair.stop()
 }
 
 fn is(s: &RecvSpan, server: bool, service: &str, path: &str) -> bool {

@@ -5,10 +5,9 @@
 //! connection alike).
 
 use anyhow::{bail, Context, Result};
-use clew_e2e::netns::TwoNodes;
-use clew_e2e::peers::{curl_in, PyService};
+use clew_e2e::node_pair::{NodePair, NodePairOpts};
 use clew_e2e::tls::TestCert;
-use clew_e2e::{Agent, Cgroup, Expect, Protocol, Receiver, RecvSpan, SPAN_TIMEOUT};
+use clew_e2e::{Expect, RecvSpan, SPAN_TIMEOUT};
 
 use crate::ensure_parent;
 
@@ -18,44 +17,25 @@ const ADDR_B: &str = "10.233.0.2";
 #[test]
 fn tls_context_across_nodes() -> Result<()> {
     let cert = TestCert::new()?;
-    let nodes = TwoNodes::create(ADDR_A, ADDR_B)?;
-    let cg_a = Cgroup::new("tls-node-a")?;
-    let cg_b = Cgroup::new("tls-node-b")?;
-    let rx_a = Receiver::start(Protocol::Grpc)?;
-    let rx_b = Receiver::start(Protocol::Grpc)?;
-    let mut agent_a = Agent::start(&cg_a, &rx_a.endpoint(), Protocol::Grpc, &[])?;
-    let mut agent_b = Agent::start(&cg_b, &rx_b.endpoint(), Protocol::Grpc, &[])?;
-    let svc_b = PyService::opts("svc-b")
-        .bind(ADDR_B)
-        .netns(&nodes.b)
-        .tls(&cert)
-        .start(&cg_b)?;
-    let svc_a = PyService::opts("svc-a")
-        .bind(ADDR_A)
-        .netns(&nodes.a)
-        .downstream(&svc_b.url(""))
-        .start(&cg_a)?;
+    let pair = NodePair::start(NodePairOpts {
+        tag: "tls-node",
+        addr_a: ADDR_A,
+        addr_b: ADDR_B,
+        agent_args: &[],
+        tls_b: Some(&cert),
+    })?;
 
     // (A's SERVER path, B's SERVER path)
     let mut pairs = Vec::new();
     for i in 0..4 {
         pairs.push((format!("/chain/tls-{i}"), format!("/work/tls-{i}")));
+        pair.get(&format!("/chain/tls-{i}"))?;
     }
+    pair.get("/keepalive/ka")?;
     for j in 0..3 {
         pairs.push(("/keepalive/ka".to_string(), format!("/work/ka-{j}")));
     }
-    for path in [
-        "/chain/tls-0",
-        "/chain/tls-1",
-        "/chain/tls-2",
-        "/chain/tls-3",
-        "/keepalive/ka",
-    ] {
-        let status = curl_in(&cg_a, Some(&nodes.a), &svc_a.url(path), &[])?;
-        if status != 200 {
-            bail!("curl {path}: {status}\n{}\n{}", svc_a.log(), svc_b.log());
-        }
-    }
+    let (rx_a, rx_b, svc_b) = (&pair.rx_a, &pair.rx_b, &pair.svc_b);
 
     let port_b = svc_b.port;
     let want_b = |s: &[RecvSpan]| {
@@ -115,8 +95,5 @@ fn tls_context_across_nodes() -> Result<()> {
     if !headers.is_empty() {
         bail!("B received traceparent headers over TLS: {headers:?}");
     }
-    agent_a.ensure_healthy()?;
-    agent_b.ensure_healthy()?;
-    agent_a.stop()?;
-    agent_b.stop()
+    pair.stop()
 }
