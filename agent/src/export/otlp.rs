@@ -1,133 +1,88 @@
 //! Span → OTLP protobuf: one `ExportTraceServiceRequest` per batch, encoded
 //! straight from the spans (field numbers from opentelemetry-proto's
-//! `trace/v1/trace.proto`, `common/v1/common.proto`, `resource/v1/resource.proto`).
+//! `trace/v1/trace.proto`, `common/v1/common.proto`, `resource/v1/resource.proto`;
+//! fields in tag order, as prost writes them).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::trace::v1::{span, status, SpanFlags};
 
-use super::proto::{self, Encode, Out};
+use super::proto::Writer;
 use crate::span::{AttrValue, Resource, Span, SpanKind, Status};
+
+/// About what an HTTP span with its dozen attributes takes, so the buffer
+/// rarely grows (and copies itself) while a batch is written.
+const TYPICAL_SPAN_BYTES: usize = 512;
 
 /// The encoded `ExportTraceServiceRequest` carrying `spans`.
 pub fn encode_request(spans: &[Span]) -> Vec<u8> {
-    proto::to_vec(&Request::group(spans))
+    let mut w = Writer::with_capacity(spans.len() * TYPICAL_SPAN_BYTES);
+    for (resource, spans) in by_resource(spans) {
+        w.message(1, |w| resource_spans(w, resource, &spans));
+    }
+    w.into_bytes()
 }
 
-/// `ExportTraceServiceRequest`: spans grouped by process.
-struct Request<'a> {
-    groups: Vec<ResourceSpans<'a>>,
+/// Spans of one process share one `Arc<Resource>`, so its address is the
+/// grouping key; first-seen order keeps the output deterministic.
+fn by_resource(spans: &[Span]) -> Vec<(&Resource, Vec<&Span>)> {
+    let mut groups: Vec<(&Resource, Vec<&Span>)> = Vec::new();
+    let mut index: HashMap<*const Resource, usize> = HashMap::new();
+    for span in spans {
+        let group = *index.entry(Arc::as_ptr(&span.resource)).or_insert_with(|| {
+            groups.push((&span.resource, Vec::new()));
+            groups.len() - 1
+        });
+        groups[group].1.push(span);
+    }
+    groups
 }
 
-impl<'a> Request<'a> {
-    fn group(spans: &'a [Span]) -> Self {
-        // Spans of one process share one `Arc<Resource>`, so its address is
-        // the grouping key; first-seen order keeps the output deterministic.
-        let mut groups: Vec<ResourceSpans<'a>> = Vec::new();
-        let mut index: HashMap<*const Resource, usize> = HashMap::new();
-        for span in spans {
-            let group = *index.entry(Arc::as_ptr(&span.resource)).or_insert_with(|| {
-                groups.push(ResourceSpans {
-                    resource: &span.resource,
-                    spans: Vec::new(),
-                });
-                groups.len() - 1
-            });
-            groups[group].spans.push(span);
+fn resource_spans(w: &mut Writer, resource: &Resource, spans: &[&Span]) {
+    w.message(1, |w| {
+        for (key, value) in &resource.attributes {
+            w.message(1, |w| key_value(w, key, value));
         }
-        Request { groups }
-    }
-}
-
-impl Encode for Request<'_> {
-    fn encode<O: Out>(&self, out: &mut O) {
-        for group in &self.groups {
-            out.message(1, group);
+    });
+    w.message(2, |w| {
+        // The instrumentation scope: the agent itself.
+        w.message(1, |w| {
+            w.bytes_if_set(1, b"clew");
+            w.bytes_if_set(2, env!("CARGO_PKG_VERSION").as_bytes());
+        });
+        for s in spans {
+            w.message(2, |w| span(w, s));
         }
-    }
+    });
 }
 
-struct ResourceSpans<'a> {
-    resource: &'a Resource,
-    spans: Vec<&'a Span>,
-}
-
-impl Encode for ResourceSpans<'_> {
-    fn encode<O: Out>(&self, out: &mut O) {
-        out.message(1, &ResourceAttributes(self.resource));
-        out.message(2, &ScopeSpans(&self.spans));
+fn span(w: &mut Writer, s: &Span) {
+    w.bytes(1, &s.trace_id);
+    w.bytes(2, &s.span_id);
+    w.bytes_if_set(3, s.trace_state.as_bytes());
+    if let Some(parent) = &s.parent_span_id {
+        w.bytes(4, parent);
     }
-}
-
-struct ResourceAttributes<'a>(&'a Resource);
-
-impl Encode for ResourceAttributes<'_> {
-    fn encode<O: Out>(&self, out: &mut O) {
-        for (key, value) in &self.0.attributes {
-            out.message(1, &KeyValue(key, value));
-        }
+    w.bytes_if_set(5, s.name.as_bytes());
+    let kind = match s.kind {
+        SpanKind::Server => span::SpanKind::Server,
+        SpanKind::Client => span::SpanKind::Client,
+    };
+    w.varint_field(6, kind as u64);
+    w.fixed64_if_set(7, s.start_ns);
+    w.fixed64_if_set(8, s.end_ns);
+    for (key, value) in &s.attributes {
+        w.message(9, |w| key_value(w, key, value));
     }
-}
-
-struct ScopeSpans<'a>(&'a [&'a Span]);
-
-impl Encode for ScopeSpans<'_> {
-    fn encode<O: Out>(&self, out: &mut O) {
-        out.message(1, &Scope);
-        for span in self.0 {
-            out.message(2, &ProtoSpan(span));
-        }
+    // An absent status reads as Unset and costs no bytes.
+    if let Status::Error(message) = &s.status {
+        w.message(15, |w| {
+            w.bytes_if_set(2, message.as_bytes());
+            w.varint_field(3, status::StatusCode::Error as u64);
+        });
     }
-}
-
-/// `InstrumentationScope`: the agent itself.
-struct Scope;
-
-impl Encode for Scope {
-    fn encode<O: Out>(&self, out: &mut O) {
-        out.bytes_if_set(1, b"clew");
-        out.bytes_if_set(2, env!("CARGO_PKG_VERSION").as_bytes());
-    }
-}
-
-struct ProtoSpan<'a>(&'a Span);
-
-impl Encode for ProtoSpan<'_> {
-    fn encode<O: Out>(&self, out: &mut O) {
-        let s = self.0;
-        out.bytes(1, &s.trace_id);
-        out.bytes(2, &s.span_id);
-        out.bytes_if_set(3, s.trace_state.as_bytes());
-        if let Some(parent) = &s.parent_span_id {
-            out.bytes(4, parent);
-        }
-        out.bytes_if_set(5, s.name.as_bytes());
-        let kind = match s.kind {
-            SpanKind::Server => span::SpanKind::Server,
-            SpanKind::Client => span::SpanKind::Client,
-        };
-        out.varint_field(6, kind as u64);
-        out.fixed64_if_set(7, s.start_ns);
-        out.fixed64_if_set(8, s.end_ns);
-        for (key, value) in &s.attributes {
-            out.message(9, &KeyValue(key, value));
-        }
-        // An absent status reads as Unset and costs no bytes.
-        if let Status::Error(message) = &s.status {
-            out.message(15, &ErrorStatus(message));
-        }
-        out.fixed32_if_set(16, flags(s));
-    }
-}
-
-struct ErrorStatus<'a>(&'a str);
-
-impl Encode for ErrorStatus<'_> {
-    fn encode<O: Out>(&self, out: &mut O) {
-        out.bytes_if_set(2, self.0.as_bytes());
-        out.varint_field(3, status::StatusCode::Error as u64);
-    }
+    w.fixed32_if_set(16, flags(s));
 }
 
 /// W3C trace flags in the low byte (only "sampled" exists), plus whether the
@@ -145,27 +100,16 @@ fn flags(span: &Span) -> u32 {
     sampled | SpanFlags::ContextHasIsRemoteMask as u32 | remote
 }
 
-struct KeyValue<'a>(&'a str, &'a AttrValue);
-
-impl Encode for KeyValue<'_> {
-    fn encode<O: Out>(&self, out: &mut O) {
-        out.bytes_if_set(1, self.0.as_bytes());
-        out.message(2, &AnyValue(self.1));
-    }
-}
-
-struct AnyValue<'a>(&'a AttrValue);
-
-impl Encode for AnyValue<'_> {
-    fn encode<O: Out>(&self, out: &mut O) {
-        // A `oneof`: the member is written even when it holds the default.
-        match self.0 {
-            AttrValue::Str(s) => out.bytes(1, s.as_bytes()),
-            AttrValue::Bool(b) => out.varint_field(2, u64::from(*b)),
-            // int64 is sign-extended to ten bytes, as prost does.
-            AttrValue::Int(i) => out.varint_field(3, *i as u64),
-        }
-    }
+/// `KeyValue` with its `AnyValue`, whose `oneof` member is written even when
+/// it holds the default.
+fn key_value(w: &mut Writer, key: &str, value: &AttrValue) {
+    w.bytes_if_set(1, key.as_bytes());
+    w.message(2, |w| match value {
+        AttrValue::Str(s) => w.bytes(1, s.as_bytes()),
+        AttrValue::Bool(b) => w.varint_field(2, u64::from(*b)),
+        // int64: negatives are sign-extended to ten bytes, as prost does.
+        AttrValue::Int(i) => w.varint_field(3, *i as u64),
+    });
 }
 
 #[cfg(test)]

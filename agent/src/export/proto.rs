@@ -1,106 +1,146 @@
-//! Protobuf wire encoding straight from the agent's own types: each message
-//! is described once, as an [`Encode`] impl, and the same description both
-//! measures a message (length prefixes come first on the wire) and writes it.
+//! Protobuf wire encoding written straight from the agent's own types.
 //! Building the prost structs first would copy every string and key of every
 //! span into fresh allocations only to serialise and free them.
+//!
+//! A nested message is length-prefixed, and its length is only known once it
+//! is written: one byte is set aside for it (enough below 128 bytes, which
+//! most attributes are) and the body is moved up in the rare longer case,
+//! rather than measuring every message before writing it.
 
-use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
-
-/// A protobuf message written field by field.
-pub(super) trait Encode {
-    fn encode<O: Out>(&self, out: &mut O);
+/// Wire types used here (protobuf encoding spec).
+#[derive(Clone, Copy)]
+enum WireType {
+    Varint = 0,
+    SixtyFourBit = 1,
+    LengthDelimited = 2,
+    ThirtyTwoBit = 5,
 }
 
-/// Where fields go: a byte buffer, or a counter of the bytes they would take.
-pub(super) trait Out: Sized {
-    fn key(&mut self, tag: u32, wire_type: WireType);
-    fn varint(&mut self, value: u64);
-    fn raw(&mut self, bytes: &[u8]);
+/// An encoded message being written, top-level fields first.
+#[derive(Default)]
+pub(super) struct Writer {
+    buf: Vec<u8>,
+}
 
-    /// A nested message field, length-prefixed.
-    fn message<M: Encode>(&mut self, tag: u32, m: &M) {
-        let len = encoded_len(m);
+impl Writer {
+    pub(super) fn with_capacity(bytes: usize) -> Self {
+        Writer {
+            buf: Vec::with_capacity(bytes),
+        }
+    }
+
+    pub(super) fn into_bytes(self) -> Vec<u8> {
+        self.buf
+    }
+
+    /// A nested message field whose fields `body` writes.
+    pub(super) fn message(&mut self, tag: u32, body: impl FnOnce(&mut Writer)) {
         self.key(tag, WireType::LengthDelimited);
-        self.varint(len as u64);
-        m.encode(self);
+        let at = self.buf.len();
+        self.buf.push(0);
+        body(self);
+        let len = self.buf.len() - at - 1;
+        if len < 0x80 {
+            self.buf[at] = len as u8;
+        } else {
+            let (prefix, n) = varint(len as u64);
+            self.buf.splice(at..at + 1, prefix[..n].iter().copied());
+        }
     }
 
     /// A `bytes` or `string` field, written even when empty (`oneof` members).
-    fn bytes(&mut self, tag: u32, bytes: &[u8]) {
+    pub(super) fn bytes(&mut self, tag: u32, bytes: &[u8]) {
         self.key(tag, WireType::LengthDelimited);
         self.varint(bytes.len() as u64);
-        self.raw(bytes);
+        self.buf.extend_from_slice(bytes);
     }
 
     /// A proto3 `string`/`bytes` field: empty is the default and is left out.
-    fn bytes_if_set(&mut self, tag: u32, bytes: &[u8]) {
+    pub(super) fn bytes_if_set(&mut self, tag: u32, bytes: &[u8]) {
         if !bytes.is_empty() {
             self.bytes(tag, bytes);
         }
     }
 
     /// A varint-typed field (`int64`, `bool`, enums), written even when zero.
-    fn varint_field(&mut self, tag: u32, value: u64) {
+    pub(super) fn varint_field(&mut self, tag: u32, value: u64) {
         self.key(tag, WireType::Varint);
         self.varint(value);
     }
 
-    fn fixed32_if_set(&mut self, tag: u32, value: u32) {
+    pub(super) fn fixed32_if_set(&mut self, tag: u32, value: u32) {
         if value != 0 {
             self.key(tag, WireType::ThirtyTwoBit);
-            self.raw(&value.to_le_bytes());
+            self.buf.extend_from_slice(&value.to_le_bytes());
         }
     }
 
-    fn fixed64_if_set(&mut self, tag: u32, value: u64) {
+    pub(super) fn fixed64_if_set(&mut self, tag: u32, value: u64) {
         if value != 0 {
             self.key(tag, WireType::SixtyFourBit);
-            self.raw(&value.to_le_bytes());
+            self.buf.extend_from_slice(&value.to_le_bytes());
         }
     }
-}
 
-/// Bytes `m` takes on the wire, without its own key and length.
-pub(super) fn encoded_len<M: Encode>(m: &M) -> usize {
-    let mut len = Len(0);
-    m.encode(&mut len);
-    len.0
-}
-
-struct Len(usize);
-
-impl Out for Len {
-    fn key(&mut self, tag: u32, _: WireType) {
-        self.0 += key_len(tag);
-    }
-    fn varint(&mut self, value: u64) {
-        self.0 += encoded_len_varint(value);
-    }
-    fn raw(&mut self, bytes: &[u8]) {
-        self.0 += bytes.len();
-    }
-    // Counted once here rather than once per enclosing message.
-    fn message<M: Encode>(&mut self, tag: u32, m: &M) {
-        let len = encoded_len(m);
-        self.0 += key_len(tag) + encoded_len_varint(len as u64) + len;
-    }
-}
-
-impl Out for Vec<u8> {
     fn key(&mut self, tag: u32, wire_type: WireType) {
-        encode_key(tag, wire_type, self);
+        self.varint(u64::from(tag << 3 | wire_type as u32));
     }
-    fn varint(&mut self, value: u64) {
-        encode_varint(value, self);
-    }
-    fn raw(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
+
+    fn varint(&mut self, mut value: u64) {
+        // Byte by byte: keys and most lengths are one byte, and a slice copy
+        // would cost a call.
+        while value >= 0x80 {
+            self.buf.push(value as u8 | 0x80);
+            value >>= 7;
+        }
+        self.buf.push(value as u8);
     }
 }
 
-/// Writes `m` as a top-level message.
-pub(super) fn to_vec<M: Encode>(m: &M) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(encoded_len(m));
-    m.encode(&mut buf);
-    buf
+/// Base-128 varint: seven bits per byte, low bits first.
+fn varint(mut value: u64) -> ([u8; 10], usize) {
+    let mut bytes = [0; 10];
+    let mut n = 0;
+    while value >= 0x80 {
+        bytes[n] = value as u8 | 0x80;
+        value >>= 7;
+        n += 1;
+    }
+    bytes[n] = value as u8;
+    (bytes, n + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_match_the_spec_examples() {
+        let enc = |v| {
+            let (b, n) = varint(v);
+            b[..n].to_vec()
+        };
+        assert_eq!(enc(1), [0x01]);
+        assert_eq!(enc(150), [0x96, 0x01]);
+        assert_eq!(enc(u64::MAX).len(), 10);
+        // int64 -1 is sign-extended to ten bytes.
+        assert_eq!(
+            enc(-1i64 as u64),
+            [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]
+        );
+    }
+
+    #[test]
+    fn long_messages_get_their_length_moved_in_front() {
+        for len in [0, 127, 128, 300, 20_000] {
+            let mut w = Writer::default();
+            w.message(1, |w| w.bytes(2, &vec![7; len]));
+            let bytes = w.into_bytes();
+            let inner = 1 + varint(len as u64).1 + len;
+            let (prefix, n) = varint(inner as u64);
+            assert_eq!(bytes[0], 0x0a);
+            assert_eq!(&bytes[1..1 + n], &prefix[..n], "{len}");
+            assert_eq!(bytes.len(), 1 + n + inner, "{len}");
+        }
+    }
 }
