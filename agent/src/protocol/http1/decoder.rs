@@ -4,7 +4,8 @@ use std::collections::VecDeque;
 use std::mem;
 
 use super::chunked::Chunked;
-use super::parse::{self, Body, Framing, ParseError, RequestHead, ResponseHead, Sniff};
+use super::head::{RequestHead, ResponseHead};
+use super::parse::{self, Body, Framing, ParseError, Sniff};
 
 /// Largest message head buffered; a longer one is given up on.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -288,7 +289,7 @@ impl Decoder {
         out: &mut Vec<Frame>,
     ) -> Option<Result<Body, ParseError>> {
         self.synced();
-        if head.method == "CONNECT" || head.header("upgrade").is_some() {
+        if head.method() == "CONNECT" || head.header("upgrade").is_some() {
             self.then = Then::MaybeTunnel;
         }
         out.push(Frame::Request { head, ts });
@@ -527,7 +528,7 @@ mod tests {
 
     fn show(frame: &Frame) -> String {
         match frame {
-            Frame::Request { head, ts } => format!("{} {} @{ts}", head.method, head.target),
+            Frame::Request { head, ts } => format!("{} {} @{ts}", head.method(), head.target()),
             Frame::Response { head, ts } => format!("{} @{ts}", head.status),
             Frame::Interim { status, ts } => format!("interim {status} @{ts}"),
             Frame::End { ts } => format!("end @{ts}"),
@@ -714,7 +715,7 @@ mod tests {
         let Frame::Response { head, .. } = &run.out[0] else {
             panic!("{:?}", run.out);
         };
-        assert_eq!((head.minor_version, head.reason.as_str()), (0, "OK"));
+        assert_eq!((head.minor_version, head.reason()), (0, "OK"));
         assert_eq!(run.shown(), ["200 @1"]);
         assert_eq!(run.finish(7).shown(), ["end @7"]);
     }
