@@ -241,6 +241,13 @@ impl Decoder {
         ts: u64,
         out: &mut Vec<Frame>,
     ) -> &'a [u8] {
+        if head.buf.is_empty() && self.sniff(input) != Sniff::No {
+            // The usual case, a whole head in one syscall: parsed in place.
+            if let Some(end) = find_head_end(input, 0).filter(|&end| end <= MAX_HEAD) {
+                self.complete_head(&input[..end], head.ts, ts, out);
+                return &input[end..];
+            }
+        }
         let old = head.buf.len();
         let taken = input.len().min(MAX_HEAD - old);
         head.buf.extend_from_slice(&input[..taken]);
@@ -472,14 +479,14 @@ fn skip_blank_lines(input: &[u8]) -> &[u8] {
 fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
     // The end may straddle the previous search's boundary.
     let start = from.saturating_sub(2);
-    buf[start..]
-        .windows(2)
-        .enumerate()
-        .find_map(|(i, w)| match w {
-            [b'\n', b'\n'] => Some(start + i + 2),
-            [b'\n', b'\r'] if buf.get(start + i + 2) == Some(&b'\n') => Some(start + i + 3),
+    memchr::memchr_iter(b'\n', &buf[start..]).find_map(|i| {
+        let after = start + i + 1;
+        match buf.get(after..) {
+            Some([b'\n', ..]) => Some(after + 1),
+            Some([b'\r', b'\n', ..]) => Some(after + 2),
             _ => None,
-        })
+        }
+    })
 }
 
 #[cfg(test)]

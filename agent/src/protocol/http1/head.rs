@@ -96,9 +96,13 @@ impl<'a> Iterator for Headers<'a> {
 impl ExactSizeIterator for Headers<'_> {}
 
 impl<'a> Headers<'a> {
-    /// The first value of header `name`, matched case-insensitively.
-    fn value_of(mut self, name: &str) -> Option<&'a str> {
-        self.find_map(|(n, v)| n.eq_ignore_ascii_case(name).then_some(v))
+    /// The first value of header `name`, matched case-insensitively; only
+    /// names are sliced out until one matches.
+    fn value_of(self, name: &str) -> Option<&'a str> {
+        (self.next..self.strings.len().saturating_sub(1))
+            .step_by(2)
+            .find(|&i| self.strings.get(i).eq_ignore_ascii_case(name))
+            .map(|i| self.strings.get(i + 1))
     }
 }
 

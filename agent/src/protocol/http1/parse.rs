@@ -192,7 +192,7 @@ fn with_header_slots<'b, T>(
     buf: &'b [u8],
     parse: impl FnOnce(&mut [httparse::Header<'b>]) -> T,
 ) -> T {
-    let lines = buf.iter().filter(|&&b| b == b'\n').count();
+    let lines = memchr::memchr_iter(b'\n', buf).count();
     if lines <= STACK_SLOTS {
         parse(&mut [httparse::EMPTY_HEADER; STACK_SLOTS][..lines])
     } else {

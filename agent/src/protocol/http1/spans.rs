@@ -184,8 +184,8 @@ impl Session {
                 let tp = head.header("traceparent");
                 let ctx = match self.role {
                     Role::Server => {
-                        let mut ctx =
-                            nesting.server_span(tid, conn_id, ts, tp, head.header("tracestate"));
+                        let state = tp.and_then(|_| head.header("tracestate"));
+                        let mut ctx = nesting.server_span(tid, conn_id, ts, tp, state);
                         if let Some(client) = self.endpoint.and_then(|e| nesting.take_offer(e, ts))
                         {
                             link(&mut ctx, &client);
@@ -352,10 +352,8 @@ pub fn to_span(
             a.push(("url.query", q.to_owned().into()));
         }
     }
-    if let Some(b) = req
-        .header("baggage")
-        .filter(|_| !opts.baggage_keys.is_empty())
-    {
+    let wanted_baggage = !opts.baggage_keys.is_empty();
+    if let Some(b) = wanted_baggage.then(|| req.header("baggage")).flatten() {
         for (k, v) in crate::trace_context::parse_baggage(b) {
             if let Some(key) = opts.baggage_keys.iter().find(|want| **want == k) {
                 a.push((key, v.into()));
