@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clew::{
     capture,
     clock::Clock,
-    export::export_request,
+    export::encode_request,
     nesting::Nesting,
     protocol::http1::spans::{ConnFacts, Role, Session, SpanOptions},
     sampling::{Root, Sampler},
@@ -18,7 +18,6 @@ use clew_common::{dir, kind, DataHeader};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use prost::Message;
 
 const EXCHANGES: usize = 1024;
 const BATCH: usize = 512;
@@ -100,7 +99,7 @@ fn pipeline(c: &mut Criterion) {
                     ));
                 }
                 if spans.len() == BATCH {
-                    bytes += export_request(&spans).encode_to_vec().len();
+                    bytes += encode_request(&spans).len();
                     spans.clear();
                 }
             }

@@ -7,7 +7,10 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
+// One thread: the pipeline is sequential, and handing records, spans or
+// readiness between worker threads cost a futex wake-up per hand-off, which
+// was most of the agent's CPU under load.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
     let filter =

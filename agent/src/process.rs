@@ -125,7 +125,7 @@ pub fn build(pid: u32, f: &ProcFacts, host: &str) -> Resource {
         .map(crate::trace_context::parse_baggage)
         .unwrap_or_default()
     {
-        attrs.push((k, AttrValue::Str(v)));
+        attrs.push((k, v.into()));
     }
     let from_attrs = attrs
         .iter()
@@ -159,7 +159,7 @@ pub fn build(pid: u32, f: &ProcFacts, host: &str) -> Resource {
     if !f.cmdline.is_empty() {
         set("process.command_line", f.cmdline.join(" ").into());
     }
-    set("host.name", host.into());
+    set("host.name", host.to_owned().into());
     set("telemetry.sdk.name", "clew".into());
     set("telemetry.sdk.language", "rust".into());
     set("telemetry.sdk.version", env!("CARGO_PKG_VERSION").into());

@@ -1,7 +1,7 @@
 //! The span model every stage after protocol parsing speaks: what a finished
 //! SERVER or CLIENT span looks like on its way to sampling and export.
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 pub type TraceId = [u8; 16];
 pub type SpanId = [u8; 8];
@@ -14,19 +14,20 @@ pub enum SpanKind {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttrValue {
-    Str(String),
+    /// Borrowed for the fixed values of the conventions ("http", "1.1", ...).
+    Str(Cow<'static, str>),
     Int(i64),
     Bool(bool),
 }
 
-impl From<&str> for AttrValue {
-    fn from(v: &str) -> Self {
-        AttrValue::Str(v.to_owned())
+impl From<&'static str> for AttrValue {
+    fn from(v: &'static str) -> Self {
+        AttrValue::Str(Cow::Borrowed(v))
     }
 }
 impl From<String> for AttrValue {
     fn from(v: String) -> Self {
-        AttrValue::Str(v)
+        AttrValue::Str(Cow::Owned(v))
     }
 }
 impl From<i64> for AttrValue {
@@ -74,7 +75,7 @@ pub struct Span {
     pub parent_span_id: Option<SpanId>,
     pub trace_state: String,
     pub sampled: bool,
-    pub name: String,
+    pub name: Cow<'static, str>,
     pub kind: SpanKind,
     /// Unix epoch nanoseconds.
     pub start_ns: u64,

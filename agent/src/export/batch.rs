@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::otlp::export_request;
+use super::otlp::encode_request;
 use super::stats::{add, Counters};
 use super::transport::{SendError, Transport};
 use crate::span::Span;
@@ -98,7 +98,7 @@ struct Delivery {
 
 impl Delivery {
     async fn deliver(&mut self, spans: &[Span]) {
-        let request = export_request(spans);
+        let request = bytes::Bytes::from(encode_request(spans));
         let count = spans.len() as u64;
         for attempt in 1..=MAX_ATTEMPTS {
             if let Some(pause) = self.backoff {

@@ -7,7 +7,9 @@
 mod batch;
 mod config;
 mod console;
+mod grpc;
 mod otlp;
+mod proto;
 mod stats;
 #[cfg(test)]
 mod test_support;
@@ -21,7 +23,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::task::JoinHandle;
 
 pub use config::{ExportConfig, Protocol};
-pub use otlp::export_request;
+pub use otlp::encode_request;
 pub use stats::ExportStats;
 
 use crate::span::Span;

@@ -1,88 +1,88 @@
-//! Span → OTLP protobuf mapping: one `ExportTraceServiceRequest` per batch.
+//! Span → OTLP protobuf: one `ExportTraceServiceRequest` per batch, encoded
+//! straight from the spans (field numbers from opentelemetry-proto's
+//! `trace/v1/trace.proto`, `common/v1/common.proto`, `resource/v1/resource.proto`;
+//! fields in tag order, as prost writes them).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
-use opentelemetry_proto::tonic::trace::v1::{
-    span, status, ResourceSpans, ScopeSpans, Span as ProtoSpan, SpanFlags, Status as ProtoStatus,
-};
+use opentelemetry_proto::tonic::trace::v1::{span, status, SpanFlags};
 
+use super::proto::Writer;
 use crate::span::{AttrValue, Resource, Span, SpanKind, Status};
 
-pub fn export_request(spans: &[Span]) -> ExportTraceServiceRequest {
-    // Spans of one process share one `Arc<Resource>`, so its address is the
-    // grouping key; first-seen order keeps the output deterministic.
-    let mut groups: Vec<(&Resource, Vec<ProtoSpan>)> = Vec::new();
+/// About what an HTTP span with its dozen attributes takes, so the buffer
+/// rarely grows (and copies itself) while a batch is written.
+const TYPICAL_SPAN_BYTES: usize = 512;
+
+/// The encoded `ExportTraceServiceRequest` carrying `spans`.
+pub fn encode_request(spans: &[Span]) -> Vec<u8> {
+    let mut w = Writer::with_capacity(spans.len() * TYPICAL_SPAN_BYTES);
+    for (resource, spans) in by_resource(spans) {
+        w.message(1, |w| resource_spans(w, resource, &spans));
+    }
+    w.into_bytes()
+}
+
+/// Spans of one process share one `Arc<Resource>`, so its address is the
+/// grouping key; first-seen order keeps the output deterministic.
+fn by_resource(spans: &[Span]) -> Vec<(&Resource, Vec<&Span>)> {
+    let mut groups: Vec<(&Resource, Vec<&Span>)> = Vec::new();
     let mut index: HashMap<*const Resource, usize> = HashMap::new();
     for span in spans {
         let group = *index.entry(Arc::as_ptr(&span.resource)).or_insert_with(|| {
             groups.push((&span.resource, Vec::new()));
             groups.len() - 1
         });
-        groups[group].1.push(proto_span(span));
+        groups[group].1.push(span);
     }
-    ExportTraceServiceRequest {
-        resource_spans: groups
-            .into_iter()
-            .map(|(resource, spans)| ResourceSpans {
-                resource: Some(ProtoResource {
-                    attributes: resource
-                        .attributes
-                        .iter()
-                        .map(|(key, value)| key_value(key, value))
-                        .collect(),
-                    ..Default::default()
-                }),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: "clew".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..Default::default()
-                    }),
-                    spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            })
-            .collect(),
-    }
+    groups
 }
 
-fn proto_span(span: &Span) -> ProtoSpan {
-    ProtoSpan {
-        trace_id: span.trace_id.to_vec(),
-        span_id: span.span_id.to_vec(),
-        parent_span_id: span
-            .parent_span_id
-            .map(|id| id.to_vec())
-            .unwrap_or_default(),
-        trace_state: span.trace_state.clone(),
-        flags: flags(span),
-        name: span.name.clone(),
-        kind: match span.kind {
-            SpanKind::Server => span::SpanKind::Server,
-            SpanKind::Client => span::SpanKind::Client,
-        } as i32,
-        start_time_unix_nano: span.start_ns,
-        end_time_unix_nano: span.end_ns,
-        attributes: span
-            .attributes
-            .iter()
-            .map(|(key, value)| key_value(key, value))
-            .collect(),
-        // An absent status reads as Unset and costs no bytes.
-        status: match &span.status {
-            Status::Unset => None,
-            Status::Error(message) => Some(ProtoStatus {
-                message: message.clone(),
-                code: status::StatusCode::Error as i32,
-            }),
-        },
-        ..Default::default()
+fn resource_spans(w: &mut Writer, resource: &Resource, spans: &[&Span]) {
+    w.message(1, |w| {
+        for (key, value) in &resource.attributes {
+            w.message(1, |w| key_value(w, key, value));
+        }
+    });
+    w.message(2, |w| {
+        // The instrumentation scope: the agent itself.
+        w.message(1, |w| {
+            w.bytes_if_set(1, b"clew");
+            w.bytes_if_set(2, env!("CARGO_PKG_VERSION").as_bytes());
+        });
+        for s in spans {
+            w.message(2, |w| span(w, s));
+        }
+    });
+}
+
+fn span(w: &mut Writer, s: &Span) {
+    w.bytes(1, &s.trace_id);
+    w.bytes(2, &s.span_id);
+    w.bytes_if_set(3, s.trace_state.as_bytes());
+    if let Some(parent) = &s.parent_span_id {
+        w.bytes(4, parent);
     }
+    w.bytes_if_set(5, s.name.as_bytes());
+    let kind = match s.kind {
+        SpanKind::Server => span::SpanKind::Server,
+        SpanKind::Client => span::SpanKind::Client,
+    };
+    w.varint_field(6, kind as u64);
+    w.fixed64_if_set(7, s.start_ns);
+    w.fixed64_if_set(8, s.end_ns);
+    for (key, value) in &s.attributes {
+        w.message(9, |w| key_value(w, key, value));
+    }
+    // An absent status reads as Unset and costs no bytes.
+    if let Status::Error(message) = &s.status {
+        w.message(15, |w| {
+            w.bytes_if_set(2, message.as_bytes());
+            w.varint_field(3, status::StatusCode::Error as u64);
+        });
+    }
+    w.fixed32_if_set(16, flags(s));
 }
 
 /// W3C trace flags in the low byte (only "sampled" exists), plus whether the
@@ -100,23 +100,35 @@ fn flags(span: &Span) -> u32 {
     sampled | SpanFlags::ContextHasIsRemoteMask as u32 | remote
 }
 
-fn key_value(key: &str, value: &AttrValue) -> KeyValue {
-    let value = match value {
-        AttrValue::Str(s) => any_value::Value::StringValue(s.clone()),
-        AttrValue::Int(i) => any_value::Value::IntValue(*i),
-        AttrValue::Bool(b) => any_value::Value::BoolValue(*b),
-    };
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
-    }
+/// `KeyValue` with its `AnyValue`, whose `oneof` member is written even when
+/// it holds the default.
+fn key_value(w: &mut Writer, key: &str, value: &AttrValue) {
+    w.bytes_if_set(1, key.as_bytes());
+    w.message(2, |w| match value {
+        AttrValue::Str(s) => w.bytes(1, s.as_bytes()),
+        AttrValue::Bool(b) => w.varint_field(2, u64::from(*b)),
+        // int64: negatives are sign-extended to ten bytes, as prost does.
+        AttrValue::Int(i) => w.varint_field(3, *i as u64),
+    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::export::test_support::{resource, span};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value;
+    use opentelemetry_proto::tonic::trace::v1::Status as ProtoStatus;
+    use prost::Message;
+
+    /// What a collector reads; prost writing it back byte for byte shows the
+    /// encoding is canonical (fields by tag, defaults left out).
+    fn export_request(spans: &[Span]) -> ExportTraceServiceRequest {
+        let bytes = encode_request(spans);
+        let request = ExportTraceServiceRequest::decode(&bytes[..]).expect("valid protobuf");
+        assert_eq!(request.encode_to_vec(), bytes);
+        request
+    }
 
     #[test]
     fn spans_map_field_by_field() {
@@ -131,6 +143,11 @@ mod tests {
             ("url.path", "/cart".into()),
             ("http.response.status_code", 500.into()),
             ("network.peer.verified", true.into()),
+            // Defaults and negatives: a oneof member is always written.
+            ("x.empty", "".into()),
+            ("x.negative", (-1i64).into()),
+            ("x.false", false.into()),
+            ("x.utf8", "é→".into()),
         ];
         let mut client = span(&res, 1, 0xb, Some(0xa));
         client.kind = SpanKind::Client;
@@ -179,6 +196,10 @@ mod tests {
                 ("url.path", any_value::Value::StringValue("/cart".into())),
                 ("http.response.status_code", any_value::Value::IntValue(500)),
                 ("network.peer.verified", any_value::Value::BoolValue(true)),
+                ("x.empty", any_value::Value::StringValue(String::new())),
+                ("x.negative", any_value::Value::IntValue(-1)),
+                ("x.false", any_value::Value::BoolValue(false)),
+                ("x.utf8", any_value::Value::StringValue("é→".into())),
             ]
         );
         // sampled | has_is_remote | is_remote

@@ -24,7 +24,7 @@ pub fn resource(pid: u32, service: &str) -> Arc<Resource> {
     Arc::new(Resource {
         pid,
         service_name: service.into(),
-        attributes: vec![("service.name".into(), service.into())],
+        attributes: vec![("service.name".into(), service.to_owned().into())],
     })
 }
 

@@ -4,16 +4,15 @@ use std::error::Error;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::Code;
 
+use super::grpc::TraceClient;
 use super::Protocol;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +28,7 @@ pub(super) enum SendError {
 pub(super) enum Transport {
     Grpc {
         // Boxed: the client is several times the size of the HTTP variant.
-        client: Box<TraceServiceClient<Channel>>,
+        client: Box<TraceClient>,
         metadata: MetadataMap,
     },
     Http {
@@ -63,7 +62,7 @@ impl Transport {
                     );
                 }
                 Ok(Transport::Grpc {
-                    client: Box::new(TraceServiceClient::new(channel)),
+                    client: Box::new(TraceClient::new(channel)),
                     metadata,
                 })
             }
@@ -96,12 +95,9 @@ impl Transport {
         }
     }
 
-    /// Sends one request; `Ok` carries how many spans the collector rejected
-    /// in a partial success.
-    pub(super) async fn send(
-        &mut self,
-        request: &ExportTraceServiceRequest,
-    ) -> Result<u64, SendError> {
+    /// Sends one encoded `ExportTraceServiceRequest`; `Ok` carries how many
+    /// spans the collector rejected in a partial success.
+    pub(super) async fn send(&mut self, request: &Bytes) -> Result<u64, SendError> {
         let response = match self {
             Transport::Grpc { client, metadata } => {
                 let mut call = tonic::Request::new(request.clone());
@@ -111,7 +107,7 @@ impl Transport {
             Transport::Http { client, url } => {
                 let response = client
                     .post(url.as_str())
-                    .body(request.encode_to_vec())
+                    .body(request.clone())
                     .send()
                     .await
                     .map_err(|e| SendError::Transient(describe(&e)))?;
@@ -184,11 +180,12 @@ fn describe(err: &(dyn Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::otlp::export_request;
+    use crate::export::otlp::encode_request;
     use crate::export::test_support::{free_port, resource, span, Collector};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
-    fn one_span_request() -> ExportTraceServiceRequest {
-        export_request(&[span(&resource(7, "svc"), 1, 1, None)])
+    fn one_span_request() -> Bytes {
+        encode_request(&[span(&resource(7, "svc"), 1, 1, None)]).into()
     }
 
     #[tokio::test]
@@ -209,7 +206,11 @@ mod tests {
                 "{protocol}"
             );
             let received = collector.next().await;
-            assert_eq!(received.request, one_span_request(), "{protocol}");
+            assert_eq!(
+                received.request,
+                ExportTraceServiceRequest::decode(one_span_request()).unwrap(),
+                "{protocol}"
+            );
             assert_eq!(
                 received.header("x-tenant").as_deref(),
                 Some("acme"),

@@ -4,7 +4,8 @@ use std::collections::VecDeque;
 use std::mem;
 
 use super::chunked::Chunked;
-use super::parse::{self, Body, Framing, ParseError, RequestHead, ResponseHead, Sniff};
+use super::head::{RequestHead, ResponseHead};
+use super::parse::{self, Body, Framing, ParseError, Sniff};
 
 /// Largest message head buffered; a longer one is given up on.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -240,6 +241,13 @@ impl Decoder {
         ts: u64,
         out: &mut Vec<Frame>,
     ) -> &'a [u8] {
+        if head.buf.is_empty() && self.sniff(input) != Sniff::No {
+            // The usual case, a whole head in one syscall: parsed in place.
+            if let Some(end) = find_head_end(input, 0).filter(|&end| end <= MAX_HEAD) {
+                self.complete_head(&input[..end], head.ts, ts, out);
+                return &input[end..];
+            }
+        }
         let old = head.buf.len();
         let taken = input.len().min(MAX_HEAD - old);
         head.buf.extend_from_slice(&input[..taken]);
@@ -288,7 +296,7 @@ impl Decoder {
         out: &mut Vec<Frame>,
     ) -> Option<Result<Body, ParseError>> {
         self.synced();
-        if head.method == "CONNECT" || head.header("upgrade").is_some() {
+        if head.method() == "CONNECT" || head.header("upgrade").is_some() {
             self.then = Then::MaybeTunnel;
         }
         out.push(Frame::Request { head, ts });
@@ -471,14 +479,14 @@ fn skip_blank_lines(input: &[u8]) -> &[u8] {
 fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
     // The end may straddle the previous search's boundary.
     let start = from.saturating_sub(2);
-    buf[start..]
-        .windows(2)
-        .enumerate()
-        .find_map(|(i, w)| match w {
-            [b'\n', b'\n'] => Some(start + i + 2),
-            [b'\n', b'\r'] if buf.get(start + i + 2) == Some(&b'\n') => Some(start + i + 3),
+    memchr::memchr_iter(b'\n', &buf[start..]).find_map(|i| {
+        let after = start + i + 1;
+        match buf.get(after..) {
+            Some([b'\n', ..]) => Some(after + 1),
+            Some([b'\r', b'\n', ..]) => Some(after + 2),
             _ => None,
-        })
+        }
+    })
 }
 
 #[cfg(test)]
@@ -527,7 +535,7 @@ mod tests {
 
     fn show(frame: &Frame) -> String {
         match frame {
-            Frame::Request { head, ts } => format!("{} {} @{ts}", head.method, head.target),
+            Frame::Request { head, ts } => format!("{} {} @{ts}", head.method(), head.target()),
             Frame::Response { head, ts } => format!("{} @{ts}", head.status),
             Frame::Interim { status, ts } => format!("interim {status} @{ts}"),
             Frame::End { ts } => format!("end @{ts}"),
@@ -714,7 +722,7 @@ mod tests {
         let Frame::Response { head, .. } = &run.out[0] else {
             panic!("{:?}", run.out);
         };
-        assert_eq!((head.minor_version, head.reason.as_str()), (0, "OK"));
+        assert_eq!((head.minor_version, head.reason()), (0, "OK"));
         assert_eq!(run.shown(), ["200 @1"]);
         assert_eq!(run.finish(7).shown(), ["end @7"]);
     }

@@ -2,8 +2,10 @@
 
 mod chunked;
 mod decoder;
+mod head;
 mod parse;
 pub mod spans;
 
 pub use decoder::{Decoder, Frame, Side, MAX_HEAD};
-pub use parse::{ParseError, RequestHead, ResponseHead, MAX_HEADERS, MAX_HEADER_VALUE};
+pub use head::{Headers, RequestHead, ResponseHead, MAX_HEADERS, MAX_HEADER_VALUE};
+pub use parse::ParseError;

@@ -186,8 +186,8 @@ impl Session {
                 let tp = head.header("traceparent");
                 let ctx = match self.role {
                     Role::Server => {
-                        let mut ctx =
-                            nesting.server_span(tid, conn_id, ts, tp, head.header("tracestate"));
+                        let state = tp.and_then(|_| head.header("tracestate"));
+                        let mut ctx = nesting.server_span(tid, conn_id, ts, tp, state);
                         if let Some(client) = self.endpoint.and_then(|e| nesting.take_offer(e, ts))
                         {
                             link(&mut ctx, &client);
@@ -203,7 +203,7 @@ impl Session {
                         ctx
                     }
                 };
-                self.responses.expect_response_to(&head.method);
+                self.responses.expect_response_to(head.method());
                 if self.pending.len() >= MAX_PENDING {
                     self.pending.pop_front();
                     self.losses.unanswered += 1;
@@ -294,24 +294,22 @@ pub fn to_span(
     let req = &x.request;
     let status = x.response.status;
     let mut a: Vec<(&'static str, AttrValue)> = Vec::with_capacity(14);
-    let method = if KNOWN_METHODS.contains(&req.method.as_str()) {
-        req.method.clone()
-    } else {
-        a.push(("http.request.method_original", req.method.clone().into()));
-        "_OTHER".to_owned()
-    };
-    let name = if method == "_OTHER" {
-        "HTTP".to_owned()
-    } else {
-        method.clone()
-    };
-    a.push(("http.request.method", method.into()));
-    a.push(("http.response.status_code", (status as i64).into()));
+    let known = KNOWN_METHODS.iter().find(|m| **m == req.method()).copied();
+    if known.is_none() {
+        a.push((
+            "http.request.method_original",
+            req.method().to_owned().into(),
+        ));
+    }
+    a.push(("http.request.method", known.unwrap_or("_OTHER").into()));
+    a.push(("http.response.status_code", i64::from(status).into()));
     a.push(("network.protocol.name", "http".into()));
-    a.push((
-        "network.protocol.version",
-        format!("1.{}", req.minor_version).into(),
-    ));
+    let version = match req.minor_version {
+        0 => "1.0".into(),
+        1 => "1.1".into(),
+        minor => format!("1.{minor}").into(),
+    };
+    a.push(("network.protocol.version", version));
     let (host, host_port) = req.header("host").map(split_host).unwrap_or((None, None));
     let path = req.path();
     let (scheme, default_port) = if conn.tls {
@@ -319,41 +317,42 @@ pub fn to_span(
     } else {
         ("http", 80)
     };
+    // Formatted once: server spans record the peer under two keys.
+    let peer_ip = conn.peer.map(|p| p.ip().to_string());
     match x.role {
         Role::Server => {
             a.push(("url.scheme", scheme.into()));
             a.push(("url.path", path.to_owned().into()));
-            if let Some(h) = host.or_else(|| conn.local.map(|l| l.ip().to_string())) {
+            let local_ip = || conn.local.map(|l| l.ip().to_string());
+            if let Some(h) = host.map(str::to_owned).or_else(local_ip) {
                 a.push(("server.address", h.into()));
             }
             if let Some(p) = host_port.or(conn.local.map(|l| l.port())) {
-                a.push(("server.port", (p as i64).into()));
+                a.push(("server.port", i64::from(p).into()));
             }
-            if let Some(peer) = conn.peer {
-                a.push(("client.address", peer.ip().to_string().into()));
-                a.push(("network.peer.address", peer.ip().to_string().into()));
-                a.push(("network.peer.port", (peer.port() as i64).into()));
+            if let (Some(peer), Some(ip)) = (conn.peer, peer_ip) {
+                a.push(("client.address", ip.clone().into()));
+                a.push(("network.peer.address", ip.into()));
+                a.push(("network.peer.port", i64::from(peer.port()).into()));
             }
         }
         Role::Client => {
-            let server = host
-                .clone()
-                .or_else(|| conn.peer.map(|p| p.ip().to_string()));
+            let server = host.map(str::to_owned).or_else(|| peer_ip.clone());
             let port = host_port.or(conn.peer.map(|p| p.port()));
-            if let Some(s) = &server {
-                a.push(("server.address", s.clone().into()));
-                let authority = match port {
-                    Some(p) if p != default_port => format!("{s}:{p}"),
-                    _ => s.clone(),
+            if let Some(s) = server {
+                let url = match port {
+                    Some(p) if p != default_port => format!("{scheme}://{s}:{p}{path}"),
+                    _ => format!("{scheme}://{s}{path}"),
                 };
-                a.push(("url.full", format!("{scheme}://{authority}{path}").into()));
+                a.push(("server.address", s.into()));
+                a.push(("url.full", url.into()));
             }
             if let Some(p) = port {
-                a.push(("server.port", (p as i64).into()));
+                a.push(("server.port", i64::from(p).into()));
             }
-            if let Some(peer) = conn.peer {
-                a.push(("network.peer.address", peer.ip().to_string().into()));
-                a.push(("network.peer.port", (peer.port() as i64).into()));
+            if let (Some(peer), Some(ip)) = (conn.peer, peer_ip) {
+                a.push(("network.peer.address", ip.into()));
+                a.push(("network.peer.port", i64::from(peer.port()).into()));
             }
         }
     }
@@ -362,10 +361,8 @@ pub fn to_span(
             a.push(("url.query", q.to_owned().into()));
         }
     }
-    if let Some(b) = req
-        .header("baggage")
-        .filter(|_| !opts.baggage_keys.is_empty())
-    {
+    let wanted_baggage = !opts.baggage_keys.is_empty();
+    if let Some(b) = wanted_baggage.then(|| req.header("baggage")).flatten() {
         for (k, v) in crate::trace_context::parse_baggage(b) {
             if let Some(key) = opts.baggage_keys.iter().find(|want| **want == k) {
                 a.push((key, v.into()));
@@ -388,7 +385,7 @@ pub fn to_span(
         parent_span_id: x.ctx.parent,
         trace_state: x.ctx.trace_state,
         sampled: x.ctx.sampled,
-        name,
+        name: known.unwrap_or("HTTP").into(),
         kind: match x.role {
             Role::Server => SpanKind::Server,
             Role::Client => SpanKind::Client,
@@ -402,7 +399,7 @@ pub fn to_span(
 }
 
 /// `host[:port]` or `[v6]:port` from a Host header.
-fn split_host(h: &str) -> (Option<String>, Option<u16>) {
+fn split_host(h: &str) -> (Option<&str>, Option<u16>) {
     let h = h.trim();
     if h.is_empty() {
         return (None, None);
@@ -410,13 +407,13 @@ fn split_host(h: &str) -> (Option<String>, Option<u16>) {
     if let Some(rest) = h.strip_prefix('[') {
         let (ip, tail) = rest.split_once(']').unwrap_or((rest, ""));
         return (
-            Some(ip.to_owned()),
+            Some(ip),
             tail.strip_prefix(':').and_then(|p| p.parse().ok()),
         );
     }
     match h.rsplit_once(':') {
-        Some((host, port)) => (Some(host.to_owned()), port.parse().ok()),
-        None => (Some(h.to_owned()), None),
+        Some((host, port)) => (Some(host), port.parse().ok()),
+        None => (Some(h), None),
     }
 }
 
@@ -498,14 +495,7 @@ mod tests {
         let got: Vec<_> = h
             .out
             .iter()
-            .map(|x| {
-                (
-                    x.request.method.as_str(),
-                    x.response.status,
-                    x.start_ns,
-                    x.end_ns,
-                )
-            })
+            .map(|x| (x.request.method(), x.response.status, x.start_ns, x.end_ns))
             .collect();
         assert_eq!(got, [("GET", 200, 10, 20), ("POST", 500, 30, 45)]);
     }
@@ -672,9 +662,9 @@ mod tests {
 
     #[test]
     fn host_headers_split() {
-        assert_eq!(split_host("a:81"), (Some("a".into()), Some(81)));
-        assert_eq!(split_host("[::1]:8080"), (Some("::1".into()), Some(8080)));
-        assert_eq!(split_host("a"), (Some("a".into()), None));
+        assert_eq!(split_host("a:81"), (Some("a"), Some(81)));
+        assert_eq!(split_host("[::1]:8080"), (Some("::1"), Some(8080)));
+        assert_eq!(split_host("a"), (Some("a"), None));
         assert_eq!(split_host(" "), (None, None));
     }
 

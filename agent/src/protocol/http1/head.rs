@@ -1,0 +1,272 @@
+//! Parsed HTTP/1 message heads, kept compactly: every string of a head lives
+//! back to back in one buffer, so a head costs two allocations however many
+//! headers it has (the agent keeps one per request in flight).
+
+/// Headers kept per message; the ones past this still count for framing.
+pub const MAX_HEADERS: usize = 64;
+/// Bytes kept of each header value.
+pub const MAX_HEADER_VALUE: usize = 1024;
+
+/// Strings stored back to back: item `i` ends at `ends[i]` and starts where
+/// item `i - 1` ended.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Strings {
+    text: String,
+    ends: Vec<u32>,
+}
+
+impl Strings {
+    fn with_capacity(bytes: usize, items: usize) -> Self {
+        Strings {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(items),
+        }
+    }
+
+    fn push(&mut self, s: &str) {
+        self.text.push_str(s);
+        self.close();
+    }
+
+    /// Lossy UTF-8 of at most [`MAX_HEADER_VALUE`] bytes, cut on a character boundary.
+    fn push_value(&mut self, value: &[u8]) {
+        let start = self.text.len();
+        let kept = &value[..value.len().min(MAX_HEADER_VALUE)];
+        match std::str::from_utf8(kept) {
+            Ok(valid) => self.text.push_str(valid),
+            // Rare: the lossy path walks the bytes again, chunk by chunk.
+            Err(_) => self.text.push_str(&String::from_utf8_lossy(kept)),
+        }
+        let mut end = self.text.len().min(start + MAX_HEADER_VALUE);
+        while !self.text.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.text.truncate(end);
+        self.close();
+    }
+
+    fn close(&mut self) {
+        // Heads are at most MAX_HEAD (64 KiB) long, values cut: u32 is plenty.
+        self.ends.push(self.text.len() as u32);
+    }
+
+    fn get(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.text[start..self.ends[i] as usize]
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+}
+
+/// The header fields of a head: name and value pairs after `first` start-line items.
+fn pairs(strings: &Strings, first: usize) -> Headers<'_> {
+    Headers {
+        strings,
+        next: first,
+    }
+}
+
+/// Names as sent, in order; at most [`MAX_HEADERS`], values cut to [`MAX_HEADER_VALUE`] bytes.
+#[derive(Debug, Clone)]
+pub struct Headers<'a> {
+    strings: &'a Strings,
+    next: usize,
+}
+
+impl<'a> Iterator for Headers<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next + 1 >= self.strings.len() {
+            return None;
+        }
+        let pair = (self.strings.get(self.next), self.strings.get(self.next + 1));
+        self.next += 2;
+        Some(pair)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = (self.strings.len() - self.next) / 2;
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for Headers<'_> {}
+
+impl<'a> Headers<'a> {
+    /// The first value of header `name`, matched case-insensitively; only
+    /// names are sliced out until one matches.
+    fn value_of(self, name: &str) -> Option<&'a str> {
+        (self.next..self.strings.len().saturating_sub(1))
+            .step_by(2)
+            .find(|&i| self.strings.get(i).eq_ignore_ascii_case(name))
+            .map(|i| self.strings.get(i + 1))
+    }
+}
+
+/// Builds the kept strings of a head: start-line items first, then headers.
+fn keep(start_line: &[&str], headers: &[httparse::Header<'_>]) -> Strings {
+    let kept = &headers[..headers.len().min(MAX_HEADERS)];
+    let bytes = start_line.iter().map(|s| s.len()).sum::<usize>()
+        + kept
+            .iter()
+            .map(|h| h.name.len() + h.value.len().min(MAX_HEADER_VALUE))
+            .sum::<usize>();
+    let mut strings = Strings::with_capacity(bytes, start_line.len() + 2 * kept.len());
+    for s in start_line {
+        strings.push(s);
+    }
+    for h in kept {
+        strings.push(h.name);
+        strings.push_value(h.value);
+    }
+    strings
+}
+
+/// A request's start line and headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    /// Method, target, then header names and values.
+    strings: Strings,
+    pub minor_version: u8,
+}
+
+impl RequestHead {
+    pub(super) fn new(
+        method: &str,
+        target: &str,
+        minor_version: u8,
+        headers: &[httparse::Header<'_>],
+    ) -> Self {
+        RequestHead {
+            strings: keep(&[method, target], headers),
+            minor_version,
+        }
+    }
+
+    pub fn method(&self) -> &str {
+        self.strings.get(0)
+    }
+
+    /// The request-target as sent, e.g. `/a/b?x=1`.
+    pub fn target(&self) -> &str {
+        self.strings.get(1)
+    }
+
+    pub fn headers(&self) -> Headers<'_> {
+        pairs(&self.strings, 2)
+    }
+
+    /// The first value of header `name`, matched case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers().value_of(name)
+    }
+
+    /// The target's path, without query, and without scheme and authority for absolute-form targets.
+    pub fn path(&self) -> &str {
+        let target = self.target();
+        let path = target.split_once('?').map_or(target, |(p, _)| p);
+        strip_origin(path)
+    }
+
+    /// The target's query, without the `?`.
+    pub fn query(&self) -> Option<&str> {
+        self.target().split_once('?').map(|(_, q)| q)
+    }
+}
+
+/// A response's status line and headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub minor_version: u8,
+    /// Reason, then header names and values.
+    strings: Strings,
+}
+
+impl ResponseHead {
+    pub(super) fn new(
+        status: u16,
+        reason: &str,
+        minor_version: u8,
+        headers: &[httparse::Header<'_>],
+    ) -> Self {
+        ResponseHead {
+            status,
+            minor_version,
+            strings: keep(&[reason], headers),
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        self.strings.get(0)
+    }
+
+    /// Same bounds as [`RequestHead::headers`].
+    pub fn headers(&self) -> Headers<'_> {
+        pairs(&self.strings, 1)
+    }
+
+    /// The first value of header `name`, matched case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers().value_of(name)
+    }
+}
+
+/// Absolute-form targets (sent to proxies) put scheme and authority before the path.
+fn strip_origin(path: &str) -> &str {
+    let Some((scheme, rest)) = path.split_once("://") else {
+        return path;
+    };
+    let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    match rest.find('/') {
+        _ if !is_scheme => path,
+        Some(slash) => &rest[slash..],
+        None => "/",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_cut_on_char_boundary() {
+        let value = "é".repeat(MAX_HEADER_VALUE);
+        let mut strings = Strings::default();
+        strings.push_value(value.as_bytes());
+        strings.push_value(b"a\xffb");
+        strings.push("");
+        assert_eq!(strings.get(0).len(), MAX_HEADER_VALUE);
+        assert_eq!(strings.get(1), "a\u{fffd}b");
+        assert_eq!(strings.get(2), "");
+    }
+
+    #[test]
+    fn headers_iterate_in_order() {
+        let raw = [
+            httparse::Header {
+                name: "Host",
+                value: b"h",
+            },
+            httparse::Header {
+                name: "X-Empty",
+                value: b"",
+            },
+        ];
+        let head = RequestHead::new("GET", "/", 1, &raw);
+        assert_eq!(head.headers().len(), 2);
+        assert_eq!(
+            head.headers().collect::<Vec<_>>(),
+            [("Host", "h"), ("X-Empty", "")]
+        );
+        assert_eq!(head.header("x-empty"), Some(""));
+        let head = ResponseHead::new(200, "", 1, &[]);
+        assert_eq!((head.reason(), head.headers().len()), ("", 0));
+    }
+}
