@@ -18,7 +18,8 @@ if (!listen || !downstream) {
   console.error("usage: node node_service.js [HOST:]PORT DOWNSTREAM_URL [CERT KEY]");
   process.exit(2);
 }
-const [host, port] = listen.includes(":") ? listen.split(":") : ["127.0.0.1", listen];
+const colon = listen.lastIndexOf(":"); // HOST may be IPv6 ("::")
+const [host, port] = colon < 0 ? ["127.0.0.1", listen] : [listen.slice(0, colon), listen.slice(colon + 1)];
 const client = downstream.startsWith("https:") ? https : http;
 const agent = new client.Agent({ keepAlive: true, maxSockets: 64, rejectUnauthorized: false });
 let failures = 0;

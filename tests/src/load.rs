@@ -275,7 +275,7 @@ pub struct NodeService {
 pub struct NodeOpts<'a> {
     /// Serve HTTPS with this certificate.
     pub tls: Option<&'a TestCert>,
-    /// Listen on this IPv4 address inside this network namespace.
+    /// Listen on this address inside this network namespace.
     pub netns: Option<(&'a Netns, &'a str)>,
 }
 
@@ -328,7 +328,11 @@ impl NodeService {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("{}://{}:{}{path}", self.scheme, self.host, self.port)
+        let host = match self.host.contains(':') {
+            true => format!("[{}]", self.host),
+            false => self.host.clone(),
+        };
+        format!("{}://{host}:{}{path}", self.scheme, self.port)
     }
 }
 

@@ -147,17 +147,29 @@ fn tcp_option_reaches_non_http_connections() -> Result<()> {
 /// here is the first of its connection (one curl each, from node A).
 #[test]
 fn tcp_option_reaches_first_request_into_node() -> Result<()> {
+    first_requests_into_node("tcpopt-node", ADDR_B)
+}
+
+/// The same through an IPv6 socket: Node listening on `::` accepts node
+/// A's IPv4 connections as IPv4-mapped IPv6 peers.
+#[test]
+fn tcp_option_reaches_first_request_into_node_on_ipv6_socket() -> Result<()> {
+    first_requests_into_node("tcpopt-node6", "::")
+}
+
+fn first_requests_into_node(tag: &str, listen: &str) -> Result<()> {
     const N: usize = 8;
-    let s = Setup::start("tcpopt-node")?;
+    let s = Setup::start(tag)?;
     let opts = NodeOpts {
-        netns: Some((&s.nodes.b, ADDR_B)),
+        netns: Some((&s.nodes.b, listen)),
         ..NodeOpts::default()
     };
     let node = NodeService::start_with(&s.cg_b, "node-b", &s.svc_b.url("/work/node"), opts)?;
+    let url = |path: &str| format!("http://{ADDR_B}:{}{path}", node.port);
     let paths: Vec<String> = (0..N).map(|i| format!("/first-{i}")).collect();
     for p in &paths {
-        let status = curl_in(&s.cg_a, Some(&s.nodes.a), &node.url(p), &[])?;
-        ensure!(status == 200, "curl {}: status {status}", node.url(p));
+        let status = curl_in(&s.cg_a, Some(&s.nodes.a), &url(p), &[])?;
+        ensure!(status == 200, "curl {}: status {status}", url(p));
     }
 
     let paths = &paths;
@@ -200,7 +212,7 @@ fn tcp_option_reaches_first_request_into_node() -> Result<()> {
         }
     }
     println!(
-        "tcp_option (Node.js): {joined}/{N} first requests of a connection joined the caller's trace"
+        "tcp_option (Node.js on {listen}): {joined}/{N} first requests of a connection joined the caller's trace"
     );
     if !bad.is_empty() {
         bail!(
