@@ -76,14 +76,13 @@ impl Capture {
             tracing::warn!("children of --pid/--exe/--port processes will not be followed: {e:#}");
             0
         });
-        let sock_off = sock_offsets::from_btf_file(std::path::Path::new(btf::VMLINUX))
-            .unwrap_or_else(|e| {
-                tracing::warn!(
-                    "peers of accept4(fd, NULL, NULL) servers (Node.js, Go) will come from /proc, \
-                     too late for the TCP option of a connection's first request: {e}"
-                );
-                SockOffsets::default()
-            });
+        let sock_off = accepted_socket_offsets().unwrap_or_else(|e| {
+            tracing::warn!(
+                "peers of accept4(fd, NULL, NULL) servers (Node.js, Go) will come from /proc, \
+                 too late for the TCP option of a connection's first request: {e}"
+            );
+            SockOffsets::default()
+        });
         let agent = std::process::id();
         let ebpf = EbpfLoader::new()
             .override_global("AGENT_TGID", &agent, true)
@@ -201,6 +200,12 @@ impl Capture {
     pub fn maps(&mut self) -> Result<KernelMaps> {
         KernelMaps::take(&mut self.ebpf)
     }
+}
+
+/// Where `exit_accept` finds an accepted socket's endpoints in this
+/// kernel's structs, from its BTF.
+pub fn accepted_socket_offsets() -> Result<SockOffsets, sock_offsets::OffsetError> {
+    sock_offsets::from_btf_file(std::path::Path::new(btf::VMLINUX))
 }
 
 /// A program of the object, as its type.
