@@ -132,9 +132,12 @@ fn socket_addrs(pid: u32, fd: u32) -> Option<(SocketAddr, SocketAddr)> {
     };
     let v4 = p.tcp().ok().into_iter().flatten();
     let v6 = p.tcp6().ok().into_iter().flatten();
+    // A dual-stack socket lists IPv4 peers IPv4-mapped: report them as the
+    // kernel path does, as IPv4.
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
     v4.chain(v6)
         .find(|e| e.inode == inode)
-        .map(|e| (e.local_address, e.remote_address))
+        .map(|e| (canonical(e.local_address), canonical(e.remote_address)))
 }
 
 /// Established TCP sockets a process holds: (fd, local, remote).

@@ -175,8 +175,9 @@ impl Pipeline {
             role::CONNECTED => Some(Role::Client),
             _ => None,
         };
-        // accept4(fd, NULL, NULL) (libuv, Go) reveals no peer: ask /proc
-        // while the socket is certainly still open.
+        // accept4(fd, NULL, NULL) (libuv, Go) reveals no peer; the kernel
+        // reads it off the socket instead, unless this kernel's BTF lacked
+        // an offset: then ask /proc while the socket is certainly still open.
         let facts = match o.peer {
             Some(peer) => ConnFacts {
                 peer: Some(peer),

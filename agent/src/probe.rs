@@ -194,6 +194,14 @@ pub fn run() -> Report {
                 "sockops header option kind 25, per request via sk_msg",
             ),
         ),
+        (
+            "peer of accept4(fd, NULL, NULL)",
+            match crate::capture::accepted_socket_offsets() {
+                Ok(_) if tp => "read off the socket in the accept tracepoint (BTF offsets)".into(),
+                Ok(_) => "none (unavailable)".into(),
+                Err(e) => format!("/proc, per connection ({e})"),
+            },
+        ),
     ];
     Report {
         kernel,

@@ -179,6 +179,22 @@ pub struct SockAddr {
     pub addr: [u8; 16],
 }
 
+impl SockAddr {
+    /// An IPv4 endpoint (`ip` as on the wire, `port` in host order).
+    pub fn ipv4(ip: [u8; 4], port: u16) -> SockAddr {
+        let mut addr = [0; 16];
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        addr[12..16].copy_from_slice(&ip);
+        SockAddr {
+            family: 2,
+            port,
+            _pad: 0,
+            addr,
+        }
+    }
+}
+
 /// A client endpoint as a server sees it, keying the kernel's TCP-option
 /// maps: IPv4 addresses IPv4-mapped (as in [`SockAddr`]), port in host order.
 #[repr(C)]
@@ -186,6 +202,44 @@ pub struct SockAddr {
 pub struct PeerKey {
     pub addr: [u8; 16],
     pub port: u32,
+}
+
+/// Where the fields `exit_accept` follows from the current task to an
+/// accepted socket's endpoints sit in this kernel's structs (byte offsets),
+/// computed by the agent from the kernel's BTF: Rust eBPF has no CO-RE.
+/// `valid == 0`: unknown, the kernel does not look and the agent asks /proc.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    pub valid: u32,
+    /// `task_struct.files`
+    pub task_files: u32,
+    /// `files_struct.fdt`
+    pub files_fdt: u32,
+    /// `fdtable.max_fds`
+    pub fdt_max_fds: u32,
+    /// `fdtable.fd`
+    pub fdt_fd: u32,
+    /// `file.private_data` (the `struct socket` of a socket's file)
+    pub file_private_data: u32,
+    /// `socket.type`
+    pub socket_type: u32,
+    /// `socket.file` (points back at the file)
+    pub socket_file: u32,
+    /// `socket.sk`
+    pub socket_sk: u32,
+    /// `sock.sk_socket` (points back at the socket)
+    pub sk_socket: u32,
+    /// `sock.sk_protocol`
+    pub sk_protocol: u32,
+    /// `sock.__sk_common.*`
+    pub skc_family: u32,
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
 }
 
 /// Fixed head of a `kind::DATA` record; `captured` payload bytes follow it.
@@ -314,4 +368,5 @@ mod pod {
     unsafe impl aya::Pod for TraceCtx {}
     unsafe impl aya::Pod for Inflight {}
     unsafe impl aya::Pod for PeerKey {}
+    unsafe impl aya::Pod for SockOffsets {}
 }

@@ -12,7 +12,7 @@ use clew_common::{kind, role, ConnEvent, ConnInfo, ConnKey, SockAddr};
 use crate::{
     maps::{next_conn_id, now, Inflight, CONNS, EVENTS, INFLIGHT},
     select::current_selected,
-    tcp_option, tp,
+    sock, tcp_option, tp,
 };
 
 const AF_UNIX: u16 = 1;
@@ -31,13 +31,13 @@ fn read_sockaddr(ptr: u64) -> SockAddr {
         return out;
     };
     let family = u16::from_ne_bytes([head[0], head[1]]);
-    out.family = family;
-    out.port = u16::from_be_bytes([head[2], head[3]]);
+    let port = u16::from_be_bytes([head[2], head[3]]);
     if family == AF_INET {
-        out.addr[10] = 0xff;
-        out.addr[11] = 0xff;
-        out.addr[12..16].copy_from_slice(&head[4..8]);
-    } else if family == AF_INET6 {
+        return SockAddr::ipv4([head[4], head[5], head[6], head[7]], port);
+    }
+    out.family = family;
+    out.port = port;
+    if family == AF_INET6 {
         if let Ok(a) = unsafe { bpf_probe_read_user((ptr + 8) as *const [u8; 16]) } {
             out.addr = a;
         }
@@ -137,17 +137,20 @@ pub fn exit_accept(ctx: TracePointContext) -> u32 {
     if fd < 0 {
         return 0;
     }
-    let peer = read_sockaddr(v.a1);
+    let mut peer = read_sockaddr(v.a1);
     if peer.family == AF_UNIX {
         return 0;
     }
-    let id = open(
-        pid_tgid,
-        fd as u32,
-        role::ACCEPTED,
-        peer,
-        SockAddr::default(),
-    );
+    let mut local = SockAddr::default();
+    if peer.family == 0 {
+        // accept4(fd, NULL, NULL): ask the socket itself, now, so the first
+        // request read finds the TCP option its client sent. If it cannot
+        // be read, the agent asks /proc (too late for that request).
+        if let Some((p, l)) = sock::tcp_endpoints(fd as u32) {
+            (peer, local) = (p, l);
+        }
+    }
+    let id = open(pid_tgid, fd as u32, role::ACCEPTED, peer, local);
     tcp_option::accepted(id, &peer);
     0
 }
@@ -170,17 +173,11 @@ pub fn exit_connect(ctx: TracePointContext) -> u32 {
     let ret = tp::ret(&ctx);
     if ret == 0 || ret == -EINPROGRESS {
         // track_sockets (sockops) noted our end in a1/a2 during connect().
-        let mut local = SockAddr {
-            family: AF_INET,
-            port: v.a2 as u16,
-            ..Default::default()
+        let local = if v.a2 == 0 {
+            SockAddr::default()
+        } else {
+            SockAddr::ipv4((v.a1 as u32).to_ne_bytes(), v.a2 as u16)
         };
-        local.addr[10] = 0xff;
-        local.addr[11] = 0xff;
-        local.addr[12..16].copy_from_slice(&(v.a1 as u32).to_ne_bytes());
-        if v.a2 == 0 {
-            local.family = 0;
-        }
         let _ = open(pid_tgid, v.fd, role::CONNECTED, v.peer, local);
     }
     0

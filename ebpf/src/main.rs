@@ -12,6 +12,7 @@ mod io;
 mod maps;
 mod proc;
 mod select;
+mod sock;
 mod tcp_option;
 mod tls;
 

@@ -99,7 +99,7 @@ static PENDING: LruHashMap<SockKey, Wire> = LruHashMap::with_max_entries(MAX_INJ
 static OFFERS: LruHashMap<u64, Wire> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
 
 /// The client endpoint of each accepted connection, by connection id
-/// (written by the agent when accept() did not report it).
+/// (written by the agent when neither accept() nor the socket told the kernel).
 #[map]
 static PEERS: LruHashMap<u64, PeerKey> = LruHashMap::with_max_entries(MAX_CONNS, 0);
 

@@ -1,22 +1,25 @@
 // Test peer: a Node.js HTTP server (no packages) that makes one downstream
 // request per incoming request, on kept-alive connections.
 //
-// usage: node node_service.js PORT DOWNSTREAM_URL [CERT KEY]
+// usage: node node_service.js [HOST:]PORT DOWNSTREAM_URL [CERT KEY]
 // Every request is answered 200 with the downstream's body once the
 // downstream GET of DOWNSTREAM_URL answered 200; 502 otherwise. With CERT
 // and KEY (PEM files) the server speaks HTTPS; an https:// downstream is
-// called over TLS without verifying its certificate.
+// called over TLS without verifying its certificate. HOST defaults to
+// 127.0.0.1.
 
 "use strict";
 const http = require("http");
 const https = require("https");
 const fs = require("fs");
 
-const [port, downstream, cert, key] = process.argv.slice(2);
-if (!port || !downstream) {
-  console.error("usage: node node_service.js PORT DOWNSTREAM_URL [CERT KEY]");
+const [listen, downstream, cert, key] = process.argv.slice(2);
+if (!listen || !downstream) {
+  console.error("usage: node node_service.js [HOST:]PORT DOWNSTREAM_URL [CERT KEY]");
   process.exit(2);
 }
+const colon = listen.lastIndexOf(":"); // HOST may be IPv6 ("::")
+const [host, port] = colon < 0 ? ["127.0.0.1", listen] : [listen.slice(0, colon), listen.slice(colon + 1)];
 const client = downstream.startsWith("https:") ? https : http;
 const agent = new client.Agent({ keepAlive: true, maxSockets: 64, rejectUnauthorized: false });
 let failures = 0;
@@ -43,6 +46,6 @@ const server = cert
   ? https.createServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(key) }, handler)
   : http.createServer(handler);
 server.keepAliveTimeout = 60000;
-server.listen(Number(port), "127.0.0.1", () => {
-  console.error(`[node] listening on 127.0.0.1:${port}, downstream ${downstream}`);
+server.listen(Number(port), host, () => {
+  console.error(`[node] listening on ${host}:${port}, downstream ${downstream}`);
 });

@@ -4,7 +4,8 @@
 
 use crate::cgroup::Cgroup;
 use crate::env::peers_dir;
-use crate::net::{free_port, wait_listening};
+use crate::net::{free_port, wait_listening, wait_listening_in};
+use crate::netns::Netns;
 use crate::process::{self, Supervised, TempDir};
 use crate::tls::TestCert;
 use anyhow::{bail, Context, Result};
@@ -260,47 +261,78 @@ pub fn stalled_seconds(
 
 /// `tests/peers/node_service.js`: one downstream request per incoming request.
 pub struct NodeService {
+    /// The address it listens on (127.0.0.1 unless `NodeOpts::netns`).
+    pub host: String,
     pub port: u16,
+    scheme: &'static str,
     /// Held for its Drop, which stops the service.
     _proc: Supervised,
     _dir: TempDir,
+}
+
+/// How a `NodeService` differs from plain HTTP on 127.0.0.1.
+#[derive(Clone, Copy, Default)]
+pub struct NodeOpts<'a> {
+    /// Serve HTTPS with this certificate.
+    pub tls: Option<&'a TestCert>,
+    /// Listen on this address inside this network namespace.
+    pub netns: Option<(&'a Netns, &'a str)>,
 }
 
 impl NodeService {
     /// Listens on 127.0.0.1 inside `cg` and forwards every request as a GET
     /// of `downstream` (a full URL) on kept-alive connections.
     pub fn start(cg: &Cgroup, name: &str, downstream: &str) -> Result<Self> {
-        Self::start_with(cg, name, downstream, None)
+        Self::start_with(cg, name, downstream, NodeOpts::default())
     }
 
-    /// `start`, serving HTTPS with `cert` when given.
+    /// `start`, adjusted by `opts`.
     pub fn start_with(
         cg: &Cgroup,
         name: &str,
         downstream: &str,
-        cert: Option<&TestCert>,
+        opts: NodeOpts<'_>,
     ) -> Result<Self> {
         let dir = TempDir::new("node")?;
         let port = free_port()?;
+        let host = opts.netns.map_or("127.0.0.1", |(_, addr)| addr);
         let mut cmd = Command::new("node");
         cmd.arg(peers_dir().join("node_service.js"))
-            .args([&port.to_string(), downstream])
+            .args([&format!("{host}:{port}"), downstream])
             .env("OTEL_SERVICE_NAME", name);
-        if let Some(c) = cert {
+        if let Some(c) = opts.tls {
             cmd.arg(&c.cert).arg(&c.key);
+        }
+        if let Some((ns, _)) = opts.netns {
+            ns.enter(&mut cmd);
         }
         let proc = Supervised::start(name, &mut cmd, dir.join("node.log"), |c| cg.spawn(c))
             .context("starting node (is Node.js installed?)")?;
-        wait_listening(port, Duration::from_secs(20), || proc.log_tail(40))?;
+        let why_not = || proc.log_tail(40);
+        match opts.netns {
+            Some((_, addr)) => {
+                let ip = addr
+                    .parse()
+                    .with_context(|| format!("bind address {addr}"))?;
+                wait_listening_in(proc.pid(), ip, port, Duration::from_secs(20), why_not)?
+            }
+            None => wait_listening(port, Duration::from_secs(20), why_not)?,
+        }
         Ok(NodeService {
+            host: host.to_string(),
             port,
+            scheme: if opts.tls.is_some() { "https" } else { "http" },
             _proc: proc,
             _dir: dir,
         })
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        let host = match self.host.contains(':') {
+            true => format!("[{}]", self.host),
+            false => self.host.clone(),
+        };
+        format!("{}://{host}:{}{path}", self.scheme, self.port)
     }
 }
 

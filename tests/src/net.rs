@@ -1,7 +1,7 @@
 //! Loopback ports and readiness checks that do not generate traced traffic.
 
 use anyhow::{bail, Context, Result};
-use std::net::TcpListener;
+use std::net::{IpAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 /// A port on 127.0.0.1 that was free a moment ago.
@@ -13,18 +13,26 @@ pub fn free_port() -> Result<u16> {
 /// instead of connecting, because a probe connection to a traced server
 /// would itself be seen by the agent.
 pub fn is_listening(port: u16) -> bool {
-    listening_in("/proc/net/tcp", [127, 0, 0, 1], port)
+    listening_in("/proc/net/tcp", &[127, 0, 0, 1], port)
 }
 
 /// True when `ip`:`port` is listening in the network namespace of process
-/// `pid` (read from its /proc/PID/net/tcp).
-pub fn is_listening_in(pid: u32, ip: std::net::Ipv4Addr, port: u16) -> bool {
-    listening_in(&format!("/proc/{pid}/net/tcp"), ip.octets(), port)
+/// `pid` (read from its /proc/PID/net/tcp or tcp6).
+pub fn is_listening_in(pid: u32, ip: IpAddr, port: u16) -> bool {
+    match ip {
+        IpAddr::V4(v4) => listening_in(&format!("/proc/{pid}/net/tcp"), &v4.octets(), port),
+        IpAddr::V6(v6) => listening_in(&format!("/proc/{pid}/net/tcp6"), &v6.octets(), port),
+    }
 }
 
-fn listening_in(table: &str, ip: [u8; 4], port: u16) -> bool {
-    // The kernel prints the address as the in-memory u32, in host (little-endian) order.
-    let want = format!("{:08X}:{port:04X}", u32::from_le_bytes(ip));
+fn listening_in(table: &str, ip: &[u8], port: u16) -> bool {
+    // The kernel prints the address as in-memory u32s, each in host
+    // (little-endian) order.
+    let words: String = ip
+        .chunks(4)
+        .map(|w| format!("{:08X}", u32::from_le_bytes([w[0], w[1], w[2], w[3]])))
+        .collect();
+    let want = format!("{words}:{port:04X}");
     std::fs::read_to_string(table)
         .unwrap_or_default()
         .lines()
@@ -52,7 +60,7 @@ pub fn wait_listening(port: u16, timeout: Duration, why_not: impl Fn() -> String
 /// Like `wait_listening`, for `ip`:`port` in the network namespace of process `pid`.
 pub fn wait_listening_in(
     pid: u32,
-    ip: std::net::Ipv4Addr,
+    ip: IpAddr,
     port: u16,
     timeout: Duration,
     why_not: impl Fn() -> String,

@@ -132,7 +132,8 @@ impl KernelMaps {
     }
 
     /// Tells the kernel the client endpoint of server connection `id`,
-    /// which accept() did not report (`accept4(fd, NULL, NULL)`), so its
+    /// which accept() did not report (`accept4(fd, NULL, NULL)`) and the
+    /// kernel could not read off the socket (no BTF offsets), so its
     /// requests can find the TCP options that client sent.
     pub fn set_peer(&mut self, id: u64, peer: SocketAddr) {
         let addr = match peer.ip() {

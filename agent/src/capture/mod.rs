@@ -5,8 +5,10 @@
 //! through file descriptors, so dropping it (or the process dying, even by
 //! SIGKILL) detaches every program.
 
+mod btf;
 mod event;
 mod maps;
+mod sock_offsets;
 mod uprobes;
 
 use anyhow::{Context, Result};
@@ -17,7 +19,7 @@ use aya::{
     programs::{CgroupAttachMode, Program, ProgramError, SkMsg, SockOps, TracePoint},
     Ebpf, EbpfLoader,
 };
-use clew_common::select;
+use clew_common::{select, SockOffsets};
 
 use crate::cli::Mechanisms;
 
@@ -74,12 +76,20 @@ impl Capture {
             tracing::warn!("children of --pid/--exe/--port processes will not be followed: {e:#}");
             0
         });
+        let sock_off = accepted_socket_offsets().unwrap_or_else(|e| {
+            tracing::warn!(
+                "peers of accept4(fd, NULL, NULL) servers (Node.js, Go) will come from /proc, \
+                 too late for the TCP option of a connection's first request: {e}"
+            );
+            SockOffsets::default()
+        });
         let agent = std::process::id();
         let ebpf = EbpfLoader::new()
             .override_global("AGENT_TGID", &agent, true)
             .override_global("SELECT_MODE", &mode, true)
             .override_global("CAPTURE_LIMIT", &limit, true)
             .override_global("FORK_CHILD_PID_OFFSET", &fork_off, true)
+            .override_global("SOCK_OFFSETS", &sock_off, true)
             .override_global("SAMPLE_ALWAYS", &cfg.sampling.always, true)
             .override_global("SAMPLE_THRESHOLD", &cfg.sampling.threshold, true)
             .override_global("SAMPLE_PARENT_BASED", &cfg.sampling.parent_based, true)
@@ -190,6 +200,12 @@ impl Capture {
     pub fn maps(&mut self) -> Result<KernelMaps> {
         KernelMaps::take(&mut self.ebpf)
     }
+}
+
+/// Where `exit_accept` finds an accepted socket's endpoints in this
+/// kernel's structs, from its BTF.
+pub fn accepted_socket_offsets() -> Result<SockOffsets, sock_offsets::OffsetError> {
+    sock_offsets::from_btf_file(std::path::Path::new(btf::VMLINUX))
 }
 
 /// A program of the object, as its type.

@@ -3,12 +3,16 @@
 //! a veth pair), an agent each. Node B's service must join node A's trace
 //! although no `traceparent` ever reaches it (its own header log proves
 //! that), per request on a kept-alive connection, and the option must also
-//! reach B on a connection whose bytes are not HTTP at all.
+//! reach B on a connection whose bytes are not HTTP at all, and reach a
+//! Node.js server (which accepts without asking for the peer's address) on
+//! the first request of every connection.
 
 use crate::two_nodes::{wait_hops, Hop};
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
+use clew_e2e::load::{NodeOpts, NodeService};
 use clew_e2e::node_pair::{NodePair, NodePairOpts};
-use clew_e2e::SPAN_TIMEOUT;
+use clew_e2e::peers::curl_in;
+use clew_e2e::{RecvSpan, SPAN_TIMEOUT};
 use std::time::{Duration, Instant};
 
 const ADDR_A: &str = "10.232.0.1";
@@ -135,4 +139,101 @@ fn tcp_option_reaches_non_http_connections() -> Result<()> {
         bail!("B parsed HTTP requests out of opaque bytes: {got:?}");
     }
     s.0.stop()
+}
+
+/// Node.js (libuv) calls `accept4(fd, NULL, NULL)`: the kernel must read the
+/// client's endpoint off the new socket at once, or the first request of
+/// the connection cannot find the option its client sent. Every request
+/// here is the first of its connection (one curl each, from node A).
+#[test]
+fn tcp_option_reaches_first_request_into_node() -> Result<()> {
+    first_requests_into_node("tcpopt-node", ADDR_B)
+}
+
+/// The same through an IPv6 socket: Node listening on `::` accepts node
+/// A's IPv4 connections as IPv4-mapped IPv6 peers.
+#[test]
+fn tcp_option_reaches_first_request_into_node_on_ipv6_socket() -> Result<()> {
+    first_requests_into_node("tcpopt-node6", "::")
+}
+
+fn first_requests_into_node(tag: &str, listen: &str) -> Result<()> {
+    const N: usize = 8;
+    let s = Setup::start(tag)?;
+    let opts = NodeOpts {
+        netns: Some((&s.nodes.b, listen)),
+        ..NodeOpts::default()
+    };
+    let node = NodeService::start_with(&s.cg_b, "node-b", &s.svc_b.url("/work/node"), opts)?;
+    let url = |path: &str| format!("http://{ADDR_B}:{}{path}", node.port);
+    let paths: Vec<String> = (0..N).map(|i| format!("/first-{i}")).collect();
+    for p in &paths {
+        let status = curl_in(&s.cg_a, Some(&s.nodes.a), &url(p), &[])?;
+        ensure!(status == 200, "curl {}: status {status}", url(p));
+    }
+
+    let paths = &paths;
+    let every =
+        |f: Is| move |spans: &[RecvSpan]| paths.iter().all(|p| spans.iter().any(|x| f(x, p)));
+    let spans_a = s.rx_a.wait_for(every(curl_client), SPAN_TIMEOUT)?;
+    let spans_b = s.rx_b.wait_for(every(node_server), SPAN_TIMEOUT)?;
+
+    let (mut bad, mut joined) = (Vec::new(), 0);
+    for p in paths {
+        let one = |spans: &[RecvSpan], f: Is| {
+            let found: Vec<&RecvSpan> = spans.iter().filter(|x| f(x, p)).collect();
+            match found[..] {
+                [x] => Ok(x.clone()),
+                _ => Err(format!("{p}: {} matching spans: {found:?}", found.len())),
+            }
+        };
+        let (c, sv) = match (one(&spans_a, curl_client), one(&spans_b, node_server)) {
+            (Ok(c), Ok(sv)) => (c, sv),
+            (c, sv) => {
+                bad.extend(c.err().into_iter().chain(sv.err()));
+                continue;
+            }
+        };
+        let mut why = Vec::new();
+        if sv.trace_id == c.trace_id && sv.parent_span_id.as_deref() == Some(&c.span_id) {
+            joined += 1;
+        } else {
+            why.push("node's SERVER span's parent is not curl's CLIENT span");
+        }
+        let peer = ["network.peer.address", "client.address"].map(|a| sv.attr_str(a));
+        if peer != [Some(ADDR_A); 2] {
+            why.push("node's SERVER span does not name node A as its peer");
+        }
+        if !why.is_empty() {
+            bad.push(format!(
+                "{p}: {}\n  CLIENT {c}\n  SERVER {sv}",
+                why.join("; ")
+            ));
+        }
+    }
+    println!(
+        "tcp_option (Node.js on {listen}): {joined}/{N} first requests of a connection joined the caller's trace"
+    );
+    if !bad.is_empty() {
+        bail!(
+            "{} of {N} first requests went wrong:\n{}\n{}\n{}",
+            bad.len(),
+            bad.join("\n"),
+            s.rx_a.dump(),
+            s.rx_b.dump()
+        );
+    }
+    drop(node);
+    s.0.stop()
+}
+
+/// Whether a span is the one of a request path.
+type Is = fn(&RecvSpan, &str) -> bool;
+
+fn curl_client(x: &RecvSpan, path: &str) -> bool {
+    x.is_client() && x.path() == Some(path)
+}
+
+fn node_server(x: &RecvSpan, path: &str) -> bool {
+    x.is_server() && x.service() == Some("node-b") && x.path() == Some(path)
 }

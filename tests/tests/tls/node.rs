@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clew_e2e::check::expect_count;
-use clew_e2e::load::NodeService;
+use clew_e2e::load::{NodeOpts, NodeService};
 use clew_e2e::peers::{curl_expect, PyService};
 use clew_e2e::tls::TestCert;
 use clew_e2e::{Expect, Protocol, Traced, SPAN_TIMEOUT};
@@ -17,7 +17,11 @@ fn node_https_server_and_client() -> Result<()> {
     let cert = TestCert::new()?;
     let mut t = Traced::start("tls-node", Protocol::Grpc)?;
     let backend = PyService::opts("backend").tls(&cert).start(&t.cg)?;
-    let node = NodeService::start_with(&t.cg, "node", &backend.url("/work"), Some(&cert))?;
+    let opts = NodeOpts {
+        tls: Some(&cert),
+        ..NodeOpts::default()
+    };
+    let node = NodeService::start_with(&t.cg, "node", &backend.url("/work"), opts)?;
     let url = format!("https://127.0.0.1:{}/front", node.port);
     for _ in 0..N {
         curl_expect(&t.cg, &url, &["-k"], 200)?;
