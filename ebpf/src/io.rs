@@ -20,9 +20,8 @@ use clew_common::{
 use crate::{
     context, head,
     inject::HEAD,
-    tls,
     maps::{capture_limit, count, now, Inflight, Scratch, CONNS, EVENTS, INFLIGHT, SCRATCH},
-    tcp_option, tp,
+    tcp_option, tls, tp,
 };
 
 const MSG_PEEK: u64 = 2;

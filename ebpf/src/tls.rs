@@ -127,7 +127,11 @@ fn enter(ctx: &ProbeContext, write: bool, ex: bool) -> u32 {
     let call = TlsCall {
         ssl,
         buf,
-        out: if ex { ctx.arg::<u64>(3).unwrap_or(0) } else { 0 },
+        out: if ex {
+            ctx.arg::<u64>(3).unwrap_or(0)
+        } else {
+            0
+        },
         write: write as u8,
         ex: ex as u8,
         _pad: [0; 6],
