@@ -10,7 +10,7 @@ use aya_ebpf::{
 use clew_common::{kind, role, ConnEvent, ConnInfo, ConnKey, SockAddr};
 
 use crate::{
-    maps::{next_conn_id, now, Inflight, CONNS, EVENTS, INFLIGHT},
+    maps::{inflight_put, inflight_take, next_conn_id, now, Inflight, CONNS, EVENTS},
     select::current_selected,
     sock, tcp_option, tp,
 };
@@ -88,7 +88,7 @@ fn remember(nr_role: u8, fd: u32, a1: u64, peer: SockAddr) {
         a2: 0,
         peer,
     };
-    let _ = INFLIGHT.insert(&pid_tgid, &inflight, 0);
+    inflight_put(pid_tgid, &inflight);
 }
 
 fn open(pid_tgid: u64, fd: u32, role: u8, peer: SockAddr, local: SockAddr) -> u64 {
@@ -111,8 +111,7 @@ fn open(pid_tgid: u64, fd: u32, role: u8, peer: SockAddr, local: SockAddr) -> u6
 
 fn take_inflight(role: u8) -> Option<(u64, Inflight)> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let v = unsafe { INFLIGHT.get(&pid_tgid) }.copied()?;
-    let _ = INFLIGHT.remove(&pid_tgid);
+    let v = inflight_take(pid_tgid)?;
     (v.role == role).then_some((pid_tgid, v))
 }
 

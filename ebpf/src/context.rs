@@ -22,10 +22,13 @@ static SAMPLE_ALWAYS: u32 = 1;
 #[unsafe(no_mangle)]
 static SAMPLE_PARENT_BASED: u32 = 1;
 
-/// The SERVER span each thread is serving: set when it reads a request,
-/// cleared when it writes a response. LRU because a thread may die mid-request.
+/// The SERVER span each thread is serving, by thread id: set when it reads
+/// a request, cleared when it writes a response. Both write the thread's
+/// entry in place (a cleared entry has a zero span id), so a request costs
+/// lookups, not an LRU insert and delete. Eviction: `proc_exit` deletes a
+/// thread's entry when it exits; LRU covers threads whose exit was missed.
 #[map]
-pub static SERVING: LruHashMap<u32, TraceCtx> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+static SERVING: LruHashMap<u32, TraceCtx> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
 
 fn random<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
@@ -100,21 +103,40 @@ pub fn server_request(incoming: Option<([u8; 16], [u8; 8], bool)>) -> TraceCtx {
         None => root(),
     };
     let tid = bpf_get_current_pid_tgid() as u32;
-    let _ = SERVING.insert(&tid, &ctx, 0);
+    match SERVING.get_ptr_mut(&tid) {
+        Some(p) => unsafe { *p = ctx },
+        None => {
+            let _ = SERVING.insert(&tid, &ctx, 0);
+        }
+    }
     ctx
 }
 
 /// The thread wrote a response: it no longer serves that request.
 pub fn server_response() {
     let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(p) = SERVING.get_ptr_mut(&tid) {
+        unsafe { (*p).span_id = [0; 8] };
+    }
+}
+
+/// The SERVER span the current thread is serving, if any.
+#[inline(always)]
+pub fn serving() -> Option<TraceCtx> {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let s = unsafe { SERVING.get(&tid) }?;
+    (s.span_id != [0; 8]).then_some(*s)
+}
+
+/// Thread `tid` exited: drop what it was serving.
+pub fn thread_exit(tid: u32) {
     let _ = SERVING.remove(&tid);
 }
 
 /// A CLIENT span for a request the current thread sends: a child of the
 /// request it serves, or the root of a new trace.
 pub fn client_request() -> TraceCtx {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    match unsafe { SERVING.get(&tid) } {
+    match serving() {
         Some(s) => TraceCtx {
             trace_id: s.trace_id,
             span_id: new_span_id(),

@@ -76,7 +76,8 @@ pub fn is_method_word(w: u64) -> bool {
 /// the blank line) lies within them.
 ///
 /// The loop runs through `bpf_loop`, so the verifier checks one iteration
-/// with an unknown index instead of walking every byte position.
+/// with an unknown index instead of walking every position. Each iteration
+/// takes a word: only words holding a newline are looked at byte by byte.
 #[inline(always)]
 pub fn scan(h: &mut Head, len: u32) -> bool {
     h.line_end = 0;
@@ -90,7 +91,7 @@ pub fn scan(h: &mut Head, len: u32) -> bool {
     };
     unsafe {
         bpf_loop(
-            SCAN_BYTES as u32,
+            (SCAN_BYTES / 8) as u32,
             step as *const () as *mut c_void,
             &mut c as *mut ScanCtx as *mut c_void,
             0,
@@ -106,29 +107,53 @@ struct ScanCtx {
     len: u64,
 }
 
-/// One byte position; returns 1 to stop the loop.
-extern "C" fn step(i: u64, ctx: *mut c_void) -> i64 {
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// One word (8 byte positions); returns 1 to stop the loop.
+extern "C" fn step(k: u64, ctx: *mut c_void) -> i64 {
     let c = unsafe { &mut *(ctx as *mut ScanCtx) };
     let h = unsafe { &mut *c.h };
-    let i = (i as usize) & MASK;
+    let base = ((k as usize) * 8) & MASK;
     let len = c.len as usize;
-    if i + 1 >= len {
+    if base + 1 >= len {
         return 1;
     }
-    if at(&h.buf, i) != b'\n' {
+    // Nonzero when some byte of the word may be a newline (a false hit
+    // above a real one is possible, and checked byte by byte below).
+    let x = word(&h.buf, base) ^ (ONES * b'\n' as u64);
+    if x.wrapping_sub(ONES) & !x & HIGHS == 0 {
         return 0;
     }
-    let n = i + 1;
+    let mut j = 0;
+    while j < 8 {
+        let i = base + j;
+        // A newline in the last byte cannot be told from a split head yet.
+        if i + 1 >= len {
+            return 1;
+        }
+        if at(&h.buf, i) == b'\n' && line(h, i + 1, len) {
+            return 1;
+        }
+        j += 1;
+    }
+    0
+}
+
+/// A line starts at `n`: note where the request line ends, the headers
+/// end, and the headers worth knowing start. Returns true at the blank line.
+#[inline(always)]
+fn line(h: &mut Head, n: usize, len: usize) -> bool {
     if h.line_end == 0 {
         h.line_end = n as u32;
     }
     let crlf = n + 2 <= len && at(&h.buf, n) == b'\r' && at(&h.buf, n + 1) == b'\n';
     if crlf || at(&h.buf, n) == b'\n' {
         h.hdr_end = (n + 1 + crlf as usize) as u32;
-        return 1;
+        return true;
     }
     if n + LOOKAHEAD > len {
-        return 0;
+        return false;
     }
     let w = word(&h.buf, n) | LOWER;
     let w2 = word(&h.buf, n + 8) | LOWER;
@@ -139,7 +164,7 @@ extern "C" fn step(i: u64, ctx: *mut c_void) -> i64 {
     } else if w == le(b"transfer") {
         h.chunked = 1;
     }
-    0
+    false
 }
 
 /// Skips optional whitespace after a header's colon.

@@ -20,7 +20,10 @@ use clew_common::{
 use crate::{
     context, head,
     inject::HEAD,
-    maps::{capture_limit, count, now, Inflight, Scratch, CONNS, EVENTS, INFLIGHT, SCRATCH},
+    maps::{
+        capture_limit, count, inflight_put, inflight_take, now, Inflight, Scratch, CONNS, EVENTS,
+        SCRATCH,
+    },
     tcp_option, tls, tp,
 };
 
@@ -65,17 +68,16 @@ pub fn enter_io(ctx: TracePointContext) -> u32 {
         a2,
         peer: SockAddr::default(),
     };
-    let _ = INFLIGHT.insert(&pid_tgid, &v, 0);
+    inflight_put(pid_tgid, &v);
     0
 }
 
 #[tracepoint]
 pub fn exit_io(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(v) = (unsafe { INFLIGHT.get(&pid_tgid) }).copied() else {
+    let Some(v) = inflight_take(pid_tgid) else {
         return 0;
     };
-    let _ = INFLIGHT.remove(&pid_tgid);
     // The nr check drops an entry that outlived its call (one seeded by
     // the agent for a read that returned before the entry was written).
     if v.role != IO_MARK || v.nr != tp::nr(&ctx) {
@@ -124,13 +126,50 @@ pub fn exit_io(ctx: TracePointContext) -> u32 {
         nr::SENDFILE => emit(&v, pid_tgid, ts, dir::EGRESS, 0, len),
         _ => {}
     }
-    // Request scanning lives in its own program so the verifier checks it
-    // once, not once per path through the code above.
-    if v.conn_role != role::CONNECTED && stage_observe(&v, len, ts) {
+    if v.conn_role == role::CONNECTED {
+        return 0;
+    }
+    // Only the first bytes of a call can start a request or a response:
+    // anything else (a body, a sendfile) is settled by one short read.
+    let Some((buf, n)) = first_segment(&v, len) else {
+        return 0;
+    };
+    if direction(v.nr) == dir::EGRESS {
+        if starts_response(buf) {
+            context::server_response();
+        }
+    } else if may_start_request(buf, n) && stage_observe(&v, len, ts) {
+        // Request scanning lives in its own program so the verifier checks
+        // it once, not once per path through the code above.
         unsafe { TAIL.tail_call(&ctx, TAIL_OBSERVE) };
     }
     0
 }
+
+#[inline(always)]
+fn direction(nr: i64) -> u8 {
+    match nr {
+        nr::READ | nr::RECVFROM | nr::READV | nr::RECVMSG => dir::INGRESS,
+        _ => dir::EGRESS,
+    }
+}
+
+/// Whether the bytes at `buf` start an HTTP/1 response.
+#[inline(always)]
+fn starts_response(buf: u64) -> bool {
+    matches!(unsafe { bpf_probe_read_user(buf as *const [u8; 5]) }, Ok(b) if b == *b"HTTP/")
+}
+
+/// Whether `n` bytes at `buf` can start a request head worth scanning.
+#[inline(always)]
+fn may_start_request(buf: u64, n: u64) -> bool {
+    n >= MIN_REQUEST
+        && matches!(unsafe { bpf_probe_read_user(buf as *const u64) },
+                    Ok(w) if head::is_method_word(u64::from_le(w)))
+}
+
+/// Shorter reads are not scanned as a request head.
+const MIN_REQUEST: u64 = 16;
 
 /// The first bytes of a connection decide whether it carries TLS: a TLS
 /// record header (content type 20–23, version 3.x) cannot start HTTP/1,
@@ -203,11 +242,7 @@ pub fn observe_staged() {
     let Some((buf, n)) = first_segment(&args.v, args.len) else {
         return;
     };
-    let d = match args.v.nr {
-        nr::READ | nr::RECVFROM | nr::READV | nr::RECVMSG => dir::INGRESS,
-        _ => dir::EGRESS,
-    };
-    observe_server(&args.v, d, buf, n, args.ts);
+    observe_server(&args.v, direction(args.v.nr), buf, n, args.ts);
 }
 
 #[inline(always)]
@@ -257,14 +292,12 @@ fn first_segment(v: &Inflight, len: u64) -> Option<(u64, u64)> {
 #[inline(always)]
 fn observe_server(v: &Inflight, direction: u8, buf: u64, len: u64, ts: u64) {
     if direction == dir::EGRESS {
-        if let Ok(b) = unsafe { bpf_probe_read_user(buf as *const [u8; 5]) } {
-            if b == *b"HTTP/" {
-                context::server_response();
-            }
+        if starts_response(buf) {
+            context::server_response();
         }
         return;
     }
-    if len < 16 {
+    if len < MIN_REQUEST {
         return;
     }
     let Some(h) = HEAD.get_ptr_mut(0) else {

@@ -46,8 +46,44 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RINGBUF_BYTES, 0);
 #[map]
 pub static CONNS: LruHashMap<ConnKey, ConnInfo> = LruHashMap::with_max_entries(MAX_CONNS, 0);
 
+/// The syscall each thread is in, by pid_tgid. An entry is written over in
+/// place by the thread's next call and only marked taken on exit (`role`
+/// 0), so a busy thread pays two lookups per call instead of an LRU insert
+/// and delete. Eviction: `proc_exit` deletes a thread's entry when it
+/// exits; LRU covers threads whose exit was missed.
 #[map]
 pub static INFLIGHT: LruHashMap<u64, Inflight> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+/// `role` of an `INFLIGHT` entry whose call has been taken by its exit.
+const TAKEN: u8 = 0;
+
+/// Records the call the current thread is entering.
+#[inline(always)]
+pub fn inflight_put(pid_tgid: u64, v: &Inflight) {
+    match INFLIGHT.get_ptr_mut(&pid_tgid) {
+        Some(p) => unsafe { *p = *v },
+        None => {
+            let _ = INFLIGHT.insert(&pid_tgid, v, 0);
+        }
+    }
+}
+
+/// Thread `pid_tgid` exited: its entry can go.
+pub fn inflight_forget(pid_tgid: u64) {
+    let _ = INFLIGHT.remove(&pid_tgid);
+}
+
+/// Takes the call the current thread is leaving, if its enter recorded one.
+#[inline(always)]
+pub fn inflight_take(pid_tgid: u64) -> Option<Inflight> {
+    let p = INFLIGHT.get_ptr_mut(&pid_tgid)?;
+    let v = unsafe { *p };
+    if v.role == TAKEN {
+        return None;
+    }
+    unsafe { (*p).role = TAKEN };
+    Some(v)
+}
 
 #[map]
 pub static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PIDS, 0);

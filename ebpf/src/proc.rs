@@ -7,7 +7,10 @@ use aya_ebpf::{
 };
 use clew_common::{kind, ProcEvent};
 
-use crate::maps::{count, fork_child_pid_offset, now, EVENTS, PIDS};
+use crate::{
+    context,
+    maps::{count, fork_child_pid_offset, inflight_forget, now, EVENTS, PIDS},
+};
 
 fn emit(kind: u32, tgid: u32) {
     let ev = ProcEvent {
@@ -51,6 +54,8 @@ pub fn proc_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let _ = PIDS.remove(&tid);
+    inflight_forget(pid_tgid);
+    context::thread_exit(tid);
     if tid == (pid_tgid >> 32) as u32 {
         emit(kind::PROC_EXIT, tid);
     }

@@ -121,9 +121,8 @@ pub fn offer(pid_tgid: u64, ctx: &TraceCtx) {
 /// option still joins the trace.
 pub fn on_connect(ctx: &SockOpsContext, key: &SockKey) {
     let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) as i32);
-    let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(s) = unsafe { context::SERVING.get(&tid) } {
-        let _ = PENDING.insert(key, &Wire::naming(s), 0);
+    if let Some(s) = context::serving() {
+        let _ = PENDING.insert(key, &Wire::naming(&s), 0);
     }
 }
 
