@@ -33,7 +33,7 @@ const DRAIN_BUDGET: usize = 4096;
 /// Pause after draining the ring buffer before waiting on it again. The
 /// kernel wakes a caught-up reader for every record, so without it a loaded
 /// node costs a wake-up (and context switch) per syscall captured; with it,
-/// at most one per pause, while the ring (16 MiB by default) holds far more
+/// at most one per pause, while the ring (4 MiB by default) holds far more
 /// than a pause's worth of records.
 const DRAIN_PAUSE: Duration = Duration::from_millis(2);
 const SUMMARY_EVERY_TICKS: u64 = 30;
@@ -97,6 +97,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ?sampler,
         "tracing started"
     );
+    crate::memory::release_freed();
     stats.ready.store(true, Relaxed);
 
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until

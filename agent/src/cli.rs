@@ -95,7 +95,7 @@ pub struct RunArgs {
     #[arg(long, value_delimiter = ',')]
     pub baggage_attributes: Vec<String>,
     /// Kernel→agent ring buffer size in MiB (rounded up to a power of two).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 4)]
     pub ringbuf_mib: u32,
 }
 

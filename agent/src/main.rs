@@ -1,5 +1,5 @@
 use clap::Parser;
-use clew::{agent, cli};
+use clew::{agent, cli, memory};
 use tracing_subscriber::EnvFilter;
 
 // The pipeline allocates small strings per span; mimalloc made it ~40%
@@ -12,6 +12,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 // was most of the agent's CPU under load.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    memory::no_huge_pages();
     let cli = cli::Cli::parse();
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cli.log_level));

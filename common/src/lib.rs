@@ -12,7 +12,7 @@ pub const CAPTURE_MASK: usize = MAX_CAPTURE - 1;
 /// Number of iovec entries followed per vectored call.
 pub const MAX_IOV: u32 = 8;
 /// Ring buffer size (bytes) unless the agent overrides it.
-pub const DEFAULT_RINGBUF_BYTES: u32 = 16 * 1024 * 1024;
+pub const DEFAULT_RINGBUF_BYTES: u32 = 4 * 1024 * 1024;
 /// Entries in the (tgid, fd) → connection table. LRU: a connection that
 /// never closes cleanly is evicted by newer ones instead of filling the map.
 pub const MAX_CONNS: u32 = 65536;
