@@ -193,6 +193,9 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let _ = CONNS.remove(&key);
+    if info.role == role::ACCEPTED {
+        crate::tcp_option::closed(info.id);
+    }
     emit(
         kind::CONN_CLOSE,
         info.id,

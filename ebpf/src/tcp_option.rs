@@ -216,6 +216,12 @@ pub fn accepted(conn_id: u64, peer: &SockAddr) {
     }
 }
 
+/// Server connection `conn_id` closed: its client endpoint is not needed
+/// any more (the LRU only bounds what closes are missed).
+pub fn closed(conn_id: u64) {
+    let _ = PEERS.remove(&conn_id);
+}
+
 /// The context the client of server connection `conn_id` sent last:
 /// (trace id, parent span id, sampled), like an incoming `traceparent`.
 pub fn received(conn_id: u64) -> Option<([u8; 16], [u8; 8], bool)> {
