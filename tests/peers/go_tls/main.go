@@ -4,10 +4,14 @@
 //	go_tls server ADDR CERT KEY   serve /work (200), /fail (500), /echo (POST body back)
 //	go_tls client BASE PATH...    GET each path in turn on one kept-alive connection
 //
+// The client starts once stdin gives it a line (or ends), so that a test
+// can let the agent hook the executable before the first request.
+//
 // HTTP/2 is off on both ends: these tests are about HTTP/1.1 over TLS.
 package main
 
 import (
+	"bufio"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -55,6 +59,7 @@ func serve(addr, cert, key string) {
 }
 
 func call(base string, paths []string) int {
+	bufio.NewReader(os.Stdin).ReadString('\n')
 	client := &http.Client{Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
 		TLSNextProto:    map[string]func(string, *tls.Conn) http.RoundTripper{},
