@@ -181,10 +181,10 @@ pub fn run() -> Report {
             ),
         ),
         (
-            "TLS plaintext (OpenSSL, incl. static)",
+            "TLS plaintext (OpenSSL, Go crypto/tls)",
             pick(
                 uprobes,
-                "uprobes on SSL_read/SSL_write(_ex), once per library file",
+                "uprobes on SSL_read/SSL_write(_ex), Go Read/Write entry+RETs; once per file",
             ),
         ),
         (

@@ -265,6 +265,20 @@ pub struct DataHeader {
 }
 
 /// Bits of `DataHeader::flags`.
+/// Where the socket's fd sits below a Go `*tls.Conn`, read by the Go
+/// crypto/tls probes. Unchanged from Go 1.12 to 1.22; the agent's tests
+/// check them against the DWARF of a real binary.
+pub mod gotls {
+    /// `tls.Conn.conn` is a `net.Conn` interface at offset 0: its itab,
+    /// then its data pointer (a `*net.TCPConn`).
+    pub const CONN_IFACE_DATA: u64 = 8;
+    /// `net.TCPConn` embeds `conn{fd *netFD}` at offset 0.
+    pub const TCPCONN_FD: u64 = 0;
+    /// `netFD.pfd poll.FD` is at 0, and `Sysfd int` follows
+    /// `fdMutex{state uint64; rsema, wsema uint32}`.
+    pub const NETFD_SYSFD: u64 = 16;
+}
+
 pub mod dataflag {
     /// Plaintext read from or written to a TLS library (SSL_read/SSL_write),
     /// not bytes seen at the socket.

@@ -6,6 +6,7 @@
 
 mod conn;
 mod context;
+mod go_tls;
 mod head;
 mod inject;
 mod io;

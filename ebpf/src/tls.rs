@@ -22,6 +22,7 @@ use aya_ebpf::{
     macros::{map, uprobe, uretprobe},
     maps::{LruHashMap, ProgramArray},
     programs::{ProbeContext, RetProbeContext},
+    EbpfContext,
 };
 use clew_common::{
     connstate, dataflag, dir, nr, role, stat, ConnKey, Inflight, MAX_CONNS, MAX_INFLIGHT,
@@ -144,7 +145,7 @@ fn enter(ctx: &ProbeContext, write: bool, ex: bool) -> u32 {
 /// its CLIENT span is decided here and offered to the TCP option, which the
 /// ciphertext's segments then carry.
 #[inline(always)]
-fn offer_request(pid_tgid: u64, buf: u64) {
+pub fn offer_request(pid_tgid: u64, buf: u64) {
     if !tcp_option::enabled() {
         return;
     }
@@ -194,11 +195,28 @@ pub fn ssl_exit(ctx: RetProbeContext) -> u32 {
         count(stat::TLS_UNBOUND);
         return 0;
     };
+    emit_plaintext(&ctx, pid_tgid, fd, call.write != 0, call.buf, len);
+    0
+}
+
+/// Emits `len` bytes of plaintext at `buf` that a TLS call moved over
+/// socket `fd` of the current process, as a data record of that socket's
+/// connection, and hands a server's request to `observe_tls`.
+#[inline(always)]
+pub fn emit_plaintext<C: EbpfContext>(
+    ctx: &C,
+    pid_tgid: u64,
+    fd: u32,
+    write: bool,
+    buf: u64,
+    len: u64,
+) {
+    let tgid = (pid_tgid >> 32) as u32;
     let Some(info) = (unsafe { CONNS.get(&ConnKey { tgid, fd }) }).copied() else {
         count(stat::TLS_UNBOUND);
-        return 0;
+        return;
     };
-    let (nr, direction) = if call.write != 0 {
+    let (nr, direction) = if write {
         (nr::WRITE, dir::EGRESS)
     } else {
         (nr::READ, dir::INGRESS)
@@ -211,16 +229,15 @@ pub fn ssl_exit(ctx: RetProbeContext) -> u32 {
         conn_role: info.role,
         conn_state: info.state,
         data_flags: dataflag::TLS,
-        a1: call.buf,
+        a1: buf,
         a2: 0,
         peer: Default::default(),
     };
     let ts = now();
-    io::emit(&v, pid_tgid, ts, direction, call.buf, len);
+    io::emit(&v, pid_tgid, ts, direction, buf, len);
     if info.role != role::CONNECTED && io::stage_observe(&v, len, ts) {
-        unsafe { TLS_TAIL.tail_call(&ctx, 0) };
+        unsafe { TLS_TAIL.tail_call(ctx, 0) };
     }
-    0
 }
 
 /// `observe_request` for TLS plaintext (a tail call must stay within one
@@ -253,7 +270,7 @@ pub fn bind_socket(pid_tgid: u64, fd: u32) -> bool {
 /// Marks a socket as TLS with an `SSL` bound to it. Unless `force`, only
 /// a TLS socket no `SSL` has claimed yet qualifies.
 #[inline(always)]
-fn claim(tgid: u32, fd: u32, force: bool) -> bool {
+pub fn claim(tgid: u32, fd: u32, force: bool) -> bool {
     let Some(info) = CONNS.get_ptr_mut(&ConnKey { tgid, fd }) else {
         return false;
     };

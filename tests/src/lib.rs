@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod check;
 pub mod env;
 pub mod fixture;
+pub mod go_tls;
 pub mod load;
 pub mod net;
 pub mod netns;

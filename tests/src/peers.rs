@@ -292,6 +292,25 @@ pub fn curl_expect(cg: &Cgroup, url: &str, args: &[&str], status: u16) -> Result
     Ok(())
 }
 
+/// One curl fetching `url` `n` times in a row on one kept-alive
+/// connection; the statuses, in order.
+pub fn curl_keepalive(cg: &Cgroup, url: &str, n: usize, args: &[&str]) -> Result<Vec<u16>> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-w", "%{http_code}\n", "--max-time", "20"])
+        .args(args);
+    for _ in 0..n {
+        cmd.args(["-o", "/dev/null", url]);
+    }
+    let out = cg.run(&mut cmd, CLIENT_TIMEOUT)?.ok()?;
+    out.stdout
+        .lines()
+        .map(|l| {
+            l.parse()
+                .with_context(|| format!("curl {url} printed {l:?}"))
+        })
+        .collect()
+}
+
 /// `service.name` of spans from `tls_client.py`.
 pub const TLS_CLIENT: &str = "tls-client";
 

@@ -25,6 +25,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "openssl",
     "libssl-dev",
     "pkg-config",
+    // Go's crypto/tls peers (tests/peers/go_tls), built by the tests.
+    "golang-go",
 ];
 
 /// Ensures the peers and returns the venv's python (for `CLEW_TEST_PYTHON`).

@@ -25,7 +25,7 @@ use crate::cli::Mechanisms;
 
 pub use event::{decode, ConnOpen, Data, DecodeError, Event, KernelCtx};
 pub use maps::{BlockedRead, KernelMaps};
-pub use uprobes::{SslLinks, SslOffsets};
+pub use uprobes::{GoFn, GoTlsOffsets, Plan, SslOffsets, TlsLinks};
 
 /// The kernel object built from `ebpf/` (see agent/build.rs).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("CLEW_EBPF_OBJECT"));

@@ -1,5 +1,5 @@
-//! The TLS library probes: loaded with the other programs, attached per
-//! library file on demand (see [`crate::tls`]).
+//! The TLS library probes (OpenSSL, Go's crypto/tls): loaded with the other
+//! programs, attached per library file on demand (see [`crate::tls`]).
 
 use anyhow::{Context, Result};
 use aya::{
@@ -24,29 +24,65 @@ pub struct SslOffsets {
     pub free: Option<u64>,
 }
 
-/// Which program goes on which function; every call returns through `ssl_exit`.
-fn plan(o: &SslOffsets) -> Vec<(&'static str, u64)> {
-    let mut p = vec![
-        ("ssl_read_enter", o.read),
-        ("ssl_exit", o.read),
-        ("ssl_write_enter", o.write),
-        ("ssl_exit", o.write),
-    ];
-    if let Some(x) = o.read_ex {
-        p.extend([("ssl_read_ex_enter", x), ("ssl_exit", x)]);
+/// Where one Go function's code sits: its entry and every RET in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GoFn {
+    pub entry: u64,
+    pub rets: Vec<u64>,
+}
+
+/// File offsets of `crypto/tls.(*Conn).Read` and `Write` in a Go executable.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GoTlsOffsets {
+    pub read: GoFn,
+    pub write: GoFn,
+}
+
+/// Which program goes at which file offset.
+pub type Plan = Vec<(&'static str, u64)>;
+
+impl GoTlsOffsets {
+    /// No uretprobes for Go (see `ebpf/src/go_tls.rs`): `go_tls_exit`
+    /// goes on every RET instead.
+    pub fn plan(&self) -> Plan {
+        let mut p = Vec::new();
+        for (enter, f) in [
+            ("go_tls_read_enter", &self.read),
+            ("go_tls_write_enter", &self.write),
+        ] {
+            p.push((enter, f.entry));
+            p.extend(f.rets.iter().map(|&r| ("go_tls_exit", r)));
+        }
+        p
     }
-    if let Some(x) = o.write_ex {
-        p.extend([("ssl_write_ex_enter", x), ("ssl_exit", x)]);
+}
+
+impl SslOffsets {
+    /// Every call returns through `ssl_exit`.
+    pub fn plan(&self) -> Plan {
+        let o = self;
+        let mut p = vec![
+            ("ssl_read_enter", o.read),
+            ("ssl_exit", o.read),
+            ("ssl_write_enter", o.write),
+            ("ssl_exit", o.write),
+        ];
+        if let Some(x) = o.read_ex {
+            p.extend([("ssl_read_ex_enter", x), ("ssl_exit", x)]);
+        }
+        if let Some(x) = o.write_ex {
+            p.extend([("ssl_write_ex_enter", x), ("ssl_exit", x)]);
+        }
+        if let Some(x) = o.free {
+            p.push(("ssl_free_enter", x));
+        }
+        p
     }
-    if let Some(x) = o.free {
-        p.push(("ssl_free_enter", x));
-    }
-    p
 }
 
 /// Links of one hooked file, to detach when no traced process uses it.
 #[derive(Debug)]
-pub struct SslLinks(Vec<(&'static str, UProbeLinkId)>);
+pub struct TlsLinks(Vec<(&'static str, UProbeLinkId)>);
 
 const PROGRAMS: &[&str] = &[
     "ssl_read_enter",
@@ -55,6 +91,9 @@ const PROGRAMS: &[&str] = &[
     "ssl_write_ex_enter",
     "ssl_free_enter",
     "ssl_exit",
+    "go_tls_read_enter",
+    "go_tls_write_enter",
+    "go_tls_exit",
 ];
 
 impl Capture {
@@ -77,11 +116,11 @@ impl Capture {
         Ok(())
     }
 
-    /// Hooks OpenSSL in `file` for every process that maps it (the
-    /// programs themselves skip processes that are not selected).
-    pub fn attach_ssl(&mut self, file: &Path, offsets: &SslOffsets) -> Result<SslLinks> {
-        let mut links = SslLinks(Vec::new());
-        for (name, offset) in plan(offsets) {
+    /// Hooks the TLS library in `file` for every process that maps it
+    /// (the programs themselves skip processes that are not selected).
+    pub fn attach_tls(&mut self, file: &Path, plan: Plan) -> Result<TlsLinks> {
+        let mut links = TlsLinks(Vec::new());
+        for (name, offset) in plan {
             let p: &mut UProbe = program(&mut self.ebpf, name)?;
             match p.attach(
                 UProbeAttachLocation::AbsoluteOffset(offset),
@@ -90,7 +129,7 @@ impl Capture {
             ) {
                 Ok(id) => links.0.push((name, id)),
                 Err(e) => {
-                    self.detach_ssl(links);
+                    self.detach_tls(links);
                     return Err(e)
                         .with_context(|| format!("attaching {name} to {}", file.display()));
                 }
@@ -99,7 +138,7 @@ impl Capture {
         Ok(links)
     }
 
-    pub fn detach_ssl(&mut self, links: SslLinks) {
+    pub fn detach_tls(&mut self, links: TlsLinks) {
         for (name, id) in links.0 {
             if let Ok(p) = program::<UProbe>(&mut self.ebpf, name) {
                 if let Err(e) = p.detach(id) {
@@ -115,6 +154,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn go_gets_an_exit_probe_on_every_ret_and_no_uretprobe() {
+        let o = GoTlsOffsets {
+            read: GoFn {
+                entry: 10,
+                rets: vec![20, 30],
+            },
+            write: GoFn {
+                entry: 40,
+                rets: vec![50],
+            },
+        };
+        assert_eq!(
+            o.plan(),
+            vec![
+                ("go_tls_read_enter", 10),
+                ("go_tls_exit", 20),
+                ("go_tls_exit", 30),
+                ("go_tls_write_enter", 40),
+                ("go_tls_exit", 50),
+            ]
+        );
+    }
+
+    #[test]
     fn every_entry_has_its_return_probe() {
         let o = SslOffsets {
             read: 1,
@@ -123,7 +186,7 @@ mod tests {
             write_ex: None,
             free: Some(5),
         };
-        let p = plan(&o);
+        let p = o.plan();
         for off in [1, 2, 3] {
             assert!(p.contains(&("ssl_exit", off)), "no return probe at {off}");
         }

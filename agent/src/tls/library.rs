@@ -7,15 +7,38 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use object::{Object, ObjectSection, ObjectSymbol};
 
-use crate::capture::SslOffsets;
+use super::go::{self, GoTls};
+use crate::capture::{GoTlsOffsets, Plan, SslOffsets};
 
 /// A TLS implementation found in a process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Library {
     /// OpenSSL (libssl, or an executable that exports its API, like `node`).
     OpenSsl(SslOffsets),
+    /// Go's crypto/tls in an executable with its symbol table.
+    GoTls(GoTlsOffsets),
     /// A TLS stack Clew cannot hook; its name, for the log and `clew probe`.
     Unsupported(&'static str),
+}
+
+impl Library {
+    /// The probes that hook it, if Clew can.
+    pub fn plan(&self) -> Option<Plan> {
+        match self {
+            Library::OpenSsl(o) => Some(o.plan()),
+            Library::GoTls(o) => Some(o.plan()),
+            Library::Unsupported(_) => None,
+        }
+    }
+
+    /// Its name in the log and `clew probe`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Library::OpenSsl(_) => "OpenSSL",
+            Library::GoTls(_) => "Go crypto/tls",
+            Library::Unsupported(what) => what,
+        }
+    }
 }
 
 /// Libraries known by name only, so that their processes are reported
@@ -66,10 +89,10 @@ fn classify(elf: &object::File<'_>, is_libssl: bool) -> Option<Library> {
         return Some(Library::Unsupported("libssl without symbols (BoringSSL?)"));
     }
     if elf.section_by_name(".go.buildinfo").is_some() {
-        let tls = elf
-            .symbols()
-            .any(|s| s.name().is_ok_and(|n| n.starts_with("crypto/tls.")));
-        return tls.then_some(Library::Unsupported("Go crypto/tls"));
+        return go::inspect(elf).map(|g| match g {
+            GoTls::Hookable(o) => Library::GoTls(o),
+            GoTls::NotHookable(why) => Library::Unsupported(why),
+        });
     }
     let rustls = elf
         .symbols()

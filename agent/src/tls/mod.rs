@@ -12,6 +12,7 @@
 //! shortly after, as the loader and `dlopen` map them) and at a process's
 //! first connection.
 
+mod go;
 mod library;
 mod maps;
 
@@ -26,7 +27,7 @@ use std::{
 pub use library::Library;
 
 use crate::{
-    capture::{Capture, SslLinks},
+    capture::{Capture, TlsLinks},
     stats::{self, Stats},
 };
 
@@ -50,7 +51,7 @@ impl FileId {
 struct Hooked {
     path: PathBuf,
     library: Option<Library>,
-    links: Option<SslLinks>,
+    links: Option<TlsLinks>,
     error: Option<String>,
     users: HashSet<u32>,
     /// The host's libssl: hooked for the agent's lifetime.
@@ -62,7 +63,7 @@ struct Hooked {
 pub struct Finding {
     pub path: PathBuf,
     pub library: Library,
-    /// OpenSSL with its probes attached.
+    /// A library Clew hooks, with its probes attached.
     pub hooked: bool,
     pub error: Option<String>,
 }
@@ -150,7 +151,7 @@ impl TlsHooks {
                 let f = self.files.remove(&id).expect("present");
                 if let Some(links) = f.links {
                     tracing::info!(file = %f.path.display(), "TLS library no longer used: probes detached");
-                    capture.detach_ssl(links);
+                    capture.detach_tls(links);
                 }
             }
         }
@@ -223,7 +224,7 @@ impl TlsHooks {
     pub fn detach_all(&mut self, capture: &mut Capture) {
         for (_, f) in self.files.drain() {
             if let Some(links) = f.links {
-                capture.detach_ssl(links);
+                capture.detach_tls(links);
             }
         }
         self.procs.clear();
@@ -250,8 +251,8 @@ pub fn render_processes(pids: &HashSet<u32>) -> String {
                 .entry(id)
                 .or_insert_with(|| library::inspect(&m.host_path, &m.file_name).ok().flatten());
             let verdict = match lib {
-                Some(Library::OpenSsl(_)) => "OpenSSL: hooked (uprobes)".to_string(),
                 Some(Library::Unsupported(what)) => format!("{what}: NOT hooked"),
+                Some(lib) => format!("{}: hooked (uprobes)", lib.name()),
                 None if is_exe => continue,
                 None => "unrecognised: NOT hooked".to_string(),
             };
@@ -270,7 +271,7 @@ pub fn render_processes(pids: &HashSet<u32>) -> String {
     s
 }
 
-/// Inspects a file seen for the first time, and hooks it if it is OpenSSL.
+/// Inspects a file seen for the first time, and hooks it if Clew can.
 fn hook(
     path: &std::path::Path,
     name: &str,
@@ -296,16 +297,20 @@ fn hook(
             return h;
         }
     }
-    if let Some(Library::OpenSsl(offsets)) = &h.library {
-        match capture.attach_ssl(path, offsets) {
+    let Some(lib) = &h.library else {
+        return h;
+    };
+    if let Some(plan) = lib.plan() {
+        let what = lib.name();
+        match capture.attach_tls(path, plan) {
             Ok(links) => {
-                tracing::info!(file = %path.display(), "OpenSSL hooked");
+                tracing::info!(file = %path.display(), "{what} hooked");
                 stats::add(&stats.tls_files_hooked, 1);
                 h.links = Some(links);
             }
             Err(e) => {
                 stats::add(&stats.tls_attach_failures, 1);
-                tracing::warn!("cannot hook OpenSSL in {}: {e:#}", path.display());
+                tracing::warn!("cannot hook {what} in {}: {e:#}", path.display());
                 h.error = Some(format!("{e:#}"));
             }
         }
@@ -321,13 +326,12 @@ fn report(pid: u32, path: &std::path::Path, lib: &Library, f: &Hooked) {
             file = %path.display(),
             "maps {what}, which Clew cannot hook: TLS through it is not traced"
         ),
-        Library::OpenSsl(_) if f.links.is_none() => tracing::warn!(
+        _ if f.links.is_none() => tracing::warn!(
             pid,
             file = %path.display(),
-            "OpenSSL found but not hooked: this process's TLS traffic is not traced"
+            "{} found but not hooked: this process's TLS traffic is not traced",
+            lib.name()
         ),
-        Library::OpenSsl(_) => {
-            tracing::debug!(pid, file = %path.display(), "OpenSSL traced")
-        }
+        _ => tracing::debug!(pid, file = %path.display(), "{} traced", lib.name()),
     }
 }

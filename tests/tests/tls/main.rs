@@ -1,9 +1,10 @@
-//! End-to-end tests of HTTPS tracing through the OpenSSL probes: real
-//! agent, real TLS peers (curl, nginx, Python's ssl, Node.js with its
-//! static OpenSSL), real OTLP receiver.
+//! End-to-end tests of HTTPS tracing through the OpenSSL and Go crypto/tls
+//! probes: real agent, real TLS peers (curl, nginx, Python's ssl, Node.js
+//! with its static OpenSSL, a Go server and client), real OTLP receiver.
 //!
 //! Run as root, one test at a time (`cargo xtask test`).
 
+mod go;
 mod late_start;
 mod nginx_proxy;
 mod node;

@@ -1,0 +1,3 @@
+module clew.test/go_tls
+
+go 1.17
