@@ -89,6 +89,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         opts,
         stats.clone(),
     );
+    pipeline.tls.enable_go(args.tls_go);
     pipeline.tls.hook_host_libraries(&mut capture);
     pipeline.start()?;
     tracing::info!(

@@ -94,6 +94,11 @@ pub struct RunArgs {
     /// application forwards it.
     #[arg(long, value_delimiter = ',')]
     pub baggage_attributes: Vec<String>,
+    /// Also hook Go's crypto/tls (amd64, Go ≥ 1.17). Off by default: its
+    /// probes sit on every return of `(*Conn).Read`/`Write` and cost the Go
+    /// process tens of µs per call (see README, HTTPS).
+    #[arg(long)]
+    pub tls_go: bool,
     /// Kernel→agent ring buffer size in MiB (rounded up to a power of two).
     #[arg(long, default_value_t = 4)]
     pub ringbuf_mib: u32,

@@ -13,9 +13,14 @@ pub struct Traced {
 impl Traced {
     /// Cgroup `name`, a receiver speaking `protocol`, and an agent that is ready.
     pub fn start(name: &str, protocol: Protocol) -> Result<Self> {
+        Self::start_with(name, protocol, &[])
+    }
+
+    /// `start`, with extra `clew run` arguments.
+    pub fn start_with(name: &str, protocol: Protocol, args: &[&str]) -> Result<Self> {
         let cg = Cgroup::new(name)?;
         let rx = Receiver::start(protocol)?;
-        let agent = Agent::start(&cg, &rx.endpoint(), protocol, &[])?;
+        let agent = Agent::start(&cg, &rx.endpoint(), protocol, args)?;
         Ok(Traced { agent, rx, cg })
     }
 }

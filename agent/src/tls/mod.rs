@@ -85,6 +85,8 @@ pub struct TlsHooks {
     due: Vec<(Instant, u32)>,
     exited: Vec<u32>,
     stats: Arc<Stats>,
+    /// `--tls-go`: hook Go's crypto/tls too.
+    go: bool,
 }
 
 impl TlsHooks {
@@ -96,7 +98,13 @@ impl TlsHooks {
             due: Vec::new(),
             exited: Vec::new(),
             stats,
+            go: false,
         }
+    }
+
+    /// Hook Go's crypto/tls as well (`--tls-go`).
+    pub fn enable_go(&mut self, on: bool) {
+        self.go = on;
     }
 
     /// Hooks the host's libssl files (the loader's default directories).
@@ -112,7 +120,7 @@ impl TlsHooks {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let mut f = hook(&path, &name, false, capture, &self.stats);
+            let mut f = hook(&path, &name, false, capture, &self.stats, self.go);
             f.pinned = true;
             self.files.insert(id, f);
         }
@@ -184,11 +192,11 @@ impl TlsHooks {
             if !self.procs.entry(pid).or_default().insert(id) {
                 continue;
             }
-            let stats = &self.stats;
+            let (stats, go) = (&self.stats, self.go);
             let f = self
                 .files
                 .entry(id)
-                .or_insert_with(|| hook(&m.host_path, &m.file_name, is_exe, capture, stats));
+                .or_insert_with(|| hook(&m.host_path, &m.file_name, is_exe, capture, stats, go));
             f.users.insert(pid);
             if let Some(lib) = &f.library {
                 if matches!(lib, Library::Unsupported(_)) {
@@ -278,6 +286,7 @@ fn hook(
     is_exe: bool,
     capture: &mut Capture,
     stats: &Stats,
+    go: bool,
 ) -> Hooked {
     let mut h = Hooked {
         path: path.to_path_buf(),
@@ -288,6 +297,11 @@ fn hook(
         pinned: false,
     };
     match library::inspect(path, name) {
+        Ok(Some(Library::GoTls(_))) if !go => {
+            h.library = Some(Library::Unsupported(
+                "Go crypto/tls (hookable: off unless --tls-go)",
+            ))
+        }
         Ok(lib) => h.library = lib,
         Err(e) => {
             // An executable we cannot parse is simply not a TLS library.

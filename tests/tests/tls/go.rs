@@ -22,7 +22,7 @@ fn ensure_all_bound(agent: &Agent) -> Result<()> {
 #[test]
 fn go_https_server_called_by_curl() -> Result<()> {
     let cert = TestCert::new()?;
-    let mut t = Traced::start("tls-go-server", Protocol::Grpc)?;
+    let mut t = Traced::start_with("tls-go-server", Protocol::Grpc, &["--tls-go"])?;
     let go = GoServer::start(&t.cg, &t.agent, "go-server", &cert)?;
     const N: usize = 4;
     // Kept alive: net/http reads the first byte of each next request on
@@ -79,7 +79,7 @@ fn go_https_server_called_by_curl() -> Result<()> {
 #[test]
 fn go_https_client_keepalive_to_python() -> Result<()> {
     let cert = TestCert::new()?;
-    let mut t = Traced::start("tls-go-client", Protocol::HttpProtobuf)?;
+    let mut t = Traced::start_with("tls-go-client", Protocol::HttpProtobuf, &["--tls-go"])?;
     let server = PyService::opts("py-server").tls(&cert).start(&t.cg)?;
     let base = format!("https://127.0.0.1:{}", server.port);
     // One connection (the client allows one per host), several requests:
