@@ -15,7 +15,7 @@ use tokio::{
 
 use crate::{
     capture::{Capture, CaptureConfig},
-    cli::{Mechanisms, RunArgs, SelectArgs},
+    cli::{Mechanisms, RunArgs, SelectArgs, TlsAttach},
     export::{ExportConfig, Exporter},
     health,
     nesting::Nesting,
@@ -89,7 +89,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         opts,
         stats.clone(),
     );
-    pipeline.tls.enable_go(args.tls_go);
+    // Per process only makes sense when some processes are not traced.
+    let per_process = args.tls_attach == TlsAttach::Process && !selector.is_all();
+    pipeline.tls.configure(args.tls_go, per_process);
     pipeline.tls.hook_host_libraries(&mut capture);
     pipeline.start()?;
     tracing::info!(

@@ -116,17 +116,19 @@ impl Capture {
         Ok(())
     }
 
-    /// Hooks the TLS library in `file` for every process that maps it
-    /// (the programs themselves skip processes that are not selected).
-    pub fn attach_tls(&mut self, file: &Path, plan: Plan) -> Result<TlsLinks> {
+    /// Hooks the TLS library in `file` for process `pid`, or for every
+    /// process that maps it (the programs then skip unselected ones).
+    pub fn attach_tls(&mut self, file: &Path, plan: &Plan, pid: Option<u32>) -> Result<TlsLinks> {
         let mut links = TlsLinks(Vec::new());
-        for (name, offset) in plan {
+        for &(name, offset) in plan {
             let p: &mut UProbe = program(&mut self.ebpf, name)?;
-            match p.attach(
-                UProbeAttachLocation::AbsoluteOffset(offset),
-                file,
-                UProbeScope::AllProcesses,
-            ) {
+            // One process: the kernel plants breakpoints only in that
+            // process's mappings of the file, including ones it maps later.
+            let scope = match pid.and_then(std::num::NonZeroU32::new) {
+                Some(pid) => UProbeScope::OneProcess(pid),
+                None => UProbeScope::AllProcesses,
+            };
+            match p.attach(UProbeAttachLocation::AbsoluteOffset(offset), file, scope) {
                 Ok(id) => links.0.push((name, id)),
                 Err(e) => {
                     self.detach_tls(links);

@@ -27,7 +27,7 @@ use std::{
 pub use library::Library;
 
 use crate::{
-    capture::{Capture, TlsLinks},
+    capture::{Capture, Plan, TlsLinks},
     stats::{self, Stats},
 };
 
@@ -51,21 +51,14 @@ impl FileId {
 struct Hooked {
     path: PathBuf,
     library: Option<Library>,
-    links: Option<TlsLinks>,
+    /// Where each hook goes, when the library is one Clew hooks.
+    plan: Option<Plan>,
+    /// Attachments: per traced process, or one for every process (`None`).
+    links: HashMap<Option<u32>, TlsLinks>,
     error: Option<String>,
     users: HashSet<u32>,
-    /// The host's libssl: hooked for the agent's lifetime.
+    /// The host's libssl: kept for the agent's lifetime.
     pinned: bool,
-}
-
-/// What one process uses, for `clew probe` and the log.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Finding {
-    pub path: PathBuf,
-    pub library: Library,
-    /// A library Clew hooks, with its probes attached.
-    pub hooked: bool,
-    pub error: Option<String>,
 }
 
 /// After an exec, libraries appear as the dynamic loader (then `dlopen`)
@@ -87,6 +80,16 @@ pub struct TlsHooks {
     stats: Arc<Stats>,
     /// `--tls-go`: hook Go's crypto/tls too.
     go: bool,
+    /// `--tls-attach process`: attach per traced process rather than once
+    /// per file. A uprobe traps in every process mapping its file, and on
+    /// this class of VM a trap costs about 10 µs, so untraced processes
+    /// using a hooked libssl lose much of their TLS throughput; per
+    /// process, they pay nothing, but a process's first milliseconds after
+    /// exec go unseen.
+    per_process: bool,
+    /// The host's libssl files, attached for each traced process at its
+    /// first scan, before it maps them (per-process mode).
+    host: Vec<FileId>,
 }
 
 impl TlsHooks {
@@ -99,15 +102,21 @@ impl TlsHooks {
             exited: Vec::new(),
             stats,
             go: false,
+            per_process: false,
+            host: Vec::new(),
         }
     }
 
-    /// Hook Go's crypto/tls as well (`--tls-go`).
-    pub fn enable_go(&mut self, on: bool) {
-        self.go = on;
+    /// Hook Go's crypto/tls as well (`--tls-go`), and attach per process
+    /// when only some processes are traced.
+    pub fn configure(&mut self, go: bool, per_process: bool) {
+        self.go = go;
+        self.per_process = per_process;
     }
 
-    /// Hooks the host's libssl files (the loader's default directories).
+    /// Inspects the host's libssl files (the loader's default directories).
+    /// Tracing every process, they are hooked now, for all; otherwise each
+    /// traced process gets them at its first scan.
     pub fn hook_host_libraries(&mut self, capture: &mut Capture) {
         for path in maps::host_libssl() {
             let Some(id) = FileId::of(&path) else {
@@ -120,8 +129,12 @@ impl TlsHooks {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let mut f = hook(&path, &name, false, capture, &self.stats, self.go);
+            let mut f = inspect(&path, &name, false, self.go);
             f.pinned = true;
+            if !self.per_process {
+                attach(&mut f, None, capture, &self.stats);
+            }
+            self.host.push(id);
             self.files.insert(id, f);
         }
     }
@@ -155,10 +168,15 @@ impl TlsHooks {
                 continue;
             };
             f.users.remove(&tgid);
+            if let Some(links) = f.links.remove(&Some(tgid)) {
+                capture.detach_tls(links);
+            }
             if f.users.is_empty() && !f.pinned {
                 let f = self.files.remove(&id).expect("present");
-                if let Some(links) = f.links {
+                if !f.links.is_empty() {
                     tracing::info!(file = %f.path.display(), "TLS library no longer used: probes detached");
+                }
+                for (_, links) in f.links {
                     capture.detach_tls(links);
                 }
             }
@@ -182,56 +200,57 @@ impl TlsHooks {
         }
     }
 
-    /// Reads a process's mappings and hooks any OpenSSL not hooked yet.
+    /// Reads a process's mappings and hooks the TLS libraries in them (and,
+    /// per process, the host's libssl even before it is mapped).
     pub fn scan(&mut self, pid: u32, capture: &mut Capture) {
         self.scanned.insert(pid);
+        if self.per_process {
+            for id in self.host.clone() {
+                self.use_file(pid, id, None, capture);
+            }
+        }
         for (m, is_exe) in maps::tls_candidates(pid) {
             let Some(id) = FileId::of(&m.host_path) else {
                 continue;
             };
-            if !self.procs.entry(pid).or_default().insert(id) {
-                continue;
-            }
-            let (stats, go) = (&self.stats, self.go);
-            let f = self
-                .files
+            let go = self.go;
+            self.files
                 .entry(id)
-                .or_insert_with(|| hook(&m.host_path, &m.file_name, is_exe, capture, stats, go));
-            f.users.insert(pid);
-            if let Some(lib) = &f.library {
-                if matches!(lib, Library::Unsupported(_)) {
-                    stats::add(&stats.tls_unsupported, 1);
-                }
-                report(pid, &m.path, lib, f);
-            }
+                .or_insert_with(|| inspect(&m.host_path, &m.file_name, is_exe, go));
+            self.use_file(pid, id, Some(&m.path), capture);
         }
     }
 
-    /// What each traced process uses.
-    pub fn findings(&self) -> Vec<(u32, Finding)> {
-        let mut out = Vec::new();
-        for (&pid, ids) in &self.procs {
-            for f in ids.iter().filter_map(|id| self.files.get(id)) {
-                if let Some(library) = &f.library {
-                    out.push((
-                        pid,
-                        Finding {
-                            path: f.path.clone(),
-                            library: library.clone(),
-                            hooked: f.links.is_some(),
-                            error: f.error.clone(),
-                        },
-                    ));
-                }
-            }
+    /// Process `pid` uses file `id` (already inspected): hook it for the
+    /// process if needed, and report it once (`seen_as`: the path the
+    /// process maps it under, when it does).
+    fn use_file(
+        &mut self,
+        pid: u32,
+        id: FileId,
+        seen_as: Option<&std::path::Path>,
+        capture: &mut Capture,
+    ) {
+        let Some(f) = self.files.get_mut(&id) else {
+            return;
+        };
+        let first = self.procs.entry(pid).or_default().insert(id);
+        f.users.insert(pid);
+        let scope = if self.per_process { Some(pid) } else { None };
+        if !f.links.contains_key(&scope) {
+            attach(f, scope, capture, &self.stats);
         }
-        out.sort_by_key(|(pid, f)| (*pid, f.path.clone()));
-        out
+        if let (true, Some(path), Some(lib)) = (first, seen_as, &f.library) {
+            if matches!(lib, Library::Unsupported(_)) {
+                stats::add(&self.stats.tls_unsupported, 1);
+            }
+            report(pid, path, lib, f);
+        }
     }
 
     pub fn detach_all(&mut self, capture: &mut Capture) {
         for (_, f) in self.files.drain() {
-            if let Some(links) = f.links {
+            for (_, links) in f.links {
                 capture.detach_tls(links);
             }
         }
@@ -279,19 +298,13 @@ pub fn render_processes(pids: &HashSet<u32>) -> String {
     s
 }
 
-/// Inspects a file seen for the first time, and hooks it if Clew can.
-fn hook(
-    path: &std::path::Path,
-    name: &str,
-    is_exe: bool,
-    capture: &mut Capture,
-    stats: &Stats,
-    go: bool,
-) -> Hooked {
+/// Inspects a file seen for the first time.
+fn inspect(path: &std::path::Path, name: &str, is_exe: bool, go: bool) -> Hooked {
     let mut h = Hooked {
         path: path.to_path_buf(),
         library: None,
-        links: None,
+        plan: None,
+        links: HashMap::new(),
         error: None,
         users: HashSet::new(),
         pinned: false,
@@ -303,33 +316,34 @@ fn hook(
             ))
         }
         Ok(lib) => h.library = lib,
-        Err(e) => {
-            // An executable we cannot parse is simply not a TLS library.
-            if !is_exe {
-                tracing::warn!("cannot inspect {}: {e:#}", path.display());
-            }
-            return h;
-        }
+        // An executable we cannot parse is simply not a TLS library.
+        Err(e) if !is_exe => tracing::warn!("cannot inspect {}: {e:#}", path.display()),
+        Err(_) => {}
     }
-    let Some(lib) = &h.library else {
-        return h;
-    };
-    if let Some(plan) = lib.plan() {
-        let what = lib.name();
-        match capture.attach_tls(path, plan) {
-            Ok(links) => {
-                tracing::info!(file = %path.display(), "{what} hooked");
-                stats::add(&stats.tls_files_hooked, 1);
-                h.links = Some(links);
-            }
-            Err(e) => {
-                stats::add(&stats.tls_attach_failures, 1);
-                tracing::warn!("cannot hook {what} in {}: {e:#}", path.display());
-                h.error = Some(format!("{e:#}"));
-            }
-        }
-    }
+    h.plan = h.library.as_ref().and_then(|l| l.plan());
     h
+}
+
+/// Attaches a hookable file's probes for one process (or all).
+fn attach(h: &mut Hooked, pid: Option<u32>, capture: &mut Capture, stats: &Stats) {
+    let (Some(plan), Some(lib)) = (&h.plan, &h.library) else {
+        return;
+    };
+    let what = lib.name();
+    match capture.attach_tls(&h.path, plan, pid) {
+        Ok(links) => {
+            if h.links.is_empty() {
+                tracing::info!(file = %h.path.display(), "{what} hooked");
+                stats::add(&stats.tls_files_hooked, 1);
+            }
+            h.links.insert(pid, links);
+        }
+        Err(e) => {
+            stats::add(&stats.tls_attach_failures, 1);
+            tracing::warn!("cannot hook {what} in {}: {e:#}", h.path.display());
+            h.error = Some(format!("{e:#}"));
+        }
+    }
 }
 
 /// One log line per process and library it cannot see into.
@@ -340,7 +354,7 @@ fn report(pid: u32, path: &std::path::Path, lib: &Library, f: &Hooked) {
             file = %path.display(),
             "maps {what}, which Clew cannot hook: TLS through it is not traced"
         ),
-        _ if f.links.is_none() => tracing::warn!(
+        _ if f.links.is_empty() => tracing::warn!(
             pid,
             file = %path.display(),
             "{} found but not hooked: this process's TLS traffic is not traced",

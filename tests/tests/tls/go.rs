@@ -22,7 +22,12 @@ fn ensure_all_bound(agent: &Agent) -> Result<()> {
 #[test]
 fn go_https_server_called_by_curl() -> Result<()> {
     let cert = TestCert::new()?;
-    let mut t = Traced::start_with("tls-go-server", Protocol::Grpc, &["--tls-go"])?;
+    let mut t = Traced::start_with(
+        "tls-go-server",
+        Protocol::Grpc,
+        // curl requests within milliseconds of its exec: attach per file.
+        &["--tls-go", "--tls-attach", "file"],
+    )?;
     let go = GoServer::start(&t.cg, &t.agent, "go-server", &cert)?;
     const N: usize = 4;
     // Kept alive: net/http reads the first byte of each next request on

@@ -21,7 +21,14 @@ fn curl_to_nginx_tls_to_python() -> Result<()> {
     let backend = PyService::start(&cg, "backend", None)?;
     let nginx = Nginx::tls_proxy(&cg, &format!("127.0.0.1:{}", backend.port), &cert)?;
     // nginx and its worker already run: their libssl is found from /proc.
-    let mut agent = Agent::start(&cg, &rx.endpoint(), Protocol::Grpc, &[])?;
+    // Each curl makes its request a few milliseconds after its exec, before
+    // a per-process attachment could be in place: attach per file.
+    let mut agent = Agent::start(
+        &cg,
+        &rx.endpoint(),
+        Protocol::Grpc,
+        &["--tls-attach", "file"],
+    )?;
 
     for _ in 0..N {
         curl_expect(&cg, &nginx.url("/work"), &["-k"], 200)?;

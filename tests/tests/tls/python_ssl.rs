@@ -11,8 +11,18 @@ use crate::ensure_parent;
 
 #[test]
 fn python_ssl_keepalive_and_large_bodies() -> Result<()> {
+    run("tls-python", &[])
+}
+
+/// The same with probes attached once per library file, for every process.
+#[test]
+fn python_ssl_with_probes_per_file() -> Result<()> {
+    run("tls-python-file", &["--tls-attach", "file"])
+}
+
+fn run(name: &str, agent_args: &[&str]) -> Result<()> {
     let cert = TestCert::new()?;
-    let mut t = Traced::start("tls-python", Protocol::HttpProtobuf)?;
+    let mut t = Traced::start_with(name, Protocol::HttpProtobuf, agent_args)?;
     let server = PyService::opts("tls-server").tls(&cert).start(&t.cg)?;
 
     let answers = tls_client(&t.cg, "127.0.0.1", server.port)?;
