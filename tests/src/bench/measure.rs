@@ -76,10 +76,21 @@ pub struct Window<'a> {
 impl Window<'_> {
     pub fn measure(&self, load: Load, agent: Option<&Agent>) -> Result<Sample> {
         let before = agent.map(read_agent).transpose()?;
-        let mut sample = match load {
-            Load::Max => self.closed_loop()?,
-            Load::Rate(rate) => self.paced(rate)?,
+        // Overload: the agent stops reading for the middle third of the
+        // window, as a starved agent on a busy node would. The kernel must
+        // shed (and count) what does not fit, and the service not wait.
+        let stall = match (self.scenario, agent) {
+            (Scenario::Overload, Some(a)) => Some(stall(a.pid(), self.duration)),
+            _ => None,
         };
+        let sample = match load {
+            Load::Max => self.closed_loop(),
+            Load::Rate(rate) => self.paced(rate),
+        };
+        if let Some(h) = stall {
+            let _ = h.join();
+        }
+        let mut sample = sample?;
         sample.load = load;
         if let (Some(agent), Some((cpu0, c0))) = (agent, before) {
             let (cpu1, c1) = read_agent(agent)?;
@@ -156,6 +167,17 @@ impl Window<'_> {
             ..self.empty()
         })
     }
+}
+
+/// SIGSTOPs `pid` from a third to two thirds of `window`; always resumes it.
+fn stall(pid: u32, window: Duration) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        std::thread::sleep(window / 3);
+        // SAFETY: plain kill(2) on the agent the bench started.
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        std::thread::sleep(window / 3);
+        unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    })
 }
 
 fn read_agent(agent: &Agent) -> Result<(f64, Counters)> {
