@@ -2,14 +2,13 @@
 //! entry and every RET): a Go HTTPS server called by curl, and a Go HTTPS
 //! client calling a Python HTTPS server, each on kept-alive connections.
 
-use anyhow::{ensure, Context, Result};
-use clew_e2e::check::expect_count;
+use anyhow::{ensure, Result};
 use clew_e2e::go_tls::{go_client, GoServer, GO_CLIENT};
 use clew_e2e::peers::{curl_expect, curl_keepalive, PyService};
 use clew_e2e::tls::TestCert;
-use clew_e2e::{Agent, Expect, Protocol, Traced, SPAN_TIMEOUT};
+use clew_e2e::{Agent, Expect, Protocol, Traced};
 
-use crate::{ensure_parent, parent_among};
+use crate::check_pairs;
 
 /// Wrong conn → fd offsets, or a wrong ABI reading, leave plaintext
 /// unattributed: it must never happen here.
@@ -55,27 +54,7 @@ fn go_https_server_called_by_curl() -> Result<()> {
             n,
         )
     });
-    let spans =
-        t.rx.wait_for(
-            |s| {
-                expects
-                    .iter()
-                    .all(|(a, b, n)| a.select(s).len() >= *n && b.select(s).len() >= *n)
-            },
-            SPAN_TIMEOUT,
-        )
-        .context("waiting for the Go server's and curl's spans")?;
-    for (srv, cli, n) in &expects {
-        expect_count(&spans, &format!("{srv:?}"), *n, |s| srv.matches(s))?;
-        expect_count(&spans, &format!("{cli:?}"), *n, |s| cli.matches(s))?;
-        let curls = cli.select(&spans);
-        for s in srv.select(&spans) {
-            srv.check(s)?;
-            let c = parent_among(s, &curls)?;
-            cli.check(c)?;
-            ensure_parent(s, c)?;
-        }
-    }
+    check_pairs(&t.rx, &expects, "the Go server's and curl's spans")?;
     ensure_all_bound(&t.agent)?;
     t.agent.ensure_healthy()?;
     t.agent.stop()
@@ -118,27 +97,7 @@ fn go_https_client_keepalive_to_python() -> Result<()> {
         };
         (srv, cli, n)
     });
-    let spans =
-        t.rx.wait_for(
-            |s| {
-                expects
-                    .iter()
-                    .all(|(a, b, n)| a.select(s).len() >= *n && b.select(s).len() >= *n)
-            },
-            SPAN_TIMEOUT,
-        )
-        .context("waiting for the Go client's and Python server's spans")?;
-    for (srv, cli, n) in &expects {
-        expect_count(&spans, &format!("{srv:?}"), *n, |s| srv.matches(s))?;
-        expect_count(&spans, &format!("{cli:?}"), *n, |s| cli.matches(s))?;
-        let clients = cli.select(&spans);
-        for s in srv.select(&spans) {
-            srv.check(s)?;
-            let c = parent_among(s, &clients)?;
-            cli.check(c)?;
-            ensure_parent(s, c)?;
-        }
-    }
+    check_pairs(&t.rx, &expects, "the Go client's and Python server's spans")?;
     ensure_all_bound(&t.agent)?;
     t.agent.ensure_healthy()?;
     t.agent.stop()

@@ -11,8 +11,9 @@ mod node;
 mod python_ssl;
 mod two_nodes;
 
-use anyhow::{ensure, Result};
-use clew_e2e::RecvSpan;
+use anyhow::{ensure, Context, Result};
+use clew_e2e::check::expect_count;
+use clew_e2e::{Expect, Receiver, RecvSpan, SPAN_TIMEOUT};
 
 /// `child`'s parent is `parent`, in the same trace.
 pub fn ensure_parent(child: &RecvSpan, parent: &RecvSpan) -> Result<()> {
@@ -37,4 +38,32 @@ pub fn parent_among<'s>(child: &RecvSpan, candidates: &[&'s RecvSpan]) -> Result
         found.len()
     );
     Ok(found[0])
+}
+
+/// Waits for `n` spans of each (server, client) expectation, checks them
+/// all against the contract, and that every server span's parent is one of
+/// its client spans.
+pub fn check_pairs(rx: &Receiver, pairs: &[(Expect, Expect, usize)], what: &str) -> Result<()> {
+    let spans = rx
+        .wait_for(
+            |s| {
+                pairs
+                    .iter()
+                    .all(|(a, b, n)| a.select(s).len() >= *n && b.select(s).len() >= *n)
+            },
+            SPAN_TIMEOUT,
+        )
+        .with_context(|| format!("waiting for {what}"))?;
+    for (srv, cli, n) in pairs {
+        expect_count(&spans, &format!("{srv:?}"), *n, |s| srv.matches(s))?;
+        expect_count(&spans, &format!("{cli:?}"), *n, |s| cli.matches(s))?;
+        let clients = cli.select(&spans);
+        for s in srv.select(&spans) {
+            srv.check(s)?;
+            let c = parent_among(s, &clients)?;
+            cli.check(c)?;
+            ensure_parent(s, c)?;
+        }
+    }
+    Ok(())
 }
