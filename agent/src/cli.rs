@@ -106,14 +106,15 @@ pub struct RunArgs {
     #[arg(long)]
     pub tls_go: bool,
     /// How TLS library probes are attached when only some processes are
-    /// traced: `process` (per traced process: untraced ones pay nothing,
-    /// but TLS calls a process makes in the first milliseconds after its
-    /// exec, before the agent attaches, are missed) or `file` (once per
-    /// library file, for every process mapping it: covered from the first
-    /// instruction, but untraced processes using the same file pay a trap
-    /// per TLS call, measured at −75% HTTPS throughput for an untraced
-    /// nginx on a 2-core VM). Tracing every process always attaches per file.
-    #[arg(long, value_enum, default_value = "process")]
+    /// traced: `file` (once per library file, for every process mapping it:
+    /// covered from the first instruction, but untraced processes using the
+    /// same file pay a trap per TLS call, measured at −75% HTTPS throughput
+    /// for an untraced nginx on a 2-core VM) or `process` (per traced
+    /// process: untraced ones pay nothing, but TLS calls a process makes in
+    /// the first milliseconds after its exec are missed, and every new
+    /// process costs the agent an attach). Tracing every process always
+    /// attaches per file.
+    #[arg(long, value_enum, default_value = "file")]
     pub tls_attach: TlsAttach,
     /// Kernel→agent ring buffer size in MiB (rounded up to a power of two).
     #[arg(long, default_value_t = 4)]

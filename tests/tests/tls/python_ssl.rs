@@ -14,10 +14,11 @@ fn python_ssl_keepalive_and_large_bodies() -> Result<()> {
     run("tls-python", &[])
 }
 
-/// The same with probes attached once per library file, for every process.
+/// The same with probes attached per traced process: the processes start
+/// after the agent, which attaches at their exec.
 #[test]
-fn python_ssl_with_probes_per_file() -> Result<()> {
-    run("tls-python-file", &["--tls-attach", "file"])
+fn python_ssl_with_probes_per_process() -> Result<()> {
+    run("tls-python-pp", &["--tls-attach", "process"])
 }
 
 fn run(name: &str, agent_args: &[&str]) -> Result<()> {
