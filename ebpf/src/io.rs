@@ -187,15 +187,16 @@ fn starts_tls(v: &Inflight, pid_tgid: u64, len: u64) -> bool {
     let Ok(b) = (unsafe { bpf_probe_read_user(buf as *const [u8; 3]) }) else {
         return false;
     };
-    let tgid = (pid_tgid >> 32) as u32;
-    if (20..=23).contains(&b[0]) && b[1] == 3 && b[2] <= 4 {
-        tls::mark_tls(tgid, v.fd);
-        return true;
+    let is_tls = (20..=23).contains(&b[0]) && b[1] == 3 && b[2] <= 4;
+    let key = ConnKey {
+        tgid: (pid_tgid >> 32) as u32,
+        fd: v.fd,
+    };
+    if let Some(info) = CONNS.get_ptr_mut(&key) {
+        let tls = if is_tls { connstate::TLS } else { 0 };
+        unsafe { (*info).state |= connstate::STARTED | tls };
     }
-    if let Some(info) = CONNS.get_ptr_mut(&ConnKey { tgid, fd: v.fd }) {
-        unsafe { (*info).state |= connstate::STARTED };
-    }
-    false
+    is_tls
 }
 
 /// Hands a call's first buffer to `observe_request`/`observe_tls`, which

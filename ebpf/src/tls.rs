@@ -282,13 +282,6 @@ pub fn claim(tgid: u32, fd: u32, force: bool) -> bool {
     true
 }
 
-#[inline(always)]
-pub fn mark_tls(tgid: u32, fd: u32) {
-    if let Some(info) = CONNS.get_ptr_mut(&ConnKey { tgid, fd }) {
-        unsafe { (*info).state |= connstate::TLS | connstate::STARTED };
-    }
-}
-
 /// Ciphertext moved outside any SSL call: remember reads on sockets no
 /// `SSL` has claimed yet, for memory BIOs.
 #[inline(always)]
