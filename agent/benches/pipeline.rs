@@ -1,5 +1,6 @@
 //! Userspace pipeline throughput on a recorded event stream: ring-buffer
-//! records → decode → HTTP/1 framing and pairing → spans → OTLP protobuf.
+//! records → decode → protocol session (HTTP/1 framing and pairing) →
+//! spans → OTLP protobuf.
 //! Run with `cargo xtask bench` (or `cargo bench -p clew --bench pipeline`).
 
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use clew::{
     clock::Clock,
     export::encode_request,
     nesting::Nesting,
-    protocol::http1::spans::{ConnFacts, Role, Session, SpanOptions},
+    protocol::{ConnFacts, Role, Session, SpanOptions},
     sampling::{Root, Sampler},
     span::Resource,
 };
@@ -80,18 +81,18 @@ fn pipeline(c: &mut Criterion) {
     g.bench_function("records_to_otlp_bytes", |b| {
         b.iter(|| {
             let mut nesting = Nesting::new(Sampler::ParentBased(Root::AlwaysOn));
-            let mut session = Session::new(Role::Server, false, None);
-            let mut exchanges = Vec::new();
+            let mut session = Session::detect(Some(Role::Server), true, &stream[0], |_| None)
+                .expect("a known role always gets a session");
+            let mut done = Vec::new();
             let mut spans = Vec::with_capacity(BATCH);
             let mut bytes = 0;
             for r in &stream {
                 let Ok(capture::Event::Data(d)) = capture::decode(r) else {
                     unreachable!()
                 };
-                session.on_data(&d, &mut nesting, &mut exchanges);
-                for x in exchanges.drain(..) {
-                    spans.push(clew::protocol::http1::spans::to_span(
-                        x,
+                session.on_data(&d, &mut nesting, &mut done);
+                for t in done.drain(..) {
+                    spans.push(t.into_span(
                         &facts,
                         resource.clone(),
                         &clock,

@@ -21,7 +21,8 @@ use crate::{
     nesting::Nesting,
     pipeline::Pipeline,
     probe,
-    protocol::http1::spans::SpanOptions,
+    processor::{Chain, TruncateAttributes},
+    protocol::SpanOptions,
     sampling::Sampler,
     select::Selector,
     stats::Stats,
@@ -87,6 +88,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         Nesting::new(sampler),
         exporter,
         opts,
+        Chain::default().then(TruncateAttributes::from_env(env)?),
         stats.clone(),
     );
     // Per process only makes sense when some processes are not traced.

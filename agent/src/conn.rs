@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use crate::protocol::http1::spans::{ConnFacts, Role, Session};
+use crate::protocol::{ConnFacts, Role, Session};
 
 pub struct Conn {
     pub tgid: u32,
@@ -27,17 +27,18 @@ impl Conn {
         }
     }
 
-    /// The protocol session, created once the role is known.
+    /// The protocol session, detected from the connection's first captured
+    /// bytes; `None` when they belong to no protocol Clew parses.
     pub fn session(&mut self, ingress: bool, payload: &[u8]) -> Option<&mut Session> {
         if self.session.is_none() {
-            let mid_stream = self.role.is_none();
-            let role = self.role.or_else(|| Role::sniff(ingress, payload))?;
-            self.role = Some(role);
-            let endpoint = match role {
-                Role::Client => self.facts.local,
-                Role::Server => self.facts.peer,
+            let facts = self.facts;
+            let endpoint = |role| match role {
+                Role::Client => facts.local,
+                Role::Server => facts.peer,
             };
-            self.session = Some(Session::new(role, mid_stream, endpoint));
+            let s = Session::detect(self.role, ingress, payload, endpoint)?;
+            self.role = Some(s.role());
+            self.session = Some(s);
         }
         self.session.as_mut()
     }

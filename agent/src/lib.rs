@@ -1,9 +1,9 @@
 //! Clew: an eBPF-based, zero-code distributed tracing agent.
 //!
 //! The pipeline, in the order data flows: [`capture`] (kernel programs and
-//! ring buffer) → [`conn`] (connection table) → [`protocol`] (HTTP/1
-//! framing and exchanges) → [`span`] with [`nesting`] and [`sampling`] →
-//! [`export`]. [`pipeline`] drives one record through all of it;
+//! ring buffer) → [`conn`] (connection table) → [`protocol`] (detection,
+//! framing and transactions, one folder per protocol) → [`span`] with
+//! [`nesting`] and [`sampling`] → [`processor`] → [`export`]. [`pipeline`] drives one record through all of it;
 //! [`agent`] wires the stages to the runtime.
 
 pub mod agent;
@@ -18,6 +18,7 @@ pub mod nesting;
 pub mod pipeline;
 pub mod probe;
 pub mod process;
+pub mod processor;
 pub mod protocol;
 pub mod sampling;
 pub mod select;

@@ -1,6 +1,7 @@
 //! The userspace pipeline, one record at a time: ring-buffer record →
-//! connection → HTTP/1 session → exchange → span → sampling → exporter.
-//! Nothing here blocks: the exporter queue drops (and counts) when full.
+//! connection → protocol session → transaction → sampling → span →
+//! processors → exporter. Nothing here blocks: the exporter queue drops
+//! (and counts) when full.
 
 use std::{collections::HashSet, sync::Arc, time::Instant};
 
@@ -13,7 +14,8 @@ use crate::{
     export::Exporter,
     nesting::{Nesting, SpanCtx},
     process::Processes,
-    protocol::http1::spans::{self, ConnFacts, Exchange, Role, SpanOptions},
+    processor::Chain,
+    protocol::{ConnFacts, Losses, Protocol, Role, SpanOptions, Transaction},
     select::Selector,
     stats::{self, Stats},
     tls::TlsHooks,
@@ -36,7 +38,8 @@ pub struct Pipeline {
     stats: Arc<Stats>,
     /// Processes selected through `--pid/--exe/--port`, mirrored in the kernel.
     listed: HashSet<u32>,
-    exchanges: Vec<Exchange>,
+    done: Vec<Transaction>,
+    processors: Chain,
     ticks: u64,
     /// TLS libraries of the traced processes; the agent loop runs its scans.
     pub tls: TlsHooks,
@@ -49,6 +52,7 @@ impl Pipeline {
         nesting: Nesting,
         exporter: Exporter,
         opts: SpanOptions,
+        processors: Chain,
         stats: Arc<Stats>,
     ) -> Self {
         Pipeline {
@@ -62,7 +66,8 @@ impl Pipeline {
             exporter,
             stats: stats.clone(),
             listed: HashSet::new(),
-            exchanges: Vec::new(),
+            done: Vec::new(),
+            processors,
             ticks: 0,
             tls: TlsHooks::new(stats.clone()),
         }
@@ -225,26 +230,39 @@ impl Pipeline {
         c.last_ns = d.ts_ns;
         c.facts.tls |= d.tls;
         let Some(session) = c.session(d.ingress, d.payload) else {
-            // First bytes are not HTTP/1 in either role: stop paying for it.
+            // First bytes belong to no protocol Clew parses: stop paying for it.
             let (tgid, fd) = (c.tgid, c.fd);
-            self.drop_not_http(d.conn_id, tgid, fd);
+            self.drop_unknown(d.conn_id, tgid, fd, None);
             return;
         };
-        let before = session.losses;
-        session.on_data(&d, &mut self.nesting, &mut self.exchanges);
+        let before = session.losses();
+        session.on_data(&d, &mut self.nesting, &mut self.done);
+        let protocol = session.protocol();
         let hopeless = session.is_hopeless();
-        let after = session.losses;
-        count_losses(&self.stats, before, after);
+        count_losses(&self.stats, protocol, session.losses() - before);
         if hopeless {
             let (tgid, fd) = (c.tgid, c.fd);
-            self.drop_not_http(d.conn_id, tgid, fd);
+            self.drop_unknown(d.conn_id, tgid, fd, Some(protocol));
         }
         self.emit(d.conn_id);
     }
 
-    fn drop_not_http(&mut self, id: u64, tgid: u32, fd: u32) {
-        stats::add(&self.stats.conns_not_http, 1);
-        tracing::debug!(tgid, fd, "connection is not HTTP/1, no longer captured");
+    /// `tried`: the protocol whose parser gave up on the connection.
+    fn drop_unknown(&mut self, id: u64, tgid: u32, fd: u32, tried: Option<Protocol>) {
+        stats::add(&self.stats.conns_unknown_protocol, 1);
+        match tried {
+            Some(p) => tracing::debug!(
+                tgid,
+                fd,
+                protocol = p.label(),
+                "connection is not the protocol it looked like, no longer captured"
+            ),
+            None => tracing::debug!(
+                tgid,
+                fd,
+                "connection speaks no known protocol, no longer captured"
+            ),
+        }
         self.maps.forget_conn(tgid, fd, id);
         self.conns.remove(id);
         self.nesting.conn_closed(id);
@@ -256,9 +274,9 @@ impl Pipeline {
             return;
         };
         if let Some(s) = c.session.as_mut() {
-            let before = s.losses;
-            s.on_close(ts, &mut self.nesting, &mut self.exchanges);
-            count_losses(&self.stats, before, s.losses);
+            let before = s.losses();
+            s.on_close(ts, &mut self.nesting, &mut self.done);
+            count_losses(&self.stats, s.protocol(), s.losses() - before);
         }
         self.nesting.conn_closed(id);
         self.emit_with(c.tgid, &c.facts);
@@ -279,29 +297,30 @@ impl Pipeline {
     fn emit(&mut self, id: u64) {
         match self.conns.get_mut(id).map(|c| (c.tgid, c.facts)) {
             Some((tgid, facts)) => self.emit_with(tgid, &facts),
-            None => self.exchanges.clear(),
+            None => self.done.clear(),
         }
     }
 
     fn emit_with(&mut self, tgid: u32, facts: &ConnFacts) {
-        if self.exchanges.is_empty() {
+        if self.done.is_empty() {
             return;
         }
         let resource = self.processes.resource(tgid);
-        for mut x in self.exchanges.drain(..) {
-            self.nesting.resolve_trace(&mut x.ctx.trace_id);
+        for mut t in self.done.drain(..) {
             stats::add(&self.stats.spans_created, 1);
-            if !x.ctx.sampled {
+            stats::add(&self.stats.protocol(t.protocol()).spans, 1);
+            let ctx = t.ctx_mut();
+            self.nesting.resolve_trace(&mut ctx.trace_id);
+            if !ctx.sampled {
                 stats::add(&self.stats.spans_unsampled, 1);
                 continue;
             }
-            self.exporter.submit(spans::to_span(
-                x,
-                facts,
-                resource.clone(),
-                &self.clock,
-                self.opts,
-            ));
+            let mut span = t.into_span(facts, resource.clone(), &self.clock, self.opts);
+            if self.processors.run(&mut span) {
+                self.exporter.submit(span);
+            } else {
+                stats::add(&self.stats.spans_dropped_by_processors, 1);
+            }
         }
     }
 
@@ -330,16 +349,11 @@ impl Pipeline {
     }
 }
 
-fn count_losses(stats: &Stats, before: spans::Losses, after: spans::Losses) {
-    stats::add(
-        &stats.http_parse_errors,
-        after.parse_errors - before.parse_errors,
-    );
-    stats::add(&stats.http_unanswered, after.unanswered - before.unanswered);
-    stats::add(
-        &stats.http_orphan_responses,
-        after.orphan_responses - before.orphan_responses,
-    );
+fn count_losses(stats: &Stats, protocol: Protocol, new: Losses) {
+    let p = stats.protocol(protocol);
+    stats::add(&p.parse_errors, new.parse_errors);
+    stats::add(&p.unanswered, new.unanswered);
+    stats::add(&p.orphan_responses, new.orphan_responses);
 }
 
 /// Threads of `pid` blocked in a read-type syscall right now.

@@ -1,5 +1,5 @@
 //! The span model every stage after protocol parsing speaks: what a finished
-//! SERVER or CLIENT span looks like on its way to sampling and export.
+//! span looks like on its way to sampling and export.
 
 use std::{borrow::Cow, sync::Arc};
 
@@ -10,6 +10,10 @@ pub type SpanId = [u8; 8];
 pub enum SpanKind {
     Server,
     Client,
+    /// Sends a message a consumer handles later (Kafka Produce).
+    Producer,
+    /// Handles a message a producer sent (a Kafka record's processing).
+    Consumer,
 }
 
 #[derive(Clone, Debug, PartialEq)]

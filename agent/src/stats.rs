@@ -6,6 +6,52 @@ use std::{
     sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
 };
 
+use crate::protocol::Protocol;
+
+macro_rules! protocol_counters {
+    ($($name:ident: $help:literal,)*) => {
+        /// Counters every protocol keeps, exported with a `protocol` label.
+        #[derive(Default)]
+        pub struct ProtocolStats {
+            $(pub $name: AtomicU64,)*
+        }
+
+        impl ProtocolStats {
+            fn render(all: &[ProtocolStats], s: &mut String) {
+                $(
+                    let _ = writeln!(s, "# HELP clew_protocol_{} {}", stringify!($name), $help);
+                    let _ = writeln!(s, "# TYPE clew_protocol_{} counter", stringify!($name));
+                    for (p, c) in Protocol::ALL.iter().zip(all) {
+                        let _ = writeln!(
+                            s,
+                            "clew_protocol_{}{{protocol=\"{}\"}} {}",
+                            stringify!($name),
+                            p.label(),
+                            c.$name.load(Relaxed)
+                        );
+                    }
+                )*
+            }
+
+            fn summarise(&self, p: Protocol, s: &mut String) {
+                $(
+                    let v = self.$name.load(Relaxed);
+                    if v > 0 {
+                        let _ = write!(s, "{}_{}={} ", p.label(), stringify!($name), v);
+                    }
+                )*
+            }
+        }
+    };
+}
+
+protocol_counters! {
+    spans: "spans assembled from this protocol's transactions",
+    parse_errors: "framing errors (garbage, gaps inside headers, undecodable header blocks)",
+    unanswered: "requests whose response never came",
+    orphan_responses: "responses without a request",
+}
+
 macro_rules! counters {
     ($($name:ident: $help:literal,)*) => {
         #[derive(Default)]
@@ -13,6 +59,14 @@ macro_rules! counters {
             $(pub $name: AtomicU64,)*
             /// Every probe attached and the exporter running.
             pub ready: AtomicBool,
+            /// By [`Protocol::index`].
+            pub protocols: [ProtocolStats; Protocol::ALL.len()],
+        }
+
+        impl Stats {
+            pub fn protocol(&self, p: Protocol) -> &ProtocolStats {
+                &self.protocols[p.index()]
+            }
         }
 
         impl Stats {
@@ -23,6 +77,7 @@ macro_rules! counters {
                     let _ = writeln!(s, "# TYPE clew_{} counter", stringify!($name));
                     let _ = writeln!(s, "clew_{} {}", stringify!($name), self.$name.load(Relaxed));
                 )*
+                ProtocolStats::render(&self.protocols, &mut s);
                 s
             }
 
@@ -35,6 +90,9 @@ macro_rules! counters {
                         let _ = write!(s, "{}={} ", stringify!($name), v);
                     }
                 )*
+                for (p, c) in Protocol::ALL.iter().zip(&self.protocols) {
+                    c.summarise(*p, &mut s);
+                }
                 s.trim_end().to_owned()
             }
         }
@@ -52,13 +110,11 @@ counters! {
     conns_opened: "connections seen opening",
     conns_closed: "connections seen closing",
     conns_adopted: "connections first seen mid-stream",
-    conns_not_http: "connections dropped from capture as not HTTP/1",
+    conns_unknown_protocol: "connections dropped from capture: no protocol Clew parses",
     conns_evicted: "connections evicted from a full table",
-    http_parse_errors: "HTTP/1 framing errors (garbage, gaps inside headers)",
-    http_unanswered: "requests whose response never came",
-    http_orphan_responses: "responses without a request",
     spans_created: "spans assembled",
     spans_unsampled: "spans dropped by head sampling",
+    spans_dropped_by_processors: "spans a span processor dropped",
     tls_files_hooked: "TLS library files with probes attached",
     tls_attach_failures: "TLS library files that could not be hooked",
     tls_unsupported: "processes using a TLS library Clew cannot hook",
@@ -82,6 +138,9 @@ mod tests {
         let s = Stats::default();
         add(&s.events, 3);
         assert!(s.render_prometheus().contains("clew_events 3\n"));
-        assert_eq!(s.summary(), "events=3");
+        add(&s.protocol(Protocol::Http1).parse_errors, 2);
+        let text = s.render_prometheus();
+        assert!(text.contains("clew_protocol_parse_errors{protocol=\"http1\"} 2\n"));
+        assert_eq!(s.summary(), "events=3 http1_parse_errors=2");
     }
 }

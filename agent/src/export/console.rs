@@ -208,6 +208,8 @@ fn span_line(span: &Span) -> String {
     let kind = match span.kind {
         SpanKind::Server => "SERVER",
         SpanKind::Client => "CLIENT",
+        SpanKind::Producer => "PRODUCER",
+        SpanKind::Consumer => "CONSUMER",
     };
     let mut line = format!("{kind} {}  {}", span.resource.service_name, span.name);
     if let Some(path) = span.attr("url.path").map(ToString::to_string) {

@@ -12,7 +12,7 @@ mod otlp;
 mod proto;
 mod stats;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 mod transport;
 
 use std::sync::Arc;

@@ -68,6 +68,8 @@ fn span(w: &mut Writer, s: &Span) {
     let kind = match s.kind {
         SpanKind::Server => span::SpanKind::Server,
         SpanKind::Client => span::SpanKind::Client,
+        SpanKind::Producer => span::SpanKind::Producer,
+        SpanKind::Consumer => span::SpanKind::Consumer,
     };
     w.varint_field(6, kind as u64);
     w.fixed64_if_set(7, s.start_ns);
@@ -91,7 +93,9 @@ fn span(w: &mut Writer, s: &Span) {
 /// span of the same process. Roots say "not remote", as the OTel SDKs do.
 fn flags(span: &Span) -> u32 {
     let sampled = u32::from(span.sampled);
-    let remote_parent = span.kind == SpanKind::Server && span.parent_span_id.is_some();
+    // A CONSUMER span's parent came in the message, as a SERVER span's came in the request.
+    let remote_parent =
+        matches!(span.kind, SpanKind::Server | SpanKind::Consumer) && span.parent_span_id.is_some();
     let remote = if remote_parent {
         SpanFlags::ContextIsRemoteMask as u32
     } else {

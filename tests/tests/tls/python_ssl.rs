@@ -87,8 +87,8 @@ fn run(name: &str, agent_args: &[&str]) -> Result<()> {
     }
     // The MiB bodies were skipped as bodies, never parsed as requests.
     for counter in [
-        "http_parse_errors",
-        "http_orphan_responses",
+        "protocol_parse_errors{protocol=\"http1\"}",
+        "protocol_orphan_responses{protocol=\"http1\"}",
         "kernel_tls_unbound",
     ] {
         let n = t.agent.metric(counter)?;

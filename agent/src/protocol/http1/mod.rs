@@ -1,11 +1,16 @@
-//! HTTP/1.x: frames captured syscall bytes into request and response messages.
+//! HTTP/1.x: detection of a connection met mid-stream, a streaming framer
+//! per direction, the session pairing responses with requests, and spans.
 
 mod chunked;
 mod decoder;
+pub mod detect;
 mod head;
 mod parse;
-pub mod spans;
+mod session;
+mod spans;
 
 pub use decoder::{Decoder, Frame, Side, MAX_HEAD};
 pub use head::{Headers, RequestHead, ResponseHead, MAX_HEADERS, MAX_HEADER_VALUE};
 pub use parse::ParseError;
+pub use session::{Exchange, Session};
+pub use spans::to_span;

@@ -1,0 +1,140 @@
+//! Finished spans pass through an ordered chain of processors before
+//! export, as in the OpenTelemetry Collector: each may change a span or
+//! drop it. Span metrics, redaction and route templating belong here, so
+//! they apply to every protocol without touching any of them.
+
+use std::borrow::Cow;
+
+use crate::span::{AttrValue, Span};
+
+pub trait Processor: Send {
+    /// Changes `span` in place; false drops it.
+    fn process(&mut self, span: &mut Span) -> bool;
+}
+
+/// The processors, run in order; the first that drops a span ends it.
+#[derive(Default)]
+pub struct Chain {
+    stages: Vec<Box<dyn Processor>>,
+}
+
+impl Chain {
+    pub fn then(mut self, p: impl Processor + 'static) -> Self {
+        self.stages.push(Box::new(p));
+        self
+    }
+
+    /// Whether the span is still to be exported.
+    pub fn run(&mut self, span: &mut Span) -> bool {
+        self.stages.iter_mut().all(|p| p.process(span))
+    }
+}
+
+/// Cuts string attribute values to a length limit, as OpenTelemetry SDKs
+/// do with `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`: a captured header may be
+/// tens of KiB, which no backend wants per span.
+pub struct TruncateAttributes {
+    pub max_bytes: usize,
+}
+
+/// Used when neither limit variable is set. SDKs default to no limit; an
+/// agent exporting what others' processes sent bounds it.
+pub const DEFAULT_ATTRIBUTE_LIMIT: usize = 4096;
+
+impl TruncateAttributes {
+    /// `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`, else
+    /// `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`, else [`DEFAULT_ATTRIBUTE_LIMIT`].
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        for name in [
+            "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+            "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+        ] {
+            if let Some(v) = var(name) {
+                let max_bytes = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("{name}={v:?} is not a length"))?;
+                return Ok(TruncateAttributes { max_bytes });
+            }
+        }
+        Ok(TruncateAttributes {
+            max_bytes: DEFAULT_ATTRIBUTE_LIMIT,
+        })
+    }
+}
+
+impl Processor for TruncateAttributes {
+    fn process(&mut self, span: &mut Span) -> bool {
+        for (_, v) in span.attributes.iter_mut() {
+            if let AttrValue::Str(s) = v {
+                if s.len() > self.max_bytes {
+                    let mut end = self.max_bytes;
+                    while !s.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    *s = match std::mem::take(s) {
+                        Cow::Borrowed(b) => Cow::Borrowed(&b[..end]),
+                        Cow::Owned(mut o) => {
+                            o.truncate(end);
+                            Cow::Owned(o)
+                        }
+                    };
+                }
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::test_support::{resource, span};
+
+    fn a_span() -> Span {
+        span(&resource(1, "svc"), 1, 1, None)
+    }
+
+    struct DropAll;
+    impl Processor for DropAll {
+        fn process(&mut self, _: &mut Span) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn long_values_are_cut_at_a_char_boundary() {
+        let mut s = a_span();
+        s.attributes = vec![
+            ("user_agent.original", "é".repeat(10).into()),
+            ("http.response.status_code", 200i64.into()),
+        ];
+        let mut chain = Chain::default().then(TruncateAttributes { max_bytes: 5 });
+        assert!(chain.run(&mut s));
+        assert_eq!(s.attr("user_agent.original"), Some(&"éé".into()));
+        assert_eq!(s.attr("http.response.status_code"), Some(&200i64.into()));
+    }
+
+    #[test]
+    fn a_drop_ends_the_chain() {
+        let mut s = a_span();
+        let mut chain = Chain::default()
+            .then(DropAll)
+            .then(TruncateAttributes { max_bytes: 0 });
+        assert!(!chain.run(&mut s));
+        assert_ne!(s.name, "");
+    }
+
+    #[test]
+    fn limits_come_from_the_environment() {
+        let env = |k: &str| (k == "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT").then(|| "12".to_owned());
+        assert_eq!(TruncateAttributes::from_env(env).unwrap().max_bytes, 12);
+        let none = |_: &str| None;
+        assert_eq!(
+            TruncateAttributes::from_env(none).unwrap().max_bytes,
+            DEFAULT_ATTRIBUTE_LIMIT
+        );
+        let bad = |_: &str| Some("x".to_owned());
+        assert!(TruncateAttributes::from_env(bad).is_err());
+    }
+}

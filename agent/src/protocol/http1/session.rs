@@ -1,0 +1,227 @@
+//! HTTP/1 exchanges on one connection: pairs each response with its request
+//! (by order, which HTTP/1 guarantees) and assigns trace context as
+//! requests appear.
+
+use std::{collections::VecDeque, net::SocketAddr};
+
+use super::{Decoder, Frame, RequestHead, ResponseHead, Side};
+use crate::{
+    capture::Data,
+    nesting::{link, Nesting, SpanCtx},
+    protocol::{Losses, Role},
+};
+
+/// Requests awaiting their response on one connection; more means the
+/// peer pipelines absurdly or we lost sync, and the oldest is dropped.
+const MAX_PENDING: usize = 64;
+
+struct Pending {
+    head: RequestHead,
+    ctx: SpanCtx,
+    tid: u32,
+    start_ns: u64,
+    response: Option<ResponseHead>,
+}
+
+/// A request and its complete response.
+pub struct Exchange {
+    pub role: Role,
+    pub request: RequestHead,
+    pub response: ResponseHead,
+    pub ctx: SpanCtx,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+pub struct Session {
+    role: Role,
+    requests: Decoder,
+    responses: Decoder,
+    pending: VecDeque<Pending>,
+    frames: Vec<Frame>,
+    pub losses: Losses,
+    /// The client's end of the TCP connection (our local address when we
+    /// are the client, the peer when we serve), which links a CLIENT span
+    /// to the SERVER span of the same request when one agent sees both.
+    endpoint: Option<SocketAddr>,
+}
+
+impl Session {
+    /// `mid_stream`: the connection was open before capture began, so either
+    /// direction may start inside a message.
+    pub fn new(role: Role, mid_stream: bool, endpoint: Option<SocketAddr>) -> Self {
+        let decoder = if mid_stream {
+            Decoder::mid_stream
+        } else {
+            Decoder::new
+        };
+        Session {
+            role,
+            requests: decoder(Side::Requests),
+            responses: decoder(Side::Responses),
+            pending: VecDeque::new(),
+            frames: Vec::new(),
+            losses: Losses::default(),
+            endpoint,
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Both directions gave up on finding HTTP/1.
+    pub fn is_hopeless(&self) -> bool {
+        self.requests.is_hopeless() || self.responses.is_hopeless()
+    }
+
+    /// Feeds one syscall's bytes; finished exchanges are appended to `out`.
+    pub fn on_data<T: From<Exchange>>(
+        &mut self,
+        d: &Data<'_>,
+        nesting: &mut Nesting,
+        out: &mut Vec<T>,
+    ) {
+        let carries_requests = d.ingress == (self.role == Role::Server);
+        let mut frames = std::mem::take(&mut self.frames);
+        if carries_requests {
+            self.requests.feed(d.payload, d.total, d.ts_ns, &mut frames);
+            for f in frames.drain(..) {
+                self.on_request_frame(f, d.tid, d.conn_id, nesting);
+            }
+        } else {
+            self.responses
+                .feed(d.payload, d.total, d.ts_ns, &mut frames);
+            for f in frames.drain(..) {
+                self.on_response_frame(f, nesting, out);
+            }
+        }
+        self.frames = frames;
+    }
+
+    /// The connection closed: a response delimited by close ends here; any
+    /// request still waiting is lost.
+    pub fn on_close<T: From<Exchange>>(
+        &mut self,
+        ts: u64,
+        nesting: &mut Nesting,
+        out: &mut Vec<T>,
+    ) {
+        let mut frames = std::mem::take(&mut self.frames);
+        self.responses.finish(ts, &mut frames);
+        for f in frames.drain(..) {
+            self.on_response_frame(f, nesting, out);
+        }
+        self.losses.unanswered += self.pending.len() as u64;
+        for p in self.pending.drain(..) {
+            if self.role == Role::Server {
+                nesting.server_done(p.tid, &p.ctx.span_id);
+            }
+        }
+    }
+
+    /// The kernel's ids for a request already parsed (the kernel reports
+    /// them right after the request's bytes): the exchange takes them, so
+    /// it matches what was injected downstream.
+    pub fn adopt_server_ctx(&mut self, ts: u64, mut ctx: SpanCtx, nesting: &mut Nesting) -> bool {
+        let Some(p) = self.pending.iter_mut().find(|p| p.start_ns == ts) else {
+            return false;
+        };
+        if p.ctx.trace_id == ctx.trace_id {
+            ctx.trace_state = std::mem::take(&mut p.ctx.trace_state);
+        }
+        if ctx.parent.is_none() && p.ctx.parent.is_some() {
+            // Linked to a client span this agent saw: keep that parent.
+            let linked = p.ctx.clone();
+            let kernel_trace = ctx.trace_id;
+            link(
+                &mut ctx,
+                &SpanCtx {
+                    span_id: linked.parent.unwrap_or_default(),
+                    ..linked
+                },
+            );
+            nesting.alias(kernel_trace, ctx.trace_id);
+        }
+        nesting.rebind(p.tid, &p.ctx.span_id, &ctx);
+        p.ctx = ctx;
+        true
+    }
+
+    fn on_request_frame(&mut self, f: Frame, tid: u32, conn_id: u64, nesting: &mut Nesting) {
+        match f {
+            Frame::Request { head, ts } => {
+                let tp = head.header("traceparent");
+                let ctx = match self.role {
+                    Role::Server => {
+                        let state = tp.and_then(|_| head.header("tracestate"));
+                        let mut ctx = nesting.server_span(tid, conn_id, ts, tp, state);
+                        if let Some(client) = self.endpoint.and_then(|e| nesting.take_offer(e, ts))
+                        {
+                            link(&mut ctx, &client);
+                            nesting.rebind(tid, &ctx.span_id.clone(), &ctx);
+                        }
+                        ctx
+                    }
+                    Role::Client => {
+                        let ctx = nesting.client_span(tid, ts, tp);
+                        if let Some(e) = self.endpoint {
+                            nesting.offer(e, ts, &ctx);
+                        }
+                        ctx
+                    }
+                };
+                self.responses.expect_response_to(head.method());
+                if self.pending.len() >= MAX_PENDING {
+                    self.pending.pop_front();
+                    self.losses.unanswered += 1;
+                }
+                self.pending.push_back(Pending {
+                    head,
+                    ctx,
+                    tid,
+                    start_ns: ts,
+                    response: None,
+                });
+            }
+            Frame::Error(_) => self.losses.parse_errors += 1,
+            // Request bodies and odd frames change nothing in the exchange.
+            _ => {}
+        }
+    }
+
+    fn on_response_frame<T: From<Exchange>>(
+        &mut self,
+        f: Frame,
+        nesting: &mut Nesting,
+        out: &mut Vec<T>,
+    ) {
+        match f {
+            Frame::Response { head, .. } => {
+                match self.pending.iter_mut().find(|p| p.response.is_none()) {
+                    Some(p) => p.response = Some(head),
+                    None => self.losses.orphan_responses += 1,
+                }
+            }
+            Frame::End { ts } => {
+                if self.pending.front().is_none_or(|p| p.response.is_none()) {
+                    return;
+                }
+                let p = self.pending.pop_front().expect("checked");
+                if self.role == Role::Server {
+                    nesting.server_done(p.tid, &p.ctx.span_id);
+                }
+                out.push(T::from(Exchange {
+                    role: self.role,
+                    request: p.head,
+                    response: p.response.expect("checked"),
+                    ctx: p.ctx,
+                    start_ns: p.start_ns,
+                    end_ns: ts.max(p.start_ns),
+                }));
+            }
+            Frame::Error(_) => self.losses.parse_errors += 1,
+            _ => {}
+        }
+    }
+}
