@@ -139,6 +139,189 @@ pub mod connstate {
     pub const TLS: u8 = 2;
     /// An `SSL` object is bound to this socket (see ebpf/src/tls.rs).
     pub const SSL_BOUND: u8 = 4;
+    /// Bits holding the connection's [`proto`](super::proto) (of the
+    /// plaintext, for TLS): kept in `state` so that every copy of it (in
+    /// `Inflight` too) carries the protocol at no extra size.
+    pub const PROTO_SHIFT: u8 = 4;
+    pub const PROTO_MASK: u8 = 0xf0;
+
+    pub const fn proto(state: u8) -> u8 {
+        (state & PROTO_MASK) >> PROTO_SHIFT
+    }
+
+    pub const fn with_proto(state: u8, proto: u8) -> u8 {
+        (state & !PROTO_MASK) | (proto << PROTO_SHIFT)
+    }
+}
+
+/// Application protocols the kernel tells apart from a connection's first
+/// bytes. Each protocol with per-request work in the kernel (deciding a
+/// SERVER span as a request is read, a CLIENT span as one is written over
+/// TLS) has an observer program in the tail-call slot of its number; the
+/// I/O programs never look at protocol bytes themselves.
+pub mod proto {
+    /// Not recognised yet: the first bytes are looked at again on the next
+    /// call (a connection met mid-stream may start inside a body).
+    pub const UNKNOWN: u8 = 0;
+    pub const HTTP1: u8 = 1;
+    pub const HTTP2: u8 = 2;
+    /// Tail-call slots in the observer program arrays.
+    pub const SLOTS: u32 = 4;
+
+    /// The protocol whose message can start with the first `len` bytes of
+    /// a stream, of which `b` holds up to 9. `server_egress`: written by the
+    /// accepting side, which may send its HTTP/2 SETTINGS frame before it
+    /// reads the client's preface. Word compares only: the kernel side has
+    /// no `memcmp`.
+    #[inline(always)]
+    pub fn classify(b: &[u8; 9], len: usize, server_egress: bool) -> u8 {
+        if len < 8 {
+            return UNKNOWN;
+        }
+        let w = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+        if w == u64::from_le_bytes(*b"PRI * HT") {
+            return HTTP2;
+        }
+        if super::http1::is_method_word(w) || w & 0xff_ffff_ffff == 0x2f_5054_5448 {
+            return HTTP1;
+        }
+        // A SETTINGS frame (type 4, no flags) on stream 0 whose length is a
+        // multiple of 6: the server preface.
+        let length = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        let stream = (w >> 40) as u32 | (b[8] as u32) << 24;
+        if server_egress
+            && len >= 9
+            && b[3] == 4
+            && b[4] == 0
+            && stream == 0
+            && length.is_multiple_of(6)
+        {
+            return HTTP2;
+        }
+        UNKNOWN
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn first(bytes: &[u8]) -> ([u8; 9], usize) {
+            let mut b = [0u8; 9];
+            let n = bytes.len().min(9);
+            b[..n].copy_from_slice(&bytes[..n]);
+            (b, bytes.len())
+        }
+
+        #[test]
+        fn first_bytes_name_the_protocol() {
+            let cases: [(&[u8], bool, u8); 8] = [
+                (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", false, HTTP2),
+                (b"GET / HTTP/1.1\r\n", false, HTTP1),
+                (b"HTTP/1.1 200 OK\r\n", true, HTTP1),
+                (b"OPTIONS * HTTP/1.1\r\n", false, HTTP1),
+                // A server's SETTINGS with two settings, before any read.
+                (&[0, 0, 12, 4, 0, 0, 0, 0, 0, 0, 3], true, HTTP2),
+                (&[0, 0, 12, 4, 0, 0, 0, 0, 0, 0, 3], false, UNKNOWN),
+                (&[0, 0, 7, 4, 0, 0, 0, 0, 0], true, UNKNOWN),
+                (b"GET", false, UNKNOWN),
+            ];
+            for (bytes, server_egress, want) in cases {
+                let (b, len) = first(bytes);
+                assert_eq!(classify(&b, len, server_egress), want, "{bytes:?}");
+            }
+        }
+    }
+}
+
+/// HTTP/1 facts both sides use.
+pub mod http1 {
+    const fn le(s: &[u8]) -> u64 {
+        let mut w = [0u8; 8];
+        let mut k = 0;
+        while k < 8 && k < s.len() {
+            w[k] = s[k];
+            k += 1;
+        }
+        u64::from_le_bytes(w)
+    }
+
+    /// True if the first 8 bytes of a message, read as a little-endian word,
+    /// start with a method token used by real clients and a space.
+    #[inline(always)]
+    pub fn is_method_word(w: u64) -> bool {
+        let m4 = w & 0xffff_ffff;
+        let m5 = w & 0xff_ffff_ffff;
+        m4 == le(b"GET ")
+            || m4 == le(b"PUT ")
+            || m5 == le(b"POST ")
+            || m5 == le(b"HEAD ")
+            || (w & 0xff_ffff_ffff_ffff) == le(b"DELETE ")
+            || (w & 0xffff_ffff_ffff) == le(b"PATCH ")
+            || w == le(b"OPTIONS ")
+    }
+}
+
+/// Names of the maps, programs and load-time globals the agent finds in
+/// the kernel object: the eBPF statics and functions carry exactly these
+/// names (checked against the built object by the agent's tests).
+pub mod names {
+    pub mod map {
+        pub const EVENTS: &str = "EVENTS";
+        pub const CONNS: &str = "CONNS";
+        pub const PIDS: &str = "PIDS";
+        pub const CGROUPS: &str = "CGROUPS";
+        pub const STATS: &str = "STATS";
+        pub const INFLIGHT: &str = "INFLIGHT";
+        pub const PEERS: &str = "PEERS";
+        pub const INJECT_SOCKS: &str = "INJECT_SOCKS";
+        /// Observers tail-called from `exit_io`, by [`proto`](crate::proto).
+        pub const OBSERVERS: &str = "OBSERVERS";
+        /// Observers tail-called from the TLS return probes, by protocol.
+        pub const TLS_OBSERVERS: &str = "TLS_OBSERVERS";
+    }
+
+    pub mod global {
+        pub const AGENT_TGID: &str = "AGENT_TGID";
+        pub const SELECT_MODE: &str = "SELECT_MODE";
+        pub const CAPTURE_LIMIT: &str = "CAPTURE_LIMIT";
+        pub const FORK_CHILD_PID_OFFSET: &str = "FORK_CHILD_PID_OFFSET";
+        pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
+        pub const SAMPLE_ALWAYS: &str = "SAMPLE_ALWAYS";
+        pub const SAMPLE_THRESHOLD: &str = "SAMPLE_THRESHOLD";
+        pub const SAMPLE_PARENT_BASED: &str = "SAMPLE_PARENT_BASED";
+        pub const INJECT: &str = "INJECT";
+        pub const TCP_OPTION: &str = "TCP_OPTION";
+    }
+
+    pub mod program {
+        pub const ENTER_IO: &str = "enter_io";
+        pub const EXIT_IO: &str = "exit_io";
+        pub const ENTER_ACCEPT: &str = "enter_accept";
+        pub const EXIT_ACCEPT: &str = "exit_accept";
+        pub const ENTER_CONNECT: &str = "enter_connect";
+        pub const EXIT_CONNECT: &str = "exit_connect";
+        pub const ENTER_CLOSE: &str = "enter_close";
+        pub const PROC_FORK: &str = "proc_fork";
+        pub const PROC_EXEC: &str = "proc_exec";
+        pub const PROC_EXIT: &str = "proc_exit";
+        pub const TRACK_SOCKETS: &str = "track_sockets";
+        pub const INJECT_TRACEPARENT: &str = "inject_traceparent";
+        pub const SSL_READ_ENTER: &str = "ssl_read_enter";
+        pub const SSL_READ_EX_ENTER: &str = "ssl_read_ex_enter";
+        pub const SSL_WRITE_ENTER: &str = "ssl_write_enter";
+        pub const SSL_WRITE_EX_ENTER: &str = "ssl_write_ex_enter";
+        pub const SSL_FREE_ENTER: &str = "ssl_free_enter";
+        pub const SSL_EXIT: &str = "ssl_exit";
+        pub const GO_TLS_READ_ENTER: &str = "go_tls_read_enter";
+        pub const GO_TLS_WRITE_ENTER: &str = "go_tls_write_enter";
+        pub const GO_TLS_EXIT: &str = "go_tls_exit";
+    }
+
+    /// Observer programs: (protocol, the one `exit_io` tail-calls, the
+    /// one the TLS return probes tail-call). A tail call stays within one
+    /// program type, hence two per protocol.
+    pub const OBSERVERS: [(u8, &str, &str); 1] =
+        [(super::proto::HTTP1, "observe_http1", "observe_http1_tls")];
 }
 
 /// What a syscall's enter program saw, for its exit program (map

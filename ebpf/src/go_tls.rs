@@ -22,7 +22,7 @@ use clew_common::{
     stat, MAX_INFLIGHT,
 };
 
-use crate::{maps::count, select::current_selected, tls};
+use crate::{maps::count, observe, select::current_selected, tls};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -75,7 +75,7 @@ fn enter(ctx: &ProbeContext, write: bool) -> u32 {
     // The socket's own bytes are ciphertext from now on.
     tls::claim(tgid, fd, true);
     if write {
-        tls::offer_request(pid_tgid, buf);
+        observe::tls_write(tls::plaintext_proto(tgid, Some(fd)), pid_tgid, buf);
     }
     let key = GoCallKey { tgid, _pad: 0, g };
     let call = GoCall {

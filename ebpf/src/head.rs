@@ -54,22 +54,7 @@ const fn le(s: &[u8]) -> u64 {
 /// True if `buf` starts with a method token used by real clients and a space.
 #[inline(always)]
 pub fn starts_with_method(buf: &[u8; SCAN_BYTES + SLACK]) -> bool {
-    is_method_word(word(buf, 0))
-}
-
-/// True if the first 8 bytes of a message, read as a little-endian word,
-/// start with a method token and a space.
-#[inline(always)]
-pub fn is_method_word(w: u64) -> bool {
-    let m4 = w & 0xffff_ffff;
-    let m5 = w & 0xff_ffff_ffff;
-    m4 == le(b"GET ")
-        || m4 == le(b"PUT ")
-        || m5 == le(b"POST ")
-        || m5 == le(b"HEAD ")
-        || (w & 0xff_ffff_ffff_ffff) == le(b"DELETE ")
-        || (w & 0xffff_ffff_ffff) == le(b"PATCH ")
-        || w == le(b"OPTIONS ")
+    clew_common::http1::is_method_word(word(buf, 0))
 }
 
 /// Scans the first `len` bytes. Returns true when the whole head (up to

@@ -1,7 +1,9 @@
 //! Reads and writes on tracked connections. The enter program remembers the
 //! buffer arguments of a call on a socket in `CONNS`; the exit program, once
 //! the kernel says how many bytes moved, copies a bounded prefix of them
-//! (one record per buffer or iovec segment) into the ring buffer.
+//! (one record per buffer or iovec segment) into the ring buffer, then
+//! hands a server connection's call to its protocol's observer (`observe`).
+//! Nothing here looks at protocol bytes beyond the first ones of a stream.
 
 use aya_ebpf::{
     helpers::{
@@ -9,22 +11,20 @@ use aya_ebpf::{
         generated::bpf_probe_read_user as read_user_raw,
     },
     macros::{map, tracepoint},
-    maps::{PerCpuArray, ProgramArray},
+    maps::ProgramArray,
     programs::TracePointContext,
 };
 use clew_common::{
-    connstate, dir, kind, nr, role, stat, ConnKey, DataHeader, SockAddr, IO_MARK, MAX_CAPTURE,
-    MAX_IOV, SCAN_BYTES,
+    connstate, dir, kind, nr, proto, role, stat, ConnKey, DataHeader, SockAddr, IO_MARK,
+    MAX_CAPTURE, MAX_IOV,
 };
 
 use crate::{
-    context, head,
-    inject::HEAD,
     maps::{
         capture_limit, count, inflight_put, inflight_take, now, Inflight, Scratch, CONNS, EVENTS,
         SCRATCH,
     },
-    tcp_option, tls, tp,
+    observe, tls, tp,
 };
 
 const MSG_PEEK: u64 = 2;
@@ -96,9 +96,13 @@ pub fn exit_io(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let len = ret as u64;
-    if v.conn_state & connstate::STARTED == 0 && starts_tls(&v, pid_tgid, len) {
-        tls::ciphertext(pid_tgid, &v, ret);
-        return 0;
+    let mut v = v;
+    if v.conn_state & connstate::STARTED == 0 || connstate::proto(v.conn_state) == proto::UNKNOWN {
+        v.conn_state = start_of_stream(&v, pid_tgid, len);
+        if v.conn_state & connstate::TLS != 0 {
+            tls::ciphertext(pid_tgid, &v, ret);
+            return 0;
+        }
     }
     let ts = now();
 
@@ -126,22 +130,8 @@ pub fn exit_io(ctx: TracePointContext) -> u32 {
         nr::SENDFILE => emit(&v, pid_tgid, ts, dir::EGRESS, 0, len),
         _ => {}
     }
-    if v.conn_role == role::CONNECTED {
-        return 0;
-    }
-    // Only the first bytes of a call can start a request or a response:
-    // anything else (a body, a sendfile) is settled by one short read.
-    let Some((buf, n)) = first_segment(&v, len) else {
-        return 0;
-    };
-    if direction(v.nr) == dir::EGRESS {
-        if starts_response(buf) {
-            context::server_response();
-        }
-    } else if may_start_request(buf, n) && stage_observe(&v, len, ts) {
-        // Request scanning lives in its own program so the verifier checks
-        // it once, not once per path through the code above.
-        unsafe { TAIL.tail_call(&ctx, TAIL_OBSERVE) };
+    if let Some((buf, n)) = first_segment(&v, len) {
+        observe::dispatch(&ctx, &OBSERVERS, &v, direction(v.nr), buf, n, ts);
     }
     0
 }
@@ -154,96 +144,71 @@ fn direction(nr: i64) -> u8 {
     }
 }
 
-/// Whether the bytes at `buf` start an HTTP/1 response.
-#[inline(always)]
-fn starts_response(buf: u64) -> bool {
-    matches!(unsafe { bpf_probe_read_user(buf as *const [u8; 5]) }, Ok(b) if b == *b"HTTP/")
-}
+/// Observers by protocol (filled by the agent from
+/// `clew_common::names::OBSERVERS`); an empty slot means the protocol needs
+/// no per-request work in the kernel.
+#[map]
+static OBSERVERS: ProgramArray = ProgramArray::with_max_entries(proto::SLOTS, 0);
 
-/// Whether `n` bytes at `buf` can start a request head worth scanning.
+/// What the first bytes of a stream say: TLS (then its ciphertext is never
+/// captured), else which protocol, recorded in the connection's state and
+/// returned. A TLS record header (content type 20–23, version 3.x) cannot
+/// start HTTP/1, HTTP/2 or a Kafka request; a connection met mid-stream
+/// starts with an application-data record (23) at a read boundary in
+/// practice. An unrecognised protocol is looked at again on the next call.
 #[inline(always)]
-fn may_start_request(buf: u64, n: u64) -> bool {
-    n >= MIN_REQUEST
-        && matches!(unsafe { bpf_probe_read_user(buf as *const u64) },
-                    Ok(w) if head::is_method_word(u64::from_le(w)))
-}
-
-/// Shorter reads are not scanned as a request head.
-const MIN_REQUEST: u64 = 16;
-
-/// The first bytes of a connection decide whether it carries TLS: a TLS
-/// record header (content type 20–23, version 3.x) cannot start HTTP/1,
-/// HTTP/2 or a Kafka request. A connection met mid-stream starts with an
-/// application-data record (23) at a read boundary in practice.
-#[inline(always)]
-fn starts_tls(v: &Inflight, pid_tgid: u64, len: u64) -> bool {
+fn start_of_stream(v: &Inflight, pid_tgid: u64, len: u64) -> u8 {
     let Some((buf, n)) = first_segment(v, len) else {
-        return false;
+        return v.conn_state;
     };
     // Too short to tell (yet): decide on a later call.
-    if n < 3 {
-        return false;
-    }
-    let Ok(b) = (unsafe { bpf_probe_read_user(buf as *const [u8; 3]) }) else {
-        return false;
+    let Some(b) = first_bytes(buf, n) else {
+        return v.conn_state;
     };
-    let is_tls = (20..=23).contains(&b[0]) && b[1] == 3 && b[2] <= 4;
+    let mut state = v.conn_state | connstate::STARTED;
+    let first = v.conn_state & connstate::STARTED == 0;
+    if first && (20..=23).contains(&b[0]) && b[1] == 3 && b[2] <= 4 {
+        state |= connstate::TLS;
+    } else {
+        let p = proto::classify(&b, n as usize, server_egress(v.conn_role, direction(v.nr)));
+        state = connstate::with_proto(state, p);
+    }
     let key = ConnKey {
         tgid: (pid_tgid >> 32) as u32,
         fd: v.fd,
     };
     if let Some(info) = CONNS.get_ptr_mut(&key) {
-        let tls = if is_tls { connstate::TLS } else { 0 };
-        unsafe { (*info).state |= connstate::STARTED | tls };
+        unsafe { (*info).state |= state };
     }
-    is_tls
+    state
 }
 
-/// Hands a call's first buffer to `observe_request`/`observe_tls`, which
-/// the caller then tail-calls.
+/// The protocol the `n` bytes at `buf` start (TLS plaintext's first call).
 #[inline(always)]
-pub fn stage_observe(v: &Inflight, len: u64, ts: u64) -> bool {
-    match OBSERVE.get_ptr_mut(0) {
-        Some(args) => {
-            unsafe { *args = Observe { v: *v, len, ts } };
-            true
-        }
-        None => false,
+pub fn classify_at(buf: u64, n: u64, conn_role: u8, direction: u8) -> u8 {
+    match first_bytes(buf, n) {
+        Some(b) => proto::classify(&b, n as usize, server_egress(conn_role, direction)),
+        None => proto::UNKNOWN,
     }
 }
 
-/// What `exit_io` hands to `observe_request`.
-#[derive(Clone, Copy)]
-pub struct Observe {
-    v: Inflight,
-    len: u64,
-    ts: u64,
-}
-
-#[map]
-static OBSERVE: PerCpuArray<Observe> = PerCpuArray::with_max_entries(1, 0);
-
-/// Tail-call targets (filled by the agent): index 0 is `observe_request`.
-#[map]
-static TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
-const TAIL_OBSERVE: u32 = 0;
-
-#[tracepoint]
-pub fn observe_request(_ctx: TracePointContext) -> u32 {
-    observe_staged();
-    0
-}
-
-/// The body of `observe_request` and `observe_tls`.
 #[inline(always)]
-pub fn observe_staged() {
-    let Some(args) = OBSERVE.get(0).copied() else {
-        return;
-    };
-    let Some((buf, n)) = first_segment(&args.v, args.len) else {
-        return;
-    };
-    observe_server(&args.v, direction(args.v.nr), buf, n, args.ts);
+fn server_egress(conn_role: u8, direction: u8) -> bool {
+    conn_role != role::CONNECTED && direction == dir::EGRESS
+}
+
+/// Up to the first 9 of the `n` bytes at `buf` (the rest zero); None when
+/// there are fewer than 3 or they cannot be read.
+#[inline(always)]
+fn first_bytes(buf: u64, n: u64) -> Option<[u8; 9]> {
+    if n >= 9 {
+        return unsafe { bpf_probe_read_user(buf as *const [u8; 9]) }.ok();
+    }
+    if n < 3 {
+        return None;
+    }
+    let t = unsafe { bpf_probe_read_user(buf as *const [u8; 3]) }.ok()?;
+    Some([t[0], t[1], t[2], 0, 0, 0, 0, 0, 0])
 }
 
 #[inline(always)]
@@ -283,46 +248,6 @@ fn first_segment(v: &Inflight, len: u64) -> Option<(u64, u64)> {
     };
     let seg = unsafe { bpf_probe_read_user(iov as *const [u64; 2]) }.ok()?;
     Some((seg[0], if seg[1] < len { seg[1] } else { len }))
-}
-
-/// Keeps the kernel's idea of which request each thread serves current:
-/// a request read on a server connection starts a SERVER span (joining its
-/// `traceparent`), a response written ends it. Runs (as a tail call) after the call's
-/// data records; the context record carries the same timestamp so userspace
-/// can tell which request it belongs to.
-#[inline(always)]
-fn observe_server(v: &Inflight, direction: u8, buf: u64, len: u64, ts: u64) {
-    if direction == dir::EGRESS {
-        if starts_response(buf) {
-            context::server_response();
-        }
-        return;
-    }
-    if len < MIN_REQUEST {
-        return;
-    }
-    let Some(h) = HEAD.get_ptr_mut(0) else {
-        return;
-    };
-    let h = unsafe { &mut *h };
-    let n = if len < SCAN_BYTES as u64 {
-        len as u32
-    } else {
-        SCAN_BYTES as u32
-    };
-    let n = n & (SCAN_BYTES as u32 * 2 - 1);
-    if unsafe { read_user_raw(h.buf.as_mut_ptr().cast(), n, buf as *const _) } != 0 {
-        return;
-    }
-    if !head::starts_with_method(&h.buf) {
-        return;
-    }
-    // A head longer than the scan still yields a traceparent seen early.
-    let _ = head::scan(h, n);
-    // A traceparent in the request wins over the connection's TCP option.
-    let incoming = head::traceparent(h).or_else(|| tcp_option::received(v.conn_id));
-    let ctx = context::server_request(incoming);
-    context::emit(role::ACCEPTED, v.conn_id, ts, &ctx);
 }
 
 /// Emits one data record of `len` bytes, copying at most the capture limit

@@ -25,14 +25,14 @@ use aya_ebpf::{
     EbpfContext,
 };
 use clew_common::{
-    connstate, dataflag, dir, nr, role, stat, ConnKey, Inflight, MAX_CONNS, MAX_INFLIGHT,
+    connstate, dataflag, dir, nr, proto, stat, ConnKey, Inflight, MAX_CONNS, MAX_INFLIGHT,
 };
 
 use crate::{
-    context, head, io,
+    io,
     maps::{count, now, CONNS},
+    observe,
     select::current_selected,
-    tcp_option,
 };
 
 /// An SSL_read/SSL_write in progress on a thread (keyed by pid_tgid).
@@ -69,10 +69,10 @@ static TLS_LAST_READ: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_IN
 #[map]
 static TLS_FDS: LruHashMap<SslKey, u32> = LruHashMap::with_max_entries(MAX_CONNS, 0);
 
-/// Tail-call targets for the return probes (filled by the agent): index 0
-/// is `observe_tls`.
+/// Observers by protocol for the return probes (filled by the agent from
+/// `clew_common::names::OBSERVERS`).
 #[map]
-static TLS_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
+static TLS_OBSERVERS: ProgramArray = ProgramArray::with_max_entries(proto::SLOTS, 0);
 
 #[uprobe]
 pub fn ssl_read_enter(ctx: ProbeContext) -> u32 {
@@ -115,15 +115,17 @@ fn enter(ctx: &ProbeContext, write: bool, ex: bool) -> u32 {
     };
     let tgid = (pid_tgid >> 32) as u32;
     let key = SslKey { tgid, _pad: 0, ssl };
-    if unsafe { TLS_FDS.get(&key) }.is_none() {
-        if let Some(&fd) = unsafe { TLS_LAST_READ.get(&pid_tgid) } {
-            if claim(tgid, fd, false) {
-                let _ = TLS_FDS.insert(&key, &fd, 0);
+    let mut fd = unsafe { TLS_FDS.get(&key) }.copied();
+    if fd.is_none() {
+        if let Some(&last) = unsafe { TLS_LAST_READ.get(&pid_tgid) } {
+            if claim(tgid, last, false) {
+                let _ = TLS_FDS.insert(&key, &last, 0);
+                fd = Some(last);
             }
         }
     }
     if write {
-        offer_request(pid_tgid, buf);
+        observe::tls_write(plaintext_proto(tgid, fd), pid_tgid, buf);
     }
     let call = TlsCall {
         ssl,
@@ -141,23 +143,11 @@ fn enter(ctx: &ProbeContext, write: bool, ex: bool) -> u32 {
     0
 }
 
-/// A request written through TLS cannot carry a `traceparent` Clew adds:
-/// its CLIENT span is decided here and offered to the TCP option, which the
-/// ciphertext's segments then carry.
+/// The protocol of the plaintext an `SSL` carries, if its socket is known.
 #[inline(always)]
-pub fn offer_request(pid_tgid: u64, buf: u64) {
-    if !tcp_option::enabled() {
-        return;
-    }
-    let Ok(w) = (unsafe { bpf_probe_read_user(buf as *const u64) }) else {
-        return;
-    };
-    if !head::is_method_word(u64::from_le(w)) {
-        return;
-    }
-    let ctx = context::client_request();
-    tcp_option::offer(pid_tgid, &ctx);
-    context::emit(role::CONNECTED, 0, now(), &ctx);
+pub fn plaintext_proto(tgid: u32, fd: Option<u32>) -> u8 {
+    fd.and_then(|fd| unsafe { CONNS.get(&ConnKey { tgid, fd }) })
+        .map_or(proto::UNKNOWN, |info| connstate::proto(info.state))
 }
 
 #[uretprobe]
@@ -201,7 +191,9 @@ pub fn ssl_exit(ctx: RetProbeContext) -> u32 {
 
 /// Emits `len` bytes of plaintext at `buf` that a TLS call moved over
 /// socket `fd` of the current process, as a data record of that socket's
-/// connection, and hands a server's request to `observe_tls`.
+/// connection, and hands the call to its protocol's observer. The
+/// plaintext's protocol is learnt from its first bytes, as `exit_io` does
+/// for plaintext sockets.
 #[inline(always)]
 pub fn emit_plaintext<C: EbpfContext>(
     ctx: &C,
@@ -212,16 +204,18 @@ pub fn emit_plaintext<C: EbpfContext>(
     len: u64,
 ) {
     let tgid = (pid_tgid >> 32) as u32;
-    let Some(info) = (unsafe { CONNS.get(&ConnKey { tgid, fd }) }).copied() else {
+    let key = ConnKey { tgid, fd };
+    let Some(info) = CONNS.get_ptr_mut(&key) else {
         count(stat::TLS_UNBOUND);
         return;
     };
+    let info = unsafe { &mut *info };
     let (nr, direction) = if write {
         (nr::WRITE, dir::EGRESS)
     } else {
         (nr::READ, dir::INGRESS)
     };
-    let v = Inflight {
+    let mut v = Inflight {
         nr,
         conn_id: info.id,
         fd,
@@ -235,17 +229,12 @@ pub fn emit_plaintext<C: EbpfContext>(
     };
     let ts = now();
     io::emit(&v, pid_tgid, ts, direction, buf, len);
-    if info.role != role::CONNECTED && io::stage_observe(&v, len, ts) {
-        unsafe { TLS_TAIL.tail_call(ctx, 0) };
+    if connstate::proto(v.conn_state) == proto::UNKNOWN {
+        let p = io::classify_at(buf, len, info.role, direction);
+        info.state = connstate::with_proto(info.state, p);
+        v.conn_state = info.state;
     }
-}
-
-/// `observe_request` for TLS plaintext (a tail call must stay within one
-/// program type).
-#[uretprobe]
-pub fn observe_tls(_ctx: RetProbeContext) -> u32 {
-    io::observe_staged();
-    0
+    observe::dispatch(ctx, &TLS_OBSERVERS, &v, direction, buf, len, ts);
 }
 
 /// Called by `exit_io` for every read/write on a tracked socket: inside an

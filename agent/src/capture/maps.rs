@@ -7,7 +7,8 @@ use aya::{
     Ebpf,
 };
 use clew_common::{
-    nr, role, stat, CgroupSel, ConnInfo, ConnKey, Inflight, PeerKey, SockAddr, IO_MARK, MAX_CGROUPS,
+    names::map, nr, role, stat, CgroupSel, ConnInfo, ConnKey, Inflight, PeerKey, SockAddr, IO_MARK,
+    MAX_CGROUPS,
 };
 use std::net::SocketAddr;
 
@@ -40,12 +41,12 @@ impl KernelMaps {
                 .with_context(|| format!("map {name} missing"))
         };
         Ok(KernelMaps {
-            conns: HashMap::try_from(take("CONNS")?)?,
-            pids: HashMap::try_from(take("PIDS")?)?,
-            cgroups: Array::try_from(take("CGROUPS")?)?,
-            stats: PerCpuArray::try_from(take("STATS")?)?,
-            inflight: HashMap::try_from(take("INFLIGHT")?)?,
-            peers: HashMap::try_from(take("PEERS")?)?,
+            conns: HashMap::try_from(take(map::CONNS)?)?,
+            pids: HashMap::try_from(take(map::PIDS)?)?,
+            cgroups: Array::try_from(take(map::CGROUPS)?)?,
+            stats: PerCpuArray::try_from(take(map::STATS)?)?,
+            inflight: HashMap::try_from(take(map::INFLIGHT)?)?,
+            peers: HashMap::try_from(take(map::PEERS)?)?,
             seeded: 0,
         })
     }

@@ -19,7 +19,10 @@ use aya::{
     programs::{CgroupAttachMode, Program, ProgramError, SkMsg, SockOps, TracePoint},
     Ebpf, EbpfLoader,
 };
-use clew_common::{select, SockOffsets};
+use clew_common::{
+    names::{self, global, map, program},
+    select, SockOffsets,
+};
 
 use crate::cli::Mechanisms;
 
@@ -85,17 +88,25 @@ impl Capture {
         });
         let agent = std::process::id();
         let ebpf = EbpfLoader::new()
-            .override_global("AGENT_TGID", &agent, true)
-            .override_global("SELECT_MODE", &mode, true)
-            .override_global("CAPTURE_LIMIT", &limit, true)
-            .override_global("FORK_CHILD_PID_OFFSET", &fork_off, true)
-            .override_global("SOCK_OFFSETS", &sock_off, true)
-            .override_global("SAMPLE_ALWAYS", &cfg.sampling.always, true)
-            .override_global("SAMPLE_THRESHOLD", &cfg.sampling.threshold, true)
-            .override_global("SAMPLE_PARENT_BASED", &cfg.sampling.parent_based, true)
-            .override_global("INJECT", &(cfg.propagation.headers as u32), true)
-            .override_global("TCP_OPTION", &(cfg.propagation.tcp_option as u32), true)
-            .map_max_entries("EVENTS", cfg.ringbuf_bytes.next_power_of_two())
+            .override_global(global::AGENT_TGID, &agent, true)
+            .override_global(global::SELECT_MODE, &mode, true)
+            .override_global(global::CAPTURE_LIMIT, &limit, true)
+            .override_global(global::FORK_CHILD_PID_OFFSET, &fork_off, true)
+            .override_global(global::SOCK_OFFSETS, &sock_off, true)
+            .override_global(global::SAMPLE_ALWAYS, &cfg.sampling.always, true)
+            .override_global(global::SAMPLE_THRESHOLD, &cfg.sampling.threshold, true)
+            .override_global(
+                global::SAMPLE_PARENT_BASED,
+                &cfg.sampling.parent_based,
+                true,
+            )
+            .override_global(global::INJECT, &(cfg.propagation.headers as u32), true)
+            .override_global(
+                global::TCP_OPTION,
+                &(cfg.propagation.tcp_option as u32),
+                true,
+            )
+            .map_max_entries(map::EVENTS, cfg.ringbuf_bytes.next_power_of_two())
             .load(OBJECT)
             .context("loading the eBPF programs (is this root, with BPF allowed?)")?;
         Ok(Capture {
@@ -108,34 +119,39 @@ impl Capture {
     /// Attaches every program; any failure is fatal because a partial set
     /// would miss connections or bytes silently.
     pub fn attach(&mut self) -> Result<()> {
-        self.load_tail_calls()?;
+        self.load_observers()?;
         self.load_uprobes()?;
         for sc in IO_SYSCALLS {
-            self.attach_tp("enter_io", "syscalls", &format!("sys_enter_{sc}"))?;
-            self.attach_tp("exit_io", "syscalls", &format!("sys_exit_{sc}"))?;
+            self.attach_tp(program::ENTER_IO, "syscalls", &format!("sys_enter_{sc}"))?;
+            self.attach_tp(program::EXIT_IO, "syscalls", &format!("sys_exit_{sc}"))?;
         }
         for sc in ["accept", "accept4"] {
-            self.attach_tp("enter_accept", "syscalls", &format!("sys_enter_{sc}"))?;
-            self.attach_tp("exit_accept", "syscalls", &format!("sys_exit_{sc}"))?;
+            self.attach_tp(
+                program::ENTER_ACCEPT,
+                "syscalls",
+                &format!("sys_enter_{sc}"),
+            )?;
+            self.attach_tp(program::EXIT_ACCEPT, "syscalls", &format!("sys_exit_{sc}"))?;
         }
-        self.attach_tp("enter_connect", "syscalls", "sys_enter_connect")?;
-        self.attach_tp("exit_connect", "syscalls", "sys_exit_connect")?;
-        self.attach_tp("enter_close", "syscalls", "sys_enter_close")?;
-        self.attach_tp("proc_fork", "sched", "sched_process_fork")?;
-        self.attach_tp("proc_exec", "sched", "sched_process_exec")?;
-        self.attach_tp("proc_exit", "sched", "sched_process_exit")?;
+        self.attach_tp(program::ENTER_CONNECT, "syscalls", "sys_enter_connect")?;
+        self.attach_tp(program::EXIT_CONNECT, "syscalls", "sys_exit_connect")?;
+        self.attach_tp(program::ENTER_CLOSE, "syscalls", "sys_enter_close")?;
+        self.attach_tp(program::PROC_FORK, "sched", "sched_process_fork")?;
+        self.attach_tp(program::PROC_EXEC, "sched", "sched_process_exec")?;
+        self.attach_tp(program::PROC_EXIT, "sched", "sched_process_exit")?;
         Ok(())
     }
 
-    /// `exit_io` hands request scanning to `observe_request` by tail call.
-    fn load_tail_calls(&mut self) -> Result<()> {
-        let p: &mut TracePoint = program(&mut self.ebpf, "observe_request")?;
-        p.load().context("verifier rejected observe_request")?;
-        let fd = p.fd()?.try_clone()?;
-        let mut tail =
-            ProgramArray::try_from(self.ebpf.map_mut("TAIL").context("TAIL map missing")?)?;
-        tail.set(0, &fd, 0)
-            .context("installing the observe_request tail call")?;
+    /// `exit_io` hands each call on a server connection to its protocol's
+    /// observer by tail call.
+    fn load_observers(&mut self) -> Result<()> {
+        for (proto, name, _) in names::OBSERVERS {
+            let p: &mut TracePoint = program(&mut self.ebpf, name)?;
+            p.load()
+                .with_context(|| format!("verifier rejected {name}"))?;
+            let fd = p.fd()?.try_clone()?;
+            install_tail_call(&mut self.ebpf, map::OBSERVERS, proto, &fd, name)?;
+        }
         Ok(())
     }
 
@@ -146,7 +162,7 @@ impl Capture {
         if self.propagation.headers || self.propagation.tcp_option {
             self.attach_sk_msg()?;
         }
-        let ops: &mut SockOps = program(&mut self.ebpf, "track_sockets")?;
+        let ops: &mut SockOps = program(&mut self.ebpf, program::TRACK_SOCKETS)?;
         ops.load().context("verifier rejected track_sockets")?;
         for cg in cgroups {
             let dir = std::fs::File::open(cg)
@@ -163,11 +179,11 @@ impl Capture {
     fn attach_sk_msg(&mut self) -> Result<()> {
         let socks: SockHash<&MapData, u64> = SockHash::try_from(
             self.ebpf
-                .map("INJECT_SOCKS")
+                .map(map::INJECT_SOCKS)
                 .context("INJECT_SOCKS map missing")?,
         )?;
         let socks_fd = socks.fd().try_clone()?;
-        let msg: &mut SkMsg = program(&mut self.ebpf, "inject_traceparent")?;
+        let msg: &mut SkMsg = program(&mut self.ebpf, program::INJECT_TRACEPARENT)?;
         msg.load().context("verifier rejected inject_traceparent")?;
         msg.attach(&socks_fd)
             .context("attaching sk_msg to the socket map")?;
@@ -193,7 +209,10 @@ impl Capture {
 
     /// Takes the ring buffer out; the caller polls it.
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map("EVENTS").context("EVENTS map missing")?;
+        let map = self
+            .ebpf
+            .take_map(map::EVENTS)
+            .context("EVENTS map missing")?;
         Ok(RingBuf::try_from(map)?)
     }
 
@@ -220,6 +239,22 @@ where
     )
 }
 
+/// Puts `fd` (program `name`) into slot `slot` of program array `array`.
+fn install_tail_call(
+    ebpf: &mut Ebpf,
+    array: &str,
+    slot: u8,
+    fd: &aya::programs::ProgramFd,
+    name: &str,
+) -> Result<()> {
+    let map = ebpf
+        .map_mut(array)
+        .with_context(|| format!("{array} map missing"))?;
+    ProgramArray::try_from(map)?
+        .set(u32::from(slot), fd, 0)
+        .with_context(|| format!("installing {name} in {array}"))
+}
+
 /// Reads where `child_pid` sits in the fork tracepoint record from its
 /// format file, instead of assuming a layout.
 fn fork_child_pid_offset() -> Result<u32> {
@@ -233,4 +268,68 @@ fn fork_child_pid_offset() -> Result<u32> {
             off.trim().parse().ok()
         })
         .context("no child_pid field in sched_process_fork")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use clew_common::names::{self, global, map, program};
+    use object::{Object, ObjectSymbol};
+
+    use super::OBJECT;
+
+    /// The names the agent looks up are the ones the kernel object has.
+    #[test]
+    fn shared_names_exist_in_the_kernel_object() {
+        let file = object::File::parse(OBJECT).expect("the embedded eBPF object parses");
+        let symbols: HashSet<&str> = file.symbols().filter_map(|s| s.name().ok()).collect();
+        let observers = names::OBSERVERS.iter().flat_map(|(_, t, u)| [*t, *u]);
+        let wanted = [
+            map::EVENTS,
+            map::CONNS,
+            map::PIDS,
+            map::CGROUPS,
+            map::STATS,
+            map::INFLIGHT,
+            map::PEERS,
+            map::INJECT_SOCKS,
+            map::OBSERVERS,
+            map::TLS_OBSERVERS,
+            global::AGENT_TGID,
+            global::SELECT_MODE,
+            global::CAPTURE_LIMIT,
+            global::FORK_CHILD_PID_OFFSET,
+            global::SOCK_OFFSETS,
+            global::SAMPLE_ALWAYS,
+            global::SAMPLE_THRESHOLD,
+            global::SAMPLE_PARENT_BASED,
+            global::INJECT,
+            global::TCP_OPTION,
+            program::ENTER_IO,
+            program::EXIT_IO,
+            program::ENTER_ACCEPT,
+            program::EXIT_ACCEPT,
+            program::ENTER_CONNECT,
+            program::EXIT_CONNECT,
+            program::ENTER_CLOSE,
+            program::PROC_FORK,
+            program::PROC_EXEC,
+            program::PROC_EXIT,
+            program::TRACK_SOCKETS,
+            program::INJECT_TRACEPARENT,
+            program::SSL_READ_ENTER,
+            program::SSL_READ_EX_ENTER,
+            program::SSL_WRITE_ENTER,
+            program::SSL_WRITE_EX_ENTER,
+            program::SSL_FREE_ENTER,
+            program::SSL_EXIT,
+            program::GO_TLS_READ_ENTER,
+            program::GO_TLS_WRITE_ENTER,
+            program::GO_TLS_EXIT,
+        ];
+        for name in wanted.into_iter().chain(observers) {
+            assert!(symbols.contains(name), "{name} is not in the eBPF object");
+        }
+    }
 }

@@ -2,16 +2,15 @@
 //! programs, attached per library file on demand (see [`crate::tls`]).
 
 use anyhow::{Context, Result};
-use aya::{
-    maps::ProgramArray,
-    programs::{
-        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
-        UProbe,
-    },
+use aya::programs::{
+    uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+    UProbe,
 };
 use std::path::Path;
 
-use super::{program, Capture};
+use clew_common::names::{self, map, program as prog};
+
+use super::{install_tail_call, program, Capture};
 
 /// File offsets of the OpenSSL entry points in one library or executable.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -47,11 +46,11 @@ impl GoTlsOffsets {
     pub fn plan(&self) -> Plan {
         let mut p = Vec::new();
         for (enter, f) in [
-            ("go_tls_read_enter", &self.read),
-            ("go_tls_write_enter", &self.write),
+            (prog::GO_TLS_READ_ENTER, &self.read),
+            (prog::GO_TLS_WRITE_ENTER, &self.write),
         ] {
             p.push((enter, f.entry));
-            p.extend(f.rets.iter().map(|&r| ("go_tls_exit", r)));
+            p.extend(f.rets.iter().map(|&r| (prog::GO_TLS_EXIT, r)));
         }
         p
     }
@@ -62,19 +61,19 @@ impl SslOffsets {
     pub fn plan(&self) -> Plan {
         let o = self;
         let mut p = vec![
-            ("ssl_read_enter", o.read),
-            ("ssl_exit", o.read),
-            ("ssl_write_enter", o.write),
-            ("ssl_exit", o.write),
+            (prog::SSL_READ_ENTER, o.read),
+            (prog::SSL_EXIT, o.read),
+            (prog::SSL_WRITE_ENTER, o.write),
+            (prog::SSL_EXIT, o.write),
         ];
         if let Some(x) = o.read_ex {
-            p.extend([("ssl_read_ex_enter", x), ("ssl_exit", x)]);
+            p.extend([(prog::SSL_READ_EX_ENTER, x), (prog::SSL_EXIT, x)]);
         }
         if let Some(x) = o.write_ex {
-            p.extend([("ssl_write_ex_enter", x), ("ssl_exit", x)]);
+            p.extend([(prog::SSL_WRITE_EX_ENTER, x), (prog::SSL_EXIT, x)]);
         }
         if let Some(x) = o.free {
-            p.push(("ssl_free_enter", x));
+            p.push((prog::SSL_FREE_ENTER, x));
         }
         p
     }
@@ -85,34 +84,33 @@ impl SslOffsets {
 pub struct TlsLinks(Vec<(&'static str, UProbeLinkId)>);
 
 const PROGRAMS: &[&str] = &[
-    "ssl_read_enter",
-    "ssl_read_ex_enter",
-    "ssl_write_enter",
-    "ssl_write_ex_enter",
-    "ssl_free_enter",
-    "ssl_exit",
-    "go_tls_read_enter",
-    "go_tls_write_enter",
-    "go_tls_exit",
+    prog::SSL_READ_ENTER,
+    prog::SSL_READ_EX_ENTER,
+    prog::SSL_WRITE_ENTER,
+    prog::SSL_WRITE_EX_ENTER,
+    prog::SSL_FREE_ENTER,
+    prog::SSL_EXIT,
+    prog::GO_TLS_READ_ENTER,
+    prog::GO_TLS_WRITE_ENTER,
+    prog::GO_TLS_EXIT,
 ];
 
 impl Capture {
-    /// Loads the TLS probes and their tail call, attached to nothing yet.
+    /// Loads the TLS probes and their protocols' observers, attached to
+    /// nothing yet.
     pub(super) fn load_uprobes(&mut self) -> Result<()> {
-        for name in PROGRAMS.iter().chain(["observe_tls"].iter()) {
+        for name in PROGRAMS {
             let p: &mut UProbe = program(&mut self.ebpf, name)?;
             p.load()
                 .with_context(|| format!("verifier rejected {name}"))?;
         }
-        let p: &mut UProbe = program(&mut self.ebpf, "observe_tls")?;
-        let fd = p.fd()?.try_clone()?;
-        let mut tail = ProgramArray::try_from(
-            self.ebpf
-                .map_mut("TLS_TAIL")
-                .context("TLS_TAIL map missing")?,
-        )?;
-        tail.set(0, &fd, 0)
-            .context("installing the observe_tls tail call")?;
+        for (proto, _, name) in names::OBSERVERS {
+            let p: &mut UProbe = program(&mut self.ebpf, name)?;
+            p.load()
+                .with_context(|| format!("verifier rejected {name}"))?;
+            let fd = p.fd()?.try_clone()?;
+            install_tail_call(&mut self.ebpf, map::TLS_OBSERVERS, proto, &fd, name)?;
+        }
         Ok(())
     }
 

@@ -1,0 +1,76 @@
+//! The hand-off from the generic capture programs to per-protocol
+//! observers: the call is staged in a per-CPU slot, then the observer of
+//! the connection's protocol (`clew_common::proto`) is tail-called. A new
+//! protocol adds an observer program and a slot, not branches in the I/O
+//! programs.
+
+use aya_ebpf::{macros::map, maps::PerCpuArray, maps::ProgramArray, EbpfContext};
+use clew_common::{connstate, proto, role, Inflight};
+
+use crate::http1;
+
+/// One call as an observer sees it.
+#[derive(Clone, Copy)]
+pub struct Staged {
+    pub v: Inflight,
+    pub direction: u8,
+    /// The call's first buffer and the bytes it holds.
+    pub buf: u64,
+    pub len: u64,
+    /// Timestamp of the call's data records, which userspace matches.
+    pub ts: u64,
+}
+
+#[map]
+static STAGED: PerCpuArray<Staged> = PerCpuArray::with_max_entries(1, 0);
+
+/// Tail-calls the observer of `v`'s protocol in `observers` (which must
+/// hold programs of the caller's type). Observers see the serving side:
+/// connections the process accepted or was found holding.
+#[inline(always)]
+pub fn dispatch<C: EbpfContext>(
+    ctx: &C,
+    observers: &ProgramArray,
+    v: &Inflight,
+    direction: u8,
+    buf: u64,
+    len: u64,
+    ts: u64,
+) {
+    let p = connstate::proto(v.conn_state);
+    if v.conn_role == role::CONNECTED || p == proto::UNKNOWN {
+        return;
+    }
+    let Some(slot) = STAGED.get_ptr_mut(0) else {
+        return;
+    };
+    unsafe {
+        *slot = Staged {
+            v: *v,
+            direction,
+            buf,
+            len,
+            ts,
+        };
+        // Returns only when the slot is empty: nothing to observe.
+        let _ = observers.tail_call(ctx, p as u32);
+    }
+}
+
+/// The call staged by `dispatch`, for the observer it tail-called.
+#[inline(always)]
+pub fn staged() -> Option<Staged> {
+    STAGED.get(0).copied()
+}
+
+/// A selected process is about to write `buf` through a TLS library on a
+/// connection of protocol `p`: a request written there cannot carry a
+/// `traceparent` Clew adds, so its protocol decides the CLIENT span here,
+/// before the ciphertext leaves. A connection whose plaintext was never
+/// seen (`UNKNOWN`) may be on its first request.
+#[inline(always)]
+pub fn tls_write(p: u8, pid_tgid: u64, buf: u64) {
+    if p == proto::HTTP1 || p == proto::UNKNOWN {
+        http1::tls_request_write(pid_tgid, buf);
+    }
+}
