@@ -113,7 +113,10 @@ impl KernelMaps {
             state: 0,
             _pad: [0; 6],
         };
-        self.conns.insert(ConnKey { tgid, fd }, info, 0)?;
+        // NOEXIST: a socket the kernel already tracks (its process was
+        // selected when it opened it, e.g. a child selected at its fork
+        // that a rescan lists only now) keeps its id and role.
+        self.conns.insert(ConnKey { tgid, fd }, info, 1)?;
         Ok(id)
     }
 
