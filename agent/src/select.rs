@@ -307,6 +307,29 @@ mod tests {
     }
 
     #[test]
+    fn descendants_follow_parent_links() {
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let found = loop {
+            let d = descendants(sh.id());
+            if !d.is_empty() || std::time::Instant::now() > deadline {
+                break d;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        for &pid in &found {
+            // SAFETY: signals only the sleep this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let _ = sh.kill();
+        let _ = sh.wait();
+        assert_eq!(found.len(), 1, "sh's one child: {found:?}");
+    }
+
+    #[test]
     fn empty_selector_means_everything() {
         assert!(Selector::default().is_all());
         assert!(!Selector {
