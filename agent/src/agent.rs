@@ -61,6 +61,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     let mut capture = Capture::load(&CaptureConfig {
         select_all: selector.is_all(),
+        exe_paths: !selector.exe_paths().is_empty(),
         capture_limit: args.capture_bytes,
         ringbuf_bytes: args.ringbuf_mib.max(1) * 1024 * 1024,
         sampling: sampler.kernel(),

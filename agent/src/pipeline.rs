@@ -16,7 +16,7 @@ use crate::{
     process::Processes,
     processor::Chain,
     protocol::{ConnFacts, Losses, Protocol, Role, SpanOptions, Transaction},
-    select::Selector,
+    select::{self, Selector},
     stats::{self, Stats},
     tls::TlsHooks,
 };
@@ -78,6 +78,8 @@ impl Pipeline {
     pub fn start(&mut self) -> anyhow::Result<()> {
         let cgroups = self.selector.cgroup_ids()?;
         self.maps.set_cgroups(&cgroups)?;
+        self.maps
+            .set_exes(&self.selector.exe_names(), &self.selector.exe_paths());
         self.refresh_listed();
         let now = Instant::now();
         for pid in self.selector.current_processes()? {
@@ -139,17 +141,10 @@ impl Pipeline {
             Ok(Event::Ctx(k)) => self.on_kernel_ctx(k),
             Ok(Event::Open(o)) => self.on_open(o),
             Ok(Event::Close { conn_id, ts_ns }) => self.on_close(conn_id, ts_ns),
-            Ok(Event::Exec { tgid }) => {
-                self.processes.forget(tgid);
-                if self.selector.exe_matches(tgid) && self.listed.insert(tgid) {
-                    if let Err(e) = self.maps.select_pid(tgid) {
-                        tracing::warn!("{e:#}");
-                    }
-                }
-                if self.listed.contains(&tgid) || self.selector.in_cgroups(tgid) {
-                    self.tls.on_exec(tgid, Instant::now());
-                }
-            }
+            Ok(Event::Exec {
+                tgid,
+                kernel_selected,
+            }) => self.on_exec(tgid, kernel_selected),
             Ok(Event::Exit { tgid }) => self.on_exit(tgid),
             Err(e) => {
                 stats::add(&self.stats.bad_records, 1);
@@ -280,6 +275,41 @@ impl Pipeline {
         }
         self.nesting.conn_closed(id);
         self.emit_with(c.tgid, &c.facts);
+    }
+
+    /// The kernel selects a process whose exec matches `--exe` by comm or
+    /// path, before it can fork; here the match is confirmed against
+    /// /proc (or made, for what the kernel cannot see: a symlink exec'd,
+    /// a selector it had no room for).
+    fn on_exec(&mut self, tgid: u32, kernel_selected: bool) {
+        self.processes.forget(tgid);
+        let matched = self.selector.exe_match(tgid);
+        if matched == Some(true) {
+            if self.listed.insert(tgid) && !kernel_selected {
+                if let Err(e) = self.maps.select_pid(tgid) {
+                    tracing::warn!("{e:#}");
+                }
+            }
+        } else if matched == Some(false) && kernel_selected && !self.listed.contains(&tgid) {
+            // A truncated name or a script: not what `--exe` asked for. Its
+            // children were selected with it; those selected on their own
+            // are selected again by their exec or the periodic rescan. (One
+            // gone already, like a daemon's first process, keeps the
+            // kernel's word: its children are what was asked for.)
+            tracing::debug!(
+                tgid,
+                "unselecting a process the kernel took for an --exe match"
+            );
+            self.maps.unselect_pid(tgid);
+            for child in select::descendants(tgid) {
+                if !self.listed.contains(&child) {
+                    self.maps.unselect_pid(child);
+                }
+            }
+        }
+        if self.listed.contains(&tgid) || self.selector.in_cgroups(tgid) {
+            self.tls.on_exec(tgid, Instant::now());
+        }
     }
 
     fn on_exit(&mut self, tgid: u32) {

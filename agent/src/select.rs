@@ -60,16 +60,51 @@ impl Selector {
         out
     }
 
-    /// Whether a process (typically one that just exec'd) matches `--exe`.
-    pub fn exe_matches(&self, pid: u32) -> bool {
-        if self.exes.is_empty() {
-            return false;
-        }
-        let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    /// `--exe` names, for the kernel to match against the comm at exec.
+    pub fn exe_names(&self) -> Vec<String> {
         self.exes
             .iter()
-            .any(|want| exe_matches(want, &exe, comm.trim()))
+            .filter(|e| !e.contains('/'))
+            .cloned()
+            .collect()
+    }
+
+    /// `--exe` paths, for the kernel to match against the path exec'd:
+    /// each as given and, when it goes through a symlink, as resolved.
+    pub fn exe_paths(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for want in self.exes.iter().filter(|e| e.contains('/')) {
+            out.push(want.clone());
+            if let Some(real) = fs::canonicalize(want)
+                .ok()
+                .and_then(|p| p.into_os_string().into_string().ok())
+            {
+                if real != *want {
+                    out.push(real);
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether a process (typically one that just exec'd) matches `--exe`.
+    pub fn exe_matches(&self, pid: u32) -> bool {
+        self.exe_match(pid) == Some(true)
+    }
+
+    /// Whether a process matches `--exe`, or `None` when /proc no longer
+    /// shows its executable (it has exited).
+    pub fn exe_match(&self, pid: u32) -> Option<bool> {
+        if self.exes.is_empty() {
+            return Some(false);
+        }
+        let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        Some(
+            self.exes
+                .iter()
+                .any(|want| exe_matches(want, &exe, comm.trim())),
+        )
     }
 
     /// Whether a process sits in one of the `--cgroup` subtrees (every
@@ -116,9 +151,37 @@ impl Selector {
 
 fn exe_matches(want: &str, exe: &Path, comm: &str) -> bool {
     if want.contains('/') {
-        return exe == Path::new(want);
+        // /proc/PID/exe is the resolved file: a symlinked path matches by its target.
+        return exe == Path::new(want) || fs::canonicalize(want).is_ok_and(|p| p == exe);
     }
     exe.file_name().is_some_and(|n| n == want) || comm == want
+}
+
+/// Processes descended from `pid`, children first.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = procfs::process::all_processes()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|p| {
+            let st = p.stat().ok()?;
+            Some((st.pid as u32, st.ppid as u32))
+        })
+        .collect();
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i];
+        out.extend(
+            parents
+                .iter()
+                .filter(|&&(_, pp)| pp == parent)
+                .map(|&(p, _)| p),
+        );
+        i += 1;
+    }
+    out.remove(0);
+    out
 }
 
 fn alive(pid: u32) -> bool {
@@ -241,6 +304,29 @@ mod tests {
             resolve(root, Path::new("/system.slice")),
             PathBuf::from("/sys/fs/cgroup/system.slice")
         );
+    }
+
+    #[test]
+    fn descendants_follow_parent_links() {
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let found = loop {
+            let d = descendants(sh.id());
+            if !d.is_empty() || std::time::Instant::now() > deadline {
+                break d;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        for &pid in &found {
+            // SAFETY: signals only the sleep this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let _ = sh.kill();
+        let _ = sh.wait();
+        assert_eq!(found.len(), 1, "sh's one child: {found:?}");
     }
 
     #[test]

@@ -22,6 +22,44 @@ pub const MAX_INFLIGHT: u32 = 16384;
 pub const MAX_PIDS: u32 = 16384;
 /// Selected cgroup subtrees (`--cgroup`).
 pub const MAX_CGROUPS: u32 = 16;
+/// `--exe` selectors the kernel matches at exec time, per kind (names,
+/// paths). More are matched by userspace only, after the exec event.
+pub const MAX_EXES: u32 = 64;
+
+/// Keys of the kernel's `--exe` maps: the exec tracepoint matches a new
+/// program before it runs, so a child it forks at once inherits selection.
+pub mod exe {
+    /// `TASK_COMM_LEN`: a task's comm is at most 15 bytes and a NUL.
+    pub const COMM_LEN: usize = 16;
+    /// Longest `--exe` path the kernel compares, NUL included.
+    pub const PATH_LEN: usize = 256;
+
+    /// Key of `--exe NAME` (no slash): what the comm holds after exec'ing a
+    /// file of that name, i.e. its first 15 bytes, zero-padded. `None` for
+    /// a name no comm can hold.
+    pub fn name_key(name: &str) -> Option<[u8; COMM_LEN]> {
+        let b = name.as_bytes();
+        if b.is_empty() || b.contains(&0) || b.contains(&b'/') {
+            return None;
+        }
+        let mut key = [0; COMM_LEN];
+        let n = b.len().min(COMM_LEN - 1);
+        key[..n].copy_from_slice(&b[..n]);
+        Some(key)
+    }
+
+    /// Key of `--exe /abs/path`: the path exactly as exec'd, zero-padded.
+    /// `None` when it is not absolute or too long to compare in the kernel.
+    pub fn path_key(path: &str) -> Option<[u8; PATH_LEN]> {
+        let b = path.as_bytes();
+        if !b.starts_with(b"/") || b.len() >= PATH_LEN || b.contains(&0) {
+            return None;
+        }
+        let mut key = [0; PATH_LEN];
+        key[..b.len()].copy_from_slice(b);
+        Some(key)
+    }
+}
 
 /// Which processes the kernel programs look at.
 pub mod select {
@@ -269,6 +307,9 @@ pub mod names {
         pub const EVENTS: &str = "EVENTS";
         pub const CONNS: &str = "CONNS";
         pub const PIDS: &str = "PIDS";
+        /// `--exe` selectors the kernel matches at exec.
+        pub const EXE_NAMES: &str = "EXE_NAMES";
+        pub const EXE_PATHS: &str = "EXE_PATHS";
         pub const CGROUPS: &str = "CGROUPS";
         pub const STATS: &str = "STATS";
         pub const INFLIGHT: &str = "INFLIGHT";
@@ -285,6 +326,7 @@ pub mod names {
         pub const SELECT_MODE: &str = "SELECT_MODE";
         pub const CAPTURE_LIMIT: &str = "CAPTURE_LIMIT";
         pub const FORK_CHILD_PID_OFFSET: &str = "FORK_CHILD_PID_OFFSET";
+        pub const EXEC_FILENAME_OFFSET: &str = "EXEC_FILENAME_OFFSET";
         pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
         pub const SAMPLE_ALWAYS: &str = "SAMPLE_ALWAYS";
         pub const SAMPLE_THRESHOLD: &str = "SAMPLE_THRESHOLD";
@@ -495,6 +537,16 @@ pub struct ProcEvent {
     pub kind: u32,
     pub tgid: u32,
     pub ts_ns: u64,
+    /// `procflag` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Bits of `ProcEvent::flags`.
+pub mod procflag {
+    /// The exec matched an `--exe` selector in the kernel, which selected
+    /// the process (it was not selected before): userspace confirms it.
+    pub const EXE_SELECTED: u32 = 1;
 }
 
 /// One selected cgroup subtree: a task is inside it when its ancestor at
@@ -554,6 +606,37 @@ pub mod nr {
         pub const RECVMSG: i64 = 212;
     }
     pub use arch::*;
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::exe::{name_key, path_key, COMM_LEN, PATH_LEN};
+    use std::format;
+
+    #[test]
+    fn exe_names_are_keyed_like_the_comm() {
+        let k = name_key("nginx").unwrap();
+        assert_eq!(&k[..6], b"nginx\0");
+        assert_eq!(k[5..], [0; COMM_LEN - 5]);
+        // The kernel truncates a comm to 15 bytes: so does the key.
+        let k = name_key("a-very-long-program-name").unwrap();
+        assert_eq!(&k[..15], b"a-very-long-pro");
+        assert_eq!(k[15], 0);
+        assert_eq!(name_key(""), None);
+        assert_eq!(name_key("bin/nginx"), None);
+    }
+
+    #[test]
+    fn exe_paths_are_keyed_whole_or_not_at_all() {
+        let k = path_key("/usr/sbin/nginx").unwrap();
+        assert_eq!(&k[..16], b"/usr/sbin/nginx\0");
+        assert!(k[15..].iter().all(|&b| b == 0));
+        assert_eq!(path_key("sbin/nginx"), None);
+        let longest = format!("/{}", "a".repeat(PATH_LEN - 2));
+        assert!(path_key(&longest).is_some());
+        assert_eq!(path_key(&format!("{longest}a")), None);
+    }
 }
 
 #[cfg(feature = "user")]

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 pub use clew_common::Inflight;
 use clew_common::{
-    CgroupSel, ConnInfo, ConnKey, DataHeader, DEFAULT_RINGBUF_BYTES, MAX_CAPTURE, MAX_CGROUPS,
-    MAX_CONNS, MAX_INFLIGHT, MAX_PIDS,
+    exe, CgroupSel, ConnInfo, ConnKey, DataHeader, DEFAULT_RINGBUF_BYTES, MAX_CAPTURE, MAX_CGROUPS,
+    MAX_CONNS, MAX_EXES, MAX_INFLIGHT, MAX_PIDS,
 };
 
 /// Set by the agent at load time (see `agent/src/capture`).
@@ -22,6 +22,11 @@ static CAPTURE_LIMIT: u32 = 4096;
 /// the agent from the tracepoint's format file.
 #[unsafe(no_mangle)]
 static FORK_CHILD_PID_OFFSET: u32 = 0;
+/// Offset of the `filename` `__data_loc` in the `sched:sched_process_exec`
+/// record, from the tracepoint's format file; 0 when no `--exe` path is
+/// selected, so the kernel reads no file name.
+#[unsafe(no_mangle)]
+static EXEC_FILENAME_OFFSET: u32 = 0;
 
 #[inline(always)]
 fn global(v: &'static u32) -> u32 {
@@ -38,6 +43,9 @@ pub fn capture_limit() -> u32 {
 }
 pub fn fork_child_pid_offset() -> u32 {
     global(&FORK_CHILD_PID_OFFSET)
+}
+pub fn exec_filename_offset() -> u32 {
+    global(&EXEC_FILENAME_OFFSET)
 }
 
 #[map]
@@ -85,8 +93,21 @@ pub fn inflight_take(pid_tgid: u64) -> Option<Inflight> {
     Some(v)
 }
 
+/// Selected tgids (and the threads `proc_fork` saw them start). Eviction:
+/// `proc_exit` deletes a thread's entry when it exits, and userspace
+/// deletes the processes it unselects; when full, new selections fail
+/// (userspace warns) rather than pushing out live ones.
 #[map]
 pub static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PIDS, 0);
+
+/// `--exe NAME` selectors by `exe::name_key`, and `--exe /path` ones by
+/// `exe::path_key`. Written by the agent before tracing starts, never
+/// evicted: the agent refuses to put more than `MAX_EXES` of each kind
+/// here and leaves the rest to its own exec handling.
+#[map]
+pub static EXE_NAMES: HashMap<[u8; exe::COMM_LEN], u8> = HashMap::with_max_entries(MAX_EXES, 0);
+#[map]
+pub static EXE_PATHS: HashMap<[u8; exe::PATH_LEN], u8> = HashMap::with_max_entries(MAX_EXES, 0);
 
 #[map]
 pub static CGROUPS: Array<CgroupSel> = Array::with_max_entries(MAX_CGROUPS, 0);

@@ -1,22 +1,32 @@
 //! Process lifecycle: children of explicitly selected processes are
-//! selected too; exec and exit are reported so userspace can select by
-//! executable name and drop per-process state.
+//! selected too; a program exec'd under an `--exe` name or path is selected
+//! here, before it can fork; exec and exit are reported so userspace can
+//! confirm selections and drop per-process state.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes},
+    macros::tracepoint,
+    programs::TracePointContext,
+    EbpfContext,
 };
-use clew_common::{kind, ProcEvent};
+use clew_common::{exe, kind, procflag, select, ProcEvent};
 
 use crate::{
     context,
-    maps::{count, fork_child_pid_offset, inflight_forget, now, EVENTS, PIDS},
+    maps::{
+        count, exec_filename_offset, fork_child_pid_offset, inflight_forget, now, select_mode,
+        EVENTS, EXE_NAMES, EXE_PATHS, PIDS,
+    },
 };
 
-fn emit(kind: u32, tgid: u32) {
+fn emit(kind: u32, tgid: u32, flags: u32) {
     let ev = ProcEvent {
         kind,
         tgid,
         ts_ns: now(),
+        flags,
+        _pad: 0,
     };
     if EVENTS.output::<ProcEvent>(&ev, 0).is_err() {
         count(clew_common::stat::RINGBUF_DROPS);
@@ -44,9 +54,50 @@ pub fn proc_fork(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
-pub fn proc_exec(_ctx: TracePointContext) -> u32 {
-    emit(kind::PROC_EXEC, (bpf_get_current_pid_tgid() >> 32) as u32);
+pub fn proc_exec(ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let mut flags = 0;
+    // NOEXIST: a process selected already (say, as a child) stays so, and
+    // the flag tells userspace only about selections made here.
+    if select_mode() == select::LISTED
+        && exe_selected(&ctx)
+        && PIDS.insert(&tgid, &1, BPF_NOEXIST as u64).is_ok()
+    {
+        flags = procflag::EXE_SELECTED;
+    }
+    emit(kind::PROC_EXEC, tgid, flags);
     0
+}
+
+/// Whether the program just exec'd matches an `--exe` selector: by comm
+/// (set from the exec'd file's name, truncated as the keys are), or by the
+/// path exactly as it was exec'd. Userspace re-checks against
+/// /proc/PID/exe and undoes a wrong guess (a truncated name, a script).
+#[inline(always)]
+fn exe_selected(ctx: &TracePointContext) -> bool {
+    if let Ok(comm) = bpf_get_current_comm() {
+        if unsafe { EXE_NAMES.get(&comm) }.is_some() {
+            return true;
+        }
+    }
+    let off = exec_filename_offset() as usize;
+    if off == 0 || off > 64 {
+        return false;
+    }
+    // SAFETY: the offset comes from the tracepoint's format and was bounded
+    // above; the helper reads through a probe, never a raw dereference.
+    let Ok(loc) = (unsafe { ctx.read_at::<u32>(off) }) else {
+        return false;
+    };
+    // __data_loc: the string's offset from the record's start in the low
+    // 16 bits. The key must be zero past the string, so start from zeros.
+    let mut path = [0u8; exe::PATH_LEN];
+    let src = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
+    // SAFETY: a probe read of kernel memory, bounded by `path`'s length.
+    if unsafe { bpf_probe_read_kernel_str_bytes(src, &mut path) }.is_err() {
+        return false;
+    }
+    unsafe { EXE_PATHS.get(&path) }.is_some()
 }
 
 #[tracepoint]
@@ -57,7 +108,7 @@ pub fn proc_exit(_ctx: TracePointContext) -> u32 {
     inflight_forget(pid_tgid);
     context::thread_exit(tid);
     if tid == (pid_tgid >> 32) as u32 {
-        emit(kind::PROC_EXIT, tid);
+        emit(kind::PROC_EXIT, tid, 0);
     }
     0
 }

@@ -56,6 +56,7 @@ pub struct ServiceOpts<'a> {
     downstream: Option<&'a str>,
     port: Option<u16>,
     interpreter: Option<PathBuf>,
+    launcher: Option<PathBuf>,
     work_delay_ms: u32,
     bind: Option<&'a str>,
     netns: Option<&'a Netns>,
@@ -83,6 +84,15 @@ impl<'a> ServiceOpts<'a> {
     pub fn interpreter(self, path: PathBuf) -> Self {
         ServiceOpts {
             interpreter: Some(path),
+            ..self
+        }
+    }
+
+    /// Start it from this POSIX shell (e.g. a renamed copy of dash), which
+    /// forks it at once and waits: `PyService::pid` is then the shell's.
+    pub fn launcher(self, shell: PathBuf) -> Self {
+        ServiceOpts {
+            launcher: Some(shell),
             ..self
         }
     }
@@ -140,7 +150,15 @@ impl<'a> ServiceOpts<'a> {
         };
         let header_log = dir.join("headers.jsonl");
         let host = self.bind.unwrap_or("127.0.0.1");
-        let mut cmd = Command::new(&python.path);
+        let mut cmd = match &self.launcher {
+            Some(shell) => {
+                let mut c = Command::new(shell);
+                c.args(["-c", "\"$@\" & wait", "launcher"])
+                    .arg(&python.path);
+                c
+            }
+            None => Command::new(&python.path),
+        };
         cmd.arg(peers_dir().join("http_service.py"))
             .args(["--port", &port.to_string(), "--name", name])
             .args(["--bind", host])
@@ -201,6 +219,7 @@ impl PyService {
             downstream: None,
             port: None,
             interpreter: None,
+            launcher: None,
             work_delay_ms: 0,
             bind: None,
             netns: None,

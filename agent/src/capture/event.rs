@@ -4,7 +4,8 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use clew_common::{
-    dataflag, dir, kind, role, ConnEvent, CtxEvent, DataHeader, ProcEvent, SockAddr, TraceCtx,
+    dataflag, dir, kind, procflag, role, ConnEvent, CtxEvent, DataHeader, ProcEvent, SockAddr,
+    TraceCtx,
 };
 
 #[derive(Debug)]
@@ -50,9 +51,19 @@ pub enum Event<'a> {
     Ctx(KernelCtx),
     Data(Data<'a>),
     Open(ConnOpen),
-    Close { conn_id: u64, ts_ns: u64 },
-    Exec { tgid: u32 },
-    Exit { tgid: u32 },
+    Close {
+        conn_id: u64,
+        ts_ns: u64,
+    },
+    /// `kernel_selected`: the kernel selected the process on this exec
+    /// because it matched an `--exe` selector.
+    Exec {
+        tgid: u32,
+        kernel_selected: bool,
+    },
+    Exit {
+        tgid: u32,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -128,9 +139,13 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
                 ctx: c.ctx,
             }))
         }
-        kind::PROC_EXEC => Ok(Event::Exec {
-            tgid: read::<ProcEvent>(bytes)?.tgid,
-        }),
+        kind::PROC_EXEC => {
+            let p = read::<ProcEvent>(bytes)?;
+            Ok(Event::Exec {
+                tgid: p.tgid,
+                kernel_selected: p.flags & procflag::EXE_SELECTED != 0,
+            })
+        }
         kind::PROC_EXIT => Ok(Event::Exit {
             tgid: read::<ProcEvent>(bytes)?.tgid,
         }),

@@ -7,14 +7,16 @@ use aya::{
     Ebpf,
 };
 use clew_common::{
-    names::map, nr, role, stat, CgroupSel, ConnInfo, ConnKey, Inflight, PeerKey, SockAddr, IO_MARK,
-    MAX_CGROUPS,
+    exe, names::map, nr, role, stat, CgroupSel, ConnInfo, ConnKey, Inflight, PeerKey, SockAddr,
+    IO_MARK, MAX_CGROUPS,
 };
 use std::net::SocketAddr;
 
 pub struct KernelMaps {
     conns: HashMap<MapData, ConnKey, ConnInfo>,
     pids: HashMap<MapData, u32, u8>,
+    exe_names: HashMap<MapData, [u8; exe::COMM_LEN], u8>,
+    exe_paths: HashMap<MapData, [u8; exe::PATH_LEN], u8>,
     cgroups: Array<MapData, CgroupSel>,
     stats: PerCpuArray<MapData, u64>,
     inflight: HashMap<MapData, u64, Inflight>,
@@ -43,6 +45,8 @@ impl KernelMaps {
         Ok(KernelMaps {
             conns: HashMap::try_from(take(map::CONNS)?)?,
             pids: HashMap::try_from(take(map::PIDS)?)?,
+            exe_names: HashMap::try_from(take(map::EXE_NAMES)?)?,
+            exe_paths: HashMap::try_from(take(map::EXE_PATHS)?)?,
             cgroups: Array::try_from(take(map::CGROUPS)?)?,
             stats: PerCpuArray::try_from(take(map::STATS)?)?,
             inflight: HashMap::try_from(take(map::INFLIGHT)?)?,
@@ -60,6 +64,24 @@ impl KernelMaps {
     pub fn unselect_pid(&mut self, tgid: u32) {
         // Absent already (never selected, or removed by the exit program).
         let _ = self.pids.remove(&tgid);
+    }
+
+    /// Hands `--exe` selectors to the exec program. One the kernel cannot
+    /// key (see `exe::name_key`, `exe::path_key`) or has no room for
+    /// (`MAX_EXES`) is still matched by userspace, after the exec event.
+    pub fn set_exes(&mut self, names: &[String], paths: &[String]) {
+        for n in names {
+            let key = exe::name_key(n);
+            if key.is_none_or(|k| self.exe_names.insert(k, 1, 0).is_err()) {
+                warn_late_exe(n);
+            }
+        }
+        for p in paths {
+            let key = exe::path_key(p);
+            if key.is_none_or(|k| self.exe_paths.insert(k, 1, 0).is_err()) {
+                warn_late_exe(p);
+            }
+        }
     }
 
     pub fn set_cgroups(&mut self, sel: &[(u64, u32)]) -> Result<()> {
@@ -91,7 +113,10 @@ impl KernelMaps {
             state: 0,
             _pad: [0; 6],
         };
-        self.conns.insert(ConnKey { tgid, fd }, info, 0)?;
+        // NOEXIST: a socket the kernel already tracks (its process was
+        // selected when it opened it, e.g. a child selected at its fork
+        // that a rescan lists only now) keeps its id and role.
+        self.conns.insert(ConnKey { tgid, fd }, info, 1)?;
         Ok(id)
     }
 
@@ -161,6 +186,12 @@ impl KernelMaps {
             tcp_opt_read: sum(stat::TCP_OPT_READ),
         }
     }
+}
+
+fn warn_late_exe(exe: &str) {
+    tracing::warn!(
+        "--exe {exe}: matched after its exec only, so a child it forks at once may be missed"
+    );
 }
 
 /// A read-type syscall a thread is blocked in, from /proc/PID/task/TID/syscall.

@@ -52,6 +52,9 @@ const IO_SYSCALLS: &[&str] = &[
 pub struct CaptureConfig {
     /// Trace every process but the agent (no selector given).
     pub select_all: bool,
+    /// Some `--exe` selector is a path: the exec program then reads the
+    /// exec'd file name.
+    pub exe_paths: bool,
     /// Bytes of each read/write copied to userspace.
     pub capture_limit: u32,
     pub ringbuf_bytes: u32,
@@ -75,10 +78,23 @@ impl Capture {
             select::LISTED
         };
         let limit = cfg.capture_limit.clamp(64, clew_common::MAX_CAPTURE as u32);
-        let fork_off = fork_child_pid_offset().unwrap_or_else(|e| {
-            tracing::warn!("children of --pid/--exe/--port processes will not be followed: {e:#}");
-            0
-        });
+        let fork_off =
+            tracepoint_field_offset("sched_process_fork", "child_pid").unwrap_or_else(|e| {
+                tracing::warn!(
+                    "children of --pid/--exe/--port processes will not be followed: {e:#}"
+                );
+                0
+            });
+        let exec_off = match cfg.exe_paths {
+            true => tracepoint_field_offset("sched_process_exec", "filename").unwrap_or_else(|e| {
+                tracing::warn!(
+                    "--exe paths are matched after the exec, too late for children \
+                     forked at once: {e:#}"
+                );
+                0
+            }),
+            false => 0,
+        };
         let sock_off = accepted_socket_offsets().unwrap_or_else(|e| {
             tracing::warn!(
                 "peers of accept4(fd, NULL, NULL) servers (Node.js, Go) will come from /proc, \
@@ -92,6 +108,7 @@ impl Capture {
             .override_global(global::SELECT_MODE, &mode, true)
             .override_global(global::CAPTURE_LIMIT, &limit, true)
             .override_global(global::FORK_CHILD_PID_OFFSET, &fork_off, true)
+            .override_global(global::EXEC_FILENAME_OFFSET, &exec_off, true)
             .override_global(global::SOCK_OFFSETS, &sock_off, true)
             .override_global(global::SAMPLE_ALWAYS, &cfg.sampling.always, true)
             .override_global(global::SAMPLE_THRESHOLD, &cfg.sampling.threshold, true)
@@ -255,19 +272,21 @@ fn install_tail_call(
         .with_context(|| format!("installing {name} in {array}"))
 }
 
-/// Reads where `child_pid` sits in the fork tracepoint record from its
+/// Reads where `field` sits in a `sched` tracepoint's record from its
 /// format file, instead of assuming a layout.
-fn fork_child_pid_offset() -> Result<u32> {
-    let path = crate::probe::tracefs_dir()?.join("events/sched/sched_process_fork/format");
+fn tracepoint_field_offset(event: &str, field: &str) -> Result<u32> {
+    let path = crate::probe::tracefs_dir()?.join(format!("events/sched/{event}/format"));
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .filter(|l| l.contains("child_pid;"))
-        .find_map(|l| {
-            let off = l.split("offset:").nth(1)?.split(';').next()?;
-            off.trim().parse().ok()
-        })
-        .context("no child_pid field in sched_process_fork")
+    field_offset(&text, field).with_context(|| format!("no {field} field in {event}"))
+}
+
+fn field_offset(format: &str, field: &str) -> Option<u32> {
+    let decl = format!(" {field};");
+    format.lines().filter(|l| l.contains(&decl)).find_map(|l| {
+        let off = l.split("offset:").nth(1)?.split(';').next()?;
+        off.trim().parse().ok()
+    })
 }
 
 #[cfg(test)]
@@ -277,7 +296,20 @@ mod tests {
     use clew_common::names::{self, global, map, program};
     use object::{Object, ObjectSymbol};
 
-    use super::OBJECT;
+    use super::{field_offset, OBJECT};
+
+    #[test]
+    fn field_offsets_come_from_the_format_file() {
+        let exec = "name: sched_process_exec\nformat:\n\
+            \tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\
+            \tfield:__data_loc char[] filename;\toffset:8;\tsize:4;\tsigned:0;\n\
+            \tfield:pid_t pid;\toffset:12;\tsize:4;\tsigned:1;\n\
+            \tfield:pid_t old_pid;\toffset:16;\tsize:4;\tsigned:1;\n";
+        assert_eq!(field_offset(exec, "filename"), Some(8));
+        // `pid` is not `common_pid` nor `old_pid`.
+        assert_eq!(field_offset(exec, "pid"), Some(12));
+        assert_eq!(field_offset(exec, "child_pid"), None);
+    }
 
     /// The names the agent looks up are the ones the kernel object has.
     #[test]
@@ -289,6 +321,8 @@ mod tests {
             map::EVENTS,
             map::CONNS,
             map::PIDS,
+            map::EXE_NAMES,
+            map::EXE_PATHS,
             map::CGROUPS,
             map::STATS,
             map::INFLIGHT,
@@ -300,6 +334,7 @@ mod tests {
             global::SELECT_MODE,
             global::CAPTURE_LIMIT,
             global::FORK_CHILD_PID_OFFSET,
+            global::EXEC_FILENAME_OFFSET,
             global::SOCK_OFFSETS,
             global::SAMPLE_ALWAYS,
             global::SAMPLE_THRESHOLD,

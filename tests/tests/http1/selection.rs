@@ -176,6 +176,54 @@ fn select_by_exe_path_python_started_after_the_agent() -> Result<()> {
     agent.stop()
 }
 
+/// A program that forks at once after its exec (a shell starting the
+/// service in the background): the child must be selected with it, although
+/// userspace sees the exec only after the fork. The child then execs python,
+/// which no `--exe` names, so only selection at exec time can reach it.
+fn exe_child_forked_at_exec(tag: &str, by_path: bool) -> Result<()> {
+    let cg = Cgroup::new(tag)?;
+    let rx = Receiver::start(Protocol::Grpc)?;
+    // A renamed copy of the shell (15 bytes: a whole comm), so nothing else matches.
+    let dir = TempDir::new(tag)?;
+    let real = std::fs::canonicalize("/bin/sh")?;
+    let shell = dir.join("clew-e2e-forker");
+    std::fs::copy(&real, &shell).with_context(|| format!("copying {}", real.display()))?;
+    let want = match by_path {
+        true => shell.to_str().context("temp path is not UTF-8")?,
+        false => "clew-e2e-forker",
+    };
+    let mut agent = agent(&[Select::Exe(want)], &rx)?;
+
+    let svc = PyService::opts(tag).launcher(shell.clone()).start(&cg)?;
+    // Right away: the first request must already be traced.
+    let paths = requests(&cg, &svc, tag, 2)?;
+    let expects: Vec<Expect> = paths
+        .iter()
+        .map(|p| Expect::server(&svc.name, p, svc.port).user_agent("curl"))
+        .collect();
+    let spans = rx
+        .wait_for(
+            |s| expects.iter().all(|e| !e.select(s).is_empty()),
+            SPAN_TIMEOUT,
+        )
+        .with_context(|| format!("waiting for the SERVER spans of the child of --exe {want}"))?;
+    for e in &expects {
+        e.one(&spans)?;
+    }
+    agent.ensure_healthy()?;
+    agent.stop()
+}
+
+#[test]
+fn select_by_exe_name_child_forked_at_exec() -> Result<()> {
+    exe_child_forked_at_exec("exe-fork-name", false)
+}
+
+#[test]
+fn select_by_exe_path_child_forked_at_exec() -> Result<()> {
+    exe_child_forked_at_exec("exe-fork-path", true)
+}
+
 #[test]
 fn select_by_port() -> Result<()> {
     let cg = Cgroup::new("select-port")?;
