@@ -284,16 +284,6 @@ impl Nesting {
     }
 }
 
-/// Makes a parentless server span the child of the client span that sent
-/// its request (same connection, seen by this agent on both ends).
-pub fn link(server: &mut SpanCtx, client: &SpanCtx) {
-    if server.parent.is_none() {
-        server.trace_id = client.trace_id;
-        server.parent = Some(client.span_id);
-        server.sampled = client.sampled;
-    }
-}
-
 fn new_trace_id() -> TraceId {
     let mut id = [0u8; 16];
     while id == [0; 16] {

@@ -382,6 +382,9 @@ impl Pipeline {
 fn count_losses(stats: &Stats, protocol: Protocol, new: Losses) {
     let p = stats.protocol(protocol);
     stats::add(&p.parse_errors, new.parse_errors);
+    stats::add(&p.decode_errors, new.decode_errors);
+    stats::add(&p.gaps, new.gaps);
+    stats::add(&p.desynced, new.desynced);
     stats::add(&p.unanswered, new.unanswered);
     stats::add(&p.orphan_responses, new.orphan_responses);
 }

@@ -47,7 +47,10 @@ macro_rules! protocol_counters {
 
 protocol_counters! {
     spans: "spans assembled from this protocol's transactions",
-    parse_errors: "framing errors (garbage, gaps inside headers, undecodable header blocks)",
+    parse_errors: "framing errors (garbage, impossible frame sequences)",
+    decode_errors: "header blocks that did not decode (HPACK); no later header of that direction is trusted",
+    gaps: "bytes not captured where a header had to be read",
+    desynced: "connection directions given up on after being in sync (no more spans from them)",
     unanswered: "requests whose response never came",
     orphan_responses: "responses without a request",
 }

@@ -220,6 +220,8 @@ fn span_line(span: &Span) -> String {
     }
     if let Some(code) = span.attr("http.response.status_code") {
         let _ = write!(line, "  {code}");
+    } else if let Some(code) = span.attr("rpc.grpc.status_code") {
+        let _ = write!(line, "  grpc={code}");
     }
     if let Status::Error(message) = &span.status {
         line.push_str("  ERROR");

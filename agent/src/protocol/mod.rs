@@ -1,7 +1,7 @@
 //! Protocol parsers: pure functions over captured bytes, one folder per
 //! protocol, each with the same anatomy: `detect` (is this connection
 //! ours, from its first bytes or a hand-off), a streaming parser per
-//! direction, a `Session` that pairs requests with responses and assigns
+//! direction, a `session` that pairs requests with responses and assigns
 //! trace context, and `spans` (finished transactions as OpenTelemetry
 //! spans). The pipeline sees only [`Session`] and [`Transaction`]: a new
 //! protocol is a folder and a variant here, not a change to the pipeline.
@@ -15,20 +15,27 @@ use crate::{
     span::{Resource, Span},
 };
 
+pub mod common;
 pub mod http1;
+pub mod http2;
+pub mod http_common;
+
+pub use common::{ConnFacts, Role, SpanOptions};
 
 /// The protocols Clew parses, as they appear in counter labels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
     Http1,
+    Http2,
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 1] = [Protocol::Http1];
+    pub const ALL: [Protocol; 2] = [Protocol::Http1, Protocol::Http2];
 
     pub fn label(self) -> &'static str {
         match self {
             Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
         }
     }
 
@@ -38,35 +45,19 @@ impl Protocol {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// The traced process reads requests and writes responses.
-    Server,
-    Client,
-}
-
-/// What the span builders know about the connection.
-#[derive(Clone, Copy, Debug)]
-pub struct ConnFacts {
-    pub peer: Option<SocketAddr>,
-    pub local: Option<SocketAddr>,
-    /// The bytes came from TLS library probes (`url.scheme` https).
-    pub tls: bool,
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SpanOptions {
-    /// Record `url.query` (off by default: queries often carry secrets).
-    pub capture_query: bool,
-    /// `baggage` keys recorded as span attributes (`--baggage-attributes`).
-    pub baggage_keys: &'static [&'static str],
-}
-
 /// Why transactions were abandoned, for the per-protocol counters.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Losses {
-    /// Framing errors: garbage, gaps inside headers.
+    /// Framing errors: garbage, impossible frame sequences.
     pub parse_errors: u64,
+    /// Header blocks that did not decode (HPACK); the direction's header
+    /// state is unknown afterwards.
+    pub decode_errors: u64,
+    /// Bytes not captured where a header had to be read.
+    pub gaps: u64,
+    /// Directions given up on after being in sync: their later messages
+    /// cannot be read with certainty, so they give no spans.
+    pub desynced: u64,
     /// Requests whose response never came.
     pub unanswered: u64,
     /// Responses without a request.
@@ -78,8 +69,26 @@ impl std::ops::Sub for Losses {
     fn sub(self, before: Losses) -> Losses {
         Losses {
             parse_errors: self.parse_errors - before.parse_errors,
+            decode_errors: self.decode_errors - before.decode_errors,
+            gaps: self.gaps - before.gaps,
+            desynced: self.desynced - before.desynced,
             unanswered: self.unanswered - before.unanswered,
             orphan_responses: self.orphan_responses - before.orphan_responses,
+        }
+    }
+}
+
+impl From<http2::Losses> for Losses {
+    fn from(l: http2::Losses) -> Self {
+        // `not_http2` is a connection that was never HTTP/2: the pipeline
+        // counts it when it stops capturing it.
+        Losses {
+            parse_errors: l.parse_errors,
+            decode_errors: l.hpack_errors,
+            gaps: l.gaps,
+            desynced: l.broken,
+            unanswered: l.unanswered,
+            orphan_responses: l.orphan_responses,
         }
     }
 }
@@ -87,11 +96,14 @@ impl std::ops::Sub for Losses {
 /// One connection's protocol state.
 pub enum Session {
     Http1(http1::Session),
+    Http2(http2::Session),
 }
 
 /// A finished request/response (or message) that its protocol turns into a span.
 pub enum Transaction {
     Http1(http1::Exchange),
+    /// Boxed: its decoded fields make it several times HTTP/1's size.
+    Http2(Box<http2::Exchange>),
 }
 
 impl From<http1::Exchange> for Transaction {
@@ -105,21 +117,41 @@ impl Session {
     /// direction) are `payload`. `role` is known when Clew saw the
     /// accept/connect; `None` means the connection was met mid-stream.
     /// `endpoint` gives the client's end of the connection for a role.
-    /// `None`: not a protocol Clew parses (or a mid-stream connection
-    /// nothing can resynchronise on), so capture can stop.
+    /// `None`: not a protocol Clew parses, or a mid-stream connection
+    /// nothing can resynchronise on (HTTP/2's header compression needs the
+    /// stream from its start), so capture can stop.
     pub fn detect(
         role: Option<Role>,
         ingress: bool,
         payload: &[u8],
         endpoint: impl Fn(Role) -> Option<SocketAddr>,
     ) -> Option<Session> {
-        let mid_stream = role.is_none();
+        let Some(role) = role else {
+            let role = http1::detect::sniff_role(ingress, payload)?;
+            return Some(Session::Http1(http1::Session::new(
+                role,
+                true,
+                endpoint(role),
+            )));
+        };
+        // The client's preface, read by a server or written by a client;
+        // or a server's SETTINGS written before it read the preface.
+        let sends_requests = ingress == (role == Role::Server);
+        let h2 = if sends_requests {
+            http2::detect::is_client_preface(payload)
+        } else if role == Role::Server {
+            http2::detect::is_server_settings(payload)
+        } else {
+            Some(false)
+        };
+        if h2 == Some(true) {
+            return Some(Session::Http2(http2::Session::new(role, endpoint(role))));
+        }
         // HTTP/1 is the fallback for a known role: its framer tells
         // garbage from a request and gives up on its own.
-        let role = role.or_else(|| http1::detect::sniff_role(ingress, payload))?;
         Some(Session::Http1(http1::Session::new(
             role,
-            mid_stream,
+            false,
             endpoint(role),
         )))
     }
@@ -127,46 +159,70 @@ impl Session {
     pub fn protocol(&self) -> Protocol {
         match self {
             Session::Http1(_) => Protocol::Http1,
+            Session::Http2(_) => Protocol::Http2,
         }
     }
 
     pub fn role(&self) -> Role {
         match self {
             Session::Http1(s) => s.role(),
+            Session::Http2(s) => s.role(),
         }
     }
 
     pub fn losses(&self) -> Losses {
         match self {
             Session::Http1(s) => s.losses,
+            Session::Http2(s) => s.losses.into(),
         }
     }
 
-    /// The stream turned out not to be this protocol: stop capturing it.
+    /// The stream turned out not to be this protocol, or can no longer be
+    /// read with certainty: stop capturing it.
     pub fn is_hopeless(&self) -> bool {
         match self {
             Session::Http1(s) => s.is_hopeless(),
+            Session::Http2(s) => s.is_hopeless(),
         }
     }
 
-    /// Feeds one syscall's bytes; finished transactions are appended to `out`.
+    /// Feeds one syscall's bytes; finished transactions are appended to
+    /// `out`. An HTTP/1 connection upgraded to h2c continues as HTTP/2.
     pub fn on_data(&mut self, d: &Data<'_>, nesting: &mut Nesting, out: &mut Vec<Transaction>) {
         match self {
-            Session::Http1(s) => s.on_data(d, nesting, out),
+            Session::Http1(s) => {
+                s.on_data(d, nesting, out);
+                if s.upgraded_to_h2c() {
+                    let (role, endpoint) = (s.role(), s.endpoint());
+                    *self = Session::Http2(http2::Session::after_upgrade(role, endpoint));
+                }
+            }
+            Session::Http2(s) => {
+                let mut done = Vec::new();
+                s.on_data(d, nesting, &mut done);
+                out.extend(done.into_iter().map(|x| Transaction::Http2(Box::new(x))));
+            }
         }
     }
 
     pub fn on_close(&mut self, ts: u64, nesting: &mut Nesting, out: &mut Vec<Transaction>) {
         match self {
             Session::Http1(s) => s.on_close(ts, nesting, out),
+            Session::Http2(s) => {
+                let mut done = Vec::new();
+                s.on_close(ts, nesting, &mut done);
+                out.extend(done.into_iter().map(|x| Transaction::Http2(Box::new(x))));
+            }
         }
     }
 
     /// The kernel decided the ids of the server span whose request bytes
-    /// carry timestamp `ts`; false when no such request is pending.
+    /// carry timestamp `ts`; false when no such request is pending. Only
+    /// HTTP/1 has a kernel observer that decides server spans today.
     pub fn adopt_server_ctx(&mut self, ts: u64, ctx: SpanCtx, nesting: &mut Nesting) -> bool {
         match self {
             Session::Http1(s) => s.adopt_server_ctx(ts, ctx, nesting),
+            Session::Http2(_) => false,
         }
     }
 }
@@ -175,12 +231,14 @@ impl Transaction {
     pub fn protocol(&self) -> Protocol {
         match self {
             Transaction::Http1(_) => Protocol::Http1,
+            Transaction::Http2(_) => Protocol::Http2,
         }
     }
 
     pub fn ctx_mut(&mut self) -> &mut SpanCtx {
         match self {
             Transaction::Http1(x) => &mut x.ctx,
+            Transaction::Http2(x) => &mut x.ctx,
         }
     }
 
@@ -193,6 +251,74 @@ impl Transaction {
     ) -> Span {
         match self {
             Transaction::Http1(x) => http1::to_span(x, conn, resource, clock, opts),
+            Transaction::Http2(x) => http2::to_span(*x, conn, resource, clock, opts),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::{Root, Sampler};
+
+    fn detect(role: Option<Role>, ingress: bool, payload: &[u8]) -> Option<Protocol> {
+        Session::detect(role, ingress, payload, |_| None).map(|s| s.protocol())
+    }
+
+    const PREFACE_AND_SETTINGS: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+    #[test]
+    fn first_bytes_choose_the_protocol() {
+        let (server, client) = (Some(Role::Server), Some(Role::Client));
+        assert_eq!(
+            detect(server, true, PREFACE_AND_SETTINGS),
+            Some(Protocol::Http2)
+        );
+        assert_eq!(
+            detect(client, false, PREFACE_AND_SETTINGS),
+            Some(Protocol::Http2)
+        );
+        // A server's SETTINGS before it read anything.
+        let settings = b"\0\0\x06\x04\0\0\0\0\0\0\x03\0\0\0\x64";
+        assert_eq!(detect(server, false, settings), Some(Protocol::Http2));
+        assert_eq!(detect(client, true, settings), Some(Protocol::Http1));
+        assert_eq!(
+            detect(server, true, b"GET / HTTP/1.1\r\n\r\n"),
+            Some(Protocol::Http1)
+        );
+        // Mid-stream: only HTTP/1 can be picked up again.
+        assert_eq!(
+            detect(None, true, b"GET / HTTP/1.1\r\n\r\n"),
+            Some(Protocol::Http1)
+        );
+        assert_eq!(detect(None, true, PREFACE_AND_SETTINGS), None);
+        assert_eq!(detect(None, true, b"\0\0\x04\x01\x04\0\0\0\x01"), None);
+    }
+
+    #[test]
+    fn an_h2c_upgrade_hands_the_connection_to_http2() {
+        let mut nesting = Nesting::new(Sampler::ParentBased(Root::AlwaysOn));
+        let mut out = Vec::new();
+        let req = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
+        let mut s = Session::detect(Some(Role::Server), true, req, |_| None).unwrap();
+        let data = |ingress, payload: &'static [u8], ts_ns| Data {
+            conn_id: 1,
+            tgid: 1,
+            tid: 1,
+            fd: 3,
+            ts_ns,
+            ingress,
+            tls: false,
+            total: payload.len(),
+            payload,
+        };
+        s.on_data(&data(true, req, 1), &mut nesting, &mut out);
+        assert_eq!(s.protocol(), Protocol::Http1);
+        let switching =
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n";
+        s.on_data(&data(false, switching, 2), &mut nesting, &mut out);
+        assert_eq!(s.protocol(), Protocol::Http2);
+        s.on_data(&data(true, PREFACE_AND_SETTINGS, 3), &mut nesting, &mut out);
+        assert!(!s.is_hopeless());
     }
 }

@@ -2,6 +2,8 @@
 //! back to back in one buffer, so a head costs two allocations however many
 //! headers it has (the agent keeps one per request in flight).
 
+use crate::protocol::http_common::bounded_text;
+
 /// Headers kept per message; the ones past this still count for framing.
 pub const MAX_HEADERS: usize = 64;
 /// Bytes kept of each header value.
@@ -30,18 +32,7 @@ impl Strings {
 
     /// Lossy UTF-8 of at most [`MAX_HEADER_VALUE`] bytes, cut on a character boundary.
     fn push_value(&mut self, value: &[u8]) {
-        let start = self.text.len();
-        let kept = &value[..value.len().min(MAX_HEADER_VALUE)];
-        match std::str::from_utf8(kept) {
-            Ok(valid) => self.text.push_str(valid),
-            // Rare: the lossy path walks the bytes again, chunk by chunk.
-            Err(_) => self.text.push_str(&String::from_utf8_lossy(kept)),
-        }
-        let mut end = self.text.len().min(start + MAX_HEADER_VALUE);
-        while !self.text.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.text.truncate(end);
+        self.text.push_str(&bounded_text(value, MAX_HEADER_VALUE));
         self.close();
     }
 

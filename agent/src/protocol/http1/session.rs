@@ -7,8 +7,11 @@ use std::{collections::VecDeque, net::SocketAddr};
 use super::{Decoder, Frame, RequestHead, ResponseHead, Side};
 use crate::{
     capture::Data,
-    nesting::{link, Nesting, SpanCtx},
-    protocol::{Losses, Role},
+    nesting::{Nesting, SpanCtx},
+    protocol::{
+        common::{link, request_ctx, Sender},
+        Losses, Role,
+    },
 };
 
 /// Requests awaiting their response on one connection; more means the
@@ -44,6 +47,8 @@ pub struct Session {
     /// are the client, the peer when we serve), which links a CLIENT span
     /// to the SERVER span of the same request when one agent sees both.
     endpoint: Option<SocketAddr>,
+    /// The server agreed to `Upgrade: h2c`: the connection speaks HTTP/2 next.
+    h2c: bool,
 }
 
 impl Session {
@@ -63,11 +68,22 @@ impl Session {
             frames: Vec::new(),
             losses: Losses::default(),
             endpoint,
+            h2c: false,
         }
     }
 
     pub fn role(&self) -> Role {
         self.role
+    }
+
+    /// The client's end of the connection, as given at creation.
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        self.endpoint
+    }
+
+    /// A 101 answered `Upgrade: h2c`: what follows is HTTP/2.
+    pub fn upgraded_to_h2c(&self) -> bool {
+        self.h2c
     }
 
     /// Both directions gave up on finding HTTP/1.
@@ -151,26 +167,14 @@ impl Session {
     fn on_request_frame(&mut self, f: Frame, tid: u32, conn_id: u64, nesting: &mut Nesting) {
         match f {
             Frame::Request { head, ts } => {
-                let tp = head.header("traceparent");
-                let ctx = match self.role {
-                    Role::Server => {
-                        let state = tp.and_then(|_| head.header("tracestate"));
-                        let mut ctx = nesting.server_span(tid, conn_id, ts, tp, state);
-                        if let Some(client) = self.endpoint.and_then(|e| nesting.take_offer(e, ts))
-                        {
-                            link(&mut ctx, &client);
-                            nesting.rebind(tid, &ctx.span_id.clone(), &ctx);
-                        }
-                        ctx
-                    }
-                    Role::Client => {
-                        let ctx = nesting.client_span(tid, ts, tp);
-                        if let Some(e) = self.endpoint {
-                            nesting.offer(e, ts, &ctx);
-                        }
-                        ctx
-                    }
+                let from = Sender {
+                    tid,
+                    conn_id,
+                    ts,
+                    endpoint: self.endpoint,
                 };
+                let (tp, state) = (head.header("traceparent"), head.header("tracestate"));
+                let ctx = request_ctx(self.role, from, tp, state, nesting);
                 self.responses.expect_response_to(head.method());
                 if self.pending.len() >= MAX_PENDING {
                     self.pending.pop_front();
@@ -198,6 +202,10 @@ impl Session {
     ) {
         match f {
             Frame::Response { head, .. } => {
+                self.h2c |= head.status == 101
+                    && head
+                        .header("upgrade")
+                        .is_some_and(|u| u.trim().eq_ignore_ascii_case("h2c"));
                 match self.pending.iter_mut().find(|p| p.response.is_none()) {
                     Some(p) => p.response = Some(head),
                     None => self.losses.orphan_responses += 1,

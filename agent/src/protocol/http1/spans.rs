@@ -5,13 +5,13 @@ use std::sync::Arc;
 use super::Exchange;
 use crate::{
     clock::Clock,
-    protocol::{ConnFacts, Role, SpanOptions},
-    span::{AttrValue, Resource, Span, SpanKind, Status},
+    protocol::{
+        common,
+        http_common::{http_span, HttpCall},
+        ConnFacts, SpanOptions,
+    },
+    span::{Resource, Span},
 };
-
-const KNOWN_METHODS: &[&str] = &[
-    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
-];
 
 pub fn to_span(
     x: Exchange,
@@ -21,136 +21,42 @@ pub fn to_span(
     opts: SpanOptions,
 ) -> Span {
     let req = &x.request;
-    let status = x.response.status;
-    let mut a: Vec<(&'static str, AttrValue)> = Vec::with_capacity(14);
-    let known = KNOWN_METHODS.iter().find(|m| **m == req.method()).copied();
-    if known.is_none() {
-        a.push((
-            "http.request.method_original",
-            req.method().to_owned().into(),
-        ));
-    }
-    a.push(("http.request.method", known.unwrap_or("_OTHER").into()));
-    a.push(("http.response.status_code", i64::from(status).into()));
-    a.push(("network.protocol.name", "http".into()));
     let version = match req.minor_version {
         0 => "1.0".into(),
         1 => "1.1".into(),
         minor => format!("1.{minor}").into(),
     };
-    a.push(("network.protocol.version", version));
-    let (host, host_port) = req.header("host").map(split_host).unwrap_or((None, None));
-    let path = req.path();
-    let (scheme, default_port) = if conn.tls {
-        ("https", 443)
-    } else {
-        ("http", 80)
+    let call = HttpCall {
+        method: req.method(),
+        path: req.path(),
+        query: req.query(),
+        authority: req.header("host"),
+        scheme: None,
+        version,
+        status: Some(x.response.status),
+        failure: None,
+        user_agent: req.header("user-agent"),
+        baggage: req.header("baggage"),
     };
-    // Formatted once: server spans record the peer under two keys.
-    let peer_ip = conn.peer.map(|p| p.ip().to_string());
-    match x.role {
-        Role::Server => {
-            a.push(("url.scheme", scheme.into()));
-            a.push(("url.path", path.to_owned().into()));
-            let local_ip = || conn.local.map(|l| l.ip().to_string());
-            if let Some(h) = host.map(str::to_owned).or_else(local_ip) {
-                a.push(("server.address", h.into()));
-            }
-            if let Some(p) = host_port.or(conn.local.map(|l| l.port())) {
-                a.push(("server.port", i64::from(p).into()));
-            }
-            if let (Some(peer), Some(ip)) = (conn.peer, peer_ip) {
-                a.push(("client.address", ip.clone().into()));
-                a.push(("network.peer.address", ip.into()));
-                a.push(("network.peer.port", i64::from(peer.port()).into()));
-            }
-        }
-        Role::Client => {
-            let server = host.map(str::to_owned).or_else(|| peer_ip.clone());
-            let port = host_port.or(conn.peer.map(|p| p.port()));
-            if let Some(s) = server {
-                let url = match port {
-                    Some(p) if p != default_port => format!("{scheme}://{s}:{p}{path}"),
-                    _ => format!("{scheme}://{s}{path}"),
-                };
-                a.push(("server.address", s.into()));
-                a.push(("url.full", url.into()));
-            }
-            if let Some(p) = port {
-                a.push(("server.port", i64::from(p).into()));
-            }
-            if let (Some(peer), Some(ip)) = (conn.peer, peer_ip) {
-                a.push(("network.peer.address", ip.into()));
-                a.push(("network.peer.port", i64::from(peer.port()).into()));
-            }
-        }
-    }
-    if opts.capture_query {
-        if let Some(q) = req.query() {
-            a.push(("url.query", q.to_owned().into()));
-        }
-    }
-    let wanted_baggage = !opts.baggage_keys.is_empty();
-    if let Some(b) = wanted_baggage.then(|| req.header("baggage")).flatten() {
-        for (k, v) in crate::trace_context::parse_baggage(b) {
-            if let Some(key) = opts.baggage_keys.iter().find(|want| **want == k) {
-                a.push((key, v.into()));
-            }
-        }
-    }
-    if let Some(ua) = req.header("user-agent") {
-        a.push(("user_agent.original", ua.to_owned().into()));
-    }
-    let error_from = if x.role == Role::Server { 500 } else { 400 };
-    let status = if status >= error_from {
-        a.push(("error.type", status.to_string().into()));
-        Status::Error(String::new())
-    } else {
-        Status::Unset
+    let frame = common::Frame {
+        ctx: x.ctx,
+        role: x.role,
+        start_ns: x.start_ns,
+        end_ns: x.end_ns,
     };
-    Span {
-        trace_id: x.ctx.trace_id,
-        span_id: x.ctx.span_id,
-        parent_span_id: x.ctx.parent,
-        trace_state: x.ctx.trace_state,
-        sampled: x.ctx.sampled,
-        name: known.unwrap_or("HTTP").into(),
-        kind: match x.role {
-            Role::Server => SpanKind::Server,
-            Role::Client => SpanKind::Client,
-        },
-        start_ns: clock.to_unix_ns(x.start_ns),
-        end_ns: clock.to_unix_ns(x.end_ns),
-        status,
-        attributes: a,
-        resource,
-    }
-}
-
-/// `host[:port]` or `[v6]:port` from a Host header.
-fn split_host(h: &str) -> (Option<&str>, Option<u16>) {
-    let h = h.trim();
-    if h.is_empty() {
-        return (None, None);
-    }
-    if let Some(rest) = h.strip_prefix('[') {
-        let (ip, tail) = rest.split_once(']').unwrap_or((rest, ""));
-        return (
-            Some(ip),
-            tail.strip_prefix(':').and_then(|p| p.parse().ok()),
-        );
-    }
-    match h.rsplit_once(':') {
-        Some((host, port)) => (Some(host), port.parse().ok()),
-        None => (Some(h), None),
-    }
+    http_span(call, frame, conn, resource, clock, opts)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sampling::{Root, Sampler};
-    use crate::{capture::Data, nesting::Nesting, protocol::http1::Session};
+    use crate::{
+        capture::Data,
+        nesting::Nesting,
+        protocol::{http1::Session, Role},
+        span::{SpanKind, Status},
+    };
 
     const REQ: &[u8] =
         b"GET /a?x=1 HTTP/1.1\r\nHost: shop.local:8080\r\nUser-Agent: curl/8\r\n\r\n";
@@ -388,13 +294,5 @@ mod tests {
         assert_eq!(span.attr("tenant"), Some(&"acme".into()));
         assert_eq!(span.attr("plan"), Some(&"gold".into()));
         assert_eq!(span.attr("secret"), None);
-    }
-
-    #[test]
-    fn host_headers_split() {
-        assert_eq!(split_host("a:81"), (Some("a"), Some(81)));
-        assert_eq!(split_host("[::1]:8080"), (Some("::1"), Some(8080)));
-        assert_eq!(split_host("a"), (Some("a"), None));
-        assert_eq!(split_host(" "), (None, None));
     }
 }

@@ -1,0 +1,126 @@
+//! What every request/response protocol shares: which end the traced
+//! process is, the trace context a request starts, and how an exchange's
+//! context and timing become a span.
+
+use std::{borrow::Cow, net::SocketAddr, sync::Arc};
+
+use crate::{
+    clock::Clock,
+    nesting::{Nesting, SpanCtx},
+    span::{Attributes, Resource, Span, SpanKind, Status},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The traced process reads requests and writes responses.
+    Server,
+    Client,
+}
+
+/// What the span builder knows about the connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnFacts {
+    pub peer: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+    /// The bytes came from TLS library probes (`url.scheme` https).
+    pub tls: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SpanOptions {
+    /// Record `url.query` (off by default: queries often carry secrets).
+    pub capture_query: bool,
+    /// `baggage` keys recorded as span attributes (`--baggage-attributes`).
+    pub baggage_keys: &'static [&'static str],
+}
+
+/// Who sent a request, for [`request_ctx`].
+#[derive(Clone, Copy, Debug)]
+pub struct Sender {
+    /// The thread that wrote (client) or read (server) the request.
+    pub tid: u32,
+    pub conn_id: u64,
+    /// When its first byte moved.
+    pub ts: u64,
+    /// The client's end of the TCP connection (see [`request_ctx`]).
+    pub endpoint: Option<SocketAddr>,
+}
+
+/// The trace context of a request that just appeared. A server span
+/// becomes what its thread is serving; a client span nests under it. When
+/// one agent sees both ends of a connection, the client's context is
+/// offered under the client's endpoint, and the server span of the same
+/// request takes it as parent.
+pub fn request_ctx(
+    role: Role,
+    from: Sender,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+    nesting: &mut Nesting,
+) -> SpanCtx {
+    match role {
+        Role::Server => {
+            let state = traceparent.and(tracestate);
+            let mut ctx = nesting.server_span(from.tid, from.conn_id, from.ts, traceparent, state);
+            if let Some(client) = from.endpoint.and_then(|e| nesting.take_offer(e, from.ts)) {
+                link(&mut ctx, &client);
+                nesting.rebind(from.tid, &ctx.span_id.clone(), &ctx);
+            }
+            ctx
+        }
+        Role::Client => {
+            let ctx = nesting.client_span(from.tid, from.ts, traceparent);
+            if let Some(e) = from.endpoint {
+                nesting.offer(e, from.ts, &ctx);
+            }
+            ctx
+        }
+    }
+}
+
+/// Makes a parentless server span the child of the client span that sent
+/// its request (same connection, seen by this agent on both ends).
+pub fn link(server: &mut SpanCtx, client: &SpanCtx) {
+    if server.parent.is_none() {
+        server.trace_id = client.trace_id;
+        server.parent = Some(client.span_id);
+        server.sampled = client.sampled;
+    }
+}
+
+/// What a span takes from the exchange, whatever the protocol.
+pub struct Frame {
+    pub ctx: SpanCtx,
+    pub role: Role,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+impl Frame {
+    pub fn into_span(
+        self,
+        name: Cow<'static, str>,
+        status: Status,
+        attributes: Attributes,
+        resource: Arc<Resource>,
+        clock: &Clock,
+    ) -> Span {
+        Span {
+            trace_id: self.ctx.trace_id,
+            span_id: self.ctx.span_id,
+            parent_span_id: self.ctx.parent,
+            trace_state: self.ctx.trace_state,
+            sampled: self.ctx.sampled,
+            name,
+            kind: match self.role {
+                Role::Server => SpanKind::Server,
+                Role::Client => SpanKind::Client,
+            },
+            start_ns: clock.to_unix_ns(self.start_ns),
+            end_ns: clock.to_unix_ns(self.end_ns),
+            status,
+            attributes,
+            resource,
+        }
+    }
+}

@@ -1,0 +1,539 @@
+//! Streaming HTTP/2 framer for one direction of a connection: turns
+//! captured syscall chunks into header blocks (HEADERS or PUSH_PROMISE with
+//! their CONTINUATIONs, padding and priority removed), DATA lengths, and
+//! stream and connection ends. DATA is never buffered.
+
+/// Frame header length (RFC 9113 §4.1).
+pub const HEADER_LEN: usize = 9;
+
+pub const DATA: u8 = 0x0;
+pub const HEADERS: u8 = 0x1;
+pub const RST_STREAM: u8 = 0x3;
+pub const SETTINGS: u8 = 0x4;
+pub const PUSH_PROMISE: u8 = 0x5;
+pub const GOAWAY: u8 = 0x7;
+pub const CONTINUATION: u8 = 0x9;
+
+pub const END_STREAM: u8 = 0x1;
+pub const END_HEADERS: u8 = 0x4;
+pub const PADDED: u8 = 0x8;
+pub const PRIORITY: u8 = 0x20;
+
+/// Largest header block buffered (all its frames together); a longer one
+/// breaks the direction, since HPACK cannot skip a block.
+pub const MAX_BLOCK: usize = 64 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub len: u32,
+    pub kind: u8,
+    pub flags: u8,
+    pub stream: u32,
+}
+
+impl FrameHeader {
+    pub fn parse(b: &[u8; HEADER_LEN]) -> Self {
+        FrameHeader {
+            len: u32::from_be_bytes([0, b[0], b[1], b[2]]),
+            kind: b[3],
+            flags: b[4],
+            stream: u32::from_be_bytes([b[5], b[6], b[7], b[8]]) & 0x7fff_ffff,
+        }
+    }
+
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+}
+
+/// Bytes of a DATA payload: captured, or moved by the syscall but not captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload<'a> {
+    Captured(&'a [u8]),
+    Lost(usize),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A complete header block. `ts`: the chunk holding its first frame's header.
+    Headers {
+        stream: u32,
+        end_stream: bool,
+        block: &'a [u8],
+        ts: u64,
+    },
+    /// A pushed request's header block: decoded only to keep HPACK in step.
+    Promise {
+        block: &'a [u8],
+    },
+    /// Part of a DATA frame's payload, padding removed.
+    Data {
+        stream: u32,
+        bytes: Payload<'a>,
+    },
+    /// A DATA frame ended.
+    DataEnd {
+        stream: u32,
+        end_stream: bool,
+    },
+    Reset {
+        stream: u32,
+        code: u32,
+    },
+    GoAway {
+        last_stream: u32,
+        code: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("the connection preface is missing")]
+    NoPreface,
+    #[error("bytes not captured inside a frame header or a header block")]
+    Gap,
+    #[error("header block longer than {MAX_BLOCK} bytes")]
+    BlockTooLarge,
+    #[error("invalid frame sequence: {0}")]
+    Protocol(&'static str),
+}
+
+/// A header block whose frames are still arriving.
+#[derive(Debug, Clone, Copy)]
+struct OpenBlock {
+    stream: u32,
+    end_stream: bool,
+    promise: bool,
+    ts: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    /// The client preface (on the requests' side), `have` bytes of it seen.
+    Preface {
+        have: usize,
+    },
+    Header {
+        buf: [u8; HEADER_LEN],
+        have: usize,
+    },
+    /// Appending `left` more payload bytes of the frame `h` to the block;
+    /// `from` is where this frame's payload starts in it.
+    Block {
+        h: FrameHeader,
+        left: usize,
+        from: usize,
+    },
+    /// A PADDED DATA frame before its pad-length byte.
+    DataPad {
+        h: FrameHeader,
+        left: usize,
+    },
+    Data {
+        h: FrameHeader,
+        data: usize,
+        pad: usize,
+    },
+    /// RST_STREAM or GOAWAY: their first 8 bytes matter, the rest is skipped.
+    Fixed {
+        h: FrameHeader,
+        buf: [u8; 8],
+        have: usize,
+        left: usize,
+    },
+    Skip {
+        left: usize,
+    },
+    Broken,
+}
+
+/// Frames one direction of one HTTP/2 connection.
+#[derive(Debug)]
+pub struct Frames {
+    state: State,
+    block: Vec<u8>,
+    open: Option<OpenBlock>,
+    /// Whether the first frame (which must be SETTINGS) was seen.
+    synced: bool,
+}
+
+impl Frames {
+    /// `preface`: the direction opens with the client connection preface.
+    pub fn new(preface: bool) -> Self {
+        let state = if preface {
+            State::Preface { have: 0 }
+        } else {
+            State::Header {
+                buf: [0; HEADER_LEN],
+                have: 0,
+            }
+        };
+        Frames {
+            state,
+            block: Vec::new(),
+            open: None,
+            synced: false,
+        }
+    }
+
+    pub fn is_broken(&self) -> bool {
+        matches!(self.state, State::Broken)
+    }
+
+    /// Stops decoding for good (the caller lost HPACK state).
+    pub fn stop(&mut self) {
+        self.state = State::Broken;
+        self.block = Vec::new();
+    }
+
+    /// Whether the direction ever framed a good first frame: errors before
+    /// that mean it is not HTTP/2 at all.
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
+    /// Feeds one syscall's bytes: `data` is the captured prefix of the
+    /// `total` bytes moved. The first error breaks the direction for good:
+    /// later calls do nothing.
+    pub fn feed(
+        &mut self,
+        data: &[u8],
+        total: usize,
+        ts: u64,
+        emit: &mut impl FnMut(Event<'_>),
+    ) -> Result<(), FrameError> {
+        if self.is_broken() {
+            return Ok(());
+        }
+        let mut input = data;
+        let mut missing = total.saturating_sub(data.len());
+        let result = loop {
+            if !input.is_empty() {
+                match self.step(input, ts, emit) {
+                    Ok(rest) => input = rest,
+                    Err(e) => break Err(e),
+                }
+            } else if missing > 0 {
+                match self.skip(missing, emit) {
+                    Ok(rest) => missing = rest,
+                    Err(e) => break Err(e),
+                }
+            } else {
+                break Ok(());
+            }
+        };
+        if result.is_err() {
+            self.stop();
+        }
+        result
+    }
+
+    /// Consumes bytes from the front of `input` and returns the rest.
+    fn step<'a>(
+        &mut self,
+        input: &'a [u8],
+        ts: u64,
+        emit: &mut impl FnMut(Event<'_>),
+    ) -> Result<&'a [u8], FrameError> {
+        match &mut self.state {
+            State::Preface { have } => {
+                let preface = super::detect::PREFACE;
+                let n = input.len().min(preface.len() - *have);
+                if input[..n] != preface[*have..*have + n] {
+                    return Err(FrameError::NoPreface);
+                }
+                *have += n;
+                if *have == preface.len() {
+                    self.state = State::Header {
+                        buf: [0; HEADER_LEN],
+                        have: 0,
+                    };
+                }
+                Ok(&input[n..])
+            }
+            State::Header { buf, have } => {
+                let n = input.len().min(HEADER_LEN - *have);
+                buf[*have..*have + n].copy_from_slice(&input[..n]);
+                *have += n;
+                if *have == HEADER_LEN {
+                    let h = FrameHeader::parse(buf);
+                    self.start_frame(h, ts, emit)?;
+                }
+                Ok(&input[n..])
+            }
+            State::Block { h, left, from } => {
+                let (h, from) = (*h, *from);
+                let n = input.len().min(*left);
+                *left -= n;
+                let done = *left == 0;
+                self.block.extend_from_slice(&input[..n]);
+                if done {
+                    self.end_block_frame(h, from, emit)?;
+                }
+                Ok(&input[n..])
+            }
+            State::DataPad { h, left } => {
+                let pad = usize::from(input[0]);
+                if pad >= *left {
+                    return Err(FrameError::Protocol("DATA padding exceeds its frame"));
+                }
+                let h = *h;
+                self.state = State::Data {
+                    h,
+                    data: *left - 1 - pad,
+                    pad,
+                };
+                self.maybe_end_data(emit);
+                Ok(&input[1..])
+            }
+            State::Data { h, data, pad } => {
+                let (stream, n) = (h.stream, input.len().min(*data));
+                *data -= n;
+                let skipped = (input.len() - n).min(*pad);
+                *pad -= skipped;
+                if n > 0 {
+                    emit(Event::Data {
+                        stream,
+                        bytes: Payload::Captured(&input[..n]),
+                    });
+                }
+                self.maybe_end_data(emit);
+                Ok(&input[n + skipped..])
+            }
+            State::Fixed { h, buf, have, left } => {
+                let n = input.len().min(*left);
+                let keep = n.min(buf.len() - *have);
+                buf[*have..*have + keep].copy_from_slice(&input[..keep]);
+                *have += keep;
+                *left -= n;
+                if *left == 0 {
+                    let (h, buf) = (*h, *buf);
+                    fixed_frame(h, &buf, emit);
+                    self.next_frame();
+                }
+                Ok(&input[n..])
+            }
+            State::Skip { left } => {
+                let n = input.len().min(*left);
+                *left -= n;
+                if *left == 0 {
+                    self.next_frame();
+                }
+                Ok(&input[n..])
+            }
+            State::Broken => Ok(&[]),
+        }
+    }
+
+    /// Accounts `missing` bytes the syscall moved but capture cut off;
+    /// returns how many are still to account for.
+    fn skip(
+        &mut self,
+        missing: usize,
+        emit: &mut impl FnMut(Event<'_>),
+    ) -> Result<usize, FrameError> {
+        match &mut self.state {
+            State::Data { h, data, pad } => {
+                let n = missing.min(*data);
+                *data -= n;
+                let skipped = (missing - n).min(*pad);
+                *pad -= skipped;
+                if n > 0 {
+                    emit(Event::Data {
+                        stream: h.stream,
+                        bytes: Payload::Lost(n),
+                    });
+                }
+                self.maybe_end_data(emit);
+                Ok(missing - n - skipped)
+            }
+            // Padding and data cannot be told apart: all of it counts as data.
+            State::DataPad { h, left } => {
+                let h = *h;
+                self.state = State::Data {
+                    h,
+                    data: *left,
+                    pad: 0,
+                };
+                self.skip(missing, emit)
+            }
+            // The frame's content is lost, but it is skipped in step.
+            State::Fixed { left, .. } | State::Skip { left } => {
+                let n = missing.min(*left);
+                *left -= n;
+                if *left == 0 {
+                    self.next_frame();
+                }
+                Ok(missing - n)
+            }
+            State::Preface { .. } | State::Header { .. } | State::Block { .. } => {
+                Err(FrameError::Gap)
+            }
+            State::Broken => Ok(0),
+        }
+    }
+
+    fn start_frame(
+        &mut self,
+        h: FrameHeader,
+        ts: u64,
+        emit: &mut impl FnMut(Event<'_>),
+    ) -> Result<(), FrameError> {
+        let len = h.len as usize;
+        if !self.synced && (h.kind != SETTINGS || h.has(0x1)) {
+            return Err(FrameError::Protocol("the first frame is not SETTINGS"));
+        }
+        self.synced = true;
+        if self.open.is_some() != (h.kind == CONTINUATION) {
+            return Err(FrameError::Protocol("CONTINUATION out of place"));
+        }
+        let on_stream = h.stream != 0;
+        match h.kind {
+            HEADERS | PUSH_PROMISE | CONTINUATION if on_stream => {
+                if self.open.is_none() {
+                    self.open = Some(OpenBlock {
+                        stream: h.stream,
+                        end_stream: h.kind == HEADERS && h.has(END_STREAM),
+                        promise: h.kind == PUSH_PROMISE,
+                        ts,
+                    });
+                } else if self.open.is_some_and(|o| o.stream != h.stream) {
+                    return Err(FrameError::Protocol("CONTINUATION on another stream"));
+                }
+                if self.block.len() + len > MAX_BLOCK {
+                    return Err(FrameError::BlockTooLarge);
+                }
+                let from = self.block.len();
+                self.state = State::Block { h, left: len, from };
+                if len == 0 {
+                    self.end_block_frame(h, from, emit)?;
+                }
+            }
+            DATA if on_stream => {
+                self.state = if h.has(PADDED) {
+                    if len == 0 {
+                        return Err(FrameError::Protocol("PADDED DATA without pad length"));
+                    }
+                    State::DataPad { h, left: len }
+                } else {
+                    State::Data {
+                        h,
+                        data: len,
+                        pad: 0,
+                    }
+                };
+                self.maybe_end_data(emit);
+            }
+            RST_STREAM if on_stream && len == 4 => self.fixed(h),
+            GOAWAY if !on_stream && len >= 8 => self.fixed(h),
+            SETTINGS if !on_stream && len.is_multiple_of(6) => self.skip_payload(len),
+            HEADERS | PUSH_PROMISE | CONTINUATION | DATA | RST_STREAM | GOAWAY | SETTINGS => {
+                return Err(FrameError::Protocol("malformed frame"));
+            }
+            // PRIORITY, PING, WINDOW_UPDATE and extensions change nothing we report.
+            _ => self.skip_payload(len),
+        }
+        Ok(())
+    }
+
+    fn fixed(&mut self, h: FrameHeader) {
+        self.state = State::Fixed {
+            h,
+            buf: [0; 8],
+            have: 0,
+            left: h.len as usize,
+        };
+    }
+
+    fn skip_payload(&mut self, len: usize) {
+        if len == 0 {
+            self.next_frame();
+        } else {
+            self.state = State::Skip { left: len };
+        }
+    }
+
+    fn next_frame(&mut self) {
+        self.state = State::Header {
+            buf: [0; HEADER_LEN],
+            have: 0,
+        };
+    }
+
+    fn maybe_end_data(&mut self, emit: &mut impl FnMut(Event<'_>)) {
+        if let State::Data { h, data: 0, pad: 0 } = self.state {
+            emit(Event::DataEnd {
+                stream: h.stream,
+                end_stream: h.has(END_STREAM),
+            });
+            self.next_frame();
+        }
+    }
+
+    /// A frame of a header block is all here: strips the first frame's
+    /// padding and priority (or promised stream id), and emits the block
+    /// once END_HEADERS says it is whole.
+    fn end_block_frame(
+        &mut self,
+        h: FrameHeader,
+        from: usize,
+        emit: &mut impl FnMut(Event<'_>),
+    ) -> Result<(), FrameError> {
+        if h.kind != CONTINUATION {
+            let padded = h.has(PADDED);
+            let pad = if padded {
+                usize::from(
+                    *self
+                        .block
+                        .get(from)
+                        .ok_or(FrameError::Protocol("no pad length"))?,
+                )
+            } else {
+                0
+            };
+            let prefix = usize::from(padded)
+                + match h.kind {
+                    PUSH_PROMISE => 4,
+                    _ if h.has(PRIORITY) => 5,
+                    _ => 0,
+                };
+            if from + prefix + pad > self.block.len() {
+                return Err(FrameError::Protocol("padding exceeds its frame"));
+            }
+            self.block.truncate(self.block.len() - pad);
+            self.block.drain(from..from + prefix);
+        }
+        self.next_frame();
+        if h.has(END_HEADERS) {
+            let open = self.open.take().expect("a block frame opens a block");
+            if open.promise {
+                emit(Event::Promise { block: &self.block });
+            } else {
+                emit(Event::Headers {
+                    stream: open.stream,
+                    end_stream: open.end_stream,
+                    block: &self.block,
+                    ts: open.ts,
+                });
+            }
+            self.block.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Emits what a whole RST_STREAM or GOAWAY frame says.
+fn fixed_frame(h: FrameHeader, buf: &[u8; 8], emit: &mut impl FnMut(Event<'_>)) {
+    let word = |i: usize| u32::from_be_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
+    if h.kind == RST_STREAM {
+        emit(Event::Reset {
+            stream: h.stream,
+            code: word(0),
+        });
+    } else {
+        emit(Event::GoAway {
+            last_stream: word(0) & 0x7fff_ffff,
+            code: word(4),
+        });
+    }
+}

@@ -1,0 +1,16 @@
+//! HTTP/2 and gRPC: frames captured syscall bytes, decodes header blocks,
+//! and pairs requests and responses by stream.
+
+pub mod detect;
+mod frame;
+mod hpack;
+mod session;
+mod spans;
+
+pub use frame::{Event, FrameError, Frames, Payload};
+pub use hpack::{Fields, HeaderDecoder, HpackError};
+pub use session::{Exchange, Losses, Session};
+pub use spans::to_span;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,204 @@
+//! The HTTP semantic conventions (stable HTTP spans), shared by every HTTP
+//! version: each version's parser fills an [`HttpCall`] and this builds the span.
+
+use std::{borrow::Cow, sync::Arc};
+
+use super::common::{ConnFacts, Frame, Role, SpanOptions};
+use crate::{
+    clock::Clock,
+    span::{AttrValue, Attributes, Resource, Span, Status},
+};
+
+const KNOWN_METHODS: &[&str] = &[
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+];
+
+/// One request and what became of it, as the conventions see it.
+pub struct HttpCall<'a> {
+    pub method: &'a str,
+    /// Without query.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// `Host`, or HTTP/2's `:authority`.
+    pub authority: Option<&'a str>,
+    /// HTTP/2's `:scheme`; HTTP/1 says nothing, and the transport decides.
+    pub scheme: Option<&'a str>,
+    pub version: Cow<'static, str>,
+    /// `None`: the exchange ended without a response.
+    pub status: Option<u16>,
+    /// How the exchange failed short of an error status (a reset stream).
+    pub failure: Option<&'static str>,
+    pub user_agent: Option<&'a str>,
+    pub baggage: Option<&'a str>,
+}
+
+pub fn http_span(
+    call: HttpCall<'_>,
+    frame: Frame,
+    conn: &ConnFacts,
+    resource: Arc<Resource>,
+    clock: &Clock,
+    opts: SpanOptions,
+) -> Span {
+    let mut a: Attributes = Vec::with_capacity(14);
+    let known = KNOWN_METHODS.iter().find(|m| **m == call.method).copied();
+    if known.is_none() {
+        a.push((
+            "http.request.method_original",
+            call.method.to_owned().into(),
+        ));
+    }
+    a.push(("http.request.method", known.unwrap_or("_OTHER").into()));
+    if let Some(status) = call.status {
+        a.push(("http.response.status_code", i64::from(status).into()));
+    }
+    a.push(("network.protocol.name", "http".into()));
+    a.push(("network.protocol.version", AttrValue::Str(call.version)));
+    let tls = call
+        .scheme
+        .map_or(conn.tls, |s| s.eq_ignore_ascii_case("https"));
+    let (scheme, default_port) = if tls { ("https", 443) } else { ("http", 80) };
+    let (server, port) = server_endpoint(frame.role, conn, call.authority);
+    match frame.role {
+        Role::Server => {
+            a.push(("url.scheme", scheme.into()));
+            a.push(("url.path", call.path.to_owned().into()));
+            if let Some(s) = server {
+                a.push(("server.address", s.into()));
+            }
+        }
+        Role::Client => {
+            if let Some(s) = server {
+                let path = call.path;
+                let url = match port {
+                    Some(p) if p != default_port => format!("{scheme}://{s}:{p}{path}"),
+                    _ => format!("{scheme}://{s}{path}"),
+                };
+                a.push(("server.address", s.into()));
+                a.push(("url.full", url.into()));
+            }
+        }
+    }
+    if let Some(p) = port {
+        a.push(("server.port", i64::from(p).into()));
+    }
+    push_peer(&mut a, frame.role, conn);
+    if opts.capture_query {
+        if let Some(q) = call.query {
+            a.push(("url.query", q.to_owned().into()));
+        }
+    }
+    let wanted_baggage = !opts.baggage_keys.is_empty();
+    if let Some(b) = call.baggage.filter(|_| wanted_baggage) {
+        for (k, v) in crate::trace_context::parse_baggage(b) {
+            if let Some(key) = opts.baggage_keys.iter().find(|want| **want == k) {
+                a.push((key, v.into()));
+            }
+        }
+    }
+    if let Some(ua) = call.user_agent {
+        a.push(("user_agent.original", ua.to_owned().into()));
+    }
+    let error_from = if frame.role == Role::Server { 500 } else { 400 };
+    let error = match (call.status, call.failure) {
+        (Some(s), _) if s >= error_from => Some(Cow::Owned(s.to_string())),
+        (_, Some(f)) => Some(Cow::Borrowed(f)),
+        _ => None,
+    };
+    let status = match error {
+        Some(e) => {
+            a.push(("error.type", AttrValue::Str(e)));
+            Status::Error(String::new())
+        }
+        None => Status::Unset,
+    };
+    frame.into_span(known.unwrap_or("HTTP").into(), status, a, resource, clock)
+}
+
+/// `server.address` and `server.port`: the authority the client named,
+/// else the server's end of the socket.
+pub fn server_endpoint(
+    role: Role,
+    conn: &ConnFacts,
+    authority: Option<&str>,
+) -> (Option<String>, Option<u16>) {
+    let (host, port) = authority.map(split_host).unwrap_or((None, None));
+    let socket = match role {
+        Role::Server => conn.local,
+        Role::Client => conn.peer,
+    };
+    (
+        host.map(str::to_owned)
+            .or_else(|| socket.map(|s| s.ip().to_string())),
+        port.or(socket.map(|s| s.port())),
+    )
+}
+
+/// The other end of the socket (`client.address` too when we serve).
+pub fn push_peer(a: &mut Attributes, role: Role, conn: &ConnFacts) {
+    let Some(peer) = conn.peer else { return };
+    let ip = peer.ip().to_string();
+    if role == Role::Server {
+        a.push(("client.address", ip.clone().into()));
+    }
+    a.push(("network.peer.address", ip.into()));
+    a.push(("network.peer.port", i64::from(peer.port()).into()));
+}
+
+/// `host[:port]` or `[v6]:port` from a Host header or `:authority`.
+pub fn split_host(h: &str) -> (Option<&str>, Option<u16>) {
+    let h = h.trim();
+    if h.is_empty() {
+        return (None, None);
+    }
+    if let Some(rest) = h.strip_prefix('[') {
+        let (ip, tail) = rest.split_once(']').unwrap_or((rest, ""));
+        return (
+            Some(ip),
+            tail.strip_prefix(':').and_then(|p| p.parse().ok()),
+        );
+    }
+    match h.rsplit_once(':') {
+        Some((host, port)) => (Some(host), port.parse().ok()),
+        None => (Some(h), None),
+    }
+}
+
+/// Lossy UTF-8 of at most `max` bytes of a header value, cut on a
+/// character boundary.
+pub fn bounded_text(value: &[u8], max: usize) -> Cow<'_, str> {
+    let kept = &value[..value.len().min(max)];
+    match std::str::from_utf8(kept) {
+        Ok(valid) => Cow::Borrowed(valid),
+        // Rare: replacement characters may make it longer than `max` again.
+        Err(_) => {
+            let mut s = String::from_utf8_lossy(kept).into_owned();
+            let mut end = s.len().min(max);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s.truncate(end);
+            Cow::Owned(s)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_headers_split() {
+        assert_eq!(split_host("a:81"), (Some("a"), Some(81)));
+        assert_eq!(split_host("[::1]:8080"), (Some("::1"), Some(8080)));
+        assert_eq!(split_host("a"), (Some("a"), None));
+        assert_eq!(split_host(" "), (None, None));
+    }
+
+    #[test]
+    fn text_is_cut_on_a_char_boundary() {
+        assert_eq!(bounded_text("éé".as_bytes(), 3), "é");
+        assert_eq!(bounded_text(b"a\xffb", 8), "a\u{fffd}b");
+        assert_eq!(bounded_text(b"ab\xff", 3), "ab");
+    }
+}
