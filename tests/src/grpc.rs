@@ -4,7 +4,7 @@
 
 use crate::cgroup::Cgroup;
 use crate::env::{peers_dir, python};
-use crate::net::{free_port, wait_listening};
+use crate::net::{free_port, wait_listening_local};
 use crate::process::{Supervised, TempDir};
 use crate::tls::TestCert;
 use anyhow::{bail, Context, Result};
@@ -108,7 +108,7 @@ impl<'a> GrpcOpts<'a> {
         .context(
             "starting grpc_service.py (is grpcio in the venv? `cargo xtask test` installs it)",
         )?;
-        wait_listening(port, START_TIMEOUT, || proc.log_tail(40))?;
+        wait_listening_local(port, START_TIMEOUT, || proc.log_tail(40))?;
         Ok(GrpcService {
             name: self.name.to_string(),
             port,

@@ -4,7 +4,7 @@
 
 use crate::cgroup::Cgroup;
 use crate::env::peers_dir;
-use crate::net::{free_port, wait_listening};
+use crate::net::{free_port, wait_listening_local};
 use crate::process::{Supervised, TempDir};
 use crate::tls::TestCert;
 use anyhow::{bail, Context, Result};
@@ -38,7 +38,7 @@ impl Nghttpd {
         std::fs::write(root.join("index.html"), "<html>clew h2</html>\n")?;
         let port = free_port()?;
         let mut cmd = Command::new("nghttpd");
-        cmd.args(["--no-tls", "-d"])
+        cmd.args(["--no-tls", "--address", "127.0.0.1", "-d"])
             .arg(&root)
             .arg(port.to_string())
             .env("OTEL_SERVICE_NAME", NGHTTPD);
@@ -46,7 +46,7 @@ impl Nghttpd {
             cg.spawn(c)
         })
         .context("starting nghttpd (apt-get install nghttp2-server)")?;
-        wait_listening(port, START_TIMEOUT, || proc.log_tail(40))?;
+        wait_listening_local(port, START_TIMEOUT, || proc.log_tail(40))?;
         Ok(Nghttpd {
             port,
             root,
@@ -173,16 +173,18 @@ pub fn parse_h2load(out: &str) -> Result<H2LoadResult> {
     })
 }
 
-/// Request latencies (seconds) from an `h2load --log-file`: tab-separated
-/// start (µs since the epoch), status, duration (µs).
-pub fn h2load_latencies(log: &Path) -> Result<Vec<f64>> {
+/// Request latencies in ns, sorted, from an `h2load --log-file`:
+/// tab-separated start (µs since the epoch), status, duration (µs).
+pub fn h2load_latencies_ns(log: &Path) -> Result<Vec<u64>> {
     let text =
         std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
-    Ok(text
+    let mut v: Vec<u64> = text
         .lines()
-        .filter_map(|l| l.split('\t').nth(2)?.trim().parse::<f64>().ok())
-        .map(|us| us / 1e6)
-        .collect())
+        .filter_map(|l| l.split('\t').nth(2)?.trim().parse::<u64>().ok())
+        .map(|us| us * 1000)
+        .collect();
+    v.sort_unstable();
+    Ok(v)
 }
 
 /// `service.name` of the Node.js http2 client's spans.
@@ -218,7 +220,7 @@ impl NodeH2 {
         }
         let proc = Supervised::start(name, &mut cmd, dir.join("node.log"), |c| cg.spawn(c))
             .context("starting node (is Node.js installed?)")?;
-        wait_listening(port, START_TIMEOUT, || proc.log_tail(40))?;
+        wait_listening_local(port, START_TIMEOUT, || proc.log_tail(40))?;
         Ok(NodeH2 {
             port,
             scheme: if tls.is_some() { "https" } else { "http" },

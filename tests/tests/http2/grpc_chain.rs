@@ -6,7 +6,7 @@
 //! incoming one: per-thread nesting may not see it. Every link is checked
 //! and all that fail are reported together, with the observed shape.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clew_e2e::check_h2::RpcExpect;
 use clew_e2e::grpc::{code, grpc_client, GrpcService, GRPC_CLIENT, SERVICE};
 use clew_e2e::{Protocol, RecvSpan, Traced, SPAN_TIMEOUT};
@@ -40,10 +40,12 @@ fn grpc_chain_client_a_b() -> Result<()> {
     let a_cli = RpcExpect::client("grpc-a", SERVICE, "Unary", b.port);
     let b_srv = RpcExpect::server("grpc-b", SERVICE, "Unary", b.port);
     let all = [&client, &a_srv, &a_cli, &b_srv];
-    let spans = t.rx.wait_for(
-        |s| all.iter().all(|e| e.select_exact(s).len() >= N),
-        SPAN_TIMEOUT,
-    )?;
+    let spans =
+        t.rx.wait_for(
+            |s| all.iter().all(|e| e.select_exact(s).len() >= N),
+            SPAN_TIMEOUT,
+        )
+        .context("waiting for the spans of client -> A -> B")?;
     let sel = |e: &RpcExpect| e.select_exact(&spans);
     let (client_s, a_srv_s, a_cli_s, b_srv_s) =
         (sel(&client), sel(&a_srv), sel(&a_cli), sel(&b_srv));
