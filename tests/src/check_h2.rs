@@ -274,3 +274,60 @@ impl<'a> RpcExpect<'a> {
         v.finish(s)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn span(kind: i32, name: &str, attrs: &[(&str, Value)]) -> RecvSpan {
+        RecvSpan {
+            trace_id: "t".into(),
+            span_id: "s".into(),
+            parent_span_id: None,
+            name: name.into(),
+            kind,
+            status_code: STATUS_UNSET,
+            status_message: String::new(),
+            attrs: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            resource: HashMap::from([("service.name".into(), Value::Str("svc".into()))]),
+            start_ns: 0,
+            end_ns: 1,
+        }
+    }
+
+    #[test]
+    fn grpc_status_to_span_status() {
+        let srv = RpcExpect::server("svc", "p.S", "M", 1);
+        let cli = RpcExpect::client("svc", "p.S", "M", 1);
+        // NOT_FOUND is the caller's error, not the server's.
+        assert!(!srv.clone().code(5).error() && cli.clone().code(5).error());
+        assert!(srv.clone().code(13).error() && cli.clone().code(13).error());
+        assert!(!srv.code(0).error() && !cli.code(0).error());
+    }
+
+    #[test]
+    fn checks_a_grpc_span() {
+        let e = RpcExpect::server("svc", "p.S", "M", 50051).code(5);
+        let mut attrs = vec![
+            ("rpc.system", Value::Str("grpc".into())),
+            ("rpc.service", Value::Str("p.S".into())),
+            ("rpc.method", Value::Str("M".into())),
+            ("rpc.grpc.status_code", Value::Int(5)),
+            ("server.address", Value::Str("127.0.0.1".into())),
+            ("server.port", Value::Int(50051)),
+        ];
+        let good = span(KIND_SERVER, "p.S/M", &attrs);
+        assert!(e.matches(&good) && e.check(&good).is_ok());
+        assert_eq!(e.select_exact(std::slice::from_ref(&good)).len(), 1);
+        attrs[3].1 = Value::Str("5".into());
+        let err = e.check(&span(KIND_SERVER, "p.S/M", &attrs)).unwrap_err();
+        assert!(format!("{err}").contains("rpc.grpc.status_code=5"), "{err}");
+        attrs.push(("clew.degraded", Value::Bool(true)));
+        assert!(is_degraded(&span(KIND_SERVER, "p.S/M", &attrs)));
+        assert!(!is_degraded(&good));
+    }
+}
