@@ -16,6 +16,17 @@ pub fn is_listening(port: u16) -> bool {
     listening_in("/proc/net/tcp", &[127, 0, 0, 1], port)
 }
 
+/// True when something accepts connections to 127.0.0.1:`port`: bound to
+/// it or to the wildcard, over IPv4 or an IPv6 socket (v4-mapped
+/// `::ffff:127.0.0.1` as grpcio binds, or `::`).
+pub fn is_listening_local(port: u16) -> bool {
+    let mapped = std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets();
+    listening_in("/proc/net/tcp", &[127, 0, 0, 1], port)
+        || listening_in("/proc/net/tcp", &[0; 4], port)
+        || listening_in("/proc/net/tcp6", &mapped, port)
+        || listening_in("/proc/net/tcp6", &[0; 16], port)
+}
+
 /// True when `ip`:`port` is listening in the network namespace of process
 /// `pid` (read from its /proc/PID/net/tcp or tcp6).
 pub fn is_listening_in(pid: u32, ip: IpAddr, port: u16) -> bool {
@@ -49,6 +60,25 @@ pub fn wait_listening(port: u16, timeout: Duration, why_not: impl Fn() -> String
         if Instant::now() > deadline {
             bail!(
                 "nothing listened on 127.0.0.1:{port} within {timeout:?}\n{}",
+                why_not()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Like `wait_listening`, accepting any listener `is_listening_local` accepts.
+pub fn wait_listening_local(
+    port: u16,
+    timeout: Duration,
+    why_not: impl Fn() -> String,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !is_listening_local(port) {
+        if Instant::now() > deadline {
+            bail!(
+                "nothing listened on 127.0.0.1:{port} (IPv4 or IPv6 socket) within {timeout:?}\n{}",
                 why_not()
             );
         }

@@ -13,7 +13,8 @@ pub struct TestCert {
 }
 
 impl TestCert {
-    /// An RSA certificate for `localhost` / 127.0.0.1 and the netns addresses.
+    /// An RSA certificate for `localhost` / 127.0.0.1 (also as subject
+    /// alternative names) and the netns addresses.
     pub fn new() -> Result<Self> {
         let dir = TempDir::new("tls")?;
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -22,6 +23,8 @@ impl TestCert {
                 "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
             ])
             .args(["-subj", "/CN=localhost"])
+            // gRPC's TLS checks the subject alternative names.
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
             .arg("-keyout")
             .arg(&key)
             .arg("-out")

@@ -1,5 +1,5 @@
 //! Real peers for the end-to-end tests, installed on first use: Debian
-//! packages (nginx, curl, ...) and a project-local Python venv with
+//! packages (nginx, curl, nghttp2, ...) and a project-local Python venv with
 //! `tests/requirements.txt`.
 
 use std::{
@@ -27,6 +27,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "pkg-config",
     // Go's crypto/tls peers (tests/peers/go_tls), built by the tests.
     "golang-go",
+    // HTTP/2: nghttpd (server), h2load and nghttp (clients).
+    "nghttp2-server",
+    "nghttp2-client",
 ];
 
 /// Ensures the peers and returns the venv's python (for `CLEW_TEST_PYTHON`).

@@ -5,8 +5,10 @@ use super::metrics::Counters;
 use super::mode::Mode;
 use super::pacer;
 use super::procfs;
-use super::scenario::{Load, Scenario, Target};
+use super::scenario::{H2Load, Load, Scenario, Target};
+use crate::h2;
 use crate::load::Wrk;
+use crate::process::TempDir;
 use crate::{Agent, Cgroup};
 use anyhow::{Context, Result};
 use std::os::unix::process::CommandExt;
@@ -83,9 +85,10 @@ impl Window<'_> {
             (Scenario::Overload, Some(a)) => Some(stall(a.pid(), self.duration)),
             _ => None,
         };
-        let sample = match load {
-            Load::Max => self.closed_loop(),
-            Load::Rate(rate) => self.paced(rate),
+        let sample = match (&self.target.h2load, load) {
+            (Some(spec), load) => self.h2load(spec, load),
+            (None, Load::Max) => self.closed_loop(),
+            (None, Load::Rate(rate)) => self.paced(rate),
         };
         if let Some(h) = stall {
             let _ = h.join();
@@ -142,6 +145,46 @@ impl Window<'_> {
             errors: r.errors(),
             p50_s: r.latency_at(50.0),
             p99_s: r.latency_at(99.0),
+            ..self.empty()
+        })
+    }
+
+    /// HTTP/2 targets: h2load for the window, closed-loop or at `rate`
+    /// (split evenly over its connections).
+    fn h2load(&self, spec: &H2Load, load: Load) -> Result<Sample> {
+        let (clients, streams) = self.scenario.h2load_shape();
+        let dir = TempDir::new("h2load")?;
+        let log = dir.join("requests.tsv");
+        let mut cmd = h2::h2load_command(std::slice::from_ref(&spec.url), clients, streams);
+        cmd.args(["-D", &self.duration.as_secs().to_string()])
+            .arg("--log-file")
+            .arg(&log);
+        for h in &spec.headers {
+            cmd.args(["-H", h]);
+        }
+        if let Some(data) = &spec.data {
+            cmd.arg("-d").arg(data);
+        }
+        if let Load::Rate(rate) = load {
+            cmd.arg(format!("--rps={}", (rate as usize).div_ceil(clients)));
+        }
+        if let Some(cpu) = self.cpus.load {
+            // SAFETY: the hook only makes one syscall.
+            unsafe { cmd.pre_exec(move || procfs::pin_self(cpu)) };
+        }
+        let r = h2::run_h2load(
+            self.load_cg,
+            &mut cmd,
+            self.duration + Duration::from_secs(30),
+        )?;
+        let latencies = h2::h2load_latencies_ns(&log)?;
+        let pct = |p| pacer::percentile_ns(&latencies, p).map(|ns| ns as f64 / 1e9);
+        Ok(Sample {
+            requests: r.status_2xx,
+            seconds: r.seconds,
+            errors: r.errors() + r.succeeded.saturating_sub(r.status_2xx),
+            p50_s: pct(50.0),
+            p99_s: pct(99.0),
             ..self.empty()
         })
     }

@@ -417,9 +417,9 @@ mod tests {
             sample(Mode::Baseline, Load::Max, 2, 90_000, 60.0),
             sample(Mode::Clew, Load::Max, 2, 97_000, 80.0),
         ];
-        let rows = rows(&samples, &[Scenario::NginxKeepalive, Scenario::Grpc]);
+        let rows = rows(&samples, &[Scenario::NginxKeepalive, Scenario::Kafka]);
         assert_eq!(rows.len(), 3);
-        let (base, clew, grpc) = (&rows[0], &rows[1], &rows[2]);
+        let (base, clew, kafka) = (&rows[0], &rows[1], &rows[2]);
         assert_eq!((base.mode.as_str(), base.rounds), ("baseline", 3));
         assert_eq!(base.rps, 50_000.0);
         assert_eq!(clew.rps, 48_500.0);
@@ -429,7 +429,7 @@ mod tests {
         assert!((clew.cpu_ms_per_1k.unwrap() - 200.0 / 97.0).abs() < 1e-9);
         assert_eq!((clew.lost, clew.rss_mib), (Some(3), Some(30.0)));
         assert_eq!(base.lost, None);
-        assert!(grpc.note.as_deref().unwrap().contains("n/a"));
+        assert!(kafka.note.as_deref().unwrap().contains("n/a"));
 
         let machine = Machine {
             kernel: "6.18".into(),
@@ -454,7 +454,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| grpc | – | n/a (HTTP/2 / gRPC not implemented) |"),
+            md.contains("| kafka | – | n/a (Kafka not implemented) |"),
             "{md}"
         );
         assert!(md.contains("| throughput with clew ≥ 97% of baseline (nginx keep-alive, max) | 97.0% (nginx-keepalive max) | met |"), "{md}");

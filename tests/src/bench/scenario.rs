@@ -2,11 +2,15 @@
 //! cgroup and pinned) and how load is sent to them.
 
 use super::procfs;
+use crate::grpc::{GrpcService, SERVICE};
+use crate::h2::Nghttpd;
 use crate::load::NodeService;
 use crate::nginx::Nginx;
+use crate::process::TempDir;
 use crate::Cgroup;
 use anyhow::Result;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
@@ -18,7 +22,10 @@ pub enum Scenario {
     NginxTls,
     /// Node.js service making one downstream call (to nginx) per request.
     NodeDownstream,
-    /// gRPC unary (not implemented in the agent yet).
+    /// HTTP/2: h2load against nghttpd (static file), kept-alive
+    /// connections, several concurrent streams each.
+    H2Nghttpd,
+    /// gRPC unary: h2load sending gRPC-framed POSTs to a grpcio service.
     Grpc,
     /// Kafka produce/consume (not implemented in the agent yet).
     Kafka,
@@ -44,11 +51,12 @@ impl Load {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::NginxKeepalive,
         Scenario::NginxClose,
         Scenario::NginxTls,
         Scenario::NodeDownstream,
+        Scenario::H2Nghttpd,
         Scenario::Grpc,
         Scenario::Kafka,
         Scenario::Overload,
@@ -60,6 +68,7 @@ impl Scenario {
             Scenario::NginxClose => "nginx-close",
             Scenario::NginxTls => "nginx-tls",
             Scenario::NodeDownstream => "node-downstream",
+            Scenario::H2Nghttpd => "h2-nghttpd",
             Scenario::Grpc => "grpc",
             Scenario::Kafka => "kafka",
             Scenario::Overload => "overload",
@@ -69,7 +78,6 @@ impl Scenario {
     /// Why the scenario cannot run yet, for the table.
     pub fn unavailable(self) -> Option<&'static str> {
         match self {
-            Scenario::Grpc => Some("n/a (HTTP/2 / gRPC not implemented)"),
             Scenario::Kafka => Some("n/a (Kafka not implemented)"),
             _ => None,
         }
@@ -81,6 +89,8 @@ impl Scenario {
         match self {
             Scenario::Overload => vec![Load::Max],
             Scenario::NginxKeepalive => vec![Load::Rate(2000), Load::Rate(10_000), Load::Max],
+            // One Python process serves it: a few thousand calls/s at most.
+            Scenario::Grpc => vec![Load::Rate(1000), Load::Max],
             _ if quick => vec![Load::Rate(2000), Load::Max],
             Scenario::NodeDownstream => vec![Load::Rate(2000), Load::Max],
             _ => vec![Load::Rate(2000), Load::Rate(10_000), Load::Max],
@@ -107,6 +117,33 @@ impl Scenario {
     pub fn keepalive(self) -> bool {
         self != Scenario::NginxClose
     }
+
+    /// h2load's clients (connections) and streams per connection, for the
+    /// HTTP/2 scenarios.
+    pub fn h2load_shape(self) -> (usize, usize) {
+        match self {
+            Scenario::Grpc => (2, 8),
+            _ => (4, 10),
+        }
+    }
+}
+
+/// How h2load loads an HTTP/2 target.
+pub struct H2Load {
+    pub url: String,
+    /// `-H` headers.
+    pub headers: Vec<String>,
+    /// `-d`: the request body (requests become POSTs).
+    pub data: Option<PathBuf>,
+}
+
+/// One gRPC message `hello` in its length-prefixed frame: uncompressed
+/// flag, 4-byte big-endian length, bytes.
+pub fn grpc_frame(msg: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8];
+    f.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    f.extend_from_slice(msg);
+    f
 }
 
 /// A scenario's servers, listening and pinned.
@@ -115,15 +152,34 @@ pub struct Target {
     pub path: &'static str,
     pub tls: bool,
     pub keepalive: bool,
+    /// HTTP/2 targets: loaded by h2load (else wrk and the pacer).
+    pub h2load: Option<H2Load>,
     // Held for their Drop, which stops them.
-    _nginx: Nginx,
+    _nginx: Option<Nginx>,
     _node: Option<NodeService>,
+    _nghttpd: Option<Nghttpd>,
+    _grpc: Option<GrpcService>,
+    _dir: Option<TempDir>,
 }
 
 impl Target {
     /// Starts the servers of `scenario` inside `cg`, every thread of them
     /// pinned to `cpu`.
     pub fn start(scenario: Scenario, cg: &Cgroup, cpu: Option<usize>) -> Result<Self> {
+        let target = match scenario {
+            Scenario::H2Nghttpd => Self::nghttpd(cg)?,
+            Scenario::Grpc => Self::grpc(cg)?,
+            _ => Self::http1(scenario, cg)?,
+        };
+        if let Some(cpu) = cpu {
+            for pid in cg.pids() {
+                procfs::pin_process(pid as u32, cpu)?;
+            }
+        }
+        Ok(target)
+    }
+
+    fn http1(scenario: Scenario, cg: &Cgroup) -> Result<Self> {
         let tls = scenario == Scenario::NginxTls;
         let nginx = Nginx::start_bench(cg, tls)?;
         let node = match scenario {
@@ -135,18 +191,65 @@ impl Target {
             _ => None,
         };
         let port = node.as_ref().map_or(nginx.port, |n| n.port);
-        if let Some(cpu) = cpu {
-            for pid in cg.pids() {
-                procfs::pin_process(pid as u32, cpu)?;
-            }
-        }
         Ok(Target {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             path: "/index.html",
             tls,
             keepalive: scenario.keepalive(),
-            _nginx: nginx,
+            h2load: None,
+            _nginx: Some(nginx),
             _node: node,
+            _nghttpd: None,
+            _grpc: None,
+            _dir: None,
+        })
+    }
+
+    fn nghttpd(cg: &Cgroup) -> Result<Self> {
+        let server = Nghttpd::start(cg)?;
+        let h2load = H2Load {
+            url: server.url("/index.html"),
+            headers: Vec::new(),
+            data: None,
+        };
+        Ok(Target {
+            addr: SocketAddr::from(([127, 0, 0, 1], server.port)),
+            path: "/index.html",
+            tls: false,
+            keepalive: true,
+            h2load: Some(h2load),
+            _nginx: None,
+            _node: None,
+            _nghttpd: Some(server),
+            _grpc: None,
+            _dir: None,
+        })
+    }
+
+    fn grpc(cg: &Cgroup) -> Result<Self> {
+        let service = GrpcService::opts("bench-grpc").start(cg)?;
+        let dir = TempDir::new("bench-grpc")?;
+        let body = dir.join("unary.bin");
+        std::fs::write(&body, grpc_frame(b"hello"))?;
+        let h2load = H2Load {
+            url: format!("http://{}/{SERVICE}/Unary", service.target()),
+            headers: vec![
+                "content-type: application/grpc".into(),
+                "te: trailers".into(),
+            ],
+            data: Some(body),
+        };
+        Ok(Target {
+            addr: SocketAddr::from(([127, 0, 0, 1], service.port)),
+            path: "/clew.test.Echo/Unary",
+            tls: false,
+            keepalive: true,
+            h2load: Some(h2load),
+            _nginx: None,
+            _node: None,
+            _nghttpd: None,
+            _grpc: Some(service),
+            _dir: Some(dir),
         })
     }
 
@@ -165,6 +268,11 @@ mod tests {
         assert_eq!(Load::Max.label(), "max");
         assert_eq!(Load::Rate(10_000).label(), "10k/s");
         assert_eq!(Load::Rate(1500).label(), "1500/s");
+    }
+
+    #[test]
+    fn frames_a_grpc_message() {
+        assert_eq!(grpc_frame(b"hi"), [0, 0, 0, 0, 2, b'h', b'i']);
     }
 
     #[test]
