@@ -3,6 +3,7 @@
 
 pub mod detect;
 mod frame;
+pub mod fuzzing;
 mod hpack;
 mod session;
 mod spans;
