@@ -179,6 +179,14 @@ impl Pipeline {
         // reads it off the socket instead, unless this kernel's BTF lacked
         // an offset: then ask /proc while the socket is certainly still open.
         let facts = match o.peer {
+            // sockops reports the local end of IPv4 sockets only; a
+            // dual-stack client's comes from /proc, so one agent tracing
+            // both ends can still link them.
+            Some(peer) if o.local.is_none() && role == Some(Role::Client) => ConnFacts {
+                peer: Some(peer),
+                local: ConnFacts::from_proc(o.tgid, o.fd).local,
+                tls: false,
+            },
             Some(peer) => ConnFacts {
                 peer: Some(peer),
                 local: o.local,

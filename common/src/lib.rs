@@ -9,8 +9,6 @@
 pub const MAX_CAPTURE: usize = 16384;
 /// Power-of-two mask used to prove capture bounds to the verifier.
 pub const CAPTURE_MASK: usize = MAX_CAPTURE - 1;
-/// Number of iovec entries followed per vectored call.
-pub const MAX_IOV: u32 = 8;
 /// Ring buffer size (bytes) unless the agent overrides it.
 pub const DEFAULT_RINGBUF_BYTES: u32 = 4 * 1024 * 1024;
 /// Entries in the (tgid, fd) → connection table. LRU: a connection that

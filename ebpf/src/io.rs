@@ -5,10 +5,12 @@
 //! hands a server connection's call to its protocol's observer (`observe`).
 //! Nothing here looks at protocol bytes beyond the first ones of a stream.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_user,
-        generated::bpf_probe_read_user as read_user_raw,
+        generated::{bpf_loop, bpf_probe_read_user as read_user_raw},
     },
     macros::{map, tracepoint},
     maps::ProgramArray,
@@ -16,7 +18,7 @@ use aya_ebpf::{
 };
 use clew_common::{
     connstate, dir, kind, nr, proto, role, stat, ConnKey, DataHeader, SockAddr, IO_MARK,
-    MAX_CAPTURE, MAX_IOV,
+    MAX_CAPTURE,
 };
 
 use crate::{
@@ -107,10 +109,10 @@ pub fn exit_io(ctx: TracePointContext) -> u32 {
     let ts = now();
 
     match v.nr {
-        nr::READ | nr::RECVFROM => emit(&v, pid_tgid, ts, dir::INGRESS, v.a1, len),
-        nr::WRITE | nr::SENDTO => emit(&v, pid_tgid, ts, dir::EGRESS, v.a1, len),
-        nr::READV => emit_iov(&v, pid_tgid, ts, dir::INGRESS, v.a1, v.a2, len),
-        nr::WRITEV => emit_iov(&v, pid_tgid, ts, dir::EGRESS, v.a1, v.a2, len),
+        nr::READ | nr::RECVFROM => emit_call(&v, pid_tgid, ts, dir::INGRESS, Bytes::Buf(v.a1), len),
+        nr::WRITE | nr::SENDTO => emit_call(&v, pid_tgid, ts, dir::EGRESS, Bytes::Buf(v.a1), len),
+        nr::READV => emit_call(&v, pid_tgid, ts, dir::INGRESS, Bytes::Iov(v.a1, v.a2), len),
+        nr::WRITEV => emit_call(&v, pid_tgid, ts, dir::EGRESS, Bytes::Iov(v.a1, v.a2), len),
         nr::RECVMSG | nr::SENDMSG => {
             // struct msghdr { name, namelen, iov, iovlen, ... }: the iovec
             // pointer and count sit at bytes 16 and 24 on 64-bit targets.
@@ -123,11 +125,11 @@ pub fn exit_io(ctx: TracePointContext) -> u32 {
             } else {
                 dir::EGRESS
             };
-            emit_iov(&v, pid_tgid, ts, d, m[0], m[1], len)
+            emit_call(&v, pid_tgid, ts, d, Bytes::Iov(m[0], m[1]), len)
         }
         // sendfile moves file bytes the process never sees: account for
         // their length so the stream position stays right.
-        nr::SENDFILE => emit(&v, pid_tgid, ts, dir::EGRESS, 0, len),
+        nr::SENDFILE => emit(&v, pid_tgid, ts, dir::EGRESS, 0, len, 0),
         _ => {}
     }
     if let Some((buf, n)) = first_segment(&v, len) {
@@ -211,28 +213,121 @@ fn first_bytes(buf: u64, n: u64) -> Option<[u8; 9]> {
     Some([t[0], t[1], t[2], 0, 0, 0, 0, 0, 0])
 }
 
+/// Where a call's bytes are: one buffer, or an iovec array and its length.
+pub enum Bytes {
+    Buf(u64),
+    Iov(u64, u64),
+}
+
+/// Records one call may produce: an HTTP/2 write can hold dozens of
+/// frames in as many iovec segments (gRPC's core writes each frame header
+/// and payload as its own segment), with a header block anywhere in it.
+const MAX_RECORDS: u32 = 64;
+
+/// The state of `walk_step`, on the caller's stack.
+#[repr(C)]
+struct Walk {
+    v: Inflight,
+    pid_tgid: u64,
+    ts: u64,
+    /// The iovec array (0: one buffer, already in `seg_*`) and its length.
+    iov: u64,
+    iovcnt: u64,
+    /// Index of the next segment to read.
+    seg: u64,
+    /// The current segment's bytes not reported yet.
+    seg_buf: u64,
+    seg_left: u64,
+    /// Bytes of the call not reported yet.
+    left: u64,
+    direction: u8,
+    /// Report every byte (in pieces of at most `MAX_CAPTURE`) instead of a
+    /// prefix of each segment.
+    whole: u8,
+}
+
+/// Emits the `len` bytes a call moved: one record per segment carrying a
+/// prefix of at most the capture limit; on HTTP/2 connections, whose
+/// header blocks may sit anywhere in a write and must all be read for the
+/// header compression state to stay right, every byte, in records of at
+/// most `MAX_CAPTURE`. At most `MAX_RECORDS` records: what is left past
+/// them is reported by length only, and the parser then knows bytes are
+/// missing.
 #[inline(always)]
-fn emit_iov(v: &Inflight, pid_tgid: u64, ts: u64, direction: u8, iov: u64, iovcnt: u64, len: u64) {
-    let mut left = len;
-    let mut i = 0u32;
-    while i < MAX_IOV {
-        if (i as u64) >= iovcnt || left == 0 {
-            return;
+pub fn emit_call(v: &Inflight, pid_tgid: u64, ts: u64, direction: u8, bytes: Bytes, len: u64) {
+    let (iov, iovcnt, seg_buf, seg_left) = match bytes {
+        Bytes::Buf(buf) => (0, 0, buf, len),
+        Bytes::Iov(iov, n) => (iov, n, 0, 0),
+    };
+    let mut w = Walk {
+        v: *v,
+        pid_tgid,
+        ts,
+        iov,
+        iovcnt,
+        seg: 0,
+        seg_buf,
+        seg_left,
+        left: len,
+        direction,
+        whole: (connstate::proto(v.conn_state) == proto::HTTP2) as u8,
+    };
+    unsafe {
+        bpf_loop(
+            MAX_RECORDS,
+            walk_step as *const () as *mut c_void,
+            &mut w as *mut Walk as *mut c_void,
+            0,
+        )
+    };
+}
+
+/// One record of a call; returns 1 to stop the loop.
+extern "C" fn walk_step(i: u64, ctx: *mut c_void) -> i64 {
+    let w = unsafe { &mut *(ctx as *mut Walk) };
+    if w.left == 0 {
+        return 1;
+    }
+    if w.seg_left == 0 {
+        if w.iov == 0 || w.seg >= w.iovcnt {
+            // Fewer segments than bytes: keep the byte count honest.
+            emit(&w.v, w.pid_tgid, w.ts, w.direction, 0, w.left, 0);
+            return 1;
         }
-        let Ok(seg) = (unsafe { bpf_probe_read_user((iov + 16 * i as u64) as *const [u64; 2]) })
+        let Ok(seg) = (unsafe { bpf_probe_read_user((w.iov + 16 * w.seg) as *const [u64; 2]) })
         else {
             count(stat::READ_ERRORS);
-            return;
+            return 1;
         };
-        let n = if seg[1] < left { seg[1] } else { left };
-        emit(v, pid_tgid, ts, direction, seg[0], n);
-        left -= n;
-        i += 1;
+        w.seg += 1;
+        w.seg_buf = seg[0];
+        w.seg_left = if seg[1] < w.left { seg[1] } else { w.left };
+        if w.seg_left == 0 {
+            return 0;
+        }
     }
-    if left > 0 {
-        // More segments than we follow: keep the byte count honest.
-        emit(v, pid_tgid, ts, direction, 0, left);
+    if i + 1 == MAX_RECORDS as u64 {
+        emit(&w.v, w.pid_tgid, w.ts, w.direction, 0, w.left, 0);
+        return 1;
     }
+    let (n, limit) = if w.whole != 0 {
+        let piece = MAX_CAPTURE as u64;
+        (
+            if w.seg_left < piece {
+                w.seg_left
+            } else {
+                piece
+            },
+            piece,
+        )
+    } else {
+        (w.seg_left, capture_limit() as u64)
+    };
+    emit(&w.v, w.pid_tgid, w.ts, w.direction, w.seg_buf, n, limit);
+    w.seg_buf += n;
+    w.seg_left -= n;
+    w.left -= n;
+    0
 }
 
 /// The first buffer of a call and the bytes it holds (None for sendfile).
@@ -250,15 +345,14 @@ fn first_segment(v: &Inflight, len: u64) -> Option<(u64, u64)> {
     Some((seg[0], if seg[1] < len { seg[1] } else { len }))
 }
 
-/// Emits one data record of `len` bytes, copying at most the capture limit
+/// Emits one data record of `len` bytes, copying at most `limit` of them
 /// from `buf` (nothing when `buf` is 0).
 #[inline(always)]
-pub fn emit(v: &Inflight, pid_tgid: u64, ts: u64, direction: u8, buf: u64, len: u64) {
+fn emit(v: &Inflight, pid_tgid: u64, ts: u64, direction: u8, buf: u64, len: u64, limit: u64) {
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     let s = unsafe { &mut *s };
-    let limit = capture_limit() as u64;
     let mut want = if len < limit { len } else { limit };
     if buf == 0 {
         want = 0;

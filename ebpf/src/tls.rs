@@ -228,12 +228,12 @@ pub fn emit_plaintext<C: EbpfContext>(
         peer: Default::default(),
     };
     let ts = now();
-    io::emit(&v, pid_tgid, ts, direction, buf, len);
     if connstate::proto(v.conn_state) == proto::UNKNOWN {
         let p = io::classify_at(buf, len, info.role, direction);
         info.state = connstate::with_proto(info.state, p);
         v.conn_state = info.state;
     }
+    io::emit_call(&v, pid_tgid, ts, direction, io::Bytes::Buf(buf), len);
     observe::dispatch(ctx, &TLS_OBSERVERS, &v, direction, buf, len, ts);
 }
 

@@ -134,15 +134,13 @@ impl Session {
                 endpoint(role),
             )));
         };
-        // The client's preface, read by a server or written by a client;
-        // or a server's SETTINGS written before it read the preface.
-        let sends_requests = ingress == (role == Role::Server);
-        let h2 = if sends_requests {
+        // The client's preface; or, first, the server's SETTINGS frame,
+        // which a server may write (and its client read) before the preface.
+        let from_client = ingress == (role == Role::Server);
+        let h2 = if from_client {
             http2::detect::is_client_preface(payload)
-        } else if role == Role::Server {
-            http2::detect::is_server_settings(payload)
         } else {
-            Some(false)
+            http2::detect::is_server_settings(payload)
         };
         if h2 == Some(true) {
             return Some(Session::Http2(http2::Session::new(role, endpoint(role))));
@@ -281,7 +279,11 @@ mod tests {
         // A server's SETTINGS before it read anything.
         let settings = b"\0\0\x06\x04\0\0\0\0\0\0\x03\0\0\0\x64";
         assert_eq!(detect(server, false, settings), Some(Protocol::Http2));
-        assert_eq!(detect(client, true, settings), Some(Protocol::Http1));
+        assert_eq!(detect(client, true, settings), Some(Protocol::Http2));
+        assert_eq!(
+            detect(client, true, b"HTTP/1.1 200 OK\r\n"),
+            Some(Protocol::Http1)
+        );
         assert_eq!(
             detect(server, true, b"GET / HTTP/1.1\r\n\r\n"),
             Some(Protocol::Http1)
