@@ -322,7 +322,7 @@ fn observe_server(v: &Inflight, direction: u8, buf: u64, len: u64, ts: u64) {
     // A traceparent in the request wins over the connection's TCP option.
     let incoming = head::traceparent(h).or_else(|| tcp_option::received(v.conn_id));
     let ctx = context::server_request(incoming);
-    context::emit(role::ACCEPTED, v.conn_id, ts, &ctx);
+    context::emit(role::ACCEPTED, v.conn_id, ts, &ctx, 0);
 }
 
 /// Emits one data record of `len` bytes, copying at most the capture limit

@@ -9,6 +9,7 @@ mod context;
 mod go_tls;
 mod head;
 mod inject;
+mod inject_h2;
 mod io;
 mod maps;
 mod proc;

@@ -157,7 +157,7 @@ pub fn offer_request(pid_tgid: u64, buf: u64) {
     }
     let ctx = context::client_request();
     tcp_option::offer(pid_tgid, &ctx);
-    context::emit(role::CONNECTED, 0, now(), &ctx);
+    context::emit(role::CONNECTED, 0, now(), &ctx, 0);
 }
 
 #[uretprobe]
