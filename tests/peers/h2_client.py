@@ -2,7 +2,8 @@
 indexing, evictions) for the kernel injection test. Opens --conns
 connections one after another on --threads threads and sends --requests
 requests on each, in batches of 1-4 streams per send (HEADERS, DATA and
-WINDOW_UPDATE frames share sends), with varied headers. Writes every
+WINDOW_UPDATE frames share sends), with varied headers (some HEADERS with
+the PRIORITY flag). Writes every
 request it sent (its local port, stream id, header list) as JSON lines
 and exits non-zero if any request failed or the server ended a
 connection with an error.
@@ -73,7 +74,9 @@ def run_conn(args, conn_index, out, rng):
             method, hs = headers_for(rng, kind, conn_index, i, args.port)
             sid = conn.get_next_available_stream_id()
             post = method == "POST"
-            conn.send_headers(sid, hs, end_stream=not post)
+            # Some HEADERS frames carry the PRIORITY fields before the block.
+            weight = rng.randint(1, 256) if rng.random() < 0.1 else None
+            conn.send_headers(sid, hs, end_stream=not post, priority_weight=weight)
             if post:
                 conn.send_data(sid, b"body-%d" % i, end_stream=True)
             sent.append({"port": local_port, "stream": sid, "kind": kind, "i": i,
