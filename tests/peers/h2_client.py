@@ -8,9 +8,11 @@ request it sent (its local port, stream id, header list) as JSON lines
 and exits non-zero if any request failed or the server ended a
 connection with an error.
 
-Connection kinds (index % 4): 0-1 `plain`; 2 `own-never-indexed`, where
+Connection kinds (index % 5): 0-1 `plain`; 2 `own-never-indexed`, where
 every 5th request carries its own traceparent as a never-indexed literal;
-3 `own-indexed`, where request 7 carries one with incremental indexing."""
+3 `own-indexed`, where request 7 carries one with incremental indexing;
+4 `continuation`, where request 3 has a 40000-byte header, so its block
+goes on in a CONTINUATION frame."""
 
 import argparse
 import json
@@ -54,11 +56,13 @@ def headers_for(rng, kind, conn, i, port):
         tuples.insert(rng.randrange(4, len(tuples) + 1), NeverIndexedHeaderTuple("traceparent", own_tp(rng)))
     if kind == "own-indexed" and i == 7:
         tuples.append(HeaderTuple("traceparent", own_tp(rng)))
+    if kind == "continuation" and i == 3:
+        tuples.append(NeverIndexedHeaderTuple("x-huge", "%x" % rng.getrandbits(160000)))
     return method, tuples
 
 
 def run_conn(args, conn_index, out, rng):
-    kind = ["plain", "plain", "own-never-indexed", "own-indexed"][conn_index % 4]
+    kind = ["plain", "plain", "own-never-indexed", "own-indexed", "continuation"][conn_index % 5]
     s = socket.create_connection(("127.0.0.1", args.port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     local_port = s.getsockname()[1]

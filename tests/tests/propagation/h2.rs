@@ -6,7 +6,8 @@
 //! request must arrive with exactly its own fields plus one `traceparent`
 //! at the end, or unchanged where the rules say the kernel stands down (the
 //! request carries its own; the application indexed its own earlier on the
-//! connection), with no decoding or protocol error on either side.
+//! connection; its block goes on in a CONTINUATION frame), with no decoding
+//! or protocol error on either side.
 
 use anyhow::{bail, ensure, Context, Result};
 use clew_e2e::env::{peers_dir, python};
@@ -52,6 +53,8 @@ fn injected(kind: &str, i: u64) -> Result<bool> {
         "own-never-indexed" => i % 5 != 0,
         // Request 7 indexes its own: the connection is left alone from then on.
         "own-indexed" => i < 7,
+        // Request 3's block goes on in CONTINUATION: the same from request 3.
+        "continuation" => i < 3,
         other => bail!("unknown connection kind {other}"),
     })
 }
@@ -138,7 +141,8 @@ fn run(name: &str, conns: usize, requests: usize) -> Result<()> {
         sent.len(),
         conns * requests
     );
-    let (mut want_injected, mut want_own, mut want_indexed_conns) = (0u64, 0u64, HashSet::new());
+    let (mut want_injected, mut want_own) = (0u64, 0u64);
+    let (mut want_indexed_conns, mut want_split_conns) = (HashSet::new(), HashSet::new());
     let mut ids = HashSet::new();
     let mut bad = Vec::new();
     for s in &sent {
@@ -154,6 +158,9 @@ fn run(name: &str, conns: usize, requests: usize) -> Result<()> {
             continue;
         };
         let inject = injected(kind, i)?;
+        if kind == "continuation" && i == 3 {
+            want_split_conns.insert(key.0);
+        }
         if want.iter().any(|(n, _)| n == "traceparent") {
             if kind == "own-indexed" {
                 want_indexed_conns.insert(key.0);
@@ -193,7 +200,7 @@ fn run(name: &str, conns: usize, requests: usize) -> Result<()> {
             "h2_app_indexed_traceparent",
             want_indexed_conns.len() as u64,
         ),
-        ("h2_stood_down_split", 0),
+        ("h2_stood_down_split", want_split_conns.len() as u64),
         ("h2_stood_down_unscanned", 0),
         ("h2_stood_down_too_long", 0),
         ("h2_lost_framing", 0),
@@ -224,6 +231,14 @@ fn run(name: &str, conns: usize, requests: usize) -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     ensure!(want_injected > 0, "nothing was injected");
+    // The request the kernel stood down on left bare: the TCP option
+    // (on by default) carried a context for it instead.
+    let options = agent.metric("tcp_options_written")?;
+    ensure!(
+        want_split_conns.is_empty() || options > 0,
+        "no TCP option was written for the requests left without traceparent"
+    );
+    println!("{name}: tcp_options_written={options}");
     agent.ensure_healthy()?;
     agent.stop()
 }
