@@ -54,8 +54,10 @@ use crate::{
     maps::{count, now},
 };
 
-/// Frames walked per send at most.
-const MAX_FRAMES: u32 = 16;
+/// Frames walked per send at most. Clients coalesce many frames into one
+/// send (h2load with 100 concurrent streams sends 100 HEADERS frames at
+/// once); each costs one `bpf_loop` iteration, not verifier work.
+const MAX_FRAMES: u32 = 256;
 /// The block buffer is twice the largest block: LLVM drops an index mask
 /// it can prove redundant, and the verifier then bounds `start + k` reads
 /// by `start`'s bound (below `MAX_BLOCK_SCAN`) plus a small constant.

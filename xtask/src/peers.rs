@@ -27,6 +27,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "pkg-config",
     // Go's crypto/tls peers (tests/peers/go_tls), built by the tests.
     "golang-go",
+    // HTTP/2 peers with nghttp2's HPACK (h2load, nghttpd).
+    "nghttp2-client",
+    "nghttp2-server",
 ];
 
 /// Ensures the peers and returns the venv's python (for `CLEW_TEST_PYTHON`).

@@ -243,6 +243,111 @@ fn run(name: &str, conns: usize, requests: usize) -> Result<()> {
     agent.stop()
 }
 
+/// nghttp2 on both ends (its own HPACK encoder and decoder, C): h2load
+/// sends 10,000 requests, up to 100 HEADERS frames per send, to an
+/// untraced nghttpd that logs every field it decoded.
+#[test]
+fn h2_injection_h2load_to_nghttpd() -> Result<()> {
+    const REQUESTS: usize = 10_000;
+    let traced = Cgroup::new("h2-nghttp2")?;
+    let untraced = Cgroup::new("h2-nghttp2-server")?;
+    let rx = Receiver::start(Protocol::Grpc)?;
+    let mut agent = Agent::start(&traced, &rx.endpoint(), Protocol::Grpc, &[])?;
+    let dir = TempDir::new("h2-nghttp2")?;
+    std::fs::create_dir_all(dir.join("www"))?;
+    std::fs::write(dir.join("www/index.html"), "ok\n")?;
+    let port = free_port()?;
+    let log = dir.join("nghttpd.log");
+    let mut cmd = Command::new("nghttpd");
+    cmd.args(["--no-tls", "--address=127.0.0.1", "-v", "-d"])
+        .arg(dir.join("www"))
+        .arg(port.to_string());
+    let server = Supervised::start("nghttpd", &mut cmd, log.clone(), |c| untraced.spawn(c))?;
+    wait_listening(port, Duration::from_secs(20), || server.log_tail(40))?;
+    let started = Instant::now();
+    let url = format!("http://127.0.0.1:{port}/index.html");
+    let mut client = Command::new("h2load");
+    client
+        .args(["-n", &REQUESTS.to_string(), "-c", "4", "-m", "100"])
+        .args(["-H", "x-a: b", &url]);
+    let out = traced.run(&mut client, RUN_TIMEOUT)?;
+    let stdout = &out.stdout;
+    let done = format!("{REQUESTS} succeeded, 0 failed, 0 errored, 0 timeout");
+    ensure!(
+        out.status.success() && stdout.contains(&done),
+        "h2load did not complete every request:\n{stdout}{}",
+        out.stderr
+    );
+    let elapsed = started.elapsed();
+    // Fields as nghttpd's decoder logged them, by (connection, stream).
+    let deadline = Instant::now() + COUNTER_TIMEOUT;
+    let streams = loop {
+        let text = std::fs::read_to_string(&log)?;
+        let mut streams: HashMap<(String, u64), Fields> = HashMap::new();
+        for line in text.lines() {
+            if let Some(code) = line.split("error_code=").nth(1) {
+                ensure!(code.starts_with("NO_ERROR"), "nghttpd: {line}");
+            }
+            let Some((conn, rest)) = line.split_once("] [") else {
+                continue;
+            };
+            let Some(rest) = rest.split_once("] recv (stream_id=").map(|(_, r)| r) else {
+                continue;
+            };
+            let Some((stream, field)) = rest.split_once(") ") else {
+                continue;
+            };
+            // Pseudo-header names start with ':' too: split after the name.
+            let split = field[1..].find(": ").context("field")? + 1;
+            streams
+                .entry((conn.to_owned(), stream.parse()?))
+                .or_default()
+                .push((field[..split].to_owned(), field[split + 2..].to_owned()));
+        }
+        if streams.len() >= REQUESTS || Instant::now() > deadline {
+            break streams;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    ensure!(
+        streams.len() == REQUESTS,
+        "nghttpd logged {} requests of {REQUESTS}",
+        streams.len()
+    );
+    let mut ids = HashSet::new();
+    for (key, f) in &streams {
+        let names: Vec<&str> = f.iter().map(|(n, _)| n.as_str()).collect();
+        let ok = names
+            == [
+                ":path",
+                ":scheme",
+                ":authority",
+                ":method",
+                "user-agent",
+                "x-a",
+                "traceparent",
+            ]
+            && is_traceparent_value(&f[6].1)
+            && ids.insert(f[6].1[36..52].to_owned());
+        ensure!(ok, "{key:?} arrived as {f:?}");
+    }
+    let deadline = Instant::now() + COUNTER_TIMEOUT;
+    while agent.metric("h2_traceparent_injected")? != REQUESTS as u64 {
+        ensure!(
+            Instant::now() < deadline,
+            "h2_traceparent_injected = {}, want {REQUESTS}",
+            agent.metric("h2_traceparent_injected")?
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "h2-nghttp2: {REQUESTS} h2load requests in {:.1} s, every one decoded by nghttpd with exactly one traceparent, last; h2_traceparent_injected={REQUESTS}",
+        elapsed.as_secs_f64()
+    );
+    agent.ensure_healthy()?;
+    agent.stop()
+}
+
 /// A few thousand requests on 16 connections, every one checked.
 #[test]
 fn h2_injection_exact() -> Result<()> {
