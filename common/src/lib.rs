@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod h2;
+pub mod names;
 
 /// Largest payload prefix one data event carries. Bodies beyond the
 /// configured capture limit are accounted for by length only.

@@ -141,7 +141,7 @@ pub fn exit_io(ctx: TracePointContext) -> u32 {
     } else if may_start_request(buf, n) && stage_observe(&v, len, ts) {
         // Request scanning lives in its own program so the verifier checks
         // it once, not once per path through the code above.
-        unsafe { TAIL.tail_call(&ctx, TAIL_OBSERVE) };
+        unsafe { TAIL.tail_call(&ctx, clew_common::names::tail::OBSERVE_REQUEST) };
     }
     0
 }
@@ -226,7 +226,6 @@ static OBSERVE: PerCpuArray<Observe> = PerCpuArray::with_max_entries(1, 0);
 /// Tail-call targets (filled by the agent): index 0 is `observe_request`.
 #[map]
 static TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
-const TAIL_OBSERVE: u32 = 0;
 
 #[tracepoint]
 pub fn observe_request(_ctx: TracePointContext) -> u32 {

@@ -236,7 +236,7 @@ pub fn emit_plaintext<C: EbpfContext>(
     let ts = now();
     io::emit(&v, pid_tgid, ts, direction, buf, len);
     if info.role != role::CONNECTED && io::stage_observe(&v, len, ts) {
-        unsafe { TLS_TAIL.tail_call(ctx, 0) };
+        unsafe { TLS_TAIL.tail_call(ctx, clew_common::names::tail::OBSERVE_TLS) };
     }
 }
 

@@ -7,7 +7,8 @@ use aya::{
     Ebpf,
 };
 use clew_common::{
-    nr, role, stat, CgroupSel, ConnInfo, ConnKey, Inflight, PeerKey, SockAddr, IO_MARK, MAX_CGROUPS,
+    names, nr, role, stat, CgroupSel, ConnInfo, ConnKey, Inflight, PeerKey, SockAddr, IO_MARK,
+    MAX_CGROUPS,
 };
 use std::net::SocketAddr;
 
@@ -54,12 +55,12 @@ impl KernelMaps {
                 .with_context(|| format!("map {name} missing"))
         };
         Ok(KernelMaps {
-            conns: HashMap::try_from(take("CONNS")?)?,
-            pids: HashMap::try_from(take("PIDS")?)?,
-            cgroups: Array::try_from(take("CGROUPS")?)?,
-            stats: PerCpuArray::try_from(take("STATS")?)?,
-            inflight: HashMap::try_from(take("INFLIGHT")?)?,
-            peers: HashMap::try_from(take("PEERS")?)?,
+            conns: HashMap::try_from(take(names::map::CONNS)?)?,
+            pids: HashMap::try_from(take(names::map::PIDS)?)?,
+            cgroups: Array::try_from(take(names::map::CGROUPS)?)?,
+            stats: PerCpuArray::try_from(take(names::map::STATS)?)?,
+            inflight: HashMap::try_from(take(names::map::INFLIGHT)?)?,
+            peers: HashMap::try_from(take(names::map::PEERS)?)?,
             seeded: 0,
         })
     }

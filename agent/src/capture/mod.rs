@@ -19,7 +19,7 @@ use aya::{
     programs::{CgroupAttachMode, Program, ProgramError, SkMsg, SockOps, TracePoint},
     Ebpf, EbpfLoader,
 };
-use clew_common::{select, SockOffsets};
+use clew_common::{names, select, SockOffsets};
 
 use crate::cli::Mechanisms;
 
@@ -85,17 +85,33 @@ impl Capture {
         });
         let agent = std::process::id();
         let ebpf = EbpfLoader::new()
-            .override_global("AGENT_TGID", &agent, true)
-            .override_global("SELECT_MODE", &mode, true)
-            .override_global("CAPTURE_LIMIT", &limit, true)
-            .override_global("FORK_CHILD_PID_OFFSET", &fork_off, true)
-            .override_global("SOCK_OFFSETS", &sock_off, true)
-            .override_global("SAMPLE_ALWAYS", &cfg.sampling.always, true)
-            .override_global("SAMPLE_THRESHOLD", &cfg.sampling.threshold, true)
-            .override_global("SAMPLE_PARENT_BASED", &cfg.sampling.parent_based, true)
-            .override_global("INJECT", &(cfg.propagation.headers as u32), true)
-            .override_global("TCP_OPTION", &(cfg.propagation.tcp_option as u32), true)
-            .map_max_entries("EVENTS", cfg.ringbuf_bytes.next_power_of_two())
+            .override_global(names::global::AGENT_TGID, &agent, true)
+            .override_global(names::global::SELECT_MODE, &mode, true)
+            .override_global(names::global::CAPTURE_LIMIT, &limit, true)
+            .override_global(names::global::FORK_CHILD_PID_OFFSET, &fork_off, true)
+            .override_global(names::global::SOCK_OFFSETS, &sock_off, true)
+            .override_global(names::global::SAMPLE_ALWAYS, &cfg.sampling.always, true)
+            .override_global(
+                names::global::SAMPLE_THRESHOLD,
+                &cfg.sampling.threshold,
+                true,
+            )
+            .override_global(
+                names::global::SAMPLE_PARENT_BASED,
+                &cfg.sampling.parent_based,
+                true,
+            )
+            .override_global(
+                names::global::INJECT,
+                &(cfg.propagation.headers as u32),
+                true,
+            )
+            .override_global(
+                names::global::TCP_OPTION,
+                &(cfg.propagation.tcp_option as u32),
+                true,
+            )
+            .map_max_entries(names::map::EVENTS, cfg.ringbuf_bytes.next_power_of_two())
             .load(OBJECT)
             .context("loading the eBPF programs (is this root, with BPF allowed?)")?;
         Ok(Capture {
@@ -111,30 +127,53 @@ impl Capture {
         self.load_tail_calls()?;
         self.load_uprobes()?;
         for sc in IO_SYSCALLS {
-            self.attach_tp("enter_io", "syscalls", &format!("sys_enter_{sc}"))?;
-            self.attach_tp("exit_io", "syscalls", &format!("sys_exit_{sc}"))?;
+            self.attach_tp(
+                names::program::ENTER_IO,
+                "syscalls",
+                &format!("sys_enter_{sc}"),
+            )?;
+            self.attach_tp(
+                names::program::EXIT_IO,
+                "syscalls",
+                &format!("sys_exit_{sc}"),
+            )?;
         }
         for sc in ["accept", "accept4"] {
-            self.attach_tp("enter_accept", "syscalls", &format!("sys_enter_{sc}"))?;
-            self.attach_tp("exit_accept", "syscalls", &format!("sys_exit_{sc}"))?;
+            self.attach_tp(
+                names::program::ENTER_ACCEPT,
+                "syscalls",
+                &format!("sys_enter_{sc}"),
+            )?;
+            self.attach_tp(
+                names::program::EXIT_ACCEPT,
+                "syscalls",
+                &format!("sys_exit_{sc}"),
+            )?;
         }
-        self.attach_tp("enter_connect", "syscalls", "sys_enter_connect")?;
-        self.attach_tp("exit_connect", "syscalls", "sys_exit_connect")?;
-        self.attach_tp("enter_close", "syscalls", "sys_enter_close")?;
-        self.attach_tp("proc_fork", "sched", "sched_process_fork")?;
-        self.attach_tp("proc_exec", "sched", "sched_process_exec")?;
-        self.attach_tp("proc_exit", "sched", "sched_process_exit")?;
+        self.attach_tp(
+            names::program::ENTER_CONNECT,
+            "syscalls",
+            "sys_enter_connect",
+        )?;
+        self.attach_tp(names::program::EXIT_CONNECT, "syscalls", "sys_exit_connect")?;
+        self.attach_tp(names::program::ENTER_CLOSE, "syscalls", "sys_enter_close")?;
+        self.attach_tp(names::program::PROC_FORK, "sched", "sched_process_fork")?;
+        self.attach_tp(names::program::PROC_EXEC, "sched", "sched_process_exec")?;
+        self.attach_tp(names::program::PROC_EXIT, "sched", "sched_process_exit")?;
         Ok(())
     }
 
     /// `exit_io` hands request scanning to `observe_request` by tail call.
     fn load_tail_calls(&mut self) -> Result<()> {
-        let p: &mut TracePoint = program(&mut self.ebpf, "observe_request")?;
+        let p: &mut TracePoint = program(&mut self.ebpf, names::program::OBSERVE_REQUEST)?;
         p.load().context("verifier rejected observe_request")?;
         let fd = p.fd()?.try_clone()?;
-        let mut tail =
-            ProgramArray::try_from(self.ebpf.map_mut("TAIL").context("TAIL map missing")?)?;
-        tail.set(0, &fd, 0)
+        let mut tail = ProgramArray::try_from(
+            self.ebpf
+                .map_mut(names::map::TAIL)
+                .context("TAIL map missing")?,
+        )?;
+        tail.set(names::tail::OBSERVE_REQUEST, &fd, 0)
             .context("installing the observe_request tail call")?;
         Ok(())
     }
@@ -146,7 +185,7 @@ impl Capture {
         if self.propagation.headers || self.propagation.tcp_option {
             self.attach_sk_msg()?;
         }
-        let ops: &mut SockOps = program(&mut self.ebpf, "track_sockets")?;
+        let ops: &mut SockOps = program(&mut self.ebpf, names::program::TRACK_SOCKETS)?;
         ops.load().context("verifier rejected track_sockets")?;
         for cg in cgroups {
             let dir = std::fs::File::open(cg)
@@ -163,11 +202,11 @@ impl Capture {
     fn attach_sk_msg(&mut self) -> Result<()> {
         let socks: SockHash<&MapData, u64> = SockHash::try_from(
             self.ebpf
-                .map("INJECT_SOCKS")
+                .map(names::map::INJECT_SOCKS)
                 .context("INJECT_SOCKS map missing")?,
         )?;
         let socks_fd = socks.fd().try_clone()?;
-        let msg: &mut SkMsg = program(&mut self.ebpf, "inject_traceparent")?;
+        let msg: &mut SkMsg = program(&mut self.ebpf, names::program::INJECT_TRACEPARENT)?;
         msg.load().context("verifier rejected inject_traceparent")?;
         msg.attach(&socks_fd)
             .context("attaching sk_msg to the socket map")?;
@@ -193,7 +232,10 @@ impl Capture {
 
     /// Takes the ring buffer out; the caller polls it.
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map("EVENTS").context("EVENTS map missing")?;
+        let map = self
+            .ebpf
+            .take_map(names::map::EVENTS)
+            .context("EVENTS map missing")?;
         Ok(RingBuf::try_from(map)?)
     }
 
@@ -233,4 +275,28 @@ fn fork_child_pid_offset() -> Result<u32> {
             off.trim().parse().ok()
         })
         .context("no child_pid field in sched_process_fork")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OBJECT;
+    use clew_common::names;
+    use object::{Object, ObjectSymbol};
+    use std::collections::HashSet;
+
+    /// Every map, global and program the agent looks up by name is defined
+    /// by the kernel object it embeds (the kernel declares them as
+    /// identifiers, which `clew_common::names` cannot name for it).
+    #[test]
+    fn kernel_object_has_every_shared_name() {
+        let file = object::File::parse(OBJECT).expect("the embedded eBPF object parses");
+        let symbols: HashSet<&str> = file.symbols().filter_map(|s| s.name().ok()).collect();
+        let all = names::map::ALL
+            .iter()
+            .chain(names::global::ALL)
+            .chain(names::program::ALL);
+        for name in all {
+            assert!(symbols.contains(name), "{name} is not in the kernel object");
+        }
+    }
 }

@@ -11,6 +11,8 @@ use aya::{
 };
 use std::path::Path;
 
+use clew_common::names;
+
 use super::{program, Capture};
 
 /// File offsets of the OpenSSL entry points in one library or executable.
@@ -47,11 +49,11 @@ impl GoTlsOffsets {
     pub fn plan(&self) -> Plan {
         let mut p = Vec::new();
         for (enter, f) in [
-            ("go_tls_read_enter", &self.read),
-            ("go_tls_write_enter", &self.write),
+            (names::program::GO_TLS_READ_ENTER, &self.read),
+            (names::program::GO_TLS_WRITE_ENTER, &self.write),
         ] {
             p.push((enter, f.entry));
-            p.extend(f.rets.iter().map(|&r| ("go_tls_exit", r)));
+            p.extend(f.rets.iter().map(|&r| (names::program::GO_TLS_EXIT, r)));
         }
         p
     }
@@ -60,21 +62,25 @@ impl GoTlsOffsets {
 impl SslOffsets {
     /// Every call returns through `ssl_exit`.
     pub fn plan(&self) -> Plan {
+        use names::program::{
+            SSL_EXIT, SSL_FREE_ENTER, SSL_READ_ENTER, SSL_READ_EX_ENTER, SSL_WRITE_ENTER,
+            SSL_WRITE_EX_ENTER,
+        };
         let o = self;
         let mut p = vec![
-            ("ssl_read_enter", o.read),
-            ("ssl_exit", o.read),
-            ("ssl_write_enter", o.write),
-            ("ssl_exit", o.write),
+            (SSL_READ_ENTER, o.read),
+            (SSL_EXIT, o.read),
+            (SSL_WRITE_ENTER, o.write),
+            (SSL_EXIT, o.write),
         ];
         if let Some(x) = o.read_ex {
-            p.extend([("ssl_read_ex_enter", x), ("ssl_exit", x)]);
+            p.extend([(SSL_READ_EX_ENTER, x), (SSL_EXIT, x)]);
         }
         if let Some(x) = o.write_ex {
-            p.extend([("ssl_write_ex_enter", x), ("ssl_exit", x)]);
+            p.extend([(SSL_WRITE_EX_ENTER, x), (SSL_EXIT, x)]);
         }
         if let Some(x) = o.free {
-            p.push(("ssl_free_enter", x));
+            p.push((SSL_FREE_ENTER, x));
         }
         p
     }
@@ -85,33 +91,33 @@ impl SslOffsets {
 pub struct TlsLinks(Vec<(&'static str, UProbeLinkId)>);
 
 const PROGRAMS: &[&str] = &[
-    "ssl_read_enter",
-    "ssl_read_ex_enter",
-    "ssl_write_enter",
-    "ssl_write_ex_enter",
-    "ssl_free_enter",
-    "ssl_exit",
-    "go_tls_read_enter",
-    "go_tls_write_enter",
-    "go_tls_exit",
+    names::program::SSL_READ_ENTER,
+    names::program::SSL_READ_EX_ENTER,
+    names::program::SSL_WRITE_ENTER,
+    names::program::SSL_WRITE_EX_ENTER,
+    names::program::SSL_FREE_ENTER,
+    names::program::SSL_EXIT,
+    names::program::GO_TLS_READ_ENTER,
+    names::program::GO_TLS_WRITE_ENTER,
+    names::program::GO_TLS_EXIT,
 ];
 
 impl Capture {
     /// Loads the TLS probes and their tail call, attached to nothing yet.
     pub(super) fn load_uprobes(&mut self) -> Result<()> {
-        for name in PROGRAMS.iter().chain(["observe_tls"].iter()) {
+        for name in PROGRAMS.iter().chain([names::program::OBSERVE_TLS].iter()) {
             let p: &mut UProbe = program(&mut self.ebpf, name)?;
             p.load()
                 .with_context(|| format!("verifier rejected {name}"))?;
         }
-        let p: &mut UProbe = program(&mut self.ebpf, "observe_tls")?;
+        let p: &mut UProbe = program(&mut self.ebpf, names::program::OBSERVE_TLS)?;
         let fd = p.fd()?.try_clone()?;
         let mut tail = ProgramArray::try_from(
             self.ebpf
-                .map_mut("TLS_TAIL")
+                .map_mut(names::map::TLS_TAIL)
                 .context("TLS_TAIL map missing")?,
         )?;
-        tail.set(0, &fd, 0)
+        tail.set(names::tail::OBSERVE_TLS, &fd, 0)
             .context("installing the observe_tls tail call")?;
         Ok(())
     }
