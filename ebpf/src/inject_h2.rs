@@ -33,8 +33,8 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::generated::{bpf_loop, bpf_msg_pull_data, bpf_probe_read_kernel},
     bindings::sk_msg_md,
+    helpers::generated::{bpf_loop, bpf_msg_pull_data, bpf_probe_read_kernel},
     macros::map,
     maps::PerCpuArray,
     programs::SkMsgContext,
@@ -257,7 +257,13 @@ extern "C" fn frame_step(_k: u64, lp: *mut c_void) -> i64 {
 
 /// One HEADERS frame at `off` (its header `h` already read), in a send of
 /// `total` bytes.
-fn headers(ctx: &SkMsgContext, st: &mut SockState, off: u64, h: &FrameHeader, total: u64) -> Outcome {
+fn headers(
+    ctx: &SkMsgContext,
+    st: &mut SockState,
+    off: u64,
+    h: &FrameHeader,
+    total: u64,
+) -> Outcome {
     let new_request = h.stream & 1 == 1 && h.stream > st.last_stream;
     if new_request {
         st.last_stream = h.stream;
