@@ -85,7 +85,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub capture_query: bool,
     /// How trace context crosses to the next service, a list of: `headers`
-    /// (write `traceparent` into outgoing plaintext HTTP/1 requests),
+    /// (write `traceparent` into outgoing plaintext HTTP/1 and HTTP/2 requests),
     /// `tcp-option` (carry it in a TCP header option, for any TCP traffic),
     /// or `none`.
     #[arg(
@@ -123,7 +123,7 @@ pub struct RunArgs {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Propagation {
-    /// `traceparent` header in plaintext HTTP/1 requests.
+    /// `traceparent` header in plaintext HTTP/1 and HTTP/2 requests.
     Headers,
     /// TCP header option (kind 25) on the segments that start a connection
     /// or a request.

@@ -40,9 +40,10 @@ pub struct Nesting {
     sampler: Sampler,
     by_tid: HashMap<u32, Active>,
     /// Ids the kernel decided, waiting for the request they belong to:
-    /// server side by connection, client side by sending thread.
+    /// server side by connection, client side by sending thread and
+    /// HTTP/2 stream (0 for HTTP/1).
     kernel_server: HashMap<u64, (u64, SpanCtx)>,
-    kernel_client: HashMap<u32, (u64, SpanCtx)>,
+    kernel_client: HashMap<(u32, u32), (u64, SpanCtx)>,
     /// Client spans by the client's endpoint, for the server span of the
     /// same request when this agent also traces the server.
     offers: HashMap<SocketAddr, VecDeque<(u64, SpanCtx)>>,
@@ -75,7 +76,11 @@ impl From<&TraceCtx> for SpanCtx {
     }
 }
 
-fn take_fresh(m: &mut HashMap<u32, (u64, SpanCtx)>, k: &u32, ts: u64) -> Option<SpanCtx> {
+fn take_fresh<K: std::hash::Hash + Eq>(
+    m: &mut HashMap<K, (u64, SpanCtx)>,
+    k: &K,
+    ts: u64,
+) -> Option<SpanCtx> {
     let (at, ctx) = m.remove(k)?;
     (at <= ts && ts - at <= KERNEL_CTX_WINDOW_NS).then_some(ctx)
 }
@@ -147,7 +152,7 @@ impl Nesting {
         if k.server {
             self.kernel_server.insert(k.conn_id, entry);
         } else {
-            self.kernel_client.insert(k.tid, entry);
+            self.kernel_client.insert((k.tid, k.stream_id), entry);
         }
         if self.kernel_server.len() + self.kernel_client.len() > MAX_THREADS {
             // Contexts whose requests were never parsed (records lost).
@@ -237,7 +242,23 @@ impl Nesting {
     /// (it has an SDK) comes next; else the span nests under what the
     /// thread is serving.
     pub fn client_span(&mut self, tid: u32, ts: u64, traceparent: Option<&str>) -> SpanCtx {
-        if let Some(k) = take_fresh(&mut self.kernel_client, &tid, ts) {
+        self.client_stream_span(tid, 0, ts, traceparent)
+    }
+
+    /// [`Nesting::client_span`] for an HTTP/2 request on stream
+    /// `stream_id` (its HEADERS frame sent by thread `tid` at `ts`, the
+    /// timestamp of the data record that carried them): the kernel reports
+    /// what it injected per stream, since one send can open several.
+    /// `traceparent` is the request's own, as decoded from its headers
+    /// (with the kernel's injection present, it is the injected one).
+    pub fn client_stream_span(
+        &mut self,
+        tid: u32,
+        stream_id: u32,
+        ts: u64,
+        traceparent: Option<&str>,
+    ) -> SpanCtx {
+        if let Some(k) = take_fresh(&mut self.kernel_client, &(tid, stream_id), ts) {
             return k;
         }
         let serving = self.by_tid.get(&tid).map(|a| &a.ctx);
@@ -372,7 +393,26 @@ mod tests {
             tid,
             ts_ns,
             ctx,
+            stream_id: 0,
         }
+    }
+
+    /// One send opened streams 1 and 3 with injected contexts: each
+    /// request's span takes its own stream's ids, whatever the order the
+    /// parser reaches them in, and HTTP/1 (stream 0) is not confused with them.
+    #[test]
+    fn kernel_client_ids_are_per_http2_stream() {
+        let mut n = nesting();
+        for (stream, span) in [(1, 11), (3, 13)] {
+            let mut k = kernel_ctx(false, 0, 5, 100, span);
+            k.stream_id = stream;
+            n.kernel(&k);
+        }
+        assert_ne!(n.client_span(5, 110, None).span_id, [11; 8]);
+        assert_eq!(n.client_stream_span(5, 3, 110, None).span_id, [13; 8]);
+        assert_eq!(n.client_stream_span(5, 1, 110, None).span_id, [11; 8]);
+        // Consumed.
+        assert_ne!(n.client_stream_span(5, 1, 120, None).span_id, [11; 8]);
     }
 
     #[test]

@@ -376,6 +376,15 @@ impl Pipeline {
         stats::set(&self.stats.tcp_options_written, k.tcp_opt_written);
         stats::set(&self.stats.tcp_options_no_room, k.tcp_opt_no_room);
         stats::set(&self.stats.tcp_options_read, k.tcp_opt_read);
+        let h = &k.h2;
+        stats::set(&self.stats.h2_traceparent_injected, h.injected);
+        stats::set(&self.stats.h2_own_traceparent, h.own_traceparent);
+        stats::set(&self.stats.h2_stood_down_split, h.split);
+        stats::set(&self.stats.h2_stood_down_unscanned, h.unscanned);
+        stats::set(&self.stats.h2_stood_down_too_long, h.too_long);
+        stats::set(&self.stats.h2_lost_framing, h.lost_framing);
+        stats::set(&self.stats.h2_inject_failed, h.failed);
+        stats::set(&self.stats.h2_app_indexed_traceparent, h.app_indexed);
     }
 
     pub fn exporter(&self) -> &Exporter {

@@ -174,7 +174,7 @@ pub fn run() -> Report {
             pick(tp, "bpf_loop head scan in a tail-called tracepoint program"),
         ),
         (
-            "traceparent injection (HTTP/1)",
+            "traceparent injection (HTTP/1, HTTP/2)",
             pick(
                 sockops && sk_msg,
                 "cgroup sockops → SOCKHASH → sk_msg push_data",

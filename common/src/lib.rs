@@ -4,6 +4,8 @@
 //! and the ring buffer, userspace reads the same bytes back.
 #![no_std]
 
+pub mod h2;
+
 /// Largest payload prefix one data event carries. Bodies beyond the
 /// configured capture limit are accounted for by length only.
 pub const MAX_CAPTURE: usize = 16384;
@@ -125,6 +127,10 @@ pub struct CtxEvent {
     pub pid_tgid: u64,
     pub ts_ns: u64,
     pub ctx: TraceCtx,
+    /// Client side: the HTTP/2 stream whose HEADERS carried the context
+    /// (several requests can leave in one send); 0 for HTTP/1.
+    pub stream_id: u32,
+    pub _pad2: u32,
 }
 
 /// Direction of a data record as seen by the traced process.
@@ -574,7 +580,31 @@ pub mod stat {
     /// TLS plaintext dropped because the library call's socket was unknown
     /// (a connection opened before the agent, or not a selected one).
     pub const TLS_UNBOUND: u32 = 6;
-    pub const COUNT: u32 = 8;
+    /// `traceparent` fields inserted into HTTP/2 HEADERS frames.
+    pub const H2_INJECTED: u32 = 7;
+    /// HTTP/2 requests left alone: they carry their own `traceparent`.
+    pub const H2_OWN_TRACEPARENT: u32 = 8;
+    /// HTTP/2 requests not injected: the HEADERS frame does not lie whole
+    /// in one send, or CONTINUATION frames follow it. The connection is
+    /// left alone from then on (the block went unscanned).
+    pub const H2_SPLIT: u32 = 9;
+    /// HTTP/2 requests not injected: the header block is beyond the walk's
+    /// bounds or malformed. The connection is left alone from then on.
+    pub const H2_UNSCANNED: u32 = 10;
+    /// HTTP/2 requests not injected: the frame would outgrow the default
+    /// maximum frame size.
+    pub const H2_TOO_LONG: u32 = 11;
+    /// HTTP/2 connections given up: a frame header split across sends, or
+    /// more frames in one send than the kernel walks.
+    pub const H2_LOST_FRAMING: u32 = 12;
+    /// HTTP/2 injections undone (a helper failed after the push; the bytes
+    /// were popped back out).
+    pub const H2_FAILED: u32 = 13;
+    /// HTTP/2 connections given up: the application put `traceparent`
+    /// into the HPACK dynamic table, where later requests reference it by
+    /// an index the kernel cannot read.
+    pub const H2_APP_INDEXED: u32 = 14;
+    pub const COUNT: u32 = 16;
 }
 
 /// Syscall numbers the programs dispatch on, per architecture.

@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::map,
     maps::LruHashMap,
 };
-use clew_common::{ctxflag, kind, CtxEvent, TraceCtx, MAX_INFLIGHT};
+use clew_common::{ctxflag, h2, kind, CtxEvent, TraceCtx, MAX_INFLIGHT};
 
 use crate::maps::{count, EVENTS};
 
@@ -148,7 +148,11 @@ pub fn client_request() -> TraceCtx {
     }
 }
 
-pub fn emit(role: u8, conn_id: u64, ts_ns: u64, ctx: &TraceCtx) {
+/// Reports ids the kernel decided. `stream_id`: the HTTP/2 stream of an
+/// injected request, 0 otherwise. Not inlined: its event's stack stays out
+/// of its callers' frames (the sk_msg program nests two loops' frames).
+#[inline(never)]
+pub fn emit(role: u8, conn_id: u64, ts_ns: u64, ctx: &TraceCtx, stream_id: u32) {
     let ev = CtxEvent {
         kind: kind::TRACE_CTX,
         role,
@@ -157,6 +161,8 @@ pub fn emit(role: u8, conn_id: u64, ts_ns: u64, ctx: &TraceCtx) {
         pid_tgid: bpf_get_current_pid_tgid(),
         ts_ns,
         ctx: *ctx,
+        stream_id,
+        _pad2: 0,
     };
     if EVENTS.output::<CtxEvent>(&ev, 0).is_err() {
         count(clew_common::stat::RINGBUF_DROPS);
@@ -167,32 +173,49 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Writes `traceparent: 00-{trace}-{span}-{flags}\r\n` into `out`.
 pub fn format_traceparent(ctx: &TraceCtx, out: &mut [u8; clew_common::TRACEPARENT_LINE]) {
-    let prefix = b"traceparent: 00-";
+    let prefix = b"traceparent: ";
     let mut k = 0;
     while k < prefix.len() {
         out[k] = prefix[k];
         k += 1;
     }
-    put_hex(out, 16, &ctx.trace_id);
-    out[48] = b'-';
-    put_hex(out, 49, &ctx.span_id);
-    out[65] = b'-';
-    out[66] = b'0';
-    out[67] = if ctx.flags & ctxflag::SAMPLED != 0 {
-        b'1'
-    } else {
-        b'0'
-    };
+    put_value(ctx, out, 13);
     out[68] = b'\r';
     out[69] = b'\n';
 }
 
+/// Writes the HPACK field `traceparent: 00-{trace}-{span}-{flags}` (a
+/// literal without indexing, new plain name, plain value) into `out`.
+pub fn format_h2_field(ctx: &TraceCtx, out: &mut [u8; h2::TRACEPARENT_FIELD]) {
+    let prefix = h2::TRACEPARENT_FIELD_PREFIX;
+    let mut k = 0;
+    while k < prefix.len() {
+        out[k] = prefix[k];
+        k += 1;
+    }
+    put_value(ctx, out, prefix.len());
+}
+
+/// The 55-byte value `00-{trace}-{span}-{flags}` at `at`.
 #[inline(always)]
-fn put_hex<const N: usize>(
-    out: &mut [u8; clew_common::TRACEPARENT_LINE],
-    at: usize,
-    bytes: &[u8; N],
-) {
+fn put_value<const L: usize>(ctx: &TraceCtx, out: &mut [u8; L], at: usize) {
+    out[at] = b'0';
+    out[at + 1] = b'0';
+    out[at + 2] = b'-';
+    put_hex(out, at + 3, &ctx.trace_id);
+    out[at + 35] = b'-';
+    put_hex(out, at + 36, &ctx.span_id);
+    out[at + 52] = b'-';
+    out[at + 53] = b'0';
+    out[at + 54] = if ctx.flags & ctxflag::SAMPLED != 0 {
+        b'1'
+    } else {
+        b'0'
+    };
+}
+
+#[inline(always)]
+fn put_hex<const L: usize, const N: usize>(out: &mut [u8; L], at: usize, bytes: &[u8; N]) {
     let mut j = 0;
     while j < N {
         out[at + 2 * j] = HEX[(bytes[j] >> 4) as usize];

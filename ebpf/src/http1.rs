@@ -74,7 +74,7 @@ fn observe(s: &Staged) {
     // A traceparent in the request wins over the connection's TCP option.
     let incoming = head::traceparent(h).or_else(|| tcp_option::received(s.v.conn_id));
     let ctx = context::server_request(incoming);
-    context::emit(role::ACCEPTED, s.v.conn_id, s.ts, &ctx);
+    context::emit(role::ACCEPTED, s.v.conn_id, s.ts, &ctx, 0);
 }
 
 /// A request head about to be written through TLS gets its CLIENT span
@@ -92,5 +92,5 @@ pub fn tls_request_write(pid_tgid: u64, buf: u64) {
     }
     let ctx = context::client_request();
     tcp_option::offer(pid_tgid, &ctx);
-    context::emit(role::CONNECTED, 0, now(), &ctx);
+    context::emit(role::CONNECTED, 0, now(), &ctx, 0);
 }

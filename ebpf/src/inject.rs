@@ -8,6 +8,9 @@
 //! send, chunked request bodies, or bytes that are not HTTP/1 — after those
 //! the socket is never touched again.
 //!
+//! A socket whose first send is the HTTP/2 client preface and a SETTINGS
+//! frame is HTTP/2 for good: `inject_h2` takes its sends instead.
+//!
 //! The same two programs carry the TCP-option mechanism (`tcp_option`):
 //! with `--propagation tcp-option`, sockets are admitted to the map for it
 //! too, and the sk_msg program tells it which sends are requests that left
@@ -28,11 +31,12 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, SockHash},
     programs::{SkMsgContext, SockOpsContext},
 };
-use clew_common::{ctxflag, role, MAX_INJECT_SOCKS, SCAN_BYTES, TRACEPARENT_LINE};
+use clew_common::{ctxflag, h2, role, MAX_INJECT_SOCKS, SCAN_BYTES, TRACEPARENT_LINE};
 
 use crate::{
     context,
     head::{self, Head},
+    inject_h2,
     maps::INFLIGHT,
     tcp_option,
 };
@@ -48,15 +52,32 @@ pub static INJECT_SOCKS: SockHash<u64> = SockHash::with_max_entries(MAX_INJECT_S
 #[map]
 static CONNECTING: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_INJECT_SOCKS, 0);
 
-/// Where each injectable socket stands in its request stream.
+/// Where each injectable socket stands in its request stream. Kept in
+/// `SOCK_STATE` from the connection's establishment; an entry the LRU
+/// evicts only means the socket is not injected into any more.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-struct SockState {
-    /// Bytes of a request body still to pass before the next request starts.
-    skip: u64,
+pub struct SockState {
+    /// Bytes still to pass before the next request head (HTTP/1: of a
+    /// request body) or frame header (HTTP/2: of a frame that went on
+    /// beyond the last send).
+    pub skip: u64,
     /// Message boundaries are lost: never inject on this socket again.
-    hands_off: u32,
-    _pad: u32,
+    pub hands_off: u32,
+    /// What the first send showed (`Proto`).
+    pub proto: u32,
+    /// HTTP/2: the highest stream id a HEADERS frame opened.
+    pub last_stream: u32,
+    pub _pad: u32,
+}
+
+/// `SockState::proto`.
+pub mod proto {
+    /// Nothing sent yet.
+    pub const UNSEEN: u32 = 0;
+    pub const HTTP1: u32 = 1;
+    /// Proven by the client preface and a SETTINGS frame.
+    pub const H2: u32 = 2;
 }
 
 /// A TCP connection from our side: the remote end and our port, as sockops
@@ -143,7 +164,7 @@ fn ops_key(ctx: &SockOpsContext) -> SockKey {
 
 /// What a send turned out to be, for the TCP-option mechanism.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Sent {
+pub enum Sent {
     /// Not looked at, or unreadable.
     Unseen,
     /// Starts with a request head that leaves with a `traceparent` (the
@@ -151,6 +172,8 @@ enum Sent {
     Carried,
     /// Starts with a request head that leaves without one.
     Bare,
+    /// Holds an HTTP/2 request (this stream's) that leaves without one.
+    BareH2(u32),
     /// Anything else: a body, non-HTTP bytes.
     Other,
 }
@@ -170,7 +193,11 @@ pub fn inject_traceparent(ctx: SkMsgContext) -> u32 {
             } else {
                 sent
             };
-            sent == Sent::Bare
+            match sent {
+                Sent::Bare => Some(0),
+                Sent::BareH2(stream) => Some(stream),
+                _ => None,
+            }
         });
     }
     SK_PASS
@@ -223,6 +250,16 @@ fn try_inject(ctx: &SkMsgContext, key: &SockKey) -> Sent {
     let st = unsafe { &mut *st };
     if st.hands_off != 0 {
         return Sent::Unseen;
+    }
+    if st.proto == proto::H2 {
+        return inject_h2::on_send(ctx, st, 0);
+    }
+    if st.proto == proto::UNSEEN {
+        if inject_h2::starts_with_preface(ctx) {
+            st.proto = proto::H2;
+            return inject_h2::on_send(ctx, st, h2::PREFACE.len() as u64);
+        }
+        st.proto = proto::HTTP1;
     }
     let size = ctx.size() as u64;
     if st.skip > 0 {
@@ -296,7 +333,7 @@ fn inject(ctx: &SkMsgContext, at: u32, size: u64) -> bool {
         let _ = ctx.pop_data(at, len, 0);
         return false;
     }
-    context::emit(role::CONNECTED, 0, crate::maps::now(), &tctx);
+    context::emit(role::CONNECTED, 0, crate::maps::now(), &tctx, 0);
     true
 }
 

@@ -10,6 +10,7 @@ mod go_tls;
 mod head;
 mod http1;
 mod inject;
+mod inject_h2;
 mod io;
 mod maps;
 mod observe;

@@ -234,20 +234,21 @@ pub fn received(conn_id: u64) -> Option<([u8; 16], [u8; 8], bool)> {
 }
 
 /// The sk_msg program saw a send on a traced client socket. The context
-/// it carries: one offered for this thread (TLS), else, for a request head
-/// that leaves without `traceparent`, a new CLIENT span's (reported like an
-/// injected one, so the exported span has its ids).
-pub fn on_send(key: &SockKey, bare_request: impl FnOnce() -> bool) {
+/// it carries: one offered for this thread (TLS), else, for a request that
+/// leaves without `traceparent` (`bare_request` names its HTTP/2 stream, 0
+/// for HTTP/1), a new CLIENT span's (reported like an injected one, so the
+/// exported span has its ids).
+pub fn on_send(key: &SockKey, bare_request: impl FnOnce() -> Option<u32>) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if let Some(w) = unsafe { OFFERS.get(&pid_tgid) }.copied() {
         let _ = OFFERS.remove(&pid_tgid);
         let _ = PENDING.insert(key, &w, 0);
         return;
     }
-    if !bare_request() {
+    let Some(stream_id) = bare_request() else {
         return;
-    }
+    };
     let tctx = context::client_request();
     let _ = PENDING.insert(key, &Wire::naming(&tctx), 0);
-    context::emit(role::CONNECTED, 0, now(), &tctx);
+    context::emit(role::CONNECTED, 0, now(), &tctx, stream_id);
 }

@@ -44,6 +44,9 @@ pub struct KernelCtx {
     pub tid: u32,
     pub ts_ns: u64,
     pub ctx: TraceCtx,
+    /// Client side: the HTTP/2 stream the context was injected into; 0 for
+    /// HTTP/1.
+    pub stream_id: u32,
 }
 
 #[derive(Debug)]
@@ -137,6 +140,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
                 tid: c.pid_tgid as u32,
                 ts_ns: c.ts_ns,
                 ctx: c.ctx,
+                stream_id: c.stream_id,
             }))
         }
         kind::PROC_EXEC => {

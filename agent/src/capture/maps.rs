@@ -34,6 +34,20 @@ pub struct KernelStats {
     pub tcp_opt_written: u64,
     pub tcp_opt_no_room: u64,
     pub tcp_opt_read: u64,
+    pub h2: H2InjectStats,
+}
+
+/// What the kernel did with outgoing HTTP/2 requests (`stat::H2_*`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct H2InjectStats {
+    pub injected: u64,
+    pub own_traceparent: u64,
+    pub split: u64,
+    pub unscanned: u64,
+    pub too_long: u64,
+    pub lost_framing: u64,
+    pub failed: u64,
+    pub app_indexed: u64,
 }
 
 impl KernelMaps {
@@ -184,6 +198,16 @@ impl KernelMaps {
             tcp_opt_written: sum(stat::TCP_OPT_WRITTEN),
             tcp_opt_no_room: sum(stat::TCP_OPT_NO_ROOM),
             tcp_opt_read: sum(stat::TCP_OPT_READ),
+            h2: H2InjectStats {
+                injected: sum(stat::H2_INJECTED),
+                own_traceparent: sum(stat::H2_OWN_TRACEPARENT),
+                split: sum(stat::H2_SPLIT),
+                unscanned: sum(stat::H2_UNSCANNED),
+                too_long: sum(stat::H2_TOO_LONG),
+                lost_framing: sum(stat::H2_LOST_FRAMING),
+                failed: sum(stat::H2_FAILED),
+                app_indexed: sum(stat::H2_APP_INDEXED),
+            },
         }
     }
 }

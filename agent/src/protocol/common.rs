@@ -44,6 +44,9 @@ pub struct Sender {
     pub ts: u64,
     /// The client's end of the TCP connection (see [`request_ctx`]).
     pub endpoint: Option<SocketAddr>,
+    /// The HTTP/2 stream the request opens (0 for HTTP/1): the kernel
+    /// reports the ids it injected per stream.
+    pub stream: u32,
 }
 
 /// The trace context of a request that just appeared. A server span
@@ -69,7 +72,7 @@ pub fn request_ctx(
             ctx
         }
         Role::Client => {
-            let ctx = nesting.client_span(from.tid, from.ts, traceparent);
+            let ctx = nesting.client_stream_span(from.tid, from.stream, from.ts, traceparent);
             if let Some(e) = from.endpoint {
                 nesting.offer(e, from.ts, &ctx);
             }

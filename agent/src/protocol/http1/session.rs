@@ -172,6 +172,7 @@ impl Session {
                     conn_id,
                     ts,
                     endpoint: self.endpoint,
+                    stream: 0,
                 };
                 let (tp, state) = (head.header("traceparent"), head.header("tracestate"));
                 let ctx = request_ctx(self.role, from, tp, state, nesting);

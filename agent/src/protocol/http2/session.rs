@@ -346,6 +346,7 @@ impl Calls {
             conn_id: sink.conn_id,
             ts,
             endpoint: self.endpoint,
+            stream: id,
         };
         let (tp, state) = (
             request.traceparent.as_deref(),
