@@ -38,6 +38,8 @@ const DRAIN_BUDGET: usize = 4096;
 /// than a pause's worth of records.
 const DRAIN_PAUSE: Duration = Duration::from_millis(2);
 const SUMMARY_EVERY_TICKS: u64 = 30;
+/// Records handled between looks at the export queue's depth.
+const BACKPRESSURE_EVERY: usize = 64;
 
 pub async fn run(args: RunArgs) -> Result<()> {
     let report = probe::run();
@@ -124,12 +126,22 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 let mut guard = guard?;
                 let rb = guard.get_inner_mut();
                 let mut n = 0;
+                let mut backed_up = false;
                 while n < DRAIN_BUDGET {
+                    // A burst the exporter cannot keep up with waits in the
+                    // ring buffer (bounded, its overflow counted by the
+                    // kernel) rather than being dropped from the queue.
+                    if n % BACKPRESSURE_EVERY == 0 && pipeline.exporter().is_backed_up() {
+                        backed_up = true;
+                        break;
+                    }
                     let Some(item) = rb.next() else { break };
                     pipeline.handle(&item);
                     n += 1;
                 }
-                if n < DRAIN_BUDGET {
+                if backed_up {
+                    next_drain = Instant::now() + DRAIN_PAUSE;
+                } else if n < DRAIN_BUDGET {
                     guard.clear_ready();
                     next_drain = Instant::now() + DRAIN_PAUSE;
                 }

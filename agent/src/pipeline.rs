@@ -160,7 +160,8 @@ impl Pipeline {
                 .get_mut(k.conn_id)
                 .and_then(|c| c.session.as_mut());
             if let Some(s) = session {
-                if s.adopt_server_ctx(k.ts_ns, SpanCtx::from(&k.ctx), &mut self.nesting) {
+                let ctx = SpanCtx::from(&k.ctx);
+                if s.adopt_server_ctx(k.stream_id, k.ts_ns, ctx, &mut self.nesting) {
                     return;
                 }
             }

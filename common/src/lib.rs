@@ -366,8 +366,10 @@ pub mod names {
     /// Observer programs: (protocol, the one `exit_io` tail-calls, the
     /// one the TLS return probes tail-call). A tail call stays within one
     /// program type, hence two per protocol.
-    pub const OBSERVERS: [(u8, &str, &str); 1] =
-        [(super::proto::HTTP1, "observe_http1", "observe_http1_tls")];
+    pub const OBSERVERS: [(u8, &str, &str); 2] = [
+        (super::proto::HTTP1, "observe_http1", "observe_http1_tls"),
+        (super::proto::HTTP2, "observe_http2", "observe_http2_tls"),
+    ];
 }
 
 /// What a syscall's enter program saw, for its exit program (map

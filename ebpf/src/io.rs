@@ -219,10 +219,11 @@ pub enum Bytes {
     Iov(u64, u64),
 }
 
-/// Records one call may produce: an HTTP/2 write can hold dozens of
+/// Records one call may produce: an HTTP/2 write can hold hundreds of
 /// frames in as many iovec segments (gRPC's core writes each frame header
-/// and payload as its own segment), with a header block anywhere in it.
-const MAX_RECORDS: u32 = 64;
+/// and payload as its own segment, up to 260 a call), with a header block
+/// anywhere in it.
+const MAX_RECORDS: u32 = 320;
 
 /// The state of `walk_step`, on the caller's stack.
 #[repr(C)]

@@ -9,6 +9,7 @@ mod context;
 mod go_tls;
 mod head;
 mod http1;
+mod http2;
 mod inject;
 mod inject_h2;
 mod io;

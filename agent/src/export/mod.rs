@@ -103,6 +103,12 @@ impl Exporter {
         }
     }
 
+    /// More than half the queue is waiting: the pipeline should leave
+    /// records in the ring buffer for a while.
+    pub fn is_backed_up(&self) -> bool {
+        self.queue.capacity() < self.queue.max_capacity() / 2
+    }
+
     pub fn stats(&self) -> ExportStats {
         let depth = self.queue.max_capacity() - self.queue.capacity();
         self.counters.snapshot(depth)

@@ -81,6 +81,28 @@ pub fn request_ctx(
     }
 }
 
+/// The kernel decided the ids of a server span userspace already started
+/// (the kernel's context record follows the request's bytes): the span
+/// takes them, so it matches what was injected into the calls it made.
+pub fn adopt_kernel_ctx(current: &mut SpanCtx, tid: u32, mut ctx: SpanCtx, nesting: &mut Nesting) {
+    if current.trace_id == ctx.trace_id {
+        ctx.trace_state = std::mem::take(&mut current.trace_state);
+    }
+    if ctx.parent.is_none() && current.parent.is_some() {
+        // Userspace found a parent the kernel could not see (a linked
+        // client span of this agent, or a `traceparent` the kernel does
+        // not read): keep it, and move the spans the kernel already put
+        // into its own trace.
+        let kernel_trace = ctx.trace_id;
+        ctx.trace_id = current.trace_id;
+        ctx.parent = current.parent;
+        ctx.sampled = current.sampled;
+        nesting.alias(kernel_trace, ctx.trace_id);
+    }
+    nesting.rebind(tid, &current.span_id, &ctx);
+    *current = ctx;
+}
+
 /// Makes a parentless server span the child of the client span that sent
 /// its request (same connection, seen by this agent on both ends).
 pub fn link(server: &mut SpanCtx, client: &SpanCtx) {

@@ -215,12 +215,18 @@ impl Session {
     }
 
     /// The kernel decided the ids of the server span whose request bytes
-    /// carry timestamp `ts`; false when no such request is pending. Only
-    /// HTTP/1 has a kernel observer that decides server spans today.
-    pub fn adopt_server_ctx(&mut self, ts: u64, ctx: SpanCtx, nesting: &mut Nesting) -> bool {
+    /// carry timestamp `ts` (on HTTP/2 `stream`); false when no such
+    /// request is pending.
+    pub fn adopt_server_ctx(
+        &mut self,
+        stream: u32,
+        ts: u64,
+        ctx: SpanCtx,
+        nesting: &mut Nesting,
+    ) -> bool {
         match self {
             Session::Http1(s) => s.adopt_server_ctx(ts, ctx, nesting),
-            Session::Http2(_) => false,
+            Session::Http2(s) => s.adopt_server_ctx(stream, ts, ctx, nesting),
         }
     }
 }

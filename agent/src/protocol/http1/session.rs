@@ -9,7 +9,7 @@ use crate::{
     capture::Data,
     nesting::{Nesting, SpanCtx},
     protocol::{
-        common::{link, request_ctx, Sender},
+        common::{adopt_kernel_ctx, request_ctx, Sender},
         Losses, Role,
     },
 };
@@ -139,28 +139,11 @@ impl Session {
     /// The kernel's ids for a request already parsed (the kernel reports
     /// them right after the request's bytes): the exchange takes them, so
     /// it matches what was injected downstream.
-    pub fn adopt_server_ctx(&mut self, ts: u64, mut ctx: SpanCtx, nesting: &mut Nesting) -> bool {
+    pub fn adopt_server_ctx(&mut self, ts: u64, ctx: SpanCtx, nesting: &mut Nesting) -> bool {
         let Some(p) = self.pending.iter_mut().find(|p| p.start_ns == ts) else {
             return false;
         };
-        if p.ctx.trace_id == ctx.trace_id {
-            ctx.trace_state = std::mem::take(&mut p.ctx.trace_state);
-        }
-        if ctx.parent.is_none() && p.ctx.parent.is_some() {
-            // Linked to a client span this agent saw: keep that parent.
-            let linked = p.ctx.clone();
-            let kernel_trace = ctx.trace_id;
-            link(
-                &mut ctx,
-                &SpanCtx {
-                    span_id: linked.parent.unwrap_or_default(),
-                    ..linked
-                },
-            );
-            nesting.alias(kernel_trace, ctx.trace_id);
-        }
-        nesting.rebind(p.tid, &p.ctx.span_id, &ctx);
-        p.ctx = ctx;
+        adopt_kernel_ctx(&mut p.ctx, p.tid, ctx, nesting);
         true
     }
 

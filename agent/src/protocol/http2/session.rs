@@ -12,7 +12,7 @@ use crate::{
     capture::Data,
     nesting::{Nesting, SpanCtx},
     protocol::{
-        common::{request_ctx, Sender},
+        common::{adopt_kernel_ctx, request_ctx, Sender},
         Role,
     },
 };
@@ -201,6 +201,25 @@ impl Session {
 
     pub fn role(&self) -> Role {
         self.calls.role
+    }
+
+    /// The kernel decided the ids of the server span of `stream`, whose
+    /// HEADERS arrived in the read stamped `ts`.
+    pub fn adopt_server_ctx(
+        &mut self,
+        stream: u32,
+        ts: u64,
+        ctx: SpanCtx,
+        nesting: &mut Nesting,
+    ) -> bool {
+        let role = self.calls.role;
+        match self.calls.streams.get_mut(&stream) {
+            Some(s) if role == Role::Server && s.start_ns == ts => {
+                adopt_kernel_ctx(&mut s.ctx, s.tid, ctx, nesting);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// A direction stopped being decoded (it was not HTTP/2, or HPACK

@@ -1,0 +1,123 @@
+//! The HTTP/2 observer, on the serving side: a request's HEADERS frame at
+//! the start of a read starts a SERVER span for the reading thread (so the
+//! calls it makes are injected as that span's children), and a frame that
+//! ends a stream in a write ends it. It reads frame headers only, never
+//! HPACK, with one exception: the `traceparent` field Clew itself injects
+//! upstream (a literal without indexing, plain name and value, last in the
+//! block), which it recognises byte for byte. Anything else is left to
+//! userspace, which decodes the whole header block.
+
+use aya_ebpf::{
+    helpers::{bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw},
+    macros::{tracepoint, uretprobe},
+    programs::{RetProbeContext, TracePointContext},
+};
+use clew_common::{dir, role};
+
+use crate::{
+    context, head,
+    inject::HEAD,
+    observe::{self, Staged},
+    tcp_option,
+};
+
+const FRAME_HEADER: u64 = 9;
+const PREFACE: u64 = 24;
+const HEADERS: u8 = 1;
+const DATA: u8 = 0;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+/// Frames looked at from the start of one read or write.
+const MAX_FRAMES: u32 = 4;
+/// Clew's injected field: 0x00, name length 11, `traceparent`, value length 55.
+const FIELD_PREFIX: [u8; 14] = *b"\x00\x0btraceparent\x37";
+const FIELD: u64 = 69;
+
+#[tracepoint]
+pub fn observe_http2(_ctx: TracePointContext) -> u32 {
+    if let Some(s) = observe::staged() {
+        observe(&s);
+    }
+    0
+}
+
+/// The same for TLS plaintext (a tail call stays within one program type).
+#[uretprobe]
+pub fn observe_http2_tls(_ctx: RetProbeContext) -> u32 {
+    if let Some(s) = observe::staged() {
+        observe(&s);
+    }
+    0
+}
+
+#[inline(always)]
+fn observe(s: &Staged) {
+    let mut off = 0u64;
+    if s.direction == dir::INGRESS
+        && s.len >= PREFACE
+        && matches!(unsafe { bpf_probe_read_user(s.buf as *const [u8; 8]) }, Ok(b) if b == *b"PRI * HT")
+    {
+        off = PREFACE;
+    }
+    let mut i = 0;
+    while i < MAX_FRAMES {
+        if off + FRAME_HEADER > s.len {
+            return;
+        }
+        let Ok(h) = (unsafe { bpf_probe_read_user((s.buf + off) as *const [u8; 9]) }) else {
+            return;
+        };
+        let len = (h[0] as u64) << 16 | (h[1] as u64) << 8 | h[2] as u64;
+        let (kind, flags) = (h[3], h[4]);
+        let stream = u32::from_be_bytes([h[5] & 0x7f, h[6], h[7], h[8]]);
+        if s.direction == dir::EGRESS {
+            if (kind == HEADERS || kind == DATA) && flags & END_STREAM != 0 && stream != 0 {
+                context::server_response();
+                return;
+            }
+        } else if kind == HEADERS && stream % 2 == 1 {
+            let block = s.buf + off + FRAME_HEADER;
+            let complete = off + FRAME_HEADER + len <= s.len;
+            let tp = if complete && flags & (END_HEADERS | PADDED) == END_HEADERS {
+                injected_traceparent(block, len)
+            } else {
+                None
+            };
+            let incoming = tp.or_else(|| tcp_option::received(s.v.conn_id));
+            let ctx = context::server_request(incoming);
+            context::emit(role::ACCEPTED, s.v.conn_id, s.ts, &ctx, stream);
+            return;
+        }
+        off += FRAME_HEADER + len;
+        i += 1;
+    }
+}
+
+/// The `traceparent` Clew injected upstream, if it ends the block.
+#[inline(always)]
+fn injected_traceparent(block: u64, len: u64) -> Option<([u8; 16], [u8; 8], bool)> {
+    if len < FIELD {
+        return None;
+    }
+    let field = block + len - FIELD;
+    let prefix = unsafe { bpf_probe_read_user(field as *const [u8; 14]) }.ok()?;
+    if prefix != FIELD_PREFIX {
+        return None;
+    }
+    let h = HEAD.get_ptr_mut(0)?;
+    let h = unsafe { &mut *h };
+    // The value at offset 1, where the HTTP/1 parser expects it after `name:`.
+    if unsafe {
+        read_user_raw(
+            h.buf.as_mut_ptr().add(1).cast(),
+            55,
+            (field + 14) as *const _,
+        )
+    } != 0
+    {
+        return None;
+    }
+    h.traceparent = 1;
+    head::traceparent(h)
+}
