@@ -17,6 +17,7 @@ use clew_common::{dir, role};
 use crate::{
     context, head,
     inject::HEAD,
+    maps::now,
     observe::{self, Staged},
     tcp_option,
 };
@@ -33,6 +34,10 @@ const MAX_FRAMES: u32 = 4;
 /// Clew's injected field: 0x00, name length 11, `traceparent`, value length 55.
 const FIELD_PREFIX: [u8; 14] = *b"\x00\x0btraceparent\x37";
 const FIELD: u64 = 69;
+/// The default (and for a client, safe) largest frame payload.
+const MAX_FRAME: u64 = 16384;
+/// The largest frame type RFC 9113 defines (CONTINUATION).
+const MAX_KIND: u8 = 9;
 
 #[tracepoint]
 pub fn observe_http2(_ctx: TracePointContext) -> u32 {
@@ -87,6 +92,39 @@ fn observe(s: &Staged) {
             let incoming = tp.or_else(|| tcp_option::received(s.v.conn_id));
             let ctx = context::server_request(incoming);
             context::emit(role::ACCEPTED, s.v.conn_id, s.ts, &ctx, stream);
+            return;
+        }
+        off += FRAME_HEADER + len;
+        i += 1;
+    }
+}
+
+/// A client about to write through TLS a request's HEADERS (the first
+/// frame of the write that opens a stream): its CLIENT span is decided here
+/// and offered to the TCP option, which the ciphertext's segments carry,
+/// and reported with the stream id so the exported span has those ids.
+#[inline(always)]
+pub fn tls_request_write(pid_tgid: u64, buf: u64) {
+    if !tcp_option::enabled() {
+        return;
+    }
+    let mut off = 0u64;
+    let mut i = 0;
+    while i < MAX_FRAMES {
+        let Ok(h) = (unsafe { bpf_probe_read_user((buf + off) as *const [u8; 9]) }) else {
+            return;
+        };
+        let len = (h[0] as u64) << 16 | (h[1] as u64) << 8 | h[2] as u64;
+        let stream = u32::from_be_bytes([h[5] & 0x7f, h[6], h[7], h[8]]);
+        // The write's length is not known at entry: stop at anything that
+        // is not a plausible frame header.
+        if len > MAX_FRAME || h[3] > MAX_KIND {
+            return;
+        }
+        if h[3] == HEADERS && stream % 2 == 1 {
+            let ctx = context::client_request();
+            tcp_option::offer(pid_tgid, &ctx);
+            context::emit(role::CONNECTED, 0, now(), &ctx, stream);
             return;
         }
         off += FRAME_HEADER + len;

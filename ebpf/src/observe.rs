@@ -7,7 +7,7 @@
 use aya_ebpf::{macros::map, maps::PerCpuArray, maps::ProgramArray, EbpfContext};
 use clew_common::{connstate, proto, role, Inflight};
 
-use crate::http1;
+use crate::{http1, http2};
 
 /// One call as an observer sees it.
 #[derive(Clone, Copy)]
@@ -70,7 +70,9 @@ pub fn staged() -> Option<Staged> {
 /// seen (`UNKNOWN`) may be on its first request.
 #[inline(always)]
 pub fn tls_write(p: u8, pid_tgid: u64, buf: u64) {
-    if p == proto::HTTP1 || p == proto::UNKNOWN {
+    if p == proto::HTTP2 {
+        http2::tls_request_write(pid_tgid, buf);
+    } else if p == proto::HTTP1 || p == proto::UNKNOWN {
         http1::tls_request_write(pid_tgid, buf);
     }
 }
