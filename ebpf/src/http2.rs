@@ -108,7 +108,12 @@ pub fn tls_request_write(pid_tgid: u64, buf: u64) {
     if !tcp_option::enabled() {
         return;
     }
+    // A connection's first write often holds the preface, SETTINGS and
+    // the first request's HEADERS together.
     let mut off = 0u64;
+    if matches!(unsafe { bpf_probe_read_user(buf as *const [u8; 8]) }, Ok(b) if b == *b"PRI * HT") {
+        off = PREFACE;
+    }
     let mut i = 0;
     while i < MAX_FRAMES {
         let Ok(h) = (unsafe { bpf_probe_read_user((buf + off) as *const [u8; 9]) }) else {

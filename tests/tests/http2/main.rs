@@ -10,6 +10,7 @@ mod grpc_tls;
 mod nghttp2;
 mod node;
 mod preexisting;
+mod upgrade;
 
 use anyhow::{bail, ensure, Context, Result};
 use clew_e2e::check_h2::RpcExpect;
