@@ -1,6 +1,9 @@
 //! The grpcio peers (`tests/peers/grpc_service.py`, `grpc_client.py`), run
 //! inside a test's cgroup: service `clew.test.Echo` with unary, streaming
 //! and chained calls, and a client that drives them over one channel.
+//! Also the same service on the wire from Node.js `http2` over TLS
+//! (`tests/peers/node_grpc.js`: Unary and Chain, and a client), whose
+//! statically linked OpenSSL Clew hooks (grpcio's BoringSSL it cannot).
 
 use crate::cgroup::Cgroup;
 use crate::env::{peers_dir, python};
@@ -9,7 +12,7 @@ use crate::process::{Supervised, TempDir};
 use crate::tls::TestCert;
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -172,28 +175,33 @@ impl GrpcService {
 
     /// Calls received so far, with their metadata.
     pub fn received(&self) -> Result<Vec<ReceivedCall>> {
-        let text = std::fs::read_to_string(&self.metadata_log).unwrap_or_default();
-        text.lines()
-            .map(|line| {
-                let v: serde_json::Value = serde_json::from_str(line)?;
-                let metadata = v["metadata"]
-                    .as_array()
-                    .context("metadata")?
-                    .iter()
-                    .map(|h| {
-                        (
-                            h[0].as_str().unwrap_or("").into(),
-                            h[1].as_str().unwrap_or("").into(),
-                        )
-                    })
-                    .collect();
-                Ok(ReceivedCall {
-                    method: v["method"].as_str().unwrap_or("").into(),
-                    metadata,
-                })
-            })
-            .collect()
+        read_received(&self.metadata_log)
     }
+}
+
+/// A `--metadata-log` file: one JSON line per call received.
+fn read_received(path: &Path) -> Result<Vec<ReceivedCall>> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            let metadata = v["metadata"]
+                .as_array()
+                .context("metadata")?
+                .iter()
+                .map(|h| {
+                    (
+                        h[0].as_str().unwrap_or("").into(),
+                        h[1].as_str().unwrap_or("").into(),
+                    )
+                })
+                .collect();
+            Ok(ReceivedCall {
+                method: v["method"].as_str().unwrap_or("").into(),
+                metadata,
+            })
+        })
+        .collect()
 }
 
 /// What one client step got: a status code per call, and messages read.
@@ -352,4 +360,112 @@ impl Drop for GrpcSession {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `service.name` of spans from `node_grpc.js client`.
+pub const NODE_GRPC_CLIENT: &str = "node-grpc-client";
+
+/// `tests/peers/node_grpc.js server`: `clew.test.Echo` (Unary, Chain) on
+/// Node.js `http2` over TLS, traced under `service.name` = its name.
+pub struct NodeGrpcService {
+    pub name: String,
+    pub port: u16,
+    metadata_log: PathBuf,
+    proc: Supervised,
+    _dir: TempDir,
+}
+
+impl NodeGrpcService {
+    /// Starts the service inside `cg`, serving TLS with `cert`; `Chain`
+    /// calls `downstream` (`HOST:PORT`) over TLS, trusting `cert`.
+    pub fn start(
+        cg: &Cgroup,
+        name: &str,
+        cert: &TestCert,
+        downstream: Option<&str>,
+    ) -> Result<Self> {
+        let dir = TempDir::new(name)?;
+        let port = free_port()?;
+        let metadata_log = dir.join("metadata.jsonl");
+        let mut cmd = Command::new("node");
+        cmd.arg(peers_dir().join("node_grpc.js"))
+            .args(["server", &port.to_string(), "--name", name])
+            .arg("--cert")
+            .arg(&cert.cert)
+            .arg("--key")
+            .arg(&cert.key)
+            .arg("--metadata-log")
+            .arg(&metadata_log)
+            .env("OTEL_SERVICE_NAME", name);
+        if let Some(d) = downstream {
+            cmd.args(["--downstream", d])
+                .arg("--downstream-ca")
+                .arg(&cert.cert);
+        }
+        let proc = Supervised::start(name, &mut cmd, dir.join("service.log"), |c| cg.spawn(c))
+            .context("starting node_grpc.js (is Node.js installed?)")?;
+        wait_listening_local(port, START_TIMEOUT, || proc.log_tail(40))?;
+        Ok(NodeGrpcService {
+            name: name.to_string(),
+            port,
+            metadata_log,
+            proc,
+            _dir: dir,
+        })
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn target(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.log_text()
+    }
+
+    /// Calls received so far, with their metadata.
+    pub fn received(&self) -> Result<Vec<ReceivedCall>> {
+        read_received(&self.metadata_log)
+    }
+}
+
+/// Runs `node_grpc.js client TARGET --ca CERT STEPS...` inside `cg` (one
+/// http2 session over TLS; steps `unary`, `status:N`, `chain`, `chain:K`);
+/// one result per step.
+pub fn node_grpc_client(
+    cg: &Cgroup,
+    target: &str,
+    ca: &TestCert,
+    steps: &[&str],
+) -> Result<Vec<StepResult>> {
+    let mut cmd = Command::new("node");
+    cmd.arg(peers_dir().join("node_grpc.js"))
+        .args(["client", target])
+        .arg("--ca")
+        .arg(&ca.cert)
+        .args(steps)
+        .env("OTEL_SERVICE_NAME", NODE_GRPC_CLIENT);
+    let out = cg
+        .run(&mut cmd, CLIENT_TIMEOUT)?
+        .ok()
+        .with_context(|| format!("node_grpc.js client {target} {steps:?}"))?;
+    let results: Vec<StepResult> = out
+        .stdout
+        .lines()
+        .map(StepResult::parse)
+        .collect::<Result<_>>()?;
+    if results.len() != steps.len() {
+        bail!(
+            "node_grpc.js client ran {} of {} steps:\n{}\n{}",
+            results.len(),
+            steps.len(),
+            out.stdout,
+            out.stderr
+        );
+    }
+    Ok(results)
 }

@@ -1,10 +1,17 @@
-//! grpcio over TLS on both hops (client -> A -> B): the HTTP/2 frames are
+//! gRPC over TLS on both hops (client -> A -> B): the HTTP/2 frames are
 //! read through the OpenSSL probes, and the spans of each hop are linked
 //! across services (one agent sees both ends of each connection).
+//!
+//! The peers are Node.js (`tests/peers/node_grpc.js`: gRPC on the wire from
+//! the built-in `http2` and `tls`), not grpcio: grpcio's wheel links
+//! BoringSSL statically with no exported symbols, so there is nothing for
+//! Clew's OpenSSL uprobes to attach to and its plaintext is never seen (a
+//! documented limit, which Clew counts and reports as unsupported TLS).
+//! `node` links OpenSSL statically and exports its API, which Clew hooks.
 
 use anyhow::{ensure, Result};
 use clew_e2e::check_h2::RpcExpect;
-use clew_e2e::grpc::{code, grpc_client, GrpcService, GRPC_CLIENT, SERVICE};
+use clew_e2e::grpc::{code, node_grpc_client, NodeGrpcService, NODE_GRPC_CLIENT, SERVICE};
 use clew_e2e::tls::TestCert;
 use clew_e2e::{Protocol, Traced};
 
@@ -16,15 +23,11 @@ const N: usize = 5;
 fn grpc_over_tls_cross_service_parents() -> Result<()> {
     let cert = TestCert::new()?;
     let mut t = Traced::start("h2-grpc-tls", Protocol::Grpc)?;
-    let b = GrpcService::opts("grpc-tls-b").tls(&cert).start(&t.cg)?;
-    let b_target = b.target();
-    let a = GrpcService::opts("grpc-tls-a")
-        .tls(&cert)
-        .downstream(&b_target)
-        .downstream_tls(&cert)
-        .start(&t.cg)?;
+    let b = NodeGrpcService::start(&t.cg, "grpc-tls-b", &cert, None)?;
+    let a = NodeGrpcService::start(&t.cg, "grpc-tls-a", &cert, Some(&b.target()))?;
+    // N sequential Chain calls, each its own step, on one connection.
     let steps = vec!["chain"; N];
-    let results = grpc_client(&t.cg, &a.target(), Some(&cert), &steps)?;
+    let results = node_grpc_client(&t.cg, &a.target(), &cert, &steps)?;
     for r in &results {
         r.expect(code::OK)?;
     }
@@ -36,7 +39,7 @@ fn grpc_over_tls_cross_service_parents() -> Result<()> {
         &[
             (
                 a_srv.clone(),
-                RpcExpect::client(GRPC_CLIENT, SERVICE, "Chain", a.port),
+                RpcExpect::client(NODE_GRPC_CLIENT, SERVICE, "Chain", a.port),
                 N,
             ),
             (
@@ -58,11 +61,20 @@ fn grpc_over_tls_cross_service_parents() -> Result<()> {
         );
     }
     // Informational here (grpc_chain asserts it): A's calls to B under A's
-    // SERVER spans, when the agent manages it through grpcio's threads.
+    // SERVER spans, when the agent manages it through Node's event loop.
     let nested = pair_one_to_one(&a_cli.select_exact(&spans), &a_srv.select_exact(&spans));
     eprintln!(
         "A CLIENT spans nested under A SERVER spans: {}",
         nested.map_or_else(|e| format!("no: {e:#}"), |_| "yes".into())
+    );
+    let calls = b.received()?;
+    eprintln!(
+        "B calls received with a traceparent: {} of {}",
+        calls
+            .iter()
+            .filter(|c| !c.get("traceparent").is_empty())
+            .count(),
+        calls.len()
     );
     t.agent.ensure_healthy()?;
     t.agent.stop()
