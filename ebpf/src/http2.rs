@@ -104,15 +104,18 @@ fn observe(s: &Staged) {
 /// and offered to the TCP option, which the ciphertext's segments carry,
 /// and reported with the stream id so the exported span has those ids.
 #[inline(always)]
-pub fn tls_request_write(pid_tgid: u64, buf: u64) {
+pub fn tls_request_write(pid_tgid: u64, buf: u64, need_preface: bool) {
     if !tcp_option::enabled() {
         return;
     }
     // A connection's first write often holds the preface, SETTINGS and
-    // the first request's HEADERS together.
+    // the first request's HEADERS together; the plaintext's protocol is
+    // only known once that first write was seen.
     let mut off = 0u64;
     if matches!(unsafe { bpf_probe_read_user(buf as *const [u8; 8]) }, Ok(b) if b == *b"PRI * HT") {
         off = PREFACE;
+    } else if need_preface {
+        return;
     }
     let mut i = 0;
     while i < MAX_FRAMES {

@@ -70,9 +70,11 @@ pub fn staged() -> Option<Staged> {
 /// seen (`UNKNOWN`) may be on its first request.
 #[inline(always)]
 pub fn tls_write(p: u8, pid_tgid: u64, buf: u64) {
-    if p == proto::HTTP2 {
-        http2::tls_request_write(pid_tgid, buf);
-    } else if p == proto::HTTP1 || p == proto::UNKNOWN {
+    if p == proto::HTTP2 || p == proto::UNKNOWN {
+        // Unknown: only a write that starts with the preface is HTTP/2.
+        http2::tls_request_write(pid_tgid, buf, p == proto::UNKNOWN);
+    }
+    if p == proto::HTTP1 || p == proto::UNKNOWN {
         http1::tls_request_write(pid_tgid, buf);
     }
 }

@@ -10,7 +10,6 @@ mod grpc_tls;
 mod nghttp2;
 mod node;
 mod preexisting;
-mod upgrade;
 
 use anyhow::{bail, ensure, Context, Result};
 use clew_e2e::check_h2::RpcExpect;
