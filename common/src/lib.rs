@@ -277,7 +277,8 @@ pub mod proto {
 
 /// HTTP/1 facts both sides use.
 pub mod http1 {
-    const fn le(s: &[u8]) -> u64 {
+    /// Up to 8 bytes as a little-endian word, for comparing words at once.
+    pub const fn le(s: &[u8]) -> u64 {
         let mut w = [0u8; 8];
         let mut k = 0;
         while k < 8 && k < s.len() {

@@ -6,7 +6,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::bpf_loop;
-use clew_common::SCAN_BYTES;
+use clew_common::{http1::le, SCAN_BYTES};
 
 const MASK: usize = SCAN_BYTES - 1;
 /// Bytes after a newline the matcher reads: the longest name it compares
@@ -40,16 +40,6 @@ fn word(buf: &[u8; SCAN_BYTES + SLACK], i: usize) -> u64 {
 
 /// ASCII letters to lower case; harmless on the digits and `-:` compared here.
 const LOWER: u64 = 0x2020_2020_2020_2020;
-
-const fn le(s: &[u8]) -> u64 {
-    let mut w = [0u8; 8];
-    let mut k = 0;
-    while k < 8 && k < s.len() {
-        w[k] = s[k];
-        k += 1;
-    }
-    u64::from_le_bytes(w)
-}
 
 /// True if `buf` starts with a method token used by real clients and a space.
 #[inline(always)]

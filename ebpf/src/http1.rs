@@ -6,11 +6,7 @@
 //! request it belongs to. Over TLS it also decides the CLIENT span of each
 //! request a process writes.
 
-use aya_ebpf::{
-    helpers::{bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw},
-    macros::{tracepoint, uretprobe},
-    programs::{RetProbeContext, TracePointContext},
-};
+use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw};
 use clew_common::{dir, http1::is_method_word, role, SCAN_BYTES};
 
 use crate::{
@@ -24,22 +20,7 @@ use crate::{
 /// Shorter reads are not scanned as a request head.
 const MIN_REQUEST: u64 = 16;
 
-#[tracepoint]
-pub fn observe_http1(_ctx: TracePointContext) -> u32 {
-    if let Some(s) = observe::staged() {
-        observe(&s);
-    }
-    0
-}
-
-/// The same for TLS plaintext (a tail call stays within one program type).
-#[uretprobe]
-pub fn observe_http1_tls(_ctx: RetProbeContext) -> u32 {
-    if let Some(s) = observe::staged() {
-        observe(&s);
-    }
-    0
-}
+observe::observers!(observe_http1, observe_http1_tls);
 
 #[inline(always)]
 fn observe(s: &Staged) {

@@ -7,11 +7,7 @@
 //! block), which it recognises byte for byte. Anything else is left to
 //! userspace, which decodes the whole header block.
 
-use aya_ebpf::{
-    helpers::{bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw},
-    macros::{tracepoint, uretprobe},
-    programs::{RetProbeContext, TracePointContext},
-};
+use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw};
 use clew_common::{dir, role};
 
 use crate::{
@@ -39,22 +35,7 @@ const MAX_FRAME: u64 = 16384;
 /// The largest frame type RFC 9113 defines (CONTINUATION).
 const MAX_KIND: u8 = 9;
 
-#[tracepoint]
-pub fn observe_http2(_ctx: TracePointContext) -> u32 {
-    if let Some(s) = observe::staged() {
-        observe(&s);
-    }
-    0
-}
-
-/// The same for TLS plaintext (a tail call stays within one program type).
-#[uretprobe]
-pub fn observe_http2_tls(_ctx: RetProbeContext) -> u32 {
-    if let Some(s) = observe::staged() {
-        observe(&s);
-    }
-    0
-}
+observe::observers!(observe_http2, observe_http2_tls);
 
 #[inline(always)]
 fn observe(s: &Staged) {

@@ -57,6 +57,30 @@ pub fn dispatch<C: EbpfContext>(
     }
 }
 
+/// Defines a protocol's two observer programs around its `observe(&Staged)`:
+/// one for `exit_io` (a tracepoint) and one for the TLS return probes (a
+/// tail call stays within one program type).
+macro_rules! observers {
+    ($syscalls:ident, $tls:ident) => {
+        #[aya_ebpf::macros::tracepoint]
+        pub fn $syscalls(_ctx: aya_ebpf::programs::TracePointContext) -> u32 {
+            if let Some(s) = $crate::observe::staged() {
+                observe(&s);
+            }
+            0
+        }
+
+        #[aya_ebpf::macros::uretprobe]
+        pub fn $tls(_ctx: aya_ebpf::programs::RetProbeContext) -> u32 {
+            if let Some(s) = $crate::observe::staged() {
+                observe(&s);
+            }
+            0
+        }
+    };
+}
+pub(crate) use observers;
+
 /// The call staged by `dispatch`, for the observer it tail-called.
 #[inline(always)]
 pub fn staged() -> Option<Staged> {
