@@ -292,3 +292,34 @@ pub fn max_overlap(spans: &[&RecvSpan]) -> usize {
     }
     max as usize
 }
+
+/// `child`'s parent is `parent`, in the same trace.
+pub fn ensure_parent(child: &RecvSpan, parent: &RecvSpan) -> Result<()> {
+    anyhow::ensure!(
+        child.trace_id == parent.trace_id
+            && child.parent_span_id.as_deref() == Some(parent.span_id.as_str()),
+        "wrong parent:\n  child:    {child}\n  expected: {parent}"
+    );
+    Ok(())
+}
+
+/// The one span among `candidates` that is `child`'s parent (same trace).
+pub fn parent_among<'s>(child: &RecvSpan, candidates: &[&'s RecvSpan]) -> Result<&'s RecvSpan> {
+    let found: Vec<_> = candidates
+        .iter()
+        .filter(|p| {
+            p.trace_id == child.trace_id
+                && child.parent_span_id.as_deref() == Some(p.span_id.as_str())
+        })
+        .collect();
+    if found.len() != 1 {
+        let list: Vec<String> = candidates.iter().map(|c| format!("    {c}")).collect();
+        anyhow::bail!(
+            "expected one parent for\n  {child}\namong {} candidates, found {}:\n{}",
+            candidates.len(),
+            found.len(),
+            list.join("\n")
+        );
+    }
+    Ok(found[0])
+}

@@ -7,14 +7,13 @@
 
 use crate::cgroup::Cgroup;
 use crate::env::{peers_dir, python};
+use crate::line_session::LineSession;
 use crate::net::{free_port, wait_listening_local};
 use crate::process::{Supervised, TempDir};
 use crate::tls::TestCert;
 use anyhow::{bail, Context, Result};
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -264,10 +263,20 @@ pub fn grpc_client(
 ) -> Result<Vec<StepResult>> {
     let mut cmd = client_command(target, ca)?;
     cmd.arg("run").args(steps);
+    run_steps(cg, &mut cmd, &format!("grpc_client.py {target} run"), steps)
+}
+
+/// Runs a gRPC client that prints one `StepResult` line per step.
+fn run_steps(
+    cg: &Cgroup,
+    cmd: &mut Command,
+    what: &str,
+    steps: &[&str],
+) -> Result<Vec<StepResult>> {
     let out = cg
-        .run(&mut cmd, CLIENT_TIMEOUT)?
+        .run(cmd, CLIENT_TIMEOUT)?
         .ok()
-        .with_context(|| format!("grpc_client.py {target} run {steps:?}"))?;
+        .with_context(|| format!("{what} {steps:?}"))?;
     let results: Vec<StepResult> = out
         .stdout
         .lines()
@@ -275,7 +284,7 @@ pub fn grpc_client(
         .collect::<Result<_>>()?;
     if results.len() != steps.len() {
         bail!(
-            "grpc_client.py ran {} of {} steps:\n{}\n{}",
+            "{what} ran {} of {} steps:\n{}\n{}",
             results.len(),
             steps.len(),
             out.stdout,
@@ -287,78 +296,28 @@ pub fn grpc_client(
 
 /// `grpc_client.py session`: one channel that stays open across test steps
 /// (e.g. across the agent's start); each `step` runs on it.
-pub struct GrpcSession {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-    stderr_log: PathBuf,
-    _dir: TempDir,
-}
+pub struct GrpcSession(LineSession);
 
 impl GrpcSession {
     pub fn start(cg: &Cgroup, target: &str) -> Result<Self> {
-        let dir = TempDir::new("grpc-session")?;
-        let stderr_log = dir.join("stderr.log");
         let mut cmd = client_command(target, None)?;
-        cmd.arg("session")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_log)?);
-        let mut child = cg.spawn(&mut cmd)?;
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().context("session stdout")?;
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(GrpcSession {
-            child,
-            stdin,
-            lines,
-            stderr_log,
-            _dir: dir,
-        })
+        cmd.arg("session");
+        Ok(GrpcSession(LineSession::spawn(
+            cg,
+            "grpc session",
+            &mut cmd,
+            CLIENT_TIMEOUT,
+        )?))
     }
 
     /// Runs one client step on the session's channel.
     pub fn step(&mut self, step: &str) -> Result<StepResult> {
-        let stdin = self.stdin.as_mut().context("session already finished")?;
-        writeln!(stdin, "{step}")
-            .and_then(|()| stdin.flush())
-            .with_context(|| format!("session step {step}: client gone\n{}", self.stderr()))?;
-        let line = self
-            .lines
-            .recv_timeout(CLIENT_TIMEOUT)
-            .with_context(|| format!("session step {step}: no answer\n{}", self.stderr()))?;
-        StepResult::parse(&line)
+        StepResult::parse(&self.0.ask(step)?)
     }
 
     /// Closes the channel and requires the client to exit 0.
-    pub fn finish(mut self) -> Result<()> {
-        drop(self.stdin.take());
-        match crate::process::wait_deadline(&mut self.child, CLIENT_TIMEOUT)? {
-            Some(s) if s.success() => Ok(()),
-            Some(s) => bail!("grpc session exited with {s}\n{}", self.stderr()),
-            None => bail!("grpc session did not exit\n{}", self.stderr()),
-        }
-    }
-
-    fn stderr(&self) -> String {
-        format!(
-            "---- grpc session stderr ----\n{}---- end ----",
-            std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
-        )
-    }
-}
-
-impl Drop for GrpcSession {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn finish(self) -> Result<()> {
+        self.0.finish()
     }
 }
 
@@ -367,13 +326,9 @@ pub const NODE_GRPC_CLIENT: &str = "node-grpc-client";
 
 /// `tests/peers/node_grpc.js server`: `clew.test.Echo` (Unary, Chain) on
 /// Node.js `http2` over TLS, traced under `service.name` = its name.
-pub struct NodeGrpcService {
-    pub name: String,
-    pub port: u16,
-    metadata_log: PathBuf,
-    proc: Supervised,
-    _dir: TempDir,
-}
+/// gRPC on the wire from Node.js's `http2` (its OpenSSL is hooked, unlike
+/// the BoringSSL inside grpcio's wheels): `node_grpc.js server`.
+pub struct NodeGrpcService;
 
 impl NodeGrpcService {
     /// Starts the service inside `cg`, serving TLS with `cert`; `Chain`
@@ -383,7 +338,7 @@ impl NodeGrpcService {
         name: &str,
         cert: &TestCert,
         downstream: Option<&str>,
-    ) -> Result<Self> {
+    ) -> Result<GrpcService> {
         let dir = TempDir::new(name)?;
         let port = free_port()?;
         let metadata_log = dir.join("metadata.jsonl");
@@ -405,31 +360,13 @@ impl NodeGrpcService {
         let proc = Supervised::start(name, &mut cmd, dir.join("service.log"), |c| cg.spawn(c))
             .context("starting node_grpc.js (is Node.js installed?)")?;
         wait_listening_local(port, START_TIMEOUT, || proc.log_tail(40))?;
-        Ok(NodeGrpcService {
+        Ok(GrpcService {
             name: name.to_string(),
             port,
             metadata_log,
             proc,
             _dir: dir,
         })
-    }
-
-    /// `127.0.0.1:PORT`.
-    pub fn target(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.proc.pid()
-    }
-
-    pub fn log(&self) -> String {
-        self.proc.log_text()
-    }
-
-    /// Calls received so far, with their metadata.
-    pub fn received(&self) -> Result<Vec<ReceivedCall>> {
-        read_received(&self.metadata_log)
     }
 }
 
@@ -449,23 +386,10 @@ pub fn node_grpc_client(
         .arg(&ca.cert)
         .args(steps)
         .env("OTEL_SERVICE_NAME", NODE_GRPC_CLIENT);
-    let out = cg
-        .run(&mut cmd, CLIENT_TIMEOUT)?
-        .ok()
-        .with_context(|| format!("node_grpc.js client {target} {steps:?}"))?;
-    let results: Vec<StepResult> = out
-        .stdout
-        .lines()
-        .map(StepResult::parse)
-        .collect::<Result<_>>()?;
-    if results.len() != steps.len() {
-        bail!(
-            "node_grpc.js client ran {} of {} steps:\n{}\n{}",
-            results.len(),
-            steps.len(),
-            out.stdout,
-            out.stderr
-        );
-    }
-    Ok(results)
+    run_steps(
+        cg,
+        &mut cmd,
+        &format!("node_grpc.js client {target}"),
+        steps,
+    )
 }

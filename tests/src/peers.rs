@@ -2,15 +2,14 @@
 
 use crate::cgroup::Cgroup;
 use crate::env::{peers_dir, python, Python};
+use crate::line_session::LineSession;
 use crate::net::{free_port, wait_listening, wait_listening_in};
 use crate::netns::Netns;
 use crate::process::{Supervised, TempDir};
 use crate::tls::TestCert;
 use anyhow::{bail, Context, Result};
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -392,62 +391,32 @@ pub fn raw_client(cg: &Cgroup, args: &[&str]) -> Result<String> {
 /// `raw_client.py session`: one keep-alive connection that stays open across
 /// test steps (e.g. across the agent's start); each `get` sends one request
 /// on it. The client fails (and `get` with it) if the connection is ever replaced.
-pub struct KeepAliveSession {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-    stderr_log: PathBuf,
-    _dir: TempDir,
-}
+pub struct KeepAliveSession(LineSession);
 
 impl KeepAliveSession {
     /// Starts the client inside `cg`, connected to 127.0.0.1:`port` (the
     /// connection opens with the first request).
     pub fn start(cg: &Cgroup, port: u16) -> Result<Self> {
         let py = python()?;
-        let dir = TempDir::new("session")?;
-        let stderr_log = dir.join("stderr.log");
         let mut cmd = Command::new(&py.path);
         cmd.arg(peers_dir().join("raw_client.py"))
             .args(["session", "--port", &port.to_string()])
             .env("OTEL_SERVICE_NAME", RAW_CLIENT)
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_log)?);
-        let mut child = cg.spawn(&mut cmd)?;
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().context("session stdout")?;
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(KeepAliveSession {
-            child,
-            stdin,
-            lines,
-            stderr_log,
-            _dir: dir,
-        })
+            .env("PYTHONUNBUFFERED", "1");
+        Ok(KeepAliveSession(LineSession::spawn(
+            cg,
+            "session client",
+            &mut cmd,
+            CLIENT_TIMEOUT,
+        )?))
     }
 
     /// Sends `GET path` on the session's connection; returns the status.
     pub fn get(&mut self, path: &str) -> Result<u16> {
-        let stdin = self.stdin.as_mut().context("session already finished")?;
-        writeln!(stdin, "{path}")
-            .and_then(|()| stdin.flush())
-            .with_context(|| format!("session GET {path}: client gone\n{}", self.stderr()))?;
-        let line = self
-            .lines
-            .recv_timeout(CLIENT_TIMEOUT)
-            .with_context(|| format!("session GET {path}: no answer\n{}", self.stderr()))?;
+        let line = self.0.ask(path)?;
         line.trim()
             .parse()
-            .with_context(|| format!("session GET {path} printed {line:?}\n{}", self.stderr()))
+            .with_context(|| format!("session GET {path} printed {line:?}\n{}", self.0.stderr()))
     }
 
     /// `get`, requiring `status`.
@@ -460,27 +429,8 @@ impl KeepAliveSession {
     }
 
     /// Closes the connection and requires the client to exit 0.
-    pub fn finish(mut self) -> Result<()> {
-        drop(self.stdin.take());
-        match crate::process::wait_deadline(&mut self.child, CLIENT_TIMEOUT)? {
-            Some(s) if s.success() => Ok(()),
-            Some(s) => bail!("session client exited with {s}\n{}", self.stderr()),
-            None => bail!("session client did not exit\n{}", self.stderr()),
-        }
-    }
-
-    fn stderr(&self) -> String {
-        format!(
-            "---- session client stderr ----\n{}---- end ----",
-            std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
-        )
-    }
-}
-
-impl Drop for KeepAliveSession {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn finish(self) -> Result<()> {
+        self.0.finish()
     }
 }
 

@@ -11,41 +11,11 @@ mod nghttp2;
 mod node;
 mod preexisting;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
+pub use clew_e2e::check::{ensure_parent, parent_among};
 use clew_e2e::check_h2::RpcExpect;
 use clew_e2e::{Receiver, RecvSpan, SPAN_TIMEOUT};
 use std::collections::HashSet;
-
-/// `child`'s parent is `parent`, in the same trace.
-pub fn ensure_parent(child: &RecvSpan, parent: &RecvSpan) -> Result<()> {
-    ensure!(
-        child.trace_id == parent.trace_id
-            && child.parent_span_id.as_deref() == Some(parent.span_id.as_str()),
-        "wrong parent:\n  child:    {child}\n  expected: {parent}"
-    );
-    Ok(())
-}
-
-/// The one span among `candidates` that is `child`'s parent (same trace).
-pub fn parent_among<'s>(child: &RecvSpan, candidates: &[&'s RecvSpan]) -> Result<&'s RecvSpan> {
-    let found: Vec<_> = candidates
-        .iter()
-        .filter(|p| {
-            p.trace_id == child.trace_id
-                && child.parent_span_id.as_deref() == Some(p.span_id.as_str())
-        })
-        .collect();
-    if found.len() != 1 {
-        let list: Vec<String> = candidates.iter().map(|c| format!("    {c}")).collect();
-        bail!(
-            "expected one parent for\n  {child}\namong {} candidates, found {}:\n{}",
-            candidates.len(),
-            found.len(),
-            list.join("\n")
-        );
-    }
-    Ok(found[0])
-}
 
 /// Every child's parent is one of `parents`, each parent used once:
 /// one-to-one pairs, as one call gives one span on each side.

@@ -11,34 +11,10 @@ mod node;
 mod python_ssl;
 mod two_nodes;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use clew_e2e::check::expect_count;
-use clew_e2e::{Expect, Receiver, RecvSpan, SPAN_TIMEOUT};
-
-/// `child`'s parent is `parent`, in the same trace.
-pub fn ensure_parent(child: &RecvSpan, parent: &RecvSpan) -> Result<()> {
-    ensure!(
-        child.trace_id == parent.trace_id
-            && child.parent_span_id.as_deref() == Some(parent.span_id.as_str()),
-        "wrong parent:\n  child:    {child}\n  expected: {parent}"
-    );
-    Ok(())
-}
-
-/// The one span among `candidates` that is `child`'s parent.
-pub fn parent_among<'s>(child: &RecvSpan, candidates: &[&'s RecvSpan]) -> Result<&'s RecvSpan> {
-    let found: Vec<_> = candidates
-        .iter()
-        .filter(|p| child.parent_span_id.as_deref() == Some(p.span_id.as_str()))
-        .collect();
-    ensure!(
-        found.len() == 1,
-        "expected one parent for {child} among {} candidates, found {}",
-        candidates.len(),
-        found.len()
-    );
-    Ok(found[0])
-}
+pub use clew_e2e::check::{ensure_parent, parent_among};
+use clew_e2e::{Expect, Receiver, SPAN_TIMEOUT};
 
 /// Waits for `n` spans of each (server, client) expectation, checks them
 /// all against the contract, and that every server span's parent is one of
