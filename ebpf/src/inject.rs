@@ -31,7 +31,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, SockHash},
     programs::{SkMsgContext, SockOpsContext},
 };
-use clew_common::{ctxflag, h2, role, MAX_INJECT_SOCKS, SCAN_BYTES, TRACEPARENT_LINE};
+use clew_common::{ctxflag, h2, proto, role, MAX_INJECT_SOCKS, SCAN_BYTES, TRACEPARENT_LINE};
 
 use crate::{
     context,
@@ -64,20 +64,13 @@ pub struct SockState {
     pub skip: u64,
     /// Message boundaries are lost: never inject on this socket again.
     pub hands_off: u32,
-    /// What the first send showed (`Proto`).
-    pub proto: u32,
+    /// What the first send showed (`clew_common::proto`; HTTP/2 only when
+    /// proven by the client preface and a SETTINGS frame).
+    pub proto: u8,
+    pub _pad8: [u8; 3],
     /// HTTP/2: the highest stream id a HEADERS frame opened.
     pub last_stream: u32,
     pub _pad: u32,
-}
-
-/// `SockState::proto`.
-pub mod proto {
-    /// Nothing sent yet.
-    pub const UNSEEN: u32 = 0;
-    pub const HTTP1: u32 = 1;
-    /// Proven by the client preface and a SETTINGS frame.
-    pub const H2: u32 = 2;
 }
 
 /// A TCP connection from our side: the remote end and our port, as sockops
@@ -251,12 +244,12 @@ fn try_inject(ctx: &SkMsgContext, key: &SockKey) -> Sent {
     if st.hands_off != 0 {
         return Sent::Unseen;
     }
-    if st.proto == proto::H2 {
+    if st.proto == proto::HTTP2 {
         return inject_h2::on_send(ctx, st, 0);
     }
-    if st.proto == proto::UNSEEN {
+    if st.proto == proto::UNKNOWN {
         if inject_h2::starts_with_preface(ctx) {
-            st.proto = proto::H2;
+            st.proto = proto::HTTP2;
             return inject_h2::on_send(ctx, st, h2::PREFACE.len() as u64);
         }
         st.proto = proto::HTTP1;
