@@ -51,6 +51,8 @@ fn by_name(file_name: &str) -> Option<&'static str> {
         ("libjvm.so", "Java JSSE"),
         ("libwolfssl.so", "wolfSSL"),
         ("libmbedtls.so", "Mbed TLS"),
+        // grpcio's wheels link BoringSSL statically, without symbols.
+        ("cygrpc.", "BoringSSL inside grpcio"),
     ];
     rules
         .iter()
@@ -147,6 +149,7 @@ mod tests {
     fn names_pick_what_to_open() {
         assert!(interesting("libssl.so.3", false));
         assert!(interesting("libssl.so.1.1", false));
+        assert!(interesting("cygrpc.cpython-311-x86_64-linux-gnu.so", false));
         assert!(interesting("libgnutls.so.30", false));
         assert!(interesting("anything", true));
         assert!(!interesting("libc.so.6", false));
