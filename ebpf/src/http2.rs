@@ -8,7 +8,11 @@
 //! userspace, which decodes the whole header block.
 
 use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw};
-use clew_common::{dir, role};
+use clew_common::{
+    dir,
+    h2::{self, flag, frame},
+    role,
+};
 
 use crate::{
     context, head,
@@ -18,22 +22,15 @@ use crate::{
     tcp_option,
 };
 
-const FRAME_HEADER: u64 = 9;
-const PREFACE: u64 = 24;
-const HEADERS: u8 = 1;
-const DATA: u8 = 0;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
+const FRAME_HEADER: u64 = h2::FRAME_HEADER as u64;
+const PREFACE: u64 = h2::PREFACE.len() as u64;
 /// Frames looked at from the start of one read or write.
 const MAX_FRAMES: u32 = 4;
-/// Clew's injected field: 0x00, name length 11, `traceparent`, value length 55.
-const FIELD_PREFIX: [u8; 14] = *b"\x00\x0btraceparent\x37";
-const FIELD: u64 = 69;
+const FIELD: u64 = h2::TRACEPARENT_FIELD as u64;
 /// The default (and for a client, safe) largest frame payload.
-const MAX_FRAME: u64 = 16384;
-/// The largest frame type RFC 9113 defines (CONTINUATION).
-const MAX_KIND: u8 = 9;
+const MAX_FRAME: u64 = h2::DEFAULT_MAX_FRAME as u64;
+/// The largest frame type RFC 9113 defines.
+const MAX_KIND: u8 = frame::CONTINUATION;
 
 observe::observers!(observe_http2, observe_http2_tls);
 
@@ -54,18 +51,21 @@ fn observe(s: &Staged) {
         let Ok(h) = (unsafe { bpf_probe_read_user((s.buf + off) as *const [u8; 9]) }) else {
             return;
         };
-        let len = (h[0] as u64) << 16 | (h[1] as u64) << 8 | h[2] as u64;
-        let (kind, flags) = (h[3], h[4]);
-        let stream = u32::from_be_bytes([h[5] & 0x7f, h[6], h[7], h[8]]);
+        let f = h2::FrameHeader::parse(&h);
+        let (len, kind, flags, stream) = (f.len as u64, f.ty, f.flags, f.stream);
         if s.direction == dir::EGRESS {
-            if (kind == HEADERS || kind == DATA) && flags & END_STREAM != 0 && stream != 0 {
+            if (kind == frame::HEADERS || kind == frame::DATA)
+                && flags & flag::END_STREAM != 0
+                && stream != 0
+            {
                 context::server_response();
                 return;
             }
-        } else if kind == HEADERS && stream % 2 == 1 {
+        } else if kind == frame::HEADERS && stream % 2 == 1 {
             let block = s.buf + off + FRAME_HEADER;
             let complete = off + FRAME_HEADER + len <= s.len;
-            let tp = if complete && flags & (END_HEADERS | PADDED) == END_HEADERS {
+            let tp = if complete && flags & (flag::END_HEADERS | flag::PADDED) == flag::END_HEADERS
+            {
                 injected_traceparent(block, len)
             } else {
                 None
@@ -103,14 +103,14 @@ pub fn tls_request_write(pid_tgid: u64, buf: u64, need_preface: bool) {
         let Ok(h) = (unsafe { bpf_probe_read_user((buf + off) as *const [u8; 9]) }) else {
             return;
         };
-        let len = (h[0] as u64) << 16 | (h[1] as u64) << 8 | h[2] as u64;
-        let stream = u32::from_be_bytes([h[5] & 0x7f, h[6], h[7], h[8]]);
+        let f = h2::FrameHeader::parse(&h);
+        let (len, stream) = (f.len as u64, f.stream);
         // The write's length is not known at entry: stop at anything that
         // is not a plausible frame header.
-        if len > MAX_FRAME || h[3] > MAX_KIND {
+        if len > MAX_FRAME || f.ty > MAX_KIND {
             return;
         }
-        if h[3] == HEADERS && stream % 2 == 1 {
+        if f.ty == frame::HEADERS && stream % 2 == 1 {
             let ctx = context::client_request();
             tcp_option::offer(pid_tgid, &ctx);
             context::emit(role::CONNECTED, 0, now(), &ctx, stream);
@@ -129,7 +129,7 @@ fn injected_traceparent(block: u64, len: u64) -> Option<([u8; 16], [u8; 8], bool
     }
     let field = block + len - FIELD;
     let prefix = unsafe { bpf_probe_read_user(field as *const [u8; 14]) }.ok()?;
-    if prefix != FIELD_PREFIX {
+    if prefix != *h2::TRACEPARENT_FIELD_PREFIX {
         return None;
     }
     let h = HEAD.get_ptr_mut(0)?;

@@ -10,6 +10,7 @@
 
 use loona_hpack::{decoder::DecoderError, Decoder};
 
+use super::unhuffman;
 use crate::protocol::{http1::MAX_HEADER_VALUE, http_common::bounded_text};
 
 /// Dynamic table size a peer may switch to (the default is 4 KiB); a
@@ -72,20 +73,31 @@ impl Fields {
 }
 
 /// Decodes the header blocks one endpoint sends, in order.
-pub struct HeaderDecoder(Decoder<'static>);
+pub struct HeaderDecoder {
+    decoder: Decoder<'static>,
+    /// The block with its Huffman strings decoded (see `unhuffman`).
+    plain: Vec<u8>,
+}
 
 impl Default for HeaderDecoder {
     fn default() -> Self {
-        let mut d = Decoder::new();
-        d.set_max_allowed_table_size(MAX_TABLE);
-        HeaderDecoder(d)
+        let mut decoder = Decoder::new();
+        decoder.set_max_allowed_table_size(MAX_TABLE);
+        HeaderDecoder {
+            decoder,
+            plain: Vec::new(),
+        }
     }
 }
 
 impl HeaderDecoder {
     pub fn decode(&mut self, block: &[u8]) -> Result<Fields, HpackError> {
         let mut fields = Fields::default();
-        self.0
+        let block = match unhuffman::rewrite(block, &mut self.plain) {
+            Some(()) => &self.plain[..],
+            None => block,
+        };
+        self.decoder
             .decode_with_cb(block, |name, value| fields.keep(&name, &value))
             .map_err(HpackError)?;
         Ok(fields)
