@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use crate::protocol::{ConnFacts, Role, Session};
+use crate::protocol::{ConnFacts, Protocol, Role, Session};
 
 pub struct Conn {
     pub tgid: u32,
@@ -41,6 +41,18 @@ impl Conn {
             self.session = Some(s);
         }
         self.session.as_mut()
+    }
+}
+
+impl Conn {
+    /// Records of the connection were lost: forget its protocol state, so
+    /// the next bytes are treated as a connection first met mid-stream
+    /// (HTTP/1 resynchronises on a start line; HTTP/2 cannot, and is
+    /// dropped). Returns the protocol whose state was lost.
+    pub fn restart_after_loss(&mut self) -> Option<Protocol> {
+        let lost = self.session.take()?.protocol();
+        self.role = None;
+        Some(lost)
     }
 }
 
@@ -197,6 +209,20 @@ mod tests {
             c.session(false, b"GET / HTTP/1.1\r\n").unwrap().role(),
             Role::Client
         );
+    }
+
+    #[test]
+    fn a_loss_restarts_the_connection_as_met_mid_stream() {
+        let mut c = conn(1, 0);
+        c.role = Some(Role::Server);
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+        assert!(c.session(true, preface).is_some());
+        assert_eq!(c.restart_after_loss(), Some(Protocol::Http2));
+        // HTTP/2 cannot be picked up mid-stream; HTTP/1 can.
+        assert!(c.session(true, b"\0\0\x04\x01\x04\0\0\0\x03").is_none());
+        assert!(c.session(true, b"GET / HTTP/1.1\r\n\r\n").is_some());
+        assert_eq!(c.restart_after_loss(), Some(Protocol::Http1));
+        assert_eq!(c.restart_after_loss(), None);
     }
 
     #[test]

@@ -233,6 +233,19 @@ impl Pipeline {
         };
         c.last_ns = d.ts_ns;
         c.facts.tls |= d.tls;
+        if d.after_loss {
+            // Bytes are missing before these: what was parsed so far cannot
+            // be continued with certainty (HPACK state, HTTP/1 pairing by
+            // order). Start over as for a connection met mid-stream.
+            if let Some(p) = c.restart_after_loss() {
+                stats::add(&self.stats.protocol(p).desynced, 1);
+            }
+            self.nesting.conn_closed(d.conn_id);
+            return self.on_data(capture::Data {
+                after_loss: false,
+                ..d
+            });
+        }
         let Some(session) = c.session(d.ingress, d.payload) else {
             // First bytes belong to no protocol Clew parses: stop paying for it.
             let (tgid, fd) = (c.tgid, c.fd);

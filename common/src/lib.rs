@@ -181,6 +181,9 @@ pub mod connstate {
     pub const TLS: u8 = 2;
     /// An `SSL` object is bound to this socket (see ebpf/src/tls.rs).
     pub const SSL_BOUND: u8 = 4;
+    /// A record of this connection did not fit in the ring buffer: the
+    /// next one that does is flagged [`super::dataflag::AFTER_LOSS`].
+    pub const LOST: u8 = 8;
     /// Bits holding the connection's [`proto`](super::proto) (of the
     /// plaintext, for TLS): kept in `state` so that every copy of it (in
     /// `Inflight` too) carries the protocol at no extra size.
@@ -515,6 +518,9 @@ pub mod dataflag {
     /// Plaintext read from or written to a TLS library (SSL_read/SSL_write),
     /// not bytes seen at the socket.
     pub const TLS: u8 = 1;
+    /// Records of this connection were lost just before this one: its
+    /// stream is not contiguous here.
+    pub const AFTER_LOSS: u8 = 2;
 }
 
 /// `kind::CONN_OPEN` / `kind::CONN_CLOSE`.

@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use clew_common::{
-    connstate, dir, kind, nr, proto, role, stat, ConnKey, DataHeader, SockAddr, IO_MARK,
+    connstate, dataflag, dir, kind, nr, proto, role, stat, ConnKey, DataHeader, SockAddr, IO_MARK,
     MAX_CAPTURE,
 };
 
@@ -129,7 +129,7 @@ pub fn exit_io(ctx: TracePointContext) -> u32 {
         }
         // sendfile moves file bytes the process never sees: account for
         // their length so the stream position stays right.
-        nr::SENDFILE => emit(&v, pid_tgid, ts, dir::EGRESS, 0, len, 0),
+        nr::SENDFILE => emit(&mut v, pid_tgid, ts, dir::EGRESS, 0, len, 0),
         _ => {}
     }
     if let Some((buf, n)) = first_segment(&v, len) {
@@ -292,7 +292,7 @@ extern "C" fn walk_step(i: u64, ctx: *mut c_void) -> i64 {
     if w.seg_left == 0 {
         if w.iov == 0 || w.seg >= w.iovcnt {
             // Fewer segments than bytes: keep the byte count honest.
-            emit(&w.v, w.pid_tgid, w.ts, w.direction, 0, w.left, 0);
+            emit(&mut w.v, w.pid_tgid, w.ts, w.direction, 0, w.left, 0);
             return 1;
         }
         let Ok(seg) = (unsafe { bpf_probe_read_user((w.iov + 16 * w.seg) as *const [u64; 2]) })
@@ -308,7 +308,7 @@ extern "C" fn walk_step(i: u64, ctx: *mut c_void) -> i64 {
         }
     }
     if i + 1 == MAX_RECORDS as u64 {
-        emit(&w.v, w.pid_tgid, w.ts, w.direction, 0, w.left, 0);
+        emit(&mut w.v, w.pid_tgid, w.ts, w.direction, 0, w.left, 0);
         return 1;
     }
     let (n, limit) = if w.whole != 0 {
@@ -324,7 +324,7 @@ extern "C" fn walk_step(i: u64, ctx: *mut c_void) -> i64 {
     } else {
         (w.seg_left, capture_limit() as u64)
     };
-    emit(&w.v, w.pid_tgid, w.ts, w.direction, w.seg_buf, n, limit);
+    emit(&mut w.v, w.pid_tgid, w.ts, w.direction, w.seg_buf, n, limit);
     w.seg_buf += n;
     w.seg_left -= n;
     w.left -= n;
@@ -347,9 +347,11 @@ fn first_segment(v: &Inflight, len: u64) -> Option<(u64, u64)> {
 }
 
 /// Emits one data record of `len` bytes, copying at most `limit` of them
-/// from `buf` (nothing when `buf` is 0).
+/// from `buf` (nothing when `buf` is 0). A record that does not fit marks
+/// the connection `LOST`; the next one that does carries `AFTER_LOSS`, so
+/// userspace never parses across the hole as if the stream were whole.
 #[inline(always)]
-fn emit(v: &Inflight, pid_tgid: u64, ts: u64, direction: u8, buf: u64, len: u64, limit: u64) {
+fn emit(v: &mut Inflight, pid_tgid: u64, ts: u64, direction: u8, buf: u64, len: u64, limit: u64) {
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -372,7 +374,12 @@ fn emit(v: &Inflight, pid_tgid: u64, ts: u64, direction: u8, buf: u64, len: u64,
     s.hdr = DataHeader {
         kind: kind::DATA,
         direction,
-        flags: v.data_flags,
+        flags: v.data_flags
+            | if v.conn_state & connstate::LOST != 0 {
+                dataflag::AFTER_LOSS
+            } else {
+                0
+            },
         _pad: [0; 2],
         conn_id: v.conn_id,
         pid_tgid,
@@ -389,9 +396,24 @@ fn emit(v: &Inflight, pid_tgid: u64, ts: u64, direction: u8, buf: u64, len: u64,
         size
     };
     let bytes = unsafe { core::slice::from_raw_parts(s as *const Scratch as *const u8, size) };
-    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+    let lost = EVENTS.output::<[u8]>(bytes, 0).is_err();
+    if lost {
         count(stat::RINGBUF_DROPS);
     } else {
         count(stat::DATA_EVENTS);
+    }
+    // Only a change of state costs a map update.
+    if lost != (v.conn_state & connstate::LOST != 0) {
+        v.conn_state ^= connstate::LOST;
+        let key = ConnKey {
+            tgid: (pid_tgid >> 32) as u32,
+            fd: v.fd,
+        };
+        if let Some(info) = CONNS.get_ptr_mut(&key) {
+            unsafe {
+                (*info).state =
+                    ((*info).state & !connstate::LOST) | (v.conn_state & connstate::LOST)
+            };
+        }
     }
 }

@@ -18,6 +18,8 @@ pub struct Data<'a> {
     pub ingress: bool,
     /// Plaintext from a TLS library call rather than bytes at the socket.
     pub tls: bool,
+    /// Records of this connection were lost just before this one.
+    pub after_loss: bool,
     /// Bytes the syscall moved; `payload` is the captured prefix of them.
     pub total: usize,
     pub payload: &'a [u8],
@@ -109,6 +111,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
                 ts_ns: h.ts_ns,
                 ingress: h.direction == dir::INGRESS,
                 tls: h.flags & dataflag::TLS != 0,
+                after_loss: h.flags & dataflag::AFTER_LOSS != 0,
                 total: (h.total as usize).max(captured),
                 payload: &payload[..captured],
             }))

@@ -317,6 +317,7 @@ mod tests {
             ts_ns,
             ingress,
             tls: false,
+            after_loss: false,
             total: payload.len(),
             payload,
         };

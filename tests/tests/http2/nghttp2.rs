@@ -101,3 +101,64 @@ fn h2load_against_nghttpd() -> Result<()> {
     t.agent.ensure_healthy()?;
     t.agent.stop()
 }
+
+/// The agent is stopped (SIGSTOP) for a second in the middle of an h2load
+/// run with a 1 MiB ring buffer, so records are lost in the middle of
+/// HTTP/2 connections. What is exported must still be right: every span a
+/// request h2load really sent (its path, GET, 200); the connections that
+/// lost records stop giving spans and are counted, never decoded on with a
+/// stale HPACK table.
+#[test]
+fn h2load_with_lost_records_gives_no_wrong_span() -> Result<()> {
+    let mut t = Traced::start_with("h2-lossy", Protocol::Grpc, &["--ringbuf-mib", "1"])?;
+    let server = Nghttpd::start(&t.cg)?;
+    let urls: Vec<String> = PATHS.iter().map(|p| server.url(p)).collect();
+    let mut cmd = h2load_command(&urls, 4, 10);
+    cmd.args(["-D", "4"]);
+    for h in evicting_headers(6, 900) {
+        cmd.args(["-H", &h]);
+    }
+    let pid = t.agent.pid();
+    let stall = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        // SAFETY: plain kill(2) on the agent this test started.
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        std::thread::sleep(Duration::from_millis(1000));
+        unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    });
+    let r = run_h2load(&t.cg, &mut cmd, Duration::from_secs(60))?;
+    stall.join().expect("the stall thread");
+    ensure!(r.errors() == 0, "h2load errors:\n{}", r.output);
+    let drops = t.agent.metric("kernel_ringbuf_drops")?;
+    ensure!(drops > 0, "no record was lost: the test proves nothing");
+    // Let the agent drain and export what it kept.
+    std::thread::sleep(Duration::from_secs(3));
+    let spans = t.rx.spans();
+    let desynced = t.agent.metric("protocol_desynced{protocol=\"http2\"}")?;
+    ensure!(
+        desynced > 0,
+        "{drops} records lost, yet no HTTP/2 connection was restarted"
+    );
+    for s in spans
+        .iter()
+        .filter(|s| s.service() == Some(NGHTTPD) || s.service() == Some(H2LOAD))
+    {
+        let path = s.path().unwrap_or("");
+        ensure!(
+            PATHS.contains(&path),
+            "a span with a path h2load never sent: {s}"
+        );
+        let e = if s.is_server() {
+            H2Expect::server(NGHTTPD, path, server.port)
+        } else {
+            H2Expect::client(H2LOAD, path, server.port)
+        };
+        e.check(s)?;
+    }
+    eprintln!(
+        "{drops} records lost, {desynced} HTTP/2 directions restarted, {} spans exported, all right",
+        spans.len()
+    );
+    t.agent.ensure_healthy()?;
+    t.agent.stop()
+}

@@ -96,6 +96,7 @@ mod tests {
             ts_ns,
             ingress,
             tls: false,
+            after_loss: false,
             total: payload.len(),
             payload,
         }

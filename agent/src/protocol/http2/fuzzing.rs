@@ -100,6 +100,7 @@ fn feed(
         ts_ns,
         ingress,
         tls: false,
+        after_loss: false,
         total,
         payload,
     };

@@ -153,6 +153,7 @@ fn record(ingress: bool, payload: &[u8], total: usize, ts_ns: u64, conn_id: u64)
         ts_ns,
         ingress,
         tls: false,
+        after_loss: false,
         total,
         payload,
     }
