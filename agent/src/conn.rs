@@ -42,9 +42,7 @@ impl Conn {
         }
         self.session.as_mut()
     }
-}
 
-impl Conn {
     /// Records of the connection were lost: forget its protocol state, so
     /// the next bytes are treated as a connection first met mid-stream
     /// (HTTP/1 resynchronises on a start line; HTTP/2 cannot, and is

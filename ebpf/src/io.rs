@@ -132,6 +132,9 @@ pub fn exit_io(ctx: TracePointContext) -> u32 {
         nr::SENDFILE => emit(&mut v, pid_tgid, ts, dir::EGRESS, 0, len, 0),
         _ => {}
     }
+    if !observe::observed(&v) {
+        return 0;
+    }
     if let Some((buf, n)) = first_segment(&v, len) {
         observe::dispatch(&ctx, &OBSERVERS, &v, direction(v.nr), buf, n, ts);
     }

@@ -37,10 +37,10 @@ pub fn dispatch<C: EbpfContext>(
     len: u64,
     ts: u64,
 ) {
-    let p = connstate::proto(v.conn_state);
-    if v.conn_role == role::CONNECTED || p == proto::UNKNOWN {
+    if !observed(v) {
         return;
     }
+    let p = connstate::proto(v.conn_state);
     let Some(slot) = STAGED.get_ptr_mut(0) else {
         return;
     };
@@ -80,6 +80,14 @@ macro_rules! observers {
     };
 }
 pub(crate) use observers;
+
+/// Whether `dispatch` would hand `v`'s call to an observer: the serving
+/// side of a connection whose protocol is known. Callers check it before
+/// locating the call's buffer, which costs a user-memory read.
+#[inline(always)]
+pub fn observed(v: &Inflight) -> bool {
+    v.conn_role != role::CONNECTED && connstate::proto(v.conn_state) != proto::UNKNOWN
+}
 
 /// The call staged by `dispatch`, for the observer it tail-called.
 #[inline(always)]

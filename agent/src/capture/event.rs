@@ -25,6 +25,32 @@ pub struct Data<'a> {
     pub payload: &'a [u8],
 }
 
+impl<'a> Data<'a> {
+    /// Bytes one syscall of thread 7 (process 1, fd 3) moved on connection
+    /// `conn_id`, as the protocol tests and fuzz targets feed sessions;
+    /// `total` beyond `payload.len()` is an uncaptured tail.
+    pub fn synthetic(
+        conn_id: u64,
+        ingress: bool,
+        payload: &'a [u8],
+        total: usize,
+        ts_ns: u64,
+    ) -> Self {
+        Data {
+            conn_id,
+            tgid: 1,
+            tid: 7,
+            fd: 3,
+            ts_ns,
+            ingress,
+            tls: false,
+            after_loss: false,
+            total,
+            payload,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ConnOpen {
     pub conn_id: u64,

@@ -309,17 +309,8 @@ mod tests {
         let mut out = Vec::new();
         let req = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
         let mut s = Session::detect(Some(Role::Server), true, req, |_| None).unwrap();
-        let data = |ingress, payload: &'static [u8], ts_ns| Data {
-            conn_id: 1,
-            tgid: 1,
-            tid: 1,
-            fd: 3,
-            ts_ns,
-            ingress,
-            tls: false,
-            after_loss: false,
-            total: payload.len(),
-            payload,
+        let data = |ingress, payload: &'static [u8], ts_ns| {
+            Data::synthetic(1, ingress, payload, payload.len(), ts_ns)
         };
         s.on_data(&data(true, req, 1), &mut nesting, &mut out);
         assert_eq!(s.protocol(), Protocol::Http1);

@@ -88,18 +88,7 @@ mod tests {
 
     /// One syscall's record on connection `conn_id`, read or written by thread 7.
     fn data(ingress: bool, payload: &[u8], ts_ns: u64, conn_id: u64) -> Data<'_> {
-        Data {
-            conn_id,
-            tgid: 1,
-            tid: 7,
-            fd: 3,
-            ts_ns,
-            ingress,
-            tls: false,
-            after_loss: false,
-            total: payload.len(),
-            payload,
-        }
+        Data::synthetic(conn_id, ingress, payload, payload.len(), ts_ns)
     }
 
     fn facts() -> ConnFacts {

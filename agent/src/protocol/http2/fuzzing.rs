@@ -92,19 +92,7 @@ fn feed(
     total: usize,
     ts_ns: u64,
 ) {
-    let d = Data {
-        conn_id: 1,
-        tgid: 1,
-        tid: 1,
-        fd: 3,
-        ts_ns,
-        ingress,
-        tls: false,
-        after_loss: false,
-        total,
-        payload,
-    };
-    s.on_data(&d, n, out);
+    s.on_data(&Data::synthetic(1, ingress, payload, total, ts_ns), n, out);
 }
 
 #[cfg(test)]

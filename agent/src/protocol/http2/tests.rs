@@ -145,18 +145,7 @@ impl Harness {
 }
 
 fn record(ingress: bool, payload: &[u8], total: usize, ts_ns: u64, conn_id: u64) -> Data<'_> {
-    Data {
-        conn_id,
-        tgid: 1,
-        tid: 7,
-        fd: 3,
-        ts_ns,
-        ingress,
-        tls: false,
-        after_loss: false,
-        total,
-        payload,
-    }
+    Data::synthetic(conn_id, ingress, payload, total, ts_ns)
 }
 
 fn facts() -> ConnFacts {
