@@ -10,7 +10,7 @@ use clew::{
     clock::Clock,
     export::encode_request,
     nesting::Nesting,
-    protocol::{ConnFacts, Role, Session, SpanOptions},
+    protocol::{ConnFacts, Role, Session, Shared, SpanOptions},
     sampling::{Root, Sampler},
     span::Resource,
 };
@@ -83,6 +83,7 @@ fn pipeline(c: &mut Criterion) {
             let mut nesting = Nesting::new(Sampler::ParentBased(Root::AlwaysOn));
             let mut session = Session::detect(Some(Role::Server), true, &stream[0], |_| None)
                 .expect("a known role always gets a session");
+            let mut shared = Shared::default();
             let mut done = Vec::new();
             let mut spans = Vec::with_capacity(BATCH);
             let mut bytes = 0;
@@ -90,7 +91,7 @@ fn pipeline(c: &mut Criterion) {
                 let Ok(capture::Event::Data(d)) = capture::decode(r) else {
                     unreachable!()
                 };
-                session.on_data(&d, &mut nesting, &mut done);
+                session.on_data(&d, &mut nesting, &mut shared, &mut done);
                 for t in done.drain(..) {
                     spans.push(t.into_span(
                         &facts,

@@ -202,6 +202,12 @@ impl Nesting {
         if incoming.is_some_and(|tp| tp.trace_id == ctx.trace_id) {
             ctx.trace_state = tracestate.unwrap_or_default().to_owned();
         }
+        self.serve(tid, conn_id, &ctx);
+        ctx
+    }
+
+    /// Thread `tid` works for span `ctx` now (a request read on `conn_id`).
+    fn serve(&mut self, tid: u32, conn_id: u64, ctx: &SpanCtx) {
         if self.by_tid.len() >= MAX_THREADS && !self.by_tid.contains_key(&tid) {
             self.by_tid.clear();
         }
@@ -210,7 +216,6 @@ impl Nesting {
             conn_id,
         };
         self.by_tid.insert(tid, active);
-        ctx
     }
 
     /// A server span `old` got the kernel's ids after it started.
@@ -267,8 +272,8 @@ impl Nesting {
         let own = traceparent
             .and_then(TraceParent::parse)
             .filter(|tp| serving.is_none_or(|s| s.parent != Some(tp.parent_id)));
-        match (own, serving) {
-            (Some(tp), _) => SpanCtx {
+        match own {
+            Some(tp) => SpanCtx {
                 trace_id: tp.trace_id,
                 span_id: tp.parent_id,
                 parent: serving
@@ -277,15 +282,56 @@ impl Nesting {
                 sampled: tp.sampled,
                 trace_state: String::new(),
             },
-            (None, Some(s)) => SpanCtx {
+            None => self.nested_span(tid),
+        }
+    }
+
+    /// A span of thread `tid` that nests under what the thread is serving,
+    /// else starts a trace; nothing was injected for it.
+    pub fn nested_span(&self, tid: u32) -> SpanCtx {
+        match self.by_tid.get(&tid) {
+            Some(Active { ctx: s, .. }) => SpanCtx {
                 trace_id: s.trace_id,
                 span_id: new_span_id(),
                 parent: Some(s.span_id),
                 sampled: s.sampled,
                 trace_state: s.trace_state.clone(),
             },
-            (None, None) => self.root(),
+            None => self.root(),
         }
+    }
+
+    /// A record carrying trace context `tp` was delivered to thread `tid`
+    /// in the response to request `stream` (its correlation id) on
+    /// `conn_id`: its processing continues that trace. The kernel's ids win
+    /// when it decided them for the same context. With `serve`, the
+    /// thread's outgoing calls nest under the processing until
+    /// [`Nesting::server_done`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn consumer_span(
+        &mut self,
+        tid: u32,
+        conn_id: u64,
+        stream: u32,
+        ts: u64,
+        tp: &TraceParent,
+        tracestate: Option<&str>,
+        serve: bool,
+    ) -> SpanCtx {
+        let kernel = take_fresh(&mut self.kernel_client, &(tid, stream), ts)
+            .filter(|k| k.trace_id == tp.trace_id && k.parent == Some(tp.parent_id));
+        let mut ctx = kernel.unwrap_or_else(|| SpanCtx {
+            trace_id: tp.trace_id,
+            span_id: new_span_id(),
+            parent: Some(tp.parent_id),
+            sampled: self.sampler.sample(&tp.trace_id, Some(tp.sampled)),
+            trace_state: String::new(),
+        });
+        ctx.trace_state = tracestate.unwrap_or_default().to_owned();
+        if serve {
+            self.serve(tid, conn_id, &ctx);
+        }
+        ctx
     }
 
     fn root(&self) -> SpanCtx {

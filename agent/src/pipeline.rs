@@ -15,7 +15,7 @@ use crate::{
     nesting::{Nesting, SpanCtx},
     process::Processes,
     processor::Chain,
-    protocol::{ConnFacts, Losses, Protocol, Role, SpanOptions, Transaction},
+    protocol::{ConnFacts, Losses, Protocol, Role, Shared, SpanOptions, Transaction},
     select::{self, Selector},
     stats::{self, Stats},
     tls::TlsHooks,
@@ -29,6 +29,8 @@ const RESELECT_EVERY_TICKS: u64 = 5;
 pub struct Pipeline {
     conns: ConnTable,
     nesting: Nesting,
+    /// What protocols learn on one connection for another.
+    shared: Shared,
     processes: Processes,
     clock: Clock,
     opts: SpanOptions,
@@ -58,6 +60,7 @@ impl Pipeline {
         Pipeline {
             conns: ConnTable::new(MAX_CONNS),
             nesting,
+            shared: Shared::default(),
             processes: Processes::new(),
             clock: Clock::new(),
             opts,
@@ -253,7 +256,7 @@ impl Pipeline {
             return;
         };
         let before = session.losses();
-        session.on_data(&d, &mut self.nesting, &mut self.done);
+        session.on_data(&d, &mut self.nesting, &mut self.shared, &mut self.done);
         let protocol = session.protocol();
         let hopeless = session.is_hopeless();
         count_losses(&self.stats, protocol, session.losses() - before);
@@ -336,6 +339,7 @@ impl Pipeline {
 
     fn on_exit(&mut self, tgid: u32) {
         self.processes.forget(tgid);
+        self.shared.kafka.forget_process(tgid);
         self.tls.on_exit(tgid);
         if self.listed.remove(&tgid) {
             self.maps.unselect_pid(tgid);

@@ -149,3 +149,14 @@ impl Frame {
         }
     }
 }
+
+/// The other end of the socket (`client.address` too when we serve).
+pub fn push_peer(a: &mut Attributes, role: Role, conn: &ConnFacts) {
+    let Some(peer) = conn.peer else { return };
+    let ip = peer.ip().to_string();
+    if role == Role::Server {
+        a.push(("client.address", ip.clone().into()));
+    }
+    a.push(("network.peer.address", ip.into()));
+    a.push(("network.peer.port", i64::from(peer.port()).into()));
+}

@@ -3,7 +3,7 @@
 
 use std::{borrow::Cow, sync::Arc};
 
-use super::common::{ConnFacts, Frame, Role, SpanOptions};
+use super::common::{push_peer, ConnFacts, Frame, Role, SpanOptions};
 use crate::{
     clock::Clock,
     span::{AttrValue, Attributes, Resource, Span, Status},
@@ -132,17 +132,6 @@ pub fn server_endpoint(
             .or_else(|| socket.map(|s| s.ip().to_string())),
         port.or(socket.map(|s| s.port())),
     )
-}
-
-/// The other end of the socket (`client.address` too when we serve).
-pub fn push_peer(a: &mut Attributes, role: Role, conn: &ConnFacts) {
-    let Some(peer) = conn.peer else { return };
-    let ip = peer.ip().to_string();
-    if role == Role::Server {
-        a.push(("client.address", ip.clone().into()));
-    }
-    a.push(("network.peer.address", ip.into()));
-    a.push(("network.peer.port", i64::from(peer.port()).into()));
 }
 
 /// `host[:port]` or `[v6]:port` from a Host header or `:authority`.

@@ -19,6 +19,7 @@ pub mod common;
 pub mod http1;
 pub mod http2;
 pub mod http_common;
+pub mod kafka;
 
 pub use common::{ConnFacts, Role, SpanOptions};
 
@@ -27,15 +28,17 @@ pub use common::{ConnFacts, Role, SpanOptions};
 pub enum Protocol {
     Http1,
     Http2,
+    Kafka,
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 2] = [Protocol::Http1, Protocol::Http2];
+    pub const ALL: [Protocol; 3] = [Protocol::Http1, Protocol::Http2, Protocol::Kafka];
 
     pub fn label(self) -> &'static str {
         match self {
             Protocol::Http1 => "http1",
             Protocol::Http2 => "http2",
+            Protocol::Kafka => "kafka",
         }
     }
 
@@ -93,10 +96,17 @@ impl From<http2::Losses> for Losses {
     }
 }
 
+/// Facts a protocol learns on one connection and needs on others.
+#[derive(Default)]
+pub struct Shared {
+    pub kafka: kafka::Directory,
+}
+
 /// One connection's protocol state.
 pub enum Session {
     Http1(http1::Session),
     Http2(http2::Session),
+    Kafka(kafka::Session),
 }
 
 /// A finished request/response (or message) that its protocol turns into a span.
@@ -104,6 +114,8 @@ pub enum Transaction {
     Http1(http1::Exchange),
     /// Boxed: its decoded fields make it several times HTTP/1's size.
     Http2(Box<http2::Exchange>),
+    /// One messaging operation (a produced batch, a fetch, a record's processing).
+    Kafka(Box<kafka::Op>),
 }
 
 impl From<http1::Exchange> for Transaction {
@@ -145,6 +157,9 @@ impl Session {
         if h2 == Some(true) {
             return Some(Session::Http2(http2::Session::new(role, endpoint(role))));
         }
+        if from_client && kafka::detect::is_request(payload) {
+            return Some(Session::Kafka(kafka::Session::new(role, endpoint(role))));
+        }
         // HTTP/1 is the fallback for a known role: its framer tells
         // garbage from a request and gives up on its own.
         Some(Session::Http1(http1::Session::new(
@@ -158,6 +173,7 @@ impl Session {
         match self {
             Session::Http1(_) => Protocol::Http1,
             Session::Http2(_) => Protocol::Http2,
+            Session::Kafka(_) => Protocol::Kafka,
         }
     }
 
@@ -165,6 +181,7 @@ impl Session {
         match self {
             Session::Http1(s) => s.role(),
             Session::Http2(s) => s.role(),
+            Session::Kafka(s) => s.role(),
         }
     }
 
@@ -172,6 +189,7 @@ impl Session {
         match self {
             Session::Http1(s) => s.losses,
             Session::Http2(s) => s.losses.into(),
+            Session::Kafka(s) => s.losses,
         }
     }
 
@@ -181,12 +199,19 @@ impl Session {
         match self {
             Session::Http1(s) => s.is_hopeless(),
             Session::Http2(s) => s.is_hopeless(),
+            Session::Kafka(s) => s.is_hopeless(),
         }
     }
 
     /// Feeds one syscall's bytes; finished transactions are appended to
     /// `out`. An HTTP/1 connection upgraded to h2c continues as HTTP/2.
-    pub fn on_data(&mut self, d: &Data<'_>, nesting: &mut Nesting, out: &mut Vec<Transaction>) {
+    pub fn on_data(
+        &mut self,
+        d: &Data<'_>,
+        nesting: &mut Nesting,
+        shared: &mut Shared,
+        out: &mut Vec<Transaction>,
+    ) {
         match self {
             Session::Http1(s) => {
                 s.on_data(d, nesting, out);
@@ -200,6 +225,11 @@ impl Session {
                 s.on_data(d, nesting, &mut done);
                 out.extend(done.into_iter().map(|x| Transaction::Http2(Box::new(x))));
             }
+            Session::Kafka(s) => {
+                let mut done = Vec::new();
+                s.on_data(d, nesting, &mut shared.kafka, &mut done);
+                out.extend(done.into_iter().map(|x| Transaction::Kafka(Box::new(x))));
+            }
         }
     }
 
@@ -210,6 +240,11 @@ impl Session {
                 let mut done = Vec::new();
                 s.on_close(ts, nesting, &mut done);
                 out.extend(done.into_iter().map(|x| Transaction::Http2(Box::new(x))));
+            }
+            Session::Kafka(s) => {
+                let mut done = Vec::new();
+                s.on_close(ts, nesting, &mut done);
+                out.extend(done.into_iter().map(|x| Transaction::Kafka(Box::new(x))));
             }
         }
     }
@@ -227,6 +262,8 @@ impl Session {
         match self {
             Session::Http1(s) => s.adopt_server_ctx(ts, ctx, nesting),
             Session::Http2(s) => s.adopt_server_ctx(stream, ts, ctx, nesting),
+            // The kernel decides no broker spans.
+            Session::Kafka(_) => false,
         }
     }
 }
@@ -236,6 +273,7 @@ impl Transaction {
         match self {
             Transaction::Http1(_) => Protocol::Http1,
             Transaction::Http2(_) => Protocol::Http2,
+            Transaction::Kafka(_) => Protocol::Kafka,
         }
     }
 
@@ -243,6 +281,7 @@ impl Transaction {
         match self {
             Transaction::Http1(x) => &mut x.ctx,
             Transaction::Http2(x) => &mut x.ctx,
+            Transaction::Kafka(x) => &mut x.ctx,
         }
     }
 
@@ -256,6 +295,7 @@ impl Transaction {
         match self {
             Transaction::Http1(x) => http1::to_span(x, conn, resource, clock, opts),
             Transaction::Http2(x) => http2::to_span(*x, conn, resource, clock, opts),
+            Transaction::Kafka(x) => kafka::to_span(*x, conn, resource, clock),
         }
     }
 }
@@ -306,19 +346,30 @@ mod tests {
     #[test]
     fn an_h2c_upgrade_hands_the_connection_to_http2() {
         let mut nesting = Nesting::new(Sampler::ParentBased(Root::AlwaysOn));
+        let mut shared = Shared::default();
         let mut out = Vec::new();
         let req = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
         let mut s = Session::detect(Some(Role::Server), true, req, |_| None).unwrap();
         let data = |ingress, payload: &'static [u8], ts_ns| {
             Data::synthetic(1, ingress, payload, payload.len(), ts_ns)
         };
-        s.on_data(&data(true, req, 1), &mut nesting, &mut out);
+        s.on_data(&data(true, req, 1), &mut nesting, &mut shared, &mut out);
         assert_eq!(s.protocol(), Protocol::Http1);
         let switching =
             b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n";
-        s.on_data(&data(false, switching, 2), &mut nesting, &mut out);
+        s.on_data(
+            &data(false, switching, 2),
+            &mut nesting,
+            &mut shared,
+            &mut out,
+        );
         assert_eq!(s.protocol(), Protocol::Http2);
-        s.on_data(&data(true, PREFACE_AND_SETTINGS, 3), &mut nesting, &mut out);
+        s.on_data(
+            &data(true, PREFACE_AND_SETTINGS, 3),
+            &mut nesting,
+            &mut shared,
+            &mut out,
+        );
         assert!(!s.is_hopeless());
     }
 }

@@ -14,8 +14,8 @@ use super::Exchange;
 use crate::{
     clock::Clock,
     protocol::{
-        common::Frame,
-        http_common::{http_span, push_peer, server_endpoint, HttpCall},
+        common::{push_peer, Frame},
+        http_common::{http_span, server_endpoint, HttpCall},
         ConnFacts, Role, SpanOptions,
     },
     span::{AttrValue, Attributes, Resource, Span, Status},

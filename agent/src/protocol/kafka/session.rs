@@ -1,0 +1,539 @@
+//! Kafka exchanges on one connection: requests and responses paired by
+//! correlation id (clients pipeline requests, so order alone does not
+//! pair them), trace context assigned as requests appear, and the
+//! messaging operations they amount to.
+
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use kafka_protocol::messages::ApiKey;
+
+use super::{
+    directory::Directory,
+    framing::{FrameError, Frames, Message},
+    wire::{self, Batch, RecordCtx, Request, RequestHead, Response},
+};
+use crate::{
+    capture::Data,
+    nesting::{Nesting, SpanCtx},
+    protocol::{
+        common::{request_ctx, Sender},
+        Losses, Role,
+    },
+};
+
+/// Requests awaiting a response on one connection (librdkafka allows 1M
+/// in flight in theory, 5 per partition leader by default).
+const MAX_PENDING: usize = 1024;
+/// CONSUMER spans waiting for their thread's next delivery.
+const MAX_PROCESSING: usize = 1024;
+
+/// What a finished operation becomes: one span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    /// A produced batch (PRODUCER).
+    Send,
+    /// A fetch that returned records of a topic (CLIENT).
+    Receive,
+    /// A received record carrying a trace context (CONSUMER).
+    Process,
+    /// The broker's side of a Produce or Fetch (SERVER).
+    Broker(ApiKey),
+}
+
+#[derive(Debug, Clone)]
+pub struct Op {
+    pub kind: OpKind,
+    pub ctx: SpanCtx,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// `None`: a topic id no Metadata response named.
+    pub topic: Option<String>,
+    pub partition: Option<i32>,
+    pub offset: Option<i64>,
+    pub count: u32,
+    pub client_id: Option<String>,
+    pub group: Option<String>,
+    /// Kafka error code (0: none).
+    pub error: i16,
+    pub tombstone: bool,
+}
+
+struct Pending {
+    head: RequestHead,
+    tid: u32,
+    ts: u64,
+    work: Work,
+}
+
+enum Work {
+    /// Produced batches and the PRODUCER span of each.
+    Produce(Vec<(Batch, SpanCtx)>),
+    Fetch,
+    /// A broker serving a Produce or Fetch.
+    Serve(SpanCtx),
+    Other,
+}
+
+pub struct Session {
+    role: Role,
+    endpoint: Option<SocketAddr>,
+    requests: Frames,
+    responses: Frames,
+    pending: BTreeMap<i32, Pending>,
+    /// Client library, from its ApiVersions request (`librdkafka`,
+    /// `kafka-python`, `apache-kafka-java`).
+    software: Option<String>,
+    /// CONSUMER spans still open, by the thread that received them: each
+    /// ends when that thread reads its next delivery.
+    processing: Vec<(u32, Op)>,
+    pub losses: Losses,
+}
+
+/// What handling one message may touch besides the session.
+struct Sink<'a> {
+    nesting: &'a mut Nesting,
+    directory: &'a mut Directory,
+    out: &'a mut Vec<Op>,
+    tgid: u32,
+    tid: u32,
+    conn_id: u64,
+    /// The call that completed the message.
+    ts: u64,
+}
+
+impl Session {
+    pub fn new(role: Role, endpoint: Option<SocketAddr>) -> Self {
+        Session {
+            role,
+            endpoint,
+            requests: Frames::default(),
+            responses: Frames::default(),
+            pending: BTreeMap::new(),
+            software: None,
+            processing: Vec::new(),
+            losses: Losses::default(),
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// A direction lost its framing: nothing more can be paired.
+    pub fn is_hopeless(&self) -> bool {
+        self.requests.is_broken() || self.responses.is_broken()
+    }
+
+    pub fn on_data(
+        &mut self,
+        d: &Data<'_>,
+        nesting: &mut Nesting,
+        directory: &mut Directory,
+        out: &mut Vec<Op>,
+    ) {
+        let requests = d.ingress == (self.role == Role::Server);
+        let mut messages = Vec::new();
+        let frames = if requests {
+            &mut self.requests
+        } else {
+            &mut self.responses
+        };
+        let synced = frames.is_synced();
+        let framed = frames.feed(d.payload, d.total, d.ts_ns, &mut |m| messages.push(m));
+        let mut sink = Sink {
+            nesting,
+            directory,
+            out,
+            tgid: d.tgid,
+            tid: d.tid,
+            conn_id: d.conn_id,
+            ts: d.ts_ns,
+        };
+        for m in messages {
+            if requests {
+                self.on_request(m, &mut sink);
+            } else {
+                self.on_response(m, &mut sink);
+            }
+        }
+        if let Err(e) = framed {
+            match e {
+                FrameError::Gap => self.losses.gaps += 1,
+                FrameError::Size(_) => self.losses.parse_errors += 1,
+            }
+            if synced {
+                self.losses.desynced += 1;
+            }
+        }
+    }
+
+    /// The connection closed: unanswered requests are lost; CONSUMER spans
+    /// end (their thread stopped reading from here).
+    pub fn on_close(&mut self, ts: u64, nesting: &mut Nesting, out: &mut Vec<Op>) {
+        let pending = std::mem::take(&mut self.pending);
+        self.losses.unanswered += pending.len() as u64;
+        for p in pending.into_values() {
+            if let Work::Serve(ctx) = p.work {
+                nesting.server_done(p.tid, &ctx.span_id);
+            }
+        }
+        for (tid, mut op) in self.processing.drain(..) {
+            nesting.server_done(tid, &op.ctx.span_id);
+            op.end_ns = ts.max(op.start_ns);
+            out.push(op);
+        }
+    }
+
+    fn on_request(&mut self, m: Message, sink: &mut Sink<'_>) {
+        let mut bytes = m.bytes;
+        let head = match wire::request_head(&mut bytes) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!("kafka request header: {e}");
+                self.losses.decode_errors += 1;
+                return;
+            }
+        };
+        let request = if m.whole {
+            wire::request(&head, bytes).unwrap_or_else(|e| {
+                tracing::debug!("kafka request: {e}");
+                self.losses.decode_errors += 1;
+                Request::Other
+            })
+        } else {
+            if head.api == ApiKey::Produce {
+                // Its batches were not captured: no span can name them.
+                self.losses.gaps += 1;
+            }
+            Request::Other
+        };
+        let from = Sender {
+            tid: sink.tid,
+            conn_id: sink.conn_id,
+            ts: m.ts,
+            endpoint: self.endpoint,
+            // The kernel reports the ids it decides per correlation id.
+            stream: head.correlation_id as u32,
+        };
+        let work = match (self.role, request) {
+            (_, Request::ApiVersions { software }) => {
+                self.software = software.or(self.software.take());
+                Work::Other
+            }
+            (Role::Client, Request::Group(group)) => {
+                sink.directory.note_group(sink.tgid, group);
+                Work::Other
+            }
+            (Role::Client, Request::Produce { acks, batches }) => {
+                let base = request_ctx(Role::Client, from, None, None, sink.nesting);
+                let batches: Vec<(Batch, SpanCtx)> = batches
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, b)| {
+                        let mut ctx = base.clone();
+                        ctx.span_id = batch_span_id(base.span_id, k);
+                        (b, ctx)
+                    })
+                    .collect();
+                if acks == 0 {
+                    // No response will come: the send is done when written.
+                    let client_id = head.client_id.clone();
+                    for (b, ctx) in batches {
+                        let op = send_op(&b, ctx, m.ts, m.ts, client_id.clone(), sink);
+                        sink.out.push(op);
+                    }
+                    return;
+                }
+                Work::Produce(batches)
+            }
+            (Role::Client, Request::Fetch) => Work::Fetch,
+            (Role::Server, Request::Produce { .. } | Request::Fetch) => {
+                Work::Serve(request_ctx(Role::Server, from, None, None, sink.nesting))
+            }
+            _ => Work::Other,
+        };
+        if self.pending.len() >= MAX_PENDING {
+            if let Some((_, oldest)) = self.pending.pop_first() {
+                self.losses.unanswered += 1;
+                if let Work::Serve(ctx) = oldest.work {
+                    sink.nesting.server_done(oldest.tid, &ctx.span_id);
+                }
+            }
+        }
+        let p = Pending {
+            head,
+            tid: sink.tid,
+            ts: m.ts,
+            work,
+        };
+        self.pending.insert(p.head.correlation_id, p);
+    }
+
+    fn on_response(&mut self, m: Message, sink: &mut Sink<'_>) {
+        let Some(p) = wire::response_correlation(&m.bytes).and_then(|c| self.pending.remove(&c))
+        else {
+            self.losses.orphan_responses += 1;
+            return;
+        };
+        let decoded = if m.whole {
+            wire::response(p.head.api, p.head.version, m.bytes.clone())
+                .map_err(|e| tracing::debug!("kafka response: {e}"))
+                .ok()
+        } else {
+            None
+        };
+        if m.whole && decoded.is_none() {
+            self.losses.decode_errors += 1;
+        }
+        let client_id = p.head.client_id.clone();
+        match (p.work, decoded) {
+            (Work::Produce(batches), Some(Response::Produce(results))) => {
+                for (b, ctx) in batches {
+                    let mut op = send_op(&b, ctx, p.ts, sink.ts, client_id.clone(), sink);
+                    if let Some(r) = results
+                        .iter()
+                        .find(|r| r.topic == b.topic && r.partition == b.partition)
+                    {
+                        op.error = r.error;
+                        op.offset = (r.error == 0 && r.base_offset >= 0).then_some(r.base_offset);
+                    }
+                    sink.out.push(op);
+                }
+            }
+            (Work::Produce(batches), _) => {
+                // The response was not readable: the sends happened, their
+                // outcome is unknown.
+                for (b, ctx) in batches {
+                    let op = send_op(&b, ctx, p.ts, sink.ts, client_id.clone(), sink);
+                    sink.out.push(op);
+                }
+            }
+            (Work::Fetch, decoded) => {
+                self.end_processing(sink);
+                if let Some(Response::Fetch { batches, .. }) = decoded {
+                    self.delivered(&p.head, p.ts, batches, sink);
+                }
+            }
+            (Work::Serve(ctx), decoded) => {
+                sink.nesting.server_done(p.tid, &ctx.span_id);
+                self.served(p.head, p.ts, ctx, decoded, sink);
+            }
+            (Work::Other, Some(Response::Metadata(topics))) => {
+                for (id, name) in topics {
+                    sink.directory.note_topic(id, name);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The thread is back for more records: what it processed is done.
+    fn end_processing(&mut self, sink: &mut Sink<'_>) {
+        let tid = sink.tid;
+        let mut i = 0;
+        while i < self.processing.len() {
+            if self.processing[i].0 == tid {
+                let (_, mut op) = self.processing.swap_remove(i);
+                sink.nesting.server_done(tid, &op.ctx.span_id);
+                op.end_ns = sink.ts.max(op.start_ns);
+                sink.out.push(op);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// A fetch returned records: a `receive` per topic, and a `process`
+    /// per record that carries a trace context.
+    fn delivered(
+        &mut self,
+        head: &RequestHead,
+        fetched_at: u64,
+        batches: Vec<Batch>,
+        sink: &mut Sink<'_>,
+    ) {
+        let group = sink.directory.group(sink.tgid);
+        // The thread that read the records runs the application's handling
+        // of them (kafka-python, the Java client's poll) unless the library
+        // fetches on threads of its own (librdkafka): only then do its
+        // outgoing calls belong to a record, and only if exactly one trace
+        // context came in this delivery.
+        let reads_on_app_thread = self.software.as_deref() != Some("librdkafka");
+        let mut distinct = batches
+            .iter()
+            .flat_map(|b| b.contexts.iter().flatten())
+            .map(|c| (c.traceparent.trace_id, c.traceparent.parent_id));
+        let first = distinct.next();
+        let one_context = first.is_some() && distinct.all(|c| Some(c) == first);
+        let mut serving = reads_on_app_thread && one_context;
+
+        let mut topics: Vec<(Option<String>, u32, i16)> = Vec::new();
+        for b in &batches {
+            let topic = sink.directory.topic_name(&b.topic);
+            match topics.iter_mut().find(|(t, ..)| *t == topic) {
+                Some(t) => {
+                    t.1 += b.records;
+                    t.2 = if t.2 == 0 { b.error } else { t.2 };
+                }
+                None => topics.push((topic, b.records, b.error)),
+            }
+        }
+        for (topic, count, error) in topics {
+            if count == 0 && error == 0 {
+                continue;
+            }
+            let op = Op {
+                kind: OpKind::Receive,
+                ctx: sink.nesting.nested_span(sink.tid),
+                start_ns: fetched_at,
+                end_ns: sink.ts.max(fetched_at),
+                topic,
+                partition: None,
+                offset: None,
+                count,
+                client_id: head.client_id.clone(),
+                group: group.clone(),
+                error,
+                tombstone: false,
+            };
+            sink.out.push(op);
+        }
+        for b in &batches {
+            let topic = sink.directory.topic_name(&b.topic);
+            for (i, ctx) in b.contexts.iter().enumerate() {
+                let Some(RecordCtx {
+                    traceparent,
+                    tracestate,
+                }) = ctx
+                else {
+                    continue;
+                };
+                let ctx = sink.nesting.consumer_span(
+                    sink.tid,
+                    sink.conn_id,
+                    head.correlation_id as u32,
+                    sink.ts,
+                    traceparent,
+                    tracestate.as_deref(),
+                    serving,
+                );
+                let op = Op {
+                    kind: OpKind::Process,
+                    ctx,
+                    start_ns: sink.ts,
+                    end_ns: sink.ts,
+                    topic: topic.clone(),
+                    partition: Some(b.partition),
+                    offset: Some(b.base_offset + i as i64),
+                    count: 1,
+                    client_id: head.client_id.clone(),
+                    group: group.clone(),
+                    error: 0,
+                    tombstone: b.tombstones.get(i).copied().unwrap_or(false),
+                };
+                if serving && self.processing.len() < MAX_PROCESSING {
+                    self.processing.push((sink.tid, op));
+                } else {
+                    sink.out.push(op);
+                }
+                serving = false;
+            }
+        }
+    }
+
+    /// The broker answered a Produce or Fetch.
+    fn served(
+        &mut self,
+        head: RequestHead,
+        start: u64,
+        ctx: SpanCtx,
+        decoded: Option<Response>,
+        sink: &mut Sink<'_>,
+    ) {
+        let (topic, partition, count, error) = match decoded {
+            Some(Response::Produce(results)) => {
+                let first = results.first();
+                (
+                    first.and_then(|r| sink.directory.topic_name(&r.topic)),
+                    first.map(|r| r.partition),
+                    0,
+                    results
+                        .iter()
+                        .map(|r| r.error)
+                        .find(|e| *e != 0)
+                        .unwrap_or(0),
+                )
+            }
+            Some(Response::Fetch { error, batches }) => {
+                let count: u32 = batches.iter().map(|b| b.records).sum();
+                if count == 0 && error == 0 && batches.iter().all(|b| b.error == 0) {
+                    // A long poll that found nothing: not worth a span.
+                    return;
+                }
+                let first = batches.first();
+                (
+                    first.and_then(|b| sink.directory.topic_name(&b.topic)),
+                    first.map(|b| b.partition),
+                    count,
+                    if error != 0 {
+                        error
+                    } else {
+                        batches
+                            .iter()
+                            .map(|b| b.error)
+                            .find(|e| *e != 0)
+                            .unwrap_or(0)
+                    },
+                )
+            }
+            _ => (None, None, 0, 0),
+        };
+        sink.out.push(Op {
+            kind: OpKind::Broker(head.api),
+            ctx,
+            start_ns: start,
+            end_ns: sink.ts.max(start),
+            topic,
+            partition,
+            offset: None,
+            count,
+            client_id: head.client_id,
+            group: None,
+            error,
+            tombstone: false,
+        });
+    }
+}
+
+fn send_op(
+    b: &Batch,
+    ctx: SpanCtx,
+    start: u64,
+    end: u64,
+    client_id: Option<String>,
+    sink: &mut Sink<'_>,
+) -> Op {
+    Op {
+        kind: OpKind::Send,
+        ctx,
+        start_ns: start,
+        end_ns: end.max(start),
+        topic: sink.directory.topic_name(&b.topic),
+        partition: Some(b.partition),
+        offset: None,
+        count: b.records,
+        client_id,
+        group: None,
+        error: 0,
+        tombstone: false,
+    }
+}
+
+/// The PRODUCER span of the `k`-th batch of a Produce request whose first
+/// batch has span id `base`: the kernel injects the same ids into each
+/// batch's records.
+fn batch_span_id(base: [u8; 8], k: usize) -> [u8; 8] {
+    let mut id = base;
+    id[7] ^= k as u8;
+    id
+}

@@ -1,0 +1,129 @@
+//! Kafka operations as spans, per the messaging semantic conventions
+//! v1.37.0 (Development status): `send {topic}` (PRODUCER), `receive
+//! {topic}` (CLIENT), `process {topic}` (CONSUMER); a traced broker's
+//! side is a SERVER span named after the Kafka API (`Produce {topic}`).
+
+use std::{borrow::Cow, sync::Arc};
+
+use kafka_protocol::ResponseError;
+
+use super::session::{Op, OpKind};
+use crate::{
+    clock::Clock,
+    protocol::{
+        common::{push_peer, Frame},
+        ConnFacts, Role,
+    },
+    span::{AttrValue, Attributes, Resource, Span, SpanKind, Status},
+};
+
+pub fn to_span(op: Op, conn: &ConnFacts, resource: Arc<Resource>, clock: &Clock) -> Span {
+    let (operation, op_type, kind, role) = match op.kind {
+        OpKind::Send => ("send", "send", SpanKind::Producer, Role::Client),
+        OpKind::Receive => ("receive", "receive", SpanKind::Client, Role::Client),
+        OpKind::Process => ("process", "process", SpanKind::Consumer, Role::Client),
+        OpKind::Broker(api) => (broker_operation(api), "", SpanKind::Server, Role::Server),
+    };
+    let name: Cow<'static, str> = match (&op.kind, &op.topic) {
+        (OpKind::Broker(api), Some(t)) => format!("{api:?} {t}").into(),
+        (OpKind::Broker(api), None) => format!("{api:?}").into(),
+        (_, Some(t)) => format!("{operation} {t}").into(),
+        (_, None) => operation.into(),
+    };
+    let mut a: Attributes = vec![
+        ("messaging.system", "kafka".into()),
+        ("messaging.operation.name", operation.into()),
+    ];
+    if !op_type.is_empty() {
+        a.push(("messaging.operation.type", op_type.into()));
+    }
+    if let Some(t) = op.topic {
+        a.push(("messaging.destination.name", t.into()));
+    }
+    if let Some(p) = op.partition {
+        a.push(("messaging.destination.partition.id", p.to_string().into()));
+    }
+    if let Some(o) = op.offset {
+        a.push(("messaging.kafka.offset", o.into()));
+    }
+    // The conventions count messages of batch operations only.
+    if op.count != 1 && op.kind != OpKind::Process {
+        a.push(("messaging.batch.message_count", i64::from(op.count).into()));
+    }
+    if let Some(c) = op.client_id.filter(|c| !c.is_empty()) {
+        a.push(("messaging.client.id", c.into()));
+    }
+    if let Some(g) = op.group {
+        a.push(("messaging.consumer.group.name", g.into()));
+    }
+    if op.tombstone {
+        a.push(("messaging.kafka.message.tombstone", AttrValue::Bool(true)));
+    }
+    let server = match role {
+        Role::Client => conn.peer,
+        Role::Server => conn.local,
+    };
+    if let Some(s) = server {
+        a.push(("server.address", s.ip().to_string().into()));
+        a.push(("server.port", i64::from(s.port()).into()));
+    }
+    push_peer(&mut a, role, conn);
+    let status = match ResponseError::try_from_code(op.error) {
+        Some(e) => {
+            let name = error_name(&e);
+            a.push(("error.type", name.clone().into()));
+            Status::Error(name)
+        }
+        None => Status::Unset,
+    };
+    let frame = Frame {
+        ctx: op.ctx,
+        role,
+        start_ns: op.start_ns,
+        end_ns: op.end_ns,
+    };
+    let mut span = frame.into_span(name, status, a, resource, clock);
+    span.kind = kind;
+    span
+}
+
+fn broker_operation(api: kafka_protocol::messages::ApiKey) -> &'static str {
+    use kafka_protocol::messages::ApiKey;
+    match api {
+        ApiKey::Produce => "produce",
+        ApiKey::Fetch => "fetch",
+        _ => "request",
+    }
+}
+
+/// Kafka's own name of an error (`UNKNOWN_TOPIC_OR_PARTITION`), as its
+/// clients and brokers log it; the crate spells it in camel case.
+fn error_name(e: &ResponseError) -> String {
+    let camel = e.to_string();
+    if let ResponseError::Unknown(code) = e {
+        return format!("KAFKA_ERROR_{code}");
+    }
+    let mut out = String::with_capacity(camel.len() + 8);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_names_are_kafkas() {
+        let e = ResponseError::try_from_code(3).unwrap();
+        assert_eq!(error_name(&e), "UNKNOWN_TOPIC_OR_PARTITION");
+        let e = ResponseError::try_from_code(-1).unwrap();
+        assert_eq!(error_name(&e), "UNKNOWN_SERVER_ERROR");
+        let e = ResponseError::try_from_code(30000).unwrap();
+        assert_eq!(error_name(&e), "KAFKA_ERROR_30000");
+    }
+}
