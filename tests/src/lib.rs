@@ -11,6 +11,7 @@ pub mod fixture;
 pub mod go_tls;
 pub mod grpc;
 pub mod h2;
+pub mod kafka;
 pub mod line_session;
 pub mod load;
 pub mod net;

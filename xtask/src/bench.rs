@@ -26,7 +26,7 @@ pub fn bench(paths: &Paths, opts: Options) -> Result<()> {
     }
     let start = Instant::now();
     let built = build::build(paths, true)?;
-    let python = peers::ensure(paths)?;
+    let peers = peers::ensure(paths)?;
     let pipeline = if opts.quick {
         eprintln!("[bench] --quick: skipping the criterion pipeline benchmark");
         None
@@ -47,10 +47,10 @@ pub fn bench(paths: &Paths, opts: Options) -> Result<()> {
     cmd::run(&mut cargo).context("building clew-bench failed")?;
 
     let mut bench = std::process::Command::new(paths.target.join("release").join("clew-bench"));
+    peers.env(&mut bench);
     bench
         .current_dir(&paths.root)
         .env("CLEW_BIN", &built.agent)
-        .env("CLEW_TEST_PYTHON", &python)
         .arg("--out")
         .arg(paths.target.join("bench"));
     if opts.quick {

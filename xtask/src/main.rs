@@ -6,6 +6,7 @@
 
 mod bench;
 mod bootstrap;
+mod broker;
 mod build;
 mod cmd;
 mod ebpf;

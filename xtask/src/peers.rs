@@ -1,6 +1,6 @@
 //! Real peers for the end-to-end tests, installed on first use: Debian
-//! packages (nginx, curl, nghttp2, ...) and a project-local Python venv with
-//! `tests/requirements.txt`.
+//! packages (nginx, curl, nghttp2, ...), a project-local Python venv with
+//! `tests/requirements.txt`, and a Kafka broker (see `broker`).
 
 use std::{
     fs,
@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::{cmd, paths::Paths};
+use crate::{broker, cmd, paths::Paths};
 
 pub const APT_PACKAGES: &[&str] = &[
     "nginx",
@@ -32,10 +32,27 @@ pub const APT_PACKAGES: &[&str] = &[
     "nghttp2-client",
 ];
 
-/// Ensures the peers and returns the venv's python (for `CLEW_TEST_PYTHON`).
-pub fn ensure(paths: &Paths) -> Result<PathBuf> {
+/// What the tests are pointed at.
+pub struct Peers {
+    /// The venv's python (`CLEW_TEST_PYTHON`).
+    pub python: PathBuf,
+    /// The Kafka broker (`CLEW_TEST_TANSU`).
+    pub tansu: PathBuf,
+}
+
+impl Peers {
+    /// Tells the test harness (or benchmark) where the peers are.
+    pub fn env(&self, cmd: &mut Command) {
+        cmd.env("CLEW_TEST_PYTHON", &self.python)
+            .env("CLEW_TEST_TANSU", &self.tansu);
+    }
+}
+
+pub fn ensure(paths: &Paths) -> Result<Peers> {
     ensure_apt_packages()?;
-    ensure_venv(paths)
+    let python = ensure_venv(paths)?;
+    let tansu = broker::ensure_tansu()?;
+    Ok(Peers { python, tansu })
 }
 
 fn installed(package: &str) -> bool {

@@ -32,7 +32,7 @@ pub fn test(paths: &Paths, opts: Options) -> Result<()> {
     } else {
         None
     };
-    let python = peers.filter(|_| opts.e2e);
+    let e2e_peers = peers.filter(|_| opts.e2e);
 
     let mut failed = Vec::new();
     if opts.unit {
@@ -51,7 +51,7 @@ pub fn test(paths: &Paths, opts: Options) -> Result<()> {
             }
         }
     }
-    if let Some(python) = python {
+    if let Some(peers) = e2e_peers {
         let start = Instant::now();
         eprintln!("[test] end-to-end tests ({E2E_PACKAGE})");
         let mut cargo = cmd::cargo("stable");
@@ -59,7 +59,6 @@ pub fn test(paths: &Paths, opts: Options) -> Result<()> {
             .current_dir(&paths.root)
             .env("CLEW_EBPF_OBJECT", &built.object)
             .env("CLEW_BIN", &built.agent)
-            .env("CLEW_TEST_PYTHON", &python)
             .args([
                 "test",
                 "--package",
@@ -71,6 +70,7 @@ pub fn test(paths: &Paths, opts: Options) -> Result<()> {
                 "--test-threads=1",
             ])
             .args(&opts.args);
+        peers.env(&mut cargo);
         match cmd::run(&mut cargo) {
             Ok(()) => eprintln!("[test] end-to-end tests passed ({})", cmd::elapsed(start)),
             Err(e) => {

@@ -4,7 +4,10 @@ mod grpc;
 mod http;
 mod span;
 
-pub use span::{flatten, RecvSpan, Value, KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET};
+pub use span::{
+    flatten, RecvSpan, Value, KIND_CLIENT, KIND_CONSUMER, KIND_PRODUCER, KIND_SERVER, STATUS_ERROR,
+    STATUS_UNSET,
+};
 
 use anyhow::{bail, Context, Result};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;

@@ -8,6 +8,8 @@ use std::fmt;
 /// OTLP span kinds (`Span.SpanKind`).
 pub const KIND_SERVER: i32 = 2;
 pub const KIND_CLIENT: i32 = 3;
+pub const KIND_PRODUCER: i32 = 4;
+pub const KIND_CONSUMER: i32 = 5;
 /// OTLP status codes (`Status.StatusCode`).
 pub const STATUS_UNSET: i32 = 0;
 pub const STATUS_ERROR: i32 = 2;

@@ -9,8 +9,14 @@ const MIN_REQUEST: u32 = 10;
 /// Larger than any request a client sends unprompted.
 const MAX_REQUEST: u32 = 256 << 20;
 
-/// The first bytes a client wrote are the start of a Kafka request.
+/// The first bytes a client wrote (or a server read) start a Kafka
+/// request: a whole header, or only a plausible size, as servers that
+/// read the size before the rest (tansu, most async brokers) see it. A
+/// size alone is confirmed or refuted by the first message's header.
 pub fn is_request(b: &[u8]) -> bool {
+    if let Ok(size) = <[u8; 4]>::try_from(b) {
+        return (MIN_REQUEST..=MAX_REQUEST).contains(&u32::from_be_bytes(size));
+    }
     let Some(head) = b.get(..14) else {
         return false;
     };
@@ -70,5 +76,8 @@ mod tests {
         long[13] = 100;
         assert!(!is_request(&long));
         assert!(!is_request(&api_versions[..10]));
+        // A server's first read of just the size.
+        assert!(is_request(&api_versions[..4]));
+        assert!(!is_request(b"GET "));
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod detect;
 mod directory;
+mod fetch;
 mod framing;
 pub mod fuzzing;
 mod session;

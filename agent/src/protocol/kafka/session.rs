@@ -86,6 +86,10 @@ pub struct Session {
     /// CONSUMER spans still open, by the thread that received them: each
     /// ends when that thread reads its next delivery.
     processing: Vec<(u32, Op)>,
+    /// Some request header decoded: the connection is Kafka. Until then
+    /// a header that does not decode means it is not.
+    confirmed: bool,
+    not_kafka: bool,
     pub losses: Losses,
 }
 
@@ -111,6 +115,8 @@ impl Session {
             pending: BTreeMap::new(),
             software: None,
             processing: Vec::new(),
+            confirmed: false,
+            not_kafka: false,
             losses: Losses::default(),
         }
     }
@@ -119,9 +125,10 @@ impl Session {
         self.role
     }
 
-    /// A direction lost its framing: nothing more can be paired.
+    /// A direction lost its framing (nothing more can be paired), or the
+    /// first request was not Kafka after all.
     pub fn is_hopeless(&self) -> bool {
-        self.requests.is_broken() || self.responses.is_broken()
+        self.not_kafka || self.requests.is_broken() || self.responses.is_broken()
     }
 
     pub fn on_data(
@@ -188,12 +195,17 @@ impl Session {
         let mut bytes = m.bytes;
         let head = match wire::request_head(&mut bytes) {
             Ok(h) => h,
-            Err(e) => {
+            Err(e) if self.confirmed => {
                 tracing::debug!("kafka request header: {e}");
                 self.losses.decode_errors += 1;
                 return;
             }
+            Err(_) => {
+                self.not_kafka = true;
+                return;
+            }
         };
+        self.confirmed = true;
         let request = if m.whole {
             wire::request(&head, bytes).unwrap_or_else(|e| {
                 tracing::debug!("kafka request: {e}");

@@ -385,12 +385,15 @@ fn responses_pair_by_correlation_id_not_order() {
 
 #[test]
 fn garbage_and_truncation_cost_no_span_and_no_panic() {
+    let bad_header = [0, 0, 0, 12, 0x7f, 0x7f, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+    // A first message that is no Kafka request: not Kafka at all.
     let mut h = Harness::new(Role::Client);
-    h.feed(
-        false,
-        &[0, 0, 0, 12, 0x7f, 0x7f, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0],
-        4096,
-    );
+    h.feed(false, &bad_header, 4096);
+    assert!(h.session.is_hopeless());
+    // After a good one, a bad header is an error on a Kafka connection.
+    let mut h = Harness::new(Role::Client);
+    h.feed(false, &request(&FetchRequest::default(), 11, 1), 4096);
+    h.feed(false, &bad_header, 4096);
     assert_eq!(h.session.losses.decode_errors, 1);
     assert!(!h.session.is_hopeless());
     h.feed(false, &[0xff; 8], 4096);
@@ -412,4 +415,22 @@ fn fuzz_entry_point_survives_arbitrary_input() {
         corrupted[i] ^= 0x5a;
         super::fuzzing::session(&corrupted);
     }
+}
+
+/// tansu answers Fetch v12 with a top-level tag 0 (NodeEndpoints, listed
+/// from v16 only): clients skip it, so must Clew.
+#[test]
+fn fetch_responses_with_tags_their_version_does_not_list_still_decode() {
+    let mut h = Harness::new(Role::Client);
+    let records = batch(&[record(5, b"a", Some(TP))], Compression::None);
+    let mut resp = response(&fetch_response(records), ApiKey::Fetch, 12, 2);
+    // No top-level tags (0) becomes one: tag 0, one byte long.
+    assert_eq!(resp.pop(), Some(0));
+    resp.extend_from_slice(&[1, 0, 1, 0]);
+    let size = (resp.len() - 4) as u32;
+    resp[..4].copy_from_slice(&size.to_be_bytes());
+    h.exchange(&request(&FetchRequest::default(), 12, 2), &resp, 4096);
+    let kinds: Vec<_> = h.ops.iter().map(|o| o.kind).collect();
+    assert_eq!(kinds, [OpKind::Receive]);
+    assert_eq!(h.session.losses.decode_errors, 0);
 }

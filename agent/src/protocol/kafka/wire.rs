@@ -6,14 +6,15 @@
 use bytes::{Buf, Bytes};
 use kafka_protocol::{
     messages::{
-        ApiKey, ApiVersionsRequest, FetchResponse, HeartbeatRequest, JoinGroupRequest,
-        LeaveGroupRequest, MetadataResponse, OffsetCommitRequest, ProduceRequest, ProduceResponse,
-        RequestHeader, ResponseHeader, SyncGroupRequest,
+        ApiKey, ApiVersionsRequest, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest,
+        MetadataResponse, OffsetCommitRequest, ProduceRequest, ProduceResponse, RequestHeader,
+        ResponseHeader, SyncGroupRequest,
     },
     protocol::Decodable,
     records::{Compression, RecordBatchDecoder},
 };
 
+use super::fetch;
 use crate::trace_context::TraceParent;
 
 #[derive(Debug, thiserror::Error)]
@@ -232,23 +233,24 @@ pub fn response(api: ApiKey, version: i16, mut buf: Bytes) -> Result<Response, W
             Response::Produce(out)
         }
         ApiKey::Fetch => {
-            let r: FetchResponse = decode(b, api, version)?;
-            let mut batches = Vec::new();
-            for t in r.responses {
-                let topic = topic(t.topic.0.to_string(), t.topic_id.as_bytes());
-                for p in t.partitions {
-                    let records = p.records.unwrap_or_default();
-                    let mut batch = records_of(topic.clone(), p.partition_index, 0, records);
-                    batch.error = p.error_code;
-                    if batch.records > 0 || batch.error != 0 {
-                        batches.push(batch);
-                    }
-                }
-            }
-            Response::Fetch {
-                error: r.error_code,
-                batches,
-            }
+            let (error, partitions) =
+                fetch::response(b, version).map_err(|e| WireError::Decode {
+                    api,
+                    version,
+                    source: e.into(),
+                })?;
+            let batches = partitions
+                .into_iter()
+                .map(|p| {
+                    let topic = match p.topic {
+                        Ok(name) => Topic::Name(name),
+                        Err(id) => Topic::Id(id),
+                    };
+                    records_of(topic, p.partition, p.error, p.records)
+                })
+                .filter(|b| b.records > 0 || b.error != 0)
+                .collect();
+            Response::Fetch { error, batches }
         }
         ApiKey::Metadata => {
             let r: MetadataResponse = decode(b, api, version)?;

@@ -1,0 +1,281 @@
+//! A Kafka broker (tansu, built and cached by `cargo xtask test`) and the
+//! client peers (`tests/peers/kafka_client.py`: kafka-python, or
+//! confluent-kafka's librdkafka), each in a cgroup: the test's own when
+//! Clew is to trace it, else one of its own.
+
+use crate::cgroup::Cgroup;
+use crate::env::{peers_dir, python};
+use crate::net::{free_port, wait_listening_local};
+use crate::process::{Supervised, TempDir};
+use anyhow::{bail, ensure, Context, Result};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The client library a peer uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Library {
+    /// Pure Python; polls and processes records on the application's thread.
+    KafkaPython,
+    /// librdkafka (confluent-kafka): fetches on threads of its own.
+    Confluent,
+}
+
+impl Library {
+    fn arg(self) -> &'static str {
+        match self {
+            Library::KafkaPython => "kafka-python",
+            Library::Confluent => "confluent",
+        }
+    }
+}
+
+/// `$CLEW_TEST_TANSU`, set by `cargo xtask test`.
+fn tansu() -> Result<PathBuf> {
+    let path = std::env::var_os("CLEW_TEST_TANSU")
+        .map(PathBuf::from)
+        .context("CLEW_TEST_TANSU is not set: run the tests with `cargo xtask test`, which builds the Kafka broker")?;
+    ensure!(path.exists(), "{} does not exist", path.display());
+    Ok(path)
+}
+
+pub struct Broker {
+    pub port: u16,
+    proc: Supervised,
+    _cg: Option<Cgroup>,
+    _dir: TempDir,
+}
+
+impl Broker {
+    /// A broker Clew does not trace.
+    pub fn start() -> Result<Self> {
+        let cg = Cgroup::new("kafka-broker")?;
+        let mut b = Self::start_in(&cg)?;
+        b._cg = Some(cg);
+        Ok(b)
+    }
+
+    /// A broker inside `cg` (traced when `cg` is).
+    pub fn start_in(cg: &Cgroup) -> Result<Self> {
+        let dir = TempDir::new("kafka-broker")?;
+        let port = free_port()?;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut cmd = Command::new(tansu()?);
+        cmd.arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .env("RUST_LOG", "warn");
+        let proc = Supervised::start("tansu", &mut cmd, dir.join("broker.log"), |c| cg.spawn(c))?;
+        wait_listening_local(port, START_TIMEOUT, || proc.log_tail(40))?;
+        Ok(Broker {
+            port,
+            proc,
+            _cg: None,
+            _dir: dir,
+        })
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.log_tail(40)
+    }
+
+    /// Creates `topic` with `partitions` partitions (a client outside any
+    /// traced cgroup does it).
+    pub fn create_topic(&self, topic: &str, partitions: u32) -> Result<()> {
+        let cg = Cgroup::new("kafka-admin")?;
+        let out = cg.run(
+            peer(&[
+                "create-topic",
+                "--bootstrap",
+                &self.bootstrap(),
+                "--topic",
+                topic,
+            ])?
+            .args(["--partitions", &partitions.to_string()]),
+            CLIENT_TIMEOUT,
+        )?;
+        if !out.status.success() {
+            bail!(
+                "creating topic {topic} failed:\n{}\n{}",
+                out.stderr,
+                self.log()
+            );
+        }
+        Ok(())
+    }
+}
+
+fn peer(args: &[&str]) -> Result<Command> {
+    let py = python()?;
+    let mut cmd = Command::new(&py.path);
+    cmd.arg(peers_dir().join("kafka_client.py"))
+        .args(args)
+        .env("PYTHONUNBUFFERED", "1");
+    Ok(cmd)
+}
+
+/// One acknowledged record, as the producer printed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acked {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// One record as the consumer received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Received {
+    /// Values of header `name`, as text.
+    pub fn header(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .collect()
+    }
+}
+
+/// A producer run: which records, and how.
+pub struct Produce<'a> {
+    pub library: Library,
+    pub topic: &'a str,
+    pub values: &'a [&'a str],
+    pub partition: Option<u32>,
+    pub compression: Option<&'a str>,
+    pub traceparent: Option<&'a str>,
+    pub headers: &'a [(&'a str, &'a str)],
+    /// `OTEL_SERVICE_NAME` of the producer process.
+    pub service: &'a str,
+}
+
+impl<'a> Produce<'a> {
+    pub fn new(library: Library, topic: &'a str, values: &'a [&'a str], service: &'a str) -> Self {
+        Produce {
+            library,
+            topic,
+            values,
+            partition: None,
+            compression: None,
+            traceparent: None,
+            headers: &[],
+            service,
+        }
+    }
+
+    /// Runs the producer in `cg` until every record is acknowledged.
+    pub fn run(&self, cg: &Cgroup, broker: &Broker) -> Result<Vec<Acked>> {
+        let mut cmd = peer(&[
+            "produce",
+            "--bootstrap",
+            &broker.bootstrap(),
+            "--topic",
+            self.topic,
+            "--library",
+            self.library.arg(),
+        ])?;
+        cmd.env("OTEL_SERVICE_NAME", self.service);
+        if let Some(p) = self.partition {
+            cmd.args(["--partition", &p.to_string()]);
+        }
+        if let Some(c) = self.compression {
+            cmd.args(["--compression", c]);
+        }
+        if let Some(tp) = self.traceparent {
+            cmd.args(["--traceparent", tp]);
+        }
+        for (k, v) in self.headers {
+            cmd.args(["--header", &format!("{k}={v}")]);
+        }
+        cmd.args(self.values);
+        let out = cg.run(&mut cmd, CLIENT_TIMEOUT)?;
+        if !out.status.success() {
+            bail!("producer failed:\n{}\n{}", out.stderr, broker.log());
+        }
+        out.stdout
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l)?;
+                Ok(Acked {
+                    partition: v["partition"].as_i64().context("partition")? as i32,
+                    offset: v["offset"].as_i64().context("offset")?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Runs a consumer in `cg` until it received `count` records of `topic`;
+/// with `downstream`, it GETs that URL for each record before it polls again.
+pub fn consume(
+    cg: &Cgroup,
+    broker: &Broker,
+    library: Library,
+    topic: &str,
+    count: usize,
+    downstream: Option<&str>,
+    service: &str,
+) -> Result<Vec<Received>> {
+    let group = format!("{topic}-readers");
+    let mut cmd = peer(&[
+        "consume",
+        "--bootstrap",
+        &broker.bootstrap(),
+        "--topic",
+        topic,
+        "--library",
+        library.arg(),
+        "--group",
+        &group,
+    ])?;
+    cmd.args(["--count", &count.to_string()])
+        .env("OTEL_SERVICE_NAME", service);
+    if let Some(d) = downstream {
+        cmd.args(["--downstream", d]);
+    }
+    let out = cg.run(&mut cmd, CLIENT_TIMEOUT)?;
+    if !out.status.success() {
+        bail!("consumer failed:\n{}\n{}", out.stderr, broker.log());
+    }
+    out.stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l)?;
+            let bytes = |v: &serde_json::Value| -> Result<Option<Vec<u8>>> {
+                v.as_str().map(hex::decode).transpose().map_err(Into::into)
+            };
+            let headers = v["headers"]
+                .as_array()
+                .context("headers")?
+                .iter()
+                .map(|h| {
+                    let k = h[0].as_str().unwrap_or_default().to_owned();
+                    Ok((k, hex::decode(h[1].as_str().unwrap_or_default())?))
+                })
+                .collect::<Result<_>>()?;
+            Ok(Received {
+                partition: v["partition"].as_i64().context("partition")? as i32,
+                offset: v["offset"].as_i64().context("offset")?,
+                key: bytes(&v["key"])?,
+                value: bytes(&v["value"])?,
+                headers,
+            })
+        })
+        .collect()
+}
