@@ -6,24 +6,6 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Names (as bpftool shows them, at most 15 characters) of clew's programs.
-const CLEW_PROGS: &[&str] = &[
-    "enter_io",
-    "exit_io",
-    "enter_accept",
-    "exit_accept",
-    "enter_connect",
-    "exit_connect",
-    "enter_close",
-    "proc_exec",
-    "proc_exit",
-    "proc_fork",
-    "observe_request",
-    // sockops and sk_msg programs of traceparent injection ("inject_traceparent", truncated).
-    "track_sockets",
-    "inject_tracepa",
-];
-
 /// `bpftool prog show` output.
 pub fn prog_show() -> Result<String> {
     let out = Command::new("bpftool")
@@ -39,34 +21,43 @@ pub fn prog_show() -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-/// The lines of `bpftool prog show` that name one of clew's programs.
-pub fn clew_progs() -> Result<Vec<String>> {
-    Ok(prog_show()?
-        .lines()
-        .filter(|l| {
-            l.split_whitespace()
-                .skip_while(|w| *w != "name")
-                .nth(1)
-                .is_some_and(|n| CLEW_PROGS.iter().any(|p| n.starts_with(p)))
-        })
-        .map(str::to_string)
-        .collect())
+/// Ids of the BPF programs process `pid` holds, from its file descriptors'
+/// `prog_id` lines: exactly one agent's programs, whatever else is loaded
+/// (bpftool cannot name a program's holder on kernels without BPF
+/// iterators).
+pub fn prog_ids_of(pid: u32) -> Result<BTreeSet<u64>> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut ids = BTreeSet::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let Ok(text) = std::fs::read_to_string(entry?.path()) else {
+            continue; // closed meanwhile
+        };
+        ids.extend(
+            text.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:"))
+                .filter_map(|v| v.trim().parse::<u64>().ok()),
+        );
+    }
+    Ok(ids)
 }
 
-/// Waits until at most `baseline` clew programs remain loaded: the kernel
-/// frees programs asynchronously after their last reference goes away.
-pub fn wait_clew_progs_at_most(baseline: usize, timeout: Duration) -> Result<()> {
+/// Waits until none of the programs `ids` is loaded: the kernel frees
+/// programs asynchronously after their last reference goes away.
+pub fn wait_progs_unloaded(ids: &BTreeSet<u64>, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        let progs = clew_progs()?;
-        if progs.len() <= baseline {
+        let left: Vec<Object> = programs()?
+            .into_iter()
+            .filter(|p| ids.contains(&p.id))
+            .collect();
+        if left.is_empty() {
             return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
-                "{} clew BPF programs still loaded after the agent exited (baseline {baseline}):\n{}",
-                progs.len(),
-                progs.join("\n")
+                "{} of the agent's {} BPF programs still loaded after it exited: {left:?}",
+                left.len(),
+                ids.len()
             );
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -147,15 +138,6 @@ fn objects(what: &str) -> Result<Vec<Object>> {
 /// Every loaded BPF program.
 pub fn programs() -> Result<Vec<Object>> {
     objects("prog")
-}
-
-/// Ids of the loaded programs with one of clew's names.
-pub fn clew_prog_ids() -> Result<BTreeSet<u64>> {
-    Ok(programs()?
-        .into_iter()
-        .filter(|p| CLEW_PROGS.iter().any(|n| p.name.starts_with(n)))
-        .map(|p| p.id)
-        .collect())
 }
 
 /// Keys of the socket map `name` (a SOCKHASH keyed by socket cookie) that

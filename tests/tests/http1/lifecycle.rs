@@ -1,7 +1,7 @@
 //! Shutdown: SIGTERM and SIGINT end the agent with status 0 and leave no BPF program behind.
 
 use anyhow::{ensure, Context, Result};
-use clew_e2e::bpf::{cgroup_progs, clew_progs, prog_show, wait_clew_progs_at_most};
+use clew_e2e::bpf::{cgroup_progs, prog_ids_of, wait_progs_unloaded};
 use clew_e2e::peers::{curl_expect, PyService};
 use clew_e2e::{Expect, Protocol, Traced, SPAN_TIMEOUT};
 use std::time::Duration;
@@ -18,15 +18,10 @@ fn sigint_exits_cleanly() -> Result<()> {
 
 fn stop_cleanly(signal: i32) -> Result<()> {
     clew_e2e::env::require_root()?;
-    // Programs of an agent from another test would otherwise count as leaks.
-    let baseline = clew_progs()?.len();
     let t = Traced::start(&format!("signal{signal}"), Protocol::Grpc)?;
-    let running = clew_progs()?.len();
-    ensure!(
-        running > baseline,
-        "no clew BPF program found while the agent runs (names changed?); bpftool prog show:\n{}",
-        prog_show()?
-    );
+    // Exactly this agent's programs, whatever other agents run here.
+    let ours = prog_ids_of(t.agent.pid())?;
+    ensure!(!ours.is_empty(), "the running agent holds no BPF program");
     let svc = PyService::start(&t.cg, "backend", None)?;
     curl_expect(&t.cg, &svc.url("/work/before-stop"), &[], 200)?;
     let e = Expect::server("backend", "/work/before-stop", svc.port);
@@ -35,7 +30,7 @@ fn stop_cleanly(signal: i32) -> Result<()> {
 
     let Traced { agent, rx: _rx, cg } = t;
     agent.stop_with(signal)?;
-    wait_clew_progs_at_most(baseline, Duration::from_secs(5))?;
+    wait_progs_unloaded(&ours, Duration::from_secs(5))?;
     let attached = cgroup_progs(cg.path())?;
     ensure!(
         attached.is_empty(),

@@ -3,13 +3,12 @@
 //! map with the agent's file descriptors, sockops and sk_msg included.
 
 use anyhow::{bail, ensure, Result};
-use clew_e2e::bpf::{cgroup_progs, clew_prog_ids, programs};
+use clew_e2e::bpf::{cgroup_progs, prog_ids_of, programs, wait_progs_unloaded};
 use clew_e2e::load::{stalled_seconds, unix_now, Wrk};
 use clew_e2e::nginx::Nginx;
 use clew_e2e::peers::curl_expect;
 use clew_e2e::{Agent, Cgroup, Protocol, Receiver};
-use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const DURATION: Duration = Duration::from_secs(12);
 /// When the agent is killed, into wrk's run.
@@ -22,10 +21,9 @@ fn sigkill_under_load_leaves_traffic_working() -> Result<()> {
     let traced = Cgroup::new("sigkill-load")?;
     let load = Cgroup::new("sigkill-load-wrk")?;
     let rx = Receiver::start(Protocol::Grpc)?;
-    // Programs of agents of other tests or people on this machine are not ours to count.
-    let before = clew_prog_ids()?;
     let agent = Agent::start(&traced, &rx.endpoint(), Protocol::Grpc, &[])?;
-    let ours: BTreeSet<u64> = clew_prog_ids()?.difference(&before).copied().collect();
+    // Exactly this agent's programs, whatever other agents run here.
+    let ours = prog_ids_of(agent.pid())?;
     let attached = cgroup_progs(traced.path())?;
     ensure!(
         !attached.is_empty(),
@@ -92,28 +90,12 @@ fn sigkill_under_load_leaves_traffic_working() -> Result<()> {
     curl_expect(&traced, &proxy.url("/index.html"), &[], 200)?;
     curl_expect(&traced, &upstream.url("/index.html"), &[], 200)?;
 
-    let deadline = Instant::now() + RELEASE_TIMEOUT;
-    loop {
-        let attached = cgroup_progs(traced.path())?;
-        let left: BTreeSet<u64> = clew_prog_ids()?.intersection(&ours).copied().collect();
-        if attached.is_empty() && left.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{RELEASE_TIMEOUT:?} after SIGKILL: still attached to {}: {attached:?}; still loaded: {:?}",
-                traced.path().display(),
-                programs()?
-                    .into_iter()
-                    .filter(|p| left.contains(&p.id))
-                    .collect::<Vec<_>>()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let others = clew_prog_ids()?.len();
-    if others > 0 {
-        println!("sigkill: NOTE: {others} clew-named programs of other agents on this machine remain (not ours)");
-    }
+    wait_progs_unloaded(&ours, RELEASE_TIMEOUT)?;
+    let attached = cgroup_progs(traced.path())?;
+    ensure!(
+        attached.is_empty(),
+        "after SIGKILL, still attached to {}: {attached:?}",
+        traced.path().display()
+    );
     Ok(())
 }
