@@ -1,0 +1,100 @@
+//! Nesting per runtime: 200 requests from 16 concurrent clients to a
+//! frontend whose downstream calls overlap; each test prints its measured
+//! share of correctly nested calls and fails on any call confidently
+//! under the wrong parent, or below the share the README claims.
+
+use anyhow::{Context, Result};
+use clew_e2e::frontends::{Frontend, JavaMode, FRONTEND};
+use clew_e2e::nesting::Tally;
+use clew_e2e::nginx::Nginx;
+use clew_e2e::peers::{concurrent_gets, PyService};
+use clew_e2e::{Protocol, RecvSpan, Traced, SPAN_TIMEOUT};
+
+const REQUESTS: usize = 200;
+const CLIENTS: usize = 16;
+/// How long the backend holds each answer, so that downstream calls overlap.
+const BACKEND_DELAY_MS: u32 = 20;
+
+/// Sends the requests to `port` (`{prefix}N`) and measures the spans of
+/// `service`: SERVER `{prefix}N`, CLIENT `/work/N`.
+fn measure(t: &Traced, port: u16, prefix: &str, service: &str) -> Result<Tally> {
+    concurrent_gets(&t.cg, port, prefix, REQUESTS, CLIENTS, 200)?;
+    let ours = |s: &RecvSpan| s.service() == Some(service);
+    let server = |s: &RecvSpan, i: usize| {
+        s.is_server() && ours(s) && s.path() == Some(&format!("{prefix}{i}"))
+    };
+    let client = |s: &RecvSpan, i: usize| {
+        s.is_client() && ours(s) && s.path() == Some(&format!("/work/{i}"))
+    };
+    let spans =
+        t.rx.wait_for(
+            |s| {
+                (0..REQUESTS)
+                    .all(|i| s.iter().any(|x| server(x, i)) && s.iter().any(|x| client(x, i)))
+            },
+            SPAN_TIMEOUT,
+        )
+        .with_context(|| format!("waiting for {REQUESTS} SERVER and CLIENT spans of {service}"))?;
+    Tally::measure(&spans, REQUESTS, server, client)
+}
+
+fn frontend_case(
+    name: &str,
+    min_correct_pct: f64,
+    start: impl FnOnce(&Traced, &PyService) -> Result<Frontend>,
+) -> Result<()> {
+    let mut t = Traced::start(name, Protocol::Grpc)?;
+    let backend = PyService::opts("backend")
+        .work_delay_ms(BACKEND_DELAY_MS)
+        .start(&t.cg)?;
+    let frontend = start(&t, &backend)?;
+    let tally = measure(&t, frontend.port, "/chain/", FRONTEND)?;
+    println!("nesting[{name}]: {tally}");
+    tally.ensure(min_correct_pct)?;
+    t.agent.ensure_healthy()?;
+    t.agent.stop()
+}
+
+#[test]
+fn nesting_go_net_http() -> Result<()> {
+    frontend_case("go", 0.0, |t, b| Frontend::go(&t.cg, &b.url("")))
+}
+
+#[test]
+fn nesting_node_http() -> Result<()> {
+    frontend_case("node", 0.0, |t, b| Frontend::node(&t.cg, &b.url("")))
+}
+
+#[test]
+fn nesting_python_asyncio() -> Result<()> {
+    frontend_case("asyncio", 0.0, |t, b| Frontend::asyncio(&t.cg, b.port))
+}
+
+#[test]
+fn nesting_java_thread_pool() -> Result<()> {
+    frontend_case("java-pool", 0.0, |t, b| {
+        Frontend::java(&t.cg, &b.url(""), JavaMode::Direct)
+    })
+}
+
+#[test]
+fn nesting_java_pool_handoff() -> Result<()> {
+    frontend_case("java-handoff", 0.0, |t, b| {
+        Frontend::java(&t.cg, &b.url(""), JavaMode::Handoff)
+    })
+}
+
+/// nginx forwards `/work/N` as is, on kept-alive upstream connections.
+#[test]
+fn nesting_nginx_proxy() -> Result<()> {
+    let mut t = Traced::start("nginx-nesting", Protocol::Grpc)?;
+    let backend = PyService::opts("backend")
+        .work_delay_ms(BACKEND_DELAY_MS)
+        .start(&t.cg)?;
+    let nginx = Nginx::proxy(&t.cg, &format!("127.0.0.1:{}", backend.port), true)?;
+    let tally = measure(&t, nginx.port, "/work/", "nginx")?;
+    println!("nesting[nginx]: {tally}");
+    tally.ensure(0.0)?;
+    t.agent.ensure_healthy()?;
+    t.agent.stop()
+}
