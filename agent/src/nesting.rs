@@ -1,9 +1,15 @@
 //! Trace context inside a process: which SERVER span each thread is
 //! serving, so the CLIENT spans it sends become that span's children; and
 //! the ids and sampling decision of new spans.
+//!
+//! A thread that has several requests open at once (an event loop) cannot
+//! say which one a call is for: its calls start new traces, marked
+//! ambiguous and linked to the request it read last. Processes whose
+//! threads do not own requests (Go) are counted as one executor. The
+//! kernel applies the same rule to the ids it injects (`ebpf/src/context.rs`).
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     net::SocketAddr,
 };
 
@@ -14,7 +20,7 @@ use clew_common::{ctxflag, TraceCtx};
 use crate::{
     capture::KernelCtx,
     sampling::Sampler,
-    span::{SpanId, TraceId},
+    span::{SpanId, SpanLink, TraceId},
     trace_context::TraceParent,
 };
 
@@ -25,11 +31,44 @@ pub struct SpanCtx {
     pub parent: Option<SpanId>,
     pub sampled: bool,
     pub trace_state: String,
+    /// Sent while several requests were open on its executor: a root.
+    /// Boxed: rare, and every pending exchange carries a `SpanCtx`.
+    pub ambiguous: Option<Box<Ambiguous>>,
 }
 
-struct Active {
-    ctx: SpanCtx,
-    conn_id: u64,
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ambiguous {
+    /// The request read last, if still open: the likely parent.
+    pub candidate: Option<SpanLink>,
+}
+
+fn ambiguous(candidate: Option<SpanLink>) -> Option<Box<Ambiguous>> {
+    Some(Box::new(Ambiguous { candidate }))
+}
+
+/// The thread that read or sent a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Thread {
+    pub tgid: u32,
+    pub tid: u32,
+}
+
+/// A thread, or for processes nested per process, the whole process (tid 0).
+type Executor = Thread;
+
+/// What an executor serves: the request it read last (until answered) and
+/// how many it has open.
+#[derive(Default)]
+struct Serving {
+    latest: Option<SpanCtx>,
+    open: u32,
+}
+
+/// Where an executor's calls nest.
+enum Parent<'a> {
+    Sure(&'a SpanCtx),
+    Unsure(Option<&'a SpanCtx>),
+    None,
 }
 
 /// Bounded: a thread that never answers (or an agent that missed the
@@ -38,7 +77,14 @@ const MAX_THREADS: usize = 65536;
 
 pub struct Nesting {
     sampler: Sampler,
-    by_tid: HashMap<u32, Active>,
+    by_executor: HashMap<Executor, Serving>,
+    /// Server spans read and not answered: who read them, and the
+    /// context their request came with (its key in `by_incoming`).
+    open: HashMap<SpanId, (Executor, Option<(TraceId, SpanId)>)>,
+    /// The same spans by the context their request came with.
+    by_incoming: HashMap<(TraceId, SpanId), SpanCtx>,
+    /// Processes nested per process (see [`Nesting::nest_by_process`]).
+    by_process: HashSet<u32>,
     /// Ids the kernel decided, waiting for the request they belong to:
     /// server side by connection, client side by sending thread and
     /// HTTP/2 stream (0 for HTTP/1).
@@ -72,6 +118,9 @@ impl From<&TraceCtx> for SpanCtx {
             parent: (c.flags & ctxflag::HAS_PARENT != 0).then_some(c.parent_id),
             sampled: c.flags & ctxflag::SAMPLED != 0,
             trace_state: String::new(),
+            ambiguous: (c.flags & ctxflag::AMBIGUOUS != 0)
+                .then(|| ambiguous(None))
+                .flatten(),
         }
     }
 }
@@ -89,7 +138,10 @@ impl Nesting {
     pub fn new(sampler: Sampler) -> Self {
         Nesting {
             sampler,
-            by_tid: HashMap::new(),
+            by_executor: HashMap::new(),
+            open: HashMap::new(),
+            by_incoming: HashMap::new(),
+            by_process: HashSet::new(),
             kernel_server: HashMap::new(),
             kernel_client: HashMap::new(),
             offers: HashMap::new(),
@@ -148,7 +200,12 @@ impl Nesting {
     /// the request whose first bytes carry the same timestamp; client side
     /// (injected), the next request the thread sends.
     pub fn kernel(&mut self, k: &KernelCtx) {
-        let entry = (k.ts_ns, SpanCtx::from(&k.ctx));
+        let mut ctx = SpanCtx::from(&k.ctx);
+        if ctx.ambiguous.is_some() {
+            // The kernel names the candidate in the parent's place.
+            ctx.ambiguous = ambiguous(self.candidate(&k.ctx.parent_id));
+        }
+        let entry = (k.ts_ns, ctx);
         if k.server {
             self.kernel_server.insert(k.conn_id, entry);
         } else {
@@ -167,7 +224,7 @@ impl Nesting {
     /// `ts`. The kernel's ids win: outgoing requests were injected with them.
     pub fn server_span(
         &mut self,
-        tid: u32,
+        thread: Thread,
         conn_id: u64,
         ts: u64,
         traceparent: Option<&str>,
@@ -188,6 +245,7 @@ impl Nesting {
                 parent: Some(tp.parent_id),
                 sampled: self.sampler.sample(&tp.trace_id, Some(tp.sampled)),
                 trace_state: String::new(),
+                ambiguous: None,
             },
             (Some(k), _) => k,
             (None, Some(tp)) => SpanCtx {
@@ -196,58 +254,138 @@ impl Nesting {
                 parent: Some(tp.parent_id),
                 sampled: self.sampler.sample(&tp.trace_id, Some(tp.sampled)),
                 trace_state: String::new(),
+                ambiguous: None,
             },
             (None, None) => self.root(),
         };
         if incoming.is_some_and(|tp| tp.trace_id == ctx.trace_id) {
             ctx.trace_state = tracestate.unwrap_or_default().to_owned();
         }
-        self.serve(tid, conn_id, &ctx);
+        self.serve(thread, &ctx);
         ctx
     }
 
-    /// Thread `tid` works for span `ctx` now (a request read on `conn_id`).
-    fn serve(&mut self, tid: u32, conn_id: u64, ctx: &SpanCtx) {
-        if self.by_tid.len() >= MAX_THREADS && !self.by_tid.contains_key(&tid) {
-            self.by_tid.clear();
+    /// `thread` works for span `ctx` now (a request it read, or records
+    /// it processes), until [`Nesting::server_done`].
+    fn serve(&mut self, thread: Thread, ctx: &SpanCtx) {
+        if self.open.len() >= MAX_THREADS {
+            // Requests whose answers were never seen. Forgetting them all
+            // can make an executor look surer than it is, but only until
+            // its open requests are answered.
+            self.open.clear();
+            self.by_incoming.clear();
+            self.by_executor.clear();
         }
-        let active = Active {
-            ctx: ctx.clone(),
-            conn_id,
-        };
-        self.by_tid.insert(tid, active);
+        let exec = self.executor(thread);
+        self.open_span(exec, ctx);
+        let s = self.by_executor.entry(exec).or_default();
+        s.latest = Some(ctx.clone());
+        s.open += 1;
+    }
+
+    /// Requests of process `tgid` count per process, not per thread (its
+    /// threads do not own the requests they read), or again per thread.
+    pub fn nest_by_process(&mut self, tgid: u32, yes: bool) {
+        if yes {
+            self.by_process.insert(tgid);
+        } else {
+            self.by_process.remove(&tgid);
+        }
+    }
+
+    fn executor(&self, t: Thread) -> Executor {
+        if self.by_process.contains(&t.tgid) {
+            Thread {
+                tgid: t.tgid,
+                tid: 0,
+            }
+        } else {
+            t
+        }
     }
 
     /// A server span `old` got the kernel's ids after it started.
-    pub fn rebind(&mut self, tid: u32, old: &SpanId, ctx: &SpanCtx) {
-        if let Some(a) = self.by_tid.get_mut(&tid).filter(|a| &a.ctx.span_id == old) {
-            a.ctx = ctx.clone();
-        }
-    }
-
-    /// The response to the server span `span_id` is complete.
-    pub fn server_done(&mut self, tid: u32, span_id: &SpanId) {
-        if self
-            .by_tid
-            .get(&tid)
-            .is_some_and(|a| &a.ctx.span_id == span_id)
+    pub fn rebind(&mut self, old: &SpanId, ctx: &SpanCtx) {
+        let Some(exec) = self.close_span(old) else {
+            return;
+        };
+        self.open_span(exec, ctx);
+        if let Some(l) = self
+            .by_executor
+            .get_mut(&exec)
+            .and_then(|s| s.latest.as_mut())
+            .filter(|l| &l.span_id == old)
         {
-            self.by_tid.remove(&tid);
+            *l = ctx.clone();
         }
     }
 
-    /// Server connection `conn_id` closed: nothing more is served on it.
+    /// The response to the server span `span_id` is complete (or will
+    /// never be seen).
+    pub fn server_done(&mut self, span_id: &SpanId) {
+        let Some(exec) = self.close_span(span_id) else {
+            return;
+        };
+        let Some(s) = self.by_executor.get_mut(&exec) else {
+            return;
+        };
+        s.open = s.open.saturating_sub(1);
+        if s.latest.as_ref().is_some_and(|l| &l.span_id == span_id) {
+            s.latest = None;
+        }
+        if s.open == 0 {
+            self.by_executor.remove(&exec);
+        }
+    }
+
+    /// Server connection `conn_id` closed. (Its sessions report requests
+    /// left unanswered through [`Nesting::server_done`].)
     pub fn conn_closed(&mut self, conn_id: u64) {
-        self.by_tid.retain(|_, a| a.conn_id != conn_id);
         self.kernel_server.remove(&conn_id);
+    }
+
+    fn parent(&self, thread: Thread) -> Parent<'_> {
+        match self.by_executor.get(&self.executor(thread)) {
+            Some(s) if s.open == 1 && s.latest.is_some() => {
+                Parent::Sure(s.latest.as_ref().expect("checked"))
+            }
+            Some(s) if s.open > 0 => Parent::Unsure(s.latest.as_ref()),
+            _ => Parent::None,
+        }
+    }
+
+    fn open_span(&mut self, exec: Executor, ctx: &SpanCtx) {
+        let incoming = ctx.parent.map(|p| (ctx.trace_id, p));
+        self.open.insert(ctx.span_id, (exec, incoming));
+        if let Some(k) = incoming {
+            self.by_incoming.insert(k, ctx.clone());
+        }
+    }
+
+    fn close_span(&mut self, span_id: &SpanId) -> Option<Executor> {
+        let (exec, incoming) = self.open.remove(span_id)?;
+        if let Some(k) = incoming {
+            self.by_incoming.remove(&k);
+        }
+        Some(exec)
+    }
+
+    /// The link an ambiguous span gets: the open server span `candidate`.
+    fn candidate(&self, candidate: &SpanId) -> Option<SpanLink> {
+        let (exec, _) = self.open.get(candidate)?;
+        let latest = self.by_executor.get(exec)?.latest.as_ref()?;
+        (&latest.span_id == candidate).then_some(SpanLink {
+            trace_id: latest.trace_id,
+            span_id: latest.span_id,
+        })
     }
 
     /// A request is being sent by thread `tid` at `ts`. Ids the kernel
     /// injected come first; a `traceparent` the application wrote itself
     /// (it has an SDK) comes next; else the span nests under what the
     /// thread is serving.
-    pub fn client_span(&mut self, tid: u32, ts: u64, traceparent: Option<&str>) -> SpanCtx {
-        self.client_stream_span(tid, 0, ts, traceparent)
+    pub fn client_span(&mut self, thread: Thread, ts: u64, traceparent: Option<&str>) -> SpanCtx {
+        self.client_stream_span(thread, 0, ts, traceparent)
     }
 
     /// [`Nesting::client_span`] for an HTTP/2 request on stream
@@ -258,22 +396,27 @@ impl Nesting {
     /// (with the kernel's injection present, it is the injected one).
     pub fn client_stream_span(
         &mut self,
-        tid: u32,
+        thread: Thread,
         stream_id: u32,
         ts: u64,
         traceparent: Option<&str>,
     ) -> SpanCtx {
-        if let Some(k) = take_fresh(&mut self.kernel_client, &(tid, stream_id), ts) {
+        if let Some(k) = take_fresh(&mut self.kernel_client, &(thread.tid, stream_id), ts) {
             return k;
         }
-        let serving = self.by_tid.get(&tid).map(|a| &a.ctx);
-        // A proxy forwards the traceparent it received: that is its
-        // caller's context, not an SDK's, so the span still nests normally.
-        let own = traceparent
-            .and_then(TraceParent::parse)
-            .filter(|tp| serving.is_none_or(|s| s.parent != Some(tp.parent_id)));
-        match own {
-            Some(tp) => SpanCtx {
+        let tp = traceparent.and_then(TraceParent::parse);
+        // A proxy forwards the traceparent it received: the request it
+        // serves with that context is exactly this call's parent.
+        if let Some(s) = tp.and_then(|tp| self.by_incoming.get(&(tp.trace_id, tp.parent_id))) {
+            return child_of(s);
+        }
+        if let Some(tp) = tp {
+            // The application's own context (it has an SDK).
+            let serving = match self.parent(thread) {
+                Parent::Sure(s) => Some(s),
+                _ => None,
+            };
+            return SpanCtx {
                 trace_id: tp.trace_id,
                 span_id: tp.parent_id,
                 parent: serving
@@ -281,44 +424,45 @@ impl Nesting {
                     .map(|s| s.span_id),
                 sampled: tp.sampled,
                 trace_state: String::new(),
+                ambiguous: None,
+            };
+        }
+        self.nested_span(thread)
+    }
+
+    /// A span of `thread` that nests under what its executor surely
+    /// serves, else starts a trace (ambiguous when it serves several);
+    /// nothing was injected for it.
+    pub fn nested_span(&self, thread: Thread) -> SpanCtx {
+        match self.parent(thread) {
+            Parent::Sure(s) => child_of(s),
+            Parent::Unsure(candidate) => SpanCtx {
+                ambiguous: ambiguous(candidate.map(|c| SpanLink {
+                    trace_id: c.trace_id,
+                    span_id: c.span_id,
+                })),
+                ..self.root()
             },
-            None => self.nested_span(tid),
+            Parent::None => self.root(),
         }
     }
 
-    /// A span of thread `tid` that nests under what the thread is serving,
-    /// else starts a trace; nothing was injected for it.
-    pub fn nested_span(&self, tid: u32) -> SpanCtx {
-        match self.by_tid.get(&tid) {
-            Some(Active { ctx: s, .. }) => SpanCtx {
-                trace_id: s.trace_id,
-                span_id: new_span_id(),
-                parent: Some(s.span_id),
-                sampled: s.sampled,
-                trace_state: s.trace_state.clone(),
-            },
-            None => self.root(),
-        }
-    }
-
-    /// A record carrying trace context `tp` was delivered to thread `tid`
-    /// in the response to request `stream` (its correlation id) on
-    /// `conn_id`: its processing continues that trace. The kernel's ids win
-    /// when it decided them for the same context. With `serve`, the
-    /// thread's outgoing calls nest under the processing until
+    /// A record carrying trace context `tp` was delivered to `thread` in
+    /// the response to request `stream` (its correlation id): its
+    /// processing continues that trace. The kernel's ids win when it
+    /// decided them for the same context. With `serve`, the thread's
+    /// outgoing calls nest under the processing until
     /// [`Nesting::server_done`].
-    #[allow(clippy::too_many_arguments)]
     pub fn consumer_span(
         &mut self,
-        tid: u32,
-        conn_id: u64,
+        thread: Thread,
         stream: u32,
         ts: u64,
         tp: &TraceParent,
         tracestate: Option<&str>,
         serve: bool,
     ) -> SpanCtx {
-        let kernel = take_fresh(&mut self.kernel_client, &(tid, stream), ts)
+        let kernel = take_fresh(&mut self.kernel_client, &(thread.tid, stream), ts)
             .filter(|k| k.trace_id == tp.trace_id && k.parent == Some(tp.parent_id));
         let mut ctx = kernel.unwrap_or_else(|| SpanCtx {
             trace_id: tp.trace_id,
@@ -326,10 +470,11 @@ impl Nesting {
             parent: Some(tp.parent_id),
             sampled: self.sampler.sample(&tp.trace_id, Some(tp.sampled)),
             trace_state: String::new(),
+            ambiguous: None,
         });
         ctx.trace_state = tracestate.unwrap_or_default().to_owned();
         if serve {
-            self.serve(tid, conn_id, &ctx);
+            self.serve(thread, &ctx);
         }
         ctx
     }
@@ -342,12 +487,19 @@ impl Nesting {
             parent: None,
             sampled: self.sampler.sample(&trace_id, None),
             trace_state: String::new(),
+            ambiguous: None,
         }
     }
+}
 
-    #[cfg(test)]
-    fn tracked(&self) -> usize {
-        self.by_tid.len()
+fn child_of(s: &SpanCtx) -> SpanCtx {
+    SpanCtx {
+        trace_id: s.trace_id,
+        span_id: new_span_id(),
+        parent: Some(s.span_id),
+        sampled: s.sampled,
+        trace_state: s.trace_state.clone(),
+        ambiguous: None,
     }
 }
 
@@ -374,6 +526,10 @@ mod tests {
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
+    fn t(tid: u32) -> Thread {
+        Thread { tgid: 1, tid }
+    }
+
     fn nesting() -> Nesting {
         Nesting::new(Sampler::ParentBased(Root::AlwaysOn))
     }
@@ -381,21 +537,21 @@ mod tests {
     #[test]
     fn client_calls_nest_under_the_request_their_thread_serves() {
         let mut n = nesting();
-        let server = n.server_span(10, 1, 0, None, None);
-        let client = n.client_span(10, 0, None);
+        let server = n.server_span(t(10), 1, 0, None, None);
+        let client = n.client_span(t(10), 0, None);
         assert_eq!(client.trace_id, server.trace_id);
         assert_eq!(client.parent, Some(server.span_id));
-        let other_thread = n.client_span(11, 0, None);
+        let other_thread = n.client_span(t(11), 0, None);
         assert_ne!(other_thread.trace_id, server.trace_id);
         assert_eq!(other_thread.parent, None);
-        n.server_done(10, &server.span_id);
-        assert_eq!(n.client_span(10, 0, None).parent, None);
+        n.server_done(&server.span_id);
+        assert_eq!(n.client_span(t(10), 0, None).parent, None);
     }
 
     #[test]
     fn incoming_traceparent_is_joined() {
         let mut n = nesting();
-        let s = n.server_span(1, 1, 0, Some(TP), Some("k=v"));
+        let s = n.server_span(t(1), 1, 0, Some(TP), Some("k=v"));
         assert_eq!(hex::encode(s.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(
             s.parent.map(hex::encode).as_deref(),
@@ -403,14 +559,14 @@ mod tests {
         );
         assert_eq!(s.trace_state, "k=v");
         assert!(s.sampled);
-        let unsampled = n.server_span(2, 1, 0, Some(&TP.replace("-01", "-00")), None);
+        let unsampled = n.server_span(t(2), 1, 0, Some(&TP.replace("-01", "-00")), None);
         assert!(!unsampled.sampled);
     }
 
     #[test]
     fn application_context_on_outgoing_requests_wins() {
         let mut n = nesting();
-        let c = n.client_span(5, 0, Some(TP));
+        let c = n.client_span(t(5), 0, Some(TP));
         assert_eq!(hex::encode(c.span_id), "00f067aa0ba902b7");
         assert_eq!(c.parent, None);
     }
@@ -418,8 +574,8 @@ mod tests {
     #[test]
     fn forwarded_traceparent_nests_like_any_call() {
         let mut n = nesting();
-        let s = n.server_span(3, 1, 0, Some(TP), None);
-        let c = n.client_span(3, 0, Some(TP));
+        let s = n.server_span(t(3), 1, 0, Some(TP), None);
+        let c = n.client_span(t(3), 0, Some(TP));
         assert_eq!(c.trace_id, s.trace_id);
         assert_eq!(c.parent, Some(s.span_id));
         assert_ne!(hex::encode(c.span_id), "00f067aa0ba902b7");
@@ -454,27 +610,27 @@ mod tests {
             k.stream_id = stream;
             n.kernel(&k);
         }
-        assert_ne!(n.client_span(5, 110, None).span_id, [11; 8]);
-        assert_eq!(n.client_stream_span(5, 3, 110, None).span_id, [13; 8]);
-        assert_eq!(n.client_stream_span(5, 1, 110, None).span_id, [11; 8]);
+        assert_ne!(n.client_span(t(5), 110, None).span_id, [11; 8]);
+        assert_eq!(n.client_stream_span(t(5), 3, 110, None).span_id, [13; 8]);
+        assert_eq!(n.client_stream_span(t(5), 1, 110, None).span_id, [11; 8]);
         // Consumed.
-        assert_ne!(n.client_stream_span(5, 1, 120, None).span_id, [11; 8]);
+        assert_ne!(n.client_stream_span(t(5), 1, 120, None).span_id, [11; 8]);
     }
 
     #[test]
     fn kernel_ids_win_for_the_request_they_precede() {
         let mut n = nesting();
         n.kernel(&kernel_ctx(true, 3, 1, 100, 1));
-        let s = n.server_span(1, 3, 100, Some(TP), None);
+        let s = n.server_span(t(1), 3, 100, Some(TP), None);
         assert_eq!(
             (s.trace_id, s.span_id, s.parent),
             ([7; 16], [1; 8], Some([9; 8]))
         );
         n.kernel(&kernel_ctx(false, 0, 1, 200, 2));
-        let c = n.client_span(1, 210, None);
+        let c = n.client_span(t(1), 210, None);
         assert_eq!(c.span_id, [2; 8]);
         // Consumed: the next request of the thread nests by userspace rules.
-        assert_eq!(n.client_span(1, 220, None).parent, Some([1; 8]));
+        assert_eq!(n.client_span(t(1), 220, None).parent, Some([1; 8]));
     }
 
     #[test]
@@ -483,7 +639,7 @@ mod tests {
         let mut k = kernel_ctx(true, 3, 1, 100, 1);
         k.ctx.flags = ctxflag::SAMPLED;
         n.kernel(&k);
-        let s = n.server_span(1, 3, 100, Some(TP), None);
+        let s = n.server_span(t(1), 3, 100, Some(TP), None);
         assert_eq!(hex::encode(s.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(
             (s.span_id, s.parent.map(hex::encode)),
@@ -495,7 +651,7 @@ mod tests {
     fn stale_kernel_ids_are_not_used() {
         let mut n = nesting();
         n.kernel(&kernel_ctx(false, 0, 4, 100, 2));
-        let c = n.client_span(4, 100 + KERNEL_CTX_WINDOW_NS + 1, None);
+        let c = n.client_span(t(4), 100 + KERNEL_CTX_WINDOW_NS + 1, None);
         assert_ne!(c.span_id, [2; 8]);
     }
 
@@ -510,12 +666,79 @@ mod tests {
         assert_eq!((a, b), (linked, other));
     }
 
+    /// One thread with two requests open (an event loop): its calls
+    /// cannot be told apart, so they start new traces, marked and linked
+    /// to the request read last; once one is answered, the other is sure.
     #[test]
-    fn closing_a_connection_forgets_its_threads() {
+    fn calls_of_a_thread_serving_several_requests_are_ambiguous() {
         let mut n = nesting();
-        n.server_span(1, 7, 0, None, None);
-        n.server_span(2, 8, 0, None, None);
-        n.conn_closed(7);
-        assert_eq!(n.tracked(), 1);
+        let a = n.server_span(t(1), 1, 0, None, None);
+        let b = n.server_span(t(1), 2, 0, None, None);
+        let c = n.client_span(t(1), 0, None);
+        assert_eq!(c.parent, None);
+        assert_ne!(c.trace_id, a.trace_id);
+        assert_ne!(c.trace_id, b.trace_id);
+        let link = SpanLink {
+            trace_id: b.trace_id,
+            span_id: b.span_id,
+        };
+        assert_eq!(c.ambiguous.and_then(|a| a.candidate), Some(link));
+        n.server_done(&a.span_id);
+        let c = n.client_span(t(1), 0, None);
+        assert_eq!((c.parent, c.ambiguous), (Some(b.span_id), None));
+        // Answering the last read while an older one is open leaves no
+        // candidate, still ambiguous.
+        let d = n.server_span(t(1), 3, 0, None, None);
+        n.server_done(&d.span_id);
+        let c = n.client_span(t(1), 0, None);
+        assert_eq!(c.parent, None);
+        assert_eq!(c.ambiguous.map(|a| a.candidate), Some(None));
+    }
+
+    /// Processes nested per process (Go): a request read by one thread is
+    /// the parent of calls from any of its threads, but two open requests
+    /// on different threads are ambiguous.
+    #[test]
+    fn processes_nested_per_process_count_all_threads() {
+        let mut n = nesting();
+        n.nest_by_process(1, true);
+        let a = n.server_span(t(2), 1, 0, None, None);
+        assert_eq!(n.client_span(t(3), 0, None).parent, Some(a.span_id));
+        n.server_span(t(4), 2, 0, None, None);
+        assert!(n.client_span(t(3), 0, None).ambiguous.is_some());
+        n.nest_by_process(1, false);
+        assert_eq!(n.client_span(t(3), 0, None).ambiguous, None);
+    }
+
+    /// A proxy forwards the traceparent it received: the request that
+    /// came with it is the parent, however many requests are open.
+    #[test]
+    fn a_forwarded_traceparent_names_its_request() {
+        let mut n = nesting();
+        let a = n.server_span(t(1), 1, 0, Some(TP), None);
+        n.server_span(t(1), 2, 0, None, None);
+        let c = n.client_span(t(1), 0, Some(TP));
+        assert_eq!((c.trace_id, c.parent), (a.trace_id, Some(a.span_id)));
+        assert_eq!(c.ambiguous, None);
+    }
+
+    /// The kernel decided an ambiguous call's ids: its candidate becomes
+    /// the link, never the parent.
+    #[test]
+    fn kernel_ambiguous_ids_link_their_candidate() {
+        let mut n = nesting();
+        n.kernel(&kernel_ctx(true, 3, 1, 100, 1));
+        let s = n.server_span(t(1), 3, 100, None, None);
+        let mut k = kernel_ctx(false, 0, 1, 200, 2);
+        k.ctx.flags = ctxflag::SAMPLED | ctxflag::AMBIGUOUS;
+        k.ctx.parent_id = s.span_id;
+        n.kernel(&k);
+        let c = n.client_span(t(1), 210, None);
+        assert_eq!((c.span_id, c.parent), ([2; 8], None));
+        let link = SpanLink {
+            trace_id: s.trace_id,
+            span_id: s.span_id,
+        };
+        assert_eq!(c.ambiguous.and_then(|a| a.candidate), Some(link));
     }
 }

@@ -16,6 +16,7 @@ use crate::{
     process::Processes,
     processor::Chain,
     protocol::{ConnFacts, Losses, Protocol, Role, Shared, SpanOptions, Transaction},
+    runtime::Runtimes,
     select::{self, Selector},
     stats::{self, Stats},
     tls::TlsHooks,
@@ -31,6 +32,7 @@ pub struct Pipeline {
     nesting: Nesting,
     /// What protocols learn on one connection for another.
     shared: Shared,
+    runtimes: Runtimes,
     processes: Processes,
     clock: Clock,
     opts: SpanOptions,
@@ -61,6 +63,7 @@ impl Pipeline {
             conns: ConnTable::new(MAX_CONNS),
             nesting,
             shared: Shared::default(),
+            runtimes: Runtimes::default(),
             processes: Processes::new(),
             clock: Clock::new(),
             opts,
@@ -86,6 +89,7 @@ impl Pipeline {
         self.refresh_listed();
         let now = Instant::now();
         for pid in self.selector.current_processes()? {
+            self.learn_runtime(pid);
             self.adopt_existing(pid);
             self.tls.on_conn(pid, now);
         }
@@ -208,6 +212,7 @@ impl Pipeline {
         // time their span is exported.
         self.processes.resource(o.tgid);
         self.tls.on_conn(o.tgid, Instant::now());
+        self.learn_runtime(o.tgid);
         let c = Conn::new(o.tgid, o.fd, facts, role, o.ts_ns);
         self.track(o.conn_id, c);
     }
@@ -308,6 +313,7 @@ impl Pipeline {
     /// a selector it had no room for).
     fn on_exec(&mut self, tgid: u32, kernel_selected: bool) {
         self.processes.forget(tgid);
+        self.forget_runtime(tgid);
         let matched = self.selector.exe_match(tgid);
         if matched == Some(true) {
             if self.listed.insert(tgid) && !kernel_selected {
@@ -334,12 +340,32 @@ impl Pipeline {
         }
         if self.listed.contains(&tgid) || self.selector.in_cgroups(tgid) {
             self.tls.on_exec(tgid, Instant::now());
+            self.learn_runtime(tgid);
+        }
+    }
+
+    /// Looks at a traced process's executable once: a Go process's
+    /// requests are counted per process, in the kernel and here.
+    fn learn_runtime(&mut self, tgid: u32) {
+        if self.runtimes.learn(tgid) == Some(true) {
+            self.nesting.nest_by_process(tgid, true);
+            if let Err(e) = self.maps.nest_by_process(tgid, true) {
+                tracing::warn!(tgid, "{e:#}");
+            }
+        }
+    }
+
+    fn forget_runtime(&mut self, tgid: u32) {
+        if self.runtimes.forget(tgid) {
+            self.nesting.nest_by_process(tgid, false);
+            let _ = self.maps.nest_by_process(tgid, false);
         }
     }
 
     fn on_exit(&mut self, tgid: u32) {
         self.processes.forget(tgid);
         self.shared.kafka.forget_process(tgid);
+        self.forget_runtime(tgid);
         self.tls.on_exit(tgid);
         if self.listed.remove(&tgid) {
             self.maps.unselect_pid(tgid);

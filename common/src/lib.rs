@@ -98,6 +98,10 @@ pub mod ctxflag {
     pub const REMOTE_PARENT: u8 = 4;
     /// A `traceparent` with this span id was written into the request.
     pub const INJECTED: u8 = 8;
+    /// A CLIENT span sent while its executor had several requests open:
+    /// it starts a new trace, and `parent_id` names the candidate (the
+    /// request read last; zero if that one was answered).
+    pub const AMBIGUOUS: u8 = 16;
 }
 
 /// Ids the kernel chose for a span, so that what it injects and what
@@ -327,6 +331,8 @@ pub mod names {
         pub const OBSERVERS: &str = "OBSERVERS";
         /// Observers tail-called from the TLS return probes, by protocol.
         pub const TLS_OBSERVERS: &str = "TLS_OBSERVERS";
+        /// Processes whose requests are counted per process, not per thread.
+        pub const NEST_BY_PROCESS: &str = "NEST_BY_PROCESS";
     }
 
     pub mod global {

@@ -1,14 +1,16 @@
 //! Trace context decided in the kernel, where it must be known before the
 //! process sends its next request: the SERVER span a thread is serving
 //! (from the request it just read, joining an incoming `traceparent`), and
-//! the ids of CLIENT spans written into outgoing requests.
+//! the ids of CLIENT spans written into outgoing requests. A thread that
+//! has more than one request open (an event loop) cannot say which one a
+//! call is for: such calls start a new trace, marked ambiguous.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, generated::bpf_get_prandom_u32},
     macros::map,
     maps::LruHashMap,
 };
-use clew_common::{ctxflag, h2, kind, CtxEvent, TraceCtx, MAX_INFLIGHT};
+use clew_common::{ctxflag, h2, kind, CtxEvent, TraceCtx, MAX_INFLIGHT, MAX_PIDS};
 
 use crate::maps::{count, EVENTS};
 
@@ -22,13 +24,62 @@ static SAMPLE_ALWAYS: u32 = 1;
 #[unsafe(no_mangle)]
 static SAMPLE_PARENT_BASED: u32 = 1;
 
-/// The SERVER span each thread is serving, by thread id: set when it reads
-/// a request, cleared when it writes a response. Both write the thread's
-/// entry in place (a cleared entry has a zero span id), so a request costs
-/// lookups, not an LRU insert and delete. Eviction: `proc_exit` deletes a
-/// thread's entry when it exits; LRU covers threads whose exit was missed.
+/// Whose requests a `SERVING` entry follows: a thread (its pid_tgid), or
+/// for processes in `NEST_BY_PROCESS` the whole process (tid 0).
+type Executor = u64;
+
+/// What an executor serves: the request it read last, and how many it has
+/// read and not answered yet. Nesting under `ctx` is sure only while that
+/// is the one open request; with more open, which one a call belongs to is
+/// a guess.
+#[derive(Clone, Copy)]
+pub struct Serving {
+    /// The last request read; a zero span id once it was answered.
+    ctx: TraceCtx,
+    conn_id: u64,
+    stream: u32,
+    open: u32,
+}
+
+/// By executor. Entries are written in place, so a request costs lookups,
+/// not an LRU insert and delete. Eviction: `proc_exit` deletes a thread's
+/// entry when it exits; LRU covers threads whose exit was missed.
 #[map]
-static SERVING: LruHashMap<u32, TraceCtx> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+static SERVING: LruHashMap<Executor, Serving> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+/// A request (connection, HTTP/2 stream; 0 for HTTP/1) read and not
+/// answered yet, with the executor that read it: the response closes it
+/// there, whichever thread writes it. Eviction: the response or the
+/// connection's close removes it; LRU covers the rest, which leaves its
+/// executor counting one request too many: calls are then marked
+/// ambiguous, never nested with false confidence.
+#[map]
+static OPEN_REQUESTS: LruHashMap<OpenKey, Executor> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct OpenKey {
+    conn_id: u64,
+    stream: u32,
+    _pad: u32,
+}
+
+/// Processes whose threads do not own their requests (Go: goroutines move
+/// between threads, and `net/http` writes requests from the transport's
+/// goroutines), set by the agent: their requests count per process.
+/// Eviction: the agent removes a process when it exits or execs; LRU.
+#[map]
+static NEST_BY_PROCESS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(MAX_PIDS, 0);
+
+#[inline(always)]
+fn executor() -> Executor {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if unsafe { NEST_BY_PROCESS.get(&((pid_tgid >> 32) as u32)) }.is_some() {
+        pid_tgid & !0xffff_ffff
+    } else {
+        pid_tgid
+    }
+}
 
 fn random<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
@@ -77,9 +128,14 @@ fn root() -> TraceCtx {
     }
 }
 
-/// A thread read the start of a request: decide the SERVER span.
+/// A thread read the start of a request on `conn_id` (HTTP/2: `stream`):
+/// decide the SERVER span, which its executor now serves.
 #[inline(always)]
-pub fn server_request(incoming: Option<([u8; 16], [u8; 8], bool)>) -> TraceCtx {
+pub fn server_request(
+    conn_id: u64,
+    stream: u32,
+    incoming: Option<([u8; 16], [u8; 8], bool)>,
+) -> TraceCtx {
     let ctx = match incoming {
         Some((trace_id, parent_id, sampled)) => {
             let parent_based = unsafe { core::ptr::read_volatile(&SAMPLE_PARENT_BASED) } == 1;
@@ -102,49 +158,136 @@ pub fn server_request(incoming: Option<([u8; 16], [u8; 8], bool)>) -> TraceCtx {
         }
         None => root(),
     };
-    let tid = bpf_get_current_pid_tgid() as u32;
-    match SERVING.get_ptr_mut(&tid) {
-        Some(p) => unsafe { *p = ctx },
+    let exec = executor();
+    let key = OpenKey {
+        conn_id,
+        stream,
+        _pad: 0,
+    };
+    // A request already open there (a pipelined one, or a head read in
+    // pieces) is not counted twice.
+    let opened = match unsafe { OPEN_REQUESTS.get(&key) } {
+        Some(prev) if *prev == exec => 0,
+        Some(prev) => {
+            close_on(*prev, &key);
+            1
+        }
+        None => 1,
+    };
+    let _ = OPEN_REQUESTS.insert(&key, &exec, 0);
+    match SERVING.get_ptr_mut(&exec) {
+        Some(p) => unsafe {
+            (*p).ctx = ctx;
+            (*p).conn_id = conn_id;
+            (*p).stream = stream;
+            (*p).open += opened;
+        },
         None => {
-            let _ = SERVING.insert(&tid, &ctx, 0);
+            let s = Serving {
+                ctx,
+                conn_id,
+                stream,
+                open: opened,
+            };
+            let _ = SERVING.insert(&exec, &s, 0);
         }
     }
     ctx
 }
 
-/// The thread wrote a response: it no longer serves that request.
-pub fn server_response() {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(p) = SERVING.get_ptr_mut(&tid) {
-        unsafe { (*p).span_id = [0; 8] };
+/// The request `key` that `exec` read is no longer open there.
+#[inline(always)]
+fn close_on(exec: Executor, key: &OpenKey) {
+    if let Some(p) = SERVING.get_ptr_mut(&exec) {
+        unsafe {
+            (*p).open = (*p).open.saturating_sub(1);
+            if (*p).conn_id == key.conn_id && (*p).stream == key.stream {
+                (*p).ctx.span_id = [0; 8];
+            }
+        }
     }
 }
 
-/// The SERVER span the current thread is serving, if any.
+/// A response was written on `conn_id` (HTTP/2: `stream`): the executor
+/// that read its request no longer serves it.
+pub fn server_response(conn_id: u64, stream: u32) {
+    let key = OpenKey {
+        conn_id,
+        stream,
+        _pad: 0,
+    };
+    if let Some(exec) = unsafe { OPEN_REQUESTS.get(&key) }.copied() {
+        let _ = OPEN_REQUESTS.remove(&key);
+        close_on(exec, &key);
+    }
+}
+
+/// Server connection `conn_id` closed: an HTTP/1 request left unanswered
+/// is not served any more. (HTTP/2 streams left open age out by LRU.)
+pub fn conn_closed(conn_id: u64) {
+    server_response(conn_id, 0);
+}
+
+/// What the current executor's outgoing calls nest under.
+enum Parent {
+    /// The one open request.
+    Sure(TraceCtx),
+    /// Several requests open (or one, not the last read): the last read,
+    /// if still open, is only a candidate.
+    Unsure([u8; 8]),
+    None,
+}
+
+#[inline(always)]
+fn parent() -> Parent {
+    let Some(s) = (unsafe { SERVING.get(&executor()) }) else {
+        return Parent::None;
+    };
+    match s.open {
+        0 => Parent::None,
+        1 if s.ctx.span_id != [0; 8] => Parent::Sure(s.ctx),
+        _ => Parent::Unsure(s.ctx.span_id),
+    }
+}
+
+/// The SERVER span the current executor surely serves, if any.
 #[inline(always)]
 pub fn serving() -> Option<TraceCtx> {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let s = unsafe { SERVING.get(&tid) }?;
-    (s.span_id != [0; 8]).then_some(*s)
+    match parent() {
+        Parent::Sure(s) => Some(s),
+        _ => None,
+    }
 }
 
-/// Thread `tid` exited: drop what it was serving.
-pub fn thread_exit(tid: u32) {
-    let _ = SERVING.remove(&tid);
+/// Thread `pid_tgid` exited: drop what it was serving (and, for a
+/// process's main thread, what the process was).
+pub fn thread_exit(pid_tgid: u64) {
+    let _ = SERVING.remove(&pid_tgid);
+    if pid_tgid >> 32 == pid_tgid & 0xffff_ffff {
+        let _ = NEST_BY_PROCESS.remove(&((pid_tgid >> 32) as u32));
+        let _ = SERVING.remove(&(pid_tgid & !0xffff_ffff));
+    }
 }
 
-/// A CLIENT span for a request the current thread sends: a child of the
-/// request it serves, or the root of a new trace.
+/// A CLIENT span for a request the current executor sends: a child of the
+/// request it surely serves, else the root of a new trace; marked
+/// ambiguous, with the candidate in `parent_id`, when it serves several.
 pub fn client_request() -> TraceCtx {
-    match serving() {
-        Some(s) => TraceCtx {
+    match parent() {
+        Parent::Sure(s) => TraceCtx {
             trace_id: s.trace_id,
             span_id: new_span_id(),
             parent_id: s.span_id,
             flags: (s.flags & ctxflag::SAMPLED) | ctxflag::HAS_PARENT,
             _pad: [0; 7],
         },
-        None => root(),
+        Parent::Unsure(candidate) => {
+            let mut c = root();
+            c.parent_id = candidate;
+            c.flags |= ctxflag::AMBIGUOUS;
+            c
+        }
+        Parent::None => root(),
     }
 }
 

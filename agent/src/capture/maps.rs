@@ -21,6 +21,7 @@ pub struct KernelMaps {
     stats: PerCpuArray<MapData, u64>,
     inflight: HashMap<MapData, u64, Inflight>,
     peers: HashMap<MapData, u64, PeerKey>,
+    nest_by_process: HashMap<MapData, u32, u8>,
     seeded: u64,
 }
 
@@ -65,6 +66,7 @@ impl KernelMaps {
             stats: PerCpuArray::try_from(take(map::STATS)?)?,
             inflight: HashMap::try_from(take(map::INFLIGHT)?)?,
             peers: HashMap::try_from(take(map::PEERS)?)?,
+            nest_by_process: HashMap::try_from(take(map::NEST_BY_PROCESS)?)?,
             seeded: 0,
         })
     }
@@ -73,6 +75,20 @@ impl KernelMaps {
         self.pids
             .insert(tgid, 1, 0)
             .with_context(|| format!("selecting pid {tgid}"))
+    }
+
+    /// Process `tgid`'s requests count per process in the kernel's
+    /// nesting (`yes`), or per thread again.
+    pub fn nest_by_process(&mut self, tgid: u32, yes: bool) -> Result<()> {
+        if yes {
+            self.nest_by_process
+                .insert(tgid, 1, 0)
+                .with_context(|| format!("nesting process {tgid} per process"))
+        } else {
+            // Absent already (removed by the kernel at its exit).
+            let _ = self.nest_by_process.remove(&tgid);
+            Ok(())
+        }
     }
 
     pub fn unselect_pid(&mut self, tgid: u32) {

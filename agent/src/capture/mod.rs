@@ -330,6 +330,7 @@ mod tests {
             map::INJECT_SOCKS,
             map::OBSERVERS,
             map::TLS_OBSERVERS,
+            map::NEST_BY_PROCESS,
             global::AGENT_TGID,
             global::SELECT_MODE,
             global::CAPTURE_LIMIT,

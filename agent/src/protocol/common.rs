@@ -6,9 +6,14 @@ use std::{borrow::Cow, net::SocketAddr, sync::Arc};
 
 use crate::{
     clock::Clock,
-    nesting::{Nesting, SpanCtx},
-    span::{Attributes, Resource, Span, SpanKind, Status},
+    nesting::{Nesting, SpanCtx, Thread},
+    span::{AttrValue, Attributes, Resource, Span, SpanKind, Status},
 };
+
+/// Set on a CLIENT span whose thread had several requests open when it was
+/// sent: the span starts its own trace instead of guessing a parent, and
+/// links to the request read last.
+pub const AMBIGUOUS_PARENT: &str = "clew.parent.ambiguous";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -38,7 +43,7 @@ pub struct SpanOptions {
 #[derive(Clone, Copy, Debug)]
 pub struct Sender {
     /// The thread that wrote (client) or read (server) the request.
-    pub tid: u32,
+    pub thread: Thread,
     pub conn_id: u64,
     /// When its first byte moved.
     pub ts: u64,
@@ -64,15 +69,17 @@ pub fn request_ctx(
     match role {
         Role::Server => {
             let state = traceparent.and(tracestate);
-            let mut ctx = nesting.server_span(from.tid, from.conn_id, from.ts, traceparent, state);
+            let mut ctx =
+                nesting.server_span(from.thread, from.conn_id, from.ts, traceparent, state);
             if let Some(client) = from.endpoint.and_then(|e| nesting.take_offer(e, from.ts)) {
+                let old = ctx.span_id;
                 link(&mut ctx, &client);
-                nesting.rebind(from.tid, &ctx.span_id.clone(), &ctx);
+                nesting.rebind(&old, &ctx);
             }
             ctx
         }
         Role::Client => {
-            let ctx = nesting.client_stream_span(from.tid, from.stream, from.ts, traceparent);
+            let ctx = nesting.client_stream_span(from.thread, from.stream, from.ts, traceparent);
             if let Some(e) = from.endpoint {
                 nesting.offer(e, from.ts, &ctx);
             }
@@ -84,7 +91,7 @@ pub fn request_ctx(
 /// The kernel decided the ids of a server span userspace already started
 /// (the kernel's context record follows the request's bytes): the span
 /// takes them, so it matches what was injected into the calls it made.
-pub fn adopt_kernel_ctx(current: &mut SpanCtx, tid: u32, mut ctx: SpanCtx, nesting: &mut Nesting) {
+pub fn adopt_kernel_ctx(current: &mut SpanCtx, mut ctx: SpanCtx, nesting: &mut Nesting) {
     if current.trace_id == ctx.trace_id {
         ctx.trace_state = std::mem::take(&mut current.trace_state);
     }
@@ -99,7 +106,7 @@ pub fn adopt_kernel_ctx(current: &mut SpanCtx, tid: u32, mut ctx: SpanCtx, nesti
         ctx.sampled = current.sampled;
         nesting.alias(kernel_trace, ctx.trace_id);
     }
-    nesting.rebind(tid, &current.span_id, &ctx);
+    nesting.rebind(&current.span_id, &ctx);
     *current = ctx;
 }
 
@@ -126,10 +133,13 @@ impl Frame {
         self,
         name: Cow<'static, str>,
         status: Status,
-        attributes: Attributes,
+        mut attributes: Attributes,
         resource: Arc<Resource>,
         clock: &Clock,
     ) -> Span {
+        if self.ctx.ambiguous.is_some() {
+            attributes.push((AMBIGUOUS_PARENT, AttrValue::Bool(true)));
+        }
         Span {
             trace_id: self.ctx.trace_id,
             span_id: self.ctx.span_id,
@@ -145,6 +155,7 @@ impl Frame {
             end_ns: clock.to_unix_ns(self.end_ns),
             status,
             attributes,
+            link: self.ctx.ambiguous.and_then(|a| a.candidate),
             resource,
         }
     }

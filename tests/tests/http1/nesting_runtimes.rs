@@ -72,7 +72,7 @@ fn nesting_python_asyncio() -> Result<()> {
 
 #[test]
 fn nesting_java_thread_pool() -> Result<()> {
-    frontend_case("java-pool", 0.0, |t, b| {
+    frontend_case("java-pool", 99.0, |t, b| {
         Frontend::java(&t.cg, &b.url(""), JavaMode::Direct)
     })
 }
@@ -94,7 +94,9 @@ fn nesting_nginx_proxy() -> Result<()> {
     let nginx = Nginx::proxy(&t.cg, &format!("127.0.0.1:{}", backend.port), true)?;
     let tally = measure(&t, nginx.port, "/work/", "nginx")?;
     println!("nesting[nginx]: {tally}");
-    tally.ensure(0.0)?;
+    // The clients are traced too: their requests carry Clew's
+    // traceparent, which nginx forwards, naming the request exactly.
+    tally.ensure(99.0)?;
     t.agent.ensure_healthy()?;
     t.agent.stop()
 }
