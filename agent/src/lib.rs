@@ -13,6 +13,7 @@ pub mod clock;
 pub mod conn;
 pub mod export;
 pub mod health;
+pub mod mega_traces;
 pub mod memory;
 pub mod nesting;
 pub mod pipeline;

@@ -12,6 +12,7 @@ use crate::{
     clock::Clock,
     conn::{self, Conn, ConnTable},
     export::Exporter,
+    mega_traces::{MegaTraces, MEGA_TRACE_SPANS},
     nesting::{Nesting, SpanCtx},
     process::Processes,
     processor::Chain,
@@ -33,6 +34,7 @@ pub struct Pipeline {
     /// What protocols learn on one connection for another.
     shared: Shared,
     runtimes: Runtimes,
+    mega_traces: MegaTraces,
     processes: Processes,
     clock: Clock,
     opts: SpanOptions,
@@ -64,6 +66,7 @@ impl Pipeline {
             nesting,
             shared: Shared::default(),
             runtimes: Runtimes::default(),
+            mega_traces: MegaTraces::default(),
             processes: Processes::new(),
             clock: Clock::new(),
             opts,
@@ -393,6 +396,17 @@ impl Pipeline {
             stats::add(&self.stats.protocol(t.protocol()).spans, 1);
             let ctx = t.ctx_mut();
             self.nesting.resolve_trace(&mut ctx.trace_id);
+            if ctx.ambiguous.is_some() {
+                stats::add(&self.stats.spans_parent_ambiguous, 1);
+            }
+            if self.mega_traces.note(ctx.trace_id, self.ticks) {
+                stats::add(&self.stats.mega_traces, 1);
+                tracing::warn!(
+                    trace_id = %hex::encode(ctx.trace_id),
+                    spans = MEGA_TRACE_SPANS,
+                    "mega-trace: one trace keeps growing"
+                );
+            }
             if !ctx.sampled {
                 stats::add(&self.stats.spans_unsampled, 1);
                 continue;
@@ -412,6 +426,7 @@ impl Pipeline {
         self.ticks += 1;
         if self.ticks.is_multiple_of(RESELECT_EVERY_TICKS) {
             self.refresh_listed();
+            self.mega_traces.forget_idle(self.ticks);
         }
         let k = self.maps.stats();
         stats::set(&self.stats.kernel_ringbuf_drops, k.ringbuf_drops);

@@ -126,6 +126,8 @@ counters! {
     spans_created: "spans assembled",
     spans_unsampled: "spans dropped by head sampling",
     spans_dropped_by_processors: "spans a span processor dropped",
+    spans_parent_ambiguous: "CLIENT spans sent while their thread had several requests open: new traces linked to the likely parent",
+    mega_traces: "traces that grew past 10000 spans (a nesting rule attaching unrelated requests to one root)",
     tls_files_hooked: "TLS library files with probes attached",
     tls_attach_failures: "TLS library files that could not be hooked",
     tls_unsupported: "processes using a TLS library Clew cannot hook",
