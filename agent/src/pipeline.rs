@@ -33,7 +33,7 @@ pub struct Pipeline {
     nesting: Nesting,
     /// What protocols learn on one connection for another.
     shared: Shared,
-    runtimes: Runtimes,
+    pub runtimes: Runtimes,
     mega_traces: MegaTraces,
     processes: Processes,
     clock: Clock,
@@ -348,11 +348,16 @@ impl Pipeline {
     }
 
     /// Looks at a traced process's executable once: a Go process's
-    /// requests are counted per process, in the kernel and here.
+    /// requests are counted per goroutine in the kernel (per process when
+    /// its goroutines cannot be read), and per process here, where only
+    /// the kernel's decisions know goroutines.
     fn learn_runtime(&mut self, tgid: u32) {
-        if self.runtimes.learn(tgid) == Some(true) {
+        if let Some(go) = self.runtimes.learn(tgid) {
             self.nesting.nest_by_process(tgid, true);
-            if let Err(e) = self.maps.nest_by_process(tgid, true) {
+            if let Err(e) = self
+                .maps
+                .nest_by_process(tgid, Some(go.g_offset.unwrap_or(0)))
+            {
                 tracing::warn!(tgid, "{e:#}");
             }
         }
@@ -361,7 +366,7 @@ impl Pipeline {
     fn forget_runtime(&mut self, tgid: u32) {
         if self.runtimes.forget(tgid) {
             self.nesting.nest_by_process(tgid, false);
-            let _ = self.maps.nest_by_process(tgid, false);
+            let _ = self.maps.nest_by_process(tgid, None);
         }
     }
 

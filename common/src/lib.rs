@@ -347,6 +347,7 @@ pub mod names {
         pub const SAMPLE_PARENT_BASED: &str = "SAMPLE_PARENT_BASED";
         pub const INJECT: &str = "INJECT";
         pub const TCP_OPTION: &str = "TCP_OPTION";
+        pub const TASK_FSBASE_OFFSET: &str = "TASK_FSBASE_OFFSET";
     }
 
     pub mod program {
@@ -371,6 +372,8 @@ pub mod names {
         pub const GO_TLS_READ_ENTER: &str = "go_tls_read_enter";
         pub const GO_TLS_WRITE_ENTER: &str = "go_tls_write_enter";
         pub const GO_TLS_EXIT: &str = "go_tls_exit";
+        pub const GO_HTTP_ROUND_TRIP: &str = "go_http_round_trip";
+        pub const GO_HTTP_REQUEST_WRITE: &str = "go_http_request_write";
     }
 
     /// Observer programs: (protocol, the one `exit_io` tail-calls, the

@@ -12,7 +12,10 @@ use aya_ebpf::{
 };
 use clew_common::{ctxflag, h2, kind, CtxEvent, TraceCtx, MAX_INFLIGHT, MAX_PIDS};
 
-use crate::maps::{count, EVENTS};
+use crate::{
+    goroutine::{self, Goroutine},
+    maps::{count, EVENTS},
+};
 
 /// Head sampling, set by the agent from OTEL_TRACES_SAMPLER(_ARG): a new
 /// trace is sampled when the low 8 bytes of its id (big-endian) are below
@@ -24,9 +27,15 @@ static SAMPLE_ALWAYS: u32 = 1;
 #[unsafe(no_mangle)]
 static SAMPLE_PARENT_BASED: u32 = 1;
 
-/// Whose requests a `SERVING` entry follows: a thread (its pid_tgid), or
-/// for processes in `NEST_BY_PROCESS` the whole process (tid 0).
-type Executor = u64;
+/// Whose requests a `SERVING` entry follows: a thread (its pid_tgid, `g`
+/// 0); for processes in `NEST_BY_PROCESS` a goroutine (tid 0, its `g`), or
+/// the whole process when the goroutine cannot be read (tid 0, `g` 0).
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Executor {
+    pid_tgid: u64,
+    g: u64,
+}
 
 /// What an executor serves: the request it read last, and how many it has
 /// read and not answered yet. Nesting under `ctx` is sure only while that
@@ -65,19 +74,35 @@ struct OpenKey {
 }
 
 /// Processes whose threads do not own their requests (Go: goroutines move
-/// between threads, and `net/http` writes requests from the transport's
-/// goroutines), set by the agent: their requests count per process.
-/// Eviction: the agent removes a process when it exits or execs; LRU.
+/// between threads), set by the agent, with where `g` sits below the fs
+/// base (0: unknown, the process then counts as one executor). Eviction:
+/// the agent removes a process when it exits or execs, the kernel when its
+/// main thread exits; LRU.
 #[map]
-static NEST_BY_PROCESS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(MAX_PIDS, 0);
+static NEST_BY_PROCESS: LruHashMap<u32, i64> = LruHashMap::with_max_entries(MAX_PIDS, 0);
 
 #[inline(always)]
 fn executor() -> Executor {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if unsafe { NEST_BY_PROCESS.get(&((pid_tgid >> 32) as u32)) }.is_some() {
-        pid_tgid & !0xffff_ffff
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(g_offset) = (unsafe { NEST_BY_PROCESS.get(&tgid) }).copied() else {
+        return Executor { pid_tgid, g: 0 };
+    };
+    let process = pid_tgid & !0xffff_ffff;
+    let g = if g_offset == 0 {
+        None
     } else {
-        pid_tgid
+        goroutine::current(g_offset)
+    };
+    match g {
+        Some(g) => Executor {
+            pid_tgid: process,
+            g: goroutine::owner(Goroutine { tgid, _pad: 0, g }).g,
+        },
+        None => Executor {
+            pid_tgid: process,
+            g: 0,
+        },
     }
 }
 
@@ -262,10 +287,14 @@ pub fn serving() -> Option<TraceCtx> {
 /// Thread `pid_tgid` exited: drop what it was serving (and, for a
 /// process's main thread, what the process was).
 pub fn thread_exit(pid_tgid: u64) {
-    let _ = SERVING.remove(&pid_tgid);
+    let _ = SERVING.remove(&Executor { pid_tgid, g: 0 });
     if pid_tgid >> 32 == pid_tgid & 0xffff_ffff {
         let _ = NEST_BY_PROCESS.remove(&((pid_tgid >> 32) as u32));
-        let _ = SERVING.remove(&(pid_tgid & !0xffff_ffff));
+        let process = Executor {
+            pid_tgid: pid_tgid & !0xffff_ffff,
+            g: 0,
+        };
+        let _ = SERVING.remove(&process);
     }
 }
 

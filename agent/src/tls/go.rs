@@ -59,7 +59,16 @@ pub fn inspect(elf: &object::File<'_>) -> Option<GoTls> {
     })
 }
 
-fn find<'d, 'f>(elf: &'f object::File<'d>, name: &str) -> Option<object::Symbol<'d, 'f>> {
+/// Whether the executable passes arguments in registers (Go ≥ 1.17 on
+/// amd64), as Clew's Go uprobes read them.
+pub(crate) fn register_abi(elf: &object::File<'_>) -> bool {
+    elf.architecture() == Architecture::X86_64 && version(elf).is_some_and(|v| v >= MIN_VERSION)
+}
+
+pub(crate) fn find<'d, 'f>(
+    elf: &'f object::File<'d>,
+    name: &str,
+) -> Option<object::Symbol<'d, 'f>> {
     elf.symbols()
         .find(|s| s.is_definition() && s.name() == Ok(name))
 }
