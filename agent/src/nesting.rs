@@ -10,6 +10,7 @@
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
+    hash::{Hash, Hasher},
     net::SocketAddr,
 };
 
@@ -31,19 +32,23 @@ pub struct SpanCtx {
     pub parent: Option<SpanId>,
     pub sampled: bool,
     pub trace_state: String,
-    /// Sent while several requests were open on its executor: a root.
-    /// Boxed: rare, and every pending exchange carries a `SpanCtx`.
-    pub ambiguous: Option<Box<Ambiguous>>,
+    /// A CLIENT span whose parent Clew cannot be sure of. Boxed: rare,
+    /// and every pending exchange carries a `SpanCtx`.
+    pub uncertain: Option<Box<Uncertain>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Ambiguous {
-    /// The request read last, if still open: the likely parent.
-    pub candidate: Option<SpanLink>,
+pub enum Uncertain {
+    /// Sent while several requests were open on its executor: a root,
+    /// linked to the request read last if still open (the likely parent).
+    Ambiguous { candidate: Option<SpanLink> },
+    /// Of the requests open, exactly one has the same request line and
+    /// user agent (a proxy forwarding it): that one is the parent.
+    Inferred,
 }
 
-fn ambiguous(candidate: Option<SpanLink>) -> Option<Box<Ambiguous>> {
-    Some(Box::new(Ambiguous { candidate }))
+fn ambiguous(candidate: Option<SpanLink>) -> Option<Box<Uncertain>> {
+    Some(Box::new(Uncertain::Ambiguous { candidate }))
 }
 
 /// The thread that read or sent a request.
@@ -64,6 +69,22 @@ struct Serving {
     open: u32,
 }
 
+/// A server span read and not answered.
+struct Open {
+    exec: Executor,
+    ctx: SpanCtx,
+    /// Its [`request_key`], once described.
+    request: Option<u64>,
+}
+
+/// What identifies a request a proxy forwards: its method, target and
+/// user agent (the Host header is rewritten on the way).
+pub fn request_key(method: &str, target: &str, user_agent: Option<&str>) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    (method, target, user_agent).hash(&mut h);
+    h.finish()
+}
+
 /// Where an executor's calls nest.
 enum Parent<'a> {
     Sure(&'a SpanCtx),
@@ -78,9 +99,10 @@ const MAX_THREADS: usize = 65536;
 pub struct Nesting {
     sampler: Sampler,
     by_executor: HashMap<Executor, Serving>,
-    /// Server spans read and not answered: who read them, and the
-    /// context their request came with (its key in `by_incoming`).
-    open: HashMap<SpanId, (Executor, Option<(TraceId, SpanId)>)>,
+    /// Server spans read and not answered.
+    open: HashMap<SpanId, Open>,
+    /// The same spans by executor and [`request_key`].
+    by_request: HashMap<(Executor, u64), Vec<SpanId>>,
     /// The same spans by the context their request came with.
     by_incoming: HashMap<(TraceId, SpanId), SpanCtx>,
     /// Processes nested per process (see [`Nesting::nest_by_process`]).
@@ -118,7 +140,7 @@ impl From<&TraceCtx> for SpanCtx {
             parent: (c.flags & ctxflag::HAS_PARENT != 0).then_some(c.parent_id),
             sampled: c.flags & ctxflag::SAMPLED != 0,
             trace_state: String::new(),
-            ambiguous: (c.flags & ctxflag::AMBIGUOUS != 0)
+            uncertain: (c.flags & ctxflag::AMBIGUOUS != 0)
                 .then(|| ambiguous(None))
                 .flatten(),
         }
@@ -140,6 +162,7 @@ impl Nesting {
             sampler,
             by_executor: HashMap::new(),
             open: HashMap::new(),
+            by_request: HashMap::new(),
             by_incoming: HashMap::new(),
             by_process: HashSet::new(),
             kernel_server: HashMap::new(),
@@ -201,9 +224,9 @@ impl Nesting {
     /// (injected), the next request the thread sends.
     pub fn kernel(&mut self, k: &KernelCtx) {
         let mut ctx = SpanCtx::from(&k.ctx);
-        if ctx.ambiguous.is_some() {
+        if ctx.uncertain.is_some() {
             // The kernel names the candidate in the parent's place.
-            ctx.ambiguous = ambiguous(self.candidate(&k.ctx.parent_id));
+            ctx.uncertain = ambiguous(self.candidate(&k.ctx.parent_id));
         }
         let entry = (k.ts_ns, ctx);
         if k.server {
@@ -245,7 +268,7 @@ impl Nesting {
                 parent: Some(tp.parent_id),
                 sampled: self.sampler.sample(&tp.trace_id, Some(tp.sampled)),
                 trace_state: String::new(),
-                ambiguous: None,
+                uncertain: None,
             },
             (Some(k), _) => k,
             (None, Some(tp)) => SpanCtx {
@@ -254,7 +277,7 @@ impl Nesting {
                 parent: Some(tp.parent_id),
                 sampled: self.sampler.sample(&tp.trace_id, Some(tp.sampled)),
                 trace_state: String::new(),
-                ambiguous: None,
+                uncertain: None,
             },
             (None, None) => self.root(),
         };
@@ -273,6 +296,7 @@ impl Nesting {
             // can make an executor look surer than it is, but only until
             // its open requests are answered.
             self.open.clear();
+            self.by_request.clear();
             self.by_incoming.clear();
             self.by_executor.clear();
         }
@@ -306,10 +330,14 @@ impl Nesting {
 
     /// A server span `old` got the kernel's ids after it started.
     pub fn rebind(&mut self, old: &SpanId, ctx: &SpanCtx) {
-        let Some(exec) = self.close_span(old) else {
+        let Some(o) = self.close_span(old) else {
             return;
         };
+        let exec = o.exec;
         self.open_span(exec, ctx);
+        if let Some(key) = o.request {
+            self.describe(&ctx.span_id, key);
+        }
         if let Some(l) = self
             .by_executor
             .get_mut(&exec)
@@ -323,7 +351,7 @@ impl Nesting {
     /// The response to the server span `span_id` is complete (or will
     /// never be seen).
     pub fn server_done(&mut self, span_id: &SpanId) {
-        let Some(exec) = self.close_span(span_id) else {
+        let Some(Open { exec, .. }) = self.close_span(span_id) else {
             return;
         };
         let Some(s) = self.by_executor.get_mut(&exec) else {
@@ -355,24 +383,74 @@ impl Nesting {
     }
 
     fn open_span(&mut self, exec: Executor, ctx: &SpanCtx) {
-        let incoming = ctx.parent.map(|p| (ctx.trace_id, p));
-        self.open.insert(ctx.span_id, (exec, incoming));
-        if let Some(k) = incoming {
-            self.by_incoming.insert(k, ctx.clone());
+        if let Some(p) = ctx.parent {
+            self.by_incoming.insert((ctx.trace_id, p), ctx.clone());
+        }
+        let open = Open {
+            exec,
+            ctx: ctx.clone(),
+            request: None,
+        };
+        self.open.insert(ctx.span_id, open);
+    }
+
+    fn close_span(&mut self, span_id: &SpanId) -> Option<Open> {
+        let o = self.open.remove(span_id)?;
+        if let Some(p) = o.ctx.parent {
+            self.by_incoming.remove(&(o.ctx.trace_id, p));
+        }
+        if let Some(key) = o.request {
+            if let Some(ids) = self.by_request.get_mut(&(o.exec, key)) {
+                ids.retain(|s| s != span_id);
+                if ids.is_empty() {
+                    self.by_request.remove(&(o.exec, key));
+                }
+            }
+        }
+        Some(o)
+    }
+
+    /// The open server span `span_id` answers a request with
+    /// [`request_key`] `key`.
+    pub fn describe(&mut self, span_id: &SpanId, key: u64) {
+        let Some(o) = self.open.get_mut(span_id) else {
+            return;
+        };
+        if o.request.replace(key).is_none() {
+            self.by_request
+                .entry((o.exec, key))
+                .or_default()
+                .push(*span_id);
         }
     }
 
-    fn close_span(&mut self, span_id: &SpanId) -> Option<Executor> {
-        let (exec, incoming) = self.open.remove(span_id)?;
-        if let Some(k) = incoming {
-            self.by_incoming.remove(&k);
+    /// An ambiguous CLIENT span `ctx` of `thread` sends a request with
+    /// [`request_key`] `key`: if exactly one request open on its executor
+    /// came with the same key (a proxy forwarding it), that one becomes
+    /// the parent, marked as inferred. The trace the span started moves
+    /// into the parent's, so its downstream spans follow.
+    pub fn infer(&mut self, ctx: &mut SpanCtx, thread: Thread, key: u64) {
+        if !matches!(ctx.uncertain.as_deref(), Some(Uncertain::Ambiguous { .. })) {
+            return;
         }
-        Some(exec)
+        let exec = self.executor(thread);
+        let Some([only]) = self.by_request.get(&(exec, key)).map(Vec::as_slice) else {
+            return;
+        };
+        let Some(p) = self.open.get(only).map(|o| o.ctx.clone()) else {
+            return;
+        };
+        self.alias(ctx.trace_id, p.trace_id);
+        ctx.trace_id = p.trace_id;
+        ctx.parent = Some(p.span_id);
+        ctx.sampled = p.sampled;
+        ctx.trace_state = p.trace_state;
+        ctx.uncertain = Some(Box::new(Uncertain::Inferred));
     }
 
     /// The link an ambiguous span gets: the open server span `candidate`.
     fn candidate(&self, candidate: &SpanId) -> Option<SpanLink> {
-        let (exec, _) = self.open.get(candidate)?;
+        let Open { exec, .. } = self.open.get(candidate)?;
         let latest = self.by_executor.get(exec)?.latest.as_ref()?;
         (&latest.span_id == candidate).then_some(SpanLink {
             trace_id: latest.trace_id,
@@ -424,7 +502,7 @@ impl Nesting {
                     .map(|s| s.span_id),
                 sampled: tp.sampled,
                 trace_state: String::new(),
-                ambiguous: None,
+                uncertain: None,
             };
         }
         self.nested_span(thread)
@@ -437,7 +515,7 @@ impl Nesting {
         match self.parent(thread) {
             Parent::Sure(s) => child_of(s),
             Parent::Unsure(candidate) => SpanCtx {
-                ambiguous: ambiguous(candidate.map(|c| SpanLink {
+                uncertain: ambiguous(candidate.map(|c| SpanLink {
                     trace_id: c.trace_id,
                     span_id: c.span_id,
                 })),
@@ -470,7 +548,7 @@ impl Nesting {
             parent: Some(tp.parent_id),
             sampled: self.sampler.sample(&tp.trace_id, Some(tp.sampled)),
             trace_state: String::new(),
-            ambiguous: None,
+            uncertain: None,
         });
         ctx.trace_state = tracestate.unwrap_or_default().to_owned();
         if serve {
@@ -487,7 +565,7 @@ impl Nesting {
             parent: None,
             sampled: self.sampler.sample(&trace_id, None),
             trace_state: String::new(),
-            ambiguous: None,
+            uncertain: None,
         }
     }
 }
@@ -499,7 +577,7 @@ fn child_of(s: &SpanCtx) -> SpanCtx {
         parent: Some(s.span_id),
         sampled: s.sampled,
         trace_state: s.trace_state.clone(),
-        ambiguous: None,
+        uncertain: None,
     }
 }
 
@@ -525,6 +603,13 @@ mod tests {
     use crate::sampling::Root;
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn candidate(c: &SpanCtx) -> Option<SpanLink> {
+        match c.uncertain.as_deref() {
+            Some(Uncertain::Ambiguous { candidate }) => *candidate,
+            _ => None,
+        }
+    }
 
     fn t(tid: u32) -> Thread {
         Thread { tgid: 1, tid }
@@ -682,17 +767,17 @@ mod tests {
             trace_id: b.trace_id,
             span_id: b.span_id,
         };
-        assert_eq!(c.ambiguous.and_then(|a| a.candidate), Some(link));
+        assert_eq!(candidate(&c), Some(link));
         n.server_done(&a.span_id);
         let c = n.client_span(t(1), 0, None);
-        assert_eq!((c.parent, c.ambiguous), (Some(b.span_id), None));
+        assert_eq!((c.parent, c.uncertain), (Some(b.span_id), None));
         // Answering the last read while an older one is open leaves no
         // candidate, still ambiguous.
         let d = n.server_span(t(1), 3, 0, None, None);
         n.server_done(&d.span_id);
         let c = n.client_span(t(1), 0, None);
         assert_eq!(c.parent, None);
-        assert_eq!(c.ambiguous.map(|a| a.candidate), Some(None));
+        assert_eq!(c.uncertain, ambiguous(None));
     }
 
     /// Processes nested per process (Go): a request read by one thread is
@@ -705,9 +790,9 @@ mod tests {
         let a = n.server_span(t(2), 1, 0, None, None);
         assert_eq!(n.client_span(t(3), 0, None).parent, Some(a.span_id));
         n.server_span(t(4), 2, 0, None, None);
-        assert!(n.client_span(t(3), 0, None).ambiguous.is_some());
+        assert!(n.client_span(t(3), 0, None).uncertain.is_some());
         n.nest_by_process(1, false);
-        assert_eq!(n.client_span(t(3), 0, None).ambiguous, None);
+        assert_eq!(n.client_span(t(3), 0, None).uncertain, None);
     }
 
     /// A proxy forwards the traceparent it received: the request that
@@ -719,7 +804,36 @@ mod tests {
         n.server_span(t(1), 2, 0, None, None);
         let c = n.client_span(t(1), 0, Some(TP));
         assert_eq!((c.trace_id, c.parent), (a.trace_id, Some(a.span_id)));
-        assert_eq!(c.ambiguous, None);
+        assert_eq!(c.uncertain, None);
+    }
+
+    /// A proxy's forwarded request matches exactly one open request by
+    /// its request line: that one is the inferred parent, and the trace
+    /// the kernel started for the call joins it. Two open requests with
+    /// the same line stay ambiguous.
+    #[test]
+    fn a_unique_request_line_infers_the_parent() {
+        let mut n = nesting();
+        let key = request_key("GET", "/work/1", Some("curl"));
+        let a = n.server_span(t(1), 1, 0, None, None);
+        n.describe(&a.span_id, key);
+        let b = n.server_span(t(1), 2, 0, None, None);
+        n.describe(&b.span_id, request_key("GET", "/work/2", Some("curl")));
+        let mut c = n.client_span(t(1), 0, None);
+        let started = c.trace_id;
+        n.infer(&mut c, t(1), key);
+        assert_eq!((c.trace_id, c.parent), (a.trace_id, Some(a.span_id)));
+        assert_eq!(c.uncertain.as_deref(), Some(&Uncertain::Inferred));
+        let mut moved = started;
+        n.resolve_trace(&mut moved);
+        assert_eq!(moved, a.trace_id);
+
+        let twin = n.server_span(t(1), 3, 0, None, None);
+        n.describe(&twin.span_id, key);
+        let mut c = n.client_span(t(1), 0, None);
+        n.infer(&mut c, t(1), key);
+        assert_eq!(c.parent, None);
+        assert!(candidate(&c).is_some());
     }
 
     /// The kernel decided an ambiguous call's ids: its candidate becomes
@@ -739,6 +853,6 @@ mod tests {
             trace_id: s.trace_id,
             span_id: s.span_id,
         };
-        assert_eq!(c.ambiguous.and_then(|a| a.candidate), Some(link));
+        assert_eq!(candidate(&c), Some(link));
     }
 }

@@ -13,7 +13,7 @@ use crate::{
     conn::{self, Conn, ConnTable},
     export::Exporter,
     mega_traces::{MegaTraces, MEGA_TRACE_SPANS},
-    nesting::{Nesting, SpanCtx},
+    nesting::{Nesting, SpanCtx, Uncertain},
     process::Processes,
     processor::Chain,
     protocol::{ConnFacts, Losses, Protocol, Role, Shared, SpanOptions, Transaction},
@@ -401,8 +401,12 @@ impl Pipeline {
             stats::add(&self.stats.protocol(t.protocol()).spans, 1);
             let ctx = t.ctx_mut();
             self.nesting.resolve_trace(&mut ctx.trace_id);
-            if ctx.ambiguous.is_some() {
-                stats::add(&self.stats.spans_parent_ambiguous, 1);
+            match ctx.uncertain.as_deref() {
+                Some(Uncertain::Ambiguous { .. }) => {
+                    stats::add(&self.stats.spans_parent_ambiguous, 1)
+                }
+                Some(Uncertain::Inferred) => stats::add(&self.stats.spans_parent_inferred, 1),
+                None => {}
             }
             if self.mega_traces.note(ctx.trace_id, self.ticks) {
                 stats::add(&self.stats.mega_traces, 1);

@@ -127,6 +127,7 @@ counters! {
     spans_unsampled: "spans dropped by head sampling",
     spans_dropped_by_processors: "spans a span processor dropped",
     spans_parent_ambiguous: "CLIENT spans sent while their thread had several requests open: new traces linked to the likely parent",
+    spans_parent_inferred: "CLIENT spans whose parent is the one open request with the same request line (a proxy forwarding it)",
     mega_traces: "traces that grew past 10000 spans (a nesting rule attaching unrelated requests to one root)",
     tls_files_hooked: "TLS library files with probes attached",
     tls_attach_failures: "TLS library files that could not be hooked",

@@ -10,6 +10,9 @@ use std::fmt;
 /// The attribute Clew sets on a CLIENT span whose parent it cannot be sure
 /// of (the span is then a root, linked to the candidate).
 pub const AMBIGUOUS: &str = "clew.parent.ambiguous";
+/// The attribute Clew sets on a CLIENT span whose parent it inferred from
+/// the request line (a proxy forwarding the one open request like it).
+pub const INFERRED: &str = "clew.parent.inferred";
 
 /// What the CLIENT span of each request says about its parent.
 #[derive(Debug, Default)]
@@ -19,6 +22,10 @@ pub struct Tally {
     pub correct: usize,
     /// Marked ambiguous (a root linked to a candidate).
     pub ambiguous: usize,
+    /// Marked inferred, under its own request's SERVER span.
+    pub inferred: usize,
+    /// Marked inferred, under another span: wrong, but said so.
+    pub inferred_wrong: usize,
     /// A root with nothing said: the request's call is missing from its trace.
     pub roots: usize,
     /// Child of another request's span, or of nothing seen, unmarked: a
@@ -58,13 +65,20 @@ impl Tally {
             let srv = one(&|s| server(s, i), "SERVER")?;
             let cli = one(&|s| client(s, i), "CLIENT")?;
             servers.push(srv);
-            if cli.attrs.get(AMBIGUOUS) == Some(&Value::Bool(true)) {
+            let marked = |k: &str| cli.attrs.get(k) == Some(&Value::Bool(true));
+            let right =
+                cli.trace_id == srv.trace_id && cli.parent_span_id.as_deref() == Some(&srv.span_id);
+            if marked(AMBIGUOUS) {
                 t.ambiguous += 1;
+            } else if marked(INFERRED) {
+                if right {
+                    t.inferred += 1;
+                } else {
+                    t.inferred_wrong += 1;
+                }
             } else if cli.parent_span_id.is_none() {
                 t.roots += 1;
-            } else if cli.trace_id == srv.trace_id
-                && cli.parent_span_id.as_deref() == Some(&srv.span_id)
-            {
+            } else if right {
                 t.correct += 1;
             } else {
                 t.wrong += 1;
@@ -80,7 +94,16 @@ impl Tally {
 
     /// Correct share, in percent.
     pub fn correct_pct(&self) -> f64 {
-        100.0 * self.correct as f64 / self.requests.max(1) as f64
+        self.pct(self.correct)
+    }
+
+    /// Share of right parents, sure or inferred, in percent.
+    pub fn right_pct(&self) -> f64 {
+        self.pct(self.correct + self.inferred)
+    }
+
+    fn pct(&self, n: usize) -> f64 {
+        100.0 * n as f64 / self.requests.max(1) as f64
     }
 
     /// The checks every runtime must pass: requests overlapped (else the
@@ -109,12 +132,14 @@ impl fmt::Display for Tally {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} requests (up to {} in flight): {} correctly nested ({:.1}%), {} marked ambiguous, {} unmarked roots, {} confidently wrong",
+            "{} requests (up to {} in flight): {} correctly nested ({:.1}%), {} marked ambiguous, {} marked inferred ({} of them wrongly), {} unmarked roots, {} confidently wrong",
             self.requests,
             self.overlap,
             self.correct,
             self.correct_pct(),
             self.ambiguous,
+            self.inferred + self.inferred_wrong,
+            self.inferred_wrong,
             self.roots,
             self.wrong
         )

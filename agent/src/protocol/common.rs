@@ -6,7 +6,7 @@ use std::{borrow::Cow, net::SocketAddr, sync::Arc};
 
 use crate::{
     clock::Clock,
-    nesting::{Nesting, SpanCtx, Thread},
+    nesting::{Nesting, SpanCtx, Thread, Uncertain},
     span::{AttrValue, Attributes, Resource, Span, SpanKind, Status},
 };
 
@@ -14,6 +14,9 @@ use crate::{
 /// sent: the span starts its own trace instead of guessing a parent, and
 /// links to the request read last.
 pub const AMBIGUOUS_PARENT: &str = "clew.parent.ambiguous";
+/// Set on a CLIENT span whose parent is the one open request with the same
+/// request line and user agent (a proxy forwarding it), not known for sure.
+pub const INFERRED_PARENT: &str = "clew.parent.inferred";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -52,6 +55,9 @@ pub struct Sender {
     /// The HTTP/2 stream the request opens (0 for HTTP/1): the kernel
     /// reports the ids it injected per stream.
     pub stream: u32,
+    /// Its [`crate::nesting::request_key`], for requests a proxy may
+    /// forward.
+    pub request: Option<u64>,
 }
 
 /// The trace context of a request that just appeared. A server span
@@ -71,6 +77,9 @@ pub fn request_ctx(
             let state = traceparent.and(tracestate);
             let mut ctx =
                 nesting.server_span(from.thread, from.conn_id, from.ts, traceparent, state);
+            if let Some(key) = from.request {
+                nesting.describe(&ctx.span_id, key);
+            }
             if let Some(client) = from.endpoint.and_then(|e| nesting.take_offer(e, from.ts)) {
                 let old = ctx.span_id;
                 link(&mut ctx, &client);
@@ -79,7 +88,11 @@ pub fn request_ctx(
             ctx
         }
         Role::Client => {
-            let ctx = nesting.client_stream_span(from.thread, from.stream, from.ts, traceparent);
+            let mut ctx =
+                nesting.client_stream_span(from.thread, from.stream, from.ts, traceparent);
+            if let Some(key) = from.request {
+                nesting.infer(&mut ctx, from.thread, key);
+            }
             if let Some(e) = from.endpoint {
                 nesting.offer(e, from.ts, &ctx);
             }
@@ -137,9 +150,17 @@ impl Frame {
         resource: Arc<Resource>,
         clock: &Clock,
     ) -> Span {
-        if self.ctx.ambiguous.is_some() {
-            attributes.push((AMBIGUOUS_PARENT, AttrValue::Bool(true)));
-        }
+        let link = match self.ctx.uncertain.as_deref() {
+            Some(Uncertain::Ambiguous { candidate }) => {
+                attributes.push((AMBIGUOUS_PARENT, AttrValue::Bool(true)));
+                *candidate
+            }
+            Some(Uncertain::Inferred) => {
+                attributes.push((INFERRED_PARENT, AttrValue::Bool(true)));
+                None
+            }
+            None => None,
+        };
         Span {
             trace_id: self.ctx.trace_id,
             span_id: self.ctx.span_id,
@@ -155,7 +176,7 @@ impl Frame {
             end_ns: clock.to_unix_ns(self.end_ns),
             status,
             attributes,
-            link: self.ctx.ambiguous.and_then(|a| a.candidate),
+            link,
             resource,
         }
     }

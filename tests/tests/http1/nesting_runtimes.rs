@@ -3,22 +3,23 @@
 //! share of correctly nested calls and fails on any call confidently
 //! under the wrong parent, or below the share the README claims.
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use clew_e2e::frontends::{Frontend, JavaMode, FRONTEND};
 use clew_e2e::nesting::Tally;
 use clew_e2e::nginx::Nginx;
 use clew_e2e::peers::{concurrent_gets, PyService};
-use clew_e2e::{Protocol, RecvSpan, Traced, SPAN_TIMEOUT};
+use clew_e2e::{Cgroup, Protocol, RecvSpan, Traced, SPAN_TIMEOUT};
 
 const REQUESTS: usize = 200;
 const CLIENTS: usize = 16;
 /// How long the backend holds each answer, so that downstream calls overlap.
 const BACKEND_DELAY_MS: u32 = 20;
 
-/// Sends the requests to `port` (`{prefix}N`) and measures the spans of
-/// `service`: SERVER `{prefix}N`, CLIENT `/work/N`.
-fn measure(t: &Traced, port: u16, prefix: &str, service: &str) -> Result<Tally> {
-    concurrent_gets(&t.cg, port, prefix, REQUESTS, CLIENTS, 200)?;
+/// Sends the requests to `port` (`{prefix}N`) from clients in `clients`
+/// and measures the spans of `service`: SERVER `{prefix}N`, CLIENT
+/// `/work/N`.
+fn measure(t: &Traced, clients: &Cgroup, port: u16, prefix: &str, service: &str) -> Result<Tally> {
+    concurrent_gets(clients, port, prefix, REQUESTS, CLIENTS, 200)?;
     let ours = |s: &RecvSpan| s.service() == Some(service);
     let server = |s: &RecvSpan, i: usize| {
         s.is_server() && ours(s) && s.path() == Some(&format!("{prefix}{i}"))
@@ -48,7 +49,7 @@ fn frontend_case(
         .work_delay_ms(BACKEND_DELAY_MS)
         .start(&t.cg)?;
     let frontend = start(&t, &backend)?;
-    let tally = measure(&t, frontend.port, "/chain/", FRONTEND)?;
+    let tally = measure(&t, &t.cg, frontend.port, "/chain/", FRONTEND)?;
     println!("nesting[{name}]: {tally}");
     tally.ensure(min_correct_pct)?;
     t.agent.ensure_healthy()?;
@@ -92,11 +93,33 @@ fn nesting_nginx_proxy() -> Result<()> {
         .work_delay_ms(BACKEND_DELAY_MS)
         .start(&t.cg)?;
     let nginx = Nginx::proxy(&t.cg, &format!("127.0.0.1:{}", backend.port), true)?;
-    let tally = measure(&t, nginx.port, "/work/", "nginx")?;
+    let tally = measure(&t, &t.cg, nginx.port, "/work/", "nginx")?;
     println!("nesting[nginx]: {tally}");
     // The clients are traced too: their requests carry Clew's
     // traceparent, which nginx forwards, naming the request exactly.
     tally.ensure(99.0)?;
+    t.agent.ensure_healthy()?;
+    t.agent.stop()
+}
+
+/// The same with clients nobody traces (nginx at the edge): requests come
+/// without context, so a call is tied to the one open request with the
+/// same request line and user agent, marked as inferred.
+#[test]
+fn nesting_nginx_proxy_untraced_clients() -> Result<()> {
+    let mut t = Traced::start("nginx-edge-nesting", Protocol::Grpc)?;
+    let outside = Cgroup::new("nginx-edge-clients")?;
+    let backend = PyService::opts("backend")
+        .work_delay_ms(BACKEND_DELAY_MS)
+        .start(&t.cg)?;
+    let nginx = Nginx::proxy(&t.cg, &format!("127.0.0.1:{}", backend.port), true)?;
+    let tally = measure(&t, &outside, nginx.port, "/work/", "nginx")?;
+    println!("nesting[nginx-edge]: {tally}");
+    tally.ensure(0.0)?;
+    ensure!(
+        tally.right_pct() >= 99.0 && tally.inferred_wrong == 0,
+        "{tally}: expected every call under its own request, sure or inferred"
+    );
     t.agent.ensure_healthy()?;
     t.agent.stop()
 }

@@ -7,7 +7,7 @@ use std::{collections::VecDeque, net::SocketAddr};
 use super::{Decoder, Frame, RequestHead, ResponseHead, Side};
 use crate::{
     capture::Data,
-    nesting::{Nesting, SpanCtx, Thread},
+    nesting::{request_key, Nesting, SpanCtx, Thread},
     protocol::{
         common::{adopt_kernel_ctx, request_ctx, Sender},
         Losses, Role,
@@ -155,6 +155,11 @@ impl Session {
             Frame::Request { head, ts } => {
                 let from = Sender {
                     thread,
+                    request: Some(request_key(
+                        head.method(),
+                        head.target(),
+                        head.header("user-agent"),
+                    )),
                     conn_id,
                     ts,
                     endpoint: self.endpoint,

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     capture::Data,
-    nesting::{Nesting, SpanCtx, Thread},
+    nesting::{request_key, Nesting, SpanCtx, Thread},
     protocol::{
         common::{adopt_kernel_ctx, request_ctx, Sender},
         Role,
@@ -362,8 +362,12 @@ impl Calls {
                 self.abandoned(&oldest, sink.nesting);
             }
         }
+        let key = (request.method.as_deref())
+            .zip(request.path.as_deref())
+            .map(|(m, p)| request_key(m, p, request.user_agent.as_deref()));
         let from = Sender {
             thread: sink.thread,
+            request: key,
             conn_id: sink.conn_id,
             ts,
             endpoint: self.endpoint,

@@ -229,6 +229,7 @@ impl Session {
         };
         let from = Sender {
             thread: sink.thread(),
+            request: None,
             conn_id: sink.conn_id,
             ts: m.ts,
             endpoint: self.endpoint,
