@@ -16,6 +16,7 @@
 //! until it writes its next request.
 
 use aya_ebpf::{
+    bindings::pt_regs,
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::bpf_get_current_task,
@@ -86,16 +87,22 @@ pub fn owner(me: Goroutine) -> Goroutine {
     }
 }
 
+/// The probed process, if selected (the probes fire in every process
+/// running the executable), and its registers.
+#[inline(always)]
+fn selected(ctx: &ProbeContext) -> Option<(u32, &pt_regs)> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: a uprobe's context is the task's saved user registers.
+    current_selected(tgid).then(|| (tgid, unsafe { &*ctx.regs }))
+}
+
 /// `net/http.(*persistConn).roundTrip(pc, req *transportRequest)`: RBX is
 /// `req`, whose first field is the embedded `*Request`; R14 is the caller.
 #[uprobe]
 pub fn go_http_round_trip(ctx: ProbeContext) -> u32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !current_selected(tgid) {
+    let Some((tgid, regs)) = selected(&ctx) else {
         return 0;
-    }
-    // SAFETY: a uprobe's context is the task's saved user registers.
-    let regs = unsafe { &*ctx.regs };
+    };
     let Ok(ptr) = (unsafe { bpf_probe_read_user(regs.rbx as *const u64) }) else {
         return 0;
     };
@@ -112,12 +119,9 @@ pub fn go_http_round_trip(ctx: ProbeContext) -> u32 {
 /// `net/http.(*Request).write(r, ...)`: RAX is `r`, R14 the writer.
 #[uprobe]
 pub fn go_http_request_write(ctx: ProbeContext) -> u32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !current_selected(tgid) {
+    let Some((tgid, regs)) = selected(&ctx) else {
         return 0;
-    }
-    // SAFETY: a uprobe's context is the task's saved user registers.
-    let regs = unsafe { &*ctx.regs };
+    };
     let req = Request {
         tgid,
         _pad: 0,
