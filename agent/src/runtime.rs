@@ -105,10 +105,15 @@ impl Runtimes {
     }
 }
 
-/// `/proc/PID/exe`, if Go built it: its runtime's sections are there even
-/// in stripped executables.
+/// `/proc/PID/exe`, if Go built it.
 fn inspect(pid: u32) -> Option<GoExe> {
-    let file = std::fs::File::open(format!("/proc/{pid}/exe")).ok()?;
+    inspect_file(std::path::Path::new(&format!("/proc/{pid}/exe")))
+}
+
+/// The executable at `path`, if Go built it: its runtime's sections are
+/// there even in stripped executables.
+fn inspect_file(path: &std::path::Path) -> Option<GoExe> {
+    let file = std::fs::File::open(path).ok()?;
     // SAFETY: read-only mapping of an executable; a file changed under us
     // gives a wrong answer, not unsoundness, since `object` only reads bytes.
     let data = unsafe { Mmap::map(&file) }.ok()?;
@@ -143,6 +148,51 @@ fn http_plan(elf: &object::File<'_>) -> Option<Plan> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::tls::go::tests::{peers, struct_members};
+
+    /// The e2e tests' Go peer: Go's own TLS only (g at -8), both
+    /// `net/http` functions found; stripped, no probes but still per
+    /// goroutine.
+    #[test]
+    fn go_executables_are_inspected() {
+        let (full, stripped) = peers();
+        let exe = inspect_file(full).expect("a Go executable");
+        assert_eq!(exe.g_offset, Some(G_BELOW_FS));
+        let plan = exe.http.expect("net/http symbols");
+        assert_eq!(plan.len(), 2);
+        let file = std::fs::read(full).unwrap();
+        for (name, off) in plan {
+            // Go's stack-growth check opens both: the offset is an entry.
+            let at = usize::try_from(off).unwrap();
+            let prologue = &file[at..at + 12];
+            assert!(
+                prologue.windows(3).any(|w| w == [0x3b, 0x66, 0x10]),
+                "{name} starts {prologue:02x?}"
+            );
+        }
+        let exe = inspect_file(stripped).expect("a Go executable");
+        assert_eq!((exe.g_offset, exe.http), (Some(G_BELOW_FS), None));
+    }
+
+    /// `go_http_round_trip` reads the `*Request` at the start of the
+    /// `transportRequest` it is given.
+    #[test]
+    fn transport_request_embeds_the_request_first() {
+        let m = struct_members(&peers().0);
+        let key = (
+            "net/http.transportRequest".to_string(),
+            "Request".to_string(),
+        );
+        assert_eq!(
+            m.get(&key),
+            Some(&0),
+            "{:?}",
+            m.keys()
+                .filter(|k| k.0.contains("transportRequest"))
+                .collect::<Vec<_>>()
+        );
+    }
 
     #[test]
     fn this_test_binary_is_not_go() {
