@@ -31,6 +31,9 @@ pub struct Tally {
     /// Child of another request's span, or of nothing seen, unmarked: a
     /// silently wrong tree.
     pub wrong: usize,
+    /// Downstream SERVER spans that are not the children of their CLIENT
+    /// span (the call's own trace broken on the next hop).
+    pub downstream_broken: usize,
     /// Most SERVER spans open at one instant.
     pub overlap: usize,
     /// Examples of wrong parents, for the failure message.
@@ -39,13 +42,15 @@ pub struct Tally {
 
 impl Tally {
     /// Classifies request i's CLIENT span (`client(i)`) against its SERVER
-    /// span (`server(i)`), for i in 0..`requests`; each must be exactly one
-    /// span in `spans`.
+    /// span (`server(i)`), for i in 0..`requests`, and checks that the
+    /// downstream's SERVER span (`downstream(i)`) is the call's child; each
+    /// must be exactly one span in `spans`.
     pub fn measure(
         spans: &[RecvSpan],
         requests: usize,
         server: impl Fn(&RecvSpan, usize) -> bool,
         client: impl Fn(&RecvSpan, usize) -> bool,
+        downstream: impl Fn(&RecvSpan, usize) -> bool,
     ) -> Result<Tally> {
         let mut t = Tally {
             requests,
@@ -64,7 +69,12 @@ impl Tally {
             };
             let srv = one(&|s| server(s, i), "SERVER")?;
             let cli = one(&|s| client(s, i), "CLIENT")?;
+            let down = one(&|s| downstream(s, i), "downstream SERVER")?;
             servers.push(srv);
+            if down.trace_id != cli.trace_id || down.parent_span_id.as_deref() != Some(&cli.span_id)
+            {
+                t.downstream_broken += 1;
+            }
             let marked = |k: &str| cli.attrs.get(k) == Some(&Value::Bool(true));
             let right =
                 cli.trace_id == srv.trace_id && cli.parent_span_id.as_deref() == Some(&srv.span_id);
@@ -115,6 +125,10 @@ impl Tally {
             "{self}: requests hardly overlapped, the test did not exercise concurrency"
         );
         ensure!(
+            self.downstream_broken == 0,
+            "{self}: downstream SERVER spans not under their CLIENT span"
+        );
+        ensure!(
             self.wrong == 0,
             "{self}: {} CLIENT spans confidently under a wrong parent, e.g.:\n{}",
             self.wrong,
@@ -132,7 +146,7 @@ impl fmt::Display for Tally {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} requests (up to {} in flight): {} correctly nested ({:.1}%), {} marked ambiguous, {} marked inferred ({} of them wrongly), {} unmarked roots, {} confidently wrong",
+            "{} requests (up to {} in flight): {} correctly nested ({:.1}%), {} marked ambiguous, {} marked inferred ({} of them wrongly), {} unmarked roots, {} confidently wrong; {} downstream spans not under their call",
             self.requests,
             self.overlap,
             self.correct,
@@ -141,7 +155,8 @@ impl fmt::Display for Tally {
             self.inferred + self.inferred_wrong,
             self.inferred_wrong,
             self.roots,
-            self.wrong
+            self.wrong,
+            self.downstream_broken
         )
     }
 }

@@ -15,9 +15,12 @@ const CLIENTS: usize = 16;
 /// How long the backend holds each answer, so that downstream calls overlap.
 const BACKEND_DELAY_MS: u32 = 20;
 
+/// Picks request N's span of one kind.
+type Pick<'a> = dyn Fn(&RecvSpan, usize) -> bool + 'a;
+
 /// Sends the requests to `port` (`{prefix}N`) from clients in `clients`
 /// and measures the spans of `service`: SERVER `{prefix}N`, CLIENT
-/// `/work/N`.
+/// `/work/N`, and the backend's SERVER `/work/N` under that CLIENT.
 fn measure(t: &Traced, clients: &Cgroup, port: u16, prefix: &str, service: &str) -> Result<Tally> {
     concurrent_gets(clients, port, prefix, REQUESTS, CLIENTS, 200)?;
     let ours = |s: &RecvSpan| s.service() == Some(service);
@@ -27,16 +30,21 @@ fn measure(t: &Traced, clients: &Cgroup, port: u16, prefix: &str, service: &str)
     let client = |s: &RecvSpan, i: usize| {
         s.is_client() && ours(s) && s.path() == Some(&format!("/work/{i}"))
     };
+    let downstream = |s: &RecvSpan, i: usize| {
+        s.is_server() && s.service() == Some("backend") && s.path() == Some(&format!("/work/{i}"))
+    };
     let spans =
         t.rx.wait_for(
             |s| {
-                (0..REQUESTS)
-                    .all(|i| s.iter().any(|x| server(x, i)) && s.iter().any(|x| client(x, i)))
+                (0..REQUESTS).all(|i| {
+                    let picks: [&Pick<'_>; 3] = [&server, &client, &downstream];
+                    picks.iter().all(|f| s.iter().any(|x| f(x, i)))
+                })
             },
             SPAN_TIMEOUT,
         )
         .with_context(|| format!("waiting for {REQUESTS} SERVER and CLIENT spans of {service}"))?;
-    Tally::measure(&spans, REQUESTS, server, client)
+    Tally::measure(&spans, REQUESTS, server, client, downstream)
 }
 
 fn frontend_case(
