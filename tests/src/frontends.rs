@@ -6,7 +6,7 @@
 
 use crate::cgroup::Cgroup;
 use crate::env::{peers_dir, python, workspace_dir};
-use crate::go_peer;
+use crate::go_peer::{self, Symbols};
 use crate::net::{free_port, wait_listening};
 use crate::process::{Supervised, TempDir};
 use anyhow::{ensure, Context, Result};
@@ -33,9 +33,9 @@ pub struct Frontend {
 }
 
 impl Frontend {
-    /// Go net/http (`tests/peers/go_nesting`).
-    pub fn go(cg: &Cgroup, downstream: &str) -> Result<Self> {
-        let bin = go_peer::binary("go_nesting")?;
+    /// Go net/http (`tests/peers/go_nesting`), linked as `symbols` says.
+    pub fn go(cg: &Cgroup, downstream: &str, symbols: Symbols) -> Result<Self> {
+        let bin = go_peer::build_once("go_nesting", symbols)?;
         Self::launch(cg, |port| {
             let mut c = Command::new(&bin);
             c.arg(format!("127.0.0.1:{port}")).arg(downstream);

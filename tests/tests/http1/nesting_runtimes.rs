@@ -5,6 +5,7 @@
 
 use anyhow::{ensure, Context, Result};
 use clew_e2e::frontends::{Frontend, JavaMode, FRONTEND};
+use clew_e2e::go_peer::Symbols;
 use clew_e2e::nesting::Tally;
 use clew_e2e::nginx::Nginx;
 use clew_e2e::peers::{concurrent_gets, PyService};
@@ -66,7 +67,18 @@ fn frontend_case(
 
 #[test]
 fn nesting_go_net_http() -> Result<()> {
-    frontend_case("go", 99.0, |t, b| Frontend::go(&t.cg, &b.url("")))
+    frontend_case("go", 99.0, |t, b| {
+        Frontend::go(&t.cg, &b.url(""), Symbols::Kept)
+    })
+}
+
+/// Without symbols the client's hand-off to its writer goroutine cannot be
+/// followed: those calls start their own trace, never a wrong one.
+#[test]
+fn nesting_go_stripped() -> Result<()> {
+    frontend_case("go-stripped", 0.0, |t, b| {
+        Frontend::go(&t.cg, &b.url(""), Symbols::Stripped)
+    })
 }
 
 #[test]
