@@ -32,7 +32,8 @@ pub struct Tally {
     /// silently wrong tree.
     pub wrong: usize,
     /// Downstream SERVER spans that are not the children of their CLIENT
-    /// span (the call's own trace broken on the next hop).
+    /// span (or, behind a proxy forwarding `traceparent`, of the proxy's
+    /// caller) in its trace: the call's trace broken on the next hop.
     pub downstream_broken: usize,
     /// Most SERVER spans open at one instant.
     pub overlap: usize,
@@ -71,8 +72,12 @@ impl Tally {
             let cli = one(&|s| client(s, i), "CLIENT")?;
             let down = one(&|s| downstream(s, i), "downstream SERVER")?;
             servers.push(srv);
-            if down.trace_id != cli.trace_id || down.parent_span_id.as_deref() != Some(&cli.span_id)
-            {
+            // A proxy that forwards its request's `traceparent` unchanged
+            // gives the downstream its caller's span as parent.
+            let forwarded =
+                srv.parent_span_id.is_some() && down.parent_span_id == srv.parent_span_id;
+            let under_call = down.parent_span_id.as_deref() == Some(&cli.span_id);
+            if down.trace_id != cli.trace_id || !(under_call || forwarded) {
                 t.downstream_broken += 1;
             }
             let marked = |k: &str| cli.attrs.get(k) == Some(&Value::Bool(true));
