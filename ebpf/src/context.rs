@@ -56,14 +56,23 @@ pub struct Serving {
 #[map]
 static SERVING: LruHashMap<Executor, Serving> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
 
-/// A request (connection, HTTP/2 stream; 0 for HTTP/1) read and not
-/// answered yet, with the executor that read it: the response closes it
-/// there, whichever thread writes it. Eviction: the response or the
-/// connection's close removes it; LRU covers the rest, which leaves its
-/// executor counting one request too many: calls are then marked
+/// Requests read and not answered yet on a connection (HTTP/2: stream;
+/// 0 for HTTP/1), with the executor that read them: each response closes
+/// one there, whichever thread writes it. Eviction: the last response or
+/// the connection's close removes the entry; LRU covers the rest, which
+/// leaves its executor counting requests too many: calls are then marked
 /// ambiguous, never nested with false confidence.
 #[map]
-static OPEN_REQUESTS: LruHashMap<OpenKey, Executor> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+static OPEN_REQUESTS: LruHashMap<OpenKey, Opened> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Opened {
+    exec: Executor,
+    /// More than one when requests are pipelined.
+    count: u32,
+    _pad: u32,
+}
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -189,30 +198,38 @@ pub fn server_request(
         stream,
         _pad: 0,
     };
-    // A request already open there (a pipelined one, or a head read in
-    // pieces) is not counted twice.
-    let opened = match unsafe { OPEN_REQUESTS.get(&key) } {
-        Some(prev) if *prev == exec => 0,
-        Some(prev) => {
-            close_on(*prev, &key);
-            1
+    match OPEN_REQUESTS.get_ptr_mut(&key) {
+        // Pipelined: one more open on the connection.
+        Some(o) if unsafe { (*o).exec } == exec => unsafe { (*o).count += 1 },
+        // Read by another executor now: what the first one had open there
+        // is its no more.
+        Some(o) => unsafe {
+            close_on((*o).exec, &key, (*o).count, true);
+            (*o).exec = exec;
+            (*o).count = 1;
+        },
+        None => {
+            let o = Opened {
+                exec,
+                count: 1,
+                _pad: 0,
+            };
+            let _ = OPEN_REQUESTS.insert(&key, &o, 0);
         }
-        None => 1,
-    };
-    let _ = OPEN_REQUESTS.insert(&key, &exec, 0);
+    }
     match SERVING.get_ptr_mut(&exec) {
         Some(p) => unsafe {
             (*p).ctx = ctx;
             (*p).conn_id = conn_id;
             (*p).stream = stream;
-            (*p).open += opened;
+            (*p).open += 1;
         },
         None => {
             let s = Serving {
                 ctx,
                 conn_id,
                 stream,
-                open: opened,
+                open: 1,
             };
             let _ = SERVING.insert(&exec, &s, 0);
         }
@@ -220,13 +237,14 @@ pub fn server_request(
     ctx
 }
 
-/// The request `key` that `exec` read is no longer open there.
+/// `n` requests `exec` read on `key` are no longer open there; `last`:
+/// none is left there, so its last read is not served any more either.
 #[inline(always)]
-fn close_on(exec: Executor, key: &OpenKey) {
+fn close_on(exec: Executor, key: &OpenKey, n: u32, last: bool) {
     if let Some(p) = SERVING.get_ptr_mut(&exec) {
         unsafe {
-            (*p).open = (*p).open.saturating_sub(1);
-            if (*p).conn_id == key.conn_id && (*p).stream == key.stream {
+            (*p).open = (*p).open.saturating_sub(n);
+            if last && (*p).conn_id == key.conn_id && (*p).stream == key.stream {
                 (*p).ctx.span_id = [0; 8];
             }
         }
@@ -236,21 +254,36 @@ fn close_on(exec: Executor, key: &OpenKey) {
 /// A response was written on `conn_id` (HTTP/2: `stream`): the executor
 /// that read its request no longer serves it.
 pub fn server_response(conn_id: u64, stream: u32) {
+    close(conn_id, stream, false);
+}
+
+/// One request on `conn_id`/`stream` answered, or with `all`, every one
+/// left there.
+#[inline(always)]
+fn close(conn_id: u64, stream: u32, all: bool) {
     let key = OpenKey {
         conn_id,
         stream,
         _pad: 0,
     };
-    if let Some(exec) = unsafe { OPEN_REQUESTS.get(&key) }.copied() {
+    let Some(o) = OPEN_REQUESTS.get_ptr_mut(&key) else {
+        return;
+    };
+    let (exec, count) = unsafe { ((*o).exec, (*o).count) };
+    let n = if all { count } else { 1 };
+    let last = n >= count;
+    if last {
         let _ = OPEN_REQUESTS.remove(&key);
-        close_on(exec, &key);
+    } else {
+        unsafe { (*o).count = count - n };
     }
+    close_on(exec, &key, n, last);
 }
 
-/// Server connection `conn_id` closed: an HTTP/1 request left unanswered
-/// is not served any more. (HTTP/2 streams left open age out by LRU.)
+/// Server connection `conn_id` closed: HTTP/1 requests left unanswered are
+/// not served any more. (HTTP/2 streams left open age out by LRU.)
 pub fn conn_closed(conn_id: u64) {
-    server_response(conn_id, 0);
+    close(conn_id, 0, true);
 }
 
 /// What the current executor's outgoing calls nest under.
