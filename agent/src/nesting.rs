@@ -448,13 +448,13 @@ impl Nesting {
         ctx.uncertain = Some(Box::new(Uncertain::Inferred));
     }
 
-    /// The link an ambiguous span gets: the open server span `candidate`.
+    /// The link an ambiguous span gets: the server span `candidate`, if
+    /// still open.
     fn candidate(&self, candidate: &SpanId) -> Option<SpanLink> {
-        let Open { exec, .. } = self.open.get(candidate)?;
-        let latest = self.by_executor.get(exec)?.latest.as_ref()?;
-        (&latest.span_id == candidate).then_some(SpanLink {
-            trace_id: latest.trace_id,
-            span_id: latest.span_id,
+        let c = &self.open.get(candidate)?.ctx;
+        Some(SpanLink {
+            trace_id: c.trace_id,
+            span_id: c.span_id,
         })
     }
 
