@@ -8,8 +8,13 @@
 //! threads do not own requests (Go) are counted as one executor. The
 //! kernel applies the same rule to the ids it injects (`ebpf/src/context.rs`).
 
+mod open;
+
+pub use open::Thread;
+use open::{OpenRequests, Parent};
+
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
     hash::{Hash, Hasher},
     net::SocketAddr,
 };
@@ -51,32 +56,6 @@ fn ambiguous(candidate: Option<SpanLink>) -> Option<Box<Uncertain>> {
     Some(Box::new(Uncertain::Ambiguous { candidate }))
 }
 
-/// The thread that read or sent a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Thread {
-    pub tgid: u32,
-    pub tid: u32,
-}
-
-/// A thread, or for processes nested per process, the whole process (tid 0).
-type Executor = Thread;
-
-/// What an executor serves: the request it read last (until answered) and
-/// how many it has open.
-#[derive(Default)]
-struct Serving {
-    latest: Option<SpanCtx>,
-    open: u32,
-}
-
-/// A server span read and not answered.
-struct Open {
-    exec: Executor,
-    ctx: SpanCtx,
-    /// Its [`request_key`], once described.
-    request: Option<u64>,
-}
-
 /// What identifies a request a proxy forwards: its method, target and
 /// user agent (the Host header is rewritten on the way).
 pub fn request_key(method: &str, target: &str, user_agent: Option<&str>) -> u64 {
@@ -85,28 +64,13 @@ pub fn request_key(method: &str, target: &str, user_agent: Option<&str>) -> u64 
     h.finish()
 }
 
-/// Where an executor's calls nest.
-enum Parent<'a> {
-    Sure(&'a SpanCtx),
-    Unsure(Option<&'a SpanCtx>),
-    None,
-}
-
-/// Bounded: a thread that never answers (or an agent that missed the
-/// response) must not pin an entry forever.
+/// Kernel contexts and offers kept at most (the kernel's contexts of
+/// requests never parsed, offers never taken).
 const MAX_THREADS: usize = 65536;
 
 pub struct Nesting {
     sampler: Sampler,
-    by_executor: HashMap<Executor, Serving>,
-    /// Server spans read and not answered.
-    open: HashMap<SpanId, Open>,
-    /// The same spans by executor and [`request_key`].
-    by_request: HashMap<(Executor, u64), Vec<SpanId>>,
-    /// The same spans by the context their request came with.
-    by_incoming: HashMap<(TraceId, SpanId), SpanCtx>,
-    /// Processes nested per process (see [`Nesting::nest_by_process`]).
-    by_process: HashSet<u32>,
+    open: OpenRequests,
     /// Ids the kernel decided, waiting for the request they belong to:
     /// server side by connection, client side by sending thread and
     /// HTTP/2 stream (0 for HTTP/1).
@@ -160,11 +124,7 @@ impl Nesting {
     pub fn new(sampler: Sampler) -> Self {
         Nesting {
             sampler,
-            by_executor: HashMap::new(),
-            open: HashMap::new(),
-            by_request: HashMap::new(),
-            by_incoming: HashMap::new(),
-            by_process: HashSet::new(),
+            open: OpenRequests::default(),
             kernel_server: HashMap::new(),
             kernel_client: HashMap::new(),
             offers: HashMap::new(),
@@ -226,7 +186,7 @@ impl Nesting {
         let mut ctx = SpanCtx::from(&k.ctx);
         if ctx.uncertain.is_some() {
             // The kernel names the candidate in the parent's place.
-            ctx.uncertain = ambiguous(self.candidate(&k.ctx.parent_id));
+            ctx.uncertain = ambiguous(self.open.link(&k.ctx.parent_id));
         }
         let entry = (k.ts_ns, ctx);
         if k.server {
@@ -291,79 +251,24 @@ impl Nesting {
     /// `thread` works for span `ctx` now (a request it read, or records
     /// it processes), until [`Nesting::server_done`].
     fn serve(&mut self, thread: Thread, ctx: &SpanCtx) {
-        if self.open.len() >= MAX_THREADS {
-            // Requests whose answers were never seen. Forgetting them all
-            // can make an executor look surer than it is, but only until
-            // its open requests are answered.
-            self.open.clear();
-            self.by_request.clear();
-            self.by_incoming.clear();
-            self.by_executor.clear();
-        }
-        let exec = self.executor(thread);
-        self.open_span(exec, ctx);
-        let s = self.by_executor.entry(exec).or_default();
-        s.latest = Some(ctx.clone());
-        s.open += 1;
+        self.open.serve(thread, ctx);
     }
 
     /// Requests of process `tgid` count per process, not per thread (its
     /// threads do not own the requests they read), or again per thread.
     pub fn nest_by_process(&mut self, tgid: u32, yes: bool) {
-        if yes {
-            self.by_process.insert(tgid);
-        } else {
-            self.by_process.remove(&tgid);
-        }
-    }
-
-    fn executor(&self, t: Thread) -> Executor {
-        if self.by_process.contains(&t.tgid) {
-            Thread {
-                tgid: t.tgid,
-                tid: 0,
-            }
-        } else {
-            t
-        }
+        self.open.nest_by_process(tgid, yes);
     }
 
     /// A server span `old` got the kernel's ids after it started.
     pub fn rebind(&mut self, old: &SpanId, ctx: &SpanCtx) {
-        let Some(o) = self.close_span(old) else {
-            return;
-        };
-        let exec = o.exec;
-        self.open_span(exec, ctx);
-        if let Some(key) = o.request {
-            self.describe(&ctx.span_id, key);
-        }
-        if let Some(l) = self
-            .by_executor
-            .get_mut(&exec)
-            .and_then(|s| s.latest.as_mut())
-            .filter(|l| &l.span_id == old)
-        {
-            *l = ctx.clone();
-        }
+        self.open.rebind(old, ctx);
     }
 
     /// The response to the server span `span_id` is complete (or will
     /// never be seen).
     pub fn server_done(&mut self, span_id: &SpanId) {
-        let Some(Open { exec, .. }) = self.close_span(span_id) else {
-            return;
-        };
-        let Some(s) = self.by_executor.get_mut(&exec) else {
-            return;
-        };
-        s.open = s.open.saturating_sub(1);
-        if s.latest.as_ref().is_some_and(|l| &l.span_id == span_id) {
-            s.latest = None;
-        }
-        if s.open == 0 {
-            self.by_executor.remove(&exec);
-        }
+        self.open.done(span_id);
     }
 
     /// Server connection `conn_id` closed. (Its sessions report requests
@@ -372,56 +277,10 @@ impl Nesting {
         self.kernel_server.remove(&conn_id);
     }
 
-    fn parent(&self, thread: Thread) -> Parent<'_> {
-        match self.by_executor.get(&self.executor(thread)) {
-            Some(s) if s.open == 1 && s.latest.is_some() => {
-                Parent::Sure(s.latest.as_ref().expect("checked"))
-            }
-            Some(s) if s.open > 0 => Parent::Unsure(s.latest.as_ref()),
-            _ => Parent::None,
-        }
-    }
-
-    fn open_span(&mut self, exec: Executor, ctx: &SpanCtx) {
-        if let Some(p) = ctx.parent {
-            self.by_incoming.insert((ctx.trace_id, p), ctx.clone());
-        }
-        let open = Open {
-            exec,
-            ctx: ctx.clone(),
-            request: None,
-        };
-        self.open.insert(ctx.span_id, open);
-    }
-
-    fn close_span(&mut self, span_id: &SpanId) -> Option<Open> {
-        let o = self.open.remove(span_id)?;
-        if let Some(p) = o.ctx.parent {
-            self.by_incoming.remove(&(o.ctx.trace_id, p));
-        }
-        if let Some(key) = o.request {
-            if let Some(ids) = self.by_request.get_mut(&(o.exec, key)) {
-                ids.retain(|s| s != span_id);
-                if ids.is_empty() {
-                    self.by_request.remove(&(o.exec, key));
-                }
-            }
-        }
-        Some(o)
-    }
-
     /// The open server span `span_id` answers a request with
     /// [`request_key`] `key`.
     pub fn describe(&mut self, span_id: &SpanId, key: u64) {
-        let Some(o) = self.open.get_mut(span_id) else {
-            return;
-        };
-        if o.request.replace(key).is_none() {
-            self.by_request
-                .entry((o.exec, key))
-                .or_default()
-                .push(*span_id);
-        }
+        self.open.describe(span_id, key);
     }
 
     /// An ambiguous CLIENT span `ctx` of `thread` sends a request with
@@ -433,11 +292,7 @@ impl Nesting {
         if !matches!(ctx.uncertain.as_deref(), Some(Uncertain::Ambiguous { .. })) {
             return;
         }
-        let exec = self.executor(thread);
-        let Some([only]) = self.by_request.get(&(exec, key)).map(Vec::as_slice) else {
-            return;
-        };
-        let Some(p) = self.open.get(only).map(|o| o.ctx.clone()) else {
+        let Some(p) = self.open.only_with(thread, key).cloned() else {
             return;
         };
         self.alias(ctx.trace_id, p.trace_id);
@@ -446,16 +301,6 @@ impl Nesting {
         ctx.sampled = p.sampled;
         ctx.trace_state = p.trace_state;
         ctx.uncertain = Some(Box::new(Uncertain::Inferred));
-    }
-
-    /// The link an ambiguous span gets: the server span `candidate`, if
-    /// still open.
-    fn candidate(&self, candidate: &SpanId) -> Option<SpanLink> {
-        let c = &self.open.get(candidate)?.ctx;
-        Some(SpanLink {
-            trace_id: c.trace_id,
-            span_id: c.span_id,
-        })
     }
 
     /// A request is being sent by thread `tid` at `ts`. Ids the kernel
@@ -485,12 +330,12 @@ impl Nesting {
         let tp = traceparent.and_then(TraceParent::parse);
         // A proxy forwards the traceparent it received: the request it
         // serves with that context is exactly this call's parent.
-        if let Some(s) = tp.and_then(|tp| self.by_incoming.get(&(tp.trace_id, tp.parent_id))) {
+        if let Some(s) = tp.and_then(|tp| self.open.received(&tp)) {
             return child_of(s);
         }
         if let Some(tp) = tp {
             // The application's own context (it has an SDK).
-            let serving = match self.parent(thread) {
+            let serving = match self.open.parent(thread) {
                 Parent::Sure(s) => Some(s),
                 _ => None,
             };
@@ -512,7 +357,7 @@ impl Nesting {
     /// serves, else starts a trace (ambiguous when it serves several);
     /// nothing was injected for it.
     pub fn nested_span(&self, thread: Thread) -> SpanCtx {
-        match self.parent(thread) {
+        match self.open.parent(thread) {
             Parent::Sure(s) => child_of(s),
             Parent::Unsure(candidate) => SpanCtx {
                 uncertain: ambiguous(candidate.map(|c| SpanLink {
