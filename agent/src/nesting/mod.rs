@@ -223,22 +223,11 @@ impl Nesting {
             // The kernel scans only the head's first 1 KiB: a traceparent
             // it missed still makes the span join its trace.
             (Some(k), Some(tp)) if k.parent.is_none() => SpanCtx {
-                trace_id: tp.trace_id,
                 span_id: k.span_id,
-                parent: Some(tp.parent_id),
-                sampled: self.sampler.sample(&tp.trace_id, Some(tp.sampled)),
-                trace_state: String::new(),
-                uncertain: None,
+                ..self.continuing(&tp)
             },
             (Some(k), _) => k,
-            (None, Some(tp)) => SpanCtx {
-                trace_id: tp.trace_id,
-                span_id: new_span_id(),
-                parent: Some(tp.parent_id),
-                sampled: self.sampler.sample(&tp.trace_id, Some(tp.sampled)),
-                trace_state: String::new(),
-                uncertain: None,
-            },
+            (None, Some(tp)) => self.continuing(&tp),
             (None, None) => self.root(),
         };
         if incoming.is_some_and(|tp| tp.trace_id == ctx.trace_id) {
@@ -387,19 +376,24 @@ impl Nesting {
     ) -> SpanCtx {
         let kernel = take_fresh(&mut self.kernel_client, &(thread.tid, stream), ts)
             .filter(|k| k.trace_id == tp.trace_id && k.parent == Some(tp.parent_id));
-        let mut ctx = kernel.unwrap_or_else(|| SpanCtx {
+        let mut ctx = kernel.unwrap_or_else(|| self.continuing(tp));
+        ctx.trace_state = tracestate.unwrap_or_default().to_owned();
+        if serve {
+            self.serve(thread, &ctx);
+        }
+        ctx
+    }
+
+    /// A new span continuing the incoming context `tp`.
+    fn continuing(&self, tp: &TraceParent) -> SpanCtx {
+        SpanCtx {
             trace_id: tp.trace_id,
             span_id: new_span_id(),
             parent: Some(tp.parent_id),
             sampled: self.sampler.sample(&tp.trace_id, Some(tp.sampled)),
             trace_state: String::new(),
             uncertain: None,
-        });
-        ctx.trace_state = tracestate.unwrap_or_default().to_owned();
-        if serve {
-            self.serve(thread, &ctx);
         }
-        ctx
     }
 
     fn root(&self) -> SpanCtx {

@@ -105,41 +105,39 @@ fn nesting_java_pool_handoff() -> Result<()> {
     })
 }
 
-/// nginx forwards `/work/N` as is, on kept-alive upstream connections.
-#[test]
-fn nesting_nginx_proxy() -> Result<()> {
-    let mut t = Traced::start("nginx-nesting", Protocol::Grpc)?;
+/// nginx (forwarding `/work/N` as is, on kept-alive upstream
+/// connections) measured with its clients in `clients`.
+fn nginx_case(name: &str, clients: Option<&Cgroup>) -> Result<Tally> {
+    let mut t = Traced::start(name, Protocol::Grpc)?;
     let backend = PyService::opts("backend")
         .work_delay_ms(BACKEND_DELAY_MS)
         .start(&t.cg)?;
     let nginx = Nginx::proxy(&t.cg, &format!("127.0.0.1:{}", backend.port), true)?;
-    let tally = measure(&t, &t.cg, nginx.port, "/work/", "nginx")?;
-    println!("nesting[nginx]: {tally}");
-    // The clients are traced too: their requests carry Clew's
-    // traceparent, which nginx forwards, naming the request exactly.
-    tally.ensure(99.0)?;
+    let tally = measure(&t, clients.unwrap_or(&t.cg), nginx.port, "/work/", "nginx")?;
+    println!("nesting[{name}]: {tally}");
     t.agent.ensure_healthy()?;
-    t.agent.stop()
+    t.agent.stop()?;
+    Ok(tally)
 }
 
-/// The same with clients nobody traces (nginx at the edge): requests come
-/// without context, so a call is tied to the one open request with the
-/// same request line and user agent, marked as inferred.
+/// The clients are traced too: their requests carry Clew's traceparent,
+/// which nginx forwards, naming the request exactly.
+#[test]
+fn nesting_nginx_proxy() -> Result<()> {
+    nginx_case("nginx", None)?.ensure(99.0)
+}
+
+/// Clients nobody traces (nginx at the edge): requests come without
+/// context, so a call is tied to the one open request with the same
+/// request line and user agent, marked as inferred.
 #[test]
 fn nesting_nginx_proxy_untraced_clients() -> Result<()> {
-    let mut t = Traced::start("nginx-edge-nesting", Protocol::Grpc)?;
     let outside = Cgroup::new("nginx-edge-clients")?;
-    let backend = PyService::opts("backend")
-        .work_delay_ms(BACKEND_DELAY_MS)
-        .start(&t.cg)?;
-    let nginx = Nginx::proxy(&t.cg, &format!("127.0.0.1:{}", backend.port), true)?;
-    let tally = measure(&t, &outside, nginx.port, "/work/", "nginx")?;
-    println!("nesting[nginx-edge]: {tally}");
+    let tally = nginx_case("nginx-edge", Some(&outside))?;
     tally.ensure(0.0)?;
     ensure!(
         tally.right_pct() >= 99.0 && tally.inferred_wrong == 0,
         "{tally}: expected every call under its own request, sure or inferred"
     );
-    t.agent.ensure_healthy()?;
-    t.agent.stop()
+    Ok(())
 }
