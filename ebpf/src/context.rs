@@ -58,10 +58,11 @@ static SERVING: LruHashMap<Executor, Serving> = LruHashMap::with_max_entries(MAX
 
 /// Requests read and not answered yet on a connection (HTTP/2: stream;
 /// 0 for HTTP/1), with the executor that read them: each response closes
-/// one there, whichever thread writes it. Eviction: the last response or
-/// the connection's close removes the entry; LRU covers the rest, which
-/// leaves its executor counting requests too many: calls are then marked
-/// ambiguous, never nested with false confidence.
+/// one there, whichever thread writes it. Eviction: the connection's close
+/// removes its entry, an HTTP/2 stream's response removes the stream's;
+/// LRU covers the rest, which can leave an executor counting requests too
+/// many: its calls are then marked ambiguous, never nested with false
+/// confidence.
 #[map]
 static OPEN_REQUESTS: LruHashMap<OpenKey, Opened> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
 
@@ -199,8 +200,11 @@ pub fn server_request(
         _pad: 0,
     };
     match OPEN_REQUESTS.get_ptr_mut(&key) {
-        // Pipelined: one more open on the connection.
-        Some(o) if unsafe { (*o).exec } == exec => unsafe { (*o).count += 1 },
+        // The connection's next request, or a pipelined one more.
+        Some(o) if unsafe { (*o).count == 0 || (*o).exec == exec } => unsafe {
+            (*o).exec = exec;
+            (*o).count += 1;
+        },
         // Read by another executor now: what the first one had open there
         // is its no more.
         Some(o) => unsafe {
@@ -270,11 +274,21 @@ fn close(conn_id: u64, stream: u32, all: bool) {
         return;
     };
     let (exec, count) = unsafe { ((*o).exec, (*o).count) };
+    if count == 0 {
+        // Nothing open: answered already (a 100 Continue, then the
+        // response), or the connection closing between requests.
+        if all {
+            let _ = OPEN_REQUESTS.remove(&key);
+        }
+        return;
+    }
     let n = if all { count } else { 1 };
     let last = n >= count;
-    if last {
+    if last && (all || stream != 0) {
         let _ = OPEN_REQUESTS.remove(&key);
     } else {
+        // An HTTP/1 connection's entry is kept for its next request, so a
+        // request costs lookups, not an LRU insert and delete.
         unsafe { (*o).count = count - n };
     }
     close_on(exec, &key, n, last);
