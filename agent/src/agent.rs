@@ -146,10 +146,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
                     next_drain = Instant::now() + DRAIN_PAUSE;
                 }
                 pipeline.tls.run_due(Instant::now().into_std(), &mut capture);
+                pipeline.runtimes.attach_due(&mut capture);
             }
             _ = tick.tick() => {
                 pipeline.tick();
                 pipeline.tls.run_due(Instant::now().into_std(), &mut capture);
+                pipeline.runtimes.attach_due(&mut capture);
                 ticks += 1;
                 stats.ready.store(pipeline.exporter().is_running(), Relaxed);
                 if ticks.is_multiple_of(SUMMARY_EVERY_TICKS) {
@@ -164,6 +166,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     stats.ready.store(false, Relaxed);
     drop(ring);
     pipeline.tls.detach_all(&mut capture);
+    pipeline.runtimes.detach_all(&mut capture);
     drop(capture);
     let exporter = pipeline.into_exporter();
     exporter.shutdown(Duration::from_secs(5)).await;

@@ -12,10 +12,12 @@ use crate::{
     clock::Clock,
     conn::{self, Conn, ConnTable},
     export::Exporter,
-    nesting::{Nesting, SpanCtx},
+    mega_traces::{MegaTraces, MEGA_TRACE_SPANS},
+    nesting::{Nesting, SpanCtx, Uncertain},
     process::Processes,
     processor::Chain,
     protocol::{ConnFacts, Losses, Protocol, Role, Shared, SpanOptions, Transaction},
+    runtime::Runtimes,
     select::{self, Selector},
     stats::{self, Stats},
     tls::TlsHooks,
@@ -31,6 +33,8 @@ pub struct Pipeline {
     nesting: Nesting,
     /// What protocols learn on one connection for another.
     shared: Shared,
+    pub runtimes: Runtimes,
+    mega_traces: MegaTraces,
     processes: Processes,
     clock: Clock,
     opts: SpanOptions,
@@ -61,6 +65,8 @@ impl Pipeline {
             conns: ConnTable::new(MAX_CONNS),
             nesting,
             shared: Shared::default(),
+            runtimes: Runtimes::default(),
+            mega_traces: MegaTraces::default(),
             processes: Processes::new(),
             clock: Clock::new(),
             opts,
@@ -86,6 +92,7 @@ impl Pipeline {
         self.refresh_listed();
         let now = Instant::now();
         for pid in self.selector.current_processes()? {
+            self.learn_runtime(pid);
             self.adopt_existing(pid);
             self.tls.on_conn(pid, now);
         }
@@ -208,6 +215,7 @@ impl Pipeline {
         // time their span is exported.
         self.processes.resource(o.tgid);
         self.tls.on_conn(o.tgid, Instant::now());
+        self.learn_runtime(o.tgid);
         let c = Conn::new(o.tgid, o.fd, facts, role, o.ts_ns);
         self.track(o.conn_id, c);
     }
@@ -308,6 +316,7 @@ impl Pipeline {
     /// a selector it had no room for).
     fn on_exec(&mut self, tgid: u32, kernel_selected: bool) {
         self.processes.forget(tgid);
+        self.forget_runtime(tgid);
         let matched = self.selector.exe_match(tgid);
         if matched == Some(true) {
             if self.listed.insert(tgid) && !kernel_selected {
@@ -334,12 +343,37 @@ impl Pipeline {
         }
         if self.listed.contains(&tgid) || self.selector.in_cgroups(tgid) {
             self.tls.on_exec(tgid, Instant::now());
+            self.learn_runtime(tgid);
+        }
+    }
+
+    /// Looks at a traced process's executable once: a Go process's
+    /// requests are counted per goroutine in the kernel (per process when
+    /// its goroutines cannot be read), and per process here, where only
+    /// the kernel's decisions know goroutines.
+    fn learn_runtime(&mut self, tgid: u32) {
+        if let Some(go) = self.runtimes.learn(tgid) {
+            self.nesting.nest_by_process(tgid, true);
+            if let Err(e) = self
+                .maps
+                .nest_by_process(tgid, Some(go.g_offset.unwrap_or(0)))
+            {
+                tracing::warn!(tgid, "{e:#}");
+            }
+        }
+    }
+
+    fn forget_runtime(&mut self, tgid: u32) {
+        if self.runtimes.forget(tgid) {
+            self.nesting.nest_by_process(tgid, false);
+            let _ = self.maps.nest_by_process(tgid, None);
         }
     }
 
     fn on_exit(&mut self, tgid: u32) {
         self.processes.forget(tgid);
         self.shared.kafka.forget_process(tgid);
+        self.forget_runtime(tgid);
         self.tls.on_exit(tgid);
         if self.listed.remove(&tgid) {
             self.maps.unselect_pid(tgid);
@@ -367,6 +401,21 @@ impl Pipeline {
             stats::add(&self.stats.protocol(t.protocol()).spans, 1);
             let ctx = t.ctx_mut();
             self.nesting.resolve_trace(&mut ctx.trace_id);
+            match ctx.uncertain.as_deref() {
+                Some(Uncertain::Ambiguous { .. }) => {
+                    stats::add(&self.stats.spans_parent_ambiguous, 1)
+                }
+                Some(Uncertain::Inferred) => stats::add(&self.stats.spans_parent_inferred, 1),
+                None => {}
+            }
+            if self.mega_traces.note(ctx.trace_id, self.ticks) {
+                stats::add(&self.stats.mega_traces, 1);
+                tracing::warn!(
+                    trace_id = %hex::encode(ctx.trace_id),
+                    spans = MEGA_TRACE_SPANS,
+                    "mega-trace: one trace keeps growing"
+                );
+            }
             if !ctx.sampled {
                 stats::add(&self.stats.spans_unsampled, 1);
                 continue;
@@ -386,6 +435,7 @@ impl Pipeline {
         self.ticks += 1;
         if self.ticks.is_multiple_of(RESELECT_EVERY_TICKS) {
             self.refresh_listed();
+            self.mega_traces.forget_idle(self.ticks);
         }
         let k = self.maps.stats();
         stats::set(&self.stats.kernel_ringbuf_drops, k.ringbuf_drops);

@@ -72,6 +72,13 @@ pub enum Status {
     Error(String),
 }
 
+/// Another span this one relates to without being its child.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanLink {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+}
+
 #[derive(Clone, Debug)]
 pub struct Span {
     pub trace_id: TraceId,
@@ -86,6 +93,9 @@ pub struct Span {
     pub end_ns: u64,
     pub status: Status,
     pub attributes: Attributes,
+    /// A CLIENT span sent while several requests were open on its thread:
+    /// the one read last, its probable parent.
+    pub link: Option<SpanLink>,
     pub resource: Arc<Resource>,
 }
 

@@ -98,6 +98,10 @@ pub mod ctxflag {
     pub const REMOTE_PARENT: u8 = 4;
     /// A `traceparent` with this span id was written into the request.
     pub const INJECTED: u8 = 8;
+    /// A CLIENT span sent while its executor had several requests open:
+    /// it starts a new trace, and `parent_id` names the candidate (the
+    /// request read last; zero if that one was answered).
+    pub const AMBIGUOUS: u8 = 16;
 }
 
 /// Ids the kernel chose for a span, so that what it injects and what
@@ -327,6 +331,8 @@ pub mod names {
         pub const OBSERVERS: &str = "OBSERVERS";
         /// Observers tail-called from the TLS return probes, by protocol.
         pub const TLS_OBSERVERS: &str = "TLS_OBSERVERS";
+        /// Processes whose requests are counted per process, not per thread.
+        pub const NEST_BY_PROCESS: &str = "NEST_BY_PROCESS";
     }
 
     pub mod global {
@@ -341,6 +347,7 @@ pub mod names {
         pub const SAMPLE_PARENT_BASED: &str = "SAMPLE_PARENT_BASED";
         pub const INJECT: &str = "INJECT";
         pub const TCP_OPTION: &str = "TCP_OPTION";
+        pub const TASK_FSBASE_OFFSET: &str = "TASK_FSBASE_OFFSET";
     }
 
     pub mod program {
@@ -365,6 +372,8 @@ pub mod names {
         pub const GO_TLS_READ_ENTER: &str = "go_tls_read_enter";
         pub const GO_TLS_WRITE_ENTER: &str = "go_tls_write_enter";
         pub const GO_TLS_EXIT: &str = "go_tls_exit";
+        pub const GO_HTTP_ROUND_TRIP: &str = "go_http_round_trip";
+        pub const GO_HTTP_REQUEST_WRITE: &str = "go_http_request_write";
     }
 
     /// Observer programs: (protocol, the one `exit_io` tail-calls, the

@@ -195,6 +195,7 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
     let _ = CONNS.remove(&key);
     if info.role == role::ACCEPTED {
         crate::tcp_option::closed(info.id);
+        crate::context::conn_closed(info.id);
     }
     emit(
         kind::CONN_CLOSE,

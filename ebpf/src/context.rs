@@ -1,16 +1,21 @@
 //! Trace context decided in the kernel, where it must be known before the
 //! process sends its next request: the SERVER span a thread is serving
 //! (from the request it just read, joining an incoming `traceparent`), and
-//! the ids of CLIENT spans written into outgoing requests.
+//! the ids of CLIENT spans written into outgoing requests. A thread that
+//! has more than one request open (an event loop) cannot say which one a
+//! call is for: such calls start a new trace, marked ambiguous.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, generated::bpf_get_prandom_u32},
     macros::map,
     maps::LruHashMap,
 };
-use clew_common::{ctxflag, h2, kind, CtxEvent, TraceCtx, MAX_INFLIGHT};
+use clew_common::{ctxflag, h2, kind, CtxEvent, TraceCtx, MAX_INFLIGHT, MAX_PIDS};
 
-use crate::maps::{count, EVENTS};
+use crate::{
+    goroutine::{self, Goroutine},
+    maps::{count, EVENTS},
+};
 
 /// Head sampling, set by the agent from OTEL_TRACES_SAMPLER(_ARG): a new
 /// trace is sampled when the low 8 bytes of its id (big-endian) are below
@@ -22,13 +27,94 @@ static SAMPLE_ALWAYS: u32 = 1;
 #[unsafe(no_mangle)]
 static SAMPLE_PARENT_BASED: u32 = 1;
 
-/// The SERVER span each thread is serving, by thread id: set when it reads
-/// a request, cleared when it writes a response. Both write the thread's
-/// entry in place (a cleared entry has a zero span id), so a request costs
-/// lookups, not an LRU insert and delete. Eviction: `proc_exit` deletes a
-/// thread's entry when it exits; LRU covers threads whose exit was missed.
+/// Whose requests a `SERVING` entry follows: a thread (its pid_tgid, `g`
+/// 0); for processes in `NEST_BY_PROCESS` a goroutine (tid 0, its `g`), or
+/// the whole process when the goroutine cannot be read (tid 0, `g` 0).
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Executor {
+    pid_tgid: u64,
+    g: u64,
+}
+
+/// What an executor serves: the request it read last, and how many it has
+/// read and not answered yet. Nesting under `ctx` is sure only while that
+/// is the one open request; with more open, which one a call belongs to is
+/// a guess.
+#[derive(Clone, Copy)]
+pub struct Serving {
+    /// The last request read; a zero span id once it was answered.
+    ctx: TraceCtx,
+    conn_id: u64,
+    stream: u32,
+    open: u32,
+}
+
+/// By executor. Entries are written in place, so a request costs lookups,
+/// not an LRU insert and delete. Eviction: `proc_exit` deletes a thread's
+/// entry when it exits; LRU covers threads whose exit was missed.
 #[map]
-static SERVING: LruHashMap<u32, TraceCtx> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+static SERVING: LruHashMap<Executor, Serving> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+/// Requests read and not answered yet on a connection (HTTP/2: stream;
+/// 0 for HTTP/1), with the executor that read them: each response closes
+/// one there, whichever thread writes it. Eviction: the connection's close
+/// removes its entry, an HTTP/2 stream's response removes the stream's;
+/// LRU covers the rest, which can leave an executor counting requests too
+/// many: its calls are then marked ambiguous, never nested with false
+/// confidence.
+#[map]
+static OPEN_REQUESTS: LruHashMap<OpenKey, Opened> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Opened {
+    exec: Executor,
+    /// More than one when requests are pipelined.
+    count: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct OpenKey {
+    conn_id: u64,
+    stream: u32,
+    _pad: u32,
+}
+
+/// Processes whose threads do not own their requests (Go: goroutines move
+/// between threads), set by the agent, with where `g` sits below the fs
+/// base (0: unknown, the process then counts as one executor). Eviction:
+/// the agent removes a process when it exits or execs, the kernel when its
+/// main thread exits; LRU.
+#[map]
+static NEST_BY_PROCESS: LruHashMap<u32, i64> = LruHashMap::with_max_entries(MAX_PIDS, 0);
+
+#[inline(always)]
+fn executor() -> Executor {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(g_offset) = (unsafe { NEST_BY_PROCESS.get(&tgid) }).copied() else {
+        return Executor { pid_tgid, g: 0 };
+    };
+    let process = pid_tgid & !0xffff_ffff;
+    let g = if g_offset == 0 {
+        None
+    } else {
+        goroutine::current(g_offset)
+    };
+    match g {
+        Some(g) => Executor {
+            pid_tgid: process,
+            g: goroutine::owner(Goroutine { tgid, _pad: 0, g }).g,
+        },
+        None => Executor {
+            pid_tgid: process,
+            g: 0,
+        },
+    }
+}
 
 fn random<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
@@ -77,9 +163,14 @@ fn root() -> TraceCtx {
     }
 }
 
-/// A thread read the start of a request: decide the SERVER span.
+/// A thread read the start of a request on `conn_id` (HTTP/2: `stream`):
+/// decide the SERVER span, which its executor now serves.
 #[inline(always)]
-pub fn server_request(incoming: Option<([u8; 16], [u8; 8], bool)>) -> TraceCtx {
+pub fn server_request(
+    conn_id: u64,
+    stream: u32,
+    incoming: Option<([u8; 16], [u8; 8], bool)>,
+) -> TraceCtx {
     let ctx = match incoming {
         Some((trace_id, parent_id, sampled)) => {
             let parent_based = unsafe { core::ptr::read_volatile(&SAMPLE_PARENT_BASED) } == 1;
@@ -102,49 +193,177 @@ pub fn server_request(incoming: Option<([u8; 16], [u8; 8], bool)>) -> TraceCtx {
         }
         None => root(),
     };
-    let tid = bpf_get_current_pid_tgid() as u32;
-    match SERVING.get_ptr_mut(&tid) {
-        Some(p) => unsafe { *p = ctx },
+    let exec = executor();
+    let key = OpenKey {
+        conn_id,
+        stream,
+        _pad: 0,
+    };
+    match OPEN_REQUESTS.get_ptr_mut(&key) {
+        // The connection's next request, or a pipelined one more.
+        Some(o) if unsafe { (*o).count == 0 || (*o).exec == exec } => unsafe {
+            (*o).exec = exec;
+            (*o).count += 1;
+        },
+        // Read by another executor now: what the first one had open there
+        // is its no more.
+        Some(o) => unsafe {
+            close_on((*o).exec, &key, (*o).count, true);
+            (*o).exec = exec;
+            (*o).count = 1;
+        },
         None => {
-            let _ = SERVING.insert(&tid, &ctx, 0);
+            let o = Opened {
+                exec,
+                count: 1,
+                _pad: 0,
+            };
+            let _ = OPEN_REQUESTS.insert(&key, &o, 0);
+        }
+    }
+    match SERVING.get_ptr_mut(&exec) {
+        Some(p) => unsafe {
+            (*p).ctx = ctx;
+            (*p).conn_id = conn_id;
+            (*p).stream = stream;
+            (*p).open += 1;
+        },
+        None => {
+            let s = Serving {
+                ctx,
+                conn_id,
+                stream,
+                open: 1,
+            };
+            let _ = SERVING.insert(&exec, &s, 0);
         }
     }
     ctx
 }
 
-/// The thread wrote a response: it no longer serves that request.
-pub fn server_response() {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(p) = SERVING.get_ptr_mut(&tid) {
-        unsafe { (*p).span_id = [0; 8] };
+/// `n` requests `exec` read on `key` are no longer open there; `last`:
+/// none is left there, so its last read is not served any more either.
+#[inline(always)]
+fn close_on(exec: Executor, key: &OpenKey, n: u32, last: bool) {
+    if let Some(p) = SERVING.get_ptr_mut(&exec) {
+        unsafe {
+            (*p).open = (*p).open.saturating_sub(n);
+            if last && (*p).conn_id == key.conn_id && (*p).stream == key.stream {
+                (*p).ctx.span_id = [0; 8];
+            }
+        }
     }
 }
 
-/// The SERVER span the current thread is serving, if any.
+/// A response was written on `conn_id` (HTTP/2: `stream`): the executor
+/// that read its request no longer serves it.
+pub fn server_response(conn_id: u64, stream: u32) {
+    close(conn_id, stream, false);
+}
+
+/// One request on `conn_id`/`stream` answered, or with `all`, every one
+/// left there.
+#[inline(always)]
+fn close(conn_id: u64, stream: u32, all: bool) {
+    let key = OpenKey {
+        conn_id,
+        stream,
+        _pad: 0,
+    };
+    let Some(o) = OPEN_REQUESTS.get_ptr_mut(&key) else {
+        return;
+    };
+    let (exec, count) = unsafe { ((*o).exec, (*o).count) };
+    if count == 0 {
+        // Nothing open: answered already (a 100 Continue, then the
+        // response), or the connection closing between requests.
+        if all {
+            let _ = OPEN_REQUESTS.remove(&key);
+        }
+        return;
+    }
+    let n = if all { count } else { 1 };
+    let last = n >= count;
+    if last && (all || stream != 0) {
+        let _ = OPEN_REQUESTS.remove(&key);
+    } else {
+        // An HTTP/1 connection's entry is kept for its next request, so a
+        // request costs lookups, not an LRU insert and delete.
+        unsafe { (*o).count = count - n };
+    }
+    close_on(exec, &key, n, last);
+}
+
+/// Server connection `conn_id` closed: HTTP/1 requests left unanswered are
+/// not served any more. (HTTP/2 streams left open age out by LRU.)
+pub fn conn_closed(conn_id: u64) {
+    close(conn_id, 0, true);
+}
+
+/// What the current executor's outgoing calls nest under.
+enum Parent {
+    /// The one open request.
+    Sure(TraceCtx),
+    /// Several requests open (or one, not the last read): the last read,
+    /// if still open, is only a candidate.
+    Unsure([u8; 8]),
+    None,
+}
+
+#[inline(always)]
+fn parent() -> Parent {
+    let Some(s) = (unsafe { SERVING.get(&executor()) }) else {
+        return Parent::None;
+    };
+    match s.open {
+        0 => Parent::None,
+        1 if s.ctx.span_id != [0; 8] => Parent::Sure(s.ctx),
+        _ => Parent::Unsure(s.ctx.span_id),
+    }
+}
+
+/// The SERVER span the current executor surely serves, if any.
 #[inline(always)]
 pub fn serving() -> Option<TraceCtx> {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let s = unsafe { SERVING.get(&tid) }?;
-    (s.span_id != [0; 8]).then_some(*s)
+    match parent() {
+        Parent::Sure(s) => Some(s),
+        _ => None,
+    }
 }
 
-/// Thread `tid` exited: drop what it was serving.
-pub fn thread_exit(tid: u32) {
-    let _ = SERVING.remove(&tid);
+/// Thread `pid_tgid` exited: drop what it was serving (and, for a
+/// process's main thread, what the process was).
+pub fn thread_exit(pid_tgid: u64) {
+    let _ = SERVING.remove(&Executor { pid_tgid, g: 0 });
+    if pid_tgid >> 32 == pid_tgid & 0xffff_ffff {
+        let _ = NEST_BY_PROCESS.remove(&((pid_tgid >> 32) as u32));
+        let process = Executor {
+            pid_tgid: pid_tgid & !0xffff_ffff,
+            g: 0,
+        };
+        let _ = SERVING.remove(&process);
+    }
 }
 
-/// A CLIENT span for a request the current thread sends: a child of the
-/// request it serves, or the root of a new trace.
+/// A CLIENT span for a request the current executor sends: a child of the
+/// request it surely serves, else the root of a new trace; marked
+/// ambiguous, with the candidate in `parent_id`, when it serves several.
 pub fn client_request() -> TraceCtx {
-    match serving() {
-        Some(s) => TraceCtx {
+    match parent() {
+        Parent::Sure(s) => TraceCtx {
             trace_id: s.trace_id,
             span_id: new_span_id(),
             parent_id: s.span_id,
             flags: (s.flags & ctxflag::SAMPLED) | ctxflag::HAS_PARENT,
             _pad: [0; 7],
         },
-        None => root(),
+        Parent::Unsure(candidate) => {
+            let mut c = root();
+            c.parent_id = candidate;
+            c.flags |= ctxflag::AMBIGUOUS;
+            c
+        }
+        Parent::None => root(),
     }
 }
 

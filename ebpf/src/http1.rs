@@ -27,7 +27,7 @@ fn observe(s: &Staged) {
     if s.direction == dir::EGRESS {
         if matches!(unsafe { bpf_probe_read_user(s.buf as *const [u8; 5]) }, Ok(b) if b == *b"HTTP/")
         {
-            context::server_response();
+            context::server_response(s.v.conn_id, 0);
         }
         return;
     }
@@ -54,7 +54,7 @@ fn observe(s: &Staged) {
     let _ = head::scan(h, n);
     // A traceparent in the request wins over the connection's TCP option.
     let incoming = head::traceparent(h).or_else(|| tcp_option::received(s.v.conn_id));
-    let ctx = context::server_request(incoming);
+    let ctx = context::server_request(s.v.conn_id, 0, incoming);
     context::emit(role::ACCEPTED, s.v.conn_id, s.ts, &ctx, 0);
 }
 

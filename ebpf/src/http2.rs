@@ -58,7 +58,7 @@ fn observe(s: &Staged) {
                 && flags & flag::END_STREAM != 0
                 && stream != 0
             {
-                context::server_response();
+                context::server_response(s.v.conn_id, stream);
                 return;
             }
         } else if kind == frame::HEADERS && stream % 2 == 1 {
@@ -71,7 +71,7 @@ fn observe(s: &Staged) {
                 None
             };
             let incoming = tp.or_else(|| tcp_option::received(s.v.conn_id));
-            let ctx = context::server_request(incoming);
+            let ctx = context::server_request(s.v.conn_id, stream, incoming);
             context::emit(role::ACCEPTED, s.v.conn_id, s.ts, &ctx, stream);
             return;
         }

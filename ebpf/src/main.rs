@@ -7,6 +7,7 @@
 mod conn;
 mod context;
 mod go_tls;
+mod goroutine;
 mod head;
 mod http1;
 mod http2;

@@ -106,7 +106,7 @@ pub fn proc_exit(_ctx: TracePointContext) -> u32 {
     let tid = pid_tgid as u32;
     let _ = PIDS.remove(&tid);
     inflight_forget(pid_tgid);
-    context::thread_exit(tid);
+    context::thread_exit(pid_tgid);
     if tid == (pid_tgid >> 32) as u32 {
         emit(kind::PROC_EXIT, tid, 0);
     }

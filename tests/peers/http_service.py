@@ -2,7 +2,9 @@
 
 GET /work[/...] -> 200 "ok" (after --work-delay-ms); GET /fail -> 500;
 GET /chain -> calls the downstream's /work (200, or 502 if that fails);
-GET /chain/X -> the same with the downstream's /work/X; GET /chain-fail ->
+GET /chain/X -> the same with the downstream's /work/X; GET
+/answer-then-call/X -> answers 200, then (on the same thread, the request
+answered) GETs the downstream's /work/X; GET /chain-fail ->
 calls the downstream's /fail and answers 500; GET /keepalive/X -> calls the
 downstream's /work/X-0, /work/X-1 and /work/X-2 over one connection; GET
 /opaque -> sends the downstream non-HTTP bytes over a raw TCP connection and
@@ -125,6 +127,10 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/chain-fail":
             _, body = call_downstream("/fail")
             self.reply(500, body)
+        elif path.startswith("/answer-then-call/"):
+            self.reply(200, b"answered")
+            self.wfile.flush()
+            call_downstream("/work/" + path[len("/answer-then-call/") :])
         else:
             self.reply(404, b"not found")
 

@@ -1,6 +1,5 @@
 //! `tests/peers/go_tls`: a Go HTTPS server and client (crypto/tls on both
-//! ends, standard library only), built with the system's Go once per test
-//! process; `go build` is incremental, so later runs reuse its cache.
+//! ends, standard library only).
 //!
 //! The agent hooks a Go executable when it sees it exec, while the process
 //! already runs: both peers wait for that before their first request, so
@@ -9,50 +8,21 @@
 
 use crate::agent::Agent;
 use crate::cgroup::Cgroup;
-use crate::env::{peers_dir, workspace_dir};
+use crate::go_peer;
 use crate::net::{free_port, wait_listening};
 use crate::process::{collect, Supervised, TempDir};
 use crate::tls::TestCert;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// `service.name` of the Go client's spans.
 pub const GO_CLIENT: &str = "go-client";
 
-/// The built peer, under `target/go-peers` (its Go cache beside it).
 fn binary() -> Result<PathBuf> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| build().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(anyhow::Error::msg)
-}
-
-fn build() -> Result<PathBuf> {
-    let dir = workspace_dir().join("target/go-peers");
-    let out = dir.join("go_tls");
-    let start = Instant::now();
-    let result = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&out)
-        .arg(".")
-        .current_dir(peers_dir().join("go_tls"))
-        .env("GOCACHE", dir.join("cache"))
-        .env("GOPATH", dir.join("gopath"))
-        .env("GOFLAGS", "-mod=mod")
-        .output()
-        .context("running go (apt-get install golang-go)")?;
-    ensure!(
-        result.status.success(),
-        "go build of tests/peers/go_tls failed: {}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    eprintln!("[go_tls] built in {:.1?}", start.elapsed());
-    Ok(out)
+    go_peer::binary("go_tls")
 }
 
 /// `go_tls server`: /work (200), /fail (500), /echo.

@@ -21,6 +21,7 @@ pub struct KernelMaps {
     stats: PerCpuArray<MapData, u64>,
     inflight: HashMap<MapData, u64, Inflight>,
     peers: HashMap<MapData, u64, PeerKey>,
+    nest_by_process: HashMap<MapData, u32, i64>,
     seeded: u64,
 }
 
@@ -65,6 +66,7 @@ impl KernelMaps {
             stats: PerCpuArray::try_from(take(map::STATS)?)?,
             inflight: HashMap::try_from(take(map::INFLIGHT)?)?,
             peers: HashMap::try_from(take(map::PEERS)?)?,
+            nest_by_process: HashMap::try_from(take(map::NEST_BY_PROCESS)?)?,
             seeded: 0,
         })
     }
@@ -73,6 +75,23 @@ impl KernelMaps {
         self.pids
             .insert(tgid, 1, 0)
             .with_context(|| format!("selecting pid {tgid}"))
+    }
+
+    /// Process `tgid`'s requests count per goroutine in the kernel's
+    /// nesting (`g` at `g_offset` below the fs base; 0: per process), or
+    /// with `None`, per thread again.
+    pub fn nest_by_process(&mut self, tgid: u32, g_offset: Option<i64>) -> Result<()> {
+        match g_offset {
+            Some(off) => self
+                .nest_by_process
+                .insert(tgid, off, 0)
+                .with_context(|| format!("nesting process {tgid} per goroutine")),
+            None => {
+                // Absent already (removed by the kernel at its exit).
+                let _ = self.nest_by_process.remove(&tgid);
+                Ok(())
+            }
+        }
     }
 
     pub fn unselect_pid(&mut self, tgid: u32) {

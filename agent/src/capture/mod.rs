@@ -102,6 +102,10 @@ impl Capture {
             );
             SockOffsets::default()
         });
+        let fsbase_off = task_fsbase_offset().unwrap_or_else(|e| {
+            tracing::warn!("Go requests will be counted per process, not per goroutine: {e:#}");
+            0
+        });
         let agent = std::process::id();
         let ebpf = EbpfLoader::new()
             .override_global(global::AGENT_TGID, &agent, true)
@@ -110,6 +114,7 @@ impl Capture {
             .override_global(global::FORK_CHILD_PID_OFFSET, &fork_off, true)
             .override_global(global::EXEC_FILENAME_OFFSET, &exec_off, true)
             .override_global(global::SOCK_OFFSETS, &sock_off, true)
+            .override_global(global::TASK_FSBASE_OFFSET, &fsbase_off, true)
             .override_global(global::SAMPLE_ALWAYS, &cfg.sampling.always, true)
             .override_global(global::SAMPLE_THRESHOLD, &cfg.sampling.threshold, true)
             .override_global(
@@ -244,6 +249,15 @@ pub fn accepted_socket_offsets() -> Result<SockOffsets, sock_offsets::OffsetErro
     sock_offsets::from_btf_file(std::path::Path::new(btf::VMLINUX))
 }
 
+/// Where a task's fs base sits in `task_struct` (`thread.fsbase`), from
+/// the kernel's BTF: Go keeps the running goroutine just below it.
+pub fn task_fsbase_offset() -> Result<u32> {
+    let f = btf::Btf::from_file(std::path::Path::new(btf::VMLINUX))?
+        .field("task_struct", &["thread", "fsbase"])?;
+    anyhow::ensure!(f.size == 8, "task_struct.thread.fsbase is {} bytes", f.size);
+    Ok(f.offset)
+}
+
 /// A program of the object, as its type.
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
@@ -330,6 +344,7 @@ mod tests {
             map::INJECT_SOCKS,
             map::OBSERVERS,
             map::TLS_OBSERVERS,
+            map::NEST_BY_PROCESS,
             global::AGENT_TGID,
             global::SELECT_MODE,
             global::CAPTURE_LIMIT,
@@ -341,6 +356,7 @@ mod tests {
             global::SAMPLE_PARENT_BASED,
             global::INJECT,
             global::TCP_OPTION,
+            global::TASK_FSBASE_OFFSET,
             program::ENTER_IO,
             program::EXIT_IO,
             program::ENTER_ACCEPT,
@@ -362,6 +378,8 @@ mod tests {
             program::GO_TLS_READ_ENTER,
             program::GO_TLS_WRITE_ENTER,
             program::GO_TLS_EXIT,
+            program::GO_HTTP_ROUND_TRIP,
+            program::GO_HTTP_REQUEST_WRITE,
         ];
         for name in wanted.into_iter().chain(observers) {
             assert!(symbols.contains(name), "{name} is not in the eBPF object");

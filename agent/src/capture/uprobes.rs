@@ -1,5 +1,6 @@
-//! The TLS library probes (OpenSSL, Go's crypto/tls): loaded with the other
-//! programs, attached per library file on demand (see [`crate::tls`]).
+//! The uprobes: TLS libraries (OpenSSL, Go's crypto/tls; see
+//! [`crate::tls`]) and Go's `net/http` client (see [`crate::runtime`]),
+//! loaded with the other programs, attached per file or process on demand.
 
 use anyhow::{Context, Result};
 use aya::programs::{
@@ -93,6 +94,8 @@ const PROGRAMS: &[&str] = &[
     prog::GO_TLS_READ_ENTER,
     prog::GO_TLS_WRITE_ENTER,
     prog::GO_TLS_EXIT,
+    prog::GO_HTTP_ROUND_TRIP,
+    prog::GO_HTTP_REQUEST_WRITE,
 ];
 
 impl Capture {

@@ -77,6 +77,12 @@ fn span(w: &mut Writer, s: &Span) {
     for (key, value) in &s.attributes {
         w.message(9, |w| key_value(w, key, value));
     }
+    if let Some(l) = &s.link {
+        w.message(13, |w| {
+            w.bytes(1, &l.trace_id);
+            w.bytes(2, &l.span_id);
+        });
+    }
     // An absent status reads as Unset and costs no bytes.
     if let Status::Error(message) = &s.status {
         w.message(15, |w| {

@@ -45,6 +45,7 @@ pub fn span(resource: &Arc<Resource>, trace: u8, id: u8, parent: Option<u8>) -> 
         end_ns: 1_001_000_000,
         status: Status::Unset,
         attributes: Vec::new(),
+        link: None,
         resource: resource.clone(),
     }
 }

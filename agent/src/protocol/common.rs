@@ -6,9 +6,17 @@ use std::{borrow::Cow, net::SocketAddr, sync::Arc};
 
 use crate::{
     clock::Clock,
-    nesting::{Nesting, SpanCtx},
-    span::{Attributes, Resource, Span, SpanKind, Status},
+    nesting::{Nesting, SpanCtx, Thread, Uncertain},
+    span::{AttrValue, Attributes, Resource, Span, SpanKind, Status},
 };
+
+/// Set on a CLIENT span whose thread had several requests open when it was
+/// sent: the span starts its own trace instead of guessing a parent, and
+/// links to the request read last.
+pub const AMBIGUOUS_PARENT: &str = "clew.parent.ambiguous";
+/// Set on a CLIENT span whose parent is the one open request with the same
+/// request line and user agent (a proxy forwarding it), not known for sure.
+pub const INFERRED_PARENT: &str = "clew.parent.inferred";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -38,7 +46,7 @@ pub struct SpanOptions {
 #[derive(Clone, Copy, Debug)]
 pub struct Sender {
     /// The thread that wrote (client) or read (server) the request.
-    pub tid: u32,
+    pub thread: Thread,
     pub conn_id: u64,
     /// When its first byte moved.
     pub ts: u64,
@@ -47,6 +55,9 @@ pub struct Sender {
     /// The HTTP/2 stream the request opens (0 for HTTP/1): the kernel
     /// reports the ids it injected per stream.
     pub stream: u32,
+    /// Its [`crate::nesting::request_key`], for requests a proxy may
+    /// forward.
+    pub request: Option<u64>,
 }
 
 /// The trace context of a request that just appeared. A server span
@@ -64,15 +75,24 @@ pub fn request_ctx(
     match role {
         Role::Server => {
             let state = traceparent.and(tracestate);
-            let mut ctx = nesting.server_span(from.tid, from.conn_id, from.ts, traceparent, state);
+            let mut ctx =
+                nesting.server_span(from.thread, from.conn_id, from.ts, traceparent, state);
+            if let Some(key) = from.request {
+                nesting.describe(&ctx.span_id, key);
+            }
             if let Some(client) = from.endpoint.and_then(|e| nesting.take_offer(e, from.ts)) {
+                let old = ctx.span_id;
                 link(&mut ctx, &client);
-                nesting.rebind(from.tid, &ctx.span_id.clone(), &ctx);
+                nesting.rebind(&old, &ctx);
             }
             ctx
         }
         Role::Client => {
-            let ctx = nesting.client_stream_span(from.tid, from.stream, from.ts, traceparent);
+            let mut ctx =
+                nesting.client_stream_span(from.thread, from.stream, from.ts, traceparent);
+            if let Some(key) = from.request {
+                nesting.infer(&mut ctx, from.thread, key);
+            }
             if let Some(e) = from.endpoint {
                 nesting.offer(e, from.ts, &ctx);
             }
@@ -84,7 +104,7 @@ pub fn request_ctx(
 /// The kernel decided the ids of a server span userspace already started
 /// (the kernel's context record follows the request's bytes): the span
 /// takes them, so it matches what was injected into the calls it made.
-pub fn adopt_kernel_ctx(current: &mut SpanCtx, tid: u32, mut ctx: SpanCtx, nesting: &mut Nesting) {
+pub fn adopt_kernel_ctx(current: &mut SpanCtx, mut ctx: SpanCtx, nesting: &mut Nesting) {
     if current.trace_id == ctx.trace_id {
         ctx.trace_state = std::mem::take(&mut current.trace_state);
     }
@@ -99,7 +119,7 @@ pub fn adopt_kernel_ctx(current: &mut SpanCtx, tid: u32, mut ctx: SpanCtx, nesti
         ctx.sampled = current.sampled;
         nesting.alias(kernel_trace, ctx.trace_id);
     }
-    nesting.rebind(tid, &current.span_id, &ctx);
+    nesting.rebind(&current.span_id, &ctx);
     *current = ctx;
 }
 
@@ -126,10 +146,21 @@ impl Frame {
         self,
         name: Cow<'static, str>,
         status: Status,
-        attributes: Attributes,
+        mut attributes: Attributes,
         resource: Arc<Resource>,
         clock: &Clock,
     ) -> Span {
+        let link = match self.ctx.uncertain.as_deref() {
+            Some(Uncertain::Ambiguous { candidate }) => {
+                attributes.push((AMBIGUOUS_PARENT, AttrValue::Bool(true)));
+                *candidate
+            }
+            Some(Uncertain::Inferred) => {
+                attributes.push((INFERRED_PARENT, AttrValue::Bool(true)));
+                None
+            }
+            None => None,
+        };
         Span {
             trace_id: self.ctx.trace_id,
             span_id: self.ctx.span_id,
@@ -145,6 +176,7 @@ impl Frame {
             end_ns: clock.to_unix_ns(self.end_ns),
             status,
             attributes,
+            link,
             resource,
         }
     }

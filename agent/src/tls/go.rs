@@ -59,7 +59,16 @@ pub fn inspect(elf: &object::File<'_>) -> Option<GoTls> {
     })
 }
 
-fn find<'d, 'f>(elf: &'f object::File<'d>, name: &str) -> Option<object::Symbol<'d, 'f>> {
+/// Whether the executable passes arguments in registers (Go ≥ 1.17 on
+/// amd64), as Clew's Go uprobes read them.
+pub(crate) fn register_abi(elf: &object::File<'_>) -> bool {
+    elf.architecture() == Architecture::X86_64 && version(elf).is_some_and(|v| v >= MIN_VERSION)
+}
+
+pub(crate) fn find<'d, 'f>(
+    elf: &'f object::File<'d>,
+    name: &str,
+) -> Option<object::Symbol<'d, 'f>> {
     elf.symbols()
         .find(|s| s.is_definition() && s.name() == Ok(name))
 }
@@ -161,7 +170,7 @@ fn read_at<'d>(elf: &object::File<'d>, addr: u64, len: u64) -> Option<&'d [u8]> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::tls::Library;
     use std::{
@@ -173,7 +182,7 @@ mod tests {
 
     /// The e2e tests' Go peer (`tests/peers/go_tls`), built once with
     /// uncompressed DWARF, and again stripped.
-    fn peers() -> &'static (PathBuf, PathBuf) {
+    pub(crate) fn peers() -> &'static (PathBuf, PathBuf) {
         static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
         BUILT.get_or_init(|| {
             // Under target/, reused (go build is incremental) and cleaned
@@ -289,7 +298,7 @@ mod tests {
     }
 
     /// (struct, field) → offset, for every struct in the DWARF.
-    fn struct_members(path: &Path) -> HashMap<(String, String), u64> {
+    pub(crate) fn struct_members(path: &Path) -> HashMap<(String, String), u64> {
         use std::borrow::Cow;
         let data = std::fs::read(path).unwrap();
         let elf = object::File::parse(&*data).unwrap();

@@ -135,7 +135,7 @@ fn openssl_offsets(elf: &object::File<'_>) -> Option<SslOffsets> {
 }
 
 /// Where a symbol's code sits in the file (uprobes take file offsets).
-fn file_offset(elf: &object::File<'_>, sym: &object::Symbol<'_, '_>) -> Option<u64> {
+pub(crate) fn file_offset(elf: &object::File<'_>, sym: &object::Symbol<'_, '_>) -> Option<u64> {
     let section = elf.section_by_index(sym.section_index()?).ok()?;
     let (file_off, _) = section.file_range()?;
     Some(sym.address() - section.address() + file_off)

@@ -12,8 +12,8 @@
 //! shortly after, as the loader and `dlopen` map them) and at a process's
 //! first connection.
 
-mod go;
-mod library;
+pub(crate) mod go;
+pub(crate) mod library;
 mod maps;
 
 use std::{

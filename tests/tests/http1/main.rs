@@ -9,6 +9,7 @@ mod console;
 mod export;
 mod lifecycle;
 mod nesting;
+mod nesting_runtimes;
 mod nginx_static;
 mod preexisting;
 mod selection;

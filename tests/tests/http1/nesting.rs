@@ -2,7 +2,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use clew_e2e::check::{is_child_within, max_overlap};
-use clew_e2e::peers::{concurrent_gets, PyService, RAW_CLIENT};
+use clew_e2e::peers::{concurrent_gets, curl_expect, PyService, RAW_CLIENT};
 use clew_e2e::{Expect, Protocol, RecvSpan, Traced, SPAN_TIMEOUT};
 
 const REQUESTS: usize = 200;
@@ -94,6 +94,58 @@ fn nesting_under_concurrency() -> Result<()> {
             .all(|s| s.parent_span_id.is_none()),
         "a {RAW_CLIENT} span has a parent"
     );
+    t.agent.ensure_healthy()?;
+    t.agent.stop()
+}
+
+/// A request's context ends with its response: a call the thread makes
+/// after answering starts a trace of its own, and the answered request's
+/// trace stays as it was.
+#[test]
+fn calls_after_the_response_start_their_own_trace() -> Result<()> {
+    const N: usize = 5;
+    let mut t = Traced::start("answered", Protocol::Grpc)?;
+    let backend = PyService::start(&t.cg, "backend", None)?;
+    let frontend = PyService::start(&t.cg, "frontend", Some(&backend.url("")))?;
+    for i in 0..N {
+        curl_expect(
+            &t.cg,
+            &frontend.url(&format!("/answer-then-call/{i}")),
+            &[],
+            200,
+        )?;
+    }
+    let find = |s: &[RecvSpan], server: bool, svc: &str, path: &str| -> Option<RecvSpan> {
+        s.iter()
+            .find(|x| x.is_server() == server && x.service() == Some(svc) && x.path() == Some(path))
+            .cloned()
+    };
+    let spans =
+        t.rx.wait_for(
+            |s| (0..N).all(|i| find(s, true, "backend", &format!("/work/{i}")).is_some()),
+            SPAN_TIMEOUT,
+        )
+        .context("waiting for the backend's spans")?;
+    for i in 0..N {
+        let path = format!("/answer-then-call/{i}");
+        let work = format!("/work/{i}");
+        let (Some(srv), Some(cli), Some(be)) = (
+            find(&spans, true, "frontend", &path),
+            find(&spans, false, "frontend", &work),
+            find(&spans, true, "backend", &work),
+        ) else {
+            bail!("request {i}: a span is missing");
+        };
+        ensure!(
+            cli.parent_span_id.is_none() && cli.trace_id != srv.trace_id,
+            "a call after the response joined the answered request:\n  server: {srv}\n  client: {cli}"
+        );
+        ensure!(
+            srv.end_ns <= cli.start_ns,
+            "the call started before the answer ended"
+        );
+        clew_e2e::check::ensure_parent(&be, &cli)?;
+    }
     t.agent.ensure_healthy()?;
     t.agent.stop()
 }

@@ -7,7 +7,7 @@ use std::{collections::VecDeque, net::SocketAddr};
 use super::{Decoder, Frame, RequestHead, ResponseHead, Side};
 use crate::{
     capture::Data,
-    nesting::{Nesting, SpanCtx},
+    nesting::{request_key, Nesting, SpanCtx, Thread},
     protocol::{
         common::{adopt_kernel_ctx, request_ctx, Sender},
         Losses, Role,
@@ -21,7 +21,6 @@ const MAX_PENDING: usize = 64;
 struct Pending {
     head: RequestHead,
     ctx: SpanCtx,
-    tid: u32,
     start_ns: u64,
     response: Option<ResponseHead>,
 }
@@ -103,7 +102,11 @@ impl Session {
         if carries_requests {
             self.requests.feed(d.payload, d.total, d.ts_ns, &mut frames);
             for f in frames.drain(..) {
-                self.on_request_frame(f, d.tid, d.conn_id, nesting);
+                let thread = Thread {
+                    tgid: d.tgid,
+                    tid: d.tid,
+                };
+                self.on_request_frame(f, thread, d.conn_id, nesting);
             }
         } else {
             self.responses
@@ -131,7 +134,7 @@ impl Session {
         self.losses.unanswered += self.pending.len() as u64;
         for p in self.pending.drain(..) {
             if self.role == Role::Server {
-                nesting.server_done(p.tid, &p.ctx.span_id);
+                nesting.server_done(&p.ctx.span_id);
             }
         }
     }
@@ -143,15 +146,20 @@ impl Session {
         let Some(p) = self.pending.iter_mut().find(|p| p.start_ns == ts) else {
             return false;
         };
-        adopt_kernel_ctx(&mut p.ctx, p.tid, ctx, nesting);
+        adopt_kernel_ctx(&mut p.ctx, ctx, nesting);
         true
     }
 
-    fn on_request_frame(&mut self, f: Frame, tid: u32, conn_id: u64, nesting: &mut Nesting) {
+    fn on_request_frame(&mut self, f: Frame, thread: Thread, conn_id: u64, nesting: &mut Nesting) {
         match f {
             Frame::Request { head, ts } => {
                 let from = Sender {
-                    tid,
+                    thread,
+                    request: Some(request_key(
+                        head.method(),
+                        head.target(),
+                        head.header("user-agent"),
+                    )),
                     conn_id,
                     ts,
                     endpoint: self.endpoint,
@@ -161,13 +169,16 @@ impl Session {
                 let ctx = request_ctx(self.role, from, tp, state, nesting);
                 self.responses.expect_response_to(head.method());
                 if self.pending.len() >= MAX_PENDING {
-                    self.pending.pop_front();
+                    if let Some(p) = self.pending.pop_front() {
+                        if self.role == Role::Server {
+                            nesting.server_done(&p.ctx.span_id);
+                        }
+                    }
                     self.losses.unanswered += 1;
                 }
                 self.pending.push_back(Pending {
                     head,
                     ctx,
-                    tid,
                     start_ns: ts,
                     response: None,
                 });
@@ -201,7 +212,7 @@ impl Session {
                 }
                 let p = self.pending.pop_front().expect("checked");
                 if self.role == Role::Server {
-                    nesting.server_done(p.tid, &p.ctx.span_id);
+                    nesting.server_done(&p.ctx.span_id);
                 }
                 out.push(T::from(Exchange {
                     role: self.role,

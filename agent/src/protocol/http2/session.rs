@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     capture::Data,
-    nesting::{Nesting, SpanCtx},
+    nesting::{request_key, Nesting, SpanCtx, Thread},
     protocol::{
         common::{adopt_kernel_ctx, request_ctx, Sender},
         Role,
@@ -118,7 +118,6 @@ impl Messages {
 struct Stream {
     request: Fields,
     ctx: SpanCtx,
-    tid: u32,
     start_ns: u64,
     response: Option<Fields>,
     trailers: Option<Fields>,
@@ -159,7 +158,7 @@ struct Sink<'a> {
     nesting: &'a mut Nesting,
     out: &'a mut Vec<Exchange>,
     losses: &'a mut Losses,
-    tid: u32,
+    thread: Thread,
     conn_id: u64,
     ts: u64,
 }
@@ -215,7 +214,7 @@ impl Session {
         let role = self.calls.role;
         match self.calls.streams.get_mut(&stream) {
             Some(s) if role == Role::Server && s.start_ns == ts => {
-                adopt_kernel_ctx(&mut s.ctx, s.tid, ctx, nesting);
+                adopt_kernel_ctx(&mut s.ctx, ctx, nesting);
                 true
             }
             _ => false,
@@ -249,7 +248,10 @@ impl Session {
             nesting,
             out,
             losses,
-            tid: d.tid,
+            thread: Thread {
+                tgid: d.tgid,
+                tid: d.tid,
+            },
             conn_id: d.conn_id,
             ts: d.ts_ns,
         };
@@ -360,8 +362,12 @@ impl Calls {
                 self.abandoned(&oldest, sink.nesting);
             }
         }
+        let key = (request.method.as_deref())
+            .zip(request.path.as_deref())
+            .map(|(m, p)| request_key(m, p, request.user_agent.as_deref()));
         let from = Sender {
-            tid: sink.tid,
+            thread: sink.thread,
+            request: key,
             conn_id: sink.conn_id,
             ts,
             endpoint: self.endpoint,
@@ -379,7 +385,6 @@ impl Calls {
         let stream = Stream {
             request,
             ctx,
-            tid: sink.tid,
             start_ns: ts,
             response: None,
             trailers: None,
@@ -421,7 +426,7 @@ impl Calls {
             return;
         };
         if self.role == Role::Server {
-            sink.nesting.server_done(s.tid, &s.ctx.span_id);
+            sink.nesting.server_done(&s.ctx.span_id);
         }
         sink.out.push(Exchange {
             role: self.role,
@@ -440,7 +445,7 @@ impl Calls {
     /// A stream given up on: the thread serving it serves it no more.
     fn abandoned(&self, s: &Stream, nesting: &mut Nesting) {
         if self.role == Role::Server {
-            nesting.server_done(s.tid, &s.ctx.span_id);
+            nesting.server_done(&s.ctx.span_id);
         }
     }
 }

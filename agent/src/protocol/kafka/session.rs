@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     capture::Data,
-    nesting::{Nesting, SpanCtx},
+    nesting::{Nesting, SpanCtx, Thread},
     protocol::{
         common::{request_ctx, Sender},
         Losses, Role,
@@ -60,7 +60,6 @@ pub struct Op {
 
 struct Pending {
     head: RequestHead,
-    tid: u32,
     ts: u64,
     work: Work,
 }
@@ -103,6 +102,15 @@ struct Sink<'a> {
     conn_id: u64,
     /// The call that completed the message.
     ts: u64,
+}
+
+impl Sink<'_> {
+    fn thread(&self) -> Thread {
+        Thread {
+            tgid: self.tgid,
+            tid: self.tid,
+        }
+    }
 }
 
 impl Session {
@@ -181,11 +189,11 @@ impl Session {
         self.losses.unanswered += pending.len() as u64;
         for p in pending.into_values() {
             if let Work::Serve(ctx) = p.work {
-                nesting.server_done(p.tid, &ctx.span_id);
+                nesting.server_done(&ctx.span_id);
             }
         }
-        for (tid, mut op) in self.processing.drain(..) {
-            nesting.server_done(tid, &op.ctx.span_id);
+        for (_, mut op) in self.processing.drain(..) {
+            nesting.server_done(&op.ctx.span_id);
             op.end_ns = ts.max(op.start_ns);
             out.push(op);
         }
@@ -220,7 +228,8 @@ impl Session {
             Request::Other
         };
         let from = Sender {
-            tid: sink.tid,
+            thread: sink.thread(),
+            request: None,
             conn_id: sink.conn_id,
             ts: m.ts,
             endpoint: self.endpoint,
@@ -268,13 +277,12 @@ impl Session {
             if let Some((_, oldest)) = self.pending.pop_first() {
                 self.losses.unanswered += 1;
                 if let Work::Serve(ctx) = oldest.work {
-                    sink.nesting.server_done(oldest.tid, &ctx.span_id);
+                    sink.nesting.server_done(&ctx.span_id);
                 }
             }
         }
         let p = Pending {
             head,
-            tid: sink.tid,
             ts: m.ts,
             work,
         };
@@ -327,7 +335,7 @@ impl Session {
                 }
             }
             (Work::Serve(ctx), decoded) => {
-                sink.nesting.server_done(p.tid, &ctx.span_id);
+                sink.nesting.server_done(&ctx.span_id);
                 self.served(p.head, p.ts, ctx, decoded, sink);
             }
             (Work::Other, Some(Response::Metadata(topics))) => {
@@ -346,7 +354,7 @@ impl Session {
         while i < self.processing.len() {
             if self.processing[i].0 == tid {
                 let (_, mut op) = self.processing.swap_remove(i);
-                sink.nesting.server_done(tid, &op.ctx.span_id);
+                sink.nesting.server_done(&op.ctx.span_id);
                 op.end_ns = sink.ts.max(op.start_ns);
                 sink.out.push(op);
             } else {
@@ -396,7 +404,7 @@ impl Session {
             }
             let op = Op {
                 kind: OpKind::Receive,
-                ctx: sink.nesting.nested_span(sink.tid),
+                ctx: sink.nesting.nested_span(sink.thread()),
                 start_ns: fetched_at,
                 end_ns: sink.ts.max(fetched_at),
                 topic,
@@ -421,8 +429,7 @@ impl Session {
                     continue;
                 };
                 let ctx = sink.nesting.consumer_span(
-                    sink.tid,
-                    sink.conn_id,
+                    sink.thread(),
                     head.correlation_id as u32,
                     sink.ts,
                     traceparent,

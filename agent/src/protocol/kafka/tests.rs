@@ -18,13 +18,15 @@ use kafka_protocol::{
 use super::{session::OpKind, Directory, Op, Session};
 use crate::{
     capture::{Data, KernelCtx},
-    nesting::Nesting,
+    nesting::{Nesting, Thread},
     protocol::Role,
     sampling::{Root, Sampler},
 };
 
 const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const TID: u32 = 7;
+/// The thread `Data::synthetic` records come from.
+const THREAD: Thread = Thread { tgid: 1, tid: TID };
 
 fn size_prefixed(body: BytesMut) -> Vec<u8> {
     let mut v = (body.len() as u32).to_be_bytes().to_vec();
@@ -291,7 +293,7 @@ fn a_record_with_context_is_processed_in_its_trace_and_parents_the_threads_calls
             (OpKind::Receive, 2, Some("billing"))
         );
         // The consumer thread calls out while processing.
-        let call = h.nesting.client_span(TID, h.ts + 10, None);
+        let call = h.nesting.client_span(THREAD, h.ts + 10, None);
         let empty = response(&FetchResponse::default(), ApiKey::Fetch, 11, 3);
         h.exchange(&request(&FetchRequest::default(), 11, 3), &empty, 4096);
         assert_eq!(h.ops.len(), 2);
@@ -309,7 +311,7 @@ fn a_record_with_context_is_processed_in_its_trace_and_parents_the_threads_calls
         assert_eq!(call.parent, Some(process.ctx.span_id));
         assert!(process.end_ns > process.start_ns);
         // After it ended, calls start their own traces.
-        assert_eq!(h.nesting.client_span(TID, h.ts + 10, None).parent, None);
+        assert_eq!(h.nesting.client_span(THREAD, h.ts + 10, None).parent, None);
     }
 }
 
@@ -330,7 +332,7 @@ fn records_of_several_traces_in_one_delivery_parent_no_calls() {
     // Both processed at once (which one a later call belongs to is unknown).
     let kinds: Vec<_> = h.ops.iter().map(|o| o.kind).collect();
     assert_eq!(kinds, [OpKind::Receive, OpKind::Process, OpKind::Process]);
-    assert_eq!(h.nesting.client_span(TID, h.ts, None).parent, None);
+    assert_eq!(h.nesting.client_span(THREAD, h.ts, None).parent, None);
 }
 
 #[test]

@@ -1,0 +1,204 @@
+//! Which traced processes have their requests counted per goroutine rather
+//! than per thread: Go executables, whose goroutines move between threads
+//! (a request read on one thread is answered, and its calls written, from
+//! others). The kernel finds the running goroutine below the thread's fs
+//! base (`ebpf/src/goroutine.rs`); this module finds where, and hooks
+//! `net/http`'s client hand-off to its writer goroutines, per process.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use memmap2::Mmap;
+use object::{Object, ObjectSection};
+
+use crate::{
+    capture::{Capture, Plan, TlsLinks},
+    tls::{go, library},
+};
+use clew_common::names::program as prog;
+
+/// Processes remembered at most; forgotten wholesale beyond (they are then
+/// looked at again).
+const MAX_PROCESSES: usize = 65536;
+
+/// Where Go keeps `g` relative to the fs base when the executable's only
+/// TLS variable is Go's own (`runtime.tlsg`, 8 bytes, right below the
+/// thread pointer in x86-64's TLS layout).
+const G_BELOW_FS: i64 = -8;
+
+const ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
+const REQUEST_WRITE: &str = "net/http.(*Request).write";
+
+/// What the agent knows of a Go executable.
+#[derive(Debug, PartialEq, Eq)]
+pub struct GoExe {
+    /// Where `g` sits relative to the fs base; `None` when the executable
+    /// has TLS of its own (cgo variables), so the offset is not known.
+    pub g_offset: Option<i64>,
+    /// The `net/http` client probes, when its symbols are there.
+    pub http: Option<Plan>,
+}
+
+#[derive(Default)]
+pub struct Runtimes {
+    /// Whether each process seen is Go.
+    by_process: HashMap<u32, bool>,
+    /// Go processes whose `net/http` probes wait to be attached.
+    due: Vec<(u32, Plan)>,
+    links: HashMap<u32, TlsLinks>,
+    /// Links of processes gone, to detach.
+    released: Vec<TlsLinks>,
+}
+
+impl Runtimes {
+    /// What process `tgid` runs, when it was not known yet: `Some` for a
+    /// Go executable (its `net/http` probes are then due), `None` for
+    /// anything else or a process already seen.
+    pub fn learn(&mut self, tgid: u32) -> Option<GoExe> {
+        if self.by_process.contains_key(&tgid) {
+            return None;
+        }
+        if self.by_process.len() >= MAX_PROCESSES {
+            self.by_process.clear();
+        }
+        let go = inspect(tgid);
+        self.by_process.insert(tgid, go.is_some());
+        let exe = go?;
+        if let (Some(plan), Some(_)) = (&exe.http, exe.g_offset) {
+            self.due.push((tgid, plan.clone()));
+        }
+        Some(exe)
+    }
+
+    /// The process exited or exec'd: whether it was Go.
+    pub fn forget(&mut self, tgid: u32) -> bool {
+        self.due.retain(|(p, _)| *p != tgid);
+        if let Some(l) = self.links.remove(&tgid) {
+            self.released.push(l);
+        }
+        self.by_process.remove(&tgid).unwrap_or(false)
+    }
+
+    /// Attaches the probes due and detaches those of processes gone.
+    pub fn attach_due(&mut self, capture: &mut Capture) {
+        for l in self.released.drain(..) {
+            capture.detach_tls(l);
+        }
+        for (tgid, plan) in self.due.drain(..) {
+            let exe = PathBuf::from(format!("/proc/{tgid}/exe"));
+            match capture.attach_tls(&exe, &plan, Some(tgid)) {
+                Ok(l) => {
+                    tracing::info!(
+                        pid = tgid,
+                        "Go net/http client hooked: calls nest per goroutine"
+                    );
+                    self.links.insert(tgid, l);
+                }
+                Err(e) => tracing::info!(pid = tgid, "Go net/http client not hooked: {e:#}"),
+            }
+        }
+    }
+
+    pub fn detach_all(&mut self, capture: &mut Capture) {
+        self.released.extend(self.links.drain().map(|(_, l)| l));
+        self.due.clear();
+        self.attach_due(capture);
+    }
+}
+
+/// `/proc/PID/exe`, if Go built it.
+fn inspect(pid: u32) -> Option<GoExe> {
+    inspect_file(std::path::Path::new(&format!("/proc/{pid}/exe")))
+}
+
+/// The executable at `path`, if Go built it: its runtime's sections are
+/// there even in stripped executables.
+fn inspect_file(path: &std::path::Path) -> Option<GoExe> {
+    let file = std::fs::File::open(path).ok()?;
+    // SAFETY: read-only mapping of an executable; a file changed under us
+    // gives a wrong answer, not unsoundness, since `object` only reads bytes.
+    let data = unsafe { Mmap::map(&file) }.ok()?;
+    let elf = object::File::parse(&*data).ok()?;
+    let is_go = elf.section_by_name(".go.buildinfo").is_some()
+        || elf.section_by_name(".gopclntab").is_some();
+    is_go.then(|| GoExe {
+        g_offset: g_offset(&elf),
+        http: http_plan(&elf),
+    })
+}
+
+fn g_offset(elf: &object::File<'_>) -> Option<i64> {
+    if !go::register_abi(elf) {
+        return None;
+    }
+    let size = |name| elf.section_by_name(name).map_or(0, |s| s.size());
+    (size(".tdata") + size(".tbss") <= 8).then_some(G_BELOW_FS)
+}
+
+fn http_plan(elf: &object::File<'_>) -> Option<Plan> {
+    if !go::register_abi(elf) {
+        return None;
+    }
+    let at = |name| library::file_offset(elf, &go::find(elf, name)?);
+    Some(vec![
+        (prog::GO_HTTP_ROUND_TRIP, at(ROUND_TRIP)?),
+        (prog::GO_HTTP_REQUEST_WRITE, at(REQUEST_WRITE)?),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::tls::go::tests::{peers, struct_members};
+
+    /// The e2e tests' Go peer: Go's own TLS only (g at -8), both
+    /// `net/http` functions found; stripped, no probes but still per
+    /// goroutine.
+    #[test]
+    fn go_executables_are_inspected() {
+        let (full, stripped) = peers();
+        let exe = inspect_file(full).expect("a Go executable");
+        assert_eq!(exe.g_offset, Some(G_BELOW_FS));
+        let plan = exe.http.expect("net/http symbols");
+        assert_eq!(plan.len(), 2);
+        let file = std::fs::read(full).unwrap();
+        for (name, off) in plan {
+            // Go's stack-growth check opens both: the offset is an entry.
+            let at = usize::try_from(off).unwrap();
+            let prologue = &file[at..at + 12];
+            assert!(
+                prologue.windows(3).any(|w| w == [0x3b, 0x66, 0x10]),
+                "{name} starts {prologue:02x?}"
+            );
+        }
+        let exe = inspect_file(stripped).expect("a Go executable");
+        assert_eq!((exe.g_offset, exe.http), (Some(G_BELOW_FS), None));
+    }
+
+    /// `go_http_round_trip` reads the `*Request` at the start of the
+    /// `transportRequest` it is given.
+    #[test]
+    fn transport_request_embeds_the_request_first() {
+        let m = struct_members(&peers().0);
+        let key = (
+            "net/http.transportRequest".to_string(),
+            "Request".to_string(),
+        );
+        assert_eq!(
+            m.get(&key),
+            Some(&0),
+            "{:?}",
+            m.keys()
+                .filter(|k| k.0.contains("transportRequest"))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn this_test_binary_is_not_go() {
+        let mut r = Runtimes::default();
+        assert_eq!(r.learn(std::process::id()), None);
+        assert_eq!(r.learn(std::process::id()), None);
+        assert!(!r.forget(std::process::id()));
+    }
+}

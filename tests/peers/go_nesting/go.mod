@@ -1,0 +1,3 @@
+module clew.test/go_nesting
+
+go 1.17
