@@ -16,10 +16,12 @@ use tokio::{
 use crate::{
     capture::{Capture, CaptureConfig},
     cli::{Mechanisms, RunArgs, SelectArgs, TlsAttach},
-    export::{ExportConfig, Exporter},
+    clock::unix_now_ns,
+    export::{export_metrics, ExportConfig, Exporter, Signal},
     health,
+    metrics::{route::RouteNames, Metrics, Pattern, Registry, Routes, Shared},
     nesting::Nesting,
-    pipeline::Pipeline,
+    pipeline::{Outputs, Pipeline},
     probe,
     processor::{Chain, TruncateAttributes},
     protocol::SpanOptions,
@@ -50,16 +52,37 @@ pub async fn run(args: RunArgs) -> Result<()> {
         env("OTEL_TRACES_SAMPLER").as_deref(),
         env("OTEL_TRACES_SAMPLER_ARG").as_deref(),
     )?;
-    let export_cfg = ExportConfig::from_env_and_args(args.otlp_endpoint, args.otlp_protocol)?;
+    let export_cfg = ExportConfig::from_env_and_args(
+        Signal::Traces,
+        args.otlp_endpoint.clone(),
+        args.otlp_protocol.clone(),
+    )?;
+    let metrics_cfg =
+        ExportConfig::from_env_and_args(Signal::Metrics, args.otlp_endpoint, args.otlp_protocol)?;
+    let metric_interval = metric_export_interval(env("OTEL_METRIC_EXPORT_INTERVAL"))?;
+    let patterns = args
+        .routes
+        .iter()
+        .map(|r| Pattern::parse(r))
+        .collect::<Result<Vec<_>>>()?;
     let stats = Arc::new(Stats::default());
+    let registry = Shared::new(Registry::new(args.metric_series_limit, unix_now_ns()));
     if let Some(addr) = args.health_listen {
-        let s = stats.clone();
+        let (s, r) = (stats.clone(), registry.clone());
         tokio::spawn(async move {
-            if let Err(e) = health::serve(addr, s).await {
+            if let Err(e) = health::serve(addr, s, r).await {
                 tracing::error!("{e:#}");
             }
         });
     }
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel();
+    let metrics_task = tokio::spawn(export_metrics(
+        metrics_cfg,
+        metric_interval,
+        registry.clone(),
+        stats.clone(),
+        metrics_stopped,
+    ));
 
     let mut capture = Capture::load(&CaptureConfig {
         select_all: selector.is_all(),
@@ -89,9 +112,18 @@ pub async fn run(args: RunArgs) -> Result<()> {
         selector.clone(),
         maps,
         Nesting::new(sampler),
-        exporter,
+        Outputs {
+            metrics: Metrics::new(
+                Routes::new(patterns.clone(), args.auto_routes),
+                registry,
+                stats.clone(),
+            ),
+            processors: Chain::default()
+                .then(RouteNames { patterns })
+                .then(TruncateAttributes::from_env(env)?),
+            exporter,
+        },
         opts,
-        Chain::default().then(TruncateAttributes::from_env(env)?),
         stats.clone(),
     );
     // Per process only makes sense when some processes are not traced.
@@ -170,8 +202,27 @@ pub async fn run(args: RunArgs) -> Result<()> {
     drop(capture);
     let exporter = pipeline.into_exporter();
     exporter.shutdown(Duration::from_secs(5)).await;
+    let _ = stop_metrics.send(());
+    match tokio::time::timeout(Duration::from_secs(5), metrics_task).await {
+        Ok(Ok(Err(e))) => tracing::warn!("metrics export: {e:#}"),
+        Ok(_) => {}
+        Err(_) => tracing::warn!("metrics export did not finish in time"),
+    }
     tracing::info!(stats = %stats.summary(), "stopped");
     Ok(())
+}
+
+/// `OTEL_METRIC_EXPORT_INTERVAL` in milliseconds; the SDKs' 60 s default.
+fn metric_export_interval(var: Option<String>) -> Result<Duration> {
+    let Some(v) = var.filter(|v| !v.trim().is_empty()) else {
+        return Ok(Duration::from_secs(60));
+    };
+    let ms: u64 = v
+        .trim()
+        .parse()
+        .with_context(|| format!("OTEL_METRIC_EXPORT_INTERVAL={v:?} is not milliseconds"))?;
+    anyhow::ensure!(ms > 0, "OTEL_METRIC_EXPORT_INTERVAL must be above 0");
+    Ok(Duration::from_millis(ms))
 }
 
 fn describe(s: &Selector) -> String {

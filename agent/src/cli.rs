@@ -116,6 +116,19 @@ pub struct RunArgs {
     /// attaches per file.
     #[arg(long, value_enum, default_value = "file")]
     pub tls_attach: TlsAttach,
+    /// A route template for `http.route` (e.g. `/users/{id}`): the first
+    /// that matches a server request's path names its metric series, its
+    /// span (`GET /users/{id}`) and the span's `http.route`. Repeatable.
+    #[arg(long = "route", env = "CLEW_ROUTES", value_delimiter = ',')]
+    pub routes: Vec<String>,
+    /// Template paths no `--route` matches for metrics: identifier-looking
+    /// segments become `{id}`, busy positions `{param}`.
+    #[arg(long, env = "CLEW_AUTO_ROUTES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_routes: bool,
+    /// Series per metric and service; past it, measurements go to one
+    /// series marked `otel.metric.overflow=true`.
+    #[arg(long, env = "CLEW_METRIC_SERIES_LIMIT", default_value_t = crate::metrics::registry::DEFAULT_SERIES_LIMIT)]
+    pub metric_series_limit: usize,
     /// Kernel→agent ring buffer size in MiB (rounded up to a power of two).
     #[arg(long, default_value_t = 4)]
     pub ringbuf_mib: u32,

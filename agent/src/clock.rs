@@ -36,6 +36,11 @@ impl Clock {
     }
 }
 
+/// Unix time now, in nanoseconds.
+pub fn unix_now_ns() -> u64 {
+    now(libc::CLOCK_REALTIME).max(0) as u64
+}
+
 impl Default for Clock {
     fn default() -> Self {
         Self::new()

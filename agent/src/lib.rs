@@ -3,7 +3,8 @@
 //! The pipeline, in the order data flows: [`capture`] (kernel programs and
 //! ring buffer) → [`conn`] (connection table) → [`protocol`] (detection,
 //! framing and transactions, one folder per protocol) → [`span`] with
-//! [`nesting`] and [`sampling`] → [`processor`] → [`export`]. [`pipeline`] drives one record through all of it;
+//! [`nesting`], [`metrics`] (from every transaction) and [`sampling`] →
+//! [`processor`] → [`export`]. [`pipeline`] drives one record through all of it;
 //! [`agent`] wires the stages to the runtime.
 
 pub mod agent;
@@ -15,6 +16,7 @@ pub mod export;
 pub mod health;
 pub mod mega_traces;
 pub mod memory;
+pub mod metrics;
 pub mod nesting;
 pub mod pipeline;
 pub mod probe;

@@ -13,6 +13,7 @@ use crate::{
     conn::{self, Conn, ConnTable},
     export::Exporter,
     mega_traces::{MegaTraces, MEGA_TRACE_SPANS},
+    metrics::Metrics,
     nesting::{Nesting, SpanCtx, Uncertain},
     process::Processes,
     processor::Chain,
@@ -27,6 +28,14 @@ const MAX_CONNS: usize = 65536;
 /// `--pid/--exe/--port` are re-resolved this often (ticks are 1 s): finding
 /// listeners means reading every process's fd table.
 const RESELECT_EVERY_TICKS: u64 = 5;
+
+/// Where finished transactions go: measured, then (if sampled) through
+/// the processors to the exporter.
+pub struct Outputs {
+    pub metrics: Metrics,
+    pub processors: Chain,
+    pub exporter: Exporter,
+}
 
 pub struct Pipeline {
     conns: ConnTable,
@@ -46,6 +55,7 @@ pub struct Pipeline {
     listed: HashSet<u32>,
     done: Vec<Transaction>,
     processors: Chain,
+    metrics: Metrics,
     ticks: u64,
     /// TLS libraries of the traced processes; the agent loop runs its scans.
     pub tls: TlsHooks,
@@ -56,11 +66,15 @@ impl Pipeline {
         selector: Selector,
         maps: KernelMaps,
         nesting: Nesting,
-        exporter: Exporter,
+        outputs: Outputs,
         opts: SpanOptions,
-        processors: Chain,
         stats: Arc<Stats>,
     ) -> Self {
+        let Outputs {
+            metrics,
+            processors,
+            exporter,
+        } = outputs;
         Pipeline {
             conns: ConnTable::new(MAX_CONNS),
             nesting,
@@ -77,6 +91,7 @@ impl Pipeline {
             listed: HashSet::new(),
             done: Vec::new(),
             processors,
+            metrics,
             ticks: 0,
             tls: TlsHooks::new(stats.clone()),
         }
@@ -416,15 +431,27 @@ impl Pipeline {
                     "mega-trace: one trace keeps growing"
                 );
             }
-            if !ctx.sampled {
-                stats::add(&self.stats.spans_unsampled, 1);
-                continue;
-            }
-            let mut span = t.into_span(facts, resource.clone(), &self.clock, self.opts);
-            if self.processors.run(&mut span) {
-                self.exporter.submit(span);
+            let (trace_id, span_id, parent) = (ctx.trace_id, ctx.span_id, ctx.parent);
+            let sampled = ctx.sampled;
+            // Measured before sampling: metrics count every transaction.
+            let measured = t
+                .measure(facts)
+                .map(|m| self.metrics.prepare(m, &resource, span_id, parent));
+            let exported = if sampled {
+                let mut span = t.into_span(facts, resource.clone(), &self.clock, self.opts);
+                let end_ns = span.end_ns;
+                if !self.processors.run(&mut span) {
+                    stats::add(&self.stats.spans_dropped_by_processors, 1);
+                    None
+                } else {
+                    self.exporter.submit(span).then_some(end_ns)
+                }
             } else {
-                stats::add(&self.stats.spans_dropped_by_processors, 1);
+                stats::add(&self.stats.spans_unsampled, 1);
+                None
+            };
+            if let Some(m) = measured {
+                self.metrics.record(&resource, m, trace_id, exported);
             }
         }
     }

@@ -16,7 +16,7 @@ pub enum SpanKind {
     Consumer,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum AttrValue {
     /// Borrowed for the fixed values of the conventions ("http", "1.1", ...).
     Str(Cow<'static, str>),

@@ -17,10 +17,10 @@ macro_rules! protocol_counters {
         }
 
         impl ProtocolStats {
-            fn render(all: &[ProtocolStats], s: &mut String) {
+            fn render(all: &[ProtocolStats], s: &mut String, ty: &str) {
                 $(
                     let _ = writeln!(s, "# HELP clew_protocol_{} {}", stringify!($name), $help);
-                    let _ = writeln!(s, "# TYPE clew_protocol_{} counter", stringify!($name));
+                    let _ = writeln!(s, "# TYPE clew_protocol_{} {ty}", stringify!($name));
                     for (p, c) in Protocol::ALL.iter().zip(all) {
                         let _ = writeln!(
                             s,
@@ -73,14 +73,19 @@ macro_rules! counters {
         }
 
         impl Stats {
-            pub fn render_prometheus(&self) -> String {
+            /// Prometheus text. OpenMetrics would have a counter's sample
+            /// end in `_total`, renaming every series between the two
+            /// formats; there the counters are typed `unknown` instead,
+            /// which keeps their names.
+            pub fn render_prometheus(&self, openmetrics: bool) -> String {
+                let ty = if openmetrics { "unknown" } else { "counter" };
                 let mut s = String::new();
                 $(
                     let _ = writeln!(s, "# HELP clew_{} {}", stringify!($name), $help);
-                    let _ = writeln!(s, "# TYPE clew_{} counter", stringify!($name));
+                    let _ = writeln!(s, "# TYPE clew_{} {ty}", stringify!($name));
                     let _ = writeln!(s, "clew_{} {}", stringify!($name), self.$name.load(Relaxed));
                 )*
-                ProtocolStats::render(&self.protocols, &mut s);
+                ProtocolStats::render(&self.protocols, &mut s, ty);
                 s
             }
 
@@ -133,6 +138,9 @@ counters! {
     tls_attach_failures: "TLS library files that could not be hooked",
     tls_unsupported: "processes using a TLS library Clew cannot hook",
     kernel_tls_unbound: "TLS records dropped: the socket under the SSL object was unknown",
+    metric_overflows: "measurements recorded in an overflow series (otel.metric.overflow=true): the series limit was reached",
+    service_graph_unpaired: "service-graph halves (client or server end of a call) forgotten before the other end was seen",
+    metric_exports_failed: "OTLP metrics exports that failed",
 }
 
 pub fn add(c: &AtomicU64, n: u64) {
@@ -151,9 +159,12 @@ mod tests {
     fn renders_counters() {
         let s = Stats::default();
         add(&s.events, 3);
-        assert!(s.render_prometheus().contains("clew_events 3\n"));
+        assert!(s.render_prometheus(false).contains("clew_events 3\n"));
+        assert!(s
+            .render_prometheus(true)
+            .contains("# TYPE clew_events unknown\nclew_events 3\n"));
         add(&s.protocol(Protocol::Http1).parse_errors, 2);
-        let text = s.render_prometheus();
+        let text = s.render_prometheus(false);
         assert!(text.contains("clew_protocol_parse_errors{protocol=\"http1\"} 2\n"));
         assert_eq!(s.summary(), "events=3 http1_parse_errors=2");
     }

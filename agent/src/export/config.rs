@@ -68,28 +68,60 @@ impl Default for ExportConfig {
     }
 }
 
-/// Where the endpoint came from decides whether `/v1/traces` is appended for
-/// http/protobuf.
+/// Which OTLP signal a configuration is for: each has its own variables
+/// (`OTEL_EXPORTER_OTLP_TRACES_*`, `OTEL_EXPORTER_OTLP_METRICS_*`) over
+/// the shared ones, and its own HTTP path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Traces,
+    Metrics,
+}
+
+impl Signal {
+    fn var(self, suffix: &str) -> String {
+        let signal = match self {
+            Signal::Traces => "TRACES",
+            Signal::Metrics => "METRICS",
+        };
+        format!("OTEL_EXPORTER_OTLP_{signal}_{suffix}")
+    }
+
+    fn http_path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/v1/traces",
+            Signal::Metrics => "/v1/metrics",
+        }
+    }
+}
+
+/// Where the endpoint came from decides whether the signal's path
+/// (`/v1/traces`) is appended for http/protobuf.
 #[derive(Clone, Copy)]
 enum EndpointSource {
     /// CLI argument: a base URL gets the path, a URL with a path is kept.
     Arg,
-    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`: used as-is, per the spec.
-    TracesVar,
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (or `_METRICS_`): used as-is, per the spec.
+    SignalVar,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`: always a base URL, per the spec.
     BaseVar,
 }
 
 impl ExportConfig {
-    /// Resolution order: explicit arguments, then `OTEL_EXPORTER_OTLP_TRACES_*`,
-    /// then `OTEL_EXPORTER_OTLP_*`. Without a protocol, port 4317 means grpc and
-    /// anything else http/protobuf. No endpoint anywhere means the console view.
-    pub fn from_env_and_args(endpoint: Option<String>, protocol: Option<String>) -> Result<Self> {
-        Self::resolve(endpoint, protocol, |key| std::env::var(key).ok())
+    /// Resolution order: explicit arguments, then `OTEL_EXPORTER_OTLP_TRACES_*`
+    /// (or `_METRICS_*`), then `OTEL_EXPORTER_OTLP_*`. Without a protocol,
+    /// port 4317 means grpc and anything else http/protobuf. No endpoint
+    /// anywhere means the console view (for traces; no OTLP for metrics).
+    pub fn from_env_and_args(
+        signal: Signal,
+        endpoint: Option<String>,
+        protocol: Option<String>,
+    ) -> Result<Self> {
+        Self::resolve(signal, endpoint, protocol, |key| std::env::var(key).ok())
     }
 
     /// Pure resolution over an environment lookup, so every case is testable.
     fn resolve(
+        signal: Signal,
         endpoint: Option<String>,
         protocol: Option<String>,
         env: impl Fn(&str) -> Option<String>,
@@ -98,24 +130,18 @@ impl ExportConfig {
         let non_empty = |v: &String| !v.trim().is_empty();
         let var = |key: &str| env(key).filter(non_empty);
         let first_var = |keys: [&str; 2]| keys.into_iter().find_map(var);
+        let (protocol_var, headers_var) = (signal.var("PROTOCOL"), signal.var("HEADERS"));
+        let (timeout_var, endpoint_var) = (signal.var("TIMEOUT"), signal.var("ENDPOINT"));
 
         let protocol = protocol
             .filter(non_empty)
-            .or_else(|| {
-                first_var([
-                    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-                    "OTEL_EXPORTER_OTLP_PROTOCOL",
-                ])
-            })
+            .or_else(|| first_var([&protocol_var, "OTEL_EXPORTER_OTLP_PROTOCOL"]))
             .map(|p| Protocol::parse(&p))
             .transpose()?;
 
         let mut headers = Vec::new();
         // Signal-specific headers come last so they override same-named generic ones.
-        for key in [
-            "OTEL_EXPORTER_OTLP_HEADERS",
-            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-        ] {
+        for key in ["OTEL_EXPORTER_OTLP_HEADERS", &headers_var] {
             if let Some(value) = var(key) {
                 let parsed = parse_headers(&value).with_context(|| format!("invalid {key}"))?;
                 merge_headers(&mut headers, parsed);
@@ -123,10 +149,7 @@ impl ExportConfig {
         }
 
         let export_timeout =
-            match first_var([
-                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-                "OTEL_EXPORTER_OTLP_TIMEOUT",
-            ]) {
+            match first_var([&timeout_var, "OTEL_EXPORTER_OTLP_TIMEOUT"]) {
                 Some(ms) => Duration::from_millis(ms.trim().parse().with_context(|| {
                     format!("invalid OTLP timeout {ms:?}: expected milliseconds")
                 })?),
@@ -136,9 +159,7 @@ impl ExportConfig {
         let source = endpoint
             .filter(non_empty)
             .map(|e| (e, EndpointSource::Arg))
-            .or_else(|| {
-                var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").map(|e| (e, EndpointSource::TracesVar))
-            })
+            .or_else(|| var(&endpoint_var).map(|e| (e, EndpointSource::SignalVar)))
             .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT").map(|e| (e, EndpointSource::BaseVar)));
         let Some((raw, source)) = source else {
             return Ok(ExportConfig {
@@ -148,7 +169,7 @@ impl ExportConfig {
             });
         };
 
-        let (endpoint, protocol) = resolve_endpoint(raw.trim(), source, protocol)?;
+        let (endpoint, protocol) = resolve_endpoint(raw.trim(), source, protocol, signal)?;
         Ok(ExportConfig {
             endpoint: Some(endpoint),
             protocol,
@@ -163,6 +184,7 @@ fn resolve_endpoint(
     raw: &str,
     source: EndpointSource,
     protocol: Option<Protocol>,
+    signal: Signal,
 ) -> Result<(String, Protocol)> {
     let mut url = Url::parse(raw).with_context(|| {
         format!("invalid OTLP endpoint {raw:?}: expected e.g. http://localhost:4317")
@@ -186,13 +208,13 @@ fn resolve_endpoint(
     let append_path = protocol == Protocol::HttpProtobuf
         && match source {
             EndpointSource::Arg => url.path() == "/",
-            EndpointSource::TracesVar => false,
+            EndpointSource::SignalVar => false,
             EndpointSource::BaseVar => true,
         };
     if !append_path {
         return Ok((raw.to_owned(), protocol));
     }
-    let path = format!("{}/v1/traces", url.path().trim_end_matches('/'));
+    let path = format!("{}{}", url.path().trim_end_matches('/'), signal.http_path());
     url.set_path(&path);
     Ok((url.into(), protocol))
 }
@@ -253,7 +275,17 @@ mod tests {
         protocol: Option<&str>,
         vars: &[(&str, &str)],
     ) -> Result<ExportConfig> {
-        ExportConfig::resolve(endpoint.map(Into::into), protocol.map(Into::into), |key| {
+        resolve_for(Signal::Traces, endpoint, protocol, vars)
+    }
+
+    fn resolve_for(
+        signal: Signal,
+        endpoint: Option<&str>,
+        protocol: Option<&str>,
+        vars: &[(&str, &str)],
+    ) -> Result<ExportConfig> {
+        let (endpoint, protocol) = (endpoint.map(Into::into), protocol.map(Into::into));
+        ExportConfig::resolve(signal, endpoint, protocol, |key| {
             vars.iter()
                 .find(|(k, _)| *k == key)
                 .map(|(_, v)| v.to_string())
@@ -422,5 +454,25 @@ mod tests {
                 "{var:?}"
             );
         }
+    }
+
+    #[test]
+    fn metrics_have_their_own_variables_and_path() {
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4318/t"),
+            ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "tenant=m"),
+        ];
+        let cfg = resolve_for(Signal::Metrics, None, None, &env).unwrap();
+        assert_eq!(cfg.endpoint.as_deref(), Some("http://base:4318/v1/metrics"));
+        assert_eq!(cfg.headers, vec![("tenant".into(), "m".into())]);
+        let env = [("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:4317")];
+        let cfg = resolve_for(Signal::Metrics, None, None, &env).unwrap();
+        assert_eq!(
+            endpoint_and_protocol(cfg),
+            (Some("http://m:4317".into()), Protocol::Grpc)
+        );
+        let cfg = resolve_for(Signal::Metrics, Some("http://arg:4318"), None, &[]).unwrap();
+        assert_eq!(cfg.endpoint.as_deref(), Some("http://arg:4318/v1/metrics"));
     }
 }

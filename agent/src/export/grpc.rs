@@ -1,6 +1,10 @@
 //! The OTLP gRPC `Export` call with a request that is already encoded: the
 //! batch is encoded once and every retry sends the same bytes, where the
 //! generated client would take (and clone) a whole prost message per attempt.
+//!
+//! One client serves traces and metrics: their responses are the same on
+//! the wire (`partial_success` is field 1 in both, and its rejected count
+//! field 1 in turn), so both are read as `ExportTraceServiceResponse`.
 
 use bytes::{BufMut, Bytes};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
@@ -9,27 +13,37 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 use tonic_prost::ProstDecoder;
 
-const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+use super::Signal;
 
-/// Sends encoded `ExportTraceServiceRequest`s over one channel.
+/// Sends encoded export requests of one signal over one channel.
 #[derive(Clone)]
-pub(super) struct TraceClient(tonic::client::Grpc<Channel>);
+pub(super) struct ExportClient {
+    grpc: tonic::client::Grpc<Channel>,
+    path: &'static str,
+}
 
-impl TraceClient {
-    pub(super) fn new(channel: Channel) -> Self {
-        TraceClient(tonic::client::Grpc::new(channel))
+impl ExportClient {
+    pub(super) fn new(channel: Channel, signal: Signal) -> Self {
+        let path = match signal {
+            Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+        };
+        ExportClient {
+            grpc: tonic::client::Grpc::new(channel),
+            path,
+        }
     }
 
     pub(super) async fn export(
         &mut self,
         request: tonic::Request<Bytes>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.0
+        self.grpc
             .ready()
             .await
             .map_err(|e| tonic::Status::unknown(format!("service was not ready: {e}")))?;
-        self.0
-            .unary(request, PathAndQuery::from_static(EXPORT), EncodedCodec)
+        self.grpc
+            .unary(request, PathAndQuery::from_static(self.path), EncodedCodec)
             .await
     }
 }

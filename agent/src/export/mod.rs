@@ -8,6 +8,7 @@ mod batch;
 mod config;
 mod console;
 mod grpc;
+mod metrics;
 mod otlp;
 mod proto;
 mod stats;
@@ -22,7 +23,8 @@ use anyhow::{ensure, Context, Result};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::task::JoinHandle;
 
-pub use config::{ExportConfig, Protocol};
+pub use config::{ExportConfig, Protocol, Signal};
+pub use metrics::export_metrics;
 pub use otlp::encode_request;
 pub use stats::ExportStats;
 
@@ -64,6 +66,7 @@ impl Exporter {
                     cfg.protocol,
                     &cfg.headers,
                     cfg.export_timeout,
+                    Signal::Traces,
                 )?;
                 tracing::info!(%endpoint, protocol = %cfg.protocol, "exporting spans over OTLP");
                 let batching = batch::Batching {
@@ -94,13 +97,16 @@ impl Exporter {
         })
     }
 
-    /// Never blocks, never awaits: if the queue is full the span is dropped and counted.
-    pub fn submit(&self, span: Span) {
-        match self.queue.try_send(span) {
-            Ok(()) => add(&self.counters.queued, 1),
-            Err(TrySendError::Full(_)) => add(&self.counters.dropped_queue_full, 1),
-            Err(TrySendError::Closed(_)) => add(&self.counters.dropped_stopped, 1),
-        }
+    /// Never blocks, never awaits: if the queue is full the span is
+    /// dropped and counted. Whether the span was queued.
+    pub fn submit(&self, span: Span) -> bool {
+        let counter = match self.queue.try_send(span) {
+            Ok(()) => &self.counters.queued,
+            Err(TrySendError::Full(_)) => &self.counters.dropped_queue_full,
+            Err(TrySendError::Closed(_)) => &self.counters.dropped_stopped,
+        };
+        add(counter, 1);
+        std::ptr::eq(counter, &self.counters.queued)
     }
 
     /// More than half the queue is waiting: the pipeline should leave

@@ -12,8 +12,8 @@ use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::Endpoint;
 use tonic::Code;
 
-use super::grpc::TraceClient;
-use super::Protocol;
+use super::grpc::ExportClient;
+use super::{Protocol, Signal};
 
 #[derive(Debug, thiserror::Error)]
 pub(super) enum SendError {
@@ -28,7 +28,7 @@ pub(super) enum SendError {
 pub(super) enum Transport {
     Grpc {
         // Boxed: the client is several times the size of the HTTP variant.
-        client: Box<TraceClient>,
+        client: Box<ExportClient>,
         metadata: MetadataMap,
     },
     Http {
@@ -44,6 +44,7 @@ impl Transport {
         protocol: Protocol,
         headers: &[(String, String)],
         timeout: Duration,
+        signal: Signal,
     ) -> Result<Self> {
         match protocol {
             Protocol::Grpc => {
@@ -62,7 +63,7 @@ impl Transport {
                     );
                 }
                 Ok(Transport::Grpc {
-                    client: Box::new(TraceClient::new(channel)),
+                    client: Box::new(ExportClient::new(channel, signal)),
                     metadata,
                 })
             }
@@ -95,8 +96,8 @@ impl Transport {
         }
     }
 
-    /// Sends one encoded `ExportTraceServiceRequest`; `Ok` carries how many
-    /// spans the collector rejected in a partial success.
+    /// Sends one encoded export request; `Ok` carries how many spans (or
+    /// data points) the collector rejected in a partial success.
     pub(super) async fn send(&mut self, request: &Bytes) -> Result<u64, SendError> {
         let response = match self {
             Transport::Grpc { client, metadata } => {
@@ -119,7 +120,8 @@ impl Transport {
                     .bytes()
                     .await
                     .map_err(|e| SendError::Transient(describe(&e)))?;
-                // The spans are in; a body we cannot read only hides partial-success details.
+                // The data is in; a body we cannot read only hides
+                // partial-success details. Read as a trace response: see grpc.rs.
                 ExportTraceServiceResponse::decode(body).unwrap_or_default()
             }
         };
@@ -198,6 +200,7 @@ mod tests {
                 protocol,
                 &headers,
                 Duration::from_secs(5),
+                Signal::Traces,
             )
             .unwrap();
             assert_eq!(
@@ -229,8 +232,14 @@ mod tests {
     async fn unreachable_collector_is_transient_for_both_protocols() {
         let endpoint = format!("http://127.0.0.1:{}", free_port());
         for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
-            let mut transport =
-                Transport::new(&endpoint, protocol, &[], Duration::from_secs(5)).unwrap();
+            let mut transport = Transport::new(
+                &endpoint,
+                protocol,
+                &[],
+                Duration::from_secs(5),
+                Signal::Traces,
+            )
+            .unwrap();
             let err = transport.send(&one_span_request()).await.unwrap_err();
             assert!(
                 matches!(err, SendError::Transient(_)),

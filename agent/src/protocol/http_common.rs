@@ -6,6 +6,7 @@ use std::{borrow::Cow, sync::Arc};
 use super::common::{push_peer, ConnFacts, Frame, Role, SpanOptions};
 use crate::{
     clock::Clock,
+    metrics::{Instrument, Measurement},
     span::{AttrValue, Attributes, Resource, Span, Status},
 };
 
@@ -41,7 +42,7 @@ pub fn http_span(
     opts: SpanOptions,
 ) -> Span {
     let mut a: Attributes = Vec::with_capacity(14);
-    let known = KNOWN_METHODS.iter().find(|m| **m == call.method).copied();
+    let known = known_method(call.method);
     if known.is_none() {
         a.push((
             "http.request.method_original",
@@ -53,7 +54,6 @@ pub fn http_span(
         a.push(("http.response.status_code", i64::from(status).into()));
     }
     a.push(("network.protocol.name", "http".into()));
-    a.push(("network.protocol.version", AttrValue::Str(call.version)));
     let tls = call
         .scheme
         .map_or(conn.tls, |s| s.eq_ignore_ascii_case("https"));
@@ -99,12 +99,8 @@ pub fn http_span(
     if let Some(ua) = call.user_agent {
         a.push(("user_agent.original", ua.to_owned().into()));
     }
-    let error_from = if frame.role == Role::Server { 500 } else { 400 };
-    let error = match (call.status, call.failure) {
-        (Some(s), _) if s >= error_from => Some(Cow::Owned(s.to_string())),
-        (_, Some(f)) => Some(Cow::Borrowed(f)),
-        _ => None,
-    };
+    let error = error_type(frame.role, &call);
+    a.push(("network.protocol.version", AttrValue::Str(call.version)));
     let status = match error {
         Some(e) => {
             a.push(("error.type", AttrValue::Str(e)));
@@ -113,6 +109,71 @@ pub fn http_span(
         None => Status::Unset,
     };
     frame.into_span(known.unwrap_or("HTTP").into(), status, a, resource, clock)
+}
+
+fn known_method(method: &str) -> Option<&'static str> {
+    KNOWN_METHODS.iter().find(|m| **m == method).copied()
+}
+
+/// Servers fail on 5xx, clients on 4xx too (the conventions' rule).
+fn error_type(role: Role, call: &HttpCall<'_>) -> Option<Cow<'static, str>> {
+    let error_from = if role == Role::Server { 500 } else { 400 };
+    match (call.status, call.failure) {
+        (Some(s), _) if s >= error_from => Some(Cow::Owned(s.to_string())),
+        (_, Some(f)) => Some(Cow::Borrowed(f)),
+        _ => None,
+    }
+}
+
+/// The `http.{server,client}.request.duration` measurement of a call,
+/// with the conventions' low-cardinality attributes only.
+pub fn http_measure<'a>(
+    call: &HttpCall<'a>,
+    role: Role,
+    duration_ns: u64,
+    conn: &ConnFacts,
+) -> Measurement<'a> {
+    let mut a: Attributes = Vec::with_capacity(7);
+    let method = known_method(call.method).unwrap_or("_OTHER");
+    a.push(("http.request.method", method.into()));
+    if let Some(status) = call.status {
+        a.push(("http.response.status_code", i64::from(status).into()));
+    }
+    let error = error_type(role, call);
+    let failed = error.is_some();
+    if let Some(e) = error {
+        a.push(("error.type", AttrValue::Str(e)));
+    }
+    a.push((
+        "network.protocol.version",
+        AttrValue::Str(call.version.clone()),
+    ));
+    let instrument = match role {
+        Role::Server => {
+            let tls = call
+                .scheme
+                .map_or(conn.tls, |s| s.eq_ignore_ascii_case("https"));
+            a.push(("url.scheme", if tls { "https" } else { "http" }.into()));
+            Instrument::HttpServer
+        }
+        Role::Client => {
+            let (server, port) = server_endpoint(role, conn, call.authority);
+            if let Some(s) = server {
+                a.push(("server.address", s.into()));
+            }
+            if let Some(p) = port {
+                a.push(("server.port", i64::from(p).into()));
+            }
+            Instrument::HttpClient
+        }
+    };
+    Measurement {
+        instrument,
+        duration_ns,
+        attributes: a,
+        path: (role == Role::Server).then_some(call.path),
+        failed,
+    }
 }
 
 /// `server.address` and `server.port`: the authority the client named,

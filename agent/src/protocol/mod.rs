@@ -11,6 +11,7 @@ use std::{net::SocketAddr, sync::Arc};
 use crate::{
     capture::Data,
     clock::Clock,
+    metrics::Measurement,
     nesting::{Nesting, SpanCtx},
     span::{Resource, Span},
 };
@@ -282,6 +283,15 @@ impl Transaction {
             Transaction::Http1(x) => &mut x.ctx,
             Transaction::Http2(x) => &mut x.ctx,
             Transaction::Kafka(x) => &mut x.ctx,
+        }
+    }
+
+    /// The transaction's RED measurement, whether or not it is sampled.
+    pub fn measure(&self, conn: &ConnFacts) -> Option<Measurement<'_>> {
+        match self {
+            Transaction::Http1(x) => Some(http1::measure(x, conn)),
+            Transaction::Http2(x) => Some(http2::measure(x, conn)),
+            Transaction::Kafka(x) => kafka::measure(x, conn),
         }
     }
 

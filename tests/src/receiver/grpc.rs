@@ -1,6 +1,12 @@
-//! OTLP/gRPC: a tonic TraceService that stores what it is sent.
+//! OTLP/gRPC: tonic TraceService and MetricsService that store what they are sent.
 
-use super::{ingest, Shared};
+use super::{ingest, ingest_metrics, Shared};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -23,9 +29,21 @@ impl TraceService for Collector {
     }
 }
 
+#[tonic::async_trait]
+impl MetricsService for Collector {
+    async fn export(
+        &self,
+        req: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        ingest_metrics(&self.0, req.get_ref());
+        Ok(Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
 pub(super) async fn serve(listener: tokio::net::TcpListener, store: Shared) {
     let result = tonic::transport::Server::builder()
-        .add_service(TraceServiceServer::new(Collector(store)))
+        .add_service(TraceServiceServer::new(Collector(store.clone())))
+        .add_service(MetricsServiceServer::new(Collector(store)))
         .serve_with_incoming(TcpIncoming::from(listener))
         .await;
     if let Err(e) = result {

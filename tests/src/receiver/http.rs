@@ -1,12 +1,15 @@
-//! OTLP/HTTP with protobuf bodies: POST /v1/traces.
+//! OTLP/HTTP with protobuf bodies: POST /v1/traces and /v1/metrics.
 
-use super::{ingest, reject, Shared};
+use super::{ingest, ingest_metrics, reject, Shared};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Router;
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -14,7 +17,34 @@ use prost::Message;
 
 const PROTOBUF: &str = "application/x-protobuf";
 
-async fn export(State(store): State<Shared>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+async fn traces(State(store): State<Shared>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+    export(&store, &headers, body, |store, body| {
+        let req = ExportTraceServiceRequest::decode(body)?;
+        ingest(store, &req);
+        Ok(ExportTraceServiceResponse::default().encode_to_vec())
+    })
+}
+
+async fn metrics(
+    State(store): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    export(&store, &headers, body, |store, body| {
+        let req = ExportMetricsServiceRequest::decode(body)?;
+        ingest_metrics(store, &req);
+        Ok(ExportMetricsServiceResponse::default().encode_to_vec())
+    })
+}
+
+/// Checks the request's headers, then `take` decodes and stores the body
+/// and encodes the response.
+fn export(
+    store: &Shared,
+    headers: &HeaderMap,
+    body: Bytes,
+    take: impl FnOnce(&Shared, Bytes) -> Result<Vec<u8>, prost::DecodeError>,
+) -> (StatusCode, [(&'static str, &'static str); 1], Vec<u8>) {
     let header = |name| {
         headers
             .get(name)
@@ -22,7 +52,7 @@ async fn export(State(store): State<Shared>, headers: HeaderMap, body: Bytes) ->
             .unwrap_or("")
     };
     let refuse = |code: StatusCode, why: String| {
-        reject(&store, why.clone());
+        reject(store, why.clone());
         (code, [("content-type", "text/plain")], why.into_bytes())
     };
     if !header("content-type").starts_with(PROTOBUF) {
@@ -44,25 +74,25 @@ async fn export(State(store): State<Shared>, headers: HeaderMap, body: Bytes) ->
             ),
         );
     }
-    match ExportTraceServiceRequest::decode(body) {
-        Ok(req) => {
-            ingest(&store, &req);
-            let resp = ExportTraceServiceResponse::default().encode_to_vec();
-            (StatusCode::OK, [("content-type", PROTOBUF)], resp)
-        }
+    match take(store, body) {
+        Ok(resp) => (StatusCode::OK, [("content-type", PROTOBUF)], resp),
         Err(e) => refuse(StatusCode::BAD_REQUEST, format!("undecodable body: {e}")),
     }
 }
 
 /// Records requests to any other path, so a wrong URL shows up in failure dumps.
 async fn elsewhere(State(store): State<Shared>, method: Method, uri: Uri) -> StatusCode {
-    reject(&store, format!("{method} {uri} (expected POST /v1/traces)"));
+    reject(
+        &store,
+        format!("{method} {uri} (expected POST /v1/traces or /v1/metrics)"),
+    );
     StatusCode::NOT_FOUND
 }
 
 pub(super) async fn serve(listener: tokio::net::TcpListener, store: Shared) {
     let app = Router::new()
-        .route("/v1/traces", post(export))
+        .route("/v1/traces", post(traces))
+        .route("/v1/metrics", post(metrics))
         .fallback(elsewhere)
         .with_state(store);
     if let Err(e) = axum::serve(listener, app).await {

@@ -1,8 +1,12 @@
-//! A real OTLP trace receiver (gRPC or HTTP/protobuf) that collects spans for assertions.
+//! A real OTLP receiver (gRPC or HTTP/protobuf) that collects spans and
+//! metrics for assertions.
 
 mod grpc;
 mod http;
+mod metric;
 mod span;
+
+pub use metric::RecvPoint;
 
 pub use span::{
     flatten, RecvSpan, Value, KIND_CLIENT, KIND_CONSUMER, KIND_PRODUCER, KIND_SERVER, STATUS_ERROR,
@@ -10,6 +14,7 @@ pub use span::{
 };
 
 use anyhow::{bail, Context, Result};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
@@ -45,6 +50,9 @@ pub(crate) struct Store {
     requests: usize,
     /// Requests the receiver refused (bad path, encoding, body), for failure messages.
     errors: Vec<String>,
+    /// The points of the latest metrics export (cumulative, so it holds them all).
+    metrics: Vec<RecvPoint>,
+    metric_requests: usize,
 }
 
 pub(crate) type Shared = Arc<Mutex<Store>>;
@@ -65,6 +73,12 @@ pub(crate) fn ingest(store: &Shared, req: &ExportTraceServiceRequest) {
         s.count += spans.len() as u64;
         s.spans.extend(spans);
     }
+}
+
+pub(crate) fn ingest_metrics(store: &Shared, req: &ExportMetricsServiceRequest) {
+    let mut s = store.lock().unwrap();
+    s.metric_requests += 1;
+    s.metrics = metric::flatten(req);
 }
 
 pub(crate) fn reject(store: &Shared, why: String) {
@@ -167,6 +181,46 @@ impl Receiver {
     /// Everything received so far.
     pub fn spans(&self) -> Vec<RecvSpan> {
         self.store.lock().unwrap().spans.clone()
+    }
+
+    /// The points of the latest metrics export.
+    pub fn metrics(&self) -> Vec<RecvPoint> {
+        self.store.lock().unwrap().metrics.clone()
+    }
+
+    /// Polls until `pred` holds for the latest metrics export and returns
+    /// its points; on timeout the error lists what did arrive.
+    pub fn wait_for_metrics(
+        &self,
+        pred: impl Fn(&[RecvPoint]) -> bool,
+        timeout: Duration,
+    ) -> Result<Vec<RecvPoint>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let points = self.metrics();
+            if pred(&points) {
+                return Ok(points);
+            }
+            if Instant::now() > deadline {
+                let s = self.store.lock().unwrap();
+                let mut out = format!(
+                    "metrics not as expected after {timeout:?}: {} export requests, latest:\n",
+                    s.metric_requests
+                );
+                for p in &s.metrics {
+                    let _ = writeln!(
+                        out,
+                        "  {} {} {:?} count={}",
+                        p.service, p.metric, p.attrs, p.count
+                    );
+                }
+                for e in &s.errors {
+                    let _ = writeln!(out, "  refused request: {e}");
+                }
+                bail!(out);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Polls until `pred` holds for the spans received so far and returns

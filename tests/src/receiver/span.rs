@@ -159,7 +159,7 @@ fn value_of(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> Val
     }
 }
 
-fn attr_map(kvs: &[KeyValue]) -> HashMap<String, Value> {
+pub(super) fn attr_map(kvs: &[KeyValue]) -> HashMap<String, Value> {
     kvs.iter()
         .map(|kv| (kv.key.clone(), value_of(&kv.value)))
         .collect()

@@ -13,4 +13,4 @@ pub use decoder::{Decoder, Frame, Side, MAX_HEAD};
 pub use head::{Headers, RequestHead, ResponseHead, MAX_HEADERS, MAX_HEADER_VALUE};
 pub use parse::ParseError;
 pub use session::{Exchange, Session};
-pub use spans::to_span;
+pub use spans::{measure, to_span};

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use super::Exchange;
 use crate::{
     clock::Clock,
+    metrics::Measurement,
     protocol::{
         common,
-        http_common::{http_span, HttpCall},
+        http_common::{http_measure, http_span, HttpCall},
         ConnFacts, SpanOptions,
     },
     span::{Resource, Span},
@@ -20,13 +21,28 @@ pub fn to_span(
     clock: &Clock,
     opts: SpanOptions,
 ) -> Span {
+    let frame = common::Frame {
+        ctx: x.ctx.clone(),
+        role: x.role,
+        start_ns: x.start_ns,
+        end_ns: x.end_ns,
+    };
+    http_span(call(&x), frame, conn, resource, clock, opts)
+}
+
+pub fn measure<'a>(x: &'a Exchange, conn: &ConnFacts) -> Measurement<'a> {
+    let duration = x.end_ns.saturating_sub(x.start_ns);
+    http_measure(&call(x), x.role, duration, conn)
+}
+
+fn call(x: &Exchange) -> HttpCall<'_> {
     let req = &x.request;
     let version = match req.minor_version {
         0 => "1.0".into(),
         1 => "1.1".into(),
         minor => format!("1.{minor}").into(),
     };
-    let call = HttpCall {
+    HttpCall {
         method: req.method(),
         path: req.path(),
         query: req.query(),
@@ -37,14 +53,7 @@ pub fn to_span(
         failure: None,
         user_agent: req.header("user-agent"),
         baggage: req.header("baggage"),
-    };
-    let frame = common::Frame {
-        ctx: x.ctx,
-        role: x.role,
-        start_ns: x.start_ns,
-        end_ns: x.end_ns,
-    };
-    http_span(call, frame, conn, resource, clock, opts)
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ mod unhuffman;
 pub use frame::{Event, FrameError, Frames, Payload};
 pub use hpack::{Fields, HeaderDecoder, HpackError};
 pub use session::{Exchange, Losses, Session};
-pub use spans::to_span;
+pub use spans::{measure, to_span};
 
 #[cfg(test)]
 mod tests;

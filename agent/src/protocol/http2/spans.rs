@@ -13,9 +13,10 @@ use std::sync::Arc;
 use super::Exchange;
 use crate::{
     clock::Clock,
+    metrics::{Instrument, Measurement},
     protocol::{
         common::{push_peer, Frame},
-        http_common::{http_span, server_endpoint, HttpCall},
+        http_common::{http_measure, http_span, server_endpoint, HttpCall},
         ConnFacts, Role, SpanOptions,
     },
     span::{AttrValue, Attributes, Resource, Span, Status},
@@ -34,21 +35,101 @@ pub fn to_span(
         start_ns: x.start_ns,
         end_ns: x.end_ns,
     };
-    let grpc = x
-        .request
-        .content_type
-        .as_deref()
-        .is_some_and(|c| c.starts_with("application/grpc"));
-    if grpc {
+    if is_grpc(&x) {
         return grpc_span(&x, frame, conn, resource, clock);
     }
+    http_span(call(&x), frame, conn, resource, clock, opts)
+}
+
+/// `http.*.request.duration`, or for gRPC `rpc.*.duration`.
+pub fn measure<'a>(x: &'a Exchange, conn: &ConnFacts) -> Measurement<'a> {
+    let duration = x.end_ns.saturating_sub(x.start_ns);
+    if !is_grpc(x) {
+        return http_measure(&call(x), x.role, duration, conn);
+    }
+    let mut a: Attributes = Vec::with_capacity(7);
+    a.push(("rpc.system", "grpc".into()));
+    let (service, method) = rpc_names(x);
+    if let Some((s, m)) = service.zip(method) {
+        a.push(("rpc.service", s.to_owned().into()));
+        a.push(("rpc.method", m.to_owned().into()));
+    }
+    let grpc_status = grpc_status(x);
+    if let Some(code) = grpc_status {
+        a.push(("rpc.grpc.status_code", i64::from(code).into()));
+    }
+    let error = grpc_error(x, grpc_status);
+    let failed = error.is_some();
+    if let Some(e) = error {
+        a.push(("error.type", e));
+    }
+    let instrument = match x.role {
+        Role::Server => Instrument::RpcServer,
+        Role::Client => {
+            let (server, port) = server_endpoint(x.role, conn, x.request.authority.as_deref());
+            if let Some(s) = server {
+                a.push(("server.address", s.into()));
+            }
+            if let Some(p) = port {
+                a.push(("server.port", i64::from(p).into()));
+            }
+            Instrument::RpcClient
+        }
+    };
+    Measurement {
+        instrument,
+        duration_ns: duration,
+        attributes: a,
+        path: None,
+        failed,
+    }
+}
+
+fn is_grpc(x: &Exchange) -> bool {
+    x.request
+        .content_type
+        .as_deref()
+        .is_some_and(|c| c.starts_with("application/grpc"))
+}
+
+/// `:path` is `/package.Service/Method`.
+fn rpc_names(x: &Exchange) -> (Option<&str>, Option<&str>) {
+    let path = x.request.path.as_deref().unwrap_or_default();
+    let name = path.strip_prefix('/').unwrap_or(path);
+    match name.split_once('/') {
+        Some((s, m)) => (Some(s), Some(m)),
+        None => (None, None),
+    }
+}
+
+/// From the trailers, or a trailers-only response (its one HEADERS block).
+fn grpc_status(x: &Exchange) -> Option<u32> {
+    [&x.trailers, &x.response]
+        .into_iter()
+        .flatten()
+        .find_map(|f| f.grpc_status)
+}
+
+fn grpc_error(x: &Exchange, grpc_status: Option<u32>) -> Option<AttrValue> {
+    let http_status = x.response.as_ref().and_then(|r| r.status);
+    match (x.reset, grpc_status, http_status) {
+        (Some(code), _, _) => Some(reset_name(code).into()),
+        (None, Some(code), _) if is_error(x.role, code) => Some(grpc_code_name(code).into()),
+        (None, Some(_), _) => None,
+        // No grpc-status: the call failed at the HTTP level.
+        (None, None, Some(s)) if s != 200 => Some(s.to_string().into()),
+        (None, None, _) => None,
+    }
+}
+
+fn call(x: &Exchange) -> HttpCall<'_> {
     let req = &x.request;
     let target = req.path.as_deref().unwrap_or_default();
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
     };
-    let call = HttpCall {
+    HttpCall {
         method: req.method.as_deref().unwrap_or_default(),
         path,
         query,
@@ -59,8 +140,7 @@ pub fn to_span(
         failure: x.reset.map(reset_name),
         user_agent: req.user_agent.as_deref(),
         baggage: req.baggage.as_deref(),
-    };
-    http_span(call, frame, conn, resource, clock, opts)
+    }
 }
 
 fn grpc_span(
@@ -72,18 +152,13 @@ fn grpc_span(
 ) -> Span {
     let mut a: Attributes = Vec::with_capacity(12);
     a.push(("rpc.system", "grpc".into()));
-    // `:path` is `/package.Service/Method`.
     let path = x.request.path.as_deref().unwrap_or_default();
     let name = path.strip_prefix('/').unwrap_or(path);
-    if let Some((service, method)) = name.split_once('/') {
+    if let (Some(service), Some(method)) = rpc_names(x) {
         a.push(("rpc.service", service.to_owned().into()));
         a.push(("rpc.method", method.to_owned().into()));
     }
-    // Trailers, or a trailers-only response (its one HEADERS block).
-    let grpc_status = [&x.trailers, &x.response]
-        .into_iter()
-        .flatten()
-        .find_map(|f| f.grpc_status);
+    let grpc_status = grpc_status(x);
     if let Some(code) = grpc_status {
         a.push(("rpc.grpc.status_code", i64::from(code).into()));
     }
@@ -105,16 +180,7 @@ fn grpc_span(
             a.push((key, n.into()));
         }
     }
-    let http_status = x.response.as_ref().and_then(|r| r.status);
-    let error: Option<AttrValue> = match (x.reset, grpc_status, http_status) {
-        (Some(code), _, _) => Some(reset_name(code).into()),
-        (None, Some(code), _) if is_error(frame.role, code) => Some(grpc_code_name(code).into()),
-        (None, Some(_), _) => None,
-        // No grpc-status: the call failed at the HTTP level.
-        (None, None, Some(s)) if s != 200 => Some(s.to_string().into()),
-        (None, None, _) => None,
-    };
-    let status = match error {
+    let status = match grpc_error(x, grpc_status) {
         Some(e) => {
             a.push(("error.type", e));
             let message = [&x.trailers, &x.response]

@@ -17,4 +17,4 @@ mod tests;
 
 pub use directory::Directory;
 pub use session::{Op, Session};
-pub use spans::to_span;
+pub use spans::{measure, to_span};

@@ -10,6 +10,7 @@ use kafka_protocol::ResponseError;
 use super::session::{Op, OpKind};
 use crate::{
     clock::Clock,
+    metrics::{Instrument, Measurement},
     protocol::{
         common::{push_peer, Frame},
         ConnFacts, Role,
@@ -85,6 +86,44 @@ pub fn to_span(op: Op, conn: &ConnFacts, resource: Arc<Resource>, clock: &Clock)
     let mut span = frame.into_span(name, status, a, resource, clock);
     span.kind = kind;
     span
+}
+
+/// `messaging.client.operation.duration` (send, receive) or
+/// `messaging.process.duration`; a broker's side has no such metric.
+pub fn measure<'a>(op: &Op, conn: &ConnFacts) -> Option<Measurement<'a>> {
+    let (operation, instrument) = match op.kind {
+        OpKind::Send => ("send", Instrument::MessagingClient),
+        OpKind::Receive => ("receive", Instrument::MessagingClient),
+        OpKind::Process => ("process", Instrument::MessagingProcess),
+        OpKind::Broker(_) => return None,
+    };
+    let mut a: Attributes = vec![
+        ("messaging.system", "kafka".into()),
+        ("messaging.operation.name", operation.into()),
+        ("messaging.operation.type", operation.into()),
+    ];
+    if let Some(t) = &op.topic {
+        a.push(("messaging.destination.name", t.clone().into()));
+    }
+    if let Some(g) = &op.group {
+        a.push(("messaging.consumer.group.name", g.clone().into()));
+    }
+    let error = ResponseError::try_from_code(op.error).map(|e| error_name(&e));
+    let failed = error.is_some();
+    if let Some(e) = error {
+        a.push(("error.type", e.into()));
+    }
+    if let (Instrument::MessagingClient, Some(s)) = (instrument, conn.peer) {
+        a.push(("server.address", s.ip().to_string().into()));
+        a.push(("server.port", i64::from(s.port()).into()));
+    }
+    Some(Measurement {
+        instrument,
+        duration_ns: op.end_ns.saturating_sub(op.start_ns),
+        attributes: a,
+        path: None,
+        failed,
+    })
 }
 
 fn broker_operation(api: kafka_protocol::messages::ApiKey) -> &'static str {
