@@ -16,6 +16,7 @@ pub mod h2;
 pub mod kafka;
 pub mod line_session;
 pub mod load;
+pub mod metrics;
 pub mod nesting;
 pub mod net;
 pub mod netns;

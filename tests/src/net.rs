@@ -114,15 +114,36 @@ pub fn http_status(url: &str) -> Result<u16> {
 }
 
 fn get(url: &str) -> Result<reqwest::blocking::Response> {
+    get_accepting(url, "*/*")
+}
+
+fn get_accepting(url: &str, accept: &str) -> Result<reqwest::blocking::Response> {
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()?;
-    client.get(url).send().with_context(|| format!("GET {url}"))
+    client
+        .get(url)
+        .header("accept", accept)
+        .send()
+        .with_context(|| format!("GET {url}"))
 }
 
 /// Body of a GET to `url` (only for untraced endpoints such as the agent's health server).
 pub fn http_text(url: &str) -> Result<String> {
     Ok(get(url)?.text()?)
+}
+
+/// Content type and body of a GET to `url` sending `accept` (only for
+/// untraced endpoints such as the agent's health server).
+pub fn http_negotiated(url: &str, accept: &str) -> Result<(String, String)> {
+    let resp = get_accepting(url, accept)?;
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    Ok((content_type, resp.text()?))
 }
 
 /// Polls `url` until it answers 200; `why_not` explains a timeout.

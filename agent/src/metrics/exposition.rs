@@ -10,7 +10,7 @@ use super::{
     instrument::Instrument,
     registry::{Registry, OVERFLOW_KEY},
 };
-use crate::span::{AttrValue, Attributes};
+use crate::span::AttrValue;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -40,28 +40,38 @@ impl Format {
 /// Appends the registry's families to `out` (which holds the agent's own
 /// counters); OpenMetrics' `# EOF` ends it.
 pub fn render(r: &Registry, format: Format, out: &mut String) {
+    let mut services: Vec<_> = r.services.iter().collect();
+    services.sort_by(|a, b| a.0.cmp(b.0));
     for instrument in Instrument::ALL {
-        let name = instrument.prometheus_name();
-        let mut header = false;
-        let mut services: Vec<_> = r.services.iter().collect();
-        services.sort_by(|a, b| a.0.cmp(b.0));
-        for (service, s) in services {
+        let mut rows = Vec::new();
+        for (service, s) in &services {
             let stream = &s.streams[instrument.index()];
-            let overflow = stream.overflow.iter().map(|h| (None, h));
-            let mut series: Vec<_> = stream.series.iter().map(|(a, h)| (Some(a), h)).collect();
-            series.sort_by_key(|(a, _)| format!("{a:?}"));
-            for (attrs, h) in series.into_iter().chain(overflow) {
-                if !header {
-                    family_header(out, name, instrument.description(), "histogram");
-                    header = true;
-                }
-                let mut labels = Labels::new(service);
-                match attrs {
-                    Some(a) => labels.attributes(a),
-                    None => labels.push(OVERFLOW_KEY, "true"),
-                }
-                histogram(out, format, name, &labels.0, h);
+            let mut series: Vec<Row<&Histogram>> = stream
+                .series
+                .iter()
+                .map(|(attrs, h)| {
+                    let mut labels = vec![("service_name".to_owned(), service.to_string())];
+                    labels.extend(attrs.iter().map(|(k, v)| (prometheus_key(k), text(v))));
+                    (labels, h)
+                })
+                .collect();
+            series.sort_by(|a, b| a.0.cmp(&b.0));
+            rows.extend(series);
+            if let Some(h) = &stream.overflow {
+                let labels = vec![
+                    ("service_name".to_owned(), service.to_string()),
+                    (prometheus_key(OVERFLOW_KEY), "true".to_owned()),
+                ];
+                rows.push((labels, h));
             }
+        }
+        if rows.is_empty() {
+            continue;
+        }
+        let name = instrument.prometheus_name();
+        family_header(out, name, instrument.description(), "histogram");
+        for (labels, h) in label_sets(&rows) {
+            histogram(out, format, name, &labels, h);
         }
     }
     service_graph(r, format, out);
@@ -70,28 +80,54 @@ pub fn render(r: &Registry, format: Format, out: &mut String) {
     }
 }
 
+/// A series' labels (Prometheus names) and its value.
+type Row<T> = (Vec<(String, String)>, T);
+
+/// Every row with every label of its family, empty where it has none
+/// (which Prometheus reads as absent): strict parsers want one label set
+/// per family.
+fn label_sets<T: Copy>(rows: &[Row<T>]) -> Vec<(String, T)> {
+    let mut keys: Vec<&str> = Vec::new();
+    for (labels, _) in rows {
+        for (k, _) in labels {
+            if !keys.contains(&k.as_str()) {
+                keys.push(k);
+            }
+        }
+    }
+    rows.iter()
+        .map(|(labels, h)| {
+            let mut text = String::new();
+            for key in &keys {
+                let value = labels.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+                push_label(&mut text, key, value.map_or("", String::as_str));
+            }
+            (text, *h)
+        })
+        .collect()
+}
+
 /// Reads one of an edge's counters.
 type EdgeCount = fn(&Edge) -> u64;
 /// Reads one of an edge's histograms.
 type EdgeDurations = fn(&Edge) -> &Histogram;
 
 fn service_graph(r: &Registry, format: Format, out: &mut String) {
-    let mut edges: Vec<_> = r
+    let mut edges: Vec<Row<&Edge>> = r
         .edges
         .edges
         .iter()
         .map(|((c, s), e)| {
-            let mut l = Labels::default();
-            l.push("client", c);
-            l.push("server", s);
-            (l.0, e)
+            let labels = vec![
+                ("client".to_owned(), c.clone()),
+                ("server".to_owned(), s.clone()),
+            ];
+            (labels, e)
         })
         .collect();
     edges.sort_by(|a, b| a.0.cmp(&b.0));
     if let Some(e) = &r.edges.overflow {
-        let mut l = Labels::default();
-        l.push(OVERFLOW_KEY, "true");
-        edges.push((l.0, e));
+        edges.push((vec![(prometheus_key(OVERFLOW_KEY), "true".to_owned())], e));
     }
     if edges.is_empty() {
         return;
@@ -108,17 +144,6 @@ fn service_graph(r: &Registry, format: Format, out: &mut String) {
             |e| e.failed,
         ),
     ];
-    for (base, help, value) in counters {
-        // OpenMetrics names the family without `_total`; text 0.0.4 does not.
-        let family = match format {
-            Format::OpenMetrics => base.to_owned(),
-            Format::Text => format!("{base}_total"),
-        };
-        family_header(out, &family, help, "counter");
-        for (labels, e) in &edges {
-            let _ = writeln!(out, "{base}_total{{{labels}}} {}", value(e));
-        }
-    }
     let histograms: [(&str, &str, EdgeDurations); 2] = [
         (
             "traces_service_graph_request_server_seconds",
@@ -131,10 +156,21 @@ fn service_graph(r: &Registry, format: Format, out: &mut String) {
             |e| &e.client,
         ),
     ];
+    for (base, help, value) in counters {
+        // OpenMetrics names the family without `_total`; text 0.0.4 does not.
+        let family = match format {
+            Format::OpenMetrics => base.to_owned(),
+            Format::Text => format!("{base}_total"),
+        };
+        family_header(out, &family, help, "counter");
+        for (labels, e) in label_sets(&edges) {
+            let _ = writeln!(out, "{base}_total{{{labels}}} {}", value(e));
+        }
+    }
     for (name, help, h) in histograms {
         family_header(out, name, help, "histogram");
-        for (labels, e) in &edges {
-            histogram(out, format, name, labels, h(e));
+        for (labels, e) in label_sets(&edges) {
+            histogram(out, format, name, &labels, h(e));
         }
     }
 }
@@ -172,44 +208,34 @@ fn histogram(out: &mut String, format: Format, name: &str, labels: &str, h: &His
     let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
 }
 
-/// A label set being written: `a="x",b="y"`.
-#[derive(Default)]
-struct Labels(String);
+/// Attribute keys as Prometheus names them: `.` becomes `_`.
+fn prometheus_key(key: &str) -> String {
+    key.replace('.', "_")
+}
 
-impl Labels {
-    fn new(service: &str) -> Self {
-        let mut l = Labels::default();
-        l.push("service_name", service);
-        l
+fn text(v: &AttrValue) -> String {
+    match v {
+        AttrValue::Str(s) => s.to_string(),
+        other => other.to_string(),
     }
+}
 
-    fn attributes(&mut self, attrs: &Attributes) {
-        for (k, v) in attrs {
-            match v {
-                AttrValue::Str(s) => self.push(k, s),
-                other => self.push(k, &other.to_string()),
-            }
+/// Appends `key="value"` (escaped) to a label list.
+fn push_label(out: &mut String, key: &str, value: &str) {
+    if !out.is_empty() {
+        out.push(',');
+    }
+    out.push_str(key);
+    out.push_str("=\"");
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
         }
     }
-
-    /// Attribute keys as Prometheus names them: `.` becomes `_`.
-    fn push(&mut self, key: &str, value: &str) {
-        if !self.0.is_empty() {
-            self.0.push(',');
-        }
-        self.0
-            .extend(key.chars().map(|c| if c == '.' { '_' } else { c }));
-        self.0.push_str("=\"");
-        for c in value.chars() {
-            match c {
-                '\\' => self.0.push_str("\\\\"),
-                '"' => self.0.push_str("\\\""),
-                '\n' => self.0.push_str("\\n"),
-                c => self.0.push(c),
-            }
-        }
-        self.0.push('"');
-    }
+    out.push('"');
 }
 
 #[cfg(test)]
@@ -265,6 +291,19 @@ mod tests {
         assert!(!out.contains("trace_id"));
         assert!(!out.contains("# EOF"));
         assert!(out.contains("le=\"10.0\"} 1\n"));
+    }
+
+    #[test]
+    fn every_series_of_a_family_has_the_same_labels() {
+        let mut r = registry();
+        let svc = resource(1, "svc");
+        let attrs = vec![("http.request.method", "POST".into())];
+        r.record(&svc, Instrument::HttpServer, attrs, 0.1, None);
+        let mut out = String::new();
+        render(&r, Format::Text, &mut out);
+        assert!(out.contains(
+            "http_server_request_duration_seconds_count{service_name=\"svc\",http_request_method=\"POST\",http_route=\"\"} 1\n"
+        ), "{out}");
     }
 
     #[test]
