@@ -84,28 +84,29 @@ fn series_cap_holds_under_random_paths() -> Result<()> {
     let rx = Receiver::start(Protocol::Grpc)?;
     let svc = PyService::start(&cg, "backend", None)?;
     let limit = LIMIT.to_string();
-    // Without automatic templating every path is its own route, so only
-    // the cap bounds the series; no spans, to keep the run short.
+    // Two word segments: automatic templating keeps up to 32 words per
+    // position before collapsing it, so hundreds of routes remain and only
+    // the cap bounds the series. No spans, to keep the run short.
     let agent = agent(
         &rx,
         &cg,
-        &["--auto-routes", "false", "--metric-series-limit", &limit],
+        &["--metric-series-limit", &limit],
         &[("OTEL_TRACES_SAMPLER", "always_off")],
     )?;
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut word = || -> String {
+        (0..6)
+            .map(|_| {
+                // xorshift: letters only, so no segment looks like an id.
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (b'a' + (seed % 26) as u8) as char
+            })
+            .collect()
+    };
     let paths: Vec<String> = (0..REQUESTS)
-        .map(|i| {
-            let word: String = (0..10)
-                .map(|_| {
-                    // xorshift: distinct letters-only segments, no id-looking ones.
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    (b'a' + (seed % 26) as u8) as char
-                })
-                .collect();
-            format!("/r/{word}{i}x")
-        })
+        .map(|_| format!("/{}/{}", word(), word()))
         .collect();
     route_client(&cg, svc.port, &paths, 4)?;
 
