@@ -1,6 +1,6 @@
 //! Userspace pipeline throughput on a recorded event stream: ring-buffer
 //! records → decode → protocol session (HTTP/1 framing and pairing) →
-//! spans → OTLP protobuf.
+//! RED metrics (every transaction) → spans (sampled ones) → OTLP protobuf.
 //! Run with `cargo xtask bench` (or `cargo bench -p clew --bench pipeline`).
 
 use std::sync::Arc;
@@ -9,10 +9,12 @@ use clew::{
     capture,
     clock::Clock,
     export::encode_request,
+    metrics::{registry::DEFAULT_SERIES_LIMIT, Metrics, Registry, Routes, Shared},
     nesting::Nesting,
-    protocol::{ConnFacts, Role, Session, Shared, SpanOptions},
+    protocol::{ConnFacts, Role, Session, Shared as ProtocolShared, SpanOptions},
     sampling::{Root, Sampler},
     span::Resource,
+    stats::Stats,
 };
 use clew_common::{dir, kind, DataHeader};
 #[global_allocator]
@@ -63,6 +65,72 @@ Date: Mon, 23 Nov 2026 20:00:00 GMT\r\n\r\n{\"id\":12345,\"status\":\"ok\"}\n";
         .collect()
 }
 
+/// What one pass over the stream does with each finished transaction.
+struct Pass<'a> {
+    stream: &'a [Vec<u8>],
+    resource: &'a Arc<Resource>,
+    facts: &'a ConnFacts,
+    clock: &'a Clock,
+    /// One transaction in this many becomes a span (head sampling).
+    sample_every: usize,
+    /// Measure every transaction, as the agent does before sampling.
+    metrics: bool,
+}
+
+impl Pass<'_> {
+    /// Encoded OTLP bytes, so that nothing is optimised away.
+    fn run(&self) -> usize {
+        let mut nesting = Nesting::new(Sampler::ParentBased(Root::AlwaysOn));
+        let mut session = Session::detect(Some(Role::Server), true, &self.stream[0], |_| None)
+            .expect("a known role always gets a session");
+        let mut metrics = Metrics::new(
+            Routes::new(Vec::new(), true),
+            Shared::new(Registry::new(DEFAULT_SERIES_LIMIT, 0)),
+            Arc::new(Stats::default()),
+        );
+        let mut shared = ProtocolShared::default();
+        let mut done = Vec::new();
+        let mut spans = Vec::with_capacity(BATCH);
+        let (mut bytes, mut n) = (0, 0);
+        for r in self.stream {
+            let Ok(capture::Event::Data(d)) = capture::decode(r) else {
+                unreachable!()
+            };
+            session.on_data(&d, &mut nesting, &mut shared, &mut done);
+            for mut t in done.drain(..) {
+                n += 1;
+                let ctx = t.ctx_mut();
+                let (trace_id, span_id, parent) = (ctx.trace_id, ctx.span_id, ctx.parent);
+                let measured = self
+                    .metrics
+                    .then(|| t.measure(self.facts))
+                    .flatten()
+                    .map(|m| metrics.prepare(m, self.resource, span_id, parent));
+                let sampled = n % self.sample_every == 0;
+                let exported = sampled.then(|| {
+                    let span = t.into_span(
+                        self.facts,
+                        self.resource.clone(),
+                        self.clock,
+                        SpanOptions::default(),
+                    );
+                    let end = span.end_ns;
+                    spans.push(span);
+                    end
+                });
+                if let Some(m) = measured {
+                    metrics.record(self.resource, m, trace_id, exported);
+                }
+                if spans.len() == BATCH {
+                    bytes += encode_request(&spans).len();
+                    spans.clear();
+                }
+            }
+        }
+        bytes + spans.len()
+    }
+}
+
 fn pipeline(c: &mut Criterion) {
     let stream = recorded_stream();
     let resource = Arc::new(Resource {
@@ -76,38 +144,25 @@ fn pipeline(c: &mut Criterion) {
         tls: false,
     };
     let clock = Clock::new();
+    let pass = |sample_every, metrics| Pass {
+        stream: &stream,
+        resource: &resource,
+        facts: &facts,
+        clock: &clock,
+        sample_every,
+        metrics,
+    };
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Elements(EXCHANGES as u64));
-    g.bench_function("records_to_otlp_bytes", |b| {
-        b.iter(|| {
-            let mut nesting = Nesting::new(Sampler::ParentBased(Root::AlwaysOn));
-            let mut session = Session::detect(Some(Role::Server), true, &stream[0], |_| None)
-                .expect("a known role always gets a session");
-            let mut shared = Shared::default();
-            let mut done = Vec::new();
-            let mut spans = Vec::with_capacity(BATCH);
-            let mut bytes = 0;
-            for r in &stream {
-                let Ok(capture::Event::Data(d)) = capture::decode(r) else {
-                    unreachable!()
-                };
-                session.on_data(&d, &mut nesting, &mut shared, &mut done);
-                for t in done.drain(..) {
-                    spans.push(t.into_span(
-                        &facts,
-                        resource.clone(),
-                        &clock,
-                        SpanOptions::default(),
-                    ));
-                }
-                if spans.len() == BATCH {
-                    bytes += encode_request(&spans).len();
-                    spans.clear();
-                }
-            }
-            bytes
-        })
-    });
+    let cases = [
+        ("records_to_otlp_bytes", pass(1, false)),
+        ("records_to_otlp_bytes_with_metrics", pass(1, true)),
+        ("one_percent_sampled", pass(100, false)),
+        ("one_percent_sampled_with_metrics", pass(100, true)),
+    ];
+    for (name, p) in &cases {
+        g.bench_function(*name, |b| b.iter(|| p.run()));
+    }
     g.finish();
 }
 

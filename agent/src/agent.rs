@@ -25,7 +25,7 @@ use crate::{
     probe,
     processor::{Chain, TruncateAttributes},
     protocol::SpanOptions,
-    sampling::Sampler,
+    sampling::{RecordThreshold, Sampler},
     select::Selector,
     stats::Stats,
     tls,
@@ -119,6 +119,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 stats.clone(),
             ),
             processors: Chain::default()
+                .then(RecordThreshold { sampler })
                 .then(RouteNames { patterns })
                 .then(TruncateAttributes::from_env(env)?),
             exporter,

@@ -1,16 +1,30 @@
 //! Head sampling as configured by `OTEL_TRACES_SAMPLER(_ARG)`. The decision
 //! for a new trace is a pure function of its trace id, so every Clew in a
-//! fleet (and any OpenTelemetry SDK with the same ratio) agrees on it.
+//! fleet (and any OpenTelemetry SDK with the same rule and ratio) agrees on
+//! it. Two rules:
+//!
+//! - `traceidratio`: the classic SDK rule, the trace id's low 8 bytes
+//!   below `ratio * 2^64`.
+//! - `probability`: the specification's `ProbabilitySampler` (consistent
+//!   probability sampling, W3C Trace Context Level 2 randomness): the trace
+//!   id's low 7 bytes at or above the rejection threshold
+//!   `(1 - ratio) * 2^56`, rounded to 4 hexadecimal digits as the
+//!   specification recommends; sampled spans carry it as `th` in the `ot`
+//!   member of their `tracestate`.
 
 use anyhow::{bail, Result};
 
-use crate::span::TraceId;
+use crate::{
+    processor::Processor,
+    span::{Span, TraceId},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Sampler {
     AlwaysOn,
     AlwaysOff,
     TraceIdRatio(f64),
+    Probability(Threshold),
     /// Follows a remote parent's sampled flag; roots use the inner rule.
     ParentBased(Root),
 }
@@ -20,6 +34,75 @@ pub enum Root {
     AlwaysOn,
     AlwaysOff,
     TraceIdRatio(f64),
+    Probability(Threshold),
+}
+
+/// A consistent-probability rejection threshold: a trace is kept when its
+/// 56-bit randomness is at or above it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Threshold(u64);
+
+/// 2^56: no randomness reaches it (probability 0).
+const NEVER: u64 = 1 << 56;
+/// Hexadecimal digits of precision, the specification's recommended default.
+const PRECISION: i32 = 4;
+
+impl Threshold {
+    /// Per the specification's `ProbabilityToThresholdWithPrecision`: the
+    /// rejection probability written as a float in [1, 2), whose 13
+    /// mantissa digits are the threshold's, rounded to [`PRECISION`]
+    /// significant digits (more for probabilities near zero).
+    pub fn from_probability(p: f64) -> Threshold {
+        if p >= 1.0 {
+            return Threshold(0);
+        }
+        if p <= 0.0 {
+            return Threshold(NEVER);
+        }
+        let (_, exp) = frexp(p);
+        // Python's `exp // -4` (floor division) in the reference code.
+        let precision = (PRECISION + (f64::from(exp) / -4.0).floor() as i32).clamp(1, 12);
+        let rejection = 2.0 - p + 0.5 * 2f64.powi(-4 * precision);
+        let mantissa = if rejection >= 2.0 {
+            (1u64 << 52) - 1
+        } else {
+            rejection.to_bits() & ((1u64 << 52) - 1)
+        };
+        // Keep `precision` hex digits of the 13, then widen 52 bits to 56.
+        let dropped = 4 * (13 - precision as u32);
+        Threshold((mantissa >> dropped << dropped) << 4)
+    }
+
+    /// Whether a trace with this randomness is kept.
+    pub fn keeps(self, trace_id: &TraceId) -> bool {
+        randomness(trace_id) >= self.0
+    }
+
+    pub fn value(self) -> u64 {
+        self.0
+    }
+
+    /// The `th` sub-key: 14 hex digits less trailing zeros (`0` for 100%).
+    pub fn th(self) -> String {
+        if self.0 == 0 {
+            return "0".into();
+        }
+        let digits = format!("{:014x}", self.0.min(NEVER - 1));
+        digits.trim_end_matches('0').to_owned()
+    }
+}
+
+/// The trace id's low 7 bytes (W3C Trace Context Level 2's random part).
+fn randomness(trace_id: &TraceId) -> u64 {
+    let mut low = [0u8; 8];
+    low[1..].copy_from_slice(&trace_id[9..]);
+    u64::from_be_bytes(low)
+}
+
+/// `p = m * 2^exp` with `m` in [0.5, 1), for finite positive `p`.
+fn frexp(p: f64) -> (f64, i32) {
+    let exp = p.log2().floor() as i32 + 1;
+    (p / 2f64.powi(exp), exp)
 }
 
 impl Sampler {
@@ -32,14 +115,17 @@ impl Sampler {
                 _ => bail!("OTEL_TRACES_SAMPLER_ARG={a:?} is not a ratio between 0 and 1"),
             }
         };
+        let threshold = || ratio().map(Threshold::from_probability);
         Ok(
             match name.map(str::trim).unwrap_or("parentbased_always_on") {
                 "always_on" => Sampler::AlwaysOn,
                 "always_off" => Sampler::AlwaysOff,
                 "traceidratio" => Sampler::TraceIdRatio(ratio()?),
+                "probability" => Sampler::Probability(threshold()?),
                 "parentbased_always_on" => Sampler::ParentBased(Root::AlwaysOn),
                 "parentbased_always_off" => Sampler::ParentBased(Root::AlwaysOff),
                 "parentbased_traceidratio" => Sampler::ParentBased(Root::TraceIdRatio(ratio()?)),
+                "parentbased_probability" => Sampler::ParentBased(Root::Probability(threshold()?)),
                 other => bail!("unsupported OTEL_TRACES_SAMPLER={other:?}"),
             },
         )
@@ -51,12 +137,73 @@ impl Sampler {
             (Sampler::AlwaysOn, _) => true,
             (Sampler::AlwaysOff, _) => false,
             (Sampler::TraceIdRatio(r), _) => ratio(trace_id, *r),
+            (Sampler::Probability(t), _) => t.keeps(trace_id),
             (Sampler::ParentBased(_), Some(p)) => p,
             (Sampler::ParentBased(Root::AlwaysOn), None) => true,
             (Sampler::ParentBased(Root::AlwaysOff), None) => false,
             (Sampler::ParentBased(Root::TraceIdRatio(r)), None) => ratio(trace_id, *r),
+            (Sampler::ParentBased(Root::Probability(t)), None) => t.keeps(trace_id),
         }
     }
+
+    /// The `th` a span sampled by this sampler carries, when Clew's own
+    /// rule decided it: every span for `probability`, roots for
+    /// `parentbased_probability` (a child follows its parent's decision,
+    /// and its parent's `tracestate`).
+    pub fn threshold_for(&self, has_parent: bool) -> Option<Threshold> {
+        match self {
+            Sampler::Probability(t) => Some(*t),
+            Sampler::ParentBased(Root::Probability(t)) if !has_parent => Some(*t),
+            _ => None,
+        }
+    }
+}
+
+/// Writes the `probability` sampler's threshold into the `tracestate` of
+/// the spans whose sampling Clew decided, so that backends can weigh them
+/// (adjusted count) and later samplers stay consistent with it.
+pub struct RecordThreshold {
+    pub sampler: Sampler,
+}
+
+impl Processor for RecordThreshold {
+    fn process(&mut self, span: &mut Span) -> bool {
+        if let Some(t) = self.sampler.threshold_for(span.parent_span_id.is_some()) {
+            span.trace_state = with_threshold(&span.trace_state, &t.th());
+        }
+        true
+    }
+}
+
+/// `tracestate` with `th:{th}` in its `ot` member, which moves to the
+/// front (W3C: an updated member goes first); other members stay as they were.
+fn with_threshold(tracestate: &str, th: &str) -> String {
+    let mut ot = format!("ot=th:{th}");
+    let mut others = Vec::new();
+    for member in tracestate
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+    {
+        match member.strip_prefix("ot=") {
+            Some(subkeys) => {
+                for sub in subkeys
+                    .split(';')
+                    .filter(|k| !k.starts_with("th:") && !k.is_empty())
+                {
+                    ot.push(';');
+                    ot.push_str(sub);
+                }
+            }
+            None => others.push(member),
+        }
+    }
+    // W3C allows 32 members: the oldest (rightmost) gives way.
+    others.truncate(31);
+    std::iter::once(ot.as_str())
+        .chain(others)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The sampler as the kernel programs apply it when they decide the ids of
@@ -65,26 +212,35 @@ impl Sampler {
 pub struct KernelSampling {
     /// 1: every new trace is sampled.
     pub always: u32,
-    /// Otherwise sampled when the trace id's low 8 bytes are below this.
+    /// Otherwise sampled when the trace id's low 8 bytes are below this
+    /// (`traceidratio`), or its low 7 bytes at or above it (`probability`).
     pub threshold: u64,
     /// 1: an incoming sampled flag decides.
     pub parent_based: u32,
+    /// 1: the `probability` rule.
+    pub consistent: u32,
 }
 
 impl Sampler {
     pub fn kernel(&self) -> KernelSampling {
-        let (root_ratio, parent_based) = match *self {
-            Sampler::AlwaysOn => (1.0, 0),
-            Sampler::AlwaysOff => (0.0, 0),
-            Sampler::TraceIdRatio(r) => (r, 0),
-            Sampler::ParentBased(Root::AlwaysOn) => (1.0, 1),
-            Sampler::ParentBased(Root::AlwaysOff) => (0.0, 1),
-            Sampler::ParentBased(Root::TraceIdRatio(r)) => (r, 1),
+        let (root, parent_based) = match *self {
+            Sampler::AlwaysOn => (Root::AlwaysOn, 0),
+            Sampler::AlwaysOff => (Root::AlwaysOff, 0),
+            Sampler::TraceIdRatio(r) => (Root::TraceIdRatio(r), 0),
+            Sampler::Probability(t) => (Root::Probability(t), 0),
+            Sampler::ParentBased(root) => (root, 1),
+        };
+        let (always, threshold, consistent) = match root {
+            Root::AlwaysOn => (1, u64::MAX, 0),
+            Root::AlwaysOff => (0, 0, 0),
+            Root::TraceIdRatio(r) => ((r >= 1.0) as u32, (r * u64::MAX as f64) as u64, 0),
+            Root::Probability(t) => ((t.value() == 0) as u32, t.value(), 1),
         };
         KernelSampling {
-            always: (root_ratio >= 1.0) as u32,
-            threshold: (root_ratio * u64::MAX as f64) as u64,
+            always,
+            threshold,
             parent_based,
+            consistent,
         }
     }
 }
@@ -151,9 +307,77 @@ mod tests {
             KernelSampling {
                 always: 0,
                 threshold: 0,
-                parent_based: 0
+                parent_based: 0,
+                consistent: 0,
             }
         );
+        let k = Sampler::from_env(Some("probability"), Some("0.25"))
+            .unwrap()
+            .kernel();
+        assert_eq!(
+            (k.always, k.threshold, k.consistent),
+            (0, 0xc0_0000_0000_0000, 1)
+        );
+    }
+
+    /// The specification's table (precision 4): 1-in-N and its `th`.
+    #[test]
+    fn thresholds_match_the_specification() {
+        for (p, th) in [
+            (1.0, "0"),
+            (0.5, "8"),
+            (0.25, "c"),
+            (0.1, "e666"),
+            (0.01, "fd70a"),
+            (1.0 / 3.0, "aaab"),
+            (0.001, "ffbe77"),
+            (0.0001, "fff9724"),
+            (0.000001, "ffffef39"),
+        ] {
+            assert_eq!(Threshold::from_probability(p).th(), th, "{p}");
+        }
+        assert!(!Threshold::from_probability(0.0).keeps(&[0xff; 16]));
+    }
+
+    #[test]
+    fn probability_keeps_randomness_at_or_above_the_threshold() {
+        let s = Sampler::from_env(Some("probability"), Some("0.25")).unwrap();
+        let with_randomness = |r: u64| {
+            let mut t = [0x11; 16];
+            t[9..].copy_from_slice(&r.to_be_bytes()[1..]);
+            t
+        };
+        assert!(s.sample(&with_randomness(0xc0_0000_0000_0000), None));
+        assert!(!s.sample(&with_randomness(0xbf_ffff_ffff_ffff), None));
+        // Byte 8 is not part of the randomness.
+        let mut t = with_randomness(0xc0_0000_0000_0000);
+        t[8] = 0;
+        assert!(s.sample(&t, None));
+        assert_eq!(s.threshold_for(true).unwrap().th(), "c");
+        let pb = Sampler::from_env(Some("parentbased_probability"), Some("0.25")).unwrap();
+        assert!(pb.sample(&with_randomness(0), Some(true)));
+        assert_eq!(pb.threshold_for(true), None);
+        assert_eq!(pb.threshold_for(false).unwrap().th(), "c");
+        assert_eq!(Sampler::AlwaysOn.threshold_for(false), None);
+    }
+
+    #[test]
+    fn the_threshold_goes_into_the_ot_member() {
+        assert_eq!(with_threshold("", "c"), "ot=th:c");
+        assert_eq!(with_threshold("vendor=x", "c"), "ot=th:c,vendor=x");
+        assert_eq!(
+            with_threshold("vendor=x,ot=rv:6e6d1a75832a2f;th:8", "c"),
+            "ot=th:c;rv:6e6d1a75832a2f,vendor=x"
+        );
+        let mut span = crate::export::test_support::span(
+            &crate::export::test_support::resource(1, "svc"),
+            1,
+            1,
+            None,
+        );
+        let sampler = Sampler::from_env(Some("parentbased_probability"), Some("0.01")).unwrap();
+        assert!(RecordThreshold { sampler }.process(&mut span));
+        assert_eq!(span.trace_state, "ot=th:fd70a");
     }
 
     #[test]

@@ -345,6 +345,7 @@ pub mod names {
         pub const SAMPLE_ALWAYS: &str = "SAMPLE_ALWAYS";
         pub const SAMPLE_THRESHOLD: &str = "SAMPLE_THRESHOLD";
         pub const SAMPLE_PARENT_BASED: &str = "SAMPLE_PARENT_BASED";
+        pub const SAMPLE_CONSISTENT: &str = "SAMPLE_CONSISTENT";
         pub const INJECT: &str = "INJECT";
         pub const TCP_OPTION: &str = "TCP_OPTION";
         pub const TASK_FSBASE_OFFSET: &str = "TASK_FSBASE_OFFSET";

@@ -19,13 +19,17 @@ use crate::{
 
 /// Head sampling, set by the agent from OTEL_TRACES_SAMPLER(_ARG): a new
 /// trace is sampled when the low 8 bytes of its id (big-endian) are below
-/// the threshold; `SAMPLE_PARENT_BASED` honours an incoming sampled flag.
+/// the threshold (`traceidratio`), or with `SAMPLE_CONSISTENT` when its low
+/// 7 bytes are at or above it (`probability`); `SAMPLE_PARENT_BASED`
+/// honours an incoming sampled flag.
 #[unsafe(no_mangle)]
 static SAMPLE_THRESHOLD: u64 = u64::MAX;
 #[unsafe(no_mangle)]
 static SAMPLE_ALWAYS: u32 = 1;
 #[unsafe(no_mangle)]
 static SAMPLE_PARENT_BASED: u32 = 1;
+#[unsafe(no_mangle)]
+static SAMPLE_CONSISTENT: u32 = 0;
 
 /// Whose requests a `SERVING` entry follows: a thread (its pid_tgid, `g`
 /// 0); for processes in `NEST_BY_PROCESS` a goroutine (tid 0, its `g`), or
@@ -143,7 +147,13 @@ fn sample_root(trace_id: &[u8; 16]) -> bool {
     }
     let mut low = [0u8; 8];
     low.copy_from_slice(&trace_id[8..]);
-    u64::from_be_bytes(low) < unsafe { core::ptr::read_volatile(&SAMPLE_THRESHOLD) }
+    let low = u64::from_be_bytes(low);
+    let threshold = unsafe { core::ptr::read_volatile(&SAMPLE_THRESHOLD) };
+    if unsafe { core::ptr::read_volatile(&SAMPLE_CONSISTENT) } == 1 {
+        low & 0x00ff_ffff_ffff_ffff >= threshold
+    } else {
+        low < threshold
+    }
 }
 
 fn root() -> TraceCtx {

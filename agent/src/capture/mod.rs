@@ -122,6 +122,7 @@ impl Capture {
                 &cfg.sampling.parent_based,
                 true,
             )
+            .override_global(global::SAMPLE_CONSISTENT, &cfg.sampling.consistent, true)
             .override_global(global::INJECT, &(cfg.propagation.headers as u32), true)
             .override_global(
                 global::TCP_OPTION,
@@ -354,6 +355,7 @@ mod tests {
             global::SAMPLE_ALWAYS,
             global::SAMPLE_THRESHOLD,
             global::SAMPLE_PARENT_BASED,
+            global::SAMPLE_CONSISTENT,
             global::INJECT,
             global::TCP_OPTION,
             global::TASK_FSBASE_OFFSET,
