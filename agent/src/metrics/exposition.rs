@@ -115,12 +115,11 @@ type EdgeDurations = fn(&Edge) -> &Histogram;
 fn service_graph(r: &Registry, format: Format, out: &mut String) {
     let mut edges: Vec<Row<&Edge>> = r
         .edges
-        .edges
         .iter()
-        .map(|((c, s), e)| {
+        .map(|(c, s, e)| {
             let labels = vec![
-                ("client".to_owned(), c.clone()),
-                ("server".to_owned(), s.clone()),
+                ("client".to_owned(), c.to_owned()),
+                ("server".to_owned(), s.to_owned()),
             ];
             (labels, e)
         })

@@ -4,10 +4,15 @@
 //! OpenTelemetry Collector's servicegraph connector (whose metric names
 //! Clew uses); the halves wait for each other in a bounded table.
 
-use std::collections::{hash_map::Entry, HashMap, VecDeque};
+use std::{
+    collections::{hash_map::Entry, VecDeque},
+    sync::Arc,
+};
+
+use foldhash::HashMap;
 
 use super::histogram::Histogram;
-use crate::span::SpanId;
+use crate::span::{Resource, SpanId};
 
 /// The servicegraph connector's default boundaries, in seconds.
 pub const BUCKETS: &[f64] = &[
@@ -20,7 +25,9 @@ const MAX_WAITING: usize = 4096;
 /// One end of a call, as the metrics saw it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Half {
-    pub service: String,
+    /// Its process (only the service name is used): an `Arc` clone per
+    /// call, where a name would be a string copy.
+    pub resource: Arc<Resource>,
     pub seconds: f64,
     pub failed: bool,
 }
@@ -112,8 +119,9 @@ impl Edge {
 /// Every edge, capped like any metric's series.
 pub struct Edges {
     limit: usize,
-    /// By (client, server) service names.
-    pub edges: HashMap<(String, String), Edge>,
+    len: usize,
+    /// By client, then server service name (looked up without copying them).
+    pub edges: HashMap<String, HashMap<String, Edge>>,
     pub overflow: Option<Edge>,
 }
 
@@ -121,19 +129,40 @@ impl Edges {
     pub fn new(limit: usize) -> Self {
         Edges {
             limit: limit.max(1),
-            edges: HashMap::new(),
+            len: 0,
+            edges: HashMap::default(),
             overflow: None,
         }
     }
 
+    /// Every edge: (client, server, counts).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str, &Edge)> {
+        self.edges
+            .iter()
+            .flat_map(|(c, to)| to.iter().map(move |(s, e)| (c.as_str(), s.as_str(), e)))
+    }
+
     /// Whether the pair went to the overflow edge.
     pub fn add(&mut self, pair: Pair) -> bool {
-        let key = (pair.client.service.clone(), pair.server.service.clone());
-        let full = self.edges.len() + 1 >= self.limit;
-        let (edge, overflowed) = match self.edges.entry(key) {
-            Entry::Occupied(e) => (e.into_mut(), false),
-            Entry::Vacant(_) if full => (self.overflow.get_or_insert_with(Edge::new), true),
-            Entry::Vacant(e) => (e.insert(Edge::new()), false),
+        let (client, server) = (
+            &pair.client.resource.service_name,
+            &pair.server.resource.service_name,
+        );
+        let known = self
+            .edges
+            .get_mut(client.as_str())
+            .and_then(|to| to.get_mut(server.as_str()));
+        let (edge, overflowed) = match known {
+            Some(e) => (e, false),
+            // The overflow edge counts toward the limit.
+            None if self.len + 1 >= self.limit => {
+                (self.overflow.get_or_insert_with(Edge::new), true)
+            }
+            None => {
+                self.len += 1;
+                let to = self.edges.entry(client.clone()).or_default();
+                (to.entry(server.clone()).or_insert_with(Edge::new), false)
+            }
         };
         edge.add(&pair);
         overflowed
@@ -146,7 +175,7 @@ mod tests {
 
     fn half(service: &str, seconds: f64, failed: bool) -> Half {
         Half {
-            service: service.into(),
+            resource: crate::export::test_support::resource(1, service),
             seconds,
             failed,
         }
@@ -157,10 +186,11 @@ mod tests {
         let mut p = Pairing::default();
         assert_eq!(p.server([1; 8], half("b", 0.1, false)), None);
         let pair = p.client([1; 8], half("a", 0.2, false)).unwrap();
-        assert_eq!(
-            (pair.client.service.as_str(), pair.server.service.as_str()),
-            ("a", "b")
+        let names = (
+            &pair.client.resource.service_name,
+            &pair.server.resource.service_name,
         );
+        assert_eq!((names.0.as_str(), names.1.as_str()), ("a", "b"));
         assert_eq!(p.client([2; 8], half("a", 0.2, false)), None);
         assert!(
             p.server([2; 8], half("c", 0.1, true))
@@ -192,7 +222,7 @@ mod tests {
         assert!(!e.add(pair("a", true)));
         assert!(!e.add(pair("b", false)));
         assert!(e.add(pair("c", false)));
-        let ab = &e.edges[&("a".to_owned(), "srv".to_owned())];
+        let ab = &e.edges["a"]["srv"];
         assert_eq!((ab.requests, ab.failed), (2, 1));
         assert_eq!(ab.server.counts()[0], 2);
         assert_eq!(e.overflow.as_ref().unwrap().requests, 1);

@@ -113,7 +113,7 @@ impl Metrics {
     /// handed to the exporter; only then does it become an exemplar.
     pub fn record(
         &mut self,
-        resource: &Resource,
+        resource: &Arc<Resource>,
         p: Pending,
         trace_id: TraceId,
         exported: Option<u64>,
@@ -126,7 +126,7 @@ impl Metrics {
             time_ns,
         });
         let half = || Half {
-            service: resource.service_name.clone(),
+            resource: resource.clone(),
             seconds: p.duration_ns as f64 / 1e9,
             failed: p.failed,
         };

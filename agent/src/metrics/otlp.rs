@@ -94,12 +94,11 @@ fn service_metrics(s: &Service, times: (u64, u64)) -> Vec<Metric> {
 
 fn service_graph(edges: &Edges, times: (u64, u64)) -> Vec<Metric> {
     let mut all: Vec<(Vec<KeyValue>, &Edge)> = edges
-        .edges
         .iter()
-        .map(|((c, s), e)| {
+        .map(|(c, s, e)| {
             let labels = vec![
-                kv("client", &c.clone().into()),
-                kv("server", &s.clone().into()),
+                kv("client", &c.to_owned().into()),
+                kv("server", &s.to_owned().into()),
             ];
             (labels, e)
         })

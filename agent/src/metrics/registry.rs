@@ -3,7 +3,9 @@
 //! service and instrument; measurements past the cap go to one overflow
 //! series (`otel.metric.overflow=true`, as the OpenTelemetry SDKs do it).
 
-use std::collections::{hash_map::Entry, HashMap};
+use std::collections::hash_map::Entry;
+
+use foldhash::HashMap;
 
 use super::{
     graph::Edges,
@@ -48,7 +50,7 @@ impl Registry {
         Registry {
             limit: limit.max(1),
             start_ns,
-            services: HashMap::new(),
+            services: HashMap::default(),
             edges: Edges::new(limit),
             overflowed: 0,
         }

@@ -4,7 +4,7 @@
 //! `{id}`, and a path position that takes more than
 //! [`MAX_VALUES_PER_POSITION`] distinct values becomes `{param}`.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::HashMap;
 
 use anyhow::{bail, Result};
 
@@ -114,9 +114,19 @@ impl Processor for RouteNames {
 pub struct Routes {
     patterns: Vec<Pattern>,
     auto: bool,
-    /// Literal values seen per position, keyed by service and the
-    /// templated path before it (`svc\0/users/{id}`); `None` once collapsed.
-    positions: HashMap<String, Option<HashSet<String>>>,
+    /// The root position of each service's paths.
+    roots: HashMap<Box<str>, u32>,
+    /// Every path position seen, a tree: each maps the segments it keeps
+    /// (literals and placeholders) to the position after them.
+    positions: Vec<Position>,
+}
+
+#[derive(Default)]
+struct Position {
+    next: HashMap<Box<str>, u32>,
+    /// Distinct literals seen here; past [`MAX_VALUES_PER_POSITION`], the
+    /// position has collapsed and no new literal is kept.
+    literals: usize,
 }
 
 impl Routes {
@@ -124,7 +134,8 @@ impl Routes {
         Routes {
             patterns,
             auto,
-            positions: HashMap::new(),
+            roots: HashMap::default(),
+            positions: Vec::new(),
         }
     }
 
@@ -138,46 +149,65 @@ impl Routes {
         if !self.auto || !path.starts_with('/') {
             return None;
         }
-        let mut key = String::with_capacity(service.len() + path.len() + 8);
-        key.push_str(service);
-        key.push('\0');
-        let prefix_at = key.len();
+        let mut at = match self.roots.get(service) {
+            Some(&root) => Some(root),
+            None => self.new_position().inspect(|&root| {
+                self.roots.insert(service.into(), root);
+            }),
+        };
+        let mut route = String::with_capacity(path.len());
         for segment in path[1..].split('/') {
-            let placeholder = if looks_like_id(segment) {
-                Some("{id}")
-            } else if self.literal_allowed(&key, segment) {
-                None
+            let part = if looks_like_id(segment) {
+                "{id}"
+            } else if at.is_some_and(|p| self.keep_literal(p, segment)) {
+                segment
             } else {
-                Some("{param}")
+                "{param}"
             };
-            key.push('/');
-            key.push_str(placeholder.unwrap_or(segment));
+            route.push('/');
+            route.push_str(part);
+            at = at.and_then(|p| self.next(p, part));
         }
-        Some(key.split_off(prefix_at))
+        Some(route)
     }
 
-    /// Whether `segment` stays literal at the position after `key`,
-    /// remembering it if so.
-    fn literal_allowed(&mut self, key: &str, segment: &str) -> bool {
-        let full = self.positions.len() >= MAX_POSITIONS;
-        let seen = match self.positions.get_mut(key) {
-            Some(seen) => seen,
-            None if full => return false,
-            None => self
-                .positions
-                .entry(key.to_owned())
-                .or_insert_with(|| Some(HashSet::new())),
-        };
-        let Some(values) = seen else { return false };
-        if values.contains(segment) {
+    /// Whether `segment` stays literal at position `p`, remembering it if
+    /// new; false once the position has collapsed (or the table is full).
+    fn keep_literal(&mut self, p: u32, segment: &str) -> bool {
+        let pos = &self.positions[p as usize];
+        if pos.next.contains_key(segment) {
             return true;
         }
-        if values.len() >= MAX_VALUES_PER_POSITION {
-            *seen = None;
+        if pos.literals >= MAX_VALUES_PER_POSITION {
             return false;
         }
-        values.insert(segment.to_owned());
+        let Some(next) = self.new_position() else {
+            return false;
+        };
+        let pos = &mut self.positions[p as usize];
+        pos.literals += 1;
+        pos.next.insert(segment.into(), next);
         true
+    }
+
+    /// The position after `kept` at `p`; placeholders get theirs on first use.
+    fn next(&mut self, p: u32, kept: &str) -> Option<u32> {
+        if let Some(&n) = self.positions[p as usize].next.get(kept) {
+            return Some(n);
+        }
+        let n = self.new_position()?;
+        self.positions[p as usize].next.insert(kept.into(), n);
+        Some(n)
+    }
+
+    /// `None` once the table is full: what lies deeper is not remembered,
+    /// and its literals become `{param}`.
+    fn new_position(&mut self) -> Option<u32> {
+        if self.positions.len() >= MAX_POSITIONS {
+            return None;
+        }
+        self.positions.push(Position::default());
+        Some(self.positions.len() as u32 - 1)
     }
 }
 
@@ -238,9 +268,26 @@ mod tests {
     }
 
     #[test]
+    fn placeholders_lead_to_their_own_positions() {
+        let mut r = auto();
+        assert_eq!(
+            r.route("svc", "/users/1/orders").unwrap(),
+            "/users/{id}/orders"
+        );
+        assert_eq!(
+            r.route("svc", "/users/2/orders").unwrap(),
+            "/users/{id}/orders"
+        );
+        assert_eq!(
+            r.route("svc", "/users/3/items").unwrap(),
+            "/users/{id}/items"
+        );
+    }
+
+    #[test]
     fn three_hundred_users_are_one_route() {
         let mut r = auto();
-        let routes: HashSet<_> = (0..300)
+        let routes: std::collections::HashSet<_> = (0..300)
             .map(|n| r.route("svc", &format!("/users/{n}")).unwrap())
             .collect();
         assert_eq!(routes.into_iter().collect::<Vec<_>>(), ["/users/{id}"]);
@@ -250,7 +297,7 @@ mod tests {
     fn a_position_with_too_many_values_collapses() {
         let mut r = auto();
         let names: Vec<String> = (0..100).map(|i| format!("page-{}", word(i))).collect();
-        let routes: HashSet<_> = names
+        let routes: std::collections::HashSet<_> = names
             .iter()
             .map(|n| r.route("svc", &format!("/docs/{n}/edit")).unwrap())
             .collect();
