@@ -160,15 +160,22 @@ impl Sampler {
 }
 
 /// Writes the `probability` sampler's threshold into the `tracestate` of
-/// the spans whose sampling Clew decided, so that backends can weigh them
-/// (adjusted count) and later samplers stay consistent with it.
+/// the spans its rule keeps, so that backends can weigh them (adjusted
+/// count) and later samplers stay consistent with it. A span whose context
+/// an application made itself (its SDK's `traceparent` on a request) was
+/// kept by the application: it gets the threshold only if the rule keeps
+/// its trace too, which is what a consistent sampler downstream checks.
 pub struct RecordThreshold {
     pub sampler: Sampler,
 }
 
 impl Processor for RecordThreshold {
     fn process(&mut self, span: &mut Span) -> bool {
-        if let Some(t) = self.sampler.threshold_for(span.parent_span_id.is_some()) {
+        let threshold = self
+            .sampler
+            .threshold_for(span.parent_span_id.is_some())
+            .filter(|t| t.keeps(&span.trace_id));
+        if let Some(t) = threshold {
             span.trace_state = with_threshold(&span.trace_state, &t.th());
         }
         true
@@ -375,9 +382,15 @@ mod tests {
             1,
             None,
         );
+        span.trace_id[9..].copy_from_slice(&[0xff; 7]);
         let sampler = Sampler::from_env(Some("parentbased_probability"), Some("0.01")).unwrap();
         assert!(RecordThreshold { sampler }.process(&mut span));
         assert_eq!(span.trace_state, "ot=th:fd70a");
+        // Kept by an application, not by the rule: no threshold.
+        span.trace_state.clear();
+        span.trace_id[9..].copy_from_slice(&[0; 7]);
+        assert!(RecordThreshold { sampler }.process(&mut span));
+        assert_eq!(span.trace_state, "");
     }
 
     #[test]

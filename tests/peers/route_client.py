@@ -1,4 +1,5 @@
-"""Test peer: GETs every path listed in --paths (one per line) against
+"""Test peer: GETs every path listed in --paths (one per line, optionally
+followed by a space and a traceparent to send with it) against
 127.0.0.1:--port over --connections kept-alive HTTP/1.1 connections at once
 (stdlib only), and prints how many answers each status got, as JSON.
 Exits non-zero if a request fails without an answer.
@@ -14,9 +15,13 @@ import threading
 
 def run(port, paths, counts, lock, errors):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    for path in paths:
+    for line in paths:
+        path, _, traceparent = line.partition(" ")
+        headers = {"User-Agent": "clew-e2e-routes"}
+        if traceparent:
+            headers["traceparent"] = traceparent
         try:
-            conn.request("GET", path, headers={"User-Agent": "clew-e2e-routes"})
+            conn.request("GET", path, headers=headers)
             resp = conn.getresponse()
             resp.read()
         except OSError as e:

@@ -6,3 +6,4 @@
 
 mod exact;
 mod routes;
+mod sampling;
