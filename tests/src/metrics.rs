@@ -2,11 +2,13 @@
 //! `/metrics` scraped the way Prometheus does (asking for OpenMetrics) and
 //! parsed by a real OpenMetrics parser.
 
-use crate::agent::Agent;
+use crate::agent::{Agent, Export, Select};
 use crate::cgroup::Cgroup;
 use crate::env::{peers_dir, python};
 use crate::net::http_negotiated;
+use crate::peers::PyService;
 use crate::process::TempDir;
+use crate::receiver::{Protocol, Receiver};
 use anyhow::{bail, Context, Result};
 use openmetrics_parser::{openmetrics::parse_openmetrics, OpenMetricsValue};
 use std::collections::{BTreeMap, HashMap};
@@ -19,9 +21,56 @@ pub const ROUTE_CLIENT: &str = "route-client";
 /// What Prometheus (2.x and 3.x) sends when it scrapes.
 const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
 
+/// The service `backend` in a cgroup of its own, traced by an agent that
+/// exports spans and (every second) metrics to a receiver. Dropped in
+/// field order: the agent first, the cgroup last.
+pub struct Rig {
+    pub agent: Agent,
+    pub svc: PyService,
+    pub rx: Receiver,
+    pub cg: Cgroup,
+}
+
+impl Rig {
+    /// `args` and `env` go to the agent (e.g. `OTEL_TRACES_SAMPLER`).
+    pub fn start(
+        name: &str,
+        protocol: Protocol,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Rig> {
+        let cg = Cgroup::new(name)?;
+        let rx = Receiver::start(protocol)?;
+        let svc = PyService::start(&cg, "backend", None)?;
+        let endpoint = rx.endpoint();
+        let mut vars = vec![("OTEL_METRIC_EXPORT_INTERVAL", "1000")];
+        vars.extend_from_slice(env);
+        let agent = Agent::launch_with_env(
+            &[Select::Cgroup(&cg)],
+            Export::Otlp {
+                endpoint: &endpoint,
+                protocol,
+            },
+            args,
+            &vars,
+        )?;
+        Ok(Rig { agent, svc, rx, cg })
+    }
+
+    /// Sends `paths` to the service from the client (see [`route_client`]).
+    pub fn requests(&self, paths: &[String], connections: usize) -> Result<BTreeMap<u16, usize>> {
+        route_client(&self.cg, self.svc.port, paths, connections)
+    }
+
+    /// Stops the agent, requiring a clean exit.
+    pub fn stop(self) -> Result<()> {
+        self.agent.stop()
+    }
+}
+
 /// GETs every path in `paths` against 127.0.0.1:`port` from inside `cg`
 /// over `connections` kept-alive connections; answers per status.
-pub fn route_client(
+fn route_client(
     cg: &Cgroup,
     port: u16,
     paths: &[String],

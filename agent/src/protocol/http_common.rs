@@ -157,13 +157,7 @@ pub fn http_measure<'a>(
             Instrument::HttpServer
         }
         Role::Client => {
-            let (server, port) = server_endpoint(role, conn, call.authority);
-            if let Some(s) = server {
-                a.push(("server.address", s.into()));
-            }
-            if let Some(p) = port {
-                a.push(("server.port", i64::from(p).into()));
-            }
+            push_server_endpoint(&mut a, role, conn, call.authority);
             Instrument::HttpClient
         }
     };
@@ -193,6 +187,22 @@ pub fn server_endpoint(
             .or_else(|| socket.map(|s| s.ip().to_string())),
         port.or(socket.map(|s| s.port())),
     )
+}
+
+/// `server.address` and `server.port`, as [`server_endpoint`] finds them.
+pub fn push_server_endpoint(
+    a: &mut Attributes,
+    role: Role,
+    conn: &ConnFacts,
+    authority: Option<&str>,
+) {
+    let (server, port) = server_endpoint(role, conn, authority);
+    if let Some(s) = server {
+        a.push(("server.address", s.into()));
+    }
+    if let Some(p) = port {
+        a.push(("server.port", i64::from(p).into()));
+    }
 }
 
 /// `host[:port]` or `[v6]:port` from a Host header or `:authority`.

@@ -5,7 +5,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
 use std::collections::HashMap;
 
-use super::span::{attr_map, Value};
+use super::span::{attr_map, int_attr, resource_map, str_attr, Value};
 
 /// One data point of a histogram or a sum, as last received.
 #[derive(Clone, Debug)]
@@ -24,17 +24,11 @@ pub struct RecvPoint {
 
 impl RecvPoint {
     pub fn attr_str(&self, key: &str) -> Option<&str> {
-        match self.attrs.get(key) {
-            Some(Value::Str(s)) => Some(s),
-            _ => None,
-        }
+        str_attr(&self.attrs, key)
     }
 
     pub fn attr_int(&self, key: &str) -> Option<i64> {
-        match self.attrs.get(key) {
-            Some(Value::Int(i)) => Some(*i),
-            _ => None,
-        }
+        int_attr(&self.attrs, key)
     }
 }
 
@@ -43,11 +37,7 @@ impl RecvPoint {
 pub fn flatten(req: &ExportMetricsServiceRequest) -> Vec<RecvPoint> {
     let mut out = Vec::new();
     for rm in &req.resource_metrics {
-        let resource = rm
-            .resource
-            .as_ref()
-            .map(|r| attr_map(&r.attributes))
-            .unwrap_or_default();
+        let resource = resource_map(rm.resource.as_ref());
         let service = match resource.get("service.name") {
             Some(Value::Str(s)) => s.clone(),
             _ => String::new(),

@@ -195,32 +195,32 @@ impl Receiver {
         pred: impl Fn(&[RecvPoint]) -> bool,
         timeout: Duration,
     ) -> Result<Vec<RecvPoint>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let points = self.metrics();
-            if pred(&points) {
-                return Ok(points);
-            }
-            if Instant::now() > deadline {
-                let s = self.store.lock().unwrap();
-                let mut out = format!(
-                    "metrics not as expected after {timeout:?}: {} export requests, latest:\n",
-                    s.metric_requests
-                );
-                for p in &s.metrics {
-                    let _ = writeln!(
-                        out,
-                        "  {} {} {:?} count={}",
-                        p.service, p.metric, p.attrs, p.count
-                    );
-                }
-                for e in &s.errors {
-                    let _ = writeln!(out, "  refused request: {e}");
-                }
-                bail!(out);
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        poll(|| self.metrics(), pred, timeout).map_err(|()| {
+            anyhow::anyhow!(
+                "metrics not as expected after {timeout:?}\n{}",
+                self.dump_metrics()
+            )
+        })
+    }
+
+    /// The latest metrics export, one point per line, plus refused requests.
+    fn dump_metrics(&self) -> String {
+        let s = self.store.lock().unwrap();
+        let mut out = format!(
+            "receiver got {} metrics export requests, the latest:\n",
+            s.metric_requests
+        );
+        for p in &s.metrics {
+            let _ = writeln!(
+                out,
+                "  {} {} {:?} count={}",
+                p.service, p.metric, p.attrs, p.count
+            );
         }
+        for e in &s.errors {
+            let _ = writeln!(out, "  refused request: {e}");
+        }
+        out
     }
 
     /// Polls until `pred` holds for the spans received so far and returns
@@ -230,17 +230,9 @@ impl Receiver {
         pred: impl Fn(&[RecvSpan]) -> bool,
         timeout: Duration,
     ) -> Result<Vec<RecvSpan>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let spans = self.spans();
-            if pred(&spans) {
-                return Ok(spans);
-            }
-            if Instant::now() > deadline {
-                bail!("spans not as expected after {timeout:?}\n{}", self.dump());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        poll(|| self.spans(), pred, timeout).map_err(|()| {
+            anyhow::anyhow!("spans not as expected after {timeout:?}\n{}", self.dump())
+        })
     }
 
     /// For negative checks only: fails as soon as a span matching `bad`
@@ -274,6 +266,26 @@ impl Receiver {
             let _ = writeln!(out, "  refused request: {e}");
         }
         out
+    }
+}
+
+/// Fetches until `pred` holds for what `fetch` returns (every 100 ms);
+/// `Err` once `timeout` has passed.
+fn poll<T>(
+    fetch: impl Fn() -> Vec<T>,
+    pred: impl Fn(&[T]) -> bool,
+    timeout: Duration,
+) -> Result<Vec<T>, ()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = fetch();
+        if pred(&got) {
+            return Ok(got);
+        }
+        if Instant::now() > deadline {
+            return Err(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -54,19 +54,29 @@ pub struct RecvSpan {
     pub end_ns: u64,
 }
 
+/// A string attribute of `attrs`.
+pub(super) fn str_attr<'a>(attrs: &'a HashMap<String, Value>, key: &str) -> Option<&'a str> {
+    match attrs.get(key) {
+        Some(Value::Str(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// An integer attribute of `attrs`.
+pub(super) fn int_attr(attrs: &HashMap<String, Value>, key: &str) -> Option<i64> {
+    match attrs.get(key) {
+        Some(Value::Int(i)) => Some(*i),
+        _ => None,
+    }
+}
+
 impl RecvSpan {
     pub fn attr_str(&self, key: &str) -> Option<&str> {
-        match self.attrs.get(key) {
-            Some(Value::Str(s)) => Some(s),
-            _ => None,
-        }
+        str_attr(&self.attrs, key)
     }
 
     pub fn attr_int(&self, key: &str) -> Option<i64> {
-        match self.attrs.get(key) {
-            Some(Value::Int(i)) => Some(*i),
-            _ => None,
-        }
+        int_attr(&self.attrs, key)
     }
 
     pub fn res_str(&self, key: &str) -> Option<&str> {
@@ -166,15 +176,20 @@ pub(super) fn attr_map(kvs: &[KeyValue]) -> HashMap<String, Value> {
         .collect()
 }
 
+/// A resource's attributes (none when it is absent).
+pub(super) fn resource_map(
+    resource: Option<&opentelemetry_proto::tonic::resource::v1::Resource>,
+) -> HashMap<String, Value> {
+    resource
+        .map(|r| attr_map(&r.attributes))
+        .unwrap_or_default()
+}
+
 /// Flattens an export request into spans.
 pub fn flatten(req: &ExportTraceServiceRequest) -> Vec<RecvSpan> {
     let mut out = Vec::new();
     for rs in &req.resource_spans {
-        let resource = rs
-            .resource
-            .as_ref()
-            .map(|r| attr_map(&r.attributes))
-            .unwrap_or_default();
+        let resource = resource_map(rs.resource.as_ref());
         for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
             let status = span.status.clone().unwrap_or_default();
             out.push(RecvSpan {

@@ -2,10 +2,9 @@
 //! exemplar names a span that was exported.
 
 use anyhow::{ensure, Result};
-use clew_e2e::metrics::{route_client, scrape, Series, ROUTE_CLIENT};
-use clew_e2e::peers::PyService;
+use clew_e2e::metrics::{scrape, Rig, Series, ROUTE_CLIENT};
 use clew_e2e::receiver::RecvPoint;
-use clew_e2e::{Agent, Cgroup, Export, Protocol, Receiver, Select, SPAN_TIMEOUT};
+use clew_e2e::{Protocol, SPAN_TIMEOUT};
 use std::collections::{BTreeMap, HashSet};
 
 /// (path, route, status, requests): 1,000 requests in all.
@@ -20,21 +19,13 @@ const CLIENT: &str = "http.client.request.duration";
 
 #[test]
 fn counts_are_exact_at_one_percent_sampling() -> Result<()> {
-    let cg = Cgroup::new("metrics-exact")?;
-    let rx = Receiver::start(Protocol::Grpc)?;
-    let svc = PyService::start(&cg, "backend", None)?;
-    let endpoint = rx.endpoint();
-    let agent = Agent::launch_with_env(
-        &[Select::Cgroup(&cg)],
-        Export::Otlp {
-            endpoint: &endpoint,
-            protocol: rx.protocol(),
-        },
+    let rig = Rig::start(
+        "metrics-exact",
+        Protocol::Grpc,
         &[],
         &[
             ("OTEL_TRACES_SAMPLER", "traceidratio"),
             ("OTEL_TRACES_SAMPLER_ARG", "0.01"),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
         ],
     )?;
 
@@ -52,7 +43,7 @@ fn counts_are_exact_at_one_percent_sampling() -> Result<()> {
             }
         }
     }
-    let answered = route_client(&cg, svc.port, &paths, 4)?;
+    let answered = rig.requests(&paths, 4)?;
     let wanted: BTreeMap<u16, usize> = MIX.iter().map(|m| (m.2, m.3)).collect();
     ensure!(answered == wanted, "the service answered {answered:?}");
 
@@ -63,7 +54,7 @@ fn counts_are_exact_at_one_percent_sampling() -> Result<()> {
             .map(|p| p.count)
             .sum()
     };
-    let points = rx.wait_for_metrics(
+    let points = rig.rx.wait_for_metrics(
         |p| total(p, "backend", SERVER) == TOTAL && total(p, ROUTE_CLIENT, CLIENT) == TOTAL,
         SPAN_TIMEOUT,
     )?;
@@ -94,7 +85,7 @@ fn counts_are_exact_at_one_percent_sampling() -> Result<()> {
     }
 
     // Prometheus: the same counts, parsed from OpenMetrics.
-    let scraped = scrape(&agent)?;
+    let scraped = scrape(&rig.agent)?;
     let family = |name: &str| scraped.get(name).cloned().unwrap_or_default();
     let server = family("http_server_request_duration_seconds");
     for (_, route, status, n) in MIX {
@@ -130,10 +121,10 @@ fn counts_are_exact_at_one_percent_sampling() -> Result<()> {
         .iter()
         .flat_map(|s| s.exemplars.iter().cloned())
         .collect();
-    let otlp_points = rx.metrics();
+    let otlp_points = rig.rx.metrics();
     exemplars.extend(otlp_points.iter().flat_map(|p| p.exemplars.iter().cloned()));
     ensure!(!exemplars.is_empty(), "no exemplars at all");
-    let spans = rx.wait_for(
+    let spans = rig.rx.wait_for(
         |spans| {
             exemplars
                 .iter()
@@ -151,5 +142,5 @@ fn counts_are_exact_at_one_percent_sampling() -> Result<()> {
         "{servers} backend spans exported for {TOTAL} requests; {} exemplars, all exported",
         exemplars.len()
     );
-    agent.stop()
+    rig.stop()
 }

@@ -2,39 +2,25 @@
 //! patterns name spans, and the series cap holds under random paths.
 
 use anyhow::{ensure, Result};
-use clew_e2e::metrics::{route_client, scrape};
-use clew_e2e::peers::PyService;
+use clew_e2e::metrics::{scrape, Rig};
 use clew_e2e::receiver::KIND_SERVER;
-use clew_e2e::{Agent, Cgroup, Export, Protocol, Receiver, Select, SPAN_TIMEOUT};
+use clew_e2e::{Protocol, SPAN_TIMEOUT};
 
 const SERVER: &str = "http.server.request.duration";
 
-fn agent(rx: &Receiver, cg: &Cgroup, args: &[&str], env: &[(&str, &str)]) -> Result<Agent> {
-    let endpoint = rx.endpoint();
-    let mut vars = vec![("OTEL_METRIC_EXPORT_INTERVAL", "1000")];
-    vars.extend_from_slice(env);
-    Agent::launch_with_env(
-        &[Select::Cgroup(cg)],
-        Export::Otlp {
-            endpoint: &endpoint,
-            protocol: rx.protocol(),
-        },
-        args,
-        &vars,
-    )
-}
-
 #[test]
 fn three_hundred_users_are_one_route() -> Result<()> {
-    let cg = Cgroup::new("metrics-routes")?;
-    let rx = Receiver::start(Protocol::HttpProtobuf)?;
-    let svc = PyService::start(&cg, "backend", None)?;
-    let agent = agent(&rx, &cg, &["--route", "/orders/{id}"], &[])?;
+    let rig = Rig::start(
+        "metrics-routes",
+        Protocol::HttpProtobuf,
+        &["--route", "/orders/{id}"],
+        &[],
+    )?;
     let mut paths: Vec<String> = (0..300).map(|n| format!("/users/{n}")).collect();
     paths.extend((0..20).map(|n| format!("/orders/o{n}")));
-    route_client(&cg, svc.port, &paths, 2)?;
+    rig.requests(&paths, 2)?;
 
-    let points = rx.wait_for_metrics(
+    let points = rig.rx.wait_for_metrics(
         |p| {
             p.iter()
                 .filter(|p| p.service == "backend" && p.metric == SERVER)
@@ -57,7 +43,7 @@ fn three_hundred_users_are_one_route() -> Result<()> {
     );
 
     // A user pattern names the span; an automatic template does not.
-    let spans = rx.wait_for(
+    let spans = rig.rx.wait_for(
         |s| s.iter().filter(|s| s.kind == KIND_SERVER).count() >= 320,
         SPAN_TIMEOUT,
     )?;
@@ -73,23 +59,20 @@ fn three_hundred_users_are_one_route() -> Result<()> {
             "span for {path}: {s}"
         );
     }
-    agent.stop()
+    rig.stop()
 }
 
 #[test]
 fn series_cap_holds_under_random_paths() -> Result<()> {
     const LIMIT: usize = 50;
     const REQUESTS: usize = 10_000;
-    let cg = Cgroup::new("metrics-overflow")?;
-    let rx = Receiver::start(Protocol::Grpc)?;
-    let svc = PyService::start(&cg, "backend", None)?;
-    let limit = LIMIT.to_string();
     // Two word segments: automatic templating keeps up to 32 words per
     // position before collapsing it, so hundreds of routes remain and only
     // the cap bounds the series. No spans, to keep the run short.
-    let agent = agent(
-        &rx,
-        &cg,
+    let limit = LIMIT.to_string();
+    let rig = Rig::start(
+        "metrics-overflow",
+        Protocol::Grpc,
         &["--metric-series-limit", &limit],
         &[("OTEL_TRACES_SAMPLER", "always_off")],
     )?;
@@ -108,7 +91,7 @@ fn series_cap_holds_under_random_paths() -> Result<()> {
     let paths: Vec<String> = (0..REQUESTS)
         .map(|_| format!("/{}/{}", word(), word()))
         .collect();
-    route_client(&cg, svc.port, &paths, 4)?;
+    rig.requests(&paths, 4)?;
 
     let server_total = |p: &[clew_e2e::receiver::RecvPoint]| -> u64 {
         p.iter()
@@ -116,7 +99,9 @@ fn series_cap_holds_under_random_paths() -> Result<()> {
             .map(|p| p.count)
             .sum()
     };
-    let points = rx.wait_for_metrics(|p| server_total(p) == REQUESTS as u64, SPAN_TIMEOUT)?;
+    let points = rig
+        .rx
+        .wait_for_metrics(|p| server_total(p) == REQUESTS as u64, SPAN_TIMEOUT)?;
     let series: Vec<_> = points
         .iter()
         .filter(|p| p.service == "backend" && p.metric == SERVER)
@@ -138,13 +123,13 @@ fn series_cap_holds_under_random_paths() -> Result<()> {
         overflow[0]
     );
 
-    let scraped = scrape(&agent)?;
+    let scraped = scrape(&rig.agent)?;
     let prom: Vec<_> = scraped["http_server_request_duration_seconds"]
         .iter()
         .filter(|s| s.label("service_name") == "backend")
         .collect();
     ensure!(prom.len() == LIMIT, "{} series on /metrics", prom.len());
     ensure!(prom.iter().map(|s| s.count).sum::<u64>() == REQUESTS as u64);
-    ensure!(agent.metric("metric_overflows")? == overflowed);
-    agent.stop()
+    ensure!(rig.agent.metric("metric_overflows")? == overflowed);
+    rig.stop()
 }

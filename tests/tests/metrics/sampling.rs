@@ -7,10 +7,9 @@
 //! kept as its sampled flag says.)
 
 use anyhow::{ensure, Result};
-use clew_e2e::metrics::{route_client, ROUTE_CLIENT};
-use clew_e2e::peers::PyService;
+use clew_e2e::metrics::{Rig, ROUTE_CLIENT};
 use clew_e2e::receiver::{RecvPoint, KIND_SERVER};
-use clew_e2e::{Agent, Cgroup, Export, Protocol, Receiver, Select, SPAN_TIMEOUT};
+use clew_e2e::{Protocol, SPAN_TIMEOUT};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -25,21 +24,13 @@ fn randomness(trace_id: &str) -> u64 {
 
 #[test]
 fn probability_sampler_keeps_what_the_specification_keeps() -> Result<()> {
-    let cg = Cgroup::new("metrics-probability")?;
-    let rx = Receiver::start(Protocol::Grpc)?;
-    let svc = PyService::start(&cg, "backend", None)?;
-    let endpoint = rx.endpoint();
-    let agent = Agent::launch_with_env(
-        &[Select::Cgroup(&cg)],
-        Export::Otlp {
-            endpoint: &endpoint,
-            protocol: rx.protocol(),
-        },
+    let rig = Rig::start(
+        "metrics-probability",
+        Protocol::Grpc,
         &[],
         &[
             ("OTEL_TRACES_SAMPLER", "probability"),
             ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
         ],
     )?;
 
@@ -61,7 +52,7 @@ fn probability_sampler_keeps_what_the_specification_keeps() -> Result<()> {
         .map(|(i, t)| format!("/work/known-{i} 00-{t}-{:016x}-01", next() | 1))
         .collect();
     paths.extend((0..PER_KIND).map(|i| format!("/work/fresh-{i}")));
-    route_client(&cg, svc.port, &paths, 2)?;
+    rig.requests(&paths, 2)?;
 
     let server_count = |p: &[RecvPoint]| -> u64 {
         p.iter()
@@ -69,7 +60,8 @@ fn probability_sampler_keeps_what_the_specification_keeps() -> Result<()> {
             .map(|p| p.count)
             .sum()
     };
-    rx.wait_for_metrics(|p| server_count(p) == 2 * PER_KIND as u64, SPAN_TIMEOUT)?;
+    rig.rx
+        .wait_for_metrics(|p| server_count(p) == 2 * PER_KIND as u64, SPAN_TIMEOUT)?;
 
     let kept: HashSet<&str> = known
         .iter()
@@ -83,7 +75,7 @@ fn probability_sampler_keeps_what_the_specification_keeps() -> Result<()> {
     );
     let is_server =
         |s: &clew_e2e::RecvSpan| s.kind == KIND_SERVER && s.service() == Some("backend");
-    let spans = rx.wait_for(
+    let spans = rig.rx.wait_for(
         |spans| {
             let got: HashSet<&str> = spans
                 .iter()
@@ -100,11 +92,11 @@ fn probability_sampler_keeps_what_the_specification_keeps() -> Result<()> {
         .map(String::as_str)
         .filter(|t| !kept.contains(t))
         .collect();
-    rx.expect_none_for(
+    rig.rx.expect_none_for(
         |s| is_server(s) && dropped.contains(s.trace_id.as_str()),
         Duration::from_secs(3),
     )?;
-    for s in rx.spans() {
+    for s in rig.rx.spans() {
         let has_th = s.trace_state.split(',').any(|m| m == "ot=th:c");
         if randomness(&s.trace_id) >= THRESHOLD {
             ensure!(has_th, "no th in the tracestate {:?} of {s}", s.trace_state);
@@ -123,5 +115,5 @@ fn probability_sampler_keeps_what_the_specification_keeps() -> Result<()> {
         "kept {} of {PER_KIND} chosen traces and {fresh} of {PER_KIND} fresh ones",
         kept.len()
     );
-    agent.stop()
+    rig.stop()
 }

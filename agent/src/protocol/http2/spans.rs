@@ -16,7 +16,7 @@ use crate::{
     metrics::{Instrument, Measurement},
     protocol::{
         common::{push_peer, Frame},
-        http_common::{http_measure, http_span, server_endpoint, HttpCall},
+        http_common::{http_measure, http_span, push_server_endpoint, HttpCall},
         ConnFacts, Role, SpanOptions,
     },
     span::{AttrValue, Attributes, Resource, Span, Status},
@@ -66,13 +66,7 @@ pub fn measure<'a>(x: &'a Exchange, conn: &ConnFacts) -> Measurement<'a> {
     let instrument = match x.role {
         Role::Server => Instrument::RpcServer,
         Role::Client => {
-            let (server, port) = server_endpoint(x.role, conn, x.request.authority.as_deref());
-            if let Some(s) = server {
-                a.push(("server.address", s.into()));
-            }
-            if let Some(p) = port {
-                a.push(("server.port", i64::from(p).into()));
-            }
+            push_server_endpoint(&mut a, x.role, conn, x.request.authority.as_deref());
             Instrument::RpcClient
         }
     };
@@ -162,13 +156,7 @@ fn grpc_span(
     if let Some(code) = grpc_status {
         a.push(("rpc.grpc.status_code", i64::from(code).into()));
     }
-    let (server, port) = server_endpoint(frame.role, conn, x.request.authority.as_deref());
-    if let Some(s) = server {
-        a.push(("server.address", s.into()));
-    }
-    if let Some(p) = port {
-        a.push(("server.port", i64::from(p).into()));
-    }
+    push_server_endpoint(&mut a, frame.role, conn, x.request.authority.as_deref());
     push_peer(&mut a, frame.role, conn);
     // Clew's own attributes: messages each way (none in the conventions).
     let counts = [
