@@ -2,9 +2,10 @@
 //! `/metrics` scraped the way Prometheus does (asking for OpenMetrics) and
 //! parsed by a real OpenMetrics parser.
 
-use crate::agent::{Agent, Export, Select};
+use crate::agent::Agent;
 use crate::cgroup::Cgroup;
 use crate::env::{peers_dir, python};
+use crate::fixture::Traced;
 use crate::net::http_negotiated;
 use crate::peers::PyService;
 use crate::process::TempDir;
@@ -39,21 +40,10 @@ impl Rig {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Rig> {
-        let cg = Cgroup::new(name)?;
-        let rx = Receiver::start(protocol)?;
-        let svc = PyService::start(&cg, "backend", None)?;
-        let endpoint = rx.endpoint();
         let mut vars = vec![("OTEL_METRIC_EXPORT_INTERVAL", "1000")];
         vars.extend_from_slice(env);
-        let agent = Agent::launch_with_env(
-            &[Select::Cgroup(&cg)],
-            Export::Otlp {
-                endpoint: &endpoint,
-                protocol,
-            },
-            args,
-            &vars,
-        )?;
+        let Traced { agent, rx, cg } = Traced::start_with_env(name, protocol, args, &vars)?;
+        let svc = PyService::start(&cg, "backend", None)?;
         Ok(Rig { agent, svc, rx, cg })
     }
 

@@ -6,4 +6,5 @@
 
 mod exact;
 mod routes;
+mod rpc;
 mod sampling;
