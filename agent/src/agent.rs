@@ -15,7 +15,7 @@ use tokio::{
 
 use crate::{
     capture::{Capture, CaptureConfig},
-    cli::{Mechanisms, RunArgs, SelectArgs, TlsAttach},
+    cli::{CommandLineMode, Mechanisms, QueryMode, RunArgs, SelectArgs, TlsAttach},
     export::{ExportConfig, Exporter},
     health,
     nesting::Nesting,
@@ -23,6 +23,7 @@ use crate::{
     probe,
     processor::{Chain, TruncateAttributes},
     protocol::SpanOptions,
+    redact::{Redact, SecretNames},
     sampling::Sampler,
     select::Selector,
     stats::Stats,
@@ -81,8 +82,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .into_iter()
         .map(|k| &*Box::leak(k.into_boxed_str()))
         .collect();
+    let names = SecretNames::with_extra(&args.redact_names);
     let opts = SpanOptions {
-        capture_query: args.capture_query,
+        capture_query: args.query != QueryMode::Off,
         baggage_keys: Box::leak(baggage_keys.into_boxed_slice()),
     };
     let mut pipeline = Pipeline::new(
@@ -91,9 +93,19 @@ pub async fn run(args: RunArgs) -> Result<()> {
         Nesting::new(sampler),
         exporter,
         opts,
-        Chain::default().then(TruncateAttributes::from_env(env)?),
+        // Redaction before truncation: a cut could hide the `=` that
+        // marks a value as a secret's.
+        Chain::default()
+            .then(Redact {
+                names: names.clone(),
+                queries: args.query == QueryMode::Redacted,
+            })
+            .then(TruncateAttributes::from_env(env)?),
         stats.clone(),
     );
+    if args.command_line == CommandLineMode::Redacted {
+        pipeline.processes.export_command_lines(names);
+    }
     // Per process only makes sense when some processes are not traced.
     let per_process = args.tls_attach == TlsAttach::Process && !selector.is_all();
     pipeline.tls.configure(args.tls_go, per_process);

@@ -20,6 +20,7 @@ pub mod probe;
 pub mod process;
 pub mod processor;
 pub mod protocol;
+pub mod redact;
 pub mod sampling;
 pub mod select;
 pub mod span;

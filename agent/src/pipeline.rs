@@ -31,7 +31,8 @@ pub struct Pipeline {
     nesting: Nesting,
     /// What protocols learn on one connection for another.
     shared: Shared,
-    processes: Processes,
+    /// Resources of the traced processes; the agent sets what they export.
+    pub processes: Processes,
     clock: Clock,
     opts: SpanOptions,
     selector: Selector,

@@ -28,7 +28,8 @@ pub struct ConnFacts {
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SpanOptions {
-    /// Record `url.query` (off by default: queries often carry secrets).
+    /// Record `url.query` and the query in `url.full` (the processor
+    /// chain redacts them).
     pub capture_query: bool,
     /// `baggage` keys recorded as span attributes (`--baggage-attributes`).
     pub baggage_keys: &'static [&'static str],

@@ -70,10 +70,14 @@ pub fn http_span(
         Role::Client => {
             if let Some(s) = server {
                 let path = call.path;
-                let url = match port {
+                let mut url = match port {
                     Some(p) if p != default_port => format!("{scheme}://{s}:{p}{path}"),
                     _ => format!("{scheme}://{s}{path}"),
                 };
+                if let Some(q) = call.query.filter(|_| opts.capture_query) {
+                    url.push('?');
+                    url.push_str(q);
+                }
                 a.push(("server.address", s.into()));
                 a.push(("url.full", url.into()));
             }
@@ -83,10 +87,11 @@ pub fn http_span(
         a.push(("server.port", i64::from(p).into()));
     }
     push_peer(&mut a, frame.role, conn);
-    if opts.capture_query {
-        if let Some(q) = call.query {
-            a.push(("url.query", q.to_owned().into()));
-        }
+    if let Some(q) = call
+        .query
+        .filter(|_| opts.capture_query && frame.role == Role::Server)
+    {
+        a.push(("url.query", q.to_owned().into()));
     }
     let wanted_baggage = !opts.baggage_keys.is_empty();
     if let Some(b) = call.baggage.filter(|_| wanted_baggage) {
@@ -134,9 +139,11 @@ pub fn server_endpoint(
     )
 }
 
-/// `host[:port]` or `[v6]:port` from a Host header or `:authority`.
+/// `host[:port]` or `[v6]:port` from a Host header or `:authority`;
+/// user-info a client should not have sent there (`user:pw@host`) is dropped.
 pub fn split_host(h: &str) -> (Option<&str>, Option<u16>) {
     let h = h.trim();
+    let h = h.rsplit_once('@').map_or(h, |(_, host)| host);
     if h.is_empty() {
         return (None, None);
     }
@@ -182,6 +189,7 @@ mod tests {
         assert_eq!(split_host("[::1]:8080"), (Some("::1"), Some(8080)));
         assert_eq!(split_host("a"), (Some("a"), None));
         assert_eq!(split_host(" "), (None, None));
+        assert_eq!(split_host("u:pw@a:81"), (Some("a"), Some(81)));
     }
 
     #[test]
