@@ -285,6 +285,7 @@ mod tests {
             trace_id: "t".into(),
             span_id: "s".into(),
             parent_span_id: None,
+            trace_state: String::new(),
             name: name.into(),
             kind,
             status_code: STATUS_UNSET,

@@ -8,6 +8,7 @@ use crate::{
     clock::Clock,
     nesting::{Nesting, SpanCtx},
     span::{Attributes, Resource, Span, SpanKind, Status},
+    trace_context,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,8 +65,16 @@ pub fn request_ctx(
 ) -> SpanCtx {
     match role {
         Role::Server => {
-            let state = traceparent.and(tracestate);
-            let mut ctx = nesting.server_span(from.tid, from.conn_id, from.ts, traceparent, state);
+            let state = traceparent
+                .and(tracestate)
+                .and_then(trace_context::tracestate);
+            let mut ctx = nesting.server_span(
+                from.tid,
+                from.conn_id,
+                from.ts,
+                traceparent,
+                state.as_deref(),
+            );
             if let Some(client) = from.endpoint.and_then(|e| nesting.take_offer(e, from.ts)) {
                 link(&mut ctx, &client);
                 nesting.rebind(from.tid, &ctx.span_id.clone(), &ctx);

@@ -43,6 +43,8 @@ pub struct RecvSpan {
     pub trace_id: String,
     pub span_id: String,
     pub parent_span_id: Option<String>,
+    /// The W3C `tracestate` the span carries.
+    pub trace_state: String,
     pub name: String,
     pub kind: i32,
     pub status_code: i32,
@@ -181,6 +183,7 @@ pub fn flatten(req: &ExportTraceServiceRequest) -> Vec<RecvSpan> {
                 span_id: hex::encode(&span.span_id),
                 parent_span_id: (!span.parent_span_id.is_empty())
                     .then(|| hex::encode(&span.parent_span_id)),
+                trace_state: span.trace_state.clone(),
                 name: span.name.clone(),
                 kind: span.kind,
                 status_code: status.code,

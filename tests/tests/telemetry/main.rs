@@ -5,3 +5,4 @@
 //! clew-e2e -- --test-threads=1` with CLEW_BIN set or `target/release/clew` built).
 
 mod redaction;
+mod w3c;

@@ -12,6 +12,7 @@ use crate::{
         common::{adopt_kernel_ctx, request_ctx, Sender},
         Losses, Role,
     },
+    trace_context,
 };
 
 /// Requests awaiting their response on one connection; more means the
@@ -157,7 +158,15 @@ impl Session {
                     endpoint: self.endpoint,
                     stream: 0,
                 };
-                let (tp, state) = (head.header("traceparent"), head.header("tracestate"));
+                let named = |name: &'static str| {
+                    head.headers()
+                        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v)
+                };
+                let tp = trace_context::single(named("traceparent"));
+                // Repeated `tracestate` headers are one list (RFC 9110 §5.3).
+                let state = named("tracestate").collect::<Vec<_>>().join(",");
+                let state = (!state.is_empty()).then_some(state.as_str());
                 let ctx = request_ctx(self.role, from, tp, state, nesting);
                 self.responses.expect_response_to(head.method());
                 if self.pending.len() >= MAX_PENDING {
