@@ -22,7 +22,7 @@ use crate::{
     pipeline::Pipeline,
     probe,
     processor::{Chain, TruncateAttributes},
-    protocol::SpanOptions,
+    protocol::{http_common::known_methods_from_env, SpanOptions},
     redact::{Redact, SecretNames},
     sampling::Sampler,
     select::Selector,
@@ -75,17 +75,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     capture.attach()?;
     capture.attach_sockops(&selector.cgroup_dirs()?)?;
     let exporter = Exporter::start(export_cfg).context("starting the exporter")?;
-    // Leaked once: span attributes take static keys, and these live as
-    // long as the agent does.
-    let baggage_keys: Vec<&'static str> = args
-        .baggage_attributes
-        .into_iter()
-        .map(|k| &*Box::leak(k.into_boxed_str()))
-        .collect();
+    let known_methods = env("OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS");
+    let known_methods = known_methods_from_env(known_methods.as_deref()).map(leak_all);
     let names = SecretNames::with_extra(&args.redact_names);
     let opts = SpanOptions {
         capture_query: args.query != QueryMode::Off,
-        baggage_keys: Box::leak(baggage_keys.into_boxed_slice()),
+        baggage_keys: leak_all(args.baggage_attributes),
+        known_methods,
     };
     let mut pipeline = Pipeline::new(
         selector.clone(),
@@ -181,6 +177,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
     exporter.shutdown(Duration::from_secs(5)).await;
     tracing::info!(stats = %stats.summary(), "stopped");
     Ok(())
+}
+
+/// Leaked once: span attributes take static keys and names, and these
+/// live as long as the agent does.
+fn leak_all(list: Vec<String>) -> &'static [&'static str] {
+    let leaked: Vec<&'static str> = list
+        .into_iter()
+        .map(|k| &*Box::leak(k.into_boxed_str()))
+        .collect();
+    Box::leak(leaked.into_boxed_slice())
 }
 
 fn describe(s: &Selector) -> String {

@@ -34,7 +34,14 @@ pub struct SpanOptions {
     pub capture_query: bool,
     /// `baggage` keys recorded as span attributes (`--baggage-attributes`).
     pub baggage_keys: &'static [&'static str],
+    /// `OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS`, which replaces the
+    /// conventions' list of methods when set.
+    pub known_methods: Option<&'static [&'static str]>,
 }
+
+/// `error.type` of a request whose connection closed (a reset, a close,
+/// a client that gave up waiting) before its response was complete.
+pub const CONNECTION_CLOSED: &str = "connection_closed";
 
 /// Who sent a request, for [`request_ctx`].
 #[derive(Clone, Copy, Debug)]

@@ -13,6 +13,19 @@ const KNOWN_METHODS: &[&str] = &[
     "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
 ];
 
+/// The methods `OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS` (comma-separated,
+/// case-sensitive) names, which replace the default list rather than add
+/// to it, as the conventions say.
+pub fn known_methods_from_env(value: Option<&str>) -> Option<Vec<String>> {
+    let list = value?
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned)
+        .collect();
+    Some(list)
+}
+
 /// One request and what became of it, as the conventions see it.
 pub struct HttpCall<'a> {
     pub method: &'a str,
@@ -41,7 +54,12 @@ pub fn http_span(
     opts: SpanOptions,
 ) -> Span {
     let mut a: Attributes = Vec::with_capacity(14);
-    let known = KNOWN_METHODS.iter().find(|m| **m == call.method).copied();
+    let known = opts
+        .known_methods
+        .unwrap_or(KNOWN_METHODS)
+        .iter()
+        .find(|m| **m == call.method)
+        .copied();
     if known.is_none() {
         a.push((
             "http.request.method_original",
@@ -190,6 +208,15 @@ mod tests {
         assert_eq!(split_host("a"), (Some("a"), None));
         assert_eq!(split_host(" "), (None, None));
         assert_eq!(split_host("u:pw@a:81"), (Some("a"), Some(81)));
+    }
+
+    #[test]
+    fn known_methods_replace_the_default_list() {
+        assert_eq!(known_methods_from_env(None), None);
+        assert_eq!(
+            known_methods_from_env(Some("GET, PURGE,,")),
+            Some(vec!["GET".to_owned(), "PURGE".to_owned()])
+        );
     }
 
     #[test]

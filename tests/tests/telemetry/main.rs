@@ -4,5 +4,6 @@
 //! Run as root, one test at a time (`cargo xtask test`, or `cargo test -p
 //! clew-e2e -- --test-threads=1` with CLEW_BIN set or `target/release/clew` built).
 
+mod failures;
 mod redaction;
 mod w3c;

@@ -27,11 +27,15 @@ struct Pending {
     response: Option<ResponseHead>,
 }
 
-/// A request and its complete response.
+/// A request and its complete response, or what came of it before the
+/// connection closed.
 pub struct Exchange {
     pub role: Role,
     pub request: RequestHead,
-    pub response: ResponseHead,
+    /// `None`: the connection closed before a response head.
+    pub response: Option<ResponseHead>,
+    /// The connection closed before the response was complete.
+    pub cut_off: bool,
     pub ctx: SpanCtx,
     pub start_ns: u64,
     pub end_ns: u64,
@@ -117,7 +121,7 @@ impl Session {
     }
 
     /// The connection closed: a response delimited by close ends here; any
-    /// request still waiting is lost.
+    /// request still waiting failed, and is reported as such.
     pub fn on_close<T: From<Exchange>>(
         &mut self,
         ts: u64,
@@ -134,6 +138,15 @@ impl Session {
             if self.role == Role::Server {
                 nesting.server_done(p.tid, &p.ctx.span_id);
             }
+            out.push(T::from(Exchange {
+                role: self.role,
+                request: p.head,
+                response: p.response,
+                cut_off: true,
+                ctx: p.ctx,
+                start_ns: p.start_ns,
+                end_ns: ts.max(p.start_ns),
+            }));
         }
     }
 
@@ -215,7 +228,8 @@ impl Session {
                 out.push(T::from(Exchange {
                     role: self.role,
                     request: p.head,
-                    response: p.response.expect("checked"),
+                    response: p.response,
+                    cut_off: false,
                     ctx: p.ctx,
                     start_ns: p.start_ns,
                     end_ns: ts.max(p.start_ns),

@@ -33,8 +33,8 @@ pub fn to_span(
         authority: req.header("host"),
         scheme: None,
         version,
-        status: Some(x.response.status),
-        failure: None,
+        status: x.response.as_ref().map(|r| r.status),
+        failure: x.cut_off.then_some(common::CONNECTION_CLOSED),
         user_agent: req.header("user-agent"),
         baggage: req.header("baggage"),
     };
@@ -121,7 +121,7 @@ mod tests {
         let got: Vec<_> = h
             .out
             .iter()
-            .map(|x| (x.request.method(), x.response.status, x.start_ns, x.end_ns))
+            .map(|x| (x.request.method(), status(x), x.start_ns, x.end_ns))
             .collect();
         assert_eq!(got, [("GET", 200, 10, 20), ("POST", 500, 30, 45)]);
     }
@@ -183,20 +183,59 @@ mod tests {
             b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
             4,
         );
-        assert_eq!(h.out[0].response.status, 201);
+        assert_eq!(status(&h.out[0]), 201);
+    }
+
+    fn status(x: &Exchange) -> u16 {
+        x.response.as_ref().map_or(0, |r| r.status)
     }
 
     #[test]
-    fn close_ends_a_close_delimited_response_and_counts_the_unanswered() {
+    fn close_ends_a_close_delimited_response_and_fails_the_unanswered() {
         let mut h = Harness::new(Role::Client);
         h.feed(false, b"GET / HTTP/1.0\r\n\r\n", 1);
         h.feed(true, b"HTTP/1.0 200 OK\r\n\r\nbody until close", 2);
         h.s.on_close(9, &mut h.n, &mut h.out);
         assert_eq!(h.out.len(), 1);
         assert_eq!(h.out[0].end_ns, 9);
-        h.feed(false, b"GET / HTTP/1.1\r\n\r\n", 10);
+        assert!(!h.out[0].cut_off);
+        h.feed(false, b"GET /slow HTTP/1.1\r\n\r\n", 10);
         h.s.on_close(11, &mut h.n, &mut h.out);
         assert_eq!(h.s.losses.unanswered, 1);
+        let x = h.out.pop().unwrap();
+        assert!(x.cut_off && x.response.is_none());
+        let span = to_span(
+            x,
+            &facts(),
+            resource(),
+            &Clock::new(),
+            SpanOptions::default(),
+        );
+        assert_eq!(span.status, Status::Error(String::new()));
+        assert_eq!(span.attr("error.type"), Some(&"connection_closed".into()));
+        assert_eq!(span.attr("http.response.status_code"), None);
+        assert_eq!(span.end_ns - span.start_ns, 1);
+    }
+
+    #[test]
+    fn a_response_cut_off_keeps_its_status_and_fails() {
+        let mut h = Harness::new(Role::Server);
+        h.feed(true, REQ, 1);
+        h.feed(
+            false,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+            2,
+        );
+        h.s.on_close(3, &mut h.n, &mut h.out);
+        let span = to_span(
+            h.out.pop().unwrap(),
+            &facts(),
+            resource(),
+            &Clock::new(),
+            SpanOptions::default(),
+        );
+        assert_eq!(span.attr("http.response.status_code"), Some(&200i64.into()));
+        assert_eq!(span.attr("error.type"), Some(&"connection_closed".into()));
     }
 
     #[test]
@@ -245,6 +284,7 @@ mod tests {
             SpanOptions {
                 capture_query: true,
                 baggage_keys: &[],
+                known_methods: None,
             },
         );
         assert_eq!(span.name, "HTTP");
@@ -262,6 +302,32 @@ mod tests {
     }
 
     #[test]
+    fn known_methods_can_be_replaced() {
+        let mut h = Harness::new(Role::Client);
+        h.feed(false, b"PURGE /a HTTP/1.1\r\n\r\n", 1);
+        h.feed(true, OK, 2);
+        h.feed(false, b"GET /b HTTP/1.1\r\n\r\n", 3);
+        h.feed(true, OK, 4);
+        let opts = SpanOptions {
+            known_methods: Some(&["PURGE"]),
+            ..SpanOptions::default()
+        };
+        let mut spans = h
+            .out
+            .drain(..)
+            .map(|x| to_span(x, &facts(), resource(), &Clock::new(), opts));
+        let purge = spans.next().unwrap();
+        assert_eq!(purge.name, "PURGE");
+        assert_eq!(purge.attr("http.request.method"), Some(&"PURGE".into()));
+        let get = spans.next().unwrap();
+        assert_eq!(get.name, "HTTP");
+        assert_eq!(
+            get.attr("http.request.method_original"),
+            Some(&"GET".into())
+        );
+    }
+
+    #[test]
     fn allow_listed_baggage_becomes_attributes() {
         let mut h = Harness::new(Role::Server);
         h.feed(
@@ -273,6 +339,7 @@ mod tests {
         let opts = SpanOptions {
             capture_query: false,
             baggage_keys: &["tenant", "plan"],
+            known_methods: None,
         };
         let span = to_span(
             h.out.pop().unwrap(),

@@ -14,7 +14,7 @@ use super::Exchange;
 use crate::{
     clock::Clock,
     protocol::{
-        common::{push_peer, Frame},
+        common::{push_peer, Frame, CONNECTION_CLOSED},
         http_common::{http_span, server_endpoint, HttpCall},
         ConnFacts, Role, SpanOptions,
     },
@@ -56,7 +56,7 @@ pub fn to_span(
         scheme: req.scheme.as_deref(),
         version: "2".into(),
         status: x.response.as_ref().and_then(|r| r.status),
-        failure: x.reset.map(reset_name),
+        failure: failure(&x),
         user_agent: req.user_agent.as_deref(),
         baggage: req.baggage.as_deref(),
     };
@@ -106,8 +106,8 @@ fn grpc_span(
         }
     }
     let http_status = x.response.as_ref().and_then(|r| r.status);
-    let error: Option<AttrValue> = match (x.reset, grpc_status, http_status) {
-        (Some(code), _, _) => Some(reset_name(code).into()),
+    let error: Option<AttrValue> = match (failure(x), grpc_status, http_status) {
+        (Some(f), _, _) => Some(f.into()),
         (None, Some(code), _) if is_error(frame.role, code) => Some(grpc_code_name(code).into()),
         (None, Some(_), _) => None,
         // No grpc-status: the call failed at the HTTP level.
@@ -162,6 +162,14 @@ fn grpc_code_name(code: u32) -> &'static str {
 }
 
 /// RST_STREAM error codes (RFC 9113 §7).
+/// How the stream failed short of a status: reset, or cut off by its
+/// connection's close.
+fn failure(x: &Exchange) -> Option<&'static str> {
+    x.reset
+        .map(reset_name)
+        .or(x.cut_off.then_some(CONNECTION_CLOSED))
+}
+
 fn reset_name(code: u32) -> &'static str {
     const NAMES: [&str; 14] = [
         "NO_ERROR",

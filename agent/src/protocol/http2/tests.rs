@@ -630,4 +630,22 @@ fn open_streams_are_bounded() {
     assert_eq!(h.s.losses.unanswered, 1100 - 1024);
     h.s.on_close(0, &mut h.n, &mut h.out);
     assert_eq!(h.s.losses.unanswered, 1100);
+    // The 1024 still open when the connection closed failed.
+    assert_eq!(h.out.len(), 1024);
+    assert!(h.out.iter().all(|x| x.cut_off));
+}
+
+#[test]
+fn streams_open_at_close_become_failed_spans() {
+    let mut h = Harness::new(Role::Client);
+    h.open();
+    let req = h
+        .client
+        .headers(1, true, &[(":method", "GET"), (":path", "/slow")]);
+    h.client_sends(&req);
+    h.s.on_close(50, &mut h.n, &mut h.out);
+    let span = h.span();
+    assert!(matches!(span.status, Status::Error(_)));
+    assert_eq!(span.attr("error.type"), Some(&"connection_closed".into()));
+    assert_eq!(span.attr("http.response.status_code"), None);
 }
