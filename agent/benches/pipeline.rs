@@ -69,6 +69,7 @@ fn pipeline(c: &mut Criterion) {
         pid: 100,
         service_name: "orders".into(),
         attributes: vec![],
+        sdk_exports: false,
     });
     let facts = ConnFacts {
         peer: Some("10.0.0.2:51000".parse().unwrap()),

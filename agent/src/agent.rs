@@ -15,7 +15,7 @@ use tokio::{
 
 use crate::{
     capture::{Capture, CaptureConfig},
-    cli::{CommandLineMode, Mechanisms, QueryMode, RunArgs, SelectArgs, TlsAttach},
+    cli::{CommandLineMode, Mechanisms, QueryMode, RunArgs, SdkProcesses, SelectArgs, TlsAttach},
     export::{ExportConfig, Exporter},
     health,
     nesting::Nesting,
@@ -25,6 +25,7 @@ use crate::{
     protocol::{http_common::known_methods_from_env, SpanOptions},
     redact::{Redact, SecretNames},
     sampling::Sampler,
+    sdk::DeferToSdk,
     select::Selector,
     stats::Stats,
     tls,
@@ -91,7 +92,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         opts,
         // Redaction before truncation: a cut could hide the `=` that
         // marks a value as a secret's.
-        Chain::default()
+        sdk_stage(args.sdk_processes)
             .then(Redact {
                 names: names.clone(),
                 queries: args.query == QueryMode::Redacted,
@@ -177,6 +178,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
     exporter.shutdown(Duration::from_secs(5)).await;
     tracing::info!(stats = %stats.summary(), "stopped");
     Ok(())
+}
+
+/// The chain's first stage: spans of processes with their own SDK go
+/// first, before any work is spent on them.
+fn sdk_stage(mode: SdkProcesses) -> Chain {
+    match mode {
+        SdkProcesses::Defer => Chain::default().then(DeferToSdk::default()),
+        SdkProcesses::Trace => Chain::default(),
+    }
 }
 
 /// Leaked once: span attributes take static keys and names, and these

@@ -96,6 +96,13 @@ pub struct RunArgs {
     /// secret-looking flags, variables, headers and URL user-info replaced).
     #[arg(long, value_enum, default_value = "off")]
     pub command_line: CommandLineMode,
+    /// Spans of processes that export their own through an OpenTelemetry
+    /// SDK (an OTLP exporter in their environment, or seen exporting):
+    /// `defer` (the default: Clew exports none of theirs, so no span is
+    /// exported twice) or `trace` (Clew exports its spans too, for an SDK
+    /// exporting elsewhere; the backend then gets duplicate span ids).
+    #[arg(long, value_enum, default_value = "defer")]
+    pub sdk_processes: SdkProcesses,
     /// How trace context crosses to the next service, a list of: `headers`
     /// (write `traceparent` into outgoing plaintext HTTP/1 and HTTP/2 requests),
     /// `tcp-option` (carry it in a TCP header option, for any TCP traffic),
@@ -144,6 +151,12 @@ pub enum QueryMode {
 pub enum CommandLineMode {
     Off,
     Redacted,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SdkProcesses {
+    Defer,
+    Trace,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

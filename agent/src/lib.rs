@@ -22,6 +22,7 @@ pub mod processor;
 pub mod protocol;
 pub mod redact;
 pub mod sampling;
+pub mod sdk;
 pub mod select;
 pub mod span;
 pub mod stats;

@@ -184,6 +184,26 @@ pub fn build(pid: u32, f: &ProcFacts, host: &str, command_line: Option<&SecretNa
         pid,
         service_name,
         attributes: attrs,
+        sdk_exports: sdk_exports(env),
+    }
+}
+
+/// Whether the environment configures an OpenTelemetry SDK to export
+/// spans: an OTLP endpoint, or a traces exporter other than `none`, and
+/// the SDK not disabled. (A process configured in code is found by its
+/// exports instead, see `sdk::DeferToSdk`.)
+fn sdk_exports<'a>(env: impl Fn(&str) -> Option<&'a str>) -> bool {
+    if env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+        return false;
+    }
+    match env("OTEL_TRACES_EXPORTER") {
+        Some(list) => list.split(',').any(|e| !matches!(e.trim(), "" | "none")),
+        None => [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ]
+        .iter()
+        .any(|k| env(k).is_some_and(|v| !v.trim().is_empty())),
     }
 }
 
@@ -253,6 +273,22 @@ mod tests {
             get(&r, "service.instance.id"),
             Some(&AttrValue::Str("node-1/42/77".into()))
         );
+    }
+
+    #[test]
+    fn sdk_exporters_are_known_by_their_environment() {
+        let exports = |env: &[(&str, &str)]| build(1, &facts_with(env), "h", None).sdk_exports;
+        assert!(exports(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]));
+        assert!(exports(&[("OTEL_TRACES_EXPORTER", "console,otlp")]));
+        assert!(!exports(&[
+            ("OTEL_TRACES_EXPORTER", "none"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")
+        ]));
+        assert!(!exports(&[
+            ("OTEL_SDK_DISABLED", "true"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")
+        ]));
+        assert!(!exports(&[("OTEL_SERVICE_NAME", "checkout")]));
     }
 
     #[test]

@@ -6,4 +6,5 @@
 
 mod failures;
 mod redaction;
+mod sdk;
 mod w3c;

@@ -100,11 +100,7 @@ mod tests {
     }
 
     fn resource() -> Arc<Resource> {
-        Arc::new(Resource {
-            pid: 1,
-            service_name: "svc".into(),
-            attributes: vec![],
-        })
+        crate::export::test_support::resource(1, "svc")
     }
 
     #[test]

@@ -1,7 +1,5 @@
 //! Sessions fed real frame bytes, built here with the HPACK encoder.
 
-use std::sync::Arc;
-
 use loona_hpack::Encoder;
 
 use super::{detect::PREFACE, to_span, Exchange, Session};
@@ -11,7 +9,7 @@ use crate::{
     nesting::Nesting,
     protocol::{ConnFacts, Role, SpanOptions},
     sampling::{Root, Sampler},
-    span::{Resource, Span, SpanKind, Status},
+    span::{Span, SpanKind, Status},
 };
 
 const END_STREAM: u8 = 0x1;
@@ -133,11 +131,7 @@ impl Harness {
         to_span(
             x,
             &facts(),
-            Arc::new(Resource {
-                pid: 1,
-                service_name: "svc".into(),
-                attributes: vec![],
-            }),
+            crate::export::test_support::resource(1, "svc"),
             &Clock::new(),
             SpanOptions::default(),
         )
