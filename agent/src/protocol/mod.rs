@@ -67,6 +67,15 @@ pub struct Losses {
     pub orphan_responses: u64,
 }
 
+impl Losses {
+    /// Nothing went wrong on the connection so far: a request still open
+    /// when it closes really got no response (otherwise its response may
+    /// be among what was not read, and no failure is claimed).
+    pub fn is_clean(&self) -> bool {
+        *self == Losses::default()
+    }
+}
+
 impl std::ops::Sub for Losses {
     type Output = Losses;
     fn sub(self, before: Losses) -> Losses {

@@ -121,7 +121,8 @@ impl Session {
     }
 
     /// The connection closed: a response delimited by close ends here; any
-    /// request still waiting failed, and is reported as such.
+    /// request still waiting failed, and is reported as such unless the
+    /// connection's parsing had gone wrong before (then it is only counted).
     pub fn on_close<T: From<Exchange>>(
         &mut self,
         ts: u64,
@@ -133,10 +134,14 @@ impl Session {
         for f in frames.drain(..) {
             self.on_response_frame(f, nesting, out);
         }
+        let trusted = self.losses.is_clean();
         self.losses.unanswered += self.pending.len() as u64;
         for p in self.pending.drain(..) {
             if self.role == Role::Server {
                 nesting.server_done(p.tid, &p.ctx.span_id);
+            }
+            if !trusted {
+                continue;
             }
             out.push(T::from(Exchange {
                 role: self.role,

@@ -214,6 +214,16 @@ mod tests {
     }
 
     #[test]
+    fn no_failure_is_claimed_after_an_orphan_response() {
+        let mut h = Harness::new(Role::Client);
+        h.feed(true, OK, 1);
+        h.feed(false, b"GET /a HTTP/1.1\r\n\r\n", 2);
+        h.s.on_close(3, &mut h.n, &mut h.out);
+        assert_eq!(h.s.losses.unanswered, 1);
+        assert!(h.out.is_empty());
+    }
+
+    #[test]
     fn a_response_cut_off_keeps_its_status_and_fails() {
         let mut h = Harness::new(Role::Server);
         h.feed(true, REQ, 1);

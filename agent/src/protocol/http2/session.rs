@@ -312,13 +312,17 @@ impl Session {
     }
 
     /// The connection closed: requests still open failed, and are
-    /// reported as such.
+    /// reported as such unless the connection's decoding had gone wrong
+    /// before (then they are only counted).
     pub fn on_close(&mut self, ts: u64, nesting: &mut Nesting, out: &mut Vec<Exchange>) {
+        let trusted = crate::protocol::Losses::from(self.losses).is_clean();
         let open = std::mem::take(&mut self.calls.streams);
         self.losses.unanswered += open.len() as u64;
         for s in open.into_values() {
             self.calls.abandoned(&s, nesting);
-            out.push(s.into_exchange(self.calls.role, None, true, ts));
+            if trusted {
+                out.push(s.into_exchange(self.calls.role, None, true, ts));
+            }
         }
     }
 }

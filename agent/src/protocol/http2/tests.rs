@@ -624,9 +624,8 @@ fn open_streams_are_bounded() {
     assert_eq!(h.s.losses.unanswered, 1100 - 1024);
     h.s.on_close(0, &mut h.n, &mut h.out);
     assert_eq!(h.s.losses.unanswered, 1100);
-    // The 1024 still open when the connection closed failed.
-    assert_eq!(h.out.len(), 1024);
-    assert!(h.out.iter().all(|x| x.cut_off));
+    // Requests were already dropped: no failure is claimed for the rest.
+    assert!(h.out.is_empty());
 }
 
 #[test]
