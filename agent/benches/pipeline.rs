@@ -103,7 +103,7 @@ impl Pass<'_> {
                 let (trace_id, span_id, parent) = (ctx.trace_id, ctx.span_id, ctx.parent);
                 let measured = self
                     .metrics
-                    .then(|| t.measure(self.facts))
+                    .then(|| t.measure(self.facts, SpanOptions::default()))
                     .flatten()
                     .map(|m| metrics.prepare(m, self.resource, span_id, parent));
                 let sampled = n % self.sample_every == 0;
@@ -137,6 +137,7 @@ fn pipeline(c: &mut Criterion) {
         pid: 100,
         service_name: "orders".into(),
         attributes: vec![],
+        sdk_exports: false,
     });
     let facts = ConnFacts {
         peer: Some("10.0.0.2:51000".parse().unwrap()),

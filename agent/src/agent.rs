@@ -15,7 +15,7 @@ use tokio::{
 
 use crate::{
     capture::{Capture, CaptureConfig},
-    cli::{Mechanisms, RunArgs, SelectArgs, TlsAttach},
+    cli::{CommandLineMode, Mechanisms, QueryMode, RunArgs, SdkProcesses, SelectArgs, TlsAttach},
     clock::unix_now_ns,
     export::{export_metrics, ExportConfig, Exporter, Signal},
     health,
@@ -24,8 +24,10 @@ use crate::{
     pipeline::{Outputs, Pipeline},
     probe,
     processor::{Chain, TruncateAttributes},
-    protocol::SpanOptions,
+    protocol::{http_common::known_methods_from_env, SpanOptions},
+    redact::{Redact, SecretNames},
     sampling::{RecordThreshold, Sampler},
+    sdk::DeferToSdk,
     select::Selector,
     stats::Stats,
     tls,
@@ -97,16 +99,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     capture.attach()?;
     capture.attach_sockops(&selector.cgroup_dirs()?)?;
     let exporter = Exporter::start(export_cfg).context("starting the exporter")?;
-    // Leaked once: span attributes take static keys, and these live as
-    // long as the agent does.
-    let baggage_keys: Vec<&'static str> = args
-        .baggage_attributes
-        .into_iter()
-        .map(|k| &*Box::leak(k.into_boxed_str()))
-        .collect();
+    let known_methods = env("OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS");
+    let known_methods = known_methods_from_env(known_methods.as_deref()).map(leak_all);
+    let names = SecretNames::with_extra(&args.redact_names);
     let opts = SpanOptions {
-        capture_query: args.capture_query,
-        baggage_keys: Box::leak(baggage_keys.into_boxed_slice()),
+        capture_query: args.query != QueryMode::Off,
+        baggage_keys: leak_all(args.baggage_attributes),
+        known_methods,
     };
     let mut pipeline = Pipeline::new(
         selector.clone(),
@@ -118,8 +117,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 registry,
                 stats.clone(),
             ),
-            processors: Chain::default()
+            // Spans of processes with their own SDK go first; redaction
+            // before truncation: a cut could hide the `=` that marks a
+            // value as a secret's.
+            processors: sdk_stage(args.sdk_processes)
                 .then(RecordThreshold { sampler })
+                .then(Redact {
+                    names: names.clone(),
+                    queries: args.query == QueryMode::Redacted,
+                })
                 .then(RouteNames { patterns })
                 .then(TruncateAttributes::from_env(env)?),
             exporter,
@@ -127,6 +133,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         opts,
         stats.clone(),
     );
+    if args.command_line == CommandLineMode::Redacted {
+        pipeline.processes.export_command_lines(names);
+    }
     // Per process only makes sense when some processes are not traced.
     let per_process = args.tls_attach == TlsAttach::Process && !selector.is_all();
     pipeline.tls.configure(args.tls_go, per_process);
@@ -224,6 +233,25 @@ fn metric_export_interval(var: Option<String>) -> Result<Duration> {
         .with_context(|| format!("OTEL_METRIC_EXPORT_INTERVAL={v:?} is not milliseconds"))?;
     anyhow::ensure!(ms > 0, "OTEL_METRIC_EXPORT_INTERVAL must be above 0");
     Ok(Duration::from_millis(ms))
+}
+
+/// The chain's first stage: spans of processes with their own SDK go
+/// first, before any work is spent on them.
+fn sdk_stage(mode: SdkProcesses) -> Chain {
+    match mode {
+        SdkProcesses::Defer => Chain::default().then(DeferToSdk::default()),
+        SdkProcesses::Trace => Chain::default(),
+    }
+}
+
+/// Leaked once: span attributes take static keys and names, and these
+/// live as long as the agent does.
+fn leak_all(list: Vec<String>) -> &'static [&'static str] {
+    let leaked: Vec<&'static str> = list
+        .into_iter()
+        .map(|k| &*Box::leak(k.into_boxed_str()))
+        .collect();
+    Box::leak(leaked.into_boxed_slice())
 }
 
 fn describe(s: &Selector) -> String {

@@ -81,9 +81,28 @@ pub struct RunArgs {
     /// Bytes of each socket read/write copied from the kernel (headers must fit).
     #[arg(long, default_value_t = 4096)]
     pub capture_bytes: u32,
-    /// Record `url.query` (off by default: query strings often carry secrets).
-    #[arg(long)]
-    pub capture_query: bool,
+    /// How query strings are recorded (`url.query`, and in `url.full`):
+    /// `redacted` (values of secret-named keys become `REDACTED`), `full`
+    /// (as sent) or `off`.
+    #[arg(long, value_enum, default_value = "redacted")]
+    pub query: QueryMode,
+    /// More names whose values are redacted in queries, path parameters
+    /// and command lines, on top of the built-in list (see README), e.g.
+    /// `tenant_pin,otp`.
+    #[arg(long, value_delimiter = ',')]
+    pub redact_names: Vec<String>,
+    /// Export `process.command_line`: `off` (the default: command lines
+    /// carry passwords passed as flags) or `redacted` (values of
+    /// secret-looking flags, variables, headers and URL user-info replaced).
+    #[arg(long, value_enum, default_value = "off")]
+    pub command_line: CommandLineMode,
+    /// Spans of processes that export their own through an OpenTelemetry
+    /// SDK (an OTLP exporter in their environment, or seen exporting):
+    /// `defer` (the default: Clew exports none of theirs, so no span is
+    /// exported twice) or `trace` (Clew exports its spans too, for an SDK
+    /// exporting elsewhere; the backend then gets duplicate span ids).
+    #[arg(long, value_enum, default_value = "defer")]
+    pub sdk_processes: SdkProcesses,
     /// How trace context crosses to the next service, a list of: `headers`
     /// (write `traceparent` into outgoing plaintext HTTP/1 and HTTP/2 requests),
     /// `tcp-option` (carry it in a TCP header option, for any TCP traffic),
@@ -132,6 +151,25 @@ pub struct RunArgs {
     /// Kernel→agent ring buffer size in MiB (rounded up to a power of two).
     #[arg(long, default_value_t = 4)]
     pub ringbuf_mib: u32,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueryMode {
+    Off,
+    Redacted,
+    Full,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandLineMode {
+    Off,
+    Redacted,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SdkProcesses {
+    Defer,
+    Trace,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -44,7 +44,8 @@ pub struct Pipeline {
     shared: Shared,
     pub runtimes: Runtimes,
     mega_traces: MegaTraces,
-    processes: Processes,
+    /// Resources of the traced processes; the agent sets what they export.
+    pub processes: Processes,
     clock: Clock,
     opts: SpanOptions,
     selector: Selector,
@@ -165,7 +166,11 @@ impl Pipeline {
             Ok(Event::Data(d)) => self.on_data(d),
             Ok(Event::Ctx(k)) => self.on_kernel_ctx(k),
             Ok(Event::Open(o)) => self.on_open(o),
-            Ok(Event::Close { conn_id, ts_ns }) => self.on_close(conn_id, ts_ns),
+            Ok(Event::Close {
+                conn_id,
+                ts_ns,
+                after_loss,
+            }) => self.on_close(conn_id, ts_ns, after_loss),
             Ok(Event::Exec {
                 tgid,
                 kernel_selected,
@@ -311,11 +316,18 @@ impl Pipeline {
         self.nesting.conn_closed(id);
     }
 
-    fn on_close(&mut self, id: u64, ts: u64) {
+    fn on_close(&mut self, id: u64, ts: u64, after_loss: bool) {
         stats::add(&self.stats.conns_closed, 1);
         let Some(mut c) = self.conns.remove(id) else {
             return;
         };
+        // What was lost may have answered the requests still open: the
+        // session goes without claiming they failed.
+        if after_loss {
+            if let Some(p) = c.restart_after_loss() {
+                stats::add(&self.stats.protocol(p).desynced, 1);
+            }
+        }
         if let Some(s) = c.session.as_mut() {
             let before = s.losses();
             s.on_close(ts, &mut self.nesting, &mut self.done);
@@ -435,7 +447,7 @@ impl Pipeline {
             let sampled = ctx.sampled;
             // Measured before sampling: metrics count every transaction.
             let measured = t
-                .measure(facts)
+                .measure(facts, self.opts)
                 .map(|m| self.metrics.prepare(m, &resource, span_id, parent));
             let exported = if sampled {
                 let mut span = t.into_span(facts, resource.clone(), &self.clock, self.opts);

@@ -4,13 +4,19 @@
 
 use std::{collections::HashMap, fs, path::Path, sync::Arc};
 
-use crate::span::{AttrValue, Resource};
+use crate::{
+    redact::SecretNames,
+    span::{AttrValue, Resource},
+};
 
 /// Cached resources; bounded because pids of exited processes we never
 /// heard about (missed exit records) would otherwise accumulate.
 pub struct Processes {
     host: String,
     cache: HashMap<u32, Arc<Resource>>,
+    /// `process.command_line` is exported, redacted by these names
+    /// (`--command-line redacted`); None leaves it out.
+    command_line: Option<SecretNames>,
 }
 
 const MAX_CACHED: usize = 16384;
@@ -21,7 +27,14 @@ impl Processes {
         Processes {
             host,
             cache: HashMap::new(),
+            command_line: None,
         }
+    }
+
+    /// Exports `process.command_line`, redacted by `names`.
+    pub fn export_command_lines(&mut self, names: SecretNames) {
+        self.command_line = Some(names);
+        self.cache.clear();
     }
 
     pub fn resource(&mut self, tgid: u32) -> Arc<Resource> {
@@ -32,7 +45,12 @@ impl Processes {
             self.cache
                 .retain(|pid, _| Path::new(&format!("/proc/{pid}")).exists());
         }
-        let r = Arc::new(read(tgid, &self.host));
+        let r = Arc::new(build(
+            tgid,
+            &facts(tgid),
+            &self.host,
+            self.command_line.as_ref(),
+        ));
         self.cache.insert(tgid, r.clone());
         r
     }
@@ -106,12 +124,8 @@ pub fn facts(pid: u32) -> ProcFacts {
     }
 }
 
-fn read(pid: u32, host: &str) -> Resource {
-    build(pid, &facts(pid), host)
-}
-
 /// The resource of a process from its /proc facts (pure, for tests).
-pub fn build(pid: u32, f: &ProcFacts, host: &str) -> Resource {
+pub fn build(pid: u32, f: &ProcFacts, host: &str, command_line: Option<&SecretNames>) -> Resource {
     let env = |k: &str| f.env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let exe_name = Path::new(&f.exe_path)
         .file_name()
@@ -156,8 +170,11 @@ pub fn build(pid: u32, f: &ProcFacts, host: &str) -> Resource {
     if !f.exe_path.is_empty() {
         set("process.executable.path", f.exe_path.clone().into());
     }
-    if !f.cmdline.is_empty() {
-        set("process.command_line", f.cmdline.join(" ").into());
+    if let Some(names) = command_line.filter(|_| !f.cmdline.is_empty()) {
+        set(
+            "process.command_line",
+            names.command_line(&f.cmdline).into(),
+        );
     }
     set("host.name", host.to_owned().into());
     set("telemetry.sdk.name", "clew".into());
@@ -167,6 +184,26 @@ pub fn build(pid: u32, f: &ProcFacts, host: &str) -> Resource {
         pid,
         service_name,
         attributes: attrs,
+        sdk_exports: sdk_exports(env),
+    }
+}
+
+/// Whether the environment configures an OpenTelemetry SDK to export
+/// spans: an OTLP endpoint, or a traces exporter other than `none`, and
+/// the SDK not disabled. (A process configured in code is found by its
+/// exports instead, see `sdk::DeferToSdk`.)
+fn sdk_exports<'a>(env: impl Fn(&str) -> Option<&'a str>) -> bool {
+    if env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+        return false;
+    }
+    match env("OTEL_TRACES_EXPORTER") {
+        Some(list) => list.split(',').any(|e| !matches!(e.trim(), "" | "none")),
+        None => [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ]
+        .iter()
+        .any(|k| env(k).is_some_and(|v| !v.trim().is_empty())),
     }
 }
 
@@ -193,25 +230,38 @@ mod tests {
 
     #[test]
     fn service_name_precedence() {
-        let r = build(1, &facts_with(&[("OTEL_SERVICE_NAME", "checkout")]), "h");
+        let r = build(
+            1,
+            &facts_with(&[("OTEL_SERVICE_NAME", "checkout")]),
+            "h",
+            None,
+        );
         assert_eq!(r.service_name, "checkout");
         let r = build(
             1,
             &facts_with(&[("OTEL_RESOURCE_ATTRIBUTES", "service.name=cart,team=a%20b")]),
             "h",
+            None,
         );
         assert_eq!(r.service_name, "cart");
         assert_eq!(get(&r, "team"), Some(&AttrValue::Str("a b".into())));
-        let r = build(1, &facts_with(&[]), "h");
+        let r = build(1, &facts_with(&[]), "h", None);
         assert_eq!(r.service_name, "python3.11");
     }
 
     #[test]
     fn process_attributes() {
-        let r = build(42, &facts_with(&[]), "node-1");
+        let r = build(42, &facts_with(&[]), "node-1", None);
         assert_eq!(get(&r, "process.pid"), Some(&AttrValue::Int(42)));
+        assert_eq!(get(&r, "process.command_line"), None);
+        let redacted = build(
+            42,
+            &facts_with(&[]),
+            "node-1",
+            Some(&SecretNames::default()),
+        );
         assert_eq!(
-            get(&r, "process.command_line"),
+            get(&redacted, "process.command_line"),
             Some(&AttrValue::Str("python3 app.py".into()))
         );
         assert_eq!(get(&r, "host.name"), Some(&AttrValue::Str("node-1".into())));
@@ -226,8 +276,24 @@ mod tests {
     }
 
     #[test]
+    fn sdk_exporters_are_known_by_their_environment() {
+        let exports = |env: &[(&str, &str)]| build(1, &facts_with(env), "h", None).sdk_exports;
+        assert!(exports(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]));
+        assert!(exports(&[("OTEL_TRACES_EXPORTER", "console,otlp")]));
+        assert!(!exports(&[
+            ("OTEL_TRACES_EXPORTER", "none"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")
+        ]));
+        assert!(!exports(&[
+            ("OTEL_SDK_DISABLED", "true"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")
+        ]));
+        assert!(!exports(&[("OTEL_SERVICE_NAME", "checkout")]));
+    }
+
+    #[test]
     fn gone_process_gets_a_placeholder_name() {
-        let r = build(9, &ProcFacts::default(), "h");
+        let r = build(9, &ProcFacts::default(), "h", None);
         assert_eq!(r.service_name, "unknown_service:9");
     }
 }

@@ -64,6 +64,9 @@ pub struct Resource {
     pub service_name: String,
     /// Every resource attribute, `service.name` included.
     pub attributes: Vec<(String, AttrValue)>,
+    /// Its environment configures an OpenTelemetry SDK to export spans
+    /// (see `sdk::DeferToSdk`).
+    pub sdk_exports: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

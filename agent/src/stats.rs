@@ -51,7 +51,7 @@ protocol_counters! {
     decode_errors: "header blocks that did not decode (HPACK); no later header of that direction is trusted",
     gaps: "bytes not captured where a header had to be read",
     desynced: "connection directions given up on after being in sync (no more spans from them)",
-    unanswered: "requests whose response never came",
+    unanswered: "requests whose response never came (HTTP ones are exported as ERROR spans too)",
     orphan_responses: "responses without a request",
 }
 

@@ -1,4 +1,5 @@
-//! W3C Trace Context: parsing and formatting `traceparent`.
+//! W3C Trace Context: parsing and formatting `traceparent`, checking
+//! `tracestate`.
 
 use crate::span::{SpanId, TraceId};
 
@@ -45,6 +46,77 @@ impl TraceParent {
     }
 }
 
+/// The value of a header that must appear once: a repeated `traceparent`
+/// makes the request's context invalid (the W3C test suite expects a new
+/// trace), and the kernel, which cannot compare the values, agrees.
+pub fn single<'a>(mut values: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let first = values.next()?;
+    values.next().is_none().then_some(first)
+}
+
+/// Most list members a `tracestate` may have.
+pub const TRACESTATE_MEMBERS: usize = 32;
+/// Longest `tracestate` carried on.
+pub const TRACESTATE_BYTES: usize = 512;
+
+/// A `tracestate` (repeated headers joined by `,`) as it is carried on:
+/// empty members dropped, and None when it breaks the specification's
+/// rules (more than 32 members or 512 bytes, a malformed member, a key
+/// twice), since a vendor cannot tell which of its members to trust.
+pub fn tracestate(value: &str) -> Option<String> {
+    let members: Vec<&str> = value
+        .split(',')
+        .map(|m| m.trim_matches([' ', '\t']))
+        .filter(|m| !m.is_empty())
+        .collect();
+    if members.is_empty() || members.len() > TRACESTATE_MEMBERS {
+        return None;
+    }
+    let mut keys = Vec::with_capacity(members.len());
+    for m in &members {
+        let (k, v) = m.split_once('=')?;
+        if !valid_key(k) || !valid_value(v) || keys.contains(&k) {
+            return None;
+        }
+        keys.push(k);
+    }
+    let joined = members.join(",");
+    (joined.len() <= TRACESTATE_BYTES).then_some(joined)
+}
+
+/// `simple-key` or `tenant-id@system-id`.
+fn valid_key(k: &str) -> bool {
+    let rest = |s: &str| {
+        s.bytes()
+            .all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'*' | b'/'))
+    };
+    let starts = |s: &str, digit_ok: bool| {
+        s.bytes()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || (digit_ok && c.is_ascii_digit()))
+    };
+    match k.split_once('@') {
+        None => k.len() <= 256 && starts(k, false) && rest(k),
+        Some((tenant, system)) => {
+            tenant.len() <= 241
+                && system.len() <= 14
+                && starts(tenant, true)
+                && starts(system, false)
+                && rest(tenant)
+                && rest(system)
+        }
+    }
+}
+
+/// Up to 256 printable characters but `,` and `=`, not ending in a space.
+fn valid_value(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 256
+        && !v.ends_with(' ')
+        && v.bytes()
+            .all(|c| (0x20..=0x7e).contains(&c) && c != b',' && c != b'=')
+}
+
 /// W3C baggage (`k1=v1;prop,k2=v2`, percent-encoded values), the format
 /// of `OTEL_RESOURCE_ATTRIBUTES` too. Properties are dropped.
 pub fn parse_baggage(s: &str) -> Vec<(String, String)> {
@@ -58,7 +130,7 @@ pub fn parse_baggage(s: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -140,6 +212,46 @@ mod tests {
                 ("esc".into(), "a,b%zz%4".into())
             ]
         );
+    }
+
+    #[test]
+    fn repeated_headers_are_not_used() {
+        assert_eq!(single(["a"].into_iter()), Some("a"));
+        assert_eq!(single(["a", "a"].into_iter()), None);
+        assert_eq!(single([].into_iter()), None);
+    }
+
+    #[test]
+    fn tracestate_rules() {
+        assert_eq!(
+            tracestate(" congo=t61rcWkgMzE,, rojo=00f067aa0ba902b7 ,t@sys=1").as_deref(),
+            Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7,t@sys=1")
+        );
+        let members = |n: usize| {
+            (0..n)
+                .map(|i| format!("k{i}=v"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        assert!(tracestate(&members(32)).is_some());
+        assert_eq!(tracestate(&members(33)), None);
+        assert_eq!(tracestate(&format!("k={}", "v".repeat(257))), None);
+        assert_eq!(
+            tracestate(&format!("a={0},b={0},c={0}", "v".repeat(200))),
+            None
+        );
+        for bad in [
+            "",
+            "Congo=1",
+            "1a=1",
+            "a=",
+            "a=b=c",
+            "a=1,a=2",
+            "a",
+            "a=x\u{7f}",
+        ] {
+            assert_eq!(tracestate(bad), None, "{bad}");
+        }
     }
 
     #[test]

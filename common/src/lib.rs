@@ -539,7 +539,10 @@ pub mod dataflag {
 pub struct ConnEvent {
     pub kind: u32,
     pub role: u8,
-    pub _pad: [u8; 3],
+    /// `dataflag::AFTER_LOSS` on a close: records of the connection were
+    /// lost since its last record.
+    pub flags: u8,
+    pub _pad: [u8; 2],
     pub conn_id: u64,
     pub pid_tgid: u64,
     pub ts_ns: u64,

@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use clew_common::{kind, role, ConnEvent, ConnInfo, ConnKey, SockAddr};
+use clew_common::{connstate, dataflag, kind, role, ConnEvent, ConnInfo, ConnKey, SockAddr};
 
 use crate::{
     maps::{inflight_put, inflight_take, next_conn_id, now, Inflight, CONNS, EVENTS},
@@ -49,6 +49,7 @@ fn emit(
     kind: u32,
     conn_id: u64,
     role: u8,
+    flags: u8,
     pid_tgid: u64,
     fd: u32,
     peer: SockAddr,
@@ -57,7 +58,8 @@ fn emit(
     let ev = ConnEvent {
         kind,
         role,
-        _pad: [0; 3],
+        flags,
+        _pad: [0; 2],
         conn_id,
         pid_tgid,
         ts_ns: now(),
@@ -104,7 +106,7 @@ fn open(pid_tgid: u64, fd: u32, role: u8, peer: SockAddr, local: SockAddr) -> u6
         _pad: [0; 6],
     };
     if CONNS.insert(&key, &info, 0).is_ok() {
-        emit(kind::CONN_OPEN, id, role, pid_tgid, fd, peer, local);
+        emit(kind::CONN_OPEN, id, role, 0, pid_tgid, fd, peer, local);
     }
     id
 }
@@ -197,10 +199,18 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
         crate::tcp_option::closed(info.id);
         crate::context::conn_closed(info.id);
     }
+    // Records lost since the connection's last one: its close must not
+    // make the requests whose responses were among them look unanswered.
+    let flags = if info.state & connstate::LOST != 0 {
+        dataflag::AFTER_LOSS
+    } else {
+        0
+    };
     emit(
         kind::CONN_CLOSE,
         info.id,
         info.role,
+        flags,
         pid_tgid,
         key.fd,
         SockAddr::default(),

@@ -23,6 +23,9 @@ pub struct Head {
     pub hdr_end: u32,
     /// Offsets of the first byte after `name:` (0: header absent).
     pub traceparent: u32,
+    /// Nonzero when `traceparent` appears more than once: the request's
+    /// context is then invalid (userspace agrees, see `trace_context::single`).
+    pub traceparent_repeated: u32,
     pub content_length: u32,
     pub chunked: u32,
 }
@@ -58,6 +61,7 @@ pub fn scan(h: &mut Head, len: u32) -> bool {
     h.line_end = 0;
     h.hdr_end = 0;
     h.traceparent = 0;
+    h.traceparent_repeated = 0;
     h.content_length = 0;
     h.chunked = 0;
     let mut c = ScanCtx {
@@ -133,6 +137,9 @@ fn line(h: &mut Head, n: usize, len: usize) -> bool {
     let w = word(&h.buf, n) | LOWER;
     let w2 = word(&h.buf, n + 8) | LOWER;
     if w == le(b"tracepar") && (w2 & 0xffff_ffff) == le(b"ent:") {
+        if h.traceparent != 0 {
+            h.traceparent_repeated = 1;
+        }
         h.traceparent = (n + 12) as u32;
     } else if w == le(b"content-") && (w2 & 0xff_ffff_ffff_ffff) == le(b"length:") {
         h.content_length = (n + 15) as u32;
@@ -197,17 +204,28 @@ fn decode(h: &Head, p: usize, out: &mut [u8]) -> Option<()> {
     Some(())
 }
 
-/// The incoming `traceparent`: (trace id, parent span id, sampled).
+/// The incoming `traceparent`: (trace id, parent span id, sampled), by
+/// the W3C rules: lower-case hex only, no all-zero id, version `ff`
+/// invalid, version `00` exactly 55 characters, a later version parsed by
+/// its first four fields (anything after them starts with `-`), and a
+/// repeated header invalid.
 #[inline(always)]
 pub fn traceparent(h: &Head) -> Option<([u8; 16], [u8; 8], bool)> {
-    if h.traceparent == 0 {
+    if h.traceparent == 0 || h.traceparent_repeated != 0 {
         return None;
     }
     let p = value_start(h, h.traceparent);
-    if at(&h.buf, p) != b'0' || at(&h.buf, p + 1) != b'0' || at(&h.buf, p + 2) != b'-' {
+    let mut version = [0u8; 1];
+    decode(h, p, &mut version)?;
+    if version[0] == 0xff || at(&h.buf, p + 2) != b'-' {
         return None;
     }
     if at(&h.buf, p + 35) != b'-' || at(&h.buf, p + 52) != b'-' {
+        return None;
+    }
+    let next = at(&h.buf, p + 55);
+    let ends = matches!(next, b'\r' | b'\n' | b' ' | b'\t');
+    if !ends && (version[0] == 0 || next != b'-') {
         return None;
     }
     let mut trace = [0u8; 16];

@@ -10,6 +10,14 @@ use crate::{build, cmd, paths::Paths, peers};
 
 pub const E2E_PACKAGE: &str = "clew-e2e";
 
+/// Variables by which the agent takes a process for one exporting its own
+/// spans through an OpenTelemetry SDK.
+const SDK_EXPORT_ENV: &[&str] = &[
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_TRACES_EXPORTER",
+];
+
 pub struct Options {
     pub unit: bool,
     pub e2e: bool,
@@ -71,6 +79,11 @@ pub fn test(paths: &Paths, opts: Options) -> Result<()> {
             ])
             .args(&opts.args);
         peers.env(&mut cargo);
+        // Peers inherit the environment: an SDK exporter configured in the
+        // developer's shell would make Clew defer every traced peer's spans.
+        for var in SDK_EXPORT_ENV {
+            cargo.env_remove(var);
+        }
         match cmd::run(&mut cargo) {
             Ok(()) => eprintln!("[test] end-to-end tests passed ({})", cmd::elapsed(start)),
             Err(e) => {

@@ -85,6 +85,8 @@ pub enum Event<'a> {
     Close {
         conn_id: u64,
         ts_ns: u64,
+        /// Records of the connection were lost since its last one.
+        after_loss: bool,
     },
     /// `kernel_selected`: the kernel selected the process on this exec
     /// because it matched an `--exe` selector.
@@ -159,6 +161,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
             Ok(Event::Close {
                 conn_id: c.conn_id,
                 ts_ns: c.ts_ns,
+                after_loss: c.flags & dataflag::AFTER_LOSS != 0,
             })
         }
         kind::TRACE_CTX => {

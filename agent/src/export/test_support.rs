@@ -25,6 +25,7 @@ pub fn resource(pid: u32, service: &str) -> Arc<Resource> {
         pid,
         service_name: service.into(),
         attributes: vec![("service.name".into(), service.to_owned().into())],
+        sdk_exports: false,
     })
 }
 

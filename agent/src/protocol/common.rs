@@ -8,6 +8,7 @@ use crate::{
     clock::Clock,
     nesting::{Nesting, SpanCtx, Thread, Uncertain},
     span::{AttrValue, Attributes, Resource, Span, SpanKind, Status},
+    trace_context,
 };
 
 /// Set on a CLIENT span whose thread had several requests open when it was
@@ -36,11 +37,19 @@ pub struct ConnFacts {
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SpanOptions {
-    /// Record `url.query` (off by default: queries often carry secrets).
+    /// Record `url.query` and the query in `url.full` (the processor
+    /// chain redacts them).
     pub capture_query: bool,
     /// `baggage` keys recorded as span attributes (`--baggage-attributes`).
     pub baggage_keys: &'static [&'static str],
+    /// `OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS`, which replaces the
+    /// conventions' list of methods when set.
+    pub known_methods: Option<&'static [&'static str]>,
 }
+
+/// `error.type` of a request whose connection closed (a reset, a close,
+/// a client that gave up waiting) before its response was complete.
+pub const CONNECTION_CLOSED: &str = "connection_closed";
 
 /// Who sent a request, for [`request_ctx`].
 #[derive(Clone, Copy, Debug)]
@@ -74,9 +83,16 @@ pub fn request_ctx(
 ) -> SpanCtx {
     match role {
         Role::Server => {
-            let state = traceparent.and(tracestate);
-            let mut ctx =
-                nesting.server_span(from.thread, from.conn_id, from.ts, traceparent, state);
+            let state = traceparent
+                .and(tracestate)
+                .and_then(trace_context::tracestate);
+            let mut ctx = nesting.server_span(
+                from.thread,
+                from.conn_id,
+                from.ts,
+                traceparent,
+                state.as_deref(),
+            );
             if let Some(key) = from.request {
                 nesting.describe(&ctx.span_id, key);
             }

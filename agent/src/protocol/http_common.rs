@@ -14,6 +14,19 @@ const KNOWN_METHODS: &[&str] = &[
     "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
 ];
 
+/// The methods `OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS` (comma-separated,
+/// case-sensitive) names, which replace the default list rather than add
+/// to it, as the conventions say.
+pub fn known_methods_from_env(value: Option<&str>) -> Option<Vec<String>> {
+    let list = value?
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned)
+        .collect();
+    Some(list)
+}
+
 /// One request and what became of it, as the conventions see it.
 pub struct HttpCall<'a> {
     pub method: &'a str,
@@ -42,7 +55,7 @@ pub fn http_span(
     opts: SpanOptions,
 ) -> Span {
     let mut a: Attributes = Vec::with_capacity(14);
-    let known = known_method(call.method);
+    let known = known_method(call.method, opts);
     if known.is_none() {
         a.push((
             "http.request.method_original",
@@ -70,10 +83,14 @@ pub fn http_span(
         Role::Client => {
             if let Some(s) = server {
                 let path = call.path;
-                let url = match port {
+                let mut url = match port {
                     Some(p) if p != default_port => format!("{scheme}://{s}:{p}{path}"),
                     _ => format!("{scheme}://{s}{path}"),
                 };
+                if let Some(q) = call.query.filter(|_| opts.capture_query) {
+                    url.push('?');
+                    url.push_str(q);
+                }
                 a.push(("server.address", s.into()));
                 a.push(("url.full", url.into()));
             }
@@ -83,10 +100,11 @@ pub fn http_span(
         a.push(("server.port", i64::from(p).into()));
     }
     push_peer(&mut a, frame.role, conn);
-    if opts.capture_query {
-        if let Some(q) = call.query {
-            a.push(("url.query", q.to_owned().into()));
-        }
+    if let Some(q) = call
+        .query
+        .filter(|_| opts.capture_query && frame.role == Role::Server)
+    {
+        a.push(("url.query", q.to_owned().into()));
     }
     let wanted_baggage = !opts.baggage_keys.is_empty();
     if let Some(b) = call.baggage.filter(|_| wanted_baggage) {
@@ -111,8 +129,13 @@ pub fn http_span(
     frame.into_span(known.unwrap_or("HTTP").into(), status, a, resource, clock)
 }
 
-fn known_method(method: &str) -> Option<&'static str> {
-    KNOWN_METHODS.iter().find(|m| **m == method).copied()
+/// `method` if the conventions (or `OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS`) know it.
+fn known_method(method: &str, opts: SpanOptions) -> Option<&'static str> {
+    opts.known_methods
+        .unwrap_or(KNOWN_METHODS)
+        .iter()
+        .find(|m| **m == method)
+        .copied()
 }
 
 /// Servers fail on 5xx, clients on 4xx too (the conventions' rule).
@@ -132,9 +155,10 @@ pub fn http_measure<'a>(
     role: Role,
     duration_ns: u64,
     conn: &ConnFacts,
+    opts: SpanOptions,
 ) -> Measurement<'a> {
     let mut a: Attributes = Vec::with_capacity(7);
-    let method = known_method(call.method).unwrap_or("_OTHER");
+    let method = known_method(call.method, opts).unwrap_or("_OTHER");
     a.push(("http.request.method", method.into()));
     if let Some(status) = call.status {
         a.push(("http.response.status_code", i64::from(status).into()));
@@ -205,9 +229,11 @@ pub fn push_server_endpoint(
     }
 }
 
-/// `host[:port]` or `[v6]:port` from a Host header or `:authority`.
+/// `host[:port]` or `[v6]:port` from a Host header or `:authority`;
+/// user-info a client should not have sent there (`user:pw@host`) is dropped.
 pub fn split_host(h: &str) -> (Option<&str>, Option<u16>) {
     let h = h.trim();
+    let h = h.rsplit_once('@').map_or(h, |(_, host)| host);
     if h.is_empty() {
         return (None, None);
     }
@@ -253,6 +279,16 @@ mod tests {
         assert_eq!(split_host("[::1]:8080"), (Some("::1"), Some(8080)));
         assert_eq!(split_host("a"), (Some("a"), None));
         assert_eq!(split_host(" "), (None, None));
+        assert_eq!(split_host("u:pw@a:81"), (Some("a"), Some(81)));
+    }
+
+    #[test]
+    fn known_methods_replace_the_default_list() {
+        assert_eq!(known_methods_from_env(None), None);
+        assert_eq!(
+            known_methods_from_env(Some("GET, PURGE,,")),
+            Some(vec!["GET".to_owned(), "PURGE".to_owned()])
+        );
     }
 
     #[test]

@@ -68,6 +68,15 @@ pub struct Losses {
     pub orphan_responses: u64,
 }
 
+impl Losses {
+    /// Nothing went wrong on the connection so far: a request still open
+    /// when it closes really got no response (otherwise its response may
+    /// be among what was not read, and no failure is claimed).
+    pub fn is_clean(&self) -> bool {
+        *self == Losses::default()
+    }
+}
+
 impl std::ops::Sub for Losses {
     type Output = Losses;
     fn sub(self, before: Losses) -> Losses {
@@ -287,10 +296,10 @@ impl Transaction {
     }
 
     /// The transaction's RED measurement, whether or not it is sampled.
-    pub fn measure(&self, conn: &ConnFacts) -> Option<Measurement<'_>> {
+    pub fn measure(&self, conn: &ConnFacts, opts: SpanOptions) -> Option<Measurement<'_>> {
         match self {
-            Transaction::Http1(x) => Some(http1::measure(x, conn)),
-            Transaction::Http2(x) => Some(http2::measure(x, conn)),
+            Transaction::Http1(x) => Some(http1::measure(x, conn, opts)),
+            Transaction::Http2(x) => Some(http2::measure(x, conn, opts)),
             Transaction::Kafka(x) => kafka::measure(x, conn),
         }
     }

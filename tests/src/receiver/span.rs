@@ -43,6 +43,7 @@ pub struct RecvSpan {
     pub trace_id: String,
     pub span_id: String,
     pub parent_span_id: Option<String>,
+    /// The W3C `tracestate` the span carries.
     pub trace_state: String,
     pub name: String,
     pub kind: i32,

@@ -12,6 +12,7 @@ use crate::{
         common::{adopt_kernel_ctx, request_ctx, Sender},
         Losses, Role,
     },
+    trace_context,
 };
 
 /// Requests awaiting their response on one connection; more means the
@@ -25,11 +26,15 @@ struct Pending {
     response: Option<ResponseHead>,
 }
 
-/// A request and its complete response.
+/// A request and its complete response, or what came of it before the
+/// connection closed.
 pub struct Exchange {
     pub role: Role,
     pub request: RequestHead,
-    pub response: ResponseHead,
+    /// `None`: the connection closed before a response head.
+    pub response: Option<ResponseHead>,
+    /// The connection closed before the response was complete.
+    pub cut_off: bool,
     pub ctx: SpanCtx,
     pub start_ns: u64,
     pub end_ns: u64,
@@ -119,7 +124,8 @@ impl Session {
     }
 
     /// The connection closed: a response delimited by close ends here; any
-    /// request still waiting is lost.
+    /// request still waiting failed, and is reported as such unless the
+    /// connection's parsing had gone wrong before (then it is only counted).
     pub fn on_close<T: From<Exchange>>(
         &mut self,
         ts: u64,
@@ -131,11 +137,24 @@ impl Session {
         for f in frames.drain(..) {
             self.on_response_frame(f, nesting, out);
         }
+        let trusted = self.losses.is_clean();
         self.losses.unanswered += self.pending.len() as u64;
         for p in self.pending.drain(..) {
             if self.role == Role::Server {
                 nesting.server_done(&p.ctx.span_id);
             }
+            if !trusted {
+                continue;
+            }
+            out.push(T::from(Exchange {
+                role: self.role,
+                request: p.head,
+                response: p.response,
+                cut_off: true,
+                ctx: p.ctx,
+                start_ns: p.start_ns,
+                end_ns: ts.max(p.start_ns),
+            }));
         }
     }
 
@@ -165,7 +184,15 @@ impl Session {
                     endpoint: self.endpoint,
                     stream: 0,
                 };
-                let (tp, state) = (head.header("traceparent"), head.header("tracestate"));
+                let named = |name: &'static str| {
+                    head.headers()
+                        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v)
+                };
+                let tp = trace_context::single(named("traceparent"));
+                // Repeated `tracestate` headers are one list (RFC 9110 §5.3).
+                let state = named("tracestate").collect::<Vec<_>>().join(",");
+                let state = (!state.is_empty()).then_some(state.as_str());
                 let ctx = request_ctx(self.role, from, tp, state, nesting);
                 self.responses.expect_response_to(head.method());
                 if self.pending.len() >= MAX_PENDING {
@@ -217,7 +244,8 @@ impl Session {
                 out.push(T::from(Exchange {
                     role: self.role,
                     request: p.head,
-                    response: p.response.expect("checked"),
+                    response: p.response,
+                    cut_off: false,
                     ctx: p.ctx,
                     start_ns: p.start_ns,
                     end_ns: ts.max(p.start_ns),

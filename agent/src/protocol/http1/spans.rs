@@ -30,9 +30,9 @@ pub fn to_span(
     http_span(call(&x), frame, conn, resource, clock, opts)
 }
 
-pub fn measure<'a>(x: &'a Exchange, conn: &ConnFacts) -> Measurement<'a> {
+pub fn measure<'a>(x: &'a Exchange, conn: &ConnFacts, opts: SpanOptions) -> Measurement<'a> {
     let duration = x.end_ns.saturating_sub(x.start_ns);
-    http_measure(&call(x), x.role, duration, conn)
+    http_measure(&call(x), x.role, duration, conn, opts)
 }
 
 fn call(x: &Exchange) -> HttpCall<'_> {
@@ -49,8 +49,8 @@ fn call(x: &Exchange) -> HttpCall<'_> {
         authority: req.header("host"),
         scheme: None,
         version,
-        status: Some(x.response.status),
-        failure: None,
+        status: x.response.as_ref().map(|r| r.status),
+        failure: x.cut_off.then_some(common::CONNECTION_CLOSED),
         user_agent: req.header("user-agent"),
         baggage: req.header("baggage"),
     }
@@ -109,11 +109,7 @@ mod tests {
     }
 
     fn resource() -> Arc<Resource> {
-        Arc::new(Resource {
-            pid: 1,
-            service_name: "svc".into(),
-            attributes: vec![],
-        })
+        crate::export::test_support::resource(1, "svc")
     }
 
     #[test]
@@ -130,7 +126,7 @@ mod tests {
         let got: Vec<_> = h
             .out
             .iter()
-            .map(|x| (x.request.method(), x.response.status, x.start_ns, x.end_ns))
+            .map(|x| (x.request.method(), status(x), x.start_ns, x.end_ns))
             .collect();
         assert_eq!(got, [("GET", 200, 10, 20), ("POST", 500, 30, 45)]);
     }
@@ -192,20 +188,69 @@ mod tests {
             b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
             4,
         );
-        assert_eq!(h.out[0].response.status, 201);
+        assert_eq!(status(&h.out[0]), 201);
+    }
+
+    fn status(x: &Exchange) -> u16 {
+        x.response.as_ref().map_or(0, |r| r.status)
     }
 
     #[test]
-    fn close_ends_a_close_delimited_response_and_counts_the_unanswered() {
+    fn close_ends_a_close_delimited_response_and_fails_the_unanswered() {
         let mut h = Harness::new(Role::Client);
         h.feed(false, b"GET / HTTP/1.0\r\n\r\n", 1);
         h.feed(true, b"HTTP/1.0 200 OK\r\n\r\nbody until close", 2);
         h.s.on_close(9, &mut h.n, &mut h.out);
         assert_eq!(h.out.len(), 1);
         assert_eq!(h.out[0].end_ns, 9);
-        h.feed(false, b"GET / HTTP/1.1\r\n\r\n", 10);
+        assert!(!h.out[0].cut_off);
+        h.feed(false, b"GET /slow HTTP/1.1\r\n\r\n", 10);
         h.s.on_close(11, &mut h.n, &mut h.out);
         assert_eq!(h.s.losses.unanswered, 1);
+        let x = h.out.pop().unwrap();
+        assert!(x.cut_off && x.response.is_none());
+        let span = to_span(
+            x,
+            &facts(),
+            resource(),
+            &Clock::new(),
+            SpanOptions::default(),
+        );
+        assert_eq!(span.status, Status::Error(String::new()));
+        assert_eq!(span.attr("error.type"), Some(&"connection_closed".into()));
+        assert_eq!(span.attr("http.response.status_code"), None);
+        assert_eq!(span.end_ns - span.start_ns, 1);
+    }
+
+    #[test]
+    fn no_failure_is_claimed_after_an_orphan_response() {
+        let mut h = Harness::new(Role::Client);
+        h.feed(true, OK, 1);
+        h.feed(false, b"GET /a HTTP/1.1\r\n\r\n", 2);
+        h.s.on_close(3, &mut h.n, &mut h.out);
+        assert_eq!(h.s.losses.unanswered, 1);
+        assert!(h.out.is_empty());
+    }
+
+    #[test]
+    fn a_response_cut_off_keeps_its_status_and_fails() {
+        let mut h = Harness::new(Role::Server);
+        h.feed(true, REQ, 1);
+        h.feed(
+            false,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+            2,
+        );
+        h.s.on_close(3, &mut h.n, &mut h.out);
+        let span = to_span(
+            h.out.pop().unwrap(),
+            &facts(),
+            resource(),
+            &Clock::new(),
+            SpanOptions::default(),
+        );
+        assert_eq!(span.attr("http.response.status_code"), Some(&200i64.into()));
+        assert_eq!(span.attr("error.type"), Some(&"connection_closed".into()));
     }
 
     #[test]
@@ -254,6 +299,7 @@ mod tests {
             SpanOptions {
                 capture_query: true,
                 baggage_keys: &[],
+                known_methods: None,
             },
         );
         assert_eq!(span.name, "HTTP");
@@ -271,6 +317,32 @@ mod tests {
     }
 
     #[test]
+    fn known_methods_can_be_replaced() {
+        let mut h = Harness::new(Role::Client);
+        h.feed(false, b"PURGE /a HTTP/1.1\r\n\r\n", 1);
+        h.feed(true, OK, 2);
+        h.feed(false, b"GET /b HTTP/1.1\r\n\r\n", 3);
+        h.feed(true, OK, 4);
+        let opts = SpanOptions {
+            known_methods: Some(&["PURGE"]),
+            ..SpanOptions::default()
+        };
+        let mut spans = h
+            .out
+            .drain(..)
+            .map(|x| to_span(x, &facts(), resource(), &Clock::new(), opts));
+        let purge = spans.next().unwrap();
+        assert_eq!(purge.name, "PURGE");
+        assert_eq!(purge.attr("http.request.method"), Some(&"PURGE".into()));
+        let get = spans.next().unwrap();
+        assert_eq!(get.name, "HTTP");
+        assert_eq!(
+            get.attr("http.request.method_original"),
+            Some(&"GET".into())
+        );
+    }
+
+    #[test]
     fn allow_listed_baggage_becomes_attributes() {
         let mut h = Harness::new(Role::Server);
         h.feed(
@@ -282,6 +354,7 @@ mod tests {
         let opts = SpanOptions {
             capture_query: false,
             baggage_keys: &["tenant", "plan"],
+            known_methods: None,
         };
         let span = to_span(
             h.out.pop().unwrap(),

@@ -46,6 +46,22 @@ impl Fields {
         // HTTP/2 field names are lower case (RFC 9113 §8.2.1); the first of
         // a repeated field wins, as in HTTP/1.
         let slot = match name {
+            // Repeated: an empty value, which joins no trace (see
+            // `trace_context::single`).
+            b"traceparent" if self.traceparent.is_some() => {
+                self.traceparent = Some(String::new());
+                return;
+            }
+            // Repeated: one list (RFC 9110 §5.3), bounded: past the limit
+            // it is dropped whole anyway.
+            b"tracestate" if self.tracestate.is_some() => {
+                let state = self.tracestate.get_or_insert_default();
+                if state.len() <= crate::trace_context::TRACESTATE_BYTES {
+                    state.push(',');
+                    state.push_str(&text().unwrap_or_default());
+                }
+                return;
+            }
             b":method" => &mut self.method,
             b":path" => &mut self.path,
             b":scheme" => &mut self.scheme,

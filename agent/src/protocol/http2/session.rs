@@ -32,6 +32,8 @@ pub struct Exchange {
     pub trailers: Option<Fields>,
     /// RST_STREAM error code, when a reset ended the stream.
     pub reset: Option<u32>,
+    /// The connection closed with the stream still open.
+    pub cut_off: bool,
     /// gRPC messages each way, when every message prefix was seen.
     pub request_messages: Option<u64>,
     pub response_messages: Option<u64>,
@@ -124,6 +126,24 @@ struct Stream {
     grpc: bool,
     sent: Messages,
     received: Messages,
+}
+
+impl Stream {
+    fn into_exchange(self, role: Role, reset: Option<u32>, cut_off: bool, end: u64) -> Exchange {
+        Exchange {
+            role,
+            request: self.request,
+            response: self.response,
+            trailers: self.trailers,
+            reset,
+            cut_off,
+            request_messages: self.grpc.then(|| self.sent.total()).flatten(),
+            response_messages: self.grpc.then(|| self.received.total()).flatten(),
+            ctx: self.ctx,
+            start_ns: self.start_ns,
+            end_ns: end.max(self.start_ns),
+        }
+    }
 }
 
 struct Direction {
@@ -293,12 +313,18 @@ impl Session {
         }
     }
 
-    /// The connection closed: requests still open are lost.
-    pub fn on_close(&mut self, _ts: u64, nesting: &mut Nesting, _out: &mut Vec<Exchange>) {
+    /// The connection closed: requests still open failed, and are
+    /// reported as such unless the connection's decoding had gone wrong
+    /// before (then they are only counted).
+    pub fn on_close(&mut self, ts: u64, nesting: &mut Nesting, out: &mut Vec<Exchange>) {
+        let trusted = crate::protocol::Losses::from(self.losses).is_clean();
         let open = std::mem::take(&mut self.calls.streams);
         self.losses.unanswered += open.len() as u64;
-        for s in open.values() {
-            self.calls.abandoned(s, nesting);
+        for s in open.into_values() {
+            self.calls.abandoned(&s, nesting);
+            if trusted {
+                out.push(s.into_exchange(self.calls.role, None, true, ts));
+            }
         }
     }
 }
@@ -428,18 +454,8 @@ impl Calls {
         if self.role == Role::Server {
             sink.nesting.server_done(&s.ctx.span_id);
         }
-        sink.out.push(Exchange {
-            role: self.role,
-            request: s.request,
-            response: s.response,
-            trailers: s.trailers,
-            reset,
-            request_messages: s.grpc.then(|| s.sent.total()).flatten(),
-            response_messages: s.grpc.then(|| s.received.total()).flatten(),
-            ctx: s.ctx,
-            start_ns: s.start_ns,
-            end_ns: sink.ts.max(s.start_ns),
-        });
+        sink.out
+            .push(s.into_exchange(self.role, reset, false, sink.ts));
     }
 
     /// A stream given up on: the thread serving it serves it no more.

@@ -15,7 +15,7 @@ use crate::{
     clock::Clock,
     metrics::{Instrument, Measurement},
     protocol::{
-        common::{push_peer, Frame},
+        common::{push_peer, Frame, CONNECTION_CLOSED},
         http_common::{http_measure, http_span, push_server_endpoint, HttpCall},
         ConnFacts, Role, SpanOptions,
     },
@@ -42,10 +42,10 @@ pub fn to_span(
 }
 
 /// `http.*.request.duration`, or for gRPC `rpc.*.duration`.
-pub fn measure<'a>(x: &'a Exchange, conn: &ConnFacts) -> Measurement<'a> {
+pub fn measure<'a>(x: &'a Exchange, conn: &ConnFacts, opts: SpanOptions) -> Measurement<'a> {
     let duration = x.end_ns.saturating_sub(x.start_ns);
     if !is_grpc(x) {
-        return http_measure(&call(x), x.role, duration, conn);
+        return http_measure(&call(x), x.role, duration, conn, opts);
     }
     let mut a: Attributes = Vec::with_capacity(7);
     a.push(("rpc.system", "grpc".into()));
@@ -106,8 +106,8 @@ fn grpc_status(x: &Exchange) -> Option<u32> {
 
 fn grpc_error(x: &Exchange, grpc_status: Option<u32>) -> Option<AttrValue> {
     let http_status = x.response.as_ref().and_then(|r| r.status);
-    match (x.reset, grpc_status, http_status) {
-        (Some(code), _, _) => Some(reset_name(code).into()),
+    match (failure(x), grpc_status, http_status) {
+        (Some(f), _, _) => Some(f.into()),
         (None, Some(code), _) if is_error(x.role, code) => Some(grpc_code_name(code).into()),
         (None, Some(_), _) => None,
         // No grpc-status: the call failed at the HTTP level.
@@ -131,7 +131,7 @@ fn call(x: &Exchange) -> HttpCall<'_> {
         scheme: req.scheme.as_deref(),
         version: "2".into(),
         status: x.response.as_ref().and_then(|r| r.status),
-        failure: x.reset.map(reset_name),
+        failure: failure(x),
         user_agent: req.user_agent.as_deref(),
         baggage: req.baggage.as_deref(),
     }
@@ -216,6 +216,14 @@ fn grpc_code_name(code: u32) -> &'static str {
 }
 
 /// RST_STREAM error codes (RFC 9113 §7).
+/// How the stream failed short of a status: reset, or cut off by its
+/// connection's close.
+fn failure(x: &Exchange) -> Option<&'static str> {
+    x.reset
+        .map(reset_name)
+        .or(x.cut_off.then_some(CONNECTION_CLOSED))
+}
+
 fn reset_name(code: u32) -> &'static str {
     const NAMES: [&str; 14] = [
         "NO_ERROR",

@@ -1,7 +1,5 @@
 //! Sessions fed real frame bytes, built here with the HPACK encoder.
 
-use std::sync::Arc;
-
 use loona_hpack::Encoder;
 
 use super::{detect::PREFACE, to_span, Exchange, Session};
@@ -11,7 +9,7 @@ use crate::{
     nesting::Nesting,
     protocol::{ConnFacts, Role, SpanOptions},
     sampling::{Root, Sampler},
-    span::{Resource, Span, SpanKind, Status},
+    span::{Span, SpanKind, Status},
 };
 
 const END_STREAM: u8 = 0x1;
@@ -133,11 +131,7 @@ impl Harness {
         to_span(
             x,
             &facts(),
-            Arc::new(Resource {
-                pid: 1,
-                service_name: "svc".into(),
-                attributes: vec![],
-            }),
+            crate::export::test_support::resource(1, "svc"),
             &Clock::new(),
             SpanOptions::default(),
         )
@@ -630,4 +624,54 @@ fn open_streams_are_bounded() {
     assert_eq!(h.s.losses.unanswered, 1100 - 1024);
     h.s.on_close(0, &mut h.n, &mut h.out);
     assert_eq!(h.s.losses.unanswered, 1100);
+    // Requests were already dropped: no failure is claimed for the rest.
+    assert!(h.out.is_empty());
+}
+
+#[test]
+fn streams_open_at_close_become_failed_spans() {
+    let mut h = Harness::new(Role::Client);
+    h.open();
+    let req = h
+        .client
+        .headers(1, true, &[(":method", "GET"), (":path", "/slow")]);
+    h.client_sends(&req);
+    h.s.on_close(50, &mut h.n, &mut h.out);
+    let span = h.span();
+    assert!(matches!(span.status, Status::Error(_)));
+    assert_eq!(span.attr("error.type"), Some(&"connection_closed".into()));
+    assert_eq!(span.attr("http.response.status_code"), None);
+}
+
+#[test]
+fn repeated_traceparent_starts_a_trace_and_tracestates_join() {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let tp = format!("00-{TRACE}-00f067aa0ba902b7-01");
+    let other = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01";
+    let served = |fields: &[(&str, &str)]| {
+        let mut h = Harness::new(Role::Server);
+        h.open();
+        let mut all = grpc_request("/shop.Cart/Add");
+        all.extend_from_slice(fields);
+        let req = h.client.headers(1, true, &all);
+        h.client_sends(&req);
+        let resp = h
+            .server
+            .headers(1, true, &[(":status", "200"), ("grpc-status", "0")]);
+        h.server_sends(&resp);
+        h.span()
+    };
+    let joined = served(&[
+        ("traceparent", &tp),
+        ("tracestate", "congo=t61rcWkgMzE"),
+        ("tracestate", "rojo=00f067aa0ba902b7"),
+    ]);
+    assert_eq!(hex::encode(joined.trace_id), TRACE);
+    assert_eq!(
+        joined.trace_state,
+        "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+    );
+    let repeated = served(&[("traceparent", &tp), ("traceparent", other)]);
+    assert_ne!(hex::encode(repeated.trace_id), TRACE);
+    assert_eq!(repeated.parent_span_id, None);
 }
