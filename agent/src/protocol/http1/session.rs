@@ -53,7 +53,27 @@ pub struct Session {
     endpoint: Option<SocketAddr>,
     /// The server agreed to `Upgrade: h2c`: the connection speaks HTTP/2 next.
     h2c: bool,
+    mid_stream: bool,
+    /// Client side: responses read before the request they answer reached
+    /// the agent (see [`Early`]).
+    early: VecDeque<Early>,
 }
+
+/// A client's response whose request record is still on its way: a
+/// client that writes on one thread and reads on another (Go's
+/// `net/http`, with its own goroutines for each) can finish reading the
+/// response before the writing thread's syscall returns, and the ring
+/// buffer orders records by return. On a connection seen from its first
+/// byte, a response before any request can only be that; it waits for the
+/// next request instead of shifting every later pairing by one.
+struct Early {
+    head: ResponseHead,
+    /// When its last byte was read, if it was.
+    end_ns: Option<u64>,
+}
+
+/// Early responses held at most per connection.
+const MAX_EARLY: usize = 4;
 
 impl Session {
     /// `mid_stream`: the connection was open before capture began, so either
@@ -73,6 +93,8 @@ impl Session {
             losses: Losses::default(),
             endpoint,
             h2c: false,
+            mid_stream,
+            early: VecDeque::new(),
         }
     }
 
@@ -112,6 +134,7 @@ impl Session {
                     tid: d.tid,
                 };
                 self.on_request_frame(f, thread, d.conn_id, nesting);
+                self.pair_early(out);
             }
         } else {
             self.responses
@@ -137,6 +160,8 @@ impl Session {
         for f in frames.drain(..) {
             self.on_response_frame(f, nesting, out);
         }
+        self.losses.orphan_responses += self.early.len() as u64;
+        self.early.clear();
         let trusted = self.losses.is_clean();
         self.losses.unanswered += self.pending.len() as u64;
         for p in self.pending.drain(..) {
@@ -167,6 +192,33 @@ impl Session {
         };
         adopt_kernel_ctx(&mut p.ctx, ctx, nesting);
         true
+    }
+
+    /// A request arrived while responses read before it wait: the oldest
+    /// answers it (requests and responses keep their order on a
+    /// connection). Its span ends no earlier than it starts, since the
+    /// request's timestamp is the late syscall return.
+    fn pair_early<T: From<Exchange>>(&mut self, out: &mut Vec<T>) {
+        // Only the oldest request may take it: an earlier one still
+        // without response would mean the order is not what it seems.
+        let waiting = self.pending.iter().position(|p| p.response.is_none());
+        if waiting != Some(0) || self.early.is_empty() {
+            return;
+        }
+        let e = self.early.pop_front().expect("checked");
+        self.pending[0].response = Some(e.head);
+        if let Some(end) = e.end_ns {
+            let p = self.pending.pop_front().expect("checked");
+            out.push(T::from(Exchange {
+                role: self.role,
+                request: p.head,
+                response: p.response,
+                cut_off: false,
+                ctx: p.ctx,
+                start_ns: p.start_ns,
+                end_ns: end.max(p.start_ns),
+            }));
+        }
     }
 
     fn on_request_frame(&mut self, f: Frame, thread: Thread, conn_id: u64, nesting: &mut Nesting) {
@@ -230,11 +282,20 @@ impl Session {
                         .is_some_and(|u| u.trim().eq_ignore_ascii_case("h2c"));
                 match self.pending.iter_mut().find(|p| p.response.is_none()) {
                     Some(p) => p.response = Some(head),
+                    None if self.role == Role::Client
+                        && !self.mid_stream
+                        && self.early.len() < MAX_EARLY =>
+                    {
+                        self.early.push_back(Early { head, end_ns: None })
+                    }
                     None => self.losses.orphan_responses += 1,
                 }
             }
             Frame::End { ts } => {
                 if self.pending.front().is_none_or(|p| p.response.is_none()) {
+                    if let Some(e) = self.early.back_mut().filter(|e| e.end_ns.is_none()) {
+                        e.end_ns = Some(ts);
+                    }
                     return;
                 }
                 let p = self.pending.pop_front().expect("checked");
@@ -254,5 +315,65 @@ impl Session {
             Frame::Error(_) => self.losses.parse_errors += 1,
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::{Root, Sampler};
+
+    fn run(mid_stream: bool, calls: &[(bool, &'static [u8])]) -> (Vec<Exchange>, Losses) {
+        let mut s = Session::new(Role::Client, mid_stream, None);
+        let mut nesting = Nesting::new(Sampler::ParentBased(Root::AlwaysOn));
+        let mut out: Vec<Exchange> = Vec::new();
+        for (i, (ingress, bytes)) in calls.iter().enumerate() {
+            let d = Data::synthetic(1, *ingress, bytes, bytes.len(), i as u64 + 1);
+            s.on_data(&d, &mut nesting, &mut out);
+        }
+        (out, s.losses)
+    }
+
+    const REQ_A: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    const REQ_B: &[u8] = b"GET /fail HTTP/1.1\r\nHost: x\r\n\r\n";
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    const FAIL: &[u8] = b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n";
+
+    fn statuses(out: &[Exchange]) -> Vec<(String, Option<u16>)> {
+        out.iter()
+            .map(|x| {
+                let path = x.request.target().to_owned();
+                (path, x.response.as_ref().map(|r| r.status))
+            })
+            .collect()
+    }
+
+    /// The response of /a is read before its request's record arrives (Go
+    /// reads on another thread): every request still gets its own response.
+    #[test]
+    fn a_response_read_before_its_request_record_still_pairs_right() {
+        let (out, losses) = run(
+            false,
+            &[(true, OK), (false, REQ_A), (false, REQ_B), (true, FAIL)],
+        );
+        assert_eq!(
+            statuses(&out),
+            [
+                ("/a".to_owned(), Some(200)),
+                ("/fail".to_owned(), Some(500))
+            ]
+        );
+        assert_eq!(losses.orphan_responses, 0);
+        // The early exchange ends no earlier than its request's record.
+        assert!(out[0].end_ns >= out[0].start_ns);
+    }
+
+    /// On a connection met mid-stream, a response without request is the
+    /// answer to a request from before the agent: it pairs with nothing.
+    #[test]
+    fn mid_stream_orphans_answer_nothing_later() {
+        let (out, losses) = run(true, &[(true, OK), (false, REQ_B), (true, FAIL)]);
+        assert_eq!(statuses(&out), [("/fail".to_owned(), Some(500))]);
+        assert_eq!(losses.orphan_responses, 1);
     }
 }

@@ -68,8 +68,8 @@ enum Work {
     /// Produced batches and the PRODUCER span of each.
     Produce(Vec<(Batch, SpanCtx)>),
     Fetch,
-    /// A broker serving a Produce or Fetch.
-    Serve(SpanCtx),
+    /// A broker serving a Produce (with its record count) or a Fetch.
+    Serve(SpanCtx, u32),
     Other,
 }
 
@@ -188,7 +188,7 @@ impl Session {
         let pending = std::mem::take(&mut self.pending);
         self.losses.unanswered += pending.len() as u64;
         for p in pending.into_values() {
-            if let Work::Serve(ctx) = p.work {
+            if let Work::Serve(ctx, _) = p.work {
                 nesting.server_done(&ctx.span_id);
             }
         }
@@ -268,15 +268,28 @@ impl Session {
                 Work::Produce(batches)
             }
             (Role::Client, Request::Fetch) => Work::Fetch,
-            (Role::Server, Request::Produce { .. } | Request::Fetch) => {
-                Work::Serve(request_ctx(Role::Server, from, None, None, sink.nesting))
+            (Role::Server, Request::Produce { batches, .. }) => {
+                // The producer's context travels in its records (its SDK's,
+                // or the one the kernel injected: the PRODUCER span of the
+                // first batch): exact, and independent of which end's
+                // record reaches the agent first.
+                let producer = batches
+                    .iter()
+                    .flat_map(|b| b.contexts.iter().flatten())
+                    .next()
+                    .map(|c| c.traceparent.format());
+                let ctx = request_ctx(Role::Server, from, producer.as_deref(), None, sink.nesting);
+                Work::Serve(ctx, batches.iter().map(|b| b.records).sum())
+            }
+            (Role::Server, Request::Fetch) => {
+                Work::Serve(request_ctx(Role::Server, from, None, None, sink.nesting), 0)
             }
             _ => Work::Other,
         };
         if self.pending.len() >= MAX_PENDING {
             if let Some((_, oldest)) = self.pending.pop_first() {
                 self.losses.unanswered += 1;
-                if let Work::Serve(ctx) = oldest.work {
+                if let Work::Serve(ctx, _) = oldest.work {
                     sink.nesting.server_done(&ctx.span_id);
                 }
             }
@@ -334,9 +347,9 @@ impl Session {
                     self.delivered(&p.head, p.ts, batches, sink);
                 }
             }
-            (Work::Serve(ctx), decoded) => {
+            (Work::Serve(ctx, produced), decoded) => {
                 sink.nesting.server_done(&ctx.span_id);
-                self.served(p.head, p.ts, ctx, decoded, sink);
+                self.served(p.head, p.ts, ctx, produced, decoded, sink);
             }
             (Work::Other, Some(Response::Metadata(topics))) => {
                 for (id, name) in topics {
@@ -461,11 +474,13 @@ impl Session {
     }
 
     /// The broker answered a Produce or Fetch.
+    #[allow(clippy::too_many_arguments)]
     fn served(
         &mut self,
         head: RequestHead,
         start: u64,
         ctx: SpanCtx,
+        produced: u32,
         decoded: Option<Response>,
         sink: &mut Sink<'_>,
     ) {
@@ -475,7 +490,7 @@ impl Session {
                 (
                     first.and_then(|r| sink.directory.topic_name(&r.topic)),
                     first.map(|r| r.partition),
-                    0,
+                    produced,
                     results
                         .iter()
                         .map(|r| r.error)

@@ -348,6 +348,13 @@ fn a_traced_broker_serves_produce_under_the_producers_span() {
     assert_eq!(h.ops.len(), 1);
     let op = &h.ops[0];
     assert_eq!(op.kind, OpKind::Broker(ApiKey::Produce));
+    // The producer's context, from its record: whatever order the two
+    // ends' records reached the agent in.
+    assert_eq!(
+        op.ctx.parent.map(hex::encode).as_deref(),
+        Some("00f067aa0ba902b7")
+    );
+    assert_eq!(op.count, 1);
     assert_eq!(
         (op.topic.as_deref(), op.partition),
         (Some("orders"), Some(3))
