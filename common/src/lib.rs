@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod h2;
+pub mod kafka;
 
 /// Largest payload prefix one data event carries. Bodies beyond the
 /// configured capture limit are accounted for by length only.
@@ -96,8 +97,13 @@ pub mod ctxflag {
     pub const HAS_PARENT: u8 = 2;
     /// The parent came from an incoming `traceparent` (another process).
     pub const REMOTE_PARENT: u8 = 4;
-    /// A `traceparent` with this span id was written into the request.
+    /// A `traceparent` with this span id was written into the request
+    /// (Kafka: into at least one of its records).
     pub const INJECTED: u8 = 8;
+    /// A Kafka CONSUMER span: the reading thread processes records whose
+    /// `traceparent` names `parent_id` (`CtxEvent::stream_id`: the Fetch's
+    /// correlation id).
+    pub const CONSUMER: u8 = 16;
 }
 
 /// Ids the kernel chose for a span, so that what it injects and what
@@ -128,7 +134,9 @@ pub struct CtxEvent {
     pub ts_ns: u64,
     pub ctx: TraceCtx,
     /// Client side: the HTTP/2 stream whose HEADERS carried the context
-    /// (several requests can leave in one send); 0 for HTTP/1.
+    /// (several requests can leave in one send); 0 for HTTP/1; Kafka: the
+    /// correlation id of the Produce request (PRODUCER span) or of the
+    /// Fetch whose response started a CONSUMER span ([`ctxflag::CONSUMER`]).
     pub stream_id: u32,
     pub _pad2: u32,
 }
@@ -210,6 +218,9 @@ pub mod proto {
     pub const UNKNOWN: u8 = 0;
     pub const HTTP1: u8 = 1;
     pub const HTTP2: u8 = 2;
+    /// Kafka, recognised by a client's first request (see
+    /// [`kafka::is_request_start`](super::kafka::is_request_start)).
+    pub const KAFKA: u8 = 3;
     /// Tail-call slots in the observer program arrays.
     pub const SLOTS: u32 = 4;
 
@@ -243,6 +254,9 @@ pub mod proto {
         {
             return HTTP2;
         }
+        if super::kafka::is_request_start(b, len) {
+            return KAFKA;
+        }
         UNKNOWN
     }
 
@@ -259,7 +273,7 @@ pub mod proto {
 
         #[test]
         fn first_bytes_name_the_protocol() {
-            let cases: [(&[u8], bool, u8); 8] = [
+            let cases: [(&[u8], bool, u8); 10] = [
                 (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", false, HTTP2),
                 (b"GET / HTTP/1.1\r\n", false, HTTP1),
                 (b"HTTP/1.1 200 OK\r\n", true, HTTP1),
@@ -269,6 +283,10 @@ pub mod proto {
                 (&[0, 0, 12, 4, 0, 0, 0, 0, 0, 0, 3], false, UNKNOWN),
                 (&[0, 0, 7, 4, 0, 0, 0, 0, 0], true, UNKNOWN),
                 (b"GET", false, UNKNOWN),
+                // ApiVersions v3, correlation id 1.
+                (&[0, 0, 0, 20, 0, 18, 0, 3, 0, 0, 0, 1], false, KAFKA),
+                // A client reading a server's SETTINGS first is not Kafka.
+                (&[0, 0, 18, 4, 0, 0, 0, 0, 0], false, UNKNOWN),
             ];
             for (bytes, server_egress, want) in cases {
                 let (b, len) = first(bytes);
@@ -327,6 +345,8 @@ pub mod names {
         pub const OBSERVERS: &str = "OBSERVERS";
         /// Observers tail-called from the TLS return probes, by protocol.
         pub const TLS_OBSERVERS: &str = "TLS_OBSERVERS";
+        /// Kafka walk buffers, two per CPU (the agent sizes it).
+        pub const KAFKA_BUFS: &str = "KAFKA_BUFS";
     }
 
     pub mod global {
@@ -370,9 +390,10 @@ pub mod names {
     /// Observer programs: (protocol, the one `exit_io` tail-calls, the
     /// one the TLS return probes tail-call). A tail call stays within one
     /// program type, hence two per protocol.
-    pub const OBSERVERS: [(u8, &str, &str); 2] = [
+    pub const OBSERVERS: [(u8, &str, &str); 3] = [
         (super::proto::HTTP1, "observe_http1", "observe_http1_tls"),
         (super::proto::HTTP2, "observe_http2", "observe_http2_tls"),
+        (super::proto::KAFKA, "observe_kafka", "observe_kafka_tls"),
     ];
 }
 
@@ -613,7 +634,37 @@ pub mod stat {
     /// into the HPACK dynamic table, where later requests reference it by
     /// an index the kernel cannot read.
     pub const H2_APP_INDEXED: u32 = 14;
-    pub const COUNT: u32 = 16;
+    /// Kafka records given a `traceparent` header.
+    pub const KAFKA_INJECTED: u32 = 15;
+    /// Kafka records left alone: they carry their own `traceparent`.
+    pub const KAFKA_OWN_TRACEPARENT: u32 = 16;
+    /// Kafka record batches left alone: compressed.
+    pub const KAFKA_COMPRESSED: u32 = 17;
+    /// Produce requests not injected: not whole in one send.
+    pub const KAFKA_SPLIT: u32 = 18;
+    /// Produce requests not injected: a batch's CRC did not verify.
+    pub const KAFKA_CRC: u32 = 19;
+    /// Produce requests not injected: beyond the kernel's bounds (size,
+    /// records, batches, partitions, headers per record).
+    pub const KAFKA_BOUNDS: u32 = 20;
+    /// Produce requests not injected: a version the kernel does not
+    /// rewrite, or a batch that is not magic 2.
+    pub const KAFKA_UNSUPPORTED: u32 = 21;
+    /// Produce requests not injected: lengths that do not add up.
+    pub const KAFKA_MALFORMED: u32 = 22;
+    /// Produce requests not injected: a kernel helper failed (bytes
+    /// restored).
+    pub const KAFKA_FAILED: u32 = 23;
+    /// Kafka connections given up: request boundaries lost (a header
+    /// split across sends, more requests in one send than are walked).
+    pub const KAFKA_LOST_FRAMING: u32 = 24;
+    /// CONSUMER spans started from a Fetch response's records.
+    pub const KAFKA_CONSUMER_SPANS: u32 = 25;
+    /// Fetch responses whose trace context was not taken: not whole in
+    /// one read, several distinct contexts, compressed records, beyond
+    /// bounds, or the thread was serving a request.
+    pub const KAFKA_CONSUMER_STOOD_DOWN: u32 = 26;
+    pub const COUNT: u32 = 32;
 }
 
 /// Syscall numbers the programs dispatch on, per architecture.

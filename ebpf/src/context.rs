@@ -80,7 +80,16 @@ fn root() -> TraceCtx {
 /// A thread read the start of a request: decide the SERVER span.
 #[inline(always)]
 pub fn server_request(incoming: Option<([u8; 16], [u8; 8], bool)>) -> TraceCtx {
-    let ctx = match incoming {
+    let ctx = joined(incoming);
+    serve(&ctx);
+    ctx
+}
+
+/// A span continuing `incoming` (trace id, parent span id, sampled), or
+/// the root of a new trace.
+#[inline(always)]
+pub fn joined(incoming: Option<([u8; 16], [u8; 8], bool)>) -> TraceCtx {
+    match incoming {
         Some((trace_id, parent_id, sampled)) => {
             let parent_based = unsafe { core::ptr::read_volatile(&SAMPLE_PARENT_BASED) } == 1;
             let keep = if parent_based {
@@ -101,15 +110,19 @@ pub fn server_request(incoming: Option<([u8; 16], [u8; 8], bool)>) -> TraceCtx {
             }
         }
         None => root(),
-    };
+    }
+}
+
+/// The current thread now serves `ctx`.
+#[inline(always)]
+pub fn serve(ctx: &TraceCtx) {
     let tid = bpf_get_current_pid_tgid() as u32;
     match SERVING.get_ptr_mut(&tid) {
-        Some(p) => unsafe { *p = ctx },
+        Some(p) => unsafe { *p = *ctx },
         None => {
-            let _ = SERVING.insert(&tid, &ctx, 0);
+            let _ = SERVING.insert(&tid, ctx, 0);
         }
     }
-    ctx
 }
 
 /// The thread wrote a response: it no longer serves that request.
@@ -120,12 +133,25 @@ pub fn server_response() {
     }
 }
 
-/// The SERVER span the current thread is serving, if any.
+/// The thread's next Kafka request (its next poll): a CONSUMER span it
+/// was in is over.
+pub fn consumer_done() {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(p) = SERVING.get_ptr_mut(&tid) {
+        if unsafe { (*p).flags } & ctxflag::CONSUMER != 0 {
+            unsafe { (*p).span_id = [0; 8] };
+        }
+    }
+}
+
+/// The SERVER (or CONSUMER, until it lapses) span the current thread is
+/// serving, if any.
 #[inline(always)]
 pub fn serving() -> Option<TraceCtx> {
     let tid = bpf_get_current_pid_tgid() as u32;
     let s = unsafe { SERVING.get(&tid) }?;
-    (s.span_id != [0; 8]).then_some(*s)
+    let live = s.flags & ctxflag::CONSUMER == 0 || crate::kafka::consuming(tid);
+    (s.span_id != [0; 8] && live).then_some(*s)
 }
 
 /// Thread `tid` exited: drop what it was serving.

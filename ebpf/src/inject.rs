@@ -9,7 +9,8 @@
 //! the socket is never touched again.
 //!
 //! A socket whose first send is the HTTP/2 client preface and a SETTINGS
-//! frame is HTTP/2 for good: `inject_h2` takes its sends instead.
+//! frame is HTTP/2 for good: `inject_h2` takes its sends instead; one whose
+//! first send starts a Kafka request is Kafka's: `inject_kafka` takes them.
 //!
 //! The same two programs carry the TCP-option mechanism (`tcp_option`):
 //! with `--propagation tcp-option`, sockets are admitted to the map for it
@@ -36,7 +37,7 @@ use clew_common::{ctxflag, h2, proto, role, MAX_INJECT_SOCKS, SCAN_BYTES, TRACEP
 use crate::{
     context,
     head::{self, Head},
-    inject_h2,
+    inject_h2, inject_kafka,
     maps::INFLIGHT,
     tcp_option,
 };
@@ -60,12 +61,13 @@ static CONNECTING: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_INJECT
 pub struct SockState {
     /// Bytes still to pass before the next request head (HTTP/1: of a
     /// request body) or frame header (HTTP/2: of a frame that went on
-    /// beyond the last send).
+    /// beyond the last send; Kafka: of a request that did).
     pub skip: u64,
     /// Message boundaries are lost: never inject on this socket again.
     pub hands_off: u32,
     /// What the first send showed (`clew_common::proto`; HTTP/2 only when
-    /// proven by the client preface and a SETTINGS frame).
+    /// proven by the client preface and a SETTINGS frame; Kafka when it
+    /// starts like a request).
     pub proto: u8,
     pub _pad8: [u8; 3],
     /// HTTP/2: the highest stream id a HEADERS frame opened.
@@ -247,10 +249,17 @@ fn try_inject(ctx: &SkMsgContext, key: &SockKey) -> Sent {
     if st.proto == proto::HTTP2 {
         return inject_h2::on_send(ctx, st, 0);
     }
+    if st.proto == proto::KAFKA {
+        return inject_kafka::on_send(ctx, st);
+    }
     if st.proto == proto::UNKNOWN {
         if inject_h2::starts_with_preface(ctx) {
             st.proto = proto::HTTP2;
             return inject_h2::on_send(ctx, st, h2::PREFACE.len() as u64);
+        }
+        if inject_kafka::starts_request(ctx) {
+            st.proto = proto::KAFKA;
+            return inject_kafka::on_send(ctx, st);
         }
         st.proto = proto::HTTP1;
     }

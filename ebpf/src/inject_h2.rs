@@ -390,7 +390,7 @@ fn inject(ctx: &SkMsgContext, frame_at: u64, h: &FrameHeader, at: u64) -> bool {
 
 /// Copies `N` bytes at `at` of the message into `out`.
 #[inline(always)]
-fn read<const N: usize>(ctx: &SkMsgContext, at: u64, out: &mut [u8; N]) -> bool {
+pub fn read<const N: usize>(ctx: &SkMsgContext, at: u64, out: &mut [u8; N]) -> bool {
     let at = at as u32;
     if unsafe { bpf_msg_pull_data(ctx.msg, at, at + N as u32, 0) } != 0 {
         return false;

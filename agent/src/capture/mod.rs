@@ -124,6 +124,8 @@ impl Capture {
                 true,
             )
             .map_max_entries(map::EVENTS, cfg.ringbuf_bytes.next_power_of_two())
+            // Two Kafka walk buffers per CPU (see ebpf/src/kafka.rs).
+            .map_max_entries(map::KAFKA_BUFS, 2 * kafka_cpus())
             .load(OBJECT)
             .context("loading the eBPF programs (is this root, with BPF allowed?)")?;
         Ok(Capture {
@@ -242,6 +244,13 @@ impl Capture {
 /// kernel's structs, from its BTF.
 pub fn accepted_socket_offsets() -> Result<SockOffsets, sock_offsets::OffsetError> {
     sock_offsets::from_btf_file(std::path::Path::new(btf::VMLINUX))
+}
+
+/// CPUs the kernel's per-CPU Kafka buffers must cover: every possible
+/// one (a CPU id indexes them). Without the count, the kernel's default of
+/// one pair serves CPU 0 only and Kafka stands down elsewhere.
+fn kafka_cpus() -> u32 {
+    aya::util::nr_cpus().map_or(1, |n| n as u32)
 }
 
 /// A program of the object, as its type.
