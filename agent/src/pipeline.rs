@@ -415,7 +415,10 @@ impl Pipeline {
         stats::set(&self.stats.kafka_inject_failed, kf.failed);
         stats::set(&self.stats.kafka_lost_framing, kf.lost_framing);
         stats::set(&self.stats.kafka_consumer_spans, kf.consumer_spans);
-        stats::set(&self.stats.kafka_consumer_stood_down, kf.consumer_stood_down);
+        stats::set(
+            &self.stats.kafka_consumer_stood_down,
+            kf.consumer_stood_down,
+        );
     }
 
     pub fn exporter(&self) -> &Exporter {

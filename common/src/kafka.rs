@@ -56,10 +56,6 @@ pub const MAX_BATCHES: u32 = 64;
 pub const MAX_PARTITIONS: usize = 64;
 /// A record with more headers has its count grow past one varint byte.
 pub const MAX_HEADERS: u32 = 62;
-/// Tagged fields skipped per tag buffer at most.
-const MAX_TAGS: u32 = 4;
-/// Aborted transactions listed per Fetch partition at most.
-const MAX_ABORTED: u32 = 16;
 /// Bytes a rewrite can add: a header and at most two more varint bytes
 /// per record, and a partition's records length growing.
 pub const MAX_GROWTH: usize = MAX_RECORDS as usize * (TRACEPARENT_HEADER + 2) + 5 * MAX_PARTITIONS;
@@ -181,22 +177,33 @@ pub fn crc32c(bytes: &[u8]) -> u32 {
 
 /// An unsigned varint (protobuf style, at most 5 bytes for 32 bits) at
 /// `pos`, before `end`: its value and the position after it.
+///
+/// Straight-line code, no loop: the kernel's walk decodes several varints
+/// per step, and a loop with an early exit per varint multiplies the paths
+/// the verifier explores. `byte` must accept (and may return anything for)
+/// the 4 indices past a varint that ends early.
 #[inline(always)]
 pub fn uvarint(pos: usize, end: usize, byte: &impl Fn(usize) -> u8) -> Option<(u32, usize)> {
-    let mut v = 0u32;
-    let mut k = 0;
-    while k < 5 {
-        if pos + k >= end {
-            return None;
-        }
-        let b = byte(pos + k) as u32;
-        v |= (b & 0x7f) << (7 * k);
-        if b & 0x80 == 0 {
-            return Some((v, pos + k + 1));
-        }
-        k += 1;
-    }
-    None
+    let b = [
+        byte(pos) as u32,
+        byte(pos + 1) as u32,
+        byte(pos + 2) as u32,
+        byte(pos + 3) as u32,
+        byte(pos + 4) as u32,
+    ];
+    // c[k]: byte k continues, and so did all before it.
+    let c0 = b[0] >> 7;
+    let c1 = c0 & (b[1] >> 7);
+    let c2 = c1 & (b[2] >> 7);
+    let c3 = c2 & (b[3] >> 7);
+    let c4 = c3 & (b[4] >> 7);
+    let v = (b[0] & 0x7f)
+        | (((b[1] & 0x7f) << 7) * c0)
+        | (((b[2] & 0x7f) << 14) * c1)
+        | (((b[3] & 0x7f) << 21) * c2)
+        | ((b[4] << 28) * c3);
+    let after = pos + 1 + (c0 + c1 + c2 + c3) as usize;
+    (c4 == 0 && after <= end).then_some((v, after))
 }
 
 /// A signed (zigzag) varint: Kafka's record lengths and counts.
@@ -207,32 +214,52 @@ pub fn varint(pos: usize, end: usize, byte: &impl Fn(usize) -> u8) -> Option<(i3
 }
 
 /// Skips a zigzag varlong (at most 10 bytes): the position after it.
+/// Straight-line like [`uvarint`].
 #[inline(always)]
 fn skip_varlong(pos: usize, end: usize, byte: &impl Fn(usize) -> u8) -> Option<usize> {
+    let mut c = 1usize;
+    let mut len = 0usize;
     let mut k = 0;
     while k < 10 {
-        if pos + k >= end {
-            return None;
-        }
-        if byte(pos + k) & 0x80 == 0 {
-            return Some(pos + k + 1);
-        }
+        c &= (byte(pos + k) >> 7) as usize;
+        len += c;
         k += 1;
     }
-    None
+    let after = pos + 1 + len;
+    (c == 0 && after <= end).then_some(after)
 }
 
 /// Encodes `v` as an unsigned varint into `out`; returns its length.
 #[inline(always)]
-pub fn put_uvarint(mut v: u32, out: &mut [u8; 5]) -> usize {
-    let mut k = 0;
-    while k < 4 && v >= 0x80 {
-        out[k] = (v as u8) | 0x80;
-        v >>= 7;
-        k += 1;
-    }
-    out[k] = v as u8;
-    k + 1
+/// Straight-line like [`uvarint`]; the bytes of `out` past the length are
+/// written too (the caller writes over them or ignores them).
+pub fn put_uvarint(v: u32, out: &mut [u8; 5]) -> usize {
+    let v = v as u64;
+    let c = [
+        at_least(v, 1 << 7),
+        at_least(v, 1 << 14),
+        at_least(v, 1 << 21),
+        at_least(v, 1 << 28),
+    ];
+    out[0] = (v & 0x7f) as u8 | (c[0] << 7) as u8;
+    out[1] = ((v >> 7) & 0x7f) as u8 | (c[1] << 7) as u8;
+    out[2] = ((v >> 14) & 0x7f) as u8 | (c[2] << 7) as u8;
+    out[3] = ((v >> 21) & 0x7f) as u8 | (c[3] << 7) as u8;
+    out[4] = (v >> 28) as u8;
+    1 + (c[0] + c[1] + c[2] + c[3]) as usize
+}
+
+/// 1 when `v >= x`, else 0, for `v` and `x` below 2^63: by arithmetic, as
+/// a comparison would be a branch for the verifier.
+#[inline(always)]
+const fn at_least(v: u64, x: u64) -> u64 {
+    (x - 1).wrapping_sub(v) >> 63
+}
+
+/// `n`, or 0 when negative (a null length), without a branch.
+#[inline(always)]
+const fn non_negative(n: i32) -> usize {
+    (n & !(n >> 31)) as usize
 }
 
 /// The zigzag form of a non-negative `v` (which [`put_uvarint`] encodes).
@@ -275,6 +302,10 @@ pub fn is_request_start(b: &[u8; 9], len: usize) -> bool {
 /// Bytes the walk reads and writes. Indices beyond a buffer are the
 /// walk's bug, never the caller's: the kernel masks them anyway.
 pub trait Mem {
+    /// The walk reads a Fetch response (else it rewrites a Produce
+    /// request). A constant, not the walk's mode: each kernel program
+    /// carries only its own half of the walk for the verifier to check.
+    const FETCH: bool;
     /// Byte `i` of the input.
     fn get(&self, i: usize) -> u8;
     /// Byte `i` of the output (for its CRC).
@@ -283,6 +314,36 @@ pub trait Mem {
     fn copy(&mut self, to: usize, from: usize, n: usize) -> bool;
     /// `bytes` to output `to`.
     fn put<const N: usize>(&mut self, to: usize, bytes: &[u8; N]) -> bool;
+    /// The walk is in its EMIT pass (set by [`Walk::step`] alone).
+    const EMIT: bool = false;
+}
+
+/// `M` in one pass of a Produce walk, known at compile time.
+struct Pass<'a, M, const EMIT: bool>(&'a mut M);
+
+impl<M: Mem, const EMIT: bool> Mem for Pass<'_, M, EMIT> {
+    const FETCH: bool = M::FETCH;
+    const EMIT: bool = EMIT;
+
+    #[inline(always)]
+    fn get(&self, i: usize) -> u8 {
+        self.0.get(i)
+    }
+
+    #[inline(always)]
+    fn out(&self, i: usize) -> u8 {
+        self.0.out(i)
+    }
+
+    #[inline(always)]
+    fn copy(&mut self, to: usize, from: usize, n: usize) -> bool {
+        self.0.copy(to, from, n)
+    }
+
+    #[inline(always)]
+    fn put<const N: usize>(&mut self, to: usize, bytes: &[u8; N]) -> bool {
+        self.0.put(to, bytes)
+    }
 }
 
 /// Walk modes.
@@ -477,8 +538,9 @@ impl Walk {
 
     /// The second pass over a request that PLAN walked to the end: the
     /// same walk again, writing the output this time (with the partition
-    /// lengths PLAN found).
-    pub fn emit(&mut self) {
+    /// lengths PLAN found). PLAN switches to it by itself when it found
+    /// records to inject into.
+    fn emit(&mut self) {
         self.mode = mode::EMIT;
         self.rewind();
     }
@@ -501,12 +563,22 @@ impl Walk {
         self.compressed = 0;
     }
 
-    fn flexible(&self) -> bool {
-        if self.mode == mode::FETCH {
+    fn flexible<M: Mem>(&self, _: &M) -> bool {
+        if M::FETCH {
             self.version >= FETCH_FLEXIBLE
         } else {
             self.version >= PRODUCE_FLEXIBLE
         }
+    }
+
+    /// EMIT: the output is being written.
+    fn emitting<M: Mem>(&self, _: &M) -> bool {
+        M::EMIT
+    }
+
+    /// PLAN: the input is being checked.
+    fn planning<M: Mem>(&self, _: &M) -> bool {
+        !M::FETCH && !M::EMIT
     }
 
     fn stop(&mut self, why: u32) -> bool {
@@ -517,11 +589,12 @@ impl Walk {
     /// Copies the input up to `upto` that is not in the output yet.
     #[inline(always)]
     fn flush(&mut self, upto: u32, m: &mut impl Mem) -> bool {
-        if upto <= self.copied {
-            return true;
+        // Nothing to copy is an empty copy, not a branch of its own.
+        if upto < self.copied {
+            return self.stop(status::MALFORMED);
         }
         let n = upto - self.copied;
-        if self.mode == mode::EMIT && !m.copy(self.o as usize, self.copied as usize, n as usize) {
+        if self.emitting(m) && !m.copy(self.o as usize, self.copied as usize, n as usize) {
             return self.stop(status::FAILED);
         }
         self.o += n;
@@ -539,7 +612,7 @@ impl Walk {
         resume: u32,
         m: &mut impl Mem,
     ) -> bool {
-        if self.mode == mode::EMIT && !m.put(self.o as usize, bytes) {
+        if self.emitting(m) && !m.put(self.o as usize, bytes) {
             return self.stop(status::FAILED);
         }
         self.o += n as u32;
@@ -550,7 +623,7 @@ impl Walk {
     /// Overwrites 4 bytes already in the output with `v` (big-endian).
     #[inline(always)]
     fn patch32(&mut self, at: u32, v: u32, m: &mut impl Mem) -> bool {
-        if self.mode == mode::EMIT && !m.put(at as usize, &v.to_be_bytes()) {
+        if self.emitting(m) && !m.put(at as usize, &v.to_be_bytes()) {
             return self.stop(status::FAILED);
         }
         true
@@ -558,7 +631,7 @@ impl Walk {
 
     /// Walks one step. False when the walk is over (see `status`).
     #[inline(always)]
-    pub fn step(&mut self, m: &mut impl Mem) -> bool {
+    pub fn step<M: Mem>(&mut self, m: &mut M) -> bool {
         if self.status != status::RUNNING {
             return false;
         }
@@ -566,12 +639,23 @@ impl Walk {
         if self.steps > MAX_STEPS {
             return self.stop(status::BOUNDS);
         }
+        // The pass as a constant from here on: a mode read from memory at
+        // each check would be a fork for the verifier at each check.
+        if !M::FETCH && self.mode == mode::EMIT {
+            self.step_in(&mut Pass::<M, true>(m))
+        } else {
+            self.step_in(&mut Pass::<M, false>(m))
+        }
+    }
+
+    #[inline(always)]
+    fn step_in<M: Mem>(&mut self, m: &mut M) -> bool {
         let go = match self.state {
-            state::REQUEST => self.request(m),
-            state::RESPONSE => self.response(m),
+            state::REQUEST if !M::FETCH => self.request(m),
+            state::RESPONSE if M::FETCH => self.response(m),
             state::TOPIC => self.topic(m),
-            state::PARTITION => self.partition(m),
-            state::FETCH_PARTITION => self.fetch_partition(m),
+            state::PARTITION if !M::FETCH => self.partition(m),
+            state::FETCH_PARTITION if M::FETCH => self.fetch_partition(m),
             state::BATCH => self.batch(m),
             state::CRC => self.crc_chunk(m),
             state::RECORD => self.record(m),
@@ -592,7 +676,7 @@ impl Walk {
     fn array_len(&self, pos: usize, m: &impl Mem) -> Option<(u32, usize)> {
         let byte = |i| m.get(i);
         let end = self.end as usize;
-        if self.flexible() {
+        if self.flexible(m) {
             let (n, p) = uvarint(pos, end, &byte)?;
             Some((n.saturating_sub(1), p))
         } else {
@@ -609,7 +693,7 @@ impl Walk {
     fn skip_string(&self, pos: usize, m: &impl Mem) -> Option<usize> {
         let byte = |i| m.get(i);
         let end = self.end as usize;
-        let (n, p) = if self.flexible() {
+        let (n, p) = if self.flexible(m) {
             let (n, p) = uvarint(pos, end, &byte)?;
             (n.saturating_sub(1) as usize, p)
         } else {
@@ -622,32 +706,16 @@ impl Walk {
         (p + n <= end).then_some(p + n)
     }
 
-    /// Skips a tag buffer (flexible versions only; else `pos`).
+    /// Skips a tag buffer (flexible versions only; else `pos`). Only an
+    /// empty one: clients send no tagged fields in Produce, and brokers
+    /// set them in Fetch responses only around leader changes; walking
+    /// them would cost a loop in every step the verifier checks.
     #[inline(always)]
     fn skip_tags(&self, pos: usize, m: &impl Mem) -> Option<usize> {
-        if !self.flexible() {
+        if !self.flexible(m) {
             return Some(pos);
         }
-        let byte = |i| m.get(i);
-        let end = self.end as usize;
-        let (n, mut p) = uvarint(pos, end, &byte)?;
-        if n > MAX_TAGS {
-            return None;
-        }
-        let mut k = 0;
-        while k < MAX_TAGS {
-            if k == n {
-                return Some(p);
-            }
-            let (_, q) = uvarint(p, end, &byte)?;
-            let (size, q) = uvarint(q, end, &byte)?;
-            p = q + size as usize;
-            if p > end {
-                return None;
-            }
-            k += 1;
-        }
-        Some(p)
+        (pos < self.end as usize && m.get(pos) == 0).then_some(pos + 1)
     }
 
     /// Moves to `pos`; stops as malformed on `None` or past the end.
@@ -733,16 +801,16 @@ impl Walk {
         };
         self.parts_left = parts;
         self.pos = p as u32;
-        self.next_partition()
+        self.next_partition(m)
     }
 
     /// After a partition (or a topic's start): the next one, or the topic's end.
-    fn next_partition(&mut self) -> bool {
+    fn next_partition<M: Mem>(&mut self, _: &M) -> bool {
         if self.parts_left == 0 {
             self.state = state::TOPIC_END;
         } else {
             self.parts_left -= 1;
-            self.state = if self.mode == mode::FETCH {
+            self.state = if M::FETCH {
                 state::FETCH_PARTITION
             } else {
                 state::PARTITION
@@ -757,7 +825,7 @@ impl Walk {
     fn records_field(&self, pos: usize, m: &impl Mem) -> Option<(usize, usize)> {
         let byte = |i| m.get(i);
         let end = self.end as usize;
-        let (n, p) = if self.flexible() {
+        let (n, p) = if self.flexible(m) {
             let (n, p) = uvarint(pos, end, &byte)?;
             (n.saturating_sub(1) as usize, p)
         } else {
@@ -779,13 +847,13 @@ impl Walk {
         let Some((start, end)) = self.records_field(at, m) else {
             return self.stop(status::MALFORMED);
         };
-        if self.mode == mode::EMIT && end > start {
+        if self.emitting(m) && end > start {
             // The length as it will be: the records rewritten.
             if !self.flush(at as u32, m) {
                 return false;
             }
             let n = self.new_len[self.part as usize & (MAX_PARTITIONS - 1)];
-            let ok = if self.flexible() {
+            let ok = if self.flexible(m) {
                 let mut b = [0u8; 5];
                 let k = put_uvarint(n + 1, &mut b);
                 self.write(&b, k, start as u32, m)
@@ -813,23 +881,12 @@ impl Walk {
         let Some((aborted, q)) = self.array_len(p, m) else {
             return self.stop(status::MALFORMED);
         };
-        // Each aborted transaction: producer id and first offset (and a
-        // tag buffer when flexible).
-        p = q;
-        let mut k = 0;
-        while k < MAX_ABORTED {
-            if k == aborted {
-                break;
-            }
-            match self.skip_tags(p + 16, m) {
-                Some(r) => p = r,
-                None => return self.stop(status::MALFORMED),
-            }
-            k += 1;
-        }
-        if k != aborted {
+        // Aborted transactions (read_committed consumers only) would
+        // hide some records from the consumer: not walked.
+        if aborted > 0 {
             return self.stop(status::BOUNDS);
         }
+        p = q;
         if self.version >= 11 {
             p += 4;
         }
@@ -855,7 +912,7 @@ impl Walk {
         }
         if pos + batch::HEADER > records_end {
             // A Fetch response may end in a partial batch.
-            if self.mode == mode::FETCH {
+            if fetching(m) {
                 self.pos = self.records_end;
                 self.state = state::PARTITION_END;
                 return true;
@@ -865,7 +922,7 @@ impl Walk {
         let len = be32(pos + batch::LENGTH, &byte) as usize;
         let batch_end = pos + batch::LOG_OVERHEAD + len;
         if len < batch::HEADER - batch::LOG_OVERHEAD || batch_end > records_end {
-            if self.mode == mode::FETCH && batch_end > records_end {
+            if fetching(m) && batch_end > records_end {
                 self.pos = self.records_end;
                 self.state = state::PARTITION_END;
                 return true;
@@ -875,7 +932,7 @@ impl Walk {
         if byte(pos + batch::MAGIC) != 2 {
             return self.stop(status::UNSUPPORTED);
         }
-        if self.mode != mode::FETCH && self.batches >= MAX_BATCHES {
+        if !fetching(m) && self.batches >= MAX_BATCHES {
             return self.stop(status::BOUNDS);
         }
         self.batches += 1;
@@ -899,7 +956,7 @@ impl Walk {
             return false;
         }
         self.batch_out = self.o;
-        if self.mode == mode::PLAN {
+        if self.planning(m) {
             self.crc = !0;
             self.crc_pos = (pos + batch::ATTRIBUTES) as u32;
             self.crc_end = batch_end as u32;
@@ -914,21 +971,27 @@ impl Walk {
     /// One chunk of a CRC: PLAN checks the input batch's, EMIT computes
     /// the output batch's and patches it in.
     fn crc_chunk(&mut self, m: &mut impl Mem) -> bool {
-        let plan = self.mode == mode::PLAN;
+        let plan = self.planning(m);
         let (pos, end) = (self.crc_pos as usize, self.crc_end as usize);
         let mut c = self.crc;
-        let mut k = 0;
-        while k < CRC_CHUNK {
-            if pos + k >= end {
-                break;
+        // A whole chunk, or one byte of the tail: a loop that may stop at
+        // any byte would be as many paths for the verifier.
+        let n = if pos + CRC_CHUNK <= end {
+            let mut k = 0;
+            while k < CRC_CHUNK {
+                c = crc32c_byte(c, if plan { m.get(pos + k) } else { m.out(pos + k) });
+                k += 1;
             }
-            let b = if plan { m.get(pos + k) } else { m.out(pos + k) };
-            c = crc32c_byte(c, b);
-            k += 1;
-        }
+            CRC_CHUNK
+        } else if pos < end {
+            c = crc32c_byte(c, if plan { m.get(pos) } else { m.out(pos) });
+            1
+        } else {
+            0
+        };
         self.crc = c;
-        self.crc_pos = (pos + k) as u32;
-        if pos + k < end {
+        self.crc_pos = (pos + n) as u32;
+        if pos + n < end {
             return true;
         }
         let crc = !c;
@@ -1012,25 +1075,17 @@ impl Walk {
         if klen < 0 || p + klen as usize > rec_end {
             return self.stop(status::MALFORMED);
         }
-        let is_tp = klen as usize == TRACEPARENT_KEY.len() && {
-            let mut same = true;
-            let mut k = 0;
-            while k < TRACEPARENT_KEY.len() {
-                same &= byte(p + k) == TRACEPARENT_KEY[k];
-                k += 1;
-            }
-            same
-        };
+        let is_tp = klen as usize == TRACEPARENT_KEY.len() && is_traceparent_key(p, &byte);
         let Some((vlen, v)) = varint(p + klen as usize, rec_end, &byte) else {
             return self.stop(status::MALFORMED);
         };
-        let vend = v + vlen.max(0) as usize;
+        let vend = v + non_negative(vlen);
         if vlen < -1 || vend > rec_end {
             return self.stop(status::MALFORMED);
         }
         if is_tp {
             self.has_tp = 1;
-            if self.mode == mode::FETCH && vlen as usize == TRACEPARENT_VALUE {
+            if fetching(m) && vlen as usize == TRACEPARENT_VALUE {
                 self.found_context(v, m);
             }
         }
@@ -1046,16 +1101,17 @@ impl Walk {
     fn found_context(&mut self, at: usize, m: &impl Mem) {
         let byte = |i| m.get(i);
         let mut f = Found::default();
-        let ok = byte(at) == b'0'
-            && byte(at + 1) == b'0'
-            && byte(at + 2) == b'-'
-            && byte(at + 35) == b'-'
-            && byte(at + 52) == b'-'
-            && unhex(at + 3, &mut f.trace_id, &byte)
-            && unhex(at + 36, &mut f.span_id, &byte);
         let mut flags = [0u8; 1];
-        if !ok || !unhex(at + 53, &mut flags, &byte) || f.trace_id == [0; 16] || f.span_id == [0; 8]
-        {
+        // Branch-free like the key comparison: every check ORed into `bad`.
+        let bad = (byte(at) ^ b'0')
+            | (byte(at + 1) ^ b'0')
+            | (byte(at + 2) ^ b'-')
+            | (byte(at + 35) ^ b'-')
+            | (byte(at + 52) ^ b'-')
+            | unhex(at + 3, &mut f.trace_id, &byte)
+            | unhex(at + 36, &mut f.span_id, &byte)
+            | unhex(at + 53, &mut flags, &byte);
+        if bad != 0 || f.trace_id == [0; 16] || f.span_id == [0; 8] {
             return;
         }
         f.sampled = (flags[0] & 1) as u32;
@@ -1072,7 +1128,7 @@ impl Walk {
             return self.stop(status::MALFORMED);
         }
         self.state = state::RECORD;
-        if self.mode == mode::FETCH {
+        if fetching(m) {
             return true;
         }
         if self.has_tp != 0 {
@@ -1101,7 +1157,7 @@ impl Walk {
         // Batch 0's header, then this batch's last span id byte.
         let last = batch_span_id([0, 0, 0, 0, 0, 0, 0, self.span_last], self.batches - 1)[7];
         let digits = [HEX[(last >> 4) as usize], HEX[(last & 15) as usize]];
-        if self.mode == mode::EMIT
+        if self.emitting(m)
             && !(m.put(self.o as usize, &self.header)
                 && m.put(self.o as usize + SPAN_LAST_HEX, &digits))
         {
@@ -1112,7 +1168,7 @@ impl Walk {
     }
 
     fn batch_end(&mut self, m: &mut impl Mem) -> bool {
-        if self.mode == mode::FETCH || self.batch_rewrite == 0 || self.mode == mode::PLAN {
+        if fetching(m) || self.batch_rewrite == 0 || self.planning(m) {
             return self.next_batch();
         }
         if !self.flush(self.batch_end, m) {
@@ -1131,7 +1187,7 @@ impl Walk {
     }
 
     fn partition_end(&mut self, m: &mut impl Mem) -> bool {
-        if self.mode == mode::PLAN {
+        if self.planning(m) {
             if !self.flush(self.records_end, m) {
                 return false;
             }
@@ -1139,7 +1195,7 @@ impl Walk {
         }
         self.part += 1;
         let p = self.skip_tags(self.pos as usize, m);
-        self.seek(p) && self.next_partition()
+        self.seek(p) && self.next_partition(m)
     }
 
     fn topic_end(&mut self, m: &mut impl Mem) -> bool {
@@ -1161,48 +1217,88 @@ impl Walk {
         if !self.patch32(0, self.o - 4, m) {
             return false;
         }
+        if self.planning(m) && self.injected > 0 {
+            // Everything adds up: the second pass writes the output, in
+            // the same run (the kernel verifies one loop, not two).
+            self.emit();
+            return true;
+        }
         self.status = status::DONE;
         false
     }
+}
+
+/// Whether the 11 bytes at `p` spell `traceparent`: compared as two
+/// words, not byte by byte. LLVM turns a byte-wise comparison (even an
+/// OR of XORs) into a chain of branches, each of which the verifier then
+/// follows separately: hundreds of thousands of instructions per header.
+#[inline(always)]
+fn is_traceparent_key(p: usize, byte: &impl Fn(usize) -> u8) -> bool {
+    let mut w = 0u64;
+    let mut k = 0;
+    while k < 8 {
+        w |= (byte(p + k) as u64) << (8 * k);
+        k += 1;
+    }
+    let tail = byte(p + 8) as u64 | (byte(p + 9) as u64) << 8 | (byte(p + 10) as u64) << 16;
+    (w ^ u64::from_le_bytes(*b"tracepar")) | (tail ^ (u32::from_le_bytes(*b"ent\0") as u64)) == 0
+}
+
+/// Whether the walk through `m` reads a Fetch response.
+#[inline(always)]
+fn fetching<M: Mem>(_: &M) -> bool {
+    M::FETCH
 }
 
 /// Skips a record's key or value: a varint length (-1: null) and its bytes.
 #[inline(always)]
 fn skip_bytes(pos: usize, end: usize, byte: &impl Fn(usize) -> u8) -> Option<usize> {
     let (n, p) = varint(pos, end, byte)?;
-    let q = p + n.max(0) as usize;
+    let q = p + non_negative(n);
     (n >= -1 && q <= end).then_some(q)
 }
 
+/// Decodes `2 * N` lowercase hex digits at `at` into `out`; nonzero when
+/// one is not a hex digit.
 #[inline(always)]
-fn unhex<const N: usize>(at: usize, out: &mut [u8; N], byte: &impl Fn(usize) -> u8) -> bool {
+fn unhex<const N: usize>(at: usize, out: &mut [u8; N], byte: &impl Fn(usize) -> u8) -> u8 {
+    let mut bad = 0u8;
     let mut k = 0;
     while k < N {
-        let (Some(hi), Some(lo)) = (hexval(byte(at + 2 * k)), hexval(byte(at + 2 * k + 1))) else {
-            return false;
-        };
-        out[k] = hi << 4 | lo;
+        let hi = HEX_VALUE[byte(at + 2 * k) as usize];
+        let lo = HEX_VALUE[byte(at + 2 * k + 1) as usize];
+        bad |= (hi | lo) & NOT_HEX;
+        out[k] = (hi & 15) << 4 | (lo & 15);
         k += 1;
     }
-    true
+    bad
 }
 
-#[inline(always)]
-fn hexval(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
+/// [`HEX_VALUE`] of a byte that is not a lowercase hex digit.
+const NOT_HEX: u8 = 0x10;
+
+/// Each byte's value as a lowercase hex digit, or [`NOT_HEX`]: a table,
+/// so that decoding takes no branch.
+static HEX_VALUE: [u8; 256] = {
+    let mut t = [NOT_HEX; 256];
+    let mut k = 0;
+    while k < 16 {
+        t[HEX[k] as usize] = k as u8;
+        k += 1;
     }
-}
+    t
+};
 
-/// A [`Mem`] over slices: the rewriter as userspace (tests, fuzzing) runs it.
-pub struct Slices<'a> {
+/// A [`Mem`] over slices: the rewriter as userspace (tests, fuzzing) runs
+/// it; `FETCH` as in [`Mem::FETCH`].
+pub struct Slices<'a, const FETCH: bool> {
     pub input: &'a [u8],
     pub output: &'a mut [u8],
 }
 
-impl Mem for Slices<'_> {
+impl<const FETCH: bool> Mem for Slices<'_, FETCH> {
+    const FETCH: bool = FETCH;
+
     fn get(&self, i: usize) -> u8 {
         self.input.get(i).copied().unwrap_or(0)
     }
@@ -1267,7 +1363,7 @@ pub fn rewrite_produce(
         ..Default::default()
     };
     w.start(mode::PLAN, version, request.len() as u32, &span);
-    let mut m = Slices {
+    let mut m = Slices::<false> {
         input: request,
         output: out,
     };
@@ -1294,7 +1390,7 @@ pub fn scan_fetch(response: &[u8], version: u32) -> Walk {
         response.len() as u32,
         &Default::default(),
     );
-    let mut m = Slices {
+    let mut m = Slices::<true> {
         input: response,
         output: &mut [],
     };

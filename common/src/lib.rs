@@ -347,6 +347,9 @@ pub mod names {
         pub const TLS_OBSERVERS: &str = "TLS_OBSERVERS";
         /// Kafka walk buffers, two per CPU (the agent sizes it).
         pub const KAFKA_BUFS: &str = "KAFKA_BUFS";
+        /// sk_msg programs `inject_traceparent` tail-calls: slot 0,
+        /// [`program::INJECT_KAFKA`](super::program::INJECT_KAFKA).
+        pub const INJECTORS: &str = "INJECTORS";
     }
 
     pub mod global {
@@ -376,6 +379,7 @@ pub mod names {
         pub const PROC_EXIT: &str = "proc_exit";
         pub const TRACK_SOCKETS: &str = "track_sockets";
         pub const INJECT_TRACEPARENT: &str = "inject_traceparent";
+        pub const INJECT_KAFKA: &str = "inject_kafka";
         pub const SSL_READ_ENTER: &str = "ssl_read_enter";
         pub const SSL_READ_EX_ENTER: &str = "ssl_read_ex_enter";
         pub const SSL_WRITE_ENTER: &str = "ssl_write_enter";

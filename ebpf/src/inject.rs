@@ -29,7 +29,7 @@ use aya_ebpf::{
         generated::{bpf_get_socket_cookie, bpf_msg_pull_data, bpf_probe_read_kernel},
     },
     macros::{map, sk_msg, sock_ops},
-    maps::{LruHashMap, PerCpuArray, SockHash},
+    maps::{LruHashMap, PerCpuArray, ProgramArray, SockHash},
     programs::{SkMsgContext, SockOpsContext},
 };
 use clew_common::{ctxflag, h2, proto, role, MAX_INJECT_SOCKS, SCAN_BYTES, TRACEPARENT_LINE};
@@ -171,6 +171,24 @@ pub enum Sent {
     BareH2(u32),
     /// Anything else: a body, non-HTTP bytes.
     Other,
+    /// A send on a Kafka connection, for `inject_kafka`.
+    Kafka,
+}
+
+/// Injectors with programs of their own, tail-called by
+/// `inject_traceparent` (filled by the agent from
+/// `clew_common::names::program::INJECT_KAFKA`).
+#[map]
+static INJECTORS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+const INJECT_KAFKA_SLOT: u32 = 0;
+
+/// A send on a Kafka connection (see `inject_kafka`).
+#[sk_msg]
+pub fn inject_kafka(ctx: SkMsgContext) -> u32 {
+    if let Some(st) = SOCK_STATE.get_ptr_mut(&msg_key(&ctx)) {
+        inject_kafka::on_send(&ctx, unsafe { &mut *st });
+    }
+    SK_PASS
 }
 
 #[sk_msg]
@@ -181,6 +199,13 @@ pub fn inject_traceparent(ctx: SkMsgContext) -> u32 {
     } else {
         Sent::Unseen
     };
+    if sent == Sent::Kafka {
+        // Kafka's sends have a program of their own: its walk is verified
+        // apart from this program's HTTP walks. Returns only if the slot
+        // is empty: the bytes then pass untouched.
+        let _ = unsafe { INJECTORS.tail_call(&ctx, INJECT_KAFKA_SLOT) };
+        return SK_PASS;
+    }
     if tcp_option::enabled() {
         tcp_option::on_send(&key, || {
             let sent = if sent == Sent::Unseen {
@@ -250,7 +275,7 @@ fn try_inject(ctx: &SkMsgContext, key: &SockKey) -> Sent {
         return inject_h2::on_send(ctx, st, 0);
     }
     if st.proto == proto::KAFKA {
-        return inject_kafka::on_send(ctx, st);
+        return Sent::Kafka;
     }
     if st.proto == proto::UNKNOWN {
         if inject_h2::starts_with_preface(ctx) {
@@ -259,7 +284,7 @@ fn try_inject(ctx: &SkMsgContext, key: &SockKey) -> Sent {
         }
         if inject_kafka::starts_request(ctx) {
             st.proto = proto::KAFKA;
-            return inject_kafka::on_send(ctx, st);
+            return Sent::Kafka;
         }
         st.proto = proto::HTTP1;
     }

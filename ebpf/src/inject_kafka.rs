@@ -31,6 +31,8 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::sk_msg_md,
     helpers::generated::{bpf_loop, bpf_msg_pull_data, bpf_probe_read_kernel},
+    macros::map,
+    maps::PerCpuArray,
     programs::SkMsgContext,
 };
 use clew_common::{
@@ -41,7 +43,7 @@ use clew_common::{
 
 use crate::{
     context,
-    inject::{Sent, SockState},
+    inject::SockState,
     inject_h2::read,
     kafka::{claim, owned, run, KafkaBuf, OUT, PRODUCE},
     maps::{count, count_n, now},
@@ -59,35 +61,75 @@ pub fn starts_request(ctx: &SkMsgContext) -> bool {
     ctx.size() >= 12 && read(ctx, 0, &mut b) && kafka::is_request_start(&b, 12)
 }
 
-/// Where the walk over one send's requests stands (on the caller's stack,
-/// which the verifier follows into the callback).
+/// Where the walk over one send's requests stands, in map memory, which
+/// the verifier does not track: one step is verified once, instead of
+/// once per request the loop could reach.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct SendWalk {
+    /// The next request's offset in the message, and the message's size.
+    off: u64,
+    total: u64,
+    /// The walk ended before `MAX_REQUESTS`.
+    done: u32,
+    _pad: u32,
+    /// The first Produce request whole in the send (`len` 0: none), which
+    /// is rewritten once the walk is over.
+    produce: Request,
+}
+
+#[map]
+static SEND: PerCpuArray<SendWalk> = PerCpuArray::with_max_entries(1, 0);
+
+/// A request in a send: its offset and length (size field included),
+/// API version and correlation id.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Request {
+    off: u64,
+    len: u64,
+    version: u32,
+    corr: u32,
+}
+
+/// What `request_step` needs besides the walk (pointers spilled on the
+/// caller's stack, which the verifier follows into the callback).
 #[repr(C)]
 struct Requests {
     msg: *mut sk_msg_md,
     st: *mut SockState,
-    /// The next request's offset in the message.
-    off: u64,
-    /// The message's size, grown by each rewrite.
-    total: u64,
-    /// The walk ended before `MAX_REQUESTS`.
-    done: u32,
 }
 
-/// Walks the requests of a send and injects into its Produce requests.
-pub fn on_send(ctx: &SkMsgContext, st: &mut SockState) -> Sent {
+/// Walks the requests of a send, then rewrites its first Produce request.
+/// One rewrite per send: the rewrite's own loops then run once, not
+/// nested in this walk's (which the verifier would check once per
+/// iteration it simulates). Clients send one Produce request per send
+/// to a broker; another one in the same send gets its PRODUCER span but
+/// no headers, counted as beyond bounds.
+pub fn on_send(ctx: &SkMsgContext, st: &mut SockState) {
+    if st.hands_off != 0 {
+        return;
+    }
     let total = ctx.size() as u64;
     if st.skip >= total {
         st.skip -= total;
-        return Sent::Other;
+        return;
     }
+    let Some(w) = SEND.get_ptr_mut(0) else {
+        return;
+    };
+    unsafe {
+        *w = SendWalk {
+            off: st.skip,
+            total,
+            ..SendWalk::default()
+        }
+    };
+    st.skip = 0;
     let mut r = Requests {
         msg: ctx.msg,
         st: st as *mut SockState,
-        off: st.skip,
-        total,
-        done: 0,
     };
-    st.skip = 0;
     unsafe {
         bpf_loop(
             MAX_REQUESTS,
@@ -97,11 +139,22 @@ pub fn on_send(ctx: &SkMsgContext, st: &mut SockState) -> Sent {
         )
     };
     // SAFETY: written by `request_step` through a pointer the compiler cannot see.
-    if unsafe { core::ptr::read_volatile(&r.done) } == 0 {
+    let w = unsafe { core::ptr::read_volatile(w) };
+    if w.done == 0 {
         count(stat::KAFKA_LOST_FRAMING);
         st.hands_off = 1;
+        return;
     }
-    Sent::Other
+    if w.produce.len == 0 {
+        return;
+    }
+    // Bytes the rewrite adds come before the end of the send: where the
+    // next send's first request starts (`st.skip`) does not change.
+    let mut tctx = context::client_request();
+    if rewrite(ctx, &w.produce, &tctx) {
+        tctx.flags |= ctxflag::INJECTED;
+    }
+    context::emit(role::CONNECTED, 0, now(), &tctx, w.produce.corr);
 }
 
 /// One request of the send; returns 1 to stop the loop.
@@ -110,78 +163,66 @@ extern "C" fn request_step(_k: u64, p: *mut c_void) -> i64 {
     let r = unsafe { &mut *(p as *mut Requests) };
     let st = unsafe { &mut *r.st };
     let ctx = SkMsgContext::new(r.msg);
-    if r.off >= r.total {
+    let Some(w) = SEND.get_ptr_mut(0) else {
+        return 1;
+    };
+    let w = unsafe { &mut *w };
+    if w.off >= w.total {
         // The last request goes on into the next send.
-        st.skip = r.off - r.total;
-        r.done = 1;
+        st.skip = w.off - w.total;
+        w.done = 1;
         return 1;
     }
     let mut h = [0u8; 9];
     let mut corr = [0u8; 4];
-    let framed = r.off + 12 <= r.total
-        && read(&ctx, r.off, &mut h)
-        && read(&ctx, r.off + 8, &mut corr)
+    let framed = w.off + 12 <= w.total
+        && read(&ctx, w.off, &mut h)
+        && read(&ctx, w.off + 8, &mut corr)
         && kafka::is_request_start(&h, 12);
     if !framed {
         // A header split across sends, or not a request where one was due.
         count(stat::KAFKA_LOST_FRAMING);
         st.hands_off = 1;
-        r.done = 1;
+        w.done = 1;
         return 1;
     }
     let req = Request {
-        off: r.off,
+        off: w.off,
         len: 4 + u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as u64,
         version: i16::from_be_bytes([h[6], h[7]]) as u32,
         corr: u32::from_be_bytes(corr),
     };
-    let mut grown = 0;
-    if i16::from_be_bytes([h[4], h[5]]) == api::PRODUCE {
-        grown = produce(&ctx, &req, req.off + req.len <= r.total);
+    w.off = req.off + req.len;
+    if i16::from_be_bytes([h[4], h[5]]) != api::PRODUCE {
+        return 0;
     }
-    r.off += req.len + grown;
-    r.total += grown;
+    let whole = req.off + req.len <= w.total;
+    if whole && w.produce.len == 0 {
+        w.produce = req;
+        return 0;
+    }
+    // Its PRODUCER span, without headers.
+    count(if whole {
+        stat::KAFKA_BOUNDS
+    } else {
+        stat::KAFKA_SPLIT
+    });
+    let tctx = context::client_request();
+    context::emit(role::CONNECTED, 0, now(), &tctx, req.corr);
     0
 }
 
-/// A request in a send: its offset and length (size field included),
-/// API version and correlation id.
-struct Request {
-    off: u64,
-    len: u64,
-    version: u32,
-    corr: u32,
-}
-
-/// A Produce request (`whole`: inside this send): its PRODUCER span, and
-/// the bytes the rewrite added.
-#[inline(never)]
-fn produce(ctx: &SkMsgContext, req: &Request, whole: bool) -> u64 {
-    let mut tctx = context::client_request();
-    let grown = if whole {
-        rewrite(ctx, req, &tctx)
-    } else {
-        count(stat::KAFKA_SPLIT);
-        0
-    };
-    if grown > 0 {
-        tctx.flags |= ctxflag::INJECTED;
-    }
-    context::emit(role::CONNECTED, 0, now(), &tctx, req.corr);
-    grown
-}
-
-/// Rewrites `req` with headers naming `tctx`'s batches; returns the bytes
-/// added (0: the message is as it was).
-fn rewrite(ctx: &SkMsgContext, req: &Request, tctx: &TraceCtx) -> u64 {
+/// Rewrites `req` with headers naming `tctx`'s batches; false when the
+/// message is as it was.
+fn rewrite(ctx: &SkMsgContext, req: &Request, tctx: &TraceCtx) -> bool {
     let (off, len, version) = (req.off, req.len, req.version);
     if len >= MAX_REQUEST as u64 {
         count(stat::KAFKA_BOUNDS);
-        return 0;
+        return false;
     }
     let stamp = now();
     let Some(b) = claim(PRODUCE, stamp) else {
-        return 0;
+        return false;
     };
     let (at, n) = (off as u32, len as u32);
     // The request contiguous, then copied whole.
@@ -189,74 +230,69 @@ fn rewrite(ctx: &SkMsgContext, req: &Request, tctx: &TraceCtx) -> u64 {
         || ctx.data() + n as usize > ctx.data_end()
     {
         count(stat::KAFKA_FAILED);
-        return 0;
+        return false;
     }
     let n = n & (MAX_REQUEST as u32 - 1);
     let rc =
         unsafe { bpf_probe_read_kernel((*b).input.as_mut_ptr().cast(), n, ctx.data() as *const _) };
     if rc != 0 {
         count(stat::KAFKA_FAILED);
-        return 0;
+        return false;
     }
     unsafe { (*b).walk.start(mode::PLAN, version, n, tctx) };
-    let planned = run(b);
-    let w = unsafe { &mut (*b).walk };
+    let done = run::<false>(b);
+    let w = unsafe { &(*b).walk };
     count_n(stat::KAFKA_OWN_TRACEPARENT, w.own);
     count_n(stat::KAFKA_COMPRESSED, w.compressed);
-    if planned != status::DONE {
-        count(match planned {
+    if done != status::DONE {
+        count(match done {
             status::CRC => stat::KAFKA_CRC,
             status::BOUNDS => stat::KAFKA_BOUNDS,
             status::UNSUPPORTED => stat::KAFKA_UNSUPPORTED,
             status::FAILED => stat::KAFKA_FAILED,
             _ => stat::KAFKA_MALFORMED,
         });
-        return 0;
+        return false;
     }
-    if w.injected == 0 {
-        return 0;
+    // PLAN found nothing to inject into: the walk ended there.
+    if w.mode != mode::EMIT {
+        return false;
     }
-    w.emit();
-    if run(b) != status::DONE {
-        count(stat::KAFKA_FAILED);
-        return 0;
-    }
-    let w = unsafe { &(*b).walk };
     let (out_len, injected) = (w.o, w.injected);
     if out_len <= n || out_len as usize > OUT || !owned(b, stamp) {
         count(stat::KAFKA_FAILED);
-        return 0;
+        return false;
     }
     let grown = out_len - n;
     if ctx.push_data(at, grown, 0).is_err() {
         count(stat::KAFKA_FAILED);
-        return 0;
+        return false;
     }
     // One contiguous region for the overwrite: after this, pulling any
     // window inside it copies nothing and cannot fail.
     if unsafe { bpf_msg_pull_data(ctx.msg, at, at + out_len, 0) } != 0 {
         let _ = ctx.pop_data(at, grown, 0);
         count(stat::KAFKA_FAILED);
-        return 0;
+        return false;
     }
     if !overwrite(ctx, b, at, out_len) || !owned(b, stamp) {
         // Not reachable once the region is contiguous; counted if it is.
         count(stat::KAFKA_FAILED);
     }
     count_n(stat::KAFKA_INJECTED, injected);
-    grown as u64
+    true
 }
 
-/// The state of `write_step`.
+/// The state of `write_step`. Nothing in it changes from step to step
+/// but `ok`, set by the last one: the chunk comes from the loop index, so
+/// the verifier checks one step instead of simulating every iteration.
 #[repr(C)]
 struct Overwrite {
     msg: *mut sk_msg_md,
     b: *mut KafkaBuf,
-    /// Where the request starts in the message, the output's length, the
-    /// next chunk's offset in it.
+    /// Where the request starts in the message, and the output's length.
     at: u32,
     len: u32,
-    pos: u32,
     ok: u32,
 }
 
@@ -272,7 +308,6 @@ fn overwrite(ctx: &SkMsgContext, b: *mut KafkaBuf, at: u32, len: u32) -> bool {
         b,
         at,
         len,
-        pos: 0,
         ok: 0,
     };
     unsafe {
@@ -287,17 +322,18 @@ fn overwrite(ctx: &SkMsgContext, b: *mut KafkaBuf, at: u32, len: u32) -> bool {
     unsafe { core::ptr::read_volatile(&o.ok) == 1 }
 }
 
-extern "C" fn write_step(_k: u64, p: *mut c_void) -> i64 {
+extern "C" fn write_step(k: u64, p: *mut c_void) -> i64 {
     // SAFETY: `overwrite`'s state, alive for the whole loop.
     let o = unsafe { &mut *(p as *mut Overwrite) };
-    if o.pos >= o.len {
+    let pos = (k as u32).wrapping_mul(CHUNK as u32);
+    if pos >= o.len {
         o.ok = 1;
         return 1;
     }
-    let pos = if o.pos + CHUNK as u32 > o.len {
+    let pos = if pos + CHUNK as u32 > o.len {
         o.len - CHUNK as u32
     } else {
-        o.pos
+        pos
     };
     let ctx = SkMsgContext::new(o.msg);
     let start = o.at + pos;
@@ -316,6 +352,5 @@ extern "C" fn write_step(_k: u64, p: *mut c_void) -> i64 {
         unsafe { dst.add(k).write_unaligned(src.add(k).read_unaligned()) };
         k += 1;
     }
-    o.pos = pos + CHUNK as u32;
     0
 }

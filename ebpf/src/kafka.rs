@@ -83,11 +83,14 @@ pub fn owned(b: *mut KafkaBuf, stamp: u64) -> bool {
 
 /// [`Mem`] over a `KafkaBuf`: every index is masked into its array, and
 /// copies are bounded, so the verifier accepts any index the walk computes.
-pub struct BufMem {
+/// `FETCH` as in [`Mem::FETCH`].
+pub struct BufMem<const FETCH: bool> {
     pub b: *mut KafkaBuf,
 }
 
-impl Mem for BufMem {
+impl<const FETCH: bool> Mem for BufMem<FETCH> {
+    const FETCH: bool = FETCH;
+
     #[inline(always)]
     fn get(&self, i: usize) -> u8 {
         unsafe { (*self.b).input[i & (MAX_REQUEST - 1)] }
@@ -100,16 +103,17 @@ impl Mem for BufMem {
 
     #[inline(always)]
     fn copy(&mut self, to: usize, from: usize, n: usize) -> bool {
-        if n == 0 {
-            return true;
-        }
+        // A zero length is a valid (empty) copy: no branch for it.
         if n >= OUT || to + n > OUT || from + n > MAX_REQUEST {
             return false;
         }
+        // Reloaded so that LLVM keeps the mask the verifier needs (after
+        // the checks above it would prove the mask redundant and drop it).
+        let n = unsafe { core::ptr::read_volatile(&n) } & (OUT - 1);
         unsafe {
             let dst = (*self.b).output.as_mut_ptr().add(to & (OUT - 1));
             let src = (*self.b).input.as_ptr().add(from & (MAX_REQUEST - 1));
-            bpf_probe_read_kernel(dst.cast(), (n & (OUT - 1)) as u32, src.cast()) == 0
+            bpf_probe_read_kernel(dst.cast(), n as u32, src.cast()) == 0
         }
     }
 
@@ -125,14 +129,15 @@ impl Mem for BufMem {
     }
 }
 
-/// Runs the walk in `b` to its end, one step per `bpf_loop` iteration.
+/// Runs the walk in `b` to its end, one step per `bpf_loop` iteration
+/// (`FETCH`: the walk of a Fetch response, else of a Produce request).
 #[inline(always)]
-pub fn run(b: *mut KafkaBuf) -> u32 {
+pub fn run<const FETCH: bool>(b: *mut KafkaBuf) -> u32 {
     let mut p = b;
     unsafe {
         bpf_loop(
             MAX_STEPS,
-            walk_step as *const () as *mut c_void,
+            walk_step::<FETCH> as *const () as *mut c_void,
             &mut p as *mut *mut KafkaBuf as *mut c_void,
             0,
         )
@@ -142,11 +147,11 @@ pub fn run(b: *mut KafkaBuf) -> u32 {
 }
 
 /// One step of the walk; returns 1 to stop the loop.
-extern "C" fn walk_step(_k: u64, p: *mut c_void) -> i64 {
+extern "C" fn walk_step<const FETCH: bool>(_k: u64, p: *mut c_void) -> i64 {
     // SAFETY: `run`'s buffer pointer, alive for the whole loop; the walk
     // and the bytes it reaches through `BufMem` are disjoint fields.
     let b = unsafe { *(p as *mut *mut KafkaBuf) };
-    let mut m = BufMem { b };
+    let mut m = BufMem::<FETCH> { b };
     let w = unsafe { &mut (*b).walk };
     if w.step(&mut m) {
         0
@@ -292,7 +297,7 @@ fn records_context(s: &Staged, len: u64, version: u32) -> Option<kafka::Found> {
         (*b).walk
             .start(mode::FETCH, version, n, &Default::default())
     };
-    if run(b) != status::DONE {
+    if run::<true>(b) != status::DONE {
         return None;
     }
     let w = unsafe { &(*b).walk };

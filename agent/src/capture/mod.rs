@@ -202,6 +202,16 @@ impl Capture {
                 .context("INJECT_SOCKS map missing")?,
         )?;
         let socks_fd = socks.fd().try_clone()?;
+        let kafka: &mut SkMsg = program(&mut self.ebpf, program::INJECT_KAFKA)?;
+        kafka.load().context("verifier rejected inject_kafka")?;
+        let fd = kafka.fd()?.try_clone()?;
+        install_tail_call(
+            &mut self.ebpf,
+            map::INJECTORS,
+            0,
+            &fd,
+            program::INJECT_KAFKA,
+        )?;
         let msg: &mut SkMsg = program(&mut self.ebpf, program::INJECT_TRACEPARENT)?;
         msg.load().context("verifier rejected inject_traceparent")?;
         msg.attach(&socks_fd)
@@ -339,6 +349,8 @@ mod tests {
             map::INJECT_SOCKS,
             map::OBSERVERS,
             map::TLS_OBSERVERS,
+            map::KAFKA_BUFS,
+            map::INJECTORS,
             global::AGENT_TGID,
             global::SELECT_MODE,
             global::CAPTURE_LIMIT,
@@ -362,6 +374,7 @@ mod tests {
             program::PROC_EXIT,
             program::TRACK_SOCKETS,
             program::INJECT_TRACEPARENT,
+            program::INJECT_KAFKA,
             program::SSL_READ_ENTER,
             program::SSL_READ_EX_ENTER,
             program::SSL_WRITE_ENTER,
