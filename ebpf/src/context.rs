@@ -133,8 +133,7 @@ pub fn server_response() {
     }
 }
 
-/// The thread's next Kafka request (its next poll): a CONSUMER span it
-/// was in is over.
+/// The thread's next Kafka delivery: a CONSUMER span it was in is over.
 pub fn consumer_done() {
     let tid = bpf_get_current_pid_tgid() as u32;
     if let Some(p) = SERVING.get_ptr_mut(&tid) {

@@ -7,10 +7,12 @@
 //! distinct `traceparent` makes the reading thread serve a new CONSUMER
 //! span, the child of that record's span, so the calls it makes while
 //! processing the records are injected as that span's children. The span
-//! ends at the thread's next Kafka request (its next poll) or after
-//! `CONSUMER_BOUND_NS`. A response that does not add up, or whose records
-//! carry several contexts or are compressed, leaves the thread as it was:
-//! a wrong parent is worse than none.
+//! ends at the thread's next delivery (a Fetch response with records) or
+//! after `CONSUMER_BOUND_NS`; not at its next request, since clients send
+//! the next Fetch before they hand the records over (kafka-python 3
+//! pipelines it into the poll that returns them). A delivery that cannot
+//! be read, or whose records carry several contexts or are compressed,
+//! starts none: a wrong parent is worse than none.
 
 use core::ffi::c_void;
 
@@ -215,8 +217,8 @@ fn request_header(at: u64) -> Option<(u32, i16, i16, u32)> {
     ))
 }
 
-/// The thread writes requests: it polls again (its CONSUMER span is
-/// over), and a Fetch among them is what its next response answers.
+/// The thread writes requests: a Fetch among them is what the
+/// connection's next response answers.
 #[inline(always)]
 fn requests_written(s: &Staged) {
     let mut off = 0u64;
@@ -228,9 +230,6 @@ fn requests_written(s: &Staged) {
         let Some((size, key, version, corr)) = request_header(s.buf + off) else {
             return;
         };
-        if k == 0 {
-            context::consumer_done();
-        }
         if key == api::FETCH {
             let _ = FETCHES.insert(&s.v.conn_id, &[corr, version as u32], 0);
         }
@@ -239,8 +238,10 @@ fn requests_written(s: &Staged) {
     }
 }
 
-/// The thread reads from a Kafka connection: if it is the whole response
-/// to the Fetch the connection waits for, its records' context decides.
+/// The thread reads from a Kafka connection: if it is the response to the
+/// Fetch the connection waits for and it delivers records, the CONSUMER
+/// span the thread was in is over, and a new one starts when the records
+/// carry one context.
 #[inline(always)]
 fn response_read(s: &Staged) {
     let Some(pending) = (unsafe { FETCHES.get(&s.v.conn_id) }).copied() else {
@@ -257,13 +258,19 @@ fn response_read(s: &Staged) {
     }
     let _ = FETCHES.remove(&s.v.conn_id);
     let len = 4 + u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as u64;
-    let Some(found) = records_context(s, len, pending[1]) else {
-        count(stat::KAFKA_CONSUMER_STOOD_DOWN);
-        return;
+    let found = match delivery(s, len, pending[1]) {
+        Delivery::Empty => return,
+        Delivery::Unknown => {
+            count(stat::KAFKA_CONSUMER_STOOD_DOWN);
+            context::consumer_done();
+            return;
+        }
+        Delivery::Without => {
+            context::consumer_done();
+            return;
+        }
+        Delivery::With(found) => found,
     };
-    if found.trace_id == [0; 16] {
-        return;
-    }
     // A thread serving a request keeps its SERVER span.
     if matches!(context::serving(), Some(c) if c.flags & ctxflag::CONSUMER == 0) {
         count(stat::KAFKA_CONSUMER_STOOD_DOWN);
@@ -278,35 +285,50 @@ fn response_read(s: &Staged) {
     context::emit(role::CONNECTED, s.v.conn_id, s.ts, &ctx, pending[0]);
 }
 
-/// The one trace context the records of the Fetch response (`len` bytes
-/// at the start of the read, API `version`) carry: zero ids when none
-/// does, `None` when it cannot be told (not whole in this read, beyond
-/// bounds, malformed, compressed records, several contexts).
+/// What a Fetch response delivers.
+enum Delivery {
+    /// No records (a long poll that timed out).
+    Empty,
+    /// Records, and exactly one trace context among them.
+    With(kafka::Found),
+    /// Records, none with a context.
+    Without,
+    /// Maybe records, whose context cannot be told: the response is not
+    /// whole in this read, beyond bounds or malformed, its records are
+    /// compressed, or they carry several contexts.
+    Unknown,
+}
+
+/// What the Fetch response of `len` bytes at the start of the read (API
+/// `version`) delivers.
 #[inline(always)]
-fn records_context(s: &Staged, len: u64, version: u32) -> Option<kafka::Found> {
+fn delivery(s: &Staged, len: u64, version: u32) -> Delivery {
     if len > s.len || len >= MAX_REQUEST as u64 {
-        return None;
+        return Delivery::Unknown;
     }
-    let b = claim(FETCH, s.ts)?;
+    let Some(b) = claim(FETCH, s.ts) else {
+        return Delivery::Unknown;
+    };
     let n = (len as u32) & (MAX_REQUEST as u32 - 1);
     let rc = unsafe { read_user_raw((*b).input.as_mut_ptr().cast(), n, s.buf as *const _) };
     if rc != 0 {
-        return None;
+        return Delivery::Unknown;
     }
     unsafe {
         (*b).walk
             .start(mode::FETCH, version, n, &Default::default())
     };
     if run::<true>(b) != status::DONE {
-        return None;
+        return Delivery::Unknown;
     }
     let w = unsafe { &(*b).walk };
     if w.contexts > 1 || w.compressed > 0 {
-        return None;
-    }
-    Some(if w.contexts == 1 {
-        w.found
+        Delivery::Unknown
+    } else if w.contexts == 1 {
+        Delivery::With(w.found)
+    } else if w.records > 0 {
+        Delivery::Without
     } else {
-        kafka::Found::default()
-    })
+        Delivery::Empty
+    }
 }
