@@ -204,21 +204,78 @@ impl<'a> Produce<'a> {
             cmd.args(["--header", &format!("{k}={v}")]);
         }
         cmd.args(self.values);
-        let out = cg.run(&mut cmd, CLIENT_TIMEOUT)?;
-        if !out.status.success() {
-            bail!("producer failed:\n{}\n{}", out.stderr, broker.log());
-        }
-        out.stdout
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l)?;
-                Ok(Acked {
-                    partition: v["partition"].as_i64().context("partition")? as i32,
-                    offset: v["offset"].as_i64().context("offset")?,
-                })
-            })
-            .collect()
+        run_producer(cg, &mut cmd, broker)
     }
+}
+
+/// Runs a producer peer to its end; the acknowledgements it printed.
+fn run_producer(cg: &Cgroup, cmd: &mut Command, broker: &Broker) -> Result<Vec<Acked>> {
+    let out = cg.run(cmd, CLIENT_TIMEOUT)?;
+    if !out.status.success() {
+        bail!("producer failed:\n{}\n{}", out.stderr, broker.log());
+    }
+    out.stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l)?;
+            Ok(Acked {
+                partition: v["partition"].as_i64().context("partition")? as i32,
+                offset: v["offset"].as_i64().context("offset")?,
+            })
+        })
+        .collect()
+}
+
+/// One record to produce, exactly as the application sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub partition: i32,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Sends `records` to `topic` all at once from `cg`, so that the client
+/// batches them (several records per batch, several partitions per
+/// request); their acknowledgements, in order.
+pub fn produce_records(
+    cg: &Cgroup,
+    broker: &Broker,
+    library: Library,
+    topic: &str,
+    records: &[Record],
+    compression: Option<&str>,
+) -> Result<Vec<Acked>> {
+    let dir = TempDir::new("kafka-records")?;
+    let spec = dir.join("records.json");
+    let hex = |b: &Option<Vec<u8>>| b.as_ref().map(hex::encode);
+    let json: Vec<serde_json::Value> = records
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "partition": r.partition,
+                "key": hex(&r.key),
+                "value": hex(&r.value),
+                "headers": r.headers.iter().map(|(k, v)| [k.clone(), hex::encode(v)]).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    std::fs::write(&spec, serde_json::to_vec(&json)?)?;
+    let mut cmd = peer(&[
+        "produce-records",
+        "--bootstrap",
+        &broker.bootstrap(),
+        "--topic",
+        topic,
+        "--library",
+        library.arg(),
+        "--spec",
+        &spec.to_string_lossy(),
+    ])?;
+    if let Some(c) = compression {
+        cmd.args(["--compression", c]);
+    }
+    run_producer(cg, &mut cmd, broker)
 }
 
 /// Runs a consumer in `cg` until it received `count` records of `topic`;

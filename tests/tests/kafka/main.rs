@@ -4,6 +4,7 @@
 //!
 //! Run as root, one test at a time (`cargo xtask test -- kafka`).
 
+mod inject;
 mod spans;
 
 use anyhow::{ensure, Result};
