@@ -21,6 +21,8 @@
 //! v9 and Fetch v12, topic ids instead of names from v13).
 
 /// API keys (the first field after the request's size).
+use crate::{TraceCtx, HEX_DIGITS};
+
 pub mod api {
     pub const PRODUCE: i16 = 0;
     pub const FETCH: i16 = 1;
@@ -103,13 +105,8 @@ pub const fn batch_span_id(base: [u8; 8], k: u32) -> [u8; 8] {
     id
 }
 
-/// Writes the `traceparent` header naming span `span` of trace `trace`.
-pub fn traceparent_header(
-    h: &mut [u8; TRACEPARENT_HEADER],
-    trace: &[u8; 16],
-    span: &[u8; 8],
-    sampled: bool,
-) {
+/// Writes the `traceparent` header naming `span`.
+pub fn traceparent_header(h: &mut [u8; TRACEPARENT_HEADER], span: &TraceCtx) {
     h[0] = (TRACEPARENT_KEY.len() * 2) as u8;
     let mut k = 0;
     while k < TRACEPARENT_KEY.len() {
@@ -117,26 +114,7 @@ pub fn traceparent_header(
         k += 1;
     }
     h[1 + TRACEPARENT_KEY.len()] = (TRACEPARENT_VALUE * 2) as u8;
-    h[VALUE_AT] = b'0';
-    h[VALUE_AT + 1] = b'0';
-    h[VALUE_AT + 2] = b'-';
-    put_hex(h, VALUE_AT + 3, trace);
-    h[VALUE_AT + 35] = b'-';
-    put_hex(h, VALUE_AT + 36, span);
-    h[VALUE_AT + 52] = b'-';
-    h[VALUE_AT + 53] = b'0';
-    h[VALUE_AT + 54] = if sampled { b'1' } else { b'0' };
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-fn put_hex<const L: usize, const N: usize>(out: &mut [u8; L], at: usize, bytes: &[u8; N]) {
-    let mut j = 0;
-    while j < N {
-        out[at + 2 * j] = HEX[(bytes[j] >> 4) as usize];
-        out[at + 2 * j + 1] = HEX[(bytes[j] & 15) as usize];
-        j += 1;
-    }
+    span.write_traceparent(h, VALUE_AT);
 }
 
 /// The CRC-32C (Castagnoli, reflected polynomial 0x82F63B78) table.
@@ -523,7 +501,7 @@ impl Walk {
     /// big for its stack) over a request (PLAN) or response (FETCH) of
     /// `len` bytes whose API version is `version`. `span`: the PRODUCER
     /// span the headers name (FETCH ignores it).
-    pub fn start(&mut self, mode: u32, version: u32, len: u32, span: &crate::TraceCtx) {
+    pub fn start(&mut self, mode: u32, version: u32, len: u32, span: &TraceCtx) {
         self.mode = mode;
         self.version = version;
         self.end = len;
@@ -531,8 +509,7 @@ impl Walk {
         self.records = 0;
         self.contexts = 0;
         self.found = Found::default();
-        let sampled = span.flags & crate::ctxflag::SAMPLED != 0;
-        traceparent_header(&mut self.header, &span.trace_id, &span.span_id, sampled);
+        traceparent_header(&mut self.header, span);
         self.span_last = span.span_id[7];
     }
 
@@ -691,19 +668,32 @@ impl Walk {
     /// Skips a (nullable) string: int16 length, or compact.
     #[inline(always)]
     fn skip_string(&self, pos: usize, m: &impl Mem) -> Option<usize> {
+        self.sized(pos, 2, m).map(|(_, end)| end)
+    }
+
+    /// The bytes a length field at `pos` announces, as (start, end): an
+    /// int16 or int32 (`width`; -1 is null), or compact in flexible
+    /// versions (unsigned varint of the length + 1, 0 for null). Null is
+    /// empty.
+    #[inline(always)]
+    fn sized(&self, pos: usize, width: usize, m: &impl Mem) -> Option<(usize, usize)> {
         let byte = |i| m.get(i);
         let end = self.end as usize;
         let (n, p) = if self.flexible(m) {
             let (n, p) = uvarint(pos, end, &byte)?;
             (n.saturating_sub(1) as usize, p)
         } else {
-            if pos + 2 > end {
+            if pos + width > end {
                 return None;
             }
-            let n = be16(pos, &byte);
-            (if n == u16::MAX { 0 } else { n as usize }, pos + 2)
+            let n = if width == 2 {
+                be16(pos, &byte) as i16 as i64
+            } else {
+                be32(pos, &byte) as i32 as i64
+            };
+            (n.max(0) as usize, pos + width)
         };
-        (p + n <= end).then_some(p + n)
+        (p + n <= end).then_some((p, p + n))
     }
 
     /// Skips a tag buffer (flexible versions only; else `pos`) of at
@@ -831,32 +821,13 @@ impl Walk {
         true
     }
 
-    /// Reads a records field's length at `pos`: where the records start
-    /// and end, or `None` when malformed. Null is empty.
-    #[inline(always)]
-    fn records_field(&self, pos: usize, m: &impl Mem) -> Option<(usize, usize)> {
-        let byte = |i| m.get(i);
-        let end = self.end as usize;
-        let (n, p) = if self.flexible(m) {
-            let (n, p) = uvarint(pos, end, &byte)?;
-            (n.saturating_sub(1) as usize, p)
-        } else {
-            if pos + 4 > end {
-                return None;
-            }
-            let n = be32(pos, &byte);
-            (if n == u32::MAX { 0 } else { n as usize }, pos + 4)
-        };
-        (p + n <= end).then_some((p, p + n))
-    }
-
     fn partition(&mut self, m: &mut impl Mem) -> bool {
         if self.part as usize >= MAX_PARTITIONS {
             return self.stop(status::BOUNDS);
         }
         // The partition index, then the records' length.
         let at = self.pos as usize + 4;
-        let Some((start, end)) = self.records_field(at, m) else {
+        let Some((start, end)) = self.sized(at, 4, m) else {
             return self.stop(status::MALFORMED);
         };
         if self.emitting(m) && end > start {
@@ -905,7 +876,7 @@ impl Walk {
         if p > end {
             return self.stop(status::MALFORMED);
         }
-        let Some((start, rend)) = self.records_field(p, m) else {
+        let Some((start, rend)) = self.sized(p, 4, m) else {
             return self.stop(status::MALFORMED);
         };
         self.records_end = rend as u32;
@@ -1168,7 +1139,10 @@ impl Walk {
         }
         // Batch 0's header, then this batch's last span id byte.
         let last = batch_span_id([0, 0, 0, 0, 0, 0, 0, self.span_last], self.batches - 1)[7];
-        let digits = [HEX[(last >> 4) as usize], HEX[(last & 15) as usize]];
+        let digits = [
+            HEX_DIGITS[(last >> 4) as usize],
+            HEX_DIGITS[(last & 15) as usize],
+        ];
         if self.emitting(m)
             && !(m.put(self.o as usize, &self.header)
                 && m.put(self.o as usize + SPAN_LAST_HEX, &digits))
@@ -1304,7 +1278,7 @@ static HEX_VALUE: [u8; 256] = {
     let mut t = [NOT_HEX; 256];
     let mut k = 0;
     while k < 16 {
-        t[HEX[k] as usize] = k as u8;
+        t[HEX_DIGITS[k] as usize] = k as u8;
         k += 1;
     }
     t
@@ -1377,7 +1351,7 @@ pub fn rewrite_produce(
         w.status = status::BOUNDS;
         return (w, 0);
     }
-    let span = crate::TraceCtx {
+    let span = TraceCtx {
         trace_id: *trace,
         span_id: *span,
         flags: if sampled { crate::ctxflag::SAMPLED } else { 0 },
@@ -1548,9 +1522,14 @@ mod tests {
     }
 
     fn value_for(k: u32) -> Vec<u8> {
-        let span = batch_span_id(SPAN, k);
+        let span = TraceCtx {
+            trace_id: TRACE,
+            span_id: batch_span_id(SPAN, k),
+            flags: crate::ctxflag::SAMPLED,
+            ..Default::default()
+        };
         let mut h = [0u8; TRACEPARENT_HEADER];
-        traceparent_header(&mut h, &TRACE, &span, true);
+        traceparent_header(&mut h, &span);
         h[VALUE_AT..].to_vec()
     }
 

@@ -118,6 +118,40 @@ pub struct TraceCtx {
     pub _pad: [u8; 7],
 }
 
+/// Lowercase hex digits, by value.
+pub const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+impl TraceCtx {
+    /// Writes the 55-byte `traceparent` value `00-{trace}-{span}-{flags}`
+    /// naming this span at `at` of `out`.
+    #[inline(always)]
+    pub fn write_traceparent<const L: usize>(&self, out: &mut [u8; L], at: usize) {
+        out[at] = b'0';
+        out[at + 1] = b'0';
+        out[at + 2] = b'-';
+        put_hex(out, at + 3, &self.trace_id);
+        out[at + 35] = b'-';
+        put_hex(out, at + 36, &self.span_id);
+        out[at + 52] = b'-';
+        out[at + 53] = b'0';
+        out[at + 54] = if self.flags & ctxflag::SAMPLED != 0 {
+            b'1'
+        } else {
+            b'0'
+        };
+    }
+}
+
+#[inline(always)]
+fn put_hex<const L: usize, const N: usize>(out: &mut [u8; L], at: usize, bytes: &[u8; N]) {
+    let mut j = 0;
+    while j < N {
+        out[at + 2 * j] = HEX_DIGITS[(bytes[j] >> 4) as usize];
+        out[at + 2 * j + 1] = HEX_DIGITS[(bytes[j] & 15) as usize];
+        j += 1;
+    }
+}
+
 /// `kind::TRACE_CTX`: sent just before the data record of the request it
 /// belongs to (server side, `conn_id` set) or from inside the `sendmsg`
 /// that carried the injected request (client side, `conn_id` 0: userspace

@@ -194,8 +194,6 @@ pub fn emit(role: u8, conn_id: u64, ts_ns: u64, ctx: &TraceCtx, stream_id: u32) 
     }
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 /// Writes `traceparent: 00-{trace}-{span}-{flags}\r\n` into `out`.
 pub fn format_traceparent(ctx: &TraceCtx, out: &mut [u8; clew_common::TRACEPARENT_LINE]) {
     let prefix = b"traceparent: ";
@@ -204,7 +202,7 @@ pub fn format_traceparent(ctx: &TraceCtx, out: &mut [u8; clew_common::TRACEPAREN
         out[k] = prefix[k];
         k += 1;
     }
-    put_value(ctx, out, 13);
+    ctx.write_traceparent(out, 13);
     out[68] = b'\r';
     out[69] = b'\n';
 }
@@ -218,33 +216,5 @@ pub fn format_h2_field(ctx: &TraceCtx, out: &mut [u8; h2::TRACEPARENT_FIELD]) {
         out[k] = prefix[k];
         k += 1;
     }
-    put_value(ctx, out, prefix.len());
-}
-
-/// The 55-byte value `00-{trace}-{span}-{flags}` at `at`.
-#[inline(always)]
-fn put_value<const L: usize>(ctx: &TraceCtx, out: &mut [u8; L], at: usize) {
-    out[at] = b'0';
-    out[at + 1] = b'0';
-    out[at + 2] = b'-';
-    put_hex(out, at + 3, &ctx.trace_id);
-    out[at + 35] = b'-';
-    put_hex(out, at + 36, &ctx.span_id);
-    out[at + 52] = b'-';
-    out[at + 53] = b'0';
-    out[at + 54] = if ctx.flags & ctxflag::SAMPLED != 0 {
-        b'1'
-    } else {
-        b'0'
-    };
-}
-
-#[inline(always)]
-fn put_hex<const L: usize, const N: usize>(out: &mut [u8; L], at: usize, bytes: &[u8; N]) {
-    let mut j = 0;
-    while j < N {
-        out[at + 2 * j] = HEX[(bytes[j] >> 4) as usize];
-        out[at + 2 * j + 1] = HEX[(bytes[j] & 15) as usize];
-        j += 1;
-    }
+    ctx.write_traceparent(out, prefix.len());
 }

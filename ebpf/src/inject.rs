@@ -17,16 +17,18 @@
 //! too, and the sk_msg program tells it which sends are requests that left
 //! without a `traceparent`.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     bindings::{
-        sk_action::SK_PASS, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+        sk_action::SK_PASS, sk_msg_md, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_HDR_OPT_LEN_CB, BPF_SOCK_OPS_PARSE_HDR_OPT_CB,
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB,
         BPF_SOCK_OPS_WRITE_HDR_OPT_CB,
     },
     helpers::{
         bpf_get_current_pid_tgid,
-        generated::{bpf_get_socket_cookie, bpf_msg_pull_data, bpf_probe_read_kernel},
+        generated::{bpf_get_socket_cookie, bpf_loop, bpf_msg_pull_data, bpf_probe_read_kernel},
     },
     macros::{map, sk_msg, sock_ops},
     maps::{LruHashMap, PerCpuArray, ProgramArray, SockHash},
@@ -73,6 +75,50 @@ pub struct SockState {
     /// HTTP/2: the highest stream id a HEADERS frame opened.
     pub last_stream: u32,
     pub _pad: u32,
+}
+
+/// A loop over the pieces of one send (HTTP/2 frames, Kafka requests):
+/// each step gets the message and the socket's state through these
+/// pointers (spilled on the caller's stack, which the verifier follows
+/// into the callback); the walk's own state lives in map memory.
+#[repr(C)]
+pub struct SendLoop {
+    msg: *mut sk_msg_md,
+    st: *mut SockState,
+}
+
+impl SendLoop {
+    /// Runs `step` at most `max` times over the send of `ctx`; the
+    /// socket's state, as the steps left it.
+    pub fn run(
+        ctx: &SkMsgContext,
+        st: &mut SockState,
+        max: u32,
+        step: extern "C" fn(u64, *mut c_void) -> i64,
+    ) -> *mut SockState {
+        let mut l = SendLoop {
+            msg: ctx.msg,
+            st: st as *mut SockState,
+        };
+        unsafe {
+            bpf_loop(
+                max,
+                step as *const () as *mut c_void,
+                &mut l as *mut SendLoop as *mut c_void,
+                0,
+            )
+        };
+        l.st
+    }
+
+    /// In a step: the message and the socket's state of the loop `p`.
+    ///
+    /// # Safety
+    /// `p` is the loop state `run` passed to the step.
+    pub unsafe fn of<'a>(p: *mut c_void) -> (SkMsgContext, &'a mut SockState) {
+        let l = unsafe { &*(p as *const SendLoop) };
+        (SkMsgContext::new(l.msg), unsafe { &mut *l.st })
+    }
 }
 
 /// A TCP connection from our side: the remote end and our port, as sockops

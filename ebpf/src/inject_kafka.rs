@@ -43,7 +43,7 @@ use clew_common::{
 
 use crate::{
     context,
-    inject::SockState,
+    inject::{SendLoop, SockState},
     inject_h2::read,
     kafka::{claim, owned, run, KafkaBuf, OUT, PRODUCE},
     maps::{count, count_n, now},
@@ -92,14 +92,6 @@ struct Request {
     corr: u32,
 }
 
-/// What `request_step` needs besides the walk (pointers spilled on the
-/// caller's stack, which the verifier follows into the callback).
-#[repr(C)]
-struct Requests {
-    msg: *mut sk_msg_md,
-    st: *mut SockState,
-}
-
 /// Walks the requests of a send, then rewrites its first Produce request.
 /// One rewrite per send: the rewrite's own loops then run once, not
 /// nested in this walk's (which the verifier would check once per
@@ -126,18 +118,7 @@ pub fn on_send(ctx: &SkMsgContext, st: &mut SockState) {
         }
     };
     st.skip = 0;
-    let mut r = Requests {
-        msg: ctx.msg,
-        st: st as *mut SockState,
-    };
-    unsafe {
-        bpf_loop(
-            MAX_REQUESTS,
-            request_step as *const () as *mut c_void,
-            &mut r as *mut Requests as *mut c_void,
-            0,
-        )
-    };
+    let st = unsafe { &mut *SendLoop::run(ctx, st, MAX_REQUESTS, request_step) };
     // SAFETY: written by `request_step` through a pointer the compiler cannot see.
     let w = unsafe { core::ptr::read_volatile(w) };
     if w.done == 0 {
@@ -159,10 +140,8 @@ pub fn on_send(ctx: &SkMsgContext, st: &mut SockState) {
 
 /// One request of the send; returns 1 to stop the loop.
 extern "C" fn request_step(_k: u64, p: *mut c_void) -> i64 {
-    // SAFETY: `on_send`'s `Requests`, alive for the whole loop.
-    let r = unsafe { &mut *(p as *mut Requests) };
-    let st = unsafe { &mut *r.st };
-    let ctx = SkMsgContext::new(r.msg);
+    // SAFETY: `on_send`'s loop, alive for the whole loop.
+    let (ctx, st) = unsafe { SendLoop::of(p) };
     let Some(w) = SEND.get_ptr_mut(0) else {
         return 1;
     };
