@@ -492,6 +492,22 @@ impl Pipeline {
         stats::set(&self.stats.h2_lost_framing, h.lost_framing);
         stats::set(&self.stats.h2_inject_failed, h.failed);
         stats::set(&self.stats.h2_app_indexed_traceparent, h.app_indexed);
+        let kf = &k.kafka;
+        stats::set(&self.stats.kafka_traceparent_injected, kf.injected);
+        stats::set(&self.stats.kafka_own_traceparent, kf.own_traceparent);
+        stats::set(&self.stats.kafka_stood_down_compressed, kf.compressed);
+        stats::set(&self.stats.kafka_stood_down_split, kf.split);
+        stats::set(&self.stats.kafka_stood_down_crc, kf.crc);
+        stats::set(&self.stats.kafka_stood_down_bounds, kf.bounds);
+        stats::set(&self.stats.kafka_stood_down_unsupported, kf.unsupported);
+        stats::set(&self.stats.kafka_stood_down_malformed, kf.malformed);
+        stats::set(&self.stats.kafka_inject_failed, kf.failed);
+        stats::set(&self.stats.kafka_lost_framing, kf.lost_framing);
+        stats::set(&self.stats.kafka_consumer_spans, kf.consumer_spans);
+        stats::set(
+            &self.stats.kafka_consumer_stood_down,
+            kf.consumer_stood_down,
+        );
     }
 
     pub fn exporter(&self) -> &Exporter {

@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod h2;
+pub mod kafka;
 
 /// Largest payload prefix one data event carries. Bodies beyond the
 /// configured capture limit are accounted for by length only.
@@ -96,12 +97,17 @@ pub mod ctxflag {
     pub const HAS_PARENT: u8 = 2;
     /// The parent came from an incoming `traceparent` (another process).
     pub const REMOTE_PARENT: u8 = 4;
-    /// A `traceparent` with this span id was written into the request.
+    /// A `traceparent` with this span id was written into the request
+    /// (Kafka: into at least one of its records).
     pub const INJECTED: u8 = 8;
     /// A CLIENT span sent while its executor had several requests open:
     /// it starts a new trace, and `parent_id` names the candidate (the
     /// request read last; zero if that one was answered).
     pub const AMBIGUOUS: u8 = 16;
+    /// A Kafka CONSUMER span: the reading thread processes records whose
+    /// `traceparent` names `parent_id` (`CtxEvent::stream_id`: the Fetch's
+    /// correlation id).
+    pub const CONSUMER: u8 = 32;
 }
 
 /// Ids the kernel chose for a span, so that what it injects and what
@@ -114,6 +120,40 @@ pub struct TraceCtx {
     pub parent_id: [u8; 8],
     pub flags: u8,
     pub _pad: [u8; 7],
+}
+
+/// Lowercase hex digits, by value.
+pub const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+impl TraceCtx {
+    /// Writes the 55-byte `traceparent` value `00-{trace}-{span}-{flags}`
+    /// naming this span at `at` of `out`.
+    #[inline(always)]
+    pub fn write_traceparent<const L: usize>(&self, out: &mut [u8; L], at: usize) {
+        out[at] = b'0';
+        out[at + 1] = b'0';
+        out[at + 2] = b'-';
+        put_hex(out, at + 3, &self.trace_id);
+        out[at + 35] = b'-';
+        put_hex(out, at + 36, &self.span_id);
+        out[at + 52] = b'-';
+        out[at + 53] = b'0';
+        out[at + 54] = if self.flags & ctxflag::SAMPLED != 0 {
+            b'1'
+        } else {
+            b'0'
+        };
+    }
+}
+
+#[inline(always)]
+fn put_hex<const L: usize, const N: usize>(out: &mut [u8; L], at: usize, bytes: &[u8; N]) {
+    let mut j = 0;
+    while j < N {
+        out[at + 2 * j] = HEX_DIGITS[(bytes[j] >> 4) as usize];
+        out[at + 2 * j + 1] = HEX_DIGITS[(bytes[j] & 15) as usize];
+        j += 1;
+    }
 }
 
 /// `kind::TRACE_CTX`: sent just before the data record of the request it
@@ -132,7 +172,9 @@ pub struct CtxEvent {
     pub ts_ns: u64,
     pub ctx: TraceCtx,
     /// Client side: the HTTP/2 stream whose HEADERS carried the context
-    /// (several requests can leave in one send); 0 for HTTP/1.
+    /// (several requests can leave in one send); 0 for HTTP/1; Kafka: the
+    /// correlation id of the Produce request (PRODUCER span) or of the
+    /// Fetch whose response started a CONSUMER span ([`ctxflag::CONSUMER`]).
     pub stream_id: u32,
     pub _pad2: u32,
 }
@@ -214,6 +256,9 @@ pub mod proto {
     pub const UNKNOWN: u8 = 0;
     pub const HTTP1: u8 = 1;
     pub const HTTP2: u8 = 2;
+    /// Kafka, recognised by a client's first request (see
+    /// [`kafka::is_request_start`](super::kafka::is_request_start)).
+    pub const KAFKA: u8 = 3;
     /// Tail-call slots in the observer program arrays.
     pub const SLOTS: u32 = 4;
 
@@ -247,6 +292,9 @@ pub mod proto {
         {
             return HTTP2;
         }
+        if super::kafka::is_request_start(b, len) {
+            return KAFKA;
+        }
         UNKNOWN
     }
 
@@ -263,7 +311,7 @@ pub mod proto {
 
         #[test]
         fn first_bytes_name_the_protocol() {
-            let cases: [(&[u8], bool, u8); 8] = [
+            let cases: [(&[u8], bool, u8); 10] = [
                 (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", false, HTTP2),
                 (b"GET / HTTP/1.1\r\n", false, HTTP1),
                 (b"HTTP/1.1 200 OK\r\n", true, HTTP1),
@@ -273,6 +321,10 @@ pub mod proto {
                 (&[0, 0, 12, 4, 0, 0, 0, 0, 0, 0, 3], false, UNKNOWN),
                 (&[0, 0, 7, 4, 0, 0, 0, 0, 0], true, UNKNOWN),
                 (b"GET", false, UNKNOWN),
+                // ApiVersions v3, correlation id 1.
+                (&[0, 0, 0, 20, 0, 18, 0, 3, 0, 0, 0, 1], false, KAFKA),
+                // A client reading a server's SETTINGS first is not Kafka.
+                (&[0, 0, 18, 4, 0, 0, 0, 0, 0], false, UNKNOWN),
             ];
             for (bytes, server_egress, want) in cases {
                 let (b, len) = first(bytes);
@@ -333,6 +385,11 @@ pub mod names {
         pub const TLS_OBSERVERS: &str = "TLS_OBSERVERS";
         /// Processes whose requests are counted per process, not per thread.
         pub const NEST_BY_PROCESS: &str = "NEST_BY_PROCESS";
+        /// Kafka walk buffers, two per CPU (the agent sizes it).
+        pub const KAFKA_BUFS: &str = "KAFKA_BUFS";
+        /// sk_msg programs `inject_traceparent` tail-calls: slot 0,
+        /// [`program::INJECT_KAFKA`](super::program::INJECT_KAFKA).
+        pub const INJECTORS: &str = "INJECTORS";
     }
 
     pub mod global {
@@ -364,6 +421,7 @@ pub mod names {
         pub const PROC_EXIT: &str = "proc_exit";
         pub const TRACK_SOCKETS: &str = "track_sockets";
         pub const INJECT_TRACEPARENT: &str = "inject_traceparent";
+        pub const INJECT_KAFKA: &str = "inject_kafka";
         pub const SSL_READ_ENTER: &str = "ssl_read_enter";
         pub const SSL_READ_EX_ENTER: &str = "ssl_read_ex_enter";
         pub const SSL_WRITE_ENTER: &str = "ssl_write_enter";
@@ -380,9 +438,10 @@ pub mod names {
     /// Observer programs: (protocol, the one `exit_io` tail-calls, the
     /// one the TLS return probes tail-call). A tail call stays within one
     /// program type, hence two per protocol.
-    pub const OBSERVERS: [(u8, &str, &str); 2] = [
+    pub const OBSERVERS: [(u8, &str, &str); 3] = [
         (super::proto::HTTP1, "observe_http1", "observe_http1_tls"),
         (super::proto::HTTP2, "observe_http2", "observe_http2_tls"),
+        (super::proto::KAFKA, "observe_kafka", "observe_kafka_tls"),
     ];
 }
 
@@ -626,7 +685,37 @@ pub mod stat {
     /// into the HPACK dynamic table, where later requests reference it by
     /// an index the kernel cannot read.
     pub const H2_APP_INDEXED: u32 = 14;
-    pub const COUNT: u32 = 16;
+    /// Kafka records given a `traceparent` header.
+    pub const KAFKA_INJECTED: u32 = 15;
+    /// Kafka records left alone: they carry their own `traceparent`.
+    pub const KAFKA_OWN_TRACEPARENT: u32 = 16;
+    /// Kafka record batches left alone: compressed.
+    pub const KAFKA_COMPRESSED: u32 = 17;
+    /// Produce requests not injected: not whole in one send.
+    pub const KAFKA_SPLIT: u32 = 18;
+    /// Produce requests not injected: a batch's CRC did not verify.
+    pub const KAFKA_CRC: u32 = 19;
+    /// Produce requests not injected: beyond the kernel's bounds (size,
+    /// records, batches, partitions, headers per record).
+    pub const KAFKA_BOUNDS: u32 = 20;
+    /// Produce requests not injected: a version the kernel does not
+    /// rewrite, or a batch that is not magic 2.
+    pub const KAFKA_UNSUPPORTED: u32 = 21;
+    /// Produce requests not injected: lengths that do not add up.
+    pub const KAFKA_MALFORMED: u32 = 22;
+    /// Produce requests not injected: a kernel helper failed (bytes
+    /// restored).
+    pub const KAFKA_FAILED: u32 = 23;
+    /// Kafka connections given up: request boundaries lost (a header
+    /// split across sends, more requests in one send than are walked).
+    pub const KAFKA_LOST_FRAMING: u32 = 24;
+    /// CONSUMER spans started from a Fetch response's records.
+    pub const KAFKA_CONSUMER_SPANS: u32 = 25;
+    /// Fetch responses whose trace context was not taken: not whole in
+    /// one read, several distinct contexts, compressed records, beyond
+    /// bounds, or the thread was serving a request.
+    pub const KAFKA_CONSUMER_STOOD_DOWN: u32 = 26;
+    pub const COUNT: u32 = 32;
 }
 
 /// Syscall numbers the programs dispatch on, per architecture.

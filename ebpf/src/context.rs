@@ -181,28 +181,7 @@ pub fn server_request(
     stream: u32,
     incoming: Option<([u8; 16], [u8; 8], bool)>,
 ) -> TraceCtx {
-    let ctx = match incoming {
-        Some((trace_id, parent_id, sampled)) => {
-            let parent_based = unsafe { core::ptr::read_volatile(&SAMPLE_PARENT_BASED) } == 1;
-            let keep = if parent_based {
-                sampled
-            } else {
-                sample_root(&trace_id)
-            };
-            let mut flags = ctxflag::HAS_PARENT | ctxflag::REMOTE_PARENT;
-            if keep {
-                flags |= ctxflag::SAMPLED;
-            }
-            TraceCtx {
-                trace_id,
-                span_id: new_span_id(),
-                parent_id,
-                flags,
-                _pad: [0; 7],
-            }
-        }
-        None => root(),
-    };
+    let ctx = joined(incoming);
     let exec = executor();
     let key = OpenKey {
         conn_id,
@@ -259,6 +238,73 @@ fn close_on(exec: Executor, key: &OpenKey, n: u32, last: bool) {
         unsafe {
             (*p).open = (*p).open.saturating_sub(n);
             if last && (*p).conn_id == key.conn_id && (*p).stream == key.stream {
+                (*p).ctx.span_id = [0; 8];
+            }
+        }
+    }
+}
+
+/// A span continuing `incoming` (trace id, parent span id, sampled), or
+/// the root of a new trace.
+#[inline(always)]
+pub fn joined(incoming: Option<([u8; 16], [u8; 8], bool)>) -> TraceCtx {
+    match incoming {
+        Some((trace_id, parent_id, sampled)) => {
+            let parent_based = unsafe { core::ptr::read_volatile(&SAMPLE_PARENT_BASED) } == 1;
+            let keep = if parent_based {
+                sampled
+            } else {
+                sample_root(&trace_id)
+            };
+            let mut flags = ctxflag::HAS_PARENT | ctxflag::REMOTE_PARENT;
+            if keep {
+                flags |= ctxflag::SAMPLED;
+            }
+            TraceCtx {
+                trace_id,
+                span_id: new_span_id(),
+                parent_id,
+                flags,
+                _pad: [0; 7],
+            }
+        }
+        None => root(),
+    }
+}
+
+/// The current executor processes a Kafka record whose context is `ctx`
+/// (a CONSUMER span): its calls nest under it until its next delivery.
+/// Not while it has requests open: those keep their SERVER spans.
+pub fn serve_consumer(ctx: &TraceCtx) -> bool {
+    let exec = executor();
+    match SERVING.get_ptr_mut(&exec) {
+        Some(p) if unsafe { (*p).open > 0 && (*p).ctx.flags & ctxflag::CONSUMER == 0 } => false,
+        Some(p) => unsafe {
+            (*p).ctx = *ctx;
+            (*p).conn_id = 0;
+            (*p).stream = 0;
+            (*p).open = 1;
+            true
+        },
+        None => {
+            let s = Serving {
+                ctx: *ctx,
+                conn_id: 0,
+                stream: 0,
+                open: 1,
+            };
+            let _ = SERVING.insert(&exec, &s, 0);
+            true
+        }
+    }
+}
+
+/// The executor's next Kafka delivery: a CONSUMER span it was in is over.
+pub fn consumer_done() {
+    if let Some(p) = SERVING.get_ptr_mut(&executor()) {
+        unsafe {
+            if (*p).ctx.flags & ctxflag::CONSUMER != 0 {
+                (*p).open = 0;
                 (*p).ctx.span_id = [0; 8];
             }
         }
@@ -325,6 +371,11 @@ fn parent() -> Parent {
     let Some(s) = (unsafe { SERVING.get(&executor()) }) else {
         return Parent::None;
     };
+    // A CONSUMER span lapses after its bound even if no delivery ends it.
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if s.ctx.flags & ctxflag::CONSUMER != 0 && !crate::kafka::consuming(tid) {
+        return Parent::None;
+    }
     match s.open {
         0 => Parent::None,
         1 if s.ctx.span_id != [0; 8] => Parent::Sure(s.ctx),
@@ -398,8 +449,6 @@ pub fn emit(role: u8, conn_id: u64, ts_ns: u64, ctx: &TraceCtx, stream_id: u32) 
     }
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 /// Writes `traceparent: 00-{trace}-{span}-{flags}\r\n` into `out`.
 pub fn format_traceparent(ctx: &TraceCtx, out: &mut [u8; clew_common::TRACEPARENT_LINE]) {
     let prefix = b"traceparent: ";
@@ -408,7 +457,7 @@ pub fn format_traceparent(ctx: &TraceCtx, out: &mut [u8; clew_common::TRACEPAREN
         out[k] = prefix[k];
         k += 1;
     }
-    put_value(ctx, out, 13);
+    ctx.write_traceparent(out, 13);
     out[68] = b'\r';
     out[69] = b'\n';
 }
@@ -422,33 +471,5 @@ pub fn format_h2_field(ctx: &TraceCtx, out: &mut [u8; h2::TRACEPARENT_FIELD]) {
         out[k] = prefix[k];
         k += 1;
     }
-    put_value(ctx, out, prefix.len());
-}
-
-/// The 55-byte value `00-{trace}-{span}-{flags}` at `at`.
-#[inline(always)]
-fn put_value<const L: usize>(ctx: &TraceCtx, out: &mut [u8; L], at: usize) {
-    out[at] = b'0';
-    out[at + 1] = b'0';
-    out[at + 2] = b'-';
-    put_hex(out, at + 3, &ctx.trace_id);
-    out[at + 35] = b'-';
-    put_hex(out, at + 36, &ctx.span_id);
-    out[at + 52] = b'-';
-    out[at + 53] = b'0';
-    out[at + 54] = if ctx.flags & ctxflag::SAMPLED != 0 {
-        b'1'
-    } else {
-        b'0'
-    };
-}
-
-#[inline(always)]
-fn put_hex<const L: usize, const N: usize>(out: &mut [u8; L], at: usize, bytes: &[u8; N]) {
-    let mut j = 0;
-    while j < N {
-        out[at + 2 * j] = HEX[(bytes[j] >> 4) as usize];
-        out[at + 2 * j + 1] = HEX[(bytes[j] & 15) as usize];
-        j += 1;
-    }
+    ctx.write_traceparent(out, prefix.len());
 }

@@ -9,26 +9,29 @@
 //! the socket is never touched again.
 //!
 //! A socket whose first send is the HTTP/2 client preface and a SETTINGS
-//! frame is HTTP/2 for good: `inject_h2` takes its sends instead.
+//! frame is HTTP/2 for good: `inject_h2` takes its sends instead; one whose
+//! first send starts a Kafka request is Kafka's: `inject_kafka` takes them.
 //!
 //! The same two programs carry the TCP-option mechanism (`tcp_option`):
 //! with `--propagation tcp-option`, sockets are admitted to the map for it
 //! too, and the sk_msg program tells it which sends are requests that left
 //! without a `traceparent`.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     bindings::{
-        sk_action::SK_PASS, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+        sk_action::SK_PASS, sk_msg_md, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_HDR_OPT_LEN_CB, BPF_SOCK_OPS_PARSE_HDR_OPT_CB,
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB,
         BPF_SOCK_OPS_WRITE_HDR_OPT_CB,
     },
     helpers::{
         bpf_get_current_pid_tgid,
-        generated::{bpf_get_socket_cookie, bpf_msg_pull_data, bpf_probe_read_kernel},
+        generated::{bpf_get_socket_cookie, bpf_loop, bpf_msg_pull_data, bpf_probe_read_kernel},
     },
     macros::{map, sk_msg, sock_ops},
-    maps::{LruHashMap, PerCpuArray, SockHash},
+    maps::{LruHashMap, PerCpuArray, ProgramArray, SockHash},
     programs::{SkMsgContext, SockOpsContext},
 };
 use clew_common::{ctxflag, h2, proto, role, MAX_INJECT_SOCKS, SCAN_BYTES, TRACEPARENT_LINE};
@@ -36,7 +39,7 @@ use clew_common::{ctxflag, h2, proto, role, MAX_INJECT_SOCKS, SCAN_BYTES, TRACEP
 use crate::{
     context,
     head::{self, Head},
-    inject_h2,
+    inject_h2, inject_kafka,
     maps::INFLIGHT,
     tcp_option,
 };
@@ -60,17 +63,62 @@ static CONNECTING: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_INJECT
 pub struct SockState {
     /// Bytes still to pass before the next request head (HTTP/1: of a
     /// request body) or frame header (HTTP/2: of a frame that went on
-    /// beyond the last send).
+    /// beyond the last send; Kafka: of a request that did).
     pub skip: u64,
     /// Message boundaries are lost: never inject on this socket again.
     pub hands_off: u32,
     /// What the first send showed (`clew_common::proto`; HTTP/2 only when
-    /// proven by the client preface and a SETTINGS frame).
+    /// proven by the client preface and a SETTINGS frame; Kafka when it
+    /// starts like a request).
     pub proto: u8,
     pub _pad8: [u8; 3],
     /// HTTP/2: the highest stream id a HEADERS frame opened.
     pub last_stream: u32,
     pub _pad: u32,
+}
+
+/// A loop over the pieces of one send (HTTP/2 frames, Kafka requests):
+/// each step gets the message and the socket's state through these
+/// pointers (spilled on the caller's stack, which the verifier follows
+/// into the callback); the walk's own state lives in map memory.
+#[repr(C)]
+pub struct SendLoop {
+    msg: *mut sk_msg_md,
+    st: *mut SockState,
+}
+
+impl SendLoop {
+    /// Runs `step` at most `max` times over the send of `ctx`; the
+    /// socket's state, as the steps left it.
+    pub fn run(
+        ctx: &SkMsgContext,
+        st: &mut SockState,
+        max: u32,
+        step: extern "C" fn(u64, *mut c_void) -> i64,
+    ) -> *mut SockState {
+        let mut l = SendLoop {
+            msg: ctx.msg,
+            st: st as *mut SockState,
+        };
+        unsafe {
+            bpf_loop(
+                max,
+                step as *const () as *mut c_void,
+                &mut l as *mut SendLoop as *mut c_void,
+                0,
+            )
+        };
+        l.st
+    }
+
+    /// In a step: the message and the socket's state of the loop `p`.
+    ///
+    /// # Safety
+    /// `p` is the loop state `run` passed to the step.
+    pub unsafe fn of<'a>(p: *mut c_void) -> (SkMsgContext, &'a mut SockState) {
+        let l = unsafe { &*(p as *const SendLoop) };
+        (SkMsgContext::new(l.msg), unsafe { &mut *l.st })
+    }
 }
 
 /// A TCP connection from our side: the remote end and our port, as sockops
@@ -169,6 +217,24 @@ pub enum Sent {
     BareH2(u32),
     /// Anything else: a body, non-HTTP bytes.
     Other,
+    /// A send on a Kafka connection, for `inject_kafka`.
+    Kafka,
+}
+
+/// Injectors with programs of their own, tail-called by
+/// `inject_traceparent` (filled by the agent from
+/// `clew_common::names::program::INJECT_KAFKA`).
+#[map]
+static INJECTORS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+const INJECT_KAFKA_SLOT: u32 = 0;
+
+/// A send on a Kafka connection (see `inject_kafka`).
+#[sk_msg]
+pub fn inject_kafka(ctx: SkMsgContext) -> u32 {
+    if let Some(st) = SOCK_STATE.get_ptr_mut(&msg_key(&ctx)) {
+        inject_kafka::on_send(&ctx, unsafe { &mut *st });
+    }
+    SK_PASS
 }
 
 #[sk_msg]
@@ -179,6 +245,13 @@ pub fn inject_traceparent(ctx: SkMsgContext) -> u32 {
     } else {
         Sent::Unseen
     };
+    if sent == Sent::Kafka {
+        // Kafka's sends have a program of their own: its walk is verified
+        // apart from this program's HTTP walks. Returns only if the slot
+        // is empty: the bytes then pass untouched.
+        let _ = unsafe { INJECTORS.tail_call(&ctx, INJECT_KAFKA_SLOT) };
+        return SK_PASS;
+    }
     if tcp_option::enabled() {
         tcp_option::on_send(&key, || {
             let sent = if sent == Sent::Unseen {
@@ -247,10 +320,17 @@ fn try_inject(ctx: &SkMsgContext, key: &SockKey) -> Sent {
     if st.proto == proto::HTTP2 {
         return inject_h2::on_send(ctx, st, 0);
     }
+    if st.proto == proto::KAFKA {
+        return Sent::Kafka;
+    }
     if st.proto == proto::UNKNOWN {
         if inject_h2::starts_with_preface(ctx) {
             st.proto = proto::HTTP2;
             return inject_h2::on_send(ctx, st, h2::PREFACE.len() as u64);
+        }
+        if inject_kafka::starts_request(ctx) {
+            st.proto = proto::KAFKA;
+            return Sent::Kafka;
         }
         st.proto = proto::HTTP1;
     }

@@ -33,7 +33,6 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::sk_msg_md,
     helpers::generated::{bpf_loop, bpf_msg_pull_data, bpf_probe_read_kernel},
     macros::map,
     maps::PerCpuArray,
@@ -50,7 +49,7 @@ use clew_common::{
 
 use crate::{
     context,
-    inject::{Sent, SockState},
+    inject::{SendLoop, Sent, SockState},
     maps::{count, now},
 };
 
@@ -130,15 +129,6 @@ const SENT_OTHER: u32 = 0;
 const SENT_CARRIED: u32 = 1;
 const SENT_BARE: u32 = 2;
 
-/// What `frame_step` needs besides the walk: the program's context and the
-/// socket's state (pointers spilled on the caller's stack, which the
-/// verifier follows into the callback).
-#[repr(C)]
-struct FrameLoop {
-    msg: *mut sk_msg_md,
-    st: *mut SockState,
-}
-
 /// Walks the frames of a send from `from` and injects into its requests.
 pub fn on_send(ctx: &SkMsgContext, st: &mut SockState, from: u64) -> Sent {
     let Some(block) = H2_BLOCK.get_ptr_mut(0) else {
@@ -152,21 +142,10 @@ pub fn on_send(ctx: &SkMsgContext, st: &mut SockState, from: u64) -> Sent {
         }
     };
     st.skip = 0;
-    let mut l = FrameLoop {
-        msg: ctx.msg,
-        st: st as *mut SockState,
-    };
-    unsafe {
-        bpf_loop(
-            MAX_FRAMES,
-            frame_step as *const () as *mut c_void,
-            &mut l as *mut FrameLoop as *mut c_void,
-            0,
-        )
-    };
+    let st = SendLoop::run(ctx, st, MAX_FRAMES, frame_step);
     // SAFETY: written by `frame_step` through pointers the compiler cannot see.
     let w = unsafe { core::ptr::read_volatile(&(*block).send) };
-    let st = unsafe { &mut *l.st };
+    let st = unsafe { &mut *st };
     if w.done == 0 && st.hands_off == 0 {
         // More frames than are walked: boundaries are lost.
         count(stat::H2_LOST_FRAMING);
@@ -185,10 +164,8 @@ pub fn on_send(ctx: &SkMsgContext, st: &mut SockState, from: u64) -> Sent {
 
 /// One frame of the send; returns 1 to stop the loop.
 extern "C" fn frame_step(_k: u64, lp: *mut c_void) -> i64 {
-    // SAFETY: `on_send`'s `FrameLoop`, alive for the whole loop.
-    let l = unsafe { &mut *(lp as *mut FrameLoop) };
-    let ctx = SkMsgContext::new(l.msg);
-    let st = unsafe { &mut *l.st };
+    // SAFETY: `on_send`'s loop, alive for the whole loop.
+    let (ctx, st) = unsafe { SendLoop::of(lp) };
     let Some(block) = H2_BLOCK.get_ptr_mut(0) else {
         return 1;
     };
@@ -390,7 +367,7 @@ fn inject(ctx: &SkMsgContext, frame_at: u64, h: &FrameHeader, at: u64) -> bool {
 
 /// Copies `N` bytes at `at` of the message into `out`.
 #[inline(always)]
-fn read<const N: usize>(ctx: &SkMsgContext, at: u64, out: &mut [u8; N]) -> bool {
+pub fn read<const N: usize>(ctx: &SkMsgContext, at: u64, out: &mut [u8; N]) -> bool {
     let at = at as u32;
     if unsafe { bpf_msg_pull_data(ctx.msg, at, at + N as u32, 0) } != 0 {
         return false;

@@ -274,7 +274,9 @@ pub fn emit_call(v: &Inflight, pid_tgid: u64, ts: u64, direction: u8, bytes: Byt
         seg_left,
         left: len,
         direction,
-        whole: (connstate::proto(v.conn_state) == proto::HTTP2) as u8,
+        // Framed protocols whose messages span many segments are captured
+        // whole: their parsers need every byte of a header block or batch.
+        whole: matches!(connstate::proto(v.conn_state), proto::HTTP2 | proto::KAFKA) as u8,
     };
     unsafe {
         bpf_loop(

@@ -131,8 +131,15 @@ pub struct Scratch {
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 pub fn count(stat: u32) {
+    count_n(stat, 1);
+}
+
+pub fn count_n(stat: u32, n: u32) {
+    if n == 0 {
+        return;
+    }
     if let Some(v) = STATS.get_ptr_mut(stat) {
-        unsafe { *v += 1 };
+        unsafe { *v += n as u64 };
     }
 }
 

@@ -25,8 +25,8 @@ pub struct Staged {
 static STAGED: PerCpuArray<Staged> = PerCpuArray::with_max_entries(1, 0);
 
 /// Tail-calls the observer of `v`'s protocol in `observers` (which must
-/// hold programs of the caller's type). Observers see the serving side:
-/// connections the process accepted or was found holding.
+/// hold programs of the caller's type). Observers see what `observed` lets
+/// through.
 #[inline(always)]
 pub fn dispatch<C: EbpfContext>(
     ctx: &C,
@@ -82,11 +82,13 @@ macro_rules! observers {
 pub(crate) use observers;
 
 /// Whether `dispatch` would hand `v`'s call to an observer: the serving
-/// side of a connection whose protocol is known. Callers check it before
-/// locating the call's buffer, which costs a user-memory read.
+/// side of a connection whose protocol is known, and Kafka clients (a
+/// consumer continues the trace its records carry). Callers check it
+/// before locating the call's buffer, which costs a user-memory read.
 #[inline(always)]
 pub fn observed(v: &Inflight) -> bool {
-    v.conn_role != role::CONNECTED && connstate::proto(v.conn_state) != proto::UNKNOWN
+    let p = connstate::proto(v.conn_state);
+    p != proto::UNKNOWN && (v.conn_role != role::CONNECTED || p == proto::KAFKA)
 }
 
 /// The call staged by `dispatch`, for the observer it tail-called.

@@ -6,9 +6,16 @@
         VALUE...
     kafka_client.py consume --bootstrap H:P --topic T --group G --library L
         --count N [--downstream URL]
+    kafka_client.py produce-records --bootstrap H:P --topic T --library L
+        --spec FILE [--compression C]
 
 `produce` sends each VALUE as one record, waits for each acknowledgement
 and prints one JSON line per record: {"partition", "offset"}.
+`produce-records` sends the records FILE lists (a JSON array of
+{"partition", "key", "value" (hex, or null), "headers" ([key, hex value]
+pairs)}) all at once, so that the client batches them (several records per
+batch, several partitions per request), then prints one acknowledgement
+line per record, in FILE's order.
 `consume` prints one JSON line per record received: partition, offset,
 key and value (hex), headers ([key, hex value] pairs, in order); with
 `--downstream` it GETs URL?offset=O for each record before polling again,
@@ -116,6 +123,62 @@ def produce(args):
             print(json.dumps({"partition": msg.partition(), "offset": msg.offset()}), flush=True)
 
 
+def produce_records(args):
+    with open(args.spec) as f:
+        spec = json.load(f)
+    unhex = lambda v: bytes.fromhex(v) if v is not None else None
+    records = [
+        (r["partition"], unhex(r["key"]), unhex(r["value"]), [(k, bytes.fromhex(v)) for k, v in r["headers"]])
+        for r in spec
+    ]
+    acks = [None] * len(records)
+    if args.library == "kafka-python":
+        from kafka import KafkaProducer
+
+        p = KafkaProducer(
+            bootstrap_servers=args.bootstrap,
+            client_id="clew-producer",
+            compression_type=args.compression,
+            linger_ms=200,
+            batch_size=1 << 20,
+            max_request_size=1 << 20,
+        )
+        futures = [p.send(args.topic, key=k, value=v, headers=h, partition=part) for part, k, v, h in records]
+        p.flush(30)
+        for i, f in enumerate(futures):
+            md = f.get(timeout=30)
+            acks[i] = (md.partition, md.offset)
+        p.close()
+    else:
+        from confluent_kafka import Producer
+
+        conf = {
+            "bootstrap.servers": args.bootstrap,
+            "client.id": "clew-producer",
+            "linger.ms": 200,
+            "batch.size": 1 << 20,
+        }
+        if args.compression:
+            conf["compression.type"] = args.compression
+        p = Producer(conf)
+
+        def acked(i):
+            def cb(err, msg):
+                if err is not None:
+                    raise RuntimeError(f"delivery failed: {err}")
+                acks[i] = (msg.partition(), msg.offset())
+
+            return cb
+
+        for i, (part, k, v, h) in enumerate(records):
+            p.produce(args.topic, key=k, value=v, headers=h, partition=part, on_delivery=acked(i))
+        p.flush(30)
+    for a in acks:
+        if a is None:
+            raise RuntimeError("a record was not acknowledged")
+        print(json.dumps({"partition": a[0], "offset": a[1]}), flush=True)
+
+
 def call_downstream(url, offset):
     with urllib.request.urlopen(f"{url}?offset={offset}", timeout=10) as r:
         r.read()
@@ -177,7 +240,7 @@ def consume(args):
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("create-topic", "produce", "consume"):
+    for name in ("create-topic", "produce", "consume", "produce-records"):
         s = sub.add_parser(name)
         s.add_argument("--bootstrap", required=True)
         s.add_argument("--topic", required=True)
@@ -192,12 +255,20 @@ def main():
             s.add_argument("--header", action="append", default=[])
             s.add_argument("--acks", type=int, default=1)
             s.add_argument("values", nargs="+")
+        if name == "produce-records":
+            s.add_argument("--spec", required=True)
+            s.add_argument("--compression")
         if name == "consume":
             s.add_argument("--group", required=True)
             s.add_argument("--count", type=int, required=True)
             s.add_argument("--downstream")
     args = ap.parse_args()
-    {"create-topic": create_topic, "produce": produce, "consume": consume}[args.cmd](args)
+    {
+        "create-topic": create_topic,
+        "produce": produce,
+        "consume": consume,
+        "produce-records": produce_records,
+    }[args.cmd](args)
 
 
 if __name__ == "__main__":

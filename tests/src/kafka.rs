@@ -124,6 +124,19 @@ fn peer(args: &[&str]) -> Result<Command> {
     Ok(cmd)
 }
 
+/// Peer subcommand `sub` of `library` on `topic` of `broker`.
+fn client(sub: &str, broker: &Broker, topic: &str, library: Library) -> Result<Command> {
+    peer(&[
+        sub,
+        "--bootstrap",
+        &broker.bootstrap(),
+        "--topic",
+        topic,
+        "--library",
+        library.arg(),
+    ])
+}
+
 /// One acknowledged record, as the producer printed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acked {
@@ -181,15 +194,7 @@ impl<'a> Produce<'a> {
 
     /// Runs the producer in `cg` until every record is acknowledged.
     pub fn run(&self, cg: &Cgroup, broker: &Broker) -> Result<Vec<Acked>> {
-        let mut cmd = peer(&[
-            "produce",
-            "--bootstrap",
-            &broker.bootstrap(),
-            "--topic",
-            self.topic,
-            "--library",
-            self.library.arg(),
-        ])?;
+        let mut cmd = client("produce", broker, self.topic, self.library)?;
         cmd.env("OTEL_SERVICE_NAME", self.service);
         if let Some(p) = self.partition {
             cmd.args(["--partition", &p.to_string()]);
@@ -204,21 +209,81 @@ impl<'a> Produce<'a> {
             cmd.args(["--header", &format!("{k}={v}")]);
         }
         cmd.args(self.values);
-        let out = cg.run(&mut cmd, CLIENT_TIMEOUT)?;
-        if !out.status.success() {
-            bail!("producer failed:\n{}\n{}", out.stderr, broker.log());
-        }
-        out.stdout
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l)?;
-                Ok(Acked {
-                    partition: v["partition"].as_i64().context("partition")? as i32,
-                    offset: v["offset"].as_i64().context("offset")?,
-                })
-            })
-            .collect()
+        run_producer(cg, &mut cmd, broker)
     }
+}
+
+/// Runs peer `cmd` (a `what`) in `cg` to its end; the JSON lines it printed.
+fn run_peer(
+    cg: &Cgroup,
+    cmd: &mut Command,
+    broker: &Broker,
+    what: &str,
+) -> Result<Vec<serde_json::Value>> {
+    let out = cg.run(cmd, CLIENT_TIMEOUT)?;
+    if !out.status.success() {
+        bail!("{what} failed:\n{}\n{}", out.stderr, broker.log());
+    }
+    out.stdout
+        .lines()
+        .map(|l| Ok(serde_json::from_str(l)?))
+        .collect()
+}
+
+/// Runs a producer peer to its end; the acknowledgements it printed.
+fn run_producer(cg: &Cgroup, cmd: &mut Command, broker: &Broker) -> Result<Vec<Acked>> {
+    run_peer(cg, cmd, broker, "producer")?
+        .into_iter()
+        .map(|v| {
+            Ok(Acked {
+                partition: v["partition"].as_i64().context("partition")? as i32,
+                offset: v["offset"].as_i64().context("offset")?,
+            })
+        })
+        .collect()
+}
+
+/// One record to produce, exactly as the application sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub partition: i32,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Sends `records` to `topic` all at once from `cg`, so that the client
+/// batches them (several records per batch, several partitions per
+/// request); their acknowledgements, in order.
+pub fn produce_records(
+    cg: &Cgroup,
+    broker: &Broker,
+    library: Library,
+    topic: &str,
+    records: &[Record],
+    compression: Option<&str>,
+) -> Result<Vec<Acked>> {
+    let dir = TempDir::new("kafka-records")?;
+    let spec = dir.join("records.json");
+    let hex = |b: &Option<Vec<u8>>| b.as_ref().map(hex::encode);
+    let json: Vec<serde_json::Value> = records
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "partition": r.partition,
+                "key": hex(&r.key),
+                "value": hex(&r.value),
+                "headers": r.headers.iter().map(|(k, v)| [k.clone(), hex::encode(v)]).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    std::fs::write(&spec, serde_json::to_vec(&json)?)?;
+    let mut cmd = client("produce-records", broker, topic, library)?;
+    cmd.args(["--spec", &spec.to_string_lossy()]);
+    if let Some(c) = compression {
+        cmd.args(["--compression", c]);
+    }
+    run_producer(cg, &mut cmd, broker)
 }
 
 /// Runs a consumer in `cg` until it received `count` records of `topic`;
@@ -233,30 +298,16 @@ pub fn consume(
     service: &str,
 ) -> Result<Vec<Received>> {
     let group = format!("{topic}-readers");
-    let mut cmd = peer(&[
-        "consume",
-        "--bootstrap",
-        &broker.bootstrap(),
-        "--topic",
-        topic,
-        "--library",
-        library.arg(),
-        "--group",
-        &group,
-    ])?;
+    let mut cmd = client("consume", broker, topic, library)?;
+    cmd.args(["--group", &group]);
     cmd.args(["--count", &count.to_string()])
         .env("OTEL_SERVICE_NAME", service);
     if let Some(d) = downstream {
         cmd.args(["--downstream", d]);
     }
-    let out = cg.run(&mut cmd, CLIENT_TIMEOUT)?;
-    if !out.status.success() {
-        bail!("consumer failed:\n{}\n{}", out.stderr, broker.log());
-    }
-    out.stdout
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l)?;
+    run_peer(cg, &mut cmd, broker, "consumer")?
+        .into_iter()
+        .map(|v| {
             let bytes = |v: &serde_json::Value| -> Result<Option<Vec<u8>>> {
                 v.as_str().map(hex::decode).transpose().map_err(Into::into)
             };

@@ -36,6 +36,7 @@ pub struct KernelStats {
     pub tcp_opt_no_room: u64,
     pub tcp_opt_read: u64,
     pub h2: H2InjectStats,
+    pub kafka: KafkaStats,
 }
 
 /// What the kernel did with outgoing HTTP/2 requests (`stat::H2_*`).
@@ -49,6 +50,24 @@ pub struct H2InjectStats {
     pub lost_framing: u64,
     pub failed: u64,
     pub app_indexed: u64,
+}
+
+/// What the kernel did with Kafka records and Fetch responses
+/// (`stat::KAFKA_*`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KafkaStats {
+    pub injected: u64,
+    pub own_traceparent: u64,
+    pub compressed: u64,
+    pub split: u64,
+    pub crc: u64,
+    pub bounds: u64,
+    pub unsupported: u64,
+    pub malformed: u64,
+    pub failed: u64,
+    pub lost_framing: u64,
+    pub consumer_spans: u64,
+    pub consumer_stood_down: u64,
 }
 
 impl KernelMaps {
@@ -226,6 +245,20 @@ impl KernelMaps {
                 lost_framing: sum(stat::H2_LOST_FRAMING),
                 failed: sum(stat::H2_FAILED),
                 app_indexed: sum(stat::H2_APP_INDEXED),
+            },
+            kafka: KafkaStats {
+                injected: sum(stat::KAFKA_INJECTED),
+                own_traceparent: sum(stat::KAFKA_OWN_TRACEPARENT),
+                compressed: sum(stat::KAFKA_COMPRESSED),
+                split: sum(stat::KAFKA_SPLIT),
+                crc: sum(stat::KAFKA_CRC),
+                bounds: sum(stat::KAFKA_BOUNDS),
+                unsupported: sum(stat::KAFKA_UNSUPPORTED),
+                malformed: sum(stat::KAFKA_MALFORMED),
+                failed: sum(stat::KAFKA_FAILED),
+                lost_framing: sum(stat::KAFKA_LOST_FRAMING),
+                consumer_spans: sum(stat::KAFKA_CONSUMER_SPANS),
+                consumer_stood_down: sum(stat::KAFKA_CONSUMER_STOOD_DOWN),
             },
         }
     }

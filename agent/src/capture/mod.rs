@@ -130,6 +130,8 @@ impl Capture {
                 true,
             )
             .map_max_entries(map::EVENTS, cfg.ringbuf_bytes.next_power_of_two())
+            // Two Kafka walk buffers per CPU (see ebpf/src/kafka.rs).
+            .map_max_entries(map::KAFKA_BUFS, 2 * kafka_cpus())
             .load(OBJECT)
             .context("loading the eBPF programs (is this root, with BPF allowed?)")?;
         Ok(Capture {
@@ -206,6 +208,16 @@ impl Capture {
                 .context("INJECT_SOCKS map missing")?,
         )?;
         let socks_fd = socks.fd().try_clone()?;
+        let kafka: &mut SkMsg = program(&mut self.ebpf, program::INJECT_KAFKA)?;
+        kafka.load().context("verifier rejected inject_kafka")?;
+        let fd = kafka.fd()?.try_clone()?;
+        install_tail_call(
+            &mut self.ebpf,
+            map::INJECTORS,
+            0,
+            &fd,
+            program::INJECT_KAFKA,
+        )?;
         let msg: &mut SkMsg = program(&mut self.ebpf, program::INJECT_TRACEPARENT)?;
         msg.load().context("verifier rejected inject_traceparent")?;
         msg.attach(&socks_fd)
@@ -257,6 +269,13 @@ pub fn task_fsbase_offset() -> Result<u32> {
         .field("task_struct", &["thread", "fsbase"])?;
     anyhow::ensure!(f.size == 8, "task_struct.thread.fsbase is {} bytes", f.size);
     Ok(f.offset)
+}
+
+/// CPUs the kernel's per-CPU Kafka buffers must cover: every possible
+/// one (a CPU id indexes them). Without the count, the kernel's default of
+/// one pair serves CPU 0 only and Kafka stands down elsewhere.
+fn kafka_cpus() -> u32 {
+    aya::util::nr_cpus().map_or(1, |n| n as u32)
 }
 
 /// A program of the object, as its type.
@@ -346,6 +365,8 @@ mod tests {
             map::OBSERVERS,
             map::TLS_OBSERVERS,
             map::NEST_BY_PROCESS,
+            map::KAFKA_BUFS,
+            map::INJECTORS,
             global::AGENT_TGID,
             global::SELECT_MODE,
             global::CAPTURE_LIMIT,
@@ -371,6 +392,7 @@ mod tests {
             program::PROC_EXIT,
             program::TRACK_SOCKETS,
             program::INJECT_TRACEPARENT,
+            program::INJECT_KAFKA,
             program::SSL_READ_ENTER,
             program::SSL_READ_EX_ENTER,
             program::SSL_WRITE_ENTER,

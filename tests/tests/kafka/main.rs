@@ -4,6 +4,8 @@
 //!
 //! Run as root, one test at a time (`cargo xtask test -- kafka`).
 
+mod continuation;
+mod inject;
 mod spans;
 
 use anyhow::{ensure, Result};

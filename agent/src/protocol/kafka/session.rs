@@ -252,7 +252,8 @@ impl Session {
                     .enumerate()
                     .map(|(k, b)| {
                         let mut ctx = base.clone();
-                        ctx.span_id = batch_span_id(base.span_id, k);
+                        // The ids the kernel injects into each batch's records.
+                        ctx.span_id = clew_common::kafka::batch_span_id(base.span_id, k as u32);
                         (b, ctx)
                     })
                     .collect();
@@ -561,13 +562,4 @@ fn send_op(
         error: 0,
         tombstone: false,
     }
-}
-
-/// The PRODUCER span of the `k`-th batch of a Produce request whose first
-/// batch has span id `base`: the kernel injects the same ids into each
-/// batch's records.
-fn batch_span_id(base: [u8; 8], k: usize) -> [u8; 8] {
-    let mut id = base;
-    id[7] ^= k as u8;
-    id
 }
