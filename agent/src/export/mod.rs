@@ -100,13 +100,13 @@ impl Exporter {
     /// Never blocks, never awaits: if the queue is full the span is
     /// dropped and counted. Whether the span was queued.
     pub fn submit(&self, span: Span) -> bool {
-        let counter = match self.queue.try_send(span) {
-            Ok(()) => &self.counters.queued,
-            Err(TrySendError::Full(_)) => &self.counters.dropped_queue_full,
-            Err(TrySendError::Closed(_)) => &self.counters.dropped_stopped,
+        let (counter, queued) = match self.queue.try_send(span) {
+            Ok(()) => (&self.counters.queued, true),
+            Err(TrySendError::Full(_)) => (&self.counters.dropped_queue_full, false),
+            Err(TrySendError::Closed(_)) => (&self.counters.dropped_stopped, false),
         };
         add(counter, 1);
-        std::ptr::eq(counter, &self.counters.queued)
+        queued
     }
 
     /// More than half the queue is waiting: the pipeline should leave

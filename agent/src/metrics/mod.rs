@@ -21,10 +21,23 @@ pub use registry::Registry;
 pub use route::{Pattern, Routes};
 
 use crate::{
-    span::{Attributes, Resource, SpanId, TraceId},
+    span::{AttrValue, Attributes, Resource, SpanId, TraceId},
     stats::{self, Stats},
 };
 use graph::{Half, Pairing};
+
+/// String attribute values are cut to this: a series key holds them, and
+/// the peer chooses them (a `Host` header, a gRPC `:path`).
+const MAX_VALUE_BYTES: usize = 256;
+
+/// The first [`MAX_VALUE_BYTES`] of `s`, cut on a character boundary.
+fn truncated(s: &str) -> String {
+    let mut end = MAX_VALUE_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
 
 /// The registry, shared with the Prometheus endpoint and the OTLP
 /// metrics exporter.
@@ -93,6 +106,13 @@ impl Metrics {
         parent: Option<SpanId>,
     ) -> Pending {
         let mut attributes = m.attributes;
+        for (_, v) in attributes.iter_mut() {
+            if let AttrValue::Str(s) = v {
+                if s.len() > MAX_VALUE_BYTES {
+                    *v = truncated(s).into();
+                }
+            }
+        }
         if let Some(route) = m
             .path
             .and_then(|p| self.routes.route(&resource.service_name, p))
@@ -149,5 +169,83 @@ impl Metrics {
         }
         stats::add(&self.stats.metric_overflows, r.overflowed - before);
         stats::set(&self.stats.service_graph_unpaired, self.pairing.unpaired);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::test_support::resource;
+
+    fn metrics() -> (Metrics, Shared) {
+        let shared = Shared::new(Registry::new(100, 0));
+        let m = Metrics::new(
+            Routes::new(Vec::new(), true),
+            shared.clone(),
+            Arc::new(Stats::default()),
+        );
+        (m, shared)
+    }
+
+    fn measurement(instrument: Instrument, path: Option<&str>) -> Measurement<'_> {
+        Measurement {
+            instrument,
+            duration_ns: 2_000_000,
+            attributes: vec![("server.address", "h".repeat(1000).into())],
+            path,
+            failed: false,
+        }
+    }
+
+    #[test]
+    fn every_transaction_counts_and_only_exported_ones_are_exemplars() {
+        let (mut m, shared) = metrics();
+        let svc = resource(1, "svc");
+        for (i, exported) in [None, Some(7), None].into_iter().enumerate() {
+            let p = m.prepare(
+                measurement(Instrument::HttpServer, Some(&format!("/users/{i}"))),
+                &svc,
+                [i as u8; 8],
+                None,
+            );
+            m.record(&svc, p, [i as u8; 16], exported);
+        }
+        let r = shared.lock();
+        let stream = &r.services["svc"].streams[Instrument::HttpServer.index()];
+        assert_eq!(stream.series.len(), 1);
+        let (attrs, h) = stream.series.iter().next().unwrap();
+        assert_eq!(h.count, 3);
+        let exemplars: Vec<_> = h.exemplars().iter().flatten().collect();
+        assert_eq!(exemplars.len(), 1);
+        assert_eq!((exemplars[0].trace_id, exemplars[0].time_ns), ([1; 16], 7));
+        assert!((exemplars[0].value - 0.002).abs() < 1e-12);
+        assert_eq!(attrs[1], ("http.route", "/users/{id}".into()));
+        match &attrs[0].1 {
+            AttrValue::Str(s) => assert_eq!(s.len(), MAX_VALUE_BYTES),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_client_and_the_server_it_called_make_an_edge() {
+        let (mut m, shared) = metrics();
+        let (client, server) = (resource(1, "front"), resource(2, "back"));
+        let p = m.prepare(
+            measurement(Instrument::HttpServer, Some("/")),
+            &server,
+            [2; 8],
+            Some([1; 8]),
+        );
+        m.record(&server, p, [9; 16], None);
+        let p = m.prepare(
+            measurement(Instrument::HttpClient, None),
+            &client,
+            [1; 8],
+            None,
+        );
+        m.record(&client, p, [9; 16], None);
+        let r = shared.lock();
+        let edge = &r.edges.edges["front"]["back"];
+        assert_eq!((edge.requests, edge.failed), (1, 0));
     }
 }

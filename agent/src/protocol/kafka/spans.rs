@@ -156,6 +156,70 @@ fn error_name(e: &ResponseError) -> String {
 mod tests {
     use super::*;
 
+    fn op(kind: OpKind, error: i16) -> Op {
+        Op {
+            kind,
+            ctx: crate::nesting::SpanCtx {
+                trace_id: [1; 16],
+                span_id: [2; 8],
+                parent: None,
+                sampled: false,
+                trace_state: String::new(),
+                uncertain: None,
+            },
+            start_ns: 1_000,
+            end_ns: 3_001_000,
+            topic: Some("orders".into()),
+            partition: Some(3),
+            offset: Some(42),
+            count: 1,
+            client_id: Some("rdkafka".into()),
+            group: Some("billing".into()),
+            error,
+            tombstone: false,
+        }
+    }
+
+    #[test]
+    fn operations_are_measured_with_bounded_attributes() {
+        let conn = ConnFacts {
+            peer: Some("10.0.0.5:9092".parse().unwrap()),
+            local: Some("10.0.0.1:40000".parse().unwrap()),
+            tls: false,
+        };
+        let m = measure(&op(OpKind::Send, 0), &conn).unwrap();
+        assert_eq!(m.instrument, Instrument::MessagingClient);
+        assert_eq!(m.duration_ns, 3_000_000);
+        assert!(!m.failed);
+        let a = |m: &Measurement<'_>, k: &str| {
+            m.attributes
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(a(&m, "messaging.operation.name"), Some("send".into()));
+        assert_eq!(a(&m, "messaging.destination.name"), Some("orders".into()));
+        assert_eq!(a(&m, "server.port"), Some(9092i64.into()));
+        // Per-message values would make a series per record.
+        for key in [
+            "messaging.kafka.offset",
+            "messaging.destination.partition.id",
+            "messaging.client.id",
+        ] {
+            assert_eq!(a(&m, key), None, "{key}");
+        }
+        let m = measure(&op(OpKind::Process, 3), &conn).unwrap();
+        assert_eq!(m.instrument, Instrument::MessagingProcess);
+        assert!(m.failed);
+        assert_eq!(
+            a(&m, "error.type"),
+            Some("UNKNOWN_TOPIC_OR_PARTITION".into())
+        );
+        assert_eq!(a(&m, "server.address"), None);
+        let broker = OpKind::Broker(kafka_protocol::messages::ApiKey::Produce);
+        assert!(measure(&op(broker, 0), &conn).is_none());
+    }
+
     #[test]
     fn error_names_are_kafkas() {
         let e = ResponseError::try_from_code(3).unwrap();
