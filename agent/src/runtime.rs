@@ -57,8 +57,9 @@ impl Runtimes {
     /// off: in the end-to-end suite, a Go HTTPS client hooked with both
     /// sets of probes under CPU load now and then paired a request with
     /// the next one's response (a response reached the agent before its
-    /// request), which neither set alone did; until that is understood,
-    /// such processes nest per goroutine without following the hand-off.
+    /// request), which neither set alone did. The HTTP/1 client session now
+    /// waits for such a request; until the pair is measured again, such
+    /// processes nest per goroutine without following the hand-off.
     pub fn configure(&mut self, tls_go: bool) {
         self.hook_net_http = !tls_go;
     }
