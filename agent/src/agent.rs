@@ -139,6 +139,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Per process only makes sense when some processes are not traced.
     let per_process = args.tls_attach == TlsAttach::Process && !selector.is_all();
     pipeline.tls.configure(args.tls_go, per_process);
+    pipeline.runtimes.configure(args.tls_go);
     pipeline.tls.hook_host_libraries(&mut capture);
     pipeline.start()?;
     tracing::info!(
@@ -187,13 +188,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
                     guard.clear_ready();
                     next_drain = Instant::now() + DRAIN_PAUSE;
                 }
-                pipeline.tls.run_due(Instant::now().into_std(), &mut capture);
+                // Go's net/http probes first: a process learnt at its exec
+                // gets them before it runs, and before its TLS probes
+                // (whose attachment is what callers wait for).
                 pipeline.runtimes.attach_due(&mut capture);
+                pipeline.tls.run_due(Instant::now().into_std(), &mut capture);
             }
             _ = tick.tick() => {
                 pipeline.tick();
-                pipeline.tls.run_due(Instant::now().into_std(), &mut capture);
                 pipeline.runtimes.attach_due(&mut capture);
+                pipeline.tls.run_due(Instant::now().into_std(), &mut capture);
                 ticks += 1;
                 stats.ready.store(pipeline.exporter().is_running(), Relaxed);
                 if ticks.is_multiple_of(SUMMARY_EVERY_TICKS) {
