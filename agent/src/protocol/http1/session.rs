@@ -26,6 +26,22 @@ struct Pending {
     response: Option<ResponseHead>,
 }
 
+impl Pending {
+    /// The exchange, ended at `end_ns` (never before it started); `cut_off`:
+    /// by the connection's close, without a complete response.
+    fn ended(self, role: Role, end_ns: u64, cut_off: bool) -> Exchange {
+        Exchange {
+            role,
+            request: self.head,
+            response: self.response,
+            cut_off,
+            ctx: self.ctx,
+            start_ns: self.start_ns,
+            end_ns: end_ns.max(self.start_ns),
+        }
+    }
+}
+
 /// A request and its complete response, or what came of it before the
 /// connection closed.
 pub struct Exchange {
@@ -171,15 +187,7 @@ impl Session {
             if !trusted {
                 continue;
             }
-            out.push(T::from(Exchange {
-                role: self.role,
-                request: p.head,
-                response: p.response,
-                cut_off: true,
-                ctx: p.ctx,
-                start_ns: p.start_ns,
-                end_ns: ts.max(p.start_ns),
-            }));
+            out.push(T::from(p.ended(self.role, ts, true)));
         }
     }
 
@@ -209,15 +217,7 @@ impl Session {
         self.pending[0].response = Some(e.head);
         if let Some(end) = e.end_ns {
             let p = self.pending.pop_front().expect("checked");
-            out.push(T::from(Exchange {
-                role: self.role,
-                request: p.head,
-                response: p.response,
-                cut_off: false,
-                ctx: p.ctx,
-                start_ns: p.start_ns,
-                end_ns: end.max(p.start_ns),
-            }));
+            out.push(T::from(p.ended(self.role, end, false)));
         }
     }
 
@@ -302,15 +302,7 @@ impl Session {
                 if self.role == Role::Server {
                     nesting.server_done(&p.ctx.span_id);
                 }
-                out.push(T::from(Exchange {
-                    role: self.role,
-                    request: p.head,
-                    response: p.response,
-                    cut_off: false,
-                    ctx: p.ctx,
-                    start_ns: p.start_ns,
-                    end_ns: ts.max(p.start_ns),
-                }));
+                out.push(T::from(p.ended(self.role, ts, false)));
             }
             Frame::Error(_) => self.losses.parse_errors += 1,
             _ => {}
