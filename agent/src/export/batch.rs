@@ -25,6 +25,8 @@ pub(super) struct Batching {
     pub max_batch: usize,
     /// How long a partial batch waits for more spans.
     pub linger: Duration,
+    /// Bound on delivering one batch, retries and their pauses included.
+    pub deadline: Duration,
 }
 
 /// Runs until the queue is closed and drained.
@@ -38,6 +40,7 @@ pub(super) async fn run(
     let mut delivery = Delivery {
         transport,
         endpoint,
+        deadline: batching.deadline,
         counters,
         health: Health::Healthy,
         backoff: None,
@@ -89,6 +92,7 @@ enum Health {
 struct Delivery {
     transport: Transport,
     endpoint: String,
+    deadline: Duration,
     counters: Arc<Counters>,
     health: Health,
     /// Pause before the next attempt; kept across batches so a long outage
@@ -100,8 +104,12 @@ impl Delivery {
     async fn deliver(&mut self, spans: &[Span]) {
         let request = bytes::Bytes::from(encode_request(spans));
         let count = spans.len() as u64;
+        let give_up = Instant::now() + self.deadline;
         for attempt in 1..=MAX_ATTEMPTS {
             if let Some(pause) = self.backoff {
+                if Instant::now() + pause > give_up {
+                    break;
+                }
                 tokio::time::sleep(pause).await;
             }
             if attempt > 1 {
@@ -121,11 +129,18 @@ impl Delivery {
                     self.set_health(Health::Rejecting, &reason);
                     break;
                 }
-                Err(SendError::Transient(reason)) => {
-                    self.backoff = Some(
-                        self.backoff
-                            .map_or(BACKOFF_START, |b| (b * 2).min(BACKOFF_MAX)),
-                    );
+                Err(SendError::Transient {
+                    reason,
+                    retry_after,
+                }) => {
+                    let backoff = self
+                        .backoff
+                        .map_or(BACKOFF_START, |b| (b * 2).min(BACKOFF_MAX));
+                    // Jitter keeps a fleet of agents from retrying in step
+                    // after a collector restart; a server's own delay is
+                    // honoured as a floor (bounded by the batch deadline).
+                    let pause = jitter(backoff).max(retry_after.unwrap_or_default());
+                    self.backoff = Some(pause);
                     self.set_health(Health::Unavailable, &reason);
                 }
             }
@@ -156,6 +171,12 @@ impl Delivery {
         }
         self.health = health;
     }
+}
+
+/// A pause drawn evenly from the upper half of `backoff`, so the pause
+/// still grows with each failure.
+fn jitter(backoff: Duration) -> Duration {
+    backoff.mul_f64(rand::random_range(0.5..=1.0))
 }
 
 #[cfg(test)]
