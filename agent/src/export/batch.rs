@@ -182,8 +182,9 @@ fn jitter(backoff: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::test_support::{free_port, resource, span, stats_until, Collector};
-    use crate::export::{ExportConfig, Exporter, Protocol};
+    use crate::export::test_support::{free_port, resource, span, stats_until, Answers, Collector};
+    use crate::export::test_tls::Pki;
+    use crate::export::{ExportConfig, Exporter, Protocol, TlsFiles};
     use axum::http::StatusCode;
 
     fn config(endpoint: String, protocol: Protocol) -> ExportConfig {
@@ -340,5 +341,48 @@ mod tests {
             took >= Duration::from_millis(300) && took < Duration::from_secs(1),
             "{took:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_waited_for_and_no_span_is_lost() {
+        let answers = Answers::new(vec![
+            (StatusCode::SERVICE_UNAVAILABLE, Some("1")),
+            (StatusCode::OK, None),
+        ]);
+        let mut collector = Collector::http_answers(answers).await;
+        let exporter =
+            Exporter::start(config(collector.endpoint(), Protocol::HttpProtobuf)).unwrap();
+        submit_ids(&exporter, 1..=3);
+        let refused = collector.next().await;
+        let refused_at = Instant::now();
+        let accepted = collector.next().await;
+        let waited = refused_at.elapsed();
+        // Without the header the first retry comes after 50-100 ms.
+        assert!(waited >= Duration::from_millis(950), "{waited:?}");
+        assert_eq!(refused.span_ids(), accepted.span_ids());
+        let stats = stats_until(&exporter, |s| s.exported == 3).await;
+        assert_eq!((stats.retries, stats.dropped()), (1, 0));
+        exporter.shutdown(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test]
+    async fn a_collector_with_an_unknown_ca_gets_nothing_and_the_exporter_keeps_counting() {
+        let pki = Pki::new("batch-wrong-ca");
+        let mut collector = Collector::tls(Protocol::Grpc, &pki).await;
+        let exporter = Exporter::start(ExportConfig {
+            tls: TlsFiles {
+                ca: Some(pki.path("other-ca.pem")),
+                client_cert: Some(pki.path("client.pem")),
+                client_key: Some(pki.path("client.key")),
+            },
+            ..config(collector.endpoint(), Protocol::Grpc)
+        })
+        .unwrap();
+        submit_ids(&exporter, 1..=2);
+        let stats = stats_until(&exporter, |s| s.retries >= 2).await;
+        assert_eq!(stats.exported, 0);
+        assert!(exporter.is_running());
+        assert!(collector.drain().is_empty());
+        exporter.shutdown(Duration::from_millis(100)).await;
     }
 }

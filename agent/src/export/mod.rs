@@ -14,6 +14,8 @@ mod proto;
 mod stats;
 #[cfg(test)]
 pub(crate) mod test_support;
+#[cfg(test)]
+mod test_tls;
 mod tls;
 mod transport;
 

@@ -276,6 +276,8 @@ mod tests {
     use super::*;
     use crate::export::otlp::encode_request;
     use crate::export::test_support::{free_port, resource, span, Collector};
+    use crate::export::test_tls::Pki;
+    use crate::export::{Compression, TlsFiles};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
     fn one_span_request() -> Bytes {
@@ -371,5 +373,117 @@ mod tests {
         assert!(!transient(grpc_error(tonic::Status::unauthenticated(
             "who"
         ))));
+    }
+
+    fn tls_files(pki: &Pki, ca: &str, client: bool) -> TlsFiles {
+        TlsFiles {
+            ca: Some(pki.path(ca)),
+            client_cert: client.then(|| pki.path("client.pem")),
+            client_key: client.then(|| pki.path("client.key")),
+        }
+    }
+
+    #[tokio::test]
+    async fn mtls_with_gzip_delivers_and_the_wrong_ca_or_no_client_cert_do_not() {
+        for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+            let pki = Pki::new(&format!("transport-{protocol}").replace('/', "-"));
+            let mut collector = Collector::tls(protocol, &pki).await;
+            let endpoint = collector.endpoint();
+            assert!(endpoint.starts_with("https://"), "{endpoint}");
+            let transport = |tls| {
+                let cfg = ExportConfig {
+                    protocol,
+                    tls,
+                    compression: Compression::Gzip,
+                    ..ExportConfig::default()
+                };
+                Transport::new(&endpoint, &cfg, Signal::Traces).unwrap()
+            };
+
+            let mut good = transport(tls_files(&pki, "ca.pem", true));
+            assert_eq!(
+                good.send(&one_span_request()).await.unwrap(),
+                0,
+                "{protocol}"
+            );
+            let received = collector.next().await;
+            assert_eq!(
+                received.request,
+                ExportTraceServiceRequest::decode(one_span_request()).unwrap(),
+                "{protocol}"
+            );
+            let encoding = match protocol {
+                Protocol::Grpc => "grpc-encoding",
+                Protocol::HttpProtobuf => "content-encoding",
+            };
+            assert_eq!(
+                received.header(encoding).as_deref(),
+                Some("gzip"),
+                "{protocol}"
+            );
+
+            let mut wrong_ca = transport(tls_files(&pki, "other-ca.pem", true));
+            let err = wrong_ca.send(&one_span_request()).await.unwrap_err();
+            assert!(
+                matches!(err, SendError::Transient { .. })
+                    && err.to_string().contains("certificate"),
+                "{protocol}: {err}"
+            );
+            let mut no_client_cert = transport(tls_files(&pki, "ca.pem", false));
+            assert!(
+                no_client_cert.send(&one_span_request()).await.is_err(),
+                "{protocol}"
+            );
+            assert!(collector.drain().is_empty(), "{protocol}");
+        }
+    }
+
+    #[test]
+    fn missing_tls_files_and_half_an_identity_are_start_up_errors() {
+        let cfg = |tls| ExportConfig {
+            tls,
+            ..ExportConfig::default()
+        };
+        let missing = TlsFiles {
+            ca: Some("/nonexistent/ca.pem".into()),
+            ..TlsFiles::default()
+        };
+        let err = Transport::new("https://c:4318", &cfg(missing), Signal::Traces)
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").contains("/nonexistent/ca.pem"),
+            "{err:#}"
+        );
+        let half = TlsFiles {
+            client_cert: Some("/etc/hostname".into()),
+            ..TlsFiles::default()
+        };
+        let err = Transport::new("https://c:4318", &cfg(half), Signal::Traces)
+            .err()
+            .unwrap();
+        assert!(format!("{err:#}").contains("CLIENT_KEY"), "{err:#}");
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_a_date() {
+        let header = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(RETRY_AFTER, HeaderValue::from_str(value).unwrap());
+            retry_after(&headers)
+        };
+        assert_eq!(header("3"), Some(Duration::from_secs(3)));
+        let in_a_minute = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(60));
+        let delay = header(&in_a_minute).unwrap();
+        assert!(
+            delay > Duration::from_secs(55) && delay <= Duration::from_secs(60),
+            "{delay:?}"
+        );
+        assert_eq!(
+            header("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(header("soon"), None);
+        assert_eq!(retry_after(&HeaderMap::new()), None);
     }
 }
