@@ -1,4 +1,4 @@
-//! Test certificates (made with the openssl CLI at test time) and TLS
+//! Test certificates (tests/fixtures/make-pki.sh, at test time) and TLS
 //! listeners that require a client certificate, for the exporter's TLS tests.
 
 use std::path::PathBuf;
@@ -18,92 +18,27 @@ pub struct Pki {
 }
 
 impl Pki {
-    /// `name` keeps concurrent tests apart.
+    /// `name` keeps concurrent tests apart. The certificates come from the
+    /// script the end-to-end tests use too.
     pub fn new(name: &str) -> Pki {
         let dir = std::env::temp_dir().join(format!("clew-pki-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let pki = Pki { dir };
-        pki.make_ca("ca");
-        pki.make_ca("other-ca");
-        pki.issue(
-            "server",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth",
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/make-pki.sh");
+        let out = Command::new("sh")
+            .arg(script)
+            .arg(&dir)
+            .output()
+            .expect("running make-pki.sh (needs the openssl CLI)");
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        pki.issue("client", "extendedKeyUsage=clientAuth");
-        pki
+        Pki { dir }
     }
 
     pub fn path(&self, file: &str) -> PathBuf {
         self.dir.join(file)
-    }
-
-    fn make_ca(&self, name: &str) {
-        self.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN=clew test {name}"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-        ]);
-    }
-
-    /// A key and a certificate signed by `ca`, with `extensions`.
-    fn issue(&self, name: &str, extensions: &str) {
-        std::fs::write(self.path(&format!("{name}.ext")), extensions).unwrap();
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-        ]);
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{name}.ext"),
-            "-out",
-            &format!("{name}.pem"),
-        ]);
-    }
-
-    fn openssl(&self, args: &[&str]) {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(&self.dir)
-            .output()
-            .expect("running openssl (apt-get install openssl)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
 
     /// Server TLS for tonic, requiring a client certificate signed by the CA.
