@@ -284,6 +284,23 @@ mod tests {
         encode_request(&[span(&resource(7, "svc"), 1, 1, None)]).into()
     }
 
+    /// Sends one span and returns what the collector got, which must be it.
+    async fn delivered(
+        transport: &mut Transport,
+        collector: &mut Collector,
+        protocol: Protocol,
+    ) -> crate::export::test_support::Received {
+        let rejected = transport.send(&one_span_request()).await.unwrap();
+        assert_eq!(rejected, 0, "{protocol}");
+        let received = collector.next().await;
+        assert_eq!(
+            received.request,
+            ExportTraceServiceRequest::decode(one_span_request()).unwrap(),
+            "{protocol}"
+        );
+        received
+    }
+
     #[tokio::test]
     async fn delivers_request_and_headers_over_both_protocols() {
         let headers = vec![("X-Tenant".to_owned(), "acme".to_owned())];
@@ -296,17 +313,7 @@ mod tests {
             };
             let mut transport =
                 Transport::new(&collector.endpoint(), &cfg, Signal::Traces).unwrap();
-            assert_eq!(
-                transport.send(&one_span_request()).await.unwrap(),
-                0,
-                "{protocol}"
-            );
-            let received = collector.next().await;
-            assert_eq!(
-                received.request,
-                ExportTraceServiceRequest::decode(one_span_request()).unwrap(),
-                "{protocol}"
-            );
+            let received = delivered(&mut transport, &mut collector, protocol).await;
             assert_eq!(
                 received.header("x-tenant").as_deref(),
                 Some("acme"),
@@ -401,17 +408,7 @@ mod tests {
             };
 
             let mut good = transport(tls_files(&pki, "ca.pem", true));
-            assert_eq!(
-                good.send(&one_span_request()).await.unwrap(),
-                0,
-                "{protocol}"
-            );
-            let received = collector.next().await;
-            assert_eq!(
-                received.request,
-                ExportTraceServiceRequest::decode(one_span_request()).unwrap(),
-                "{protocol}"
-            );
+            let received = delivered(&mut good, &mut collector, protocol).await;
             let encoding = match protocol {
                 Protocol::Grpc => "grpc-encoding",
                 Protocol::HttpProtobuf => "content-encoding",
