@@ -136,6 +136,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if args.command_line == CommandLineMode::Redacted {
         pipeline.processes.export_command_lines(names);
     }
+    if let Some(attributes) = env("OTEL_RESOURCE_ATTRIBUTES") {
+        pipeline.processes.add_agent_attributes(&attributes);
+    }
     // Per process only makes sense when some processes are not traced.
     let per_process = args.tls_attach == TlsAttach::Process && !selector.is_all();
     pipeline.tls.configure(args.tls_go, per_process);

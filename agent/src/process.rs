@@ -17,6 +17,9 @@ pub struct Processes {
     /// `process.command_line` is exported, redacted by these names
     /// (`--command-line redacted`); None leaves it out.
     command_line: Option<SecretNames>,
+    /// The agent's own `OTEL_RESOURCE_ATTRIBUTES` (cluster, environment):
+    /// facts about the node that every process on it shares.
+    agent_attributes: Vec<(String, AttrValue)>,
 }
 
 const MAX_CACHED: usize = 16384;
@@ -28,7 +31,18 @@ impl Processes {
             host,
             cache: HashMap::new(),
             command_line: None,
+            agent_attributes: Vec::new(),
         }
+    }
+
+    /// Adds the agent's own resource attributes (`OTEL_RESOURCE_ATTRIBUTES`
+    /// in baggage form) to every resource.
+    pub fn add_agent_attributes(&mut self, baggage: &str) {
+        self.agent_attributes = crate::trace_context::parse_baggage(baggage)
+            .into_iter()
+            .map(|(k, v)| (k, v.into()))
+            .collect();
+        self.cache.clear();
     }
 
     /// Exports `process.command_line`, redacted by `names`.
@@ -45,12 +59,9 @@ impl Processes {
             self.cache
                 .retain(|pid, _| Path::new(&format!("/proc/{pid}")).exists());
         }
-        let r = Arc::new(build(
-            tgid,
-            &facts(tgid),
-            &self.host,
-            self.command_line.as_ref(),
-        ));
+        let mut resource = build(tgid, &facts(tgid), &self.host, self.command_line.as_ref());
+        add_missing(&mut resource, &self.agent_attributes);
+        let r = Arc::new(resource);
         self.cache.insert(tgid, r.clone());
         r
     }
@@ -188,6 +199,16 @@ pub fn build(pid: u32, f: &ProcFacts, host: &str, command_line: Option<&SecretNa
     }
 }
 
+/// Adds the attributes the resource does not have yet: the process's own
+/// values (and the service name) win over the agent's.
+fn add_missing(resource: &mut Resource, attributes: &[(String, AttrValue)]) {
+    for (key, value) in attributes {
+        if !resource.attributes.iter().any(|(k, _)| k == key) {
+            resource.attributes.push((key.clone(), value.clone()));
+        }
+    }
+}
+
 /// Whether the environment configures an OpenTelemetry SDK to export
 /// spans: an OTLP endpoint, or a traces exporter other than `none`, and
 /// the SDK not disabled. (A process configured in code is found by its
@@ -289,6 +310,30 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")
         ]));
         assert!(!exports(&[("OTEL_SERVICE_NAME", "checkout")]));
+    }
+
+    #[test]
+    fn agent_attributes_fill_in_what_the_process_does_not_say() {
+        let mut r = build(
+            1,
+            &facts_with(&[(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment.name=dev",
+            )]),
+            "h",
+            None,
+        );
+        let agent = [
+            ("k8s.cluster.name", "prod-eu"),
+            ("deployment.environment.name", "prod"),
+            ("service.name", "clew"),
+        ]
+        .map(|(k, v)| (k.to_owned(), AttrValue::Str(v.into())));
+        add_missing(&mut r, &agent);
+        let text = |k| get(&r, k).map(ToString::to_string);
+        assert_eq!(text("k8s.cluster.name").as_deref(), Some("prod-eu"));
+        assert_eq!(text("deployment.environment.name").as_deref(), Some("dev"));
+        assert_eq!(text("service.name").as_deref(), Some("python3.11"));
     }
 
     #[test]

@@ -188,15 +188,30 @@ impl Agent {
     /// Polls the console view until `pred` holds for it and returns it; on
     /// timeout the error shows the console and the log.
     pub fn wait_console(&self, pred: impl Fn(&str) -> bool, timeout: Duration) -> Result<String> {
+        self.wait_text("console view", || self.console(), pred, timeout)
+    }
+
+    /// Polls the agent's log until `pred` holds for it and returns it.
+    pub fn wait_log(&self, pred: impl Fn(&str) -> bool, timeout: Duration) -> Result<String> {
+        self.wait_text("log", || Ok(self.log()), pred, timeout)
+    }
+
+    fn wait_text(
+        &self,
+        what: &str,
+        fetch: impl Fn() -> Result<String>,
+        pred: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
-            let text = self.console()?;
+            let text = fetch()?;
             if pred(&text) {
                 return Ok(text);
             }
             if Instant::now() > deadline {
                 bail!(
-                    "console view not as expected after {timeout:?}\n---- agent stdout ----\n{text}\n---- end of agent stdout ----\n{}",
+                    "{what} not as expected after {timeout:?}\n---- agent {what} ----\n{text}\n---- end of agent {what} ----\n{}",
                     self.log_tail()
                 );
             }

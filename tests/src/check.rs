@@ -1,7 +1,10 @@
 //! What an HTTP span must look like under the span contract, checked field by field.
 
 use crate::env::host_name;
-use crate::receiver::{RecvSpan, Value, KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET};
+use crate::receiver::{
+    Receiver, RecvSpan, Value, KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET,
+};
+use crate::SPAN_TIMEOUT;
 use anyhow::{bail, Result};
 
 /// The expected shape of one HTTP SERVER or CLIENT span.
@@ -236,6 +239,22 @@ impl<'a> Expect<'a> {
         }
         Ok(())
     }
+}
+
+/// Waits until every expectation selects a span, checks the first of each
+/// and returns them, in the order of `expects`.
+pub fn wait_for_each(rx: &Receiver, expects: &[Expect]) -> Result<Vec<RecvSpan>> {
+    let spans = rx.wait_for(
+        |s| expects.iter().all(|e| !e.select(s).is_empty()),
+        SPAN_TIMEOUT,
+    )?;
+    expects
+        .iter()
+        .map(|e| {
+            let span = e.select(&spans)[0].clone();
+            e.check(&span).map(|()| span)
+        })
+        .collect()
 }
 
 /// `n` spans satisfy `pred`, else an error naming `what` and listing the matches.

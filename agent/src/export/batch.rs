@@ -25,6 +25,8 @@ pub(super) struct Batching {
     pub max_batch: usize,
     /// How long a partial batch waits for more spans.
     pub linger: Duration,
+    /// Bound on delivering one batch, retries and their pauses included.
+    pub deadline: Duration,
 }
 
 /// Runs until the queue is closed and drained.
@@ -38,6 +40,7 @@ pub(super) async fn run(
     let mut delivery = Delivery {
         transport,
         endpoint,
+        deadline: batching.deadline,
         counters,
         health: Health::Healthy,
         backoff: None,
@@ -89,6 +92,7 @@ enum Health {
 struct Delivery {
     transport: Transport,
     endpoint: String,
+    deadline: Duration,
     counters: Arc<Counters>,
     health: Health,
     /// Pause before the next attempt; kept across batches so a long outage
@@ -100,8 +104,12 @@ impl Delivery {
     async fn deliver(&mut self, spans: &[Span]) {
         let request = bytes::Bytes::from(encode_request(spans));
         let count = spans.len() as u64;
+        let give_up = Instant::now() + self.deadline;
         for attempt in 1..=MAX_ATTEMPTS {
             if let Some(pause) = self.backoff {
+                if Instant::now() + pause > give_up {
+                    break;
+                }
                 tokio::time::sleep(pause).await;
             }
             if attempt > 1 {
@@ -121,11 +129,18 @@ impl Delivery {
                     self.set_health(Health::Rejecting, &reason);
                     break;
                 }
-                Err(SendError::Transient(reason)) => {
-                    self.backoff = Some(
-                        self.backoff
-                            .map_or(BACKOFF_START, |b| (b * 2).min(BACKOFF_MAX)),
-                    );
+                Err(SendError::Transient {
+                    reason,
+                    retry_after,
+                }) => {
+                    let backoff = self
+                        .backoff
+                        .map_or(BACKOFF_START, |b| (b * 2).min(BACKOFF_MAX));
+                    // Jitter keeps a fleet of agents from retrying in step
+                    // after a collector restart; a server's own delay is
+                    // honoured as a floor (bounded by the batch deadline).
+                    let pause = jitter(backoff).max(retry_after.unwrap_or_default());
+                    self.backoff = Some(pause);
                     self.set_health(Health::Unavailable, &reason);
                 }
             }
@@ -158,11 +173,18 @@ impl Delivery {
     }
 }
 
+/// A pause drawn evenly from the upper half of `backoff`, so the pause
+/// still grows with each failure.
+fn jitter(backoff: Duration) -> Duration {
+    backoff.mul_f64(rand::random_range(0.5..=1.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::test_support::{free_port, resource, span, stats_until, Collector};
-    use crate::export::{ExportConfig, Exporter, Protocol};
+    use crate::export::test_support::{free_port, resource, span, stats_until, Answers, Collector};
+    use crate::export::test_tls::Pki;
+    use crate::export::{ExportConfig, Exporter, Protocol, TlsFiles};
     use axum::http::StatusCode;
 
     fn config(endpoint: String, protocol: Protocol) -> ExportConfig {
@@ -319,5 +341,48 @@ mod tests {
             took >= Duration::from_millis(300) && took < Duration::from_secs(1),
             "{took:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_waited_for_and_no_span_is_lost() {
+        let answers = Answers::new(vec![
+            (StatusCode::SERVICE_UNAVAILABLE, Some("1")),
+            (StatusCode::OK, None),
+        ]);
+        let mut collector = Collector::http_answers(answers).await;
+        let exporter =
+            Exporter::start(config(collector.endpoint(), Protocol::HttpProtobuf)).unwrap();
+        submit_ids(&exporter, 1..=3);
+        let refused = collector.next().await;
+        let refused_at = Instant::now();
+        let accepted = collector.next().await;
+        let waited = refused_at.elapsed();
+        // Without the header the first retry comes after 50-100 ms.
+        assert!(waited >= Duration::from_millis(950), "{waited:?}");
+        assert_eq!(refused.span_ids(), accepted.span_ids());
+        let stats = stats_until(&exporter, |s| s.exported == 3).await;
+        assert_eq!((stats.retries, stats.dropped()), (1, 0));
+        exporter.shutdown(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test]
+    async fn a_collector_with_an_unknown_ca_gets_nothing_and_the_exporter_keeps_counting() {
+        let pki = Pki::new("batch-wrong-ca");
+        let mut collector = Collector::tls(Protocol::Grpc, &pki).await;
+        let exporter = Exporter::start(ExportConfig {
+            tls: TlsFiles {
+                ca: Some(pki.path("other-ca.pem")),
+                client_cert: Some(pki.path("client.pem")),
+                client_key: Some(pki.path("client.key")),
+            },
+            ..config(collector.endpoint(), Protocol::Grpc)
+        })
+        .unwrap();
+        submit_ids(&exporter, 1..=2);
+        let stats = stats_until(&exporter, |s| s.retries >= 2).await;
+        assert_eq!(stats.exported, 0);
+        assert!(exporter.is_running());
+        assert!(collector.drain().is_empty());
+        exporter.shutdown(Duration::from_millis(100)).await;
     }
 }

@@ -1,6 +1,7 @@
 //! Export settings resolved from CLI arguments and the standard `OTEL_EXPORTER_OTLP_*` variables.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -51,6 +52,27 @@ pub struct ExportConfig {
     pub batch_timeout: Duration,
     /// Bound on one export request, connection set-up included.
     pub export_timeout: Duration,
+    /// Bound on delivering one batch, retries included (`OTEL_BSP_EXPORT_TIMEOUT`).
+    pub batch_deadline: Duration,
+    pub tls: TlsFiles,
+    pub compression: Compression,
+}
+
+/// PEM files for `https://` endpoints; without a CA file the system roots are trusted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`: the CA that signed the collector's certificate.
+    pub ca: Option<PathBuf>,
+    /// `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and `_CLIENT_KEY`, for mTLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
 }
 
 impl Default for ExportConfig {
@@ -64,6 +86,10 @@ impl Default for ExportConfig {
             max_batch: 512,
             batch_timeout: Duration::from_secs(1),
             export_timeout: Duration::from_secs(10),
+            // The OTel spec's OTEL_BSP_EXPORT_TIMEOUT default.
+            batch_deadline: Duration::from_secs(30),
+            tls: TlsFiles::default(),
+            compression: Compression::None,
         }
     }
 }
@@ -120,6 +146,9 @@ impl ExportConfig {
     }
 
     /// Pure resolution over an environment lookup, so every case is testable.
+    /// Bad arguments are errors; bad variables are warned about and ignored,
+    /// as the specification asks of SDKs (a typo in a fleet-wide variable
+    /// must not stop every node's agent).
     fn resolve(
         signal: Signal,
         endpoint: Option<String>,
@@ -129,72 +158,186 @@ impl ExportConfig {
         // The spec treats empty variables as unset; blank arguments likewise.
         let non_empty = |v: &String| !v.trim().is_empty();
         let var = |key: &str| env(key).filter(non_empty);
-        let first_var = |keys: [&str; 2]| keys.into_iter().find_map(var);
-        let (protocol_var, headers_var) = (signal.var("PROTOCOL"), signal.var("HEADERS"));
-        let (timeout_var, endpoint_var) = (signal.var("TIMEOUT"), signal.var("ENDPOINT"));
+        // The signal's own variable beats the shared one.
+        let setting = |suffix: &str| {
+            let own = signal.var(suffix);
+            let shared = format!("OTEL_EXPORTER_OTLP_{suffix}");
+            var(&own)
+                .map(|v| (own, v))
+                .or_else(|| var(&shared).map(|v| (shared, v)))
+        };
+        let defaults = ExportConfig::default();
 
-        let protocol = protocol
-            .filter(non_empty)
-            .or_else(|| first_var([&protocol_var, "OTEL_EXPORTER_OTLP_PROTOCOL"]))
-            .map(|p| Protocol::parse(&p))
-            .transpose()?;
+        let protocol = match protocol.filter(non_empty) {
+            Some(arg) => Some(Protocol::parse(&arg)?),
+            None => {
+                setting("PROTOCOL").and_then(|(key, v)| warn_invalid(&key, Protocol::parse(&v)))
+            }
+        };
 
         let mut headers = Vec::new();
         // Signal-specific headers come last so they override same-named generic ones.
-        for key in ["OTEL_EXPORTER_OTLP_HEADERS", &headers_var] {
-            if let Some(value) = var(key) {
-                let parsed = parse_headers(&value).with_context(|| format!("invalid {key}"))?;
-                merge_headers(&mut headers, parsed);
+        for key in [
+            "OTEL_EXPORTER_OTLP_HEADERS".to_owned(),
+            signal.var("HEADERS"),
+        ] {
+            if let Some(value) = var(&key) {
+                if let Some(parsed) = warn_invalid(&key, parse_headers(&value)) {
+                    merge_headers(&mut headers, parsed);
+                }
             }
         }
 
-        let export_timeout =
-            match first_var([&timeout_var, "OTEL_EXPORTER_OTLP_TIMEOUT"]) {
-                Some(ms) => Duration::from_millis(ms.trim().parse().with_context(|| {
-                    format!("invalid OTLP timeout {ms:?}: expected milliseconds")
-                })?),
-                None => ExportConfig::default().export_timeout,
-            };
+        let export_timeout = setting("TIMEOUT")
+            .and_then(|(key, ms)| warn_invalid(&key, parse_millis(&ms)))
+            .unwrap_or(defaults.export_timeout);
+        let compression = setting("COMPRESSION")
+            .and_then(|(key, v)| warn_invalid(&key, Compression::parse(&v)))
+            .unwrap_or_default();
+        let path = |suffix: &str| setting(suffix).map(|(_, v)| PathBuf::from(v.trim()));
+        let tls = TlsFiles {
+            ca: path("CERTIFICATE"),
+            client_cert: path("CLIENT_CERTIFICATE"),
+            client_key: path("CLIENT_KEY"),
+        };
+        let insecure = setting("INSECURE").is_some_and(|(key, v)| parse_bool(&key, &v));
+        let batch = BatchSettings::resolve(&var, &defaults);
 
         let source = endpoint
             .filter(non_empty)
             .map(|e| (e, EndpointSource::Arg))
-            .or_else(|| var(&endpoint_var).map(|e| (e, EndpointSource::SignalVar)))
+            .or_else(|| var(&signal.var("ENDPOINT")).map(|e| (e, EndpointSource::SignalVar)))
             .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT").map(|e| (e, EndpointSource::BaseVar)));
-        let Some((raw, source)) = source else {
-            return Ok(ExportConfig {
-                headers,
-                export_timeout,
-                ..ExportConfig::default()
-            });
+        let endpoint = source
+            .map(|(raw, source)| resolve_endpoint(raw.trim(), source, protocol, insecure, signal))
+            .transpose()?;
+        let (endpoint, protocol) = match endpoint {
+            Some((endpoint, protocol)) => (Some(endpoint), protocol),
+            None => (None, defaults.protocol),
         };
-
-        let (endpoint, protocol) = resolve_endpoint(raw.trim(), source, protocol, signal)?;
         Ok(ExportConfig {
-            endpoint: Some(endpoint),
+            endpoint,
             protocol,
             headers,
+            queue_capacity: batch.queue_capacity,
+            max_batch: batch.max_batch,
+            batch_timeout: batch.schedule_delay,
             export_timeout,
-            ..ExportConfig::default()
+            batch_deadline: batch.deadline,
+            tls,
+            compression,
         })
     }
+}
+
+/// The `OTEL_BSP_*` batch span processor settings.
+struct BatchSettings {
+    queue_capacity: usize,
+    max_batch: usize,
+    schedule_delay: Duration,
+    deadline: Duration,
+}
+
+impl BatchSettings {
+    fn resolve(var: &impl Fn(&str) -> Option<String>, defaults: &ExportConfig) -> Self {
+        let count = |key: &str, default: usize| {
+            var(key)
+                .and_then(|v| warn_invalid(key, parse_count(&v)))
+                .unwrap_or(default)
+        };
+        let millis = |key: &str, default: Duration| {
+            var(key)
+                .and_then(|v| warn_invalid(key, parse_millis(&v)))
+                .unwrap_or(default)
+        };
+        let queue_capacity = count("OTEL_BSP_MAX_QUEUE_SIZE", defaults.queue_capacity);
+        let mut max_batch = count("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", defaults.max_batch);
+        // The spec requires a batch to fit in the queue.
+        if max_batch > queue_capacity {
+            tracing::warn!(
+                max_batch,
+                queue_capacity,
+                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE exceeds OTEL_BSP_MAX_QUEUE_SIZE; using the queue size"
+            );
+            max_batch = queue_capacity;
+        }
+        BatchSettings {
+            queue_capacity,
+            max_batch,
+            schedule_delay: millis("OTEL_BSP_SCHEDULE_DELAY", defaults.batch_timeout),
+            deadline: millis("OTEL_BSP_EXPORT_TIMEOUT", defaults.batch_deadline),
+        }
+    }
+}
+
+impl Compression {
+    fn parse(value: &str) -> Result<Self> {
+        match value.trim() {
+            "gzip" => Ok(Compression::Gzip),
+            "none" => Ok(Compression::None),
+            other => bail!("unknown compression {other:?}; expected gzip or none"),
+        }
+    }
+}
+
+/// The value, or `None` with a warning naming the variable.
+fn warn_invalid<T>(key: &str, parsed: Result<T>) -> Option<T> {
+    parsed
+        .map_err(|e| tracing::warn!(variable = key, "ignoring invalid value: {e:#}"))
+        .ok()
+}
+
+/// The spec's boolean: only a case-insensitive `true` is true; anything
+/// but `false` is warned about.
+fn parse_bool(key: &str, value: &str) -> bool {
+    let value = value.trim();
+    if value.eq_ignore_ascii_case("true") {
+        return true;
+    }
+    if !value.eq_ignore_ascii_case("false") {
+        tracing::warn!(variable = key, value, "not a boolean; using false");
+    }
+    false
+}
+
+fn parse_millis(value: &str) -> Result<Duration> {
+    let ms = value
+        .trim()
+        .parse()
+        .with_context(|| format!("{value:?} is not a number of milliseconds"))?;
+    Ok(Duration::from_millis(ms))
+}
+
+fn parse_count(value: &str) -> Result<usize> {
+    let n: usize = value
+        .trim()
+        .parse()
+        .with_context(|| format!("{value:?} is not a count"))?;
+    ensure!(n > 0, "must be at least 1");
+    Ok(n)
 }
 
 fn resolve_endpoint(
     raw: &str,
     source: EndpointSource,
     protocol: Option<Protocol>,
+    insecure: bool,
     signal: Signal,
 ) -> Result<(String, Protocol)> {
+    // A gRPC endpoint may come without a scheme; `OTEL_EXPORTER_OTLP_INSECURE`
+    // then says whether it is plaintext (the spec's only use of that variable).
+    let raw = if raw.contains("://") {
+        raw.to_owned()
+    } else {
+        let scheme = if insecure { "http" } else { "https" };
+        format!("{scheme}://{raw}")
+    };
+    let raw = raw.as_str();
     let mut url = Url::parse(raw).with_context(|| {
         format!("invalid OTLP endpoint {raw:?}: expected e.g. http://localhost:4317")
     })?;
     match url.scheme() {
-        "http" => {}
-        "https" => bail!(
-            "OTLP endpoint {raw:?}: https is not supported (no TLS in this build); \
-             export to a local collector over http"
-        ),
+        "http" | "https" => {}
         scheme => {
             bail!("OTLP endpoint {raw:?}: unsupported scheme {scheme:?}, expected http://host:port")
         }
@@ -437,23 +580,78 @@ mod tests {
     }
 
     #[test]
-    fn bad_settings_are_errors() {
-        for endpoint in ["https://c:4317", "localhost:4317"] {
-            assert!(resolve(Some(endpoint), None, &[]).is_err(), "{endpoint}");
-        }
+    fn bad_arguments_are_errors() {
+        assert!(resolve(Some("ftp://c:4317"), None, &[]).is_err());
         assert!(resolve(Some("http://c:4317"), Some("http/json"), &[]).is_err());
+    }
+
+    #[test]
+    fn bad_variables_fall_back_to_defaults() {
         let bad_env = [
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift"),
             ("OTEL_EXPORTER_OTLP_HEADERS", "novalue"),
             ("OTEL_EXPORTER_OTLP_HEADERS", "k=%zz"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "-1"),
         ];
+        let expected = resolve(Some("http://c:4318"), None, &[]).unwrap();
         for var in bad_env {
-            assert!(
-                resolve(Some("http://c:4317"), None, &[var]).is_err(),
-                "{var:?}"
-            );
+            let cfg = resolve(Some("http://c:4318"), None, &[var]).unwrap();
+            assert_eq!(cfg, expected, "{var:?}");
         }
+    }
+
+    #[test]
+    fn tls_files_compression_and_batch_settings_are_read() {
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+                "/etc/traces-ca.pem",
+            ),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/etc/client.pem"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/etc/client.key"),
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "500"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "250"),
+            ("OTEL_BSP_EXPORT_TIMEOUT", "4000"),
+        ];
+        let cfg = resolve(None, None, &env).unwrap();
+        assert_eq!(cfg.endpoint.as_deref(), Some("https://c:4318/v1/traces"));
+        assert_eq!(
+            cfg.tls,
+            TlsFiles {
+                ca: Some("/etc/traces-ca.pem".into()),
+                client_cert: Some("/etc/client.pem".into()),
+                client_key: Some("/etc/client.key".into()),
+            }
+        );
+        assert_eq!(cfg.compression, Compression::Gzip);
+        // A batch larger than the queue is cut to the queue's size.
+        assert_eq!((cfg.queue_capacity, cfg.max_batch), (100, 100));
+        assert_eq!(cfg.batch_timeout, Duration::from_millis(250));
+        assert_eq!(cfg.batch_deadline, Duration::from_secs(4));
+        let metrics = resolve_for(Signal::Metrics, None, None, &env).unwrap();
+        assert_eq!(metrics.compression, Compression::None);
+        assert_eq!(metrics.tls.ca.as_deref(), Some("/etc/ca.pem".as_ref()));
+    }
+
+    #[test]
+    fn insecure_decides_the_scheme_of_a_bare_grpc_endpoint() {
+        let bare = |insecure| {
+            let env = [("OTEL_EXPORTER_OTLP_INSECURE", insecure)];
+            resolve(Some("c:4317"), None, &env)
+                .unwrap()
+                .endpoint
+                .unwrap()
+        };
+        assert_eq!(bare("TRUE"), "http://c:4317");
+        assert_eq!(bare("false"), "https://c:4317");
+        assert_eq!(bare("yes"), "https://c:4317");
     }
 
     #[test]

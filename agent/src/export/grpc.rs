@@ -8,7 +8,10 @@
 
 use bytes::{BufMut, Bytes};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
-use tonic::codec::{Codec, EncodeBuf, Encoder};
+use std::time::Duration;
+
+use prost::Message;
+use tonic::codec::{Codec, CompressionEncoding, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 use tonic_prost::ProstDecoder;
@@ -23,15 +26,16 @@ pub(super) struct ExportClient {
 }
 
 impl ExportClient {
-    pub(super) fn new(channel: Channel, signal: Signal) -> Self {
+    pub(super) fn new(channel: Channel, signal: Signal, gzip: bool, max_response: usize) -> Self {
         let path = match signal {
             Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
             Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
         };
-        ExportClient {
-            grpc: tonic::client::Grpc::new(channel),
-            path,
+        let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(max_response);
+        if gzip {
+            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
         }
+        ExportClient { grpc, path }
     }
 
     pub(super) async fn export(
@@ -75,5 +79,92 @@ impl Encoder for PassThrough {
     fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
         dst.put_slice(&item);
         Ok(())
+    }
+}
+
+/// The delay a server asked for in a `google.rpc.RetryInfo` detail of its
+/// status (the OTLP spec's throttling signal for gRPC). The three messages
+/// are declared here rather than pulling in a crate of all Google RPC types.
+pub(super) fn retry_delay(details: &[u8]) -> Option<Duration> {
+    const RETRY_INFO: &str = "type.googleapis.com/google.rpc.RetryInfo";
+    let status = RpcStatus::decode(details).ok()?;
+    let detail = status.details.iter().find(|d| d.type_url == RETRY_INFO)?;
+    let delay = RetryInfo::decode(detail.value.as_slice())
+        .ok()?
+        .retry_delay?;
+    let seconds = u64::try_from(delay.seconds).ok()?;
+    let nanos = u32::try_from(delay.nanos).ok()?;
+    Some(Duration::new(seconds, nanos))
+}
+
+/// `google.rpc.Status`, of which only the details matter here.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+    #[prost(message, repeated, tag = "3")]
+    pub details: Vec<Any>,
+}
+
+/// `google.protobuf.Any`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct Any {
+    #[prost(string, tag = "1")]
+    pub type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub value: Vec<u8>,
+}
+
+/// `google.rpc.RetryInfo`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    pub retry_delay: Option<ProtoDuration>,
+}
+
+/// `google.protobuf.Duration`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct ProtoDuration {
+    #[prost(int64, tag = "1")]
+    pub seconds: i64,
+    #[prost(int32, tag = "2")]
+    pub nanos: i32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_info_is_read_from_status_details() {
+        let info = RetryInfo {
+            retry_delay: Some(ProtoDuration {
+                seconds: 2,
+                nanos: 500_000_000,
+            }),
+        };
+        let status = |type_url: &str| {
+            RpcStatus {
+                code: 14,
+                message: "busy".into(),
+                details: vec![Any {
+                    type_url: type_url.into(),
+                    value: info.encode_to_vec(),
+                }],
+            }
+            .encode_to_vec()
+        };
+        assert_eq!(
+            retry_delay(&status("type.googleapis.com/google.rpc.RetryInfo")),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(
+            retry_delay(&status("type.googleapis.com/google.rpc.Other")),
+            None
+        );
+        assert_eq!(retry_delay(b"\xff\xff"), None);
+        assert_eq!(retry_delay(&[]), None);
     }
 }

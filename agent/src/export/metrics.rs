@@ -24,16 +24,10 @@ pub async fn export_metrics(
     stats: Arc<Stats>,
     mut stop: oneshot::Receiver<()>,
 ) -> Result<()> {
-    let Some(endpoint) = cfg.endpoint else {
+    let Some(endpoint) = cfg.endpoint.clone() else {
         return Ok(());
     };
-    let mut transport = Transport::new(
-        &endpoint,
-        cfg.protocol,
-        &cfg.headers,
-        cfg.export_timeout,
-        Signal::Metrics,
-    )?;
+    let mut transport = Transport::new(&endpoint, &cfg, Signal::Metrics)?;
     tracing::info!(%endpoint, protocol = %cfg.protocol, ?interval, "exporting metrics over OTLP");
     let mut ticks = tokio::time::interval(interval);
     ticks.tick().await;
@@ -54,8 +48,8 @@ async fn export_once(transport: &mut Transport, registry: &Shared, stats: &Stats
         return;
     };
     match transport.send(&request.encode_to_vec().into()).await {
-        Ok(0) => {}
-        Ok(rejected) => tracing::warn!(rejected, "the collector rejected metric data points"),
+        // The transport logs partial successes.
+        Ok(_rejected) => {}
         Err(e) => {
             stats::add(&stats.metric_exports_failed, 1);
             tracing::warn!("exporting metrics failed: {e}");

@@ -14,6 +14,9 @@ mod proto;
 mod stats;
 #[cfg(test)]
 pub(crate) mod test_support;
+#[cfg(test)]
+mod test_tls;
+mod tls;
 mod transport;
 
 use std::sync::Arc;
@@ -23,7 +26,7 @@ use anyhow::{ensure, Context, Result};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::task::JoinHandle;
 
-pub use config::{ExportConfig, Protocol, Signal};
+pub use config::{Compression, ExportConfig, Protocol, Signal, TlsFiles};
 pub use metrics::export_metrics;
 pub use otlp::encode_request;
 pub use stats::ExportStats;
@@ -55,23 +58,19 @@ impl Exporter {
 
         let sink: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match cfg
             .endpoint
+            .clone()
         {
             None => {
                 tracing::info!("no OTLP endpoint configured: printing traces to stdout");
                 Box::pin(console::run(spans, cfg.batch_timeout, counters.clone()))
             }
             Some(endpoint) => {
-                let transport = transport::Transport::new(
-                    &endpoint,
-                    cfg.protocol,
-                    &cfg.headers,
-                    cfg.export_timeout,
-                    Signal::Traces,
-                )?;
+                let transport = transport::Transport::new(&endpoint, &cfg, Signal::Traces)?;
                 tracing::info!(%endpoint, protocol = %cfg.protocol, "exporting spans over OTLP");
                 let batching = batch::Batching {
                     max_batch: cfg.max_batch,
                     linger: cfg.batch_timeout,
+                    deadline: cfg.batch_deadline,
                 };
                 Box::pin(batch::run(
                     spans,

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::test_tls::Pki;
 use super::{ExportStats, Exporter, Protocol};
 use crate::span::{Resource, Span, SpanKind, Status};
 
@@ -96,43 +97,111 @@ impl Received {
 /// An OTLP receiver on 127.0.0.1 that hands every request to the test.
 pub struct Collector {
     addr: SocketAddr,
+    scheme: &'static str,
     protocol: Protocol,
     received: mpsc::UnboundedReceiver<Received>,
     server: JoinHandle<()>,
 }
 
+/// How the HTTP flavour answers: these in order, then the last for good.
+#[derive(Clone)]
+pub struct Answers(Arc<std::sync::Mutex<Vec<Answer>>>);
+
+/// A status and the `Retry-After` value sent with it.
+pub type Answer = (StatusCode, Option<&'static str>);
+
+impl Answers {
+    /// `(status, Retry-After value)` per request.
+    pub fn new(mut answers: Vec<Answer>) -> Answers {
+        answers.reverse();
+        Answers(Arc::new(std::sync::Mutex::new(answers)))
+    }
+
+    fn next(&self) -> Answer {
+        let mut answers = self.0.lock().unwrap();
+        if answers.len() > 1 {
+            answers.pop().unwrap()
+        } else {
+            answers[0]
+        }
+    }
+}
+
 impl Collector {
     /// `port` 0 picks a free one. The HTTP flavour answers 200.
     pub async fn start(protocol: Protocol, port: u16) -> Collector {
-        Self::spawn(protocol, port, StatusCode::OK).await
+        Self::spawn(
+            protocol,
+            port,
+            Answers::new(vec![(StatusCode::OK, None)]),
+            None,
+        )
+        .await
     }
 
     /// An HTTP collector that answers every request with `status`.
     pub async fn http_answering(status: StatusCode) -> Collector {
-        Self::spawn(Protocol::HttpProtobuf, 0, status).await
+        Self::http_answers(Answers::new(vec![(status, None)])).await
     }
 
-    async fn spawn(protocol: Protocol, port: u16, status: StatusCode) -> Collector {
+    pub async fn http_answers(answers: Answers) -> Collector {
+        Self::spawn(Protocol::HttpProtobuf, 0, answers, None).await
+    }
+
+    /// A collector on https that requires a client certificate from `pki`'s CA.
+    pub async fn tls(protocol: Protocol, pki: &Pki) -> Collector {
+        Self::spawn(
+            protocol,
+            0,
+            Answers::new(vec![(StatusCode::OK, None)]),
+            Some(pki),
+        )
+        .await
+    }
+
+    async fn spawn(
+        protocol: Protocol,
+        port: u16,
+        answers: Answers,
+        tls: Option<&Pki>,
+    ) -> Collector {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, received) = mpsc::unbounded_channel();
         let server = match protocol {
-            Protocol::Grpc => tokio::spawn(async move {
-                tonic::transport::Server::builder()
-                    .add_service(TraceServiceServer::new(GrpcSink(tx)))
-                    .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-                    .await
-                    .unwrap();
-            }),
+            Protocol::Grpc => {
+                let mut builder = tonic::transport::Server::builder();
+                if let Some(pki) = tls {
+                    builder = builder.tls_config(pki.grpc_server()).unwrap();
+                }
+                let service = TraceServiceServer::new(GrpcSink(tx))
+                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+                let incoming = tonic::transport::server::TcpIncoming::from(listener);
+                tokio::spawn(async move {
+                    builder
+                        .add_service(service)
+                        .serve_with_incoming(incoming)
+                        .await
+                        .unwrap();
+                })
+            }
             Protocol::HttpProtobuf => {
                 let app = axum::Router::new()
                     .route("/v1/traces", axum::routing::post(http_sink))
-                    .with_state((tx, status));
-                tokio::spawn(async move { axum::serve(listener, app).await.unwrap() })
+                    .with_state((tx, answers));
+                match tls {
+                    Some(pki) => {
+                        let listener = pki.listener(listener);
+                        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() })
+                    }
+                    None => tokio::spawn(async move { axum::serve(listener, app).await.unwrap() }),
+                }
             }
         };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         Collector {
             addr,
+            scheme,
             protocol,
             received,
             server,
@@ -141,8 +210,8 @@ impl Collector {
 
     pub fn endpoint(&self) -> String {
         match self.protocol {
-            Protocol::Grpc => format!("http://{}", self.addr),
-            Protocol::HttpProtobuf => format!("http://{}/v1/traces", self.addr),
+            Protocol::Grpc => format!("{}://{}", self.scheme, self.addr),
+            Protocol::HttpProtobuf => format!("{}://{}/v1/traces", self.scheme, self.addr),
         }
     }
 
@@ -192,11 +261,24 @@ impl TraceService for GrpcSink {
 }
 
 async fn http_sink(
-    State((tx, status)): State<(mpsc::UnboundedSender<Received>, StatusCode)>,
+    State((tx, answers)): State<(mpsc::UnboundedSender<Received>, Answers)>,
     headers: HeaderMap,
     body: bytes::Bytes,
-) -> StatusCode {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = match headers.get("content-encoding").map(|v| v.as_bytes()) {
+        Some(b"gzip") => {
+            let mut plain = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut plain)
+                .unwrap();
+            plain.into()
+        }
+        _ => body,
+    };
     let request = ExportTraceServiceRequest::decode(body).unwrap();
     let _ = tx.send(Received { headers, request });
-    status
+    match answers.next() {
+        (status, Some(retry_after)) => (status, [("retry-after", retry_after)]).into_response(),
+        (status, None) => status.into_response(),
+    }
 }

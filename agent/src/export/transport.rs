@@ -1,28 +1,50 @@
 //! Sends one OTLP request over gRPC (tonic) or HTTP/protobuf (reqwest) and sorts failures into retryable or not.
 
 use std::error::Error;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER,
+};
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::Endpoint;
 use tonic::Code;
 
-use super::grpc::ExportClient;
-use super::{Protocol, Signal};
+use super::config::Compression;
+use super::grpc::{self, ExportClient};
+use super::tls::TlsPem;
+use super::{ExportConfig, Protocol, Signal};
+
+/// Bound on the response body read: a collector (or something posing as
+/// one) must not make the agent buffer an unbounded answer. Partial-success
+/// responses are a few hundred bytes.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub(super) enum SendError {
-    /// The collector may be down, restarting or overloaded: retry later.
-    #[error("{0}")]
-    Transient(String),
+    /// The collector may be down, restarting or overloaded: retry later,
+    /// not before `retry_after` when it said so.
+    #[error("{reason}")]
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
     /// Sending the same batch again cannot succeed (bad request, auth, ...).
     #[error("{0}")]
     Permanent(String),
+}
+
+impl SendError {
+    fn transient(reason: String) -> Self {
+        SendError::Transient {
+            reason,
+            retry_after: None,
+        }
+    }
 }
 
 pub(super) enum Transport {
@@ -34,27 +56,30 @@ pub(super) enum Transport {
     Http {
         client: reqwest::Client,
         url: String,
+        gzip: bool,
     },
 }
 
 impl Transport {
     /// Connects lazily, so a collector that is down at start-up only delays export.
-    pub(super) fn new(
-        endpoint: &str,
-        protocol: Protocol,
-        headers: &[(String, String)],
-        timeout: Duration,
-        signal: Signal,
-    ) -> Result<Self> {
-        match protocol {
+    pub(super) fn new(endpoint: &str, cfg: &ExportConfig, signal: Signal) -> Result<Self> {
+        let https = endpoint.starts_with("https://");
+        let tls = TlsPem::read(&cfg.tls)?;
+        let gzip = cfg.compression == Compression::Gzip;
+        let timeout = cfg.export_timeout;
+        match cfg.protocol {
             Protocol::Grpc => {
-                let channel = Endpoint::from_shared(endpoint.to_owned())
+                let mut channel = Endpoint::from_shared(endpoint.to_owned())
                     .with_context(|| format!("invalid gRPC endpoint {endpoint:?}"))?
                     .connect_timeout(timeout)
-                    .timeout(timeout)
-                    .connect_lazy();
+                    .timeout(timeout);
+                if https {
+                    channel = channel
+                        .tls_config(tls.grpc())
+                        .context("setting up TLS for the gRPC exporter")?;
+                }
                 let mut metadata = MetadataMap::new();
-                for (key, value) in headers {
+                for (key, value) in &cfg.headers {
                     metadata.insert(
                         MetadataKey::from_bytes(key.as_bytes())
                             .with_context(|| format!("invalid gRPC metadata key {key:?}"))?,
@@ -62,14 +87,16 @@ impl Transport {
                             .with_context(|| format!("invalid gRPC metadata value for {key:?}"))?,
                     );
                 }
+                let client =
+                    ExportClient::new(channel.connect_lazy(), signal, gzip, MAX_RESPONSE_BYTES);
                 Ok(Transport::Grpc {
-                    client: Box::new(ExportClient::new(channel, signal)),
+                    client: Box::new(client),
                     metadata,
                 })
             }
             Protocol::HttpProtobuf => {
                 let mut default_headers = HeaderMap::new();
-                for (key, value) in headers {
+                for (key, value) in &cfg.headers {
                     default_headers.insert(
                         HeaderName::from_bytes(key.as_bytes())
                             .with_context(|| format!("invalid HTTP header name {key:?}"))?,
@@ -82,15 +109,21 @@ impl Transport {
                     CONTENT_TYPE,
                     HeaderValue::from_static("application/x-protobuf"),
                 );
-                let client = reqwest::Client::builder()
+                if gzip {
+                    default_headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                }
+                let builder = reqwest::Client::builder()
                     .default_headers(default_headers)
                     .connect_timeout(timeout)
-                    .timeout(timeout)
+                    .timeout(timeout);
+                let client = tls
+                    .http(builder)?
                     .build()
                     .context("building the OTLP/HTTP client")?;
                 Ok(Transport::Http {
                     client,
                     url: endpoint.to_owned(),
+                    gzip,
                 })
             }
         }
@@ -105,29 +138,82 @@ impl Transport {
                 *call.metadata_mut() = metadata.clone();
                 client.export(call).await.map_err(grpc_error)?.into_inner()
             }
-            Transport::Http { client, url } => {
+            Transport::Http { client, url, gzip } => {
+                // Compressed per attempt: retries are rare, and the batch
+                // stays encoded once either way.
+                let body = if *gzip {
+                    Bytes::from(gzip_bytes(request))
+                } else {
+                    request.clone()
+                };
                 let response = client
                     .post(url.as_str())
-                    .body(request.clone())
+                    .body(body)
                     .send()
                     .await
-                    .map_err(|e| SendError::Transient(describe(&e)))?;
+                    .map_err(|e| SendError::transient(describe(&e)))?;
                 let status = response.status();
                 if !status.is_success() {
-                    return Err(http_error(status));
+                    return Err(http_error(status, retry_after(response.headers())));
                 }
-                let body = response
-                    .bytes()
-                    .await
-                    .map_err(|e| SendError::Transient(describe(&e)))?;
+                let body = read_bounded(response).await?;
                 // The data is in; a body we cannot read only hides
                 // partial-success details. Read as a trace response: see grpc.rs.
-                ExportTraceServiceResponse::decode(body).unwrap_or_default()
+                ExportTraceServiceResponse::decode(body.as_slice()).unwrap_or_default()
             }
         };
-        let rejected = response.partial_success.map_or(0, |p| p.rejected_spans);
-        Ok(rejected.max(0) as u64)
+        let Some(partial) = response.partial_success else {
+            return Ok(0);
+        };
+        let rejected = partial.rejected_spans.max(0) as u64;
+        if rejected > 0 || !partial.error_message.is_empty() {
+            tracing::warn!(
+                rejected,
+                message = partial.error_message,
+                "the collector accepted the export only in part"
+            );
+        }
+        Ok(rejected)
     }
+}
+
+fn gzip_bytes(data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    // Writing into a Vec cannot fail.
+    encoder.write_all(data).expect("gzip into memory");
+    encoder.finish().expect("gzip into memory")
+}
+
+/// Reads at most [`MAX_RESPONSE_BYTES`]; a longer body is cut there (its
+/// partial-success details are then lost, the data was accepted anyway).
+async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, SendError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| SendError::transient(describe(&e)))?
+    {
+        let room = MAX_RESPONSE_BYTES - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() == MAX_RESPONSE_BYTES {
+            tracing::debug!(
+                "OTLP response body longer than {MAX_RESPONSE_BYTES} bytes; not read further"
+            );
+            break;
+        }
+    }
+    Ok(body)
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
 }
 
 /// Retryable codes as listed by the OTLP spec; everything else is permanent.
@@ -148,17 +234,23 @@ fn grpc_error(status: tonic::Status) -> SendError {
         | Code::Aborted
         | Code::OutOfRange
         | Code::Unavailable
-        | Code::DataLoss => SendError::Transient(message),
+        | Code::DataLoss => SendError::Transient {
+            reason: message,
+            retry_after: grpc::retry_delay(status.details()),
+        },
         _ => SendError::Permanent(message),
     }
 }
 
 /// Retryable statuses as listed by the OTLP/HTTP spec.
-fn http_error(status: reqwest::StatusCode) -> SendError {
-    let message = format!("HTTP {status}");
+fn http_error(status: reqwest::StatusCode, retry_after: Option<Duration>) -> SendError {
+    let reason = format!("HTTP {status}");
     match status.as_u16() {
-        429 | 502 | 503 | 504 => SendError::Transient(message),
-        _ => SendError::Permanent(message),
+        429 | 502 | 503 | 504 => SendError::Transient {
+            reason,
+            retry_after,
+        },
+        _ => SendError::Permanent(reason),
     }
 }
 
@@ -184,10 +276,29 @@ mod tests {
     use super::*;
     use crate::export::otlp::encode_request;
     use crate::export::test_support::{free_port, resource, span, Collector};
+    use crate::export::test_tls::Pki;
+    use crate::export::{Compression, TlsFiles};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
     fn one_span_request() -> Bytes {
         encode_request(&[span(&resource(7, "svc"), 1, 1, None)]).into()
+    }
+
+    /// Sends one span and returns what the collector got, which must be it.
+    async fn delivered(
+        transport: &mut Transport,
+        collector: &mut Collector,
+        protocol: Protocol,
+    ) -> crate::export::test_support::Received {
+        let rejected = transport.send(&one_span_request()).await.unwrap();
+        assert_eq!(rejected, 0, "{protocol}");
+        let received = collector.next().await;
+        assert_eq!(
+            received.request,
+            ExportTraceServiceRequest::decode(one_span_request()).unwrap(),
+            "{protocol}"
+        );
+        received
     }
 
     #[tokio::test]
@@ -195,25 +306,14 @@ mod tests {
         let headers = vec![("X-Tenant".to_owned(), "acme".to_owned())];
         for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
             let mut collector = Collector::start(protocol, 0).await;
-            let mut transport = Transport::new(
-                &collector.endpoint(),
+            let cfg = ExportConfig {
                 protocol,
-                &headers,
-                Duration::from_secs(5),
-                Signal::Traces,
-            )
-            .unwrap();
-            assert_eq!(
-                transport.send(&one_span_request()).await.unwrap(),
-                0,
-                "{protocol}"
-            );
-            let received = collector.next().await;
-            assert_eq!(
-                received.request,
-                ExportTraceServiceRequest::decode(one_span_request()).unwrap(),
-                "{protocol}"
-            );
+                headers: headers.clone(),
+                ..ExportConfig::default()
+            };
+            let mut transport =
+                Transport::new(&collector.endpoint(), &cfg, Signal::Traces).unwrap();
+            let received = delivered(&mut transport, &mut collector, protocol).await;
             assert_eq!(
                 received.header("x-tenant").as_deref(),
                 Some("acme"),
@@ -232,17 +332,14 @@ mod tests {
     async fn unreachable_collector_is_transient_for_both_protocols() {
         let endpoint = format!("http://127.0.0.1:{}", free_port());
         for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
-            let mut transport = Transport::new(
-                &endpoint,
+            let cfg = ExportConfig {
                 protocol,
-                &[],
-                Duration::from_secs(5),
-                Signal::Traces,
-            )
-            .unwrap();
+                ..ExportConfig::default()
+            };
+            let mut transport = Transport::new(&endpoint, &cfg, Signal::Traces).unwrap();
             let err = transport.send(&one_span_request()).await.unwrap_err();
             assert!(
-                matches!(err, SendError::Transient(_)),
+                matches!(err, SendError::Transient { .. }),
                 "{protocol}: {err:?}"
             );
             assert!(
@@ -254,16 +351,22 @@ mod tests {
 
     #[test]
     fn failures_are_classified_per_spec() {
-        let transient = |e: SendError| matches!(e, SendError::Transient(_));
+        let transient = |e: SendError| matches!(e, SendError::Transient { .. });
         for code in [429, 502, 503, 504] {
             assert!(
-                transient(http_error(reqwest::StatusCode::from_u16(code).unwrap())),
+                transient(http_error(
+                    reqwest::StatusCode::from_u16(code).unwrap(),
+                    None
+                )),
                 "{code}"
             );
         }
         for code in [400, 401, 404, 413, 500] {
             assert!(
-                !transient(http_error(reqwest::StatusCode::from_u16(code).unwrap())),
+                !transient(http_error(
+                    reqwest::StatusCode::from_u16(code).unwrap(),
+                    None
+                )),
                 "{code}"
             );
         }
@@ -277,5 +380,107 @@ mod tests {
         assert!(!transient(grpc_error(tonic::Status::unauthenticated(
             "who"
         ))));
+    }
+
+    fn tls_files(pki: &Pki, ca: &str, client: bool) -> TlsFiles {
+        TlsFiles {
+            ca: Some(pki.path(ca)),
+            client_cert: client.then(|| pki.path("client.pem")),
+            client_key: client.then(|| pki.path("client.key")),
+        }
+    }
+
+    #[tokio::test]
+    async fn mtls_with_gzip_delivers_and_the_wrong_ca_or_no_client_cert_do_not() {
+        for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+            let pki = Pki::new(&format!("transport-{protocol}").replace('/', "-"));
+            let mut collector = Collector::tls(protocol, &pki).await;
+            let endpoint = collector.endpoint();
+            assert!(endpoint.starts_with("https://"), "{endpoint}");
+            let transport = |tls| {
+                let cfg = ExportConfig {
+                    protocol,
+                    tls,
+                    compression: Compression::Gzip,
+                    ..ExportConfig::default()
+                };
+                Transport::new(&endpoint, &cfg, Signal::Traces).unwrap()
+            };
+
+            let mut good = transport(tls_files(&pki, "ca.pem", true));
+            let received = delivered(&mut good, &mut collector, protocol).await;
+            let encoding = match protocol {
+                Protocol::Grpc => "grpc-encoding",
+                Protocol::HttpProtobuf => "content-encoding",
+            };
+            assert_eq!(
+                received.header(encoding).as_deref(),
+                Some("gzip"),
+                "{protocol}"
+            );
+
+            let mut wrong_ca = transport(tls_files(&pki, "other-ca.pem", true));
+            let err = wrong_ca.send(&one_span_request()).await.unwrap_err();
+            assert!(
+                matches!(err, SendError::Transient { .. })
+                    && err.to_string().contains("certificate"),
+                "{protocol}: {err}"
+            );
+            let mut no_client_cert = transport(tls_files(&pki, "ca.pem", false));
+            assert!(
+                no_client_cert.send(&one_span_request()).await.is_err(),
+                "{protocol}"
+            );
+            assert!(collector.drain().is_empty(), "{protocol}");
+        }
+    }
+
+    #[test]
+    fn missing_tls_files_and_half_an_identity_are_start_up_errors() {
+        let cfg = |tls| ExportConfig {
+            tls,
+            ..ExportConfig::default()
+        };
+        let missing = TlsFiles {
+            ca: Some("/nonexistent/ca.pem".into()),
+            ..TlsFiles::default()
+        };
+        let err = Transport::new("https://c:4318", &cfg(missing), Signal::Traces)
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").contains("/nonexistent/ca.pem"),
+            "{err:#}"
+        );
+        let half = TlsFiles {
+            client_cert: Some("/etc/hostname".into()),
+            ..TlsFiles::default()
+        };
+        let err = Transport::new("https://c:4318", &cfg(half), Signal::Traces)
+            .err()
+            .unwrap();
+        assert!(format!("{err:#}").contains("CLIENT_KEY"), "{err:#}");
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_a_date() {
+        let header = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(RETRY_AFTER, HeaderValue::from_str(value).unwrap());
+            retry_after(&headers)
+        };
+        assert_eq!(header("3"), Some(Duration::from_secs(3)));
+        let in_a_minute = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(60));
+        let delay = header(&in_a_minute).unwrap();
+        assert!(
+            delay > Duration::from_secs(55) && delay <= Duration::from_secs(60),
+            "{delay:?}"
+        );
+        assert_eq!(
+            header("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(header("soon"), None);
+        assert_eq!(retry_after(&HeaderMap::new()), None);
     }
 }

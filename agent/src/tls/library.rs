@@ -164,9 +164,16 @@ mod tests {
 
     #[test]
     fn an_executable_without_tls_is_nothing() {
+        let lib = inspect(Path::new("/bin/true"), "true").unwrap();
+        assert_eq!(lib, None);
+    }
+
+    #[test]
+    fn rustls_is_named_as_unsupported() {
+        // This test binary links rustls (the exporter's TLS).
         let me = std::env::current_exe().unwrap();
         let lib = inspect(&me, "test-binary").unwrap();
-        assert_eq!(lib, None);
+        assert_eq!(lib, Some(Library::Unsupported("rustls")));
     }
 
     #[test]

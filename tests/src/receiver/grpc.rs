@@ -1,6 +1,6 @@
 //! OTLP/gRPC: tonic TraceService and MetricsService that store what they are sent.
 
-use super::{ingest, ingest_metrics, Shared};
+use super::{ingest, ingest_metrics, note_encoding, Shared};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
@@ -13,7 +13,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use tonic::codec::CompressionEncoding;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::ServerTlsConfig;
 use tonic::{Request, Response, Status};
 
 struct Collector(Shared);
@@ -24,6 +26,11 @@ impl TraceService for Collector {
         &self,
         req: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let encoding = req
+            .metadata()
+            .get("grpc-encoding")
+            .and_then(|v| v.to_str().ok());
+        note_encoding(&self.0, encoding);
         ingest(&self.0, req.get_ref());
         Ok(Response::new(ExportTraceServiceResponse::default()))
     }
@@ -40,10 +47,27 @@ impl MetricsService for Collector {
     }
 }
 
-pub(super) async fn serve(listener: tokio::net::TcpListener, store: Shared) {
-    let result = tonic::transport::Server::builder()
-        .add_service(TraceServiceServer::new(Collector(store.clone())))
-        .add_service(MetricsServiceServer::new(Collector(store)))
+pub(super) async fn serve(
+    listener: tokio::net::TcpListener,
+    store: Shared,
+    tls: Option<ServerTlsConfig>,
+) {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = match builder.tls_config(tls) {
+            Ok(builder) => builder,
+            Err(e) => return eprintln!("OTLP/gRPC receiver: bad TLS settings: {e}"),
+        };
+    }
+    let result = builder
+        .add_service(
+            TraceServiceServer::new(Collector(store.clone()))
+                .accept_compressed(CompressionEncoding::Gzip),
+        )
+        .add_service(
+            MetricsServiceServer::new(Collector(store))
+                .accept_compressed(CompressionEncoding::Gzip),
+        )
         .serve_with_incoming(TcpIncoming::from(listener))
         .await;
     if let Err(e) = result {

@@ -1,6 +1,6 @@
 //! OTLP/HTTP with protobuf bodies: POST /v1/traces and /v1/metrics.
 
-use super::{ingest, ingest_metrics, reject, Shared};
+use super::{ingest, ingest_metrics, note_encoding, reject, throttled, Shared};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -17,12 +17,21 @@ use prost::Message;
 
 const PROTOBUF: &str = "application/x-protobuf";
 
-async fn traces(State(store): State<Shared>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+async fn traces(
+    State(store): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    if let Some(retry_after) = throttled(&store) {
+        let seconds = retry_after.as_secs().to_string();
+        return (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", seconds)]).into_response();
+    }
     export(&store, &headers, body, |store, body| {
         let req = ExportTraceServiceRequest::decode(body)?;
         ingest(store, &req);
         Ok(ExportTraceServiceResponse::default().encode_to_vec())
     })
+    .into_response()
 }
 
 async fn metrics(
@@ -64,16 +73,27 @@ fn export(
             ),
         );
     }
-    // The spec allows gzip, but the agent has no reason to compress on loopback.
-    if !matches!(header("content-encoding"), "" | "identity") {
-        return refuse(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
-                "content-encoding {:?} not supported by the test receiver",
-                header("content-encoding")
-            ),
-        );
-    }
+    let body = match header("content-encoding") {
+        "" | "identity" => body,
+        "gzip" => {
+            let mut plain = Vec::new();
+            let mut gunzip = flate2::read::GzDecoder::new(&body[..]);
+            if let Err(e) = std::io::Read::read_to_end(&mut gunzip, &mut plain) {
+                return refuse(StatusCode::BAD_REQUEST, format!("bad gzip body: {e}"));
+            }
+            plain.into()
+        }
+        other => {
+            return refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("content-encoding {other:?} not supported by the test receiver"),
+            )
+        }
+    };
+    let encoding = headers
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok());
+    note_encoding(store, encoding);
     match take(store, body) {
         Ok(resp) => (StatusCode::OK, [("content-type", PROTOBUF)], resp),
         Err(e) => refuse(StatusCode::BAD_REQUEST, format!("undecodable body: {e}")),

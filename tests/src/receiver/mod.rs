@@ -20,6 +20,9 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
+use tonic::transport::ServerTlsConfig;
+
+use crate::tls::TestPki;
 
 /// OTLP transport, named as the agent's `--otlp-protocol` spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +56,13 @@ pub(crate) struct Store {
     /// The points of the latest metrics export (cumulative, so it holds them all).
     metrics: Vec<RecvPoint>,
     metric_requests: usize,
+    /// OTLP/HTTP trace exports still to be refused with 503 and this `Retry-After`.
+    throttle: Option<(u32, Duration)>,
+    /// When each refused and each accepted trace export came.
+    refused_at: Vec<Instant>,
+    accepted_at: Vec<Instant>,
+    /// The content encoding of every export (`identity` when none).
+    encodings: Vec<String>,
 }
 
 pub(crate) type Shared = Arc<Mutex<Store>>;
@@ -60,6 +70,7 @@ pub(crate) type Shared = Arc<Mutex<Store>>;
 pub(crate) fn ingest(store: &Shared, req: &ExportTraceServiceRequest) {
     let mut s = store.lock().unwrap();
     s.requests += 1;
+    s.accepted_at.push(Instant::now());
     if s.count_only {
         let n: usize = req
             .resource_spans
@@ -85,6 +96,21 @@ pub(crate) fn reject(store: &Shared, why: String) {
     store.lock().unwrap().errors.push(why);
 }
 
+pub(crate) fn note_encoding(store: &Shared, encoding: Option<&str>) {
+    let encoding = encoding.unwrap_or("identity").to_owned();
+    store.lock().unwrap().encodings.push(encoding);
+}
+
+/// `Some(retry_after)` while the receiver is told to refuse trace exports.
+pub(crate) fn throttled(store: &Shared) -> Option<Duration> {
+    let mut s = store.lock().unwrap();
+    let (left, retry_after) = s.throttle.as_mut().filter(|(left, _)| *left > 0)?;
+    *left -= 1;
+    let retry_after = *retry_after;
+    s.refused_at.push(Instant::now());
+    Some(retry_after)
+}
+
 /// The receiver. It owns its own runtime so tests stay synchronous, and so
 /// that stopping it drops every connection, like a collector going down.
 pub struct Receiver {
@@ -92,6 +118,8 @@ pub struct Receiver {
     port: u16,
     store: Shared,
     rt: Option<Runtime>,
+    /// gRPC over TLS requiring a client certificate.
+    tls: Option<ServerTlsConfig>,
 }
 
 impl Receiver {
@@ -114,12 +142,37 @@ impl Receiver {
         Self::launch(protocol, 0, store)
     }
 
+    /// OTLP/gRPC over TLS on a fresh port, requiring a client certificate
+    /// signed by `pki`'s CA.
+    pub fn start_grpc_mtls(pki: &TestPki) -> Result<Self> {
+        let mut r = Receiver {
+            protocol: Protocol::Grpc,
+            port: 0,
+            store: Shared::default(),
+            rt: None,
+            tls: Some(pki.grpc_server()?),
+        };
+        r.serve()?;
+        Ok(r)
+    }
+
+    /// OTLP/HTTP that refuses the first `count` trace exports with 503 and
+    /// `Retry-After: retry_after` (whole seconds), then accepts.
+    pub fn start_http_throttled(count: u32, retry_after: Duration) -> Result<Self> {
+        let store = Store {
+            throttle: Some((count, retry_after)),
+            ..Store::default()
+        };
+        Self::launch(Protocol::HttpProtobuf, 0, store)
+    }
+
     fn launch(protocol: Protocol, port: u16, store: Store) -> Result<Self> {
         let mut r = Receiver {
             protocol,
             port,
             store: Arc::new(Mutex::new(store)),
             rt: None,
+            tls: None,
         };
         r.serve()?;
         Ok(r)
@@ -140,7 +193,7 @@ impl Receiver {
             tokio::net::TcpListener::from_std(listener)?
         };
         match self.protocol {
-            Protocol::Grpc => rt.spawn(grpc::serve(listener, self.store.clone())),
+            Protocol::Grpc => rt.spawn(grpc::serve(listener, self.store.clone(), self.tls.clone())),
             Protocol::HttpProtobuf => rt.spawn(http::serve(listener, self.store.clone())),
         };
         self.rt = Some(rt);
@@ -157,7 +210,19 @@ impl Receiver {
 
     /// The URL to give the agent's `--otlp-endpoint`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The content encoding of every export so far.
+    pub fn encodings(&self) -> Vec<String> {
+        self.store.lock().unwrap().encodings.clone()
+    }
+
+    /// When the trace exports were refused (throttled) and accepted.
+    pub fn export_times(&self) -> (Vec<Instant>, Vec<Instant>) {
+        let s = self.store.lock().unwrap();
+        (s.refused_at.clone(), s.accepted_at.clone())
     }
 
     /// Closes the listener and every open connection; spans are kept.

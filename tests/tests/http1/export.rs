@@ -1,9 +1,10 @@
 //! Export resilience: the collector is down when the agent starts, comes up, goes away and returns.
 
 use anyhow::{Context, Result};
+use clew_e2e::check::wait_for_each;
 use clew_e2e::net::free_port;
 use clew_e2e::peers::{curl_expect, PyService};
-use clew_e2e::{Agent, Cgroup, Expect, Protocol, Receiver, SPAN_TIMEOUT};
+use clew_e2e::{Agent, Cgroup, Expect, Protocol, Receiver};
 use std::time::Duration;
 
 /// Long enough for the agent to try (and fail) to export what it has seen.
@@ -64,11 +65,5 @@ fn expect_phase(rx: &Receiver, svc: &PyService, phase: &str) -> Result<()> {
         .iter()
         .map(|p| Expect::server("backend", p, svc.port).user_agent("curl"))
         .collect();
-    let spans = rx.wait_for(
-        |s| expects.iter().all(|e| !e.select(s).is_empty()),
-        SPAN_TIMEOUT,
-    )?;
-    expects
-        .iter()
-        .try_for_each(|e| e.check(e.select(&spans)[0]))
+    wait_for_each(rx, &expects).map(drop)
 }

@@ -12,4 +12,5 @@ mod nesting;
 mod nesting_runtimes;
 mod nginx_static;
 mod preexisting;
+mod secure_export;
 mod selection;
