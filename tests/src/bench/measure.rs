@@ -1,6 +1,7 @@
 //! One measurement: a load window against a target, with the agent's CPU
 //! time, peak RSS and counters read around it.
 
+use super::bpf_stats::{self, Run};
 use super::metrics::Counters;
 use super::mode::Mode;
 use super::pacer;
@@ -11,6 +12,7 @@ use crate::load::Wrk;
 use crate::process::TempDir;
 use crate::{Agent, Cgroup};
 use anyhow::{Context, Result};
+use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
@@ -56,6 +58,8 @@ pub struct AgentUse {
     /// Share of the agent run's kept spans that reached the receiver
     /// (filled in once the run has settled).
     pub exported: Option<f64>,
+    /// Run time of the agent's BPF programs over the window, by program.
+    pub bpf: BTreeMap<String, Run>,
 }
 
 /// Where load generators run and servers sit.
@@ -95,8 +99,8 @@ impl Window<'_> {
         }
         let mut sample = sample?;
         sample.load = load;
-        if let (Some(agent), Some((cpu0, c0))) = (agent, before) {
-            let (cpu1, c1) = read_agent(agent)?;
+        if let (Some(agent), Some((cpu0, c0, bpf0))) = (agent, before) {
+            let (cpu1, c1, bpf1) = read_agent(agent)?;
             sample.agent = Some(AgentUse {
                 cpu_s: cpu1 - cpu0,
                 peak_rss: procfs::peak_rss_bytes(agent.pid())?,
@@ -106,6 +110,7 @@ impl Window<'_> {
                     .delta(&c0, "spans_created")
                     .saturating_sub(c1.delta(&c0, "spans_unsampled")),
                 exported: None,
+                bpf: bpf_stats::delta(&bpf0, &bpf1),
             });
         }
         Ok(sample)
@@ -223,9 +228,10 @@ fn stall(pid: u32, window: Duration) -> std::thread::JoinHandle<()> {
     })
 }
 
-fn read_agent(agent: &Agent) -> Result<(f64, Counters)> {
+fn read_agent(agent: &Agent) -> Result<(f64, Counters, BTreeMap<String, Run>)> {
     let cpu = procfs::cpu_seconds(agent.pid())?;
     let counters =
         Counters::fetch(&agent.health_url("/metrics")).context("reading the agent's counters")?;
-    Ok((cpu, counters))
+    let bpf = bpf_stats::snapshot(agent.pid()).context("reading the agent's BPF run times")?;
+    Ok((cpu, counters, bpf))
 }

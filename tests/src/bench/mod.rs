@@ -3,6 +3,7 @@
 //! interleaved within each round so that machine noise spreads over all
 //! of them alike.
 
+pub mod bpf_stats;
 pub mod machine;
 pub mod measure;
 pub mod metrics;
@@ -50,6 +51,8 @@ impl Plan {
 /// Runs every round of the plan and returns the samples.
 pub fn run(plan: &Plan) -> Result<Vec<Sample>> {
     crate::env::require_root().context("clew-bench loads eBPF programs and creates cgroups")?;
+    // On for the whole run, so that every mode pays its (small) cost alike.
+    let _stats = bpf_stats::enable()?;
     let started = Instant::now();
     let load_cg = Cgroup::new("bench-load")?;
     let idle_cg = Cgroup::new("bench-idle")?;
