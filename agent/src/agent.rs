@@ -47,8 +47,7 @@ const SUMMARY_EVERY_TICKS: u64 = 30;
 const BACKPRESSURE_EVERY: usize = 64;
 
 pub async fn run(cfg: Config) -> Result<()> {
-    let report = probe::run();
-    report.require_capture()?;
+    probe::require_capture()?;
     let selector = cfg.select;
     let sampler = cfg.sampler;
     let patterns = cfg.routes;

@@ -1,6 +1,9 @@
-//! What this kernel offers, found by asking it (loading tiny programs,
-//! reading tracefs and securityfs), and which mechanism Clew uses for each
-//! job. `clew probe` prints it; `clew run` logs it at start-up.
+//! What this kernel offers, found by asking it: loading a minimal program
+//! per mechanism (see [`programs`]), reading tracefs and securityfs; and
+//! what Clew uses each mechanism for. `clew probe` prints it; `clew run`
+//! checks the one path it cannot do without.
+
+mod programs;
 
 use std::{
     fmt::Write as _,
@@ -8,140 +11,235 @@ use std::{
 };
 
 use anyhow::{bail, Result};
-use aya::{
-    maps::MapType,
-    programs::ProgramType,
-    sys::{is_helper_supported, is_map_supported, is_program_supported, BpfHelper},
-};
+use aya::{programs::ProgramType, sys::is_program_supported};
+
+use programs::Finding;
 
 pub struct Mechanism {
     pub name: &'static str,
-    pub available: bool,
-    pub detail: String,
+    /// How it was seen working, or the kernel's reason it does not.
+    pub finding: Finding,
+    /// What Clew uses it for; `None`: Clew does not use it.
+    pub used_for: Option<&'static str>,
+}
+
+impl Mechanism {
+    pub fn works(&self) -> bool {
+        self.finding.is_ok()
+    }
 }
 
 pub struct Report {
     pub kernel: String,
+    pub lockdown: Lockdown,
     pub mechanisms: Vec<Mechanism>,
     /// (job, mechanism used) — "none" when nothing on this kernel can do it.
     pub jobs: Vec<(&'static str, String)>,
 }
 
+/// The kernel lockdown mode, as securityfs says it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lockdown {
+    /// `none`, `integrity` or `confidentiality`.
+    Mode(String),
+    /// No lockdown LSM in this kernel: nothing is locked down.
+    Absent,
+    /// securityfs could not be read.
+    Unknown(String),
+}
+
+impl std::fmt::Display for Lockdown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lockdown::Mode(m) => f.write_str(m),
+            Lockdown::Absent => f.write_str("none (no lockdown LSM in this kernel)"),
+            Lockdown::Unknown(why) => write!(f, "unknown ({why})"),
+        }
+    }
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+const SECURITYFS: &str = "/sys/kernel/security";
+
 /// The tracefs directory, mounting tracefs when the host has not.
 pub fn tracefs_dir() -> Result<PathBuf> {
-    for d in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+    for d in [TRACEFS, "/sys/kernel/debug/tracing"] {
         if Path::new(d).join("events").is_dir() {
             return Ok(PathBuf::from(d));
         }
     }
-    let target = "/sys/kernel/tracing";
+    mount("tracefs", c"tracefs", TRACEFS, c"/sys/kernel/tracing")?;
+    Ok(PathBuf::from(TRACEFS))
+}
+
+fn mount(
+    what: &str,
+    fstype: &std::ffi::CStr,
+    target: &str,
+    c_target: &std::ffi::CStr,
+) -> Result<()> {
+    // SAFETY: constant NUL-terminated strings, no mount data.
     let rc = unsafe {
         libc::mount(
-            c"tracefs".as_ptr(),
-            c"/sys/kernel/tracing".as_ptr(),
-            c"tracefs".as_ptr(),
+            fstype.as_ptr(),
+            c_target.as_ptr(),
+            fstype.as_ptr(),
             0,
             std::ptr::null(),
         )
     };
     if rc != 0 {
         bail!(
-            "tracefs is not mounted and mounting it at {target} failed: {}",
+            "{what} is not mounted and mounting it at {target} failed: {}",
             std::io::Error::last_os_error()
         );
     }
-    Ok(PathBuf::from(target))
+    Ok(())
 }
 
-fn prog(t: ProgramType) -> bool {
-    is_program_supported(t).unwrap_or(false)
+/// Reads `/sys/kernel/security/lockdown` (`none [integrity] confidentiality`),
+/// mounting securityfs when the host has not.
+pub fn lockdown() -> Lockdown {
+    let file = Path::new(SECURITYFS).join("lockdown");
+    if !file.exists() && !Path::new(SECURITYFS).join("lsm").exists() {
+        if let Err(e) = mount(
+            "securityfs",
+            c"securityfs",
+            SECURITYFS,
+            c"/sys/kernel/security",
+        ) {
+            return Lockdown::Unknown(format!("{e:#}"));
+        }
+    }
+    match std::fs::read_to_string(&file) {
+        Ok(text) => parse_lockdown(&text).map_or_else(
+            || Lockdown::Unknown(format!("unreadable: {text:?}")),
+            Lockdown::Mode,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Lockdown::Absent,
+        Err(e) => Lockdown::Unknown(format!("reading {}: {e}", file.display())),
+    }
 }
 
-fn lockdown() -> Option<String> {
-    let s = std::fs::read_to_string("/sys/kernel/security/lockdown").ok()?;
-    let mode = s.split('[').nth(1)?.split(']').next()?;
+/// The bracketed mode of the lockdown file.
+fn parse_lockdown(text: &str) -> Option<String> {
+    let mode = text.split('[').nth(1)?.split(']').next()?;
     Some(mode.to_owned())
 }
 
+/// A program type the kernel accepts (aya loads a trivial one).
+fn program_type(t: ProgramType) -> Finding {
+    match is_program_supported(t) {
+        Ok(true) => Ok("a trivial program loads".into()),
+        Ok(false) => Err("the kernel refuses this program type".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 pub fn run() -> Report {
-    let tracefs = tracefs_dir().ok();
-    let has = |f: &str| tracefs.as_ref().is_some_and(|d| d.join(f).exists());
-    let lock = lockdown();
+    let tracefs = tracefs_dir();
+    let tracepoints = syscall_tracepoints(&tracefs);
+    let lockdown = lockdown();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()
         .trim()
         .to_owned();
-    let ringbuf = is_map_supported(MapType::RingBuf).unwrap_or(false);
-    let tp = prog(ProgramType::TracePoint) && has("events/syscalls");
-    let uprobes = has("uprobe_events");
-    let sockops = prog(ProgramType::SockOps) && crate::select::cgroup2_mount().is_ok();
-    let sk_msg = prog(ProgramType::SkMsg);
-    let hdr_opt = sockops
-        && is_helper_supported(ProgramType::SockOps, BpfHelper::BPF_FUNC_store_hdr_opt)
-            .unwrap_or(false);
-    let write_user = is_helper_supported(
-        ProgramType::TracePoint,
-        BpfHelper::BPF_FUNC_probe_write_user,
-    )
-    .unwrap_or(false)
-        && !matches!(lock.as_deref(), Some("integrity" | "confidentiality"));
-    let cgroup2 = crate::select::cgroup2_mount().ok();
-    let m = |name, available, detail: String| Mechanism {
+    let found = programs::test_all();
+    let cgroup2 = crate::select::cgroup2_mount();
+    let btf = Path::new("/sys/kernel/btf/vmlinux");
+    let write_user = found.write_user.map_err(|why| match &lockdown {
+        Lockdown::Mode(m) if m != "none" => format!("{why} (kernel lockdown: {m})"),
+        _ => why,
+    });
+    let m = |name, finding, used_for| Mechanism {
         name,
-        available,
-        detail,
+        finding,
+        used_for,
     };
     let mechanisms = vec![
-        m("ring buffer", ringbuf, "BPF_MAP_TYPE_RINGBUF".into()),
+        m(
+            "ring buffer",
+            found.ring_buffer,
+            Some("every event to the agent"),
+        ),
         m(
             "syscall tracepoints",
-            tp,
-            format!(
-                "tracefs at {}",
-                tracefs
-                    .as_ref()
-                    .map_or("?".into(), |d| d.display().to_string())
-            ),
+            tracepoints,
+            Some("socket I/O, connections, processes"),
         ),
         m(
             "raw tracepoints",
-            prog(ProgramType::RawTracePoint),
-            String::new(),
+            program_type(ProgramType::RawTracePoint),
+            None,
         ),
-        m(
-            "kprobes",
-            prog(ProgramType::KProbe) && has("kprobe_events"),
-            "needs CONFIG_KPROBES (kprobe_events in tracefs)".into(),
-        ),
-        m("uprobes", uprobes, "uprobe_events in tracefs".into()),
+        m("kprobes", found.kprobes, None),
+        m("fentry/fexit", found.fentry_fexit, None),
+        m("uprobes", found.uprobes, Some("TLS plaintext, Go requests")),
         m(
             "BTF",
-            Path::new("/sys/kernel/btf/vmlinux").exists(),
-            "/sys/kernel/btf/vmlinux".into(),
+            if btf.exists() {
+                Ok(btf.display().to_string())
+            } else {
+                Err(format!("{} is missing", btf.display()))
+            },
+            Some("struct offsets"),
         ),
-        m("sockops", sockops, "cgroup v2 sock_ops".into()),
-        m("sk_msg", sk_msg, "SOCKHASH verdicts".into()),
+        m("sockops", found.sockops, Some("socket ends, propagation")),
+        m("sk_msg", found.sk_msg, Some("traceparent injection")),
         m(
             "TCP header options",
-            hdr_opt,
-            "sockops bpf_{reserve,store,load}_hdr_opt (Linux ≥ 5.10)".into(),
+            found.tcp_options,
+            Some("trace context in a TCP option"),
         ),
         m(
             "TC classifier",
-            prog(ProgramType::SchedClassifier),
-            "clsact".into(),
+            program_type(ProgramType::SchedClassifier),
+            None,
         ),
-        m(
-            "bpf_probe_write_user",
-            write_user,
-            format!("kernel lockdown: {}", lock.as_deref().unwrap_or("none")),
-        ),
+        m("bpf_probe_write_user", write_user, None),
         m(
             "cgroup v2",
-            cgroup2.is_some(),
-            cgroup2.map_or("not mounted".into(), |p| p.display().to_string()),
+            cgroup2
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .map_err(|e| format!("{e:#}")),
+            Some("--cgroup selection, sockops"),
         ),
     ];
+    let jobs = jobs(&mechanisms);
+    Report {
+        kernel,
+        lockdown,
+        mechanisms,
+        jobs,
+    }
+}
+
+fn syscall_tracepoints(tracefs: &Result<PathBuf>) -> Finding {
+    let dir = tracefs.as_ref().map_err(|e| format!("{e:#}"))?;
+    program_type(ProgramType::TracePoint)?;
+    if !dir.join("events/syscalls").is_dir() {
+        return Err(format!(
+            "no {}/events/syscalls (CONFIG_FTRACE_SYSCALLS)",
+            dir.display()
+        ));
+    }
+    Ok(format!("tracefs at {}", dir.display()))
+}
+
+/// Which mechanism does each of Clew's jobs here.
+fn jobs(mechanisms: &[Mechanism]) -> Vec<(&'static str, String)> {
+    let works = |n: &str| mechanisms.iter().any(|m| m.name == n && m.works());
+    let (tp, ringbuf, uprobes) = (
+        works("syscall tracepoints"),
+        works("ring buffer"),
+        works("uprobes"),
+    );
+    let (sockops, sk_msg, hdr_opt) = (
+        works("sockops"),
+        works("sk_msg"),
+        works("TCP header options"),
+    );
     let pick = |ok: bool, what: &str| {
         if ok {
             what.to_owned()
@@ -149,7 +247,7 @@ pub fn run() -> Report {
             "none (unavailable)".to_owned()
         }
     };
-    let jobs = vec![
+    vec![
         (
             "socket payload capture",
             pick(tp && ringbuf, "syscall tracepoints → ring buffer"),
@@ -202,22 +300,28 @@ pub fn run() -> Report {
                 Err(e) => format!("/proc, per connection ({e})"),
             },
         ),
-    ];
-    Report {
-        kernel,
-        mechanisms,
-        jobs,
-    }
+    ]
 }
 
 impl Report {
+    /// One line per mechanism: name, `yes` or `NO`, what Clew uses it for
+    /// (`-`: nothing), then how it was seen working or why it does not.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "kernel {}\n", self.kernel);
-        let _ = writeln!(s, "{:<22} {:<10} detail", "mechanism", "here");
+        let _ = writeln!(s, "kernel {}", self.kernel);
+        let _ = writeln!(s, "kernel lockdown: {}\n", self.lockdown);
+        let _ = writeln!(
+            s,
+            "{:<22} {:<5} {:<36} detail",
+            "mechanism", "here", "used by Clew for"
+        );
         for m in &self.mechanisms {
-            let here = if m.available { "yes" } else { "NO" };
-            let _ = writeln!(s, "{:<22} {:<10} {}", m.name, here, m.detail);
+            let (here, detail) = match &m.finding {
+                Ok(how) => ("yes", how.as_str()),
+                Err(why) => ("NO", why.as_str()),
+            };
+            let used = m.used_for.unwrap_or("-");
+            let _ = writeln!(s, "{:<22} {here:<5} {used:<36} {detail}", m.name);
         }
         let _ = writeln!(s, "\n{:<40} uses", "job");
         for (job, how) in &self.jobs {
@@ -225,13 +329,65 @@ impl Report {
         }
         s
     }
+}
 
-    /// Fails when the one path Clew needs (tracepoints + ring buffer) is missing.
-    pub fn require_capture(&self) -> Result<()> {
-        let ok = |n: &str| self.mechanisms.iter().any(|m| m.name == n && m.available);
-        if !ok("syscall tracepoints") || !ok("ring buffer") {
-            bail!("this kernel lacks syscall tracepoints or BPF ring buffers (need Linux ≥ 5.8 with CONFIG_FTRACE_SYSCALLS):\n{}", self.render());
-        }
-        Ok(())
+/// Fails, with the whole report, when the one path Clew needs (syscall
+/// tracepoints writing into a ring buffer) does not work here.
+pub fn require_capture() -> Result<()> {
+    let ring = programs::ring_buffer();
+    let tracepoints = syscall_tracepoints(&tracefs_dir());
+    if ring.is_err() || tracepoints.is_err() {
+        bail!(
+            "this kernel lacks syscall tracepoints or BPF ring buffers (need Linux ≥ 5.8 \
+             with CONFIG_FTRACE_SYSCALLS):\n{}",
+            run().render()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lockdown_mode_is_the_bracketed_one() {
+        assert_eq!(
+            parse_lockdown("none [integrity] confidentiality\n").as_deref(),
+            Some("integrity")
+        );
+        assert_eq!(
+            parse_lockdown("[none] integrity confidentiality").as_deref(),
+            Some("none")
+        );
+        assert_eq!(parse_lockdown(""), None);
+    }
+
+    #[test]
+    fn a_failing_mechanism_shows_its_reason() {
+        let report = Report {
+            kernel: "6.1".into(),
+            lockdown: Lockdown::Mode("integrity".into()),
+            mechanisms: vec![
+                Mechanism {
+                    name: "kprobes",
+                    finding: Err("attaching to do_sys_openat2: No such file".into()),
+                    used_for: None,
+                },
+                Mechanism {
+                    name: "uprobes",
+                    finding: Ok("fired on libc's getpid".into()),
+                    used_for: Some("TLS plaintext, Go requests"),
+                },
+            ],
+            jobs: Vec::new(),
+        };
+        let text = report.render();
+        assert!(text.contains("kernel lockdown: integrity\n"), "{text}");
+        let line = |name: &str| text.lines().find(|l| l.starts_with(name)).unwrap();
+        let kprobes: Vec<&str> = line("kprobes").split_whitespace().collect();
+        assert_eq!(&kprobes[..3], ["kprobes", "NO", "-"], "{text}");
+        assert!(line("kprobes").ends_with("attaching to do_sys_openat2: No such file"));
+        assert!(line("uprobes").contains(" yes "), "{text}");
     }
 }
