@@ -1,4 +1,6 @@
-//! Embeds the kernel object built by `cargo xtask build` (see xtask/src/ebpf.rs).
+//! Embeds the kernel objects built by `cargo xtask build` (see
+//! xtask/src/ebpf.rs): the agent's programs, and next to them the minimal
+//! programs `clew probe` loads (`clew-probe`).
 use std::{env, path::PathBuf};
 
 fn main() {
@@ -9,16 +11,22 @@ fn main() {
             manifest.join("../target/ebpf/bpfel-unknown-none/release/clew")
         });
     println!("cargo:rerun-if-env-changed=CLEW_EBPF_OBJECT");
-    println!("cargo:rerun-if-changed={}", obj.display());
-    if !obj.exists() {
-        panic!(
-            "the eBPF object {} is missing: build through `cargo xtask build` (or `cargo xtask test`), \
-             which compiles ebpf/ with the nightly toolchain first",
-            obj.display()
+    let probe = obj.with_file_name("clew-probe");
+    for (var, path) in [
+        ("CLEW_EBPF_OBJECT", &obj),
+        ("CLEW_EBPF_PROBE_OBJECT", &probe),
+    ] {
+        println!("cargo:rerun-if-changed={}", path.display());
+        if !path.exists() {
+            panic!(
+                "the eBPF object {} is missing: build through `cargo xtask build` (or `cargo xtask test`), \
+                 which compiles ebpf/ with the nightly toolchain first",
+                path.display()
+            );
+        }
+        println!(
+            "cargo:rustc-env={var}={}",
+            path.canonicalize().unwrap().display()
         );
     }
-    println!(
-        "cargo:rustc-env=CLEW_EBPF_OBJECT={}",
-        obj.canonicalize().unwrap().display()
-    );
 }

@@ -15,18 +15,19 @@ use tokio::{
 
 use crate::{
     capture::{Capture, CaptureConfig},
-    cli::{CommandLineMode, Mechanisms, QueryMode, RunArgs, SdkProcesses, SelectArgs, TlsAttach},
+    cli::SelectArgs,
     clock::unix_now_ns,
-    export::{export_metrics, ExportConfig, Exporter, Signal},
+    config::{CommandLineMode, Config, QueryMode, SdkProcesses, TlsAttach},
+    export::{export_metrics, Exporter},
     health,
-    metrics::{route::RouteNames, Metrics, Pattern, Registry, Routes, Shared},
+    metrics::{route::RouteNames, Metrics, Registry, Routes, Shared},
     nesting::Nesting,
     pipeline::{Outputs, Pipeline},
     probe,
     processor::{Chain, TruncateAttributes},
-    protocol::{http_common::known_methods_from_env, SpanOptions},
+    protocol::SpanOptions,
     redact::{Redact, SecretNames},
-    sampling::{RecordThreshold, Sampler},
+    sampling::RecordThreshold,
     sdk::DeferToSdk,
     select::Selector,
     stats::Stats,
@@ -45,31 +46,14 @@ const SUMMARY_EVERY_TICKS: u64 = 30;
 /// Records handled between looks at the export queue's depth.
 const BACKPRESSURE_EVERY: usize = 64;
 
-pub async fn run(args: RunArgs) -> Result<()> {
-    let report = probe::run();
-    report.require_capture()?;
-    let selector = Selector::from(args.select);
-    let env = |k: &str| std::env::var(k).ok();
-    let sampler = Sampler::from_env(
-        env("OTEL_TRACES_SAMPLER").as_deref(),
-        env("OTEL_TRACES_SAMPLER_ARG").as_deref(),
-    )?;
-    let export_cfg = ExportConfig::from_env_and_args(
-        Signal::Traces,
-        args.otlp_endpoint.clone(),
-        args.otlp_protocol.clone(),
-    )?;
-    let metrics_cfg =
-        ExportConfig::from_env_and_args(Signal::Metrics, args.otlp_endpoint, args.otlp_protocol)?;
-    let metric_interval = metric_export_interval(env("OTEL_METRIC_EXPORT_INTERVAL"))?;
-    let patterns = args
-        .routes
-        .iter()
-        .map(|r| Pattern::parse(r))
-        .collect::<Result<Vec<_>>>()?;
+pub async fn run(cfg: Config) -> Result<()> {
+    probe::require_capture()?;
+    let selector = cfg.select;
+    let sampler = cfg.sampler;
+    let patterns = cfg.routes;
     let stats = Arc::new(Stats::default());
-    let registry = Shared::new(Registry::new(args.metric_series_limit, unix_now_ns()));
-    if let Some(addr) = args.health_listen {
+    let registry = Shared::new(Registry::new(cfg.metric_series_limit, unix_now_ns()));
+    if let Some(addr) = cfg.health_listen {
         let (s, r) = (stats.clone(), registry.clone());
         tokio::spawn(async move {
             if let Err(e) = health::serve(addr, s, r).await {
@@ -79,8 +63,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel();
     let metrics_task = tokio::spawn(export_metrics(
-        metrics_cfg,
-        metric_interval,
+        cfg.metrics_export,
+        cfg.metric_export_interval,
         registry.clone(),
         stats.clone(),
         metrics_stopped,
@@ -89,23 +73,21 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut capture = Capture::load(&CaptureConfig {
         select_all: selector.is_all(),
         exe_paths: !selector.exe_paths().is_empty(),
-        capture_limit: args.capture_bytes,
-        ringbuf_bytes: args.ringbuf_mib.max(1) * 1024 * 1024,
+        capture_limit: cfg.capture_bytes,
+        ringbuf_bytes: cfg.ringbuf_mib * 1024 * 1024,
         sampling: sampler.kernel(),
-        propagation: Mechanisms::from_list(&args.propagation)?,
+        propagation: cfg.propagation,
     })?;
     let maps = capture.maps()?;
     let ring = capture.take_ring()?;
     capture.attach()?;
     capture.attach_sockops(&selector.cgroup_dirs()?)?;
-    let exporter = Exporter::start(export_cfg).context("starting the exporter")?;
-    let known_methods = env("OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS");
-    let known_methods = known_methods_from_env(known_methods.as_deref()).map(leak_all);
-    let names = SecretNames::with_extra(&args.redact_names);
+    let exporter = Exporter::start(cfg.traces).context("starting the exporter")?;
+    let names = SecretNames::with_extra(&cfg.redact_names);
     let opts = SpanOptions {
-        capture_query: args.query != QueryMode::Off,
-        baggage_keys: leak_all(args.baggage_attributes),
-        known_methods,
+        capture_query: cfg.query != QueryMode::Off,
+        baggage_keys: leak_all(cfg.baggage_attributes),
+        known_methods: cfg.http_known_methods.map(leak_all),
     };
     let mut pipeline = Pipeline::new(
         selector.clone(),
@@ -113,36 +95,38 @@ pub async fn run(args: RunArgs) -> Result<()> {
         Nesting::new(sampler),
         Outputs {
             metrics: Metrics::new(
-                Routes::new(patterns.clone(), args.auto_routes),
+                Routes::new(patterns.clone(), cfg.auto_routes),
                 registry,
                 stats.clone(),
             ),
             // Spans of processes with their own SDK go first; redaction
             // before truncation: a cut could hide the `=` that marks a
             // value as a secret's.
-            processors: sdk_stage(args.sdk_processes)
+            processors: sdk_stage(cfg.sdk_processes)
                 .then(RecordThreshold { sampler })
                 .then(Redact {
                     names: names.clone(),
-                    queries: args.query == QueryMode::Redacted,
+                    queries: cfg.query == QueryMode::Redacted,
                 })
                 .then(RouteNames { patterns })
-                .then(TruncateAttributes::from_env(env)?),
+                .then(TruncateAttributes {
+                    max_bytes: cfg.attribute_value_length_limit,
+                }),
             exporter,
         },
         opts,
         stats.clone(),
     );
-    if args.command_line == CommandLineMode::Redacted {
+    if cfg.command_line == CommandLineMode::Redacted {
         pipeline.processes.export_command_lines(names);
     }
-    if let Some(attributes) = env("OTEL_RESOURCE_ATTRIBUTES") {
-        pipeline.processes.add_agent_attributes(&attributes);
-    }
+    pipeline
+        .processes
+        .add_agent_attributes(&cfg.resource_attributes);
     // Per process only makes sense when some processes are not traced.
-    let per_process = args.tls_attach == TlsAttach::Process && !selector.is_all();
-    pipeline.tls.configure(args.tls_go, per_process);
-    pipeline.runtimes.configure(args.tls_go);
+    let per_process = cfg.tls_attach == TlsAttach::Process && !selector.is_all();
+    pipeline.tls.configure(cfg.tls_go, per_process);
+    pipeline.runtimes.configure(cfg.tls_go);
     pipeline.tls.hook_host_libraries(&mut capture);
     pipeline.start()?;
     tracing::info!(
@@ -227,19 +211,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     tracing::info!(stats = %stats.summary(), "stopped");
     Ok(())
-}
-
-/// `OTEL_METRIC_EXPORT_INTERVAL` in milliseconds; the SDKs' 60 s default.
-fn metric_export_interval(var: Option<String>) -> Result<Duration> {
-    let Some(v) = var.filter(|v| !v.trim().is_empty()) else {
-        return Ok(Duration::from_secs(60));
-    };
-    let ms: u64 = v
-        .trim()
-        .parse()
-        .with_context(|| format!("OTEL_METRIC_EXPORT_INTERVAL={v:?} is not milliseconds"))?;
-    anyhow::ensure!(ms > 0, "OTEL_METRIC_EXPORT_INTERVAL must be above 0");
-    Ok(Duration::from_millis(ms))
 }
 
 /// The chain's first stage: spans of processes with their own SDK go

@@ -11,6 +11,7 @@ pub mod agent;
 pub mod capture;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod conn;
 pub mod export;
 pub mod health;

@@ -6,6 +6,7 @@
 
 pub mod h2;
 pub mod kafka;
+pub mod probe;
 
 /// Largest payload prefix one data event carries. Bodies beyond the
 /// configured capture limit are accounted for by length only.
