@@ -190,7 +190,7 @@ fn a_bad_key_or_value_is_one_error_naming_it_and_its_line() {
             3,
         ),
         ("[export.traces]\nbatch = {}", "unknown field `batch`", 3),
-        ("[tenants]\nname = \"a\"", "unknown field `tenants`", 2),
+        ("[teams]\nname = \"a\"", "unknown field `teams`", 2),
         (
             "[capture]\nbytes = \"lots\"",
             "invalid type: string \"lots\"",
