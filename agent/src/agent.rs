@@ -18,7 +18,7 @@ use crate::{
     cli::SelectArgs,
     clock::unix_now_ns,
     config::{CommandLineMode, Config, QueryMode, SdkProcesses, TlsAttach},
-    export::{export_metrics, Exporter},
+    export::{export_metrics, DeliveryReport, Exporter},
     health,
     metrics::{route::RouteNames, Metrics, Registry, Routes, Shared},
     nesting::Nesting,
@@ -31,6 +31,7 @@ use crate::{
     sdk::DeferToSdk,
     select::Selector,
     stats::Stats,
+    synthetic::{self, MarkSynthetic, Synthetic},
     tls,
 };
 
@@ -53,10 +54,15 @@ pub async fn run(cfg: Config) -> Result<()> {
     let patterns = cfg.routes;
     let stats = Arc::new(Stats::default());
     let registry = Shared::new(Registry::new(cfg.metric_series_limit, unix_now_ns()));
+    let synthetic = cfg.synthetic.as_ref().map(|s| Synthetic::new(&s.targets));
     if let Some(addr) = cfg.health_listen {
-        let (s, r) = (stats.clone(), registry.clone());
+        let telemetry = health::Telemetry {
+            stats: stats.clone(),
+            metrics: registry.clone(),
+            synthetic: synthetic.clone(),
+        };
         tokio::spawn(async move {
-            if let Err(e) = health::serve(addr, s, r).await {
+            if let Err(e) = health::serve(addr, telemetry).await {
                 tracing::error!("{e:#}");
             }
         });
@@ -82,7 +88,11 @@ pub async fn run(cfg: Config) -> Result<()> {
     let ring = capture.take_ring()?;
     capture.attach()?;
     capture.attach_sockops(&selector.cgroup_dirs()?)?;
-    let exporter = Exporter::start(cfg.traces).context("starting the exporter")?;
+    let report = synthetic
+        .clone()
+        .map(|s| Arc::new(s) as Arc<dyn DeliveryReport>);
+    let exporter =
+        Exporter::start_reporting(cfg.traces, report).context("starting the exporter")?;
     let names = SecretNames::with_extra(&cfg.redact_names);
     let opts = SpanOptions {
         capture_query: cfg.query != QueryMode::Off,
@@ -111,7 +121,8 @@ pub async fn run(cfg: Config) -> Result<()> {
                 .then(RouteNames { patterns })
                 .then(TruncateAttributes {
                     max_bytes: cfg.attribute_value_length_limit,
-                }),
+                })
+                .then_some(synthetic.clone().map(MarkSynthetic)),
             exporter,
         },
         opts,
@@ -137,6 +148,11 @@ pub async fn run(cfg: Config) -> Result<()> {
     );
     crate::memory::release_freed();
     stats.ready.store(true, Relaxed);
+    // Probes are attached: the self-check can start.
+    let probe_task = cfg
+        .synthetic
+        .zip(synthetic)
+        .map(|(c, s)| tokio::spawn(synthetic::probe::run(c, s, sampler)));
 
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until
     // both are dropped together below.
@@ -197,6 +213,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     }
     tracing::info!("stopping: detaching probes and flushing spans");
     stats.ready.store(false, Relaxed);
+    if let Some(task) = probe_task {
+        task.abort();
+    }
     drop(ring);
     pipeline.tls.detach_all(&mut capture);
     pipeline.runtimes.detach_all(&mut capture);

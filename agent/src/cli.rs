@@ -1,14 +1,16 @@
 //! Command-line interface.
 
-use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf};
+use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
+use reqwest::Url;
 
 use crate::{
-    config::{CommandLineMode, Propagation, QueryMode, SdkProcesses, TlsAttach},
+    config::{self, CommandLineMode, Propagation, QueryMode, SdkProcesses, TlsAttach},
     export::Protocol,
     metrics::Pattern,
     select::Selector,
+    synthetic,
 };
 
 #[derive(Parser, Debug)]
@@ -160,4 +162,13 @@ pub struct RunArgs {
     /// two); 1 to 1024, default 4.
     #[arg(long)]
     pub ringbuf_mib: Option<u32>,
+    /// Self-check: every interval, send this endpoint of a traced process
+    /// a request with a trace context of the agent's own and check that its
+    /// span is built and acknowledged by the collector (see README,
+    /// Synthetic probe). Repeatable.
+    #[arg(long, value_parser = synthetic::parse_target)]
+    pub synthetic_probe: Vec<Url>,
+    /// Between synthetic probes, e.g. `30s` (the default) or `1m`.
+    #[arg(long, value_parser = config::duration::parse)]
+    pub synthetic_interval: Option<Duration>,
 }

@@ -31,5 +31,6 @@ pub mod sdk;
 pub mod select;
 pub mod span;
 pub mod stats;
+pub mod synthetic;
 pub mod tls;
 pub mod trace_context;

@@ -24,6 +24,14 @@ impl Chain {
         self
     }
 
+    /// [`Chain::then`] for a stage that is configured or not.
+    pub fn then_some(self, p: Option<impl Processor + 'static>) -> Self {
+        match p {
+            Some(p) => self.then(p),
+            None => self,
+        }
+    }
+
     /// Whether the span is still to be exported.
     pub fn run(&mut self, span: &mut Span) -> bool {
         self.stages.iter_mut().all(|p| p.process(span))

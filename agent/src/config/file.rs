@@ -18,6 +18,7 @@ use crate::{
     export::{Compression, Protocol},
     metrics::Pattern,
     sampling::{Ratio, SamplerName},
+    synthetic::ProbeTarget,
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -51,6 +52,8 @@ pub struct File {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub health: HealthSection,
+    #[serde(default)]
+    pub synthetic: SyntheticSection,
 }
 
 impl File {
@@ -238,4 +241,15 @@ pub struct MetricsSection {
 pub struct HealthSection {
     /// `--health-listen`.
     pub listen: Option<SocketAddr>,
+}
+
+/// The synthetic probe (see `synthetic/`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticSection {
+    /// `--synthetic-probe`: endpoints of traced processes on this node.
+    pub targets: Option<Vec<ProbeTarget>>,
+    /// `--synthetic-interval`.
+    #[serde(default, with = "duration")]
+    pub interval: Option<Duration>,
 }

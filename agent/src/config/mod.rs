@@ -14,7 +14,7 @@ pub mod duration;
 pub mod env;
 pub mod file;
 
-use std::{fmt::Display, net::SocketAddr, ops::RangeInclusive, path::Path, time::Duration};
+use std::{fmt::Debug, net::SocketAddr, ops::RangeInclusive, path::Path, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
@@ -30,6 +30,7 @@ use crate::{
     protocol::http_common::known_methods_from_env,
     sampling::{Ratio, Sampler, SamplerName},
     select::Selector,
+    synthetic::{self, SyntheticConfig},
 };
 
 /// Defaults that several sources share.
@@ -67,6 +68,8 @@ pub struct Config {
     pub auto_routes: bool,
     pub metric_series_limit: usize,
     pub health_listen: Option<SocketAddr>,
+    /// `None`: no synthetic probe.
+    pub synthetic: Option<SyntheticConfig>,
 }
 
 /// The file `path` names, or an empty one.
@@ -195,6 +198,22 @@ impl Config {
                 .map_or(crate::metrics::registry::DEFAULT_SERIES_LIMIT, |n| n.get()),
         };
 
+        let targets = given(f.synthetic_probe)
+            .or_else(|| {
+                let file = file.synthetic.targets?;
+                Some(file.into_iter().map(|t| t.0).collect())
+            })
+            .unwrap_or_default();
+        let every = Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
+        let interval = within(f.synthetic_interval, "--synthetic-interval", &every)?
+            .or(within(
+                file.synthetic.interval,
+                "synthetic.interval",
+                &every,
+            )?)
+            .unwrap_or(synthetic::DEFAULT_INTERVAL);
+        let synthetic = (!targets.is_empty()).then_some(SyntheticConfig { targets, interval });
+
         Ok(Config {
             select,
             traces,
@@ -231,6 +250,7 @@ impl Config {
             auto_routes,
             metric_series_limit,
             health_listen: f.health_listen.or(file.health.listen),
+            synthetic,
         })
     }
 }
@@ -241,14 +261,15 @@ fn given<T>(list: Vec<T>) -> Option<Vec<T>> {
 }
 
 /// The value, if it lies in `range`; an error naming `key` otherwise.
-fn within<T: PartialOrd + Display>(
+/// (`Debug` shows numbers as they are and durations as `30s`.)
+fn within<T: PartialOrd + Debug>(
     value: Option<T>,
     key: &str,
     range: &RangeInclusive<T>,
 ) -> Result<Option<T>> {
     match value {
         Some(v) if !range.contains(&v) => anyhow::bail!(
-            "{key} = {v}: must be between {} and {}",
+            "{key} = {v:?}: must be between {:?} and {:?}",
             range.start(),
             range.end()
         ),

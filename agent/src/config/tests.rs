@@ -127,6 +127,16 @@ fn every_key_of_the_example_reaches_the_configuration() {
     assert!(cfg.auto_routes);
     assert_eq!(cfg.metric_series_limit, 5000);
     assert_eq!(cfg.health_listen, Some("0.0.0.0:9464".parse().unwrap()));
+    let synthetic = cfg.synthetic.unwrap();
+    assert_eq!(
+        synthetic
+            .targets
+            .iter()
+            .map(|u| u.as_str())
+            .collect::<Vec<_>>(),
+        ["http://127.0.0.1:8080/healthz"]
+    );
+    assert_eq!(synthetic.interval, Duration::from_secs(30));
     let (filter, source) = log_filter(None, &Env::from_pairs(&[]), &File::parse(EXAMPLE).unwrap());
     assert_eq!(
         (filter.as_str(), source),
@@ -164,6 +174,7 @@ fn nothing_set_gives_the_defaults() {
         )
     );
     assert_eq!(cfg.health_listen, None);
+    assert_eq!(cfg.synthetic, None);
     assert!(cfg.resource_attributes.is_empty() && cfg.http_known_methods.is_none());
 }
 
@@ -179,7 +190,7 @@ fn a_bad_key_or_value_is_one_error_naming_it_and_its_line() {
             3,
         ),
         ("[export.traces]\nbatch = {}", "unknown field `batch`", 3),
-        ("[tenants]\nname = \"a\"", "unknown field `tenants`", 2),
+        ("[teams]\nname = \"a\"", "unknown field `teams`", 2),
         (
             "[capture]\nbytes = \"lots\"",
             "invalid type: string \"lots\"",
@@ -242,6 +253,31 @@ fn out_of_range_values_name_their_source() {
     assert!(error("", &[("CLEW_ROUTES", "/a,b")], &[]).contains("CLEW_ROUTES=\"/a,b\""));
     assert!(error("", &[("CLEW_PROPAGATION", "none,headers")], &[]).contains("CLEW_PROPAGATION"));
     assert!(error("", &[], &["--propagation", "none,headers"]).contains("--propagation"));
+    assert!(error("", &[], &["--synthetic-interval", "0s"])
+        .contains("--synthetic-interval = 0ns: must be between 1s and 86400s"));
+}
+
+#[test]
+fn synthetic_probe_flags_beat_the_file() {
+    let file = "[synthetic]\ntargets = [\"http://127.0.0.1:1/a\"]\ninterval = \"1m\"";
+    let from_file = resolve(file, &[], &[]).unwrap().synthetic.unwrap();
+    assert_eq!(from_file.interval, Duration::from_secs(60));
+    let args = [
+        "--synthetic-probe",
+        "http://127.0.0.1:2/b",
+        "--synthetic-interval",
+        "2s",
+    ];
+    let from_flags = resolve(file, &[], &args).unwrap().synthetic.unwrap();
+    assert_eq!(from_flags.targets[0].as_str(), "http://127.0.0.1:2/b");
+    assert_eq!(from_flags.interval, Duration::from_secs(2));
+    // An interval alone configures no probe.
+    assert_eq!(
+        resolve("[synthetic]\ninterval = \"5s\"", &[], &[])
+            .unwrap()
+            .synthetic,
+        None
+    );
 }
 
 #[test]

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::otlp::encode_request;
 use super::stats::{add, Counters};
 use super::transport::{SendError, Transport};
+use super::DeliveryReport;
 use crate::span::Span;
 
 /// Attempts per batch, so an outage costs one batch of spans at a time
@@ -36,6 +37,7 @@ pub(super) async fn run(
     endpoint: String,
     batching: Batching,
     counters: Arc<Counters>,
+    report: Option<Arc<dyn DeliveryReport>>,
 ) {
     let mut delivery = Delivery {
         transport,
@@ -49,7 +51,10 @@ pub(super) async fn run(
     loop {
         let open = fill(&mut queue, &mut batch, &batching).await;
         if !batch.is_empty() {
-            delivery.deliver(&batch).await;
+            let outcome = delivery.deliver(&batch).await;
+            if let Some(r) = &report {
+                r.delivered(&batch, outcome.as_ref().copied().map_err(String::as_str));
+            }
             batch.clear();
         }
         if !open {
@@ -101,10 +106,12 @@ struct Delivery {
 }
 
 impl Delivery {
-    async fn deliver(&mut self, spans: &[Span]) {
+    /// `Err`: why the collector did not take every span of the batch.
+    async fn deliver(&mut self, spans: &[Span]) -> Result<(), String> {
         let request = bytes::Bytes::from(encode_request(spans));
         let count = spans.len() as u64;
         let give_up = Instant::now() + self.deadline;
+        let mut last = String::from("batch deadline reached before an attempt");
         for attempt in 1..=MAX_ATTEMPTS {
             if let Some(pause) = self.backoff {
                 if Instant::now() + pause > give_up {
@@ -121,12 +128,16 @@ impl Delivery {
                     self.set_health(Health::Healthy, "");
                     add(&self.counters.exported, count.saturating_sub(rejected));
                     add(&self.counters.rejected, rejected.min(count));
-                    return;
+                    return match rejected {
+                        0 => Ok(()),
+                        n => Err(format!("the collector rejected {n} spans of the batch")),
+                    };
                 }
                 Err(SendError::Permanent(reason)) => {
                     // The collector answered, so the next batch need not wait.
                     self.backoff = None;
                     self.set_health(Health::Rejecting, &reason);
+                    last = reason;
                     break;
                 }
                 Err(SendError::Transient {
@@ -142,11 +153,13 @@ impl Delivery {
                     let pause = jitter(backoff).max(retry_after.unwrap_or_default());
                     self.backoff = Some(pause);
                     self.set_health(Health::Unavailable, &reason);
+                    last = reason;
                 }
             }
         }
         add(&self.counters.failed_batches, 1);
         add(&self.counters.dropped_failed, count);
+        Err(last)
     }
 
     /// Logs transitions only: an outage costs one warn and one info line, not

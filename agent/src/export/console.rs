@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::stats::{add, Counters};
+use super::DeliveryReport;
 use crate::span::{Span, SpanId, SpanKind, Status, TraceId};
 
 /// Spans held while their traces may still grow; past this the oldest traces
@@ -17,7 +18,20 @@ use crate::span::{Span, SpanId, SpanKind, Status, TraceId};
 const MAX_HELD_SPANS: usize = 10_000;
 
 /// Runs until the queue is closed, then prints whatever is still held.
-pub(super) async fn run(mut queue: mpsc::Receiver<Span>, quiet: Duration, counters: Arc<Counters>) {
+pub(super) async fn run(
+    mut queue: mpsc::Receiver<Span>,
+    quiet: Duration,
+    counters: Arc<Counters>,
+    report: Option<Arc<dyn DeliveryReport>>,
+) {
+    let emit = |traces: Vec<Vec<Span>>, counters: &Counters| {
+        let outcome = emit(&traces, counters);
+        if let Some(r) = &report {
+            for trace in &traces {
+                r.delivered(trace, outcome);
+            }
+        }
+    };
     let mut buffer = TraceBuffer::new(quiet, MAX_HELD_SPANS);
     // Checking four times per quiet period prints a trace at most 1.25 quiet
     // periods after its last span.
@@ -35,17 +49,23 @@ pub(super) async fn run(mut queue: mpsc::Receiver<Span>, quiet: Duration, counte
     emit(buffer.take_all(), &counters);
 }
 
-fn emit(traces: Vec<Vec<Span>>, counters: &Counters) {
+fn emit(traces: &[Vec<Span>], counters: &Counters) -> Result<(), &'static str> {
     if traces.is_empty() {
-        return;
+        return Ok(());
     }
     let spans = traces.iter().map(Vec::len).sum::<usize>() as u64;
     let text: String = traces.iter().map(|trace| render_trace(trace)).collect();
     let mut out = std::io::stdout().lock();
     // A closed stdout (piped into `head`, say) must not stop the agent.
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Ok(()) => add(&counters.exported, spans),
-        Err(_) => add(&counters.dropped_failed, spans),
+        Ok(()) => {
+            add(&counters.exported, spans);
+            Ok(())
+        }
+        Err(_) => {
+            add(&counters.dropped_failed, spans);
+            Err("stdout is closed")
+        }
     }
 }
 

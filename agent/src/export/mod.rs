@@ -32,9 +32,17 @@ pub use config::{
 pub use metrics::export_metrics;
 pub use otlp::encode_request;
 pub use stats::ExportStats;
+pub use transport::describe as describe_error;
 
 use crate::span::Span;
 use stats::{add, Counters};
+
+/// Told, batch by batch, whether the spans reached their destination: the
+/// collector acknowledged them (`Ok`), or why not. Called on the export
+/// task, so it must be quick.
+pub trait DeliveryReport: Send + Sync {
+    fn delivered(&self, spans: &[Span], outcome: Result<(), &str>);
+}
 
 /// Handle held by the pipeline; dropping it without [`Exporter::shutdown`]
 /// closes the queue and lets the task finish in the background.
@@ -48,6 +56,14 @@ impl Exporter {
     /// Spawns the export task on the current tokio runtime. A collector that
     /// is down at start-up is fine: connections are made lazily.
     pub fn start(cfg: ExportConfig) -> Result<Exporter> {
+        Self::start_reporting(cfg, None)
+    }
+
+    /// [`Exporter::start`], telling `report` what became of every batch.
+    pub fn start_reporting(
+        cfg: ExportConfig,
+        report: Option<Arc<dyn DeliveryReport>>,
+    ) -> Result<Exporter> {
         ensure!(
             cfg.queue_capacity > 0,
             "export queue capacity must be at least 1"
@@ -64,7 +80,12 @@ impl Exporter {
         {
             None => {
                 tracing::info!("no OTLP endpoint configured: printing traces to stdout");
-                Box::pin(console::run(spans, cfg.batch_timeout, counters.clone()))
+                Box::pin(console::run(
+                    spans,
+                    cfg.batch_timeout,
+                    counters.clone(),
+                    report,
+                ))
             }
             Some(endpoint) => {
                 let transport = transport::Transport::new(&endpoint, &cfg, Signal::Traces)?;
@@ -80,6 +101,7 @@ impl Exporter {
                     endpoint,
                     batching,
                     counters.clone(),
+                    report,
                 ))
             }
         };

@@ -256,7 +256,7 @@ fn http_error(status: reqwest::StatusCode, retry_after: Option<Duration>) -> Sen
 
 /// The error with its sources: the root cause ("Connection refused") is what
 /// the operator needs, and it sits at the bottom of the chain.
-fn describe(err: &(dyn Error + 'static)) -> String {
+pub fn describe(err: &(dyn Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
