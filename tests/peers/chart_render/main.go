@@ -11,6 +11,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -94,8 +96,12 @@ func funcs(root *template.Template) template.FuncMap {
 		},
 		"trimSuffix": func(suffix, s string) string { return strings.TrimSuffix(s, suffix) },
 		"contains":   func(sub, s string) bool { return strings.Contains(s, sub) },
-		"list":       func(v ...interface{}) []interface{} { return v },
-		"append":     func(l []interface{}, v interface{}) []interface{} { return append(l, v) },
+		"sha256sum": func(s string) string {
+			sum := sha256.Sum256([]byte(s))
+			return hex.EncodeToString(sum[:])
+		},
+		"list":   func(v ...interface{}) []interface{} { return v },
+		"append": func(l []interface{}, v interface{}) []interface{} { return append(l, v) },
 		"join": func(sep string, l []interface{}) string {
 			parts := make([]string, len(l))
 			for i, v := range l {

@@ -146,16 +146,21 @@ fn chart_defaults_grant_exactly_the_agents_capabilities() -> Result<()> {
             == json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]),
         "read-only access to pods, nothing else: {role}"
     );
-    ensure!(
-        kind(&docs, "ServiceMonitor").is_none(),
-        "no ServiceMonitor unless asked"
-    );
+    for optional in ["ServiceMonitor", "ConfigMap"] {
+        ensure!(
+            kind(&docs, optional).is_none(),
+            "no {optional} unless asked"
+        );
+    }
     Ok(())
 }
 
 #[test]
-fn chart_options_privileged_mtls_resource_attributes_and_service_monitor() -> Result<()> {
+fn chart_options_privileged_mtls_config_file_resource_attributes_and_service_monitor() -> Result<()>
+{
+    let example = std::fs::read_to_string(workspace_dir().join("deploy/clew.example.toml"))?;
     let docs = render(&json!({
+        "config": example,
         "privileged": true,
         "otlp": {"endpoint": "https://gateway.observability:4317", "tlsSecret": "clew-otlp"},
         "resourceAttributes": {"k8s.cluster.name": "prod-eu", "deployment.environment.name": "production"},
@@ -208,6 +213,26 @@ fn chart_options_privileged_mtls_resource_attributes_and_service_monitor() -> Re
             .as_array()
             .is_some_and(|v| v.iter().any(|v| v["secret"]["secretName"] == "clew-otlp")),
         "the TLS secret is mounted: {ds}"
+    );
+    // The file reaches the agent whole: the ConfigMap holds it byte for
+    // byte, mounted where CLEW_CONFIG points.
+    let cm = kind(&docs, "ConfigMap").context("no ConfigMap")?;
+    ensure!(
+        cm["data"]["clew.toml"].as_str().map(str::trim_end) == Some(example.trim_end()),
+        "the ConfigMap does not hold the example file as it is:\n{}",
+        cm["data"]["clew.toml"]
+    );
+    ensure!(
+        c["volumeMounts"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["mountPath"] == "/etc/clew/config")),
+        "{c}"
+    );
+    ensure!(
+        ds["spec"]["template"]["metadata"]["annotations"]["clew.dev/config-sha256"]
+            .as_str()
+            .is_some_and(|h| h.len() == 64),
+        "a changed configuration must roll the pods: {ds}"
     );
     let sm = kind(&docs, "ServiceMonitor").context("no ServiceMonitor")?;
     ensure!(
