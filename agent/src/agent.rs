@@ -15,14 +15,17 @@ use tokio::{
 
 use crate::{
     capture::{Capture, CaptureConfig},
+    cgroup::Hierarchy,
     cli::{CommandLineMode, Mechanisms, QueryMode, RunArgs, SdkProcesses, SelectArgs, TlsAttach},
     clock::unix_now_ns,
     export::{export_metrics, ExportConfig, Exporter, Signal},
     health,
+    k8s::{self, Kubernetes},
     metrics::{route::RouteNames, Metrics, Pattern, Registry, Routes, Shared},
     nesting::Nesting,
     pipeline::{Outputs, Pipeline},
     probe,
+    process::Identity,
     processor::{Chain, TruncateAttributes},
     protocol::{http_common::known_methods_from_env, SpanOptions},
     redact::{Redact, SecretNames},
@@ -30,6 +33,7 @@ use crate::{
     sdk::DeferToSdk,
     select::Selector,
     stats::Stats,
+    tenant::{self, Tenants},
     tls,
 };
 
@@ -44,11 +48,20 @@ const DRAIN_PAUSE: Duration = Duration::from_millis(2);
 const SUMMARY_EVERY_TICKS: u64 = 30;
 /// Records handled between looks at the export queue's depth.
 const BACKPRESSURE_EVERY: usize = 64;
+/// How long start-up waits for the first pod list.
+const KUBERNETES_SYNC_WAIT: Duration = Duration::from_secs(10);
 
 pub async fn run(args: RunArgs) -> Result<()> {
     let report = probe::run();
     report.require_capture()?;
-    let selector = Selector::from(args.select);
+    let hierarchy = Hierarchy::detect(args.select.host_cgroup_root.as_deref())?;
+    let selector = args.select.selector(hierarchy.clone())?;
+    let tenants = Tenants::new(
+        args.tenants
+            .iter()
+            .map(|t| tenant::Rule::parse(t, &hierarchy))
+            .collect::<Result<_>>()?,
+    );
     let env = |k: &str| std::env::var(k).ok();
     let sampler = Sampler::from_env(
         env("OTEL_TRACES_SAMPLER").as_deref(),
@@ -68,6 +81,21 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .map(|r| Pattern::parse(r))
         .collect::<Result<Vec<_>>>()?;
     let stats = Arc::new(Stats::default());
+    let kube = Kubernetes::start(
+        k8s::Settings {
+            mode: args.kubernetes,
+            node_name: args.node_name.clone(),
+            account_dir: &args.kubernetes_service_account,
+            service_host: env("KUBERNETES_SERVICE_HOST"),
+            service_port: env("KUBERNETES_SERVICE_PORT"),
+        },
+        stats.clone(),
+    )?;
+    if kube.is_none() && (!selector.pods.is_empty() || tenants.needs_pods()) {
+        anyhow::bail!(
+            "--namespace, --pod-label and namespace or pod-label tenants need the Kubernetes API (in a pod with a service account, or --kubernetes on)"
+        );
+    }
     let registry = Shared::new(Registry::new(args.metric_series_limit, unix_now_ns()));
     if let Some(addr) = args.health_listen {
         let (s, r) = (stats.clone(), registry.clone());
@@ -97,7 +125,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let maps = capture.maps()?;
     let ring = capture.take_ring()?;
     capture.attach()?;
-    capture.attach_sockops(&selector.cgroup_dirs()?)?;
+    capture.attach_sockops(&selector.cgroup_dirs())?;
     let exporter = Exporter::start(export_cfg).context("starting the exporter")?;
     let known_methods = env("OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS");
     let known_methods = known_methods_from_env(known_methods.as_deref()).map(leak_all);
@@ -139,6 +167,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if let Some(attributes) = env("OTEL_RESOURCE_ATTRIBUTES") {
         pipeline.processes.add_agent_attributes(&attributes);
     }
+    if let Some(k) = &kube {
+        // Processes already running are adopted with their pods known.
+        k.wait_synced(KUBERNETES_SYNC_WAIT).await;
+    }
+    pipeline.processes.set_identity(Identity {
+        hierarchy,
+        pods: kube.as_ref().map(|k| k.pods.clone()),
+        tenants,
+        stats: Some(stats.clone()),
+    });
     // Per process only makes sense when some processes are not traced.
     let per_process = args.tls_attach == TlsAttach::Process && !selector.is_all();
     pipeline.tls.configure(args.tls_go, per_process);
@@ -266,14 +304,19 @@ fn describe(s: &Selector) -> String {
         return "every process".into();
     }
     format!(
-        "cgroups={:?} pids={:?} exes={:?} ports={:?}",
-        s.cgroups, s.pids, s.exes, s.ports
+        "cgroups={:?} pids={:?} exes={:?} ports={:?} pods={:?}",
+        s.cgroups, s.pids, s.exes, s.ports, s.pods
     )
 }
 
 pub fn probe(select: SelectArgs) -> Result<()> {
     print!("{}", probe::run().render());
-    let selector = Selector::from(select);
+    let hierarchy = Hierarchy::detect(select.host_cgroup_root.as_deref())?;
+    let selector = select.selector(hierarchy)?;
+    anyhow::ensure!(
+        selector.pods.is_empty(),
+        "probe does not watch the Kubernetes API: select by --cgroup, --pid, --exe or --port"
+    );
     if selector.is_all() {
         println!(
             "\n(give --cgroup, --pid, --exe or --port to list those processes' TLS libraries)"
@@ -282,7 +325,7 @@ pub fn probe(select: SelectArgs) -> Result<()> {
     }
     print!(
         "\n{}",
-        tls::render_processes(&selector.current_processes()?)
+        tls::render_processes(&selector.current_processes(&|_| None))
     );
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::select::Selector;
+use crate::{cgroup::Hierarchy, matcher::Match, select::Selector};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -45,6 +45,19 @@ pub struct SelectArgs {
     /// Trace processes listening on this TCP port. Repeatable.
     #[arg(long)]
     pub port: Vec<u16>,
+    /// Trace the processes of pods in this Kubernetes namespace (needs the
+    /// API, see --kubernetes). Repeatable.
+    #[arg(long)]
+    pub namespace: Vec<String>,
+    /// Trace the processes of pods with these labels, `KEY=VALUE[,KEY=VALUE…]`
+    /// (all must match; needs the API). Repeatable: any may match.
+    #[arg(long)]
+    pub pod_label: Vec<String>,
+    /// Where the host's cgroup v2 hierarchy is mounted, when it is not the
+    /// first cgroup2 mount (a pod with a private cgroup namespace: mount the
+    /// host's /sys/fs/cgroup with a hostPath volume and name it here).
+    #[arg(long, env = "CLEW_HOST_CGROUP_ROOT")]
+    pub host_cgroup_root: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -53,14 +66,21 @@ pub enum TlsAttach {
     Process,
 }
 
-impl From<SelectArgs> for Selector {
-    fn from(a: SelectArgs) -> Self {
-        Selector {
-            cgroups: a.cgroup,
-            pids: a.pid,
-            exes: a.exe,
-            ports: a.port,
+impl SelectArgs {
+    /// The selection, its cgroups read in `hierarchy`.
+    pub fn selector(self, hierarchy: Hierarchy) -> anyhow::Result<Selector> {
+        let mut pods: Vec<Match> = self.namespace.into_iter().map(Match::Namespace).collect();
+        for l in &self.pod_label {
+            pods.push(Match::PodLabels(crate::matcher::labels(l, ',')?));
         }
+        Ok(Selector {
+            cgroups: self.cgroup,
+            pids: self.pid,
+            exes: self.exe,
+            ports: self.port,
+            pods,
+            hierarchy,
+        })
     }
 }
 
@@ -151,6 +171,37 @@ pub struct RunArgs {
     /// Kernel→agent ring buffer size in MiB (rounded up to a power of two).
     #[arg(long, default_value_t = 4)]
     pub ringbuf_mib: u32,
+    /// Pod metadata (name, namespace, container, workload) from the
+    /// Kubernetes API: `auto` (when KUBERNETES_SERVICE_HOST and a service
+    /// account token are there), `on` (an error without them) or `off`.
+    #[arg(long, value_enum, env = "CLEW_KUBERNETES", default_value = "auto")]
+    pub kubernetes: KubernetesMode,
+    /// The node whose pods are watched (give it with the downward API's
+    /// `spec.nodeName`); defaults to the host name.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The service account directory holding `token` and `ca.crt`.
+    #[arg(
+        long,
+        env = "CLEW_KUBERNETES_SERVICE_ACCOUNT",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount"
+    )]
+    pub kubernetes_service_account: PathBuf,
+    /// Resource attributes for the processes a selector matches,
+    /// `SELECTOR:KEY=VALUE[,KEY=VALUE…]` with SELECTOR one of
+    /// `cgroup=PATH`, `exe=NAME|PATH`, `namespace=NAME`,
+    /// `pod-label=KEY=VALUE[+KEY=VALUE…]`, e.g.
+    /// `namespace=shop:tenant=a,service.namespace=shop`. They replace the
+    /// process's own values; later rules win. Repeatable.
+    #[arg(long = "tenant")]
+    pub tenants: Vec<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KubernetesMode {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,11 +9,15 @@
 
 pub mod agent;
 pub mod capture;
+pub mod cgroup;
 pub mod cli;
 pub mod clock;
 pub mod conn;
+pub mod container;
 pub mod export;
 pub mod health;
+pub mod k8s;
+pub mod matcher;
 pub mod mega_traces;
 pub mod memory;
 pub mod metrics;
@@ -30,5 +34,6 @@ pub mod sdk;
 pub mod select;
 pub mod span;
 pub mod stats;
+pub mod tenant;
 pub mod tls;
 pub mod trace_context;

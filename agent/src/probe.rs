@@ -74,7 +74,7 @@ pub fn run() -> Report {
     let ringbuf = is_map_supported(MapType::RingBuf).unwrap_or(false);
     let tp = prog(ProgramType::TracePoint) && has("events/syscalls");
     let uprobes = has("uprobe_events");
-    let sockops = prog(ProgramType::SockOps) && crate::select::cgroup2_mount().is_ok();
+    let sockops = prog(ProgramType::SockOps) && crate::cgroup::cgroup2_mount().is_ok();
     let sk_msg = prog(ProgramType::SkMsg);
     let hdr_opt = sockops
         && is_helper_supported(ProgramType::SockOps, BpfHelper::BPF_FUNC_store_hdr_opt)
@@ -85,7 +85,7 @@ pub fn run() -> Report {
     )
     .unwrap_or(false)
         && !matches!(lock.as_deref(), Some("integrity" | "confidentiality"));
-    let cgroup2 = crate::select::cgroup2_mount().ok();
+    let cgroup2 = crate::cgroup::cgroup2_mount().ok();
     let m = |name, available, detail: String| Mechanism {
         name,
         available,
