@@ -110,8 +110,14 @@ impl Processes {
             self.cache
                 .retain(|pid, _| Path::new(&format!("/proc/{pid}")).exists());
         }
+        let first = retry.is_none();
         let facts = retry.unwrap_or_else(|| Box::new(facts(tgid)));
         let cached = self.make(tgid, facts, generation);
+        if first && cached.retry.is_some() {
+            if let Some(stats) = &self.identity.stats {
+                stats::add(&stats.k8s_resources_incomplete, 1);
+            }
+        }
         let r = cached.resource.clone();
         self.cache.insert(tgid, cached);
         r
@@ -164,12 +170,7 @@ impl Processes {
         }
         add_missing(&mut resource, &self.agent_attributes);
         let retry = match generation {
-            Some(generation) if container.incomplete => {
-                if let Some(stats) = &self.identity.stats {
-                    stats::add(&stats.k8s_resources_incomplete, 1);
-                }
-                Some(Retry { facts, generation })
-            }
+            Some(generation) if container.incomplete => Some(Retry { facts, generation }),
             _ => None,
         };
         Cached {

@@ -167,10 +167,7 @@ mod tests {
         };
         let got: Vec<_> = t.attributes(&none).cloned().collect();
         assert_eq!(got, vec![("tenant".into(), "payments".into())]);
-        let nothing = Subject {
-            pod: None,
-            ..none
-        };
+        let nothing = Subject { pod: None, ..none };
         assert_eq!(t.attributes(&nothing).count(), 0);
         assert!(!rules(&["exe=nginx:a=b"]).needs_pods());
     }

@@ -56,6 +56,11 @@ const OTEL_ENV: &[&str] = &[
     "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
     "OTEL_TRACES_SAMPLER",
     "OTEL_TRACES_SAMPLER_ARG",
+    // A test machine that is itself a pod must not make every agent watch
+    // its cluster.
+    "KUBERNETES_SERVICE_HOST",
+    "KUBERNETES_SERVICE_PORT",
+    "NODE_NAME",
 ];
 
 /// A running agent. It runs outside the traced cgroup, so it never sees its own exports.
@@ -97,6 +102,18 @@ impl Agent {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Self> {
+        Self::launch_spawned(select, export, extra_args, env, |c| Ok(c.spawn()?))
+    }
+
+    /// `launch_with_env`, the agent's process started by `spawn` (e.g.
+    /// inside a cgroup, or in namespaces of its own).
+    pub fn launch_spawned(
+        select: &[Select],
+        export: Export,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        spawn: impl FnOnce(&mut Command) -> Result<std::process::Child>,
+    ) -> Result<Self> {
         let bin = clew_bin()?;
         let dir = TempDir::new("agent")?;
         let health_port = free_port()?;
@@ -130,7 +147,7 @@ impl Agent {
             &mut cmd,
             dir.join("agent.log"),
             stdout.as_deref(),
-            |c| Ok(c.spawn()?),
+            spawn,
         )?;
         let mut agent = Agent {
             proc,

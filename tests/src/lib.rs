@@ -14,6 +14,7 @@ pub mod go_tls;
 pub mod grpc;
 pub mod h2;
 pub mod kafka;
+pub mod kube;
 pub mod line_session;
 pub mod load;
 pub mod metrics;

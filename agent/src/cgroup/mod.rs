@@ -16,7 +16,6 @@ pub mod identity;
 
 use std::{
     fs,
-    os::unix::fs::MetadataExt,
     path::{Component, Path, PathBuf},
 };
 
@@ -58,21 +57,22 @@ impl Hierarchy {
             }
             None => cgroup2_mount()?,
         };
-        let ns_root = if private_namespace() {
-            let root = find_ns_root(&mount).with_context(|| {
-                format!(
-                    "the agent runs in a private cgroup namespace and its cgroup was not found under {} \
-                     (mount the host's /sys/fs/cgroup and name it with --host-cgroup-root)",
-                    mount.display()
-                )
-            })?;
-            tracing::info!(
-                root = %Path::new("/").join(&root).display(),
-                "private cgroup namespace: process cgroups are read relative to it"
-            );
-            root
-        } else {
-            PathBuf::new()
+        let ns_root = match find_ns_root(&mount) {
+            Some(root) if root.as_os_str().is_empty() => root,
+            Some(root) => {
+                tracing::info!(
+                    root = %Path::new("/").join(&root).display(),
+                    "private cgroup namespace: process cgroups are read relative to its root"
+                );
+                root
+            }
+            None => {
+                tracing::warn!(
+                    mount = %mount.display(),
+                    "the agent's own cgroup is not in this hierarchy: in a private cgroup namespace, mount the host's /sys/fs/cgroup and name it with --host-cgroup-root"
+                );
+                PathBuf::new()
+            }
         };
         Ok(Hierarchy { mount, ns_root })
     }
@@ -129,24 +129,23 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
         .context("no cgroup v2 hierarchy is mounted (Clew needs one)")
 }
 
-/// Whether the agent's cgroup namespace is not that of pid 1 (the host's
-/// init, when the agent shares the host's pid namespace).
-fn private_namespace() -> bool {
-    let ino = |p: &str| fs::metadata(p).map(|m| m.ino()).ok();
-    match (ino("/proc/self/ns/cgroup"), ino("/proc/1/ns/cgroup")) {
-        (Some(own), Some(init)) => own != init,
-        _ => false,
-    }
-}
-
-/// The agent's namespace root relative to the host root: the directory
-/// whose `cgroup.procs` lists the agent, less the agent's own path inside
-/// its namespace.
+/// The agent's cgroup namespace root relative to the host root: the
+/// directory whose `cgroup.procs` lists the agent, less the agent's own
+/// path inside its namespace. (Not by comparing namespaces with pid 1's:
+/// its /proc entry may be out of reach.)
 fn find_ns_root(mount: &Path) -> Option<PathBuf> {
     let own = fs::read_to_string("/proc/self/cgroup").ok()?;
     let own = Path::new(v2_path(&own)?.trim_start_matches('/')).to_path_buf();
     let me = std::process::id().to_string();
-    let found = find_procs(mount, &me)?;
+    let lists_me = |dir: &Path| {
+        fs::read_to_string(dir.join("cgroup.procs"))
+            .is_ok_and(|s| s.lines().any(|l| l.trim() == me))
+    };
+    // The common case: the host's namespace, the path as /proc says.
+    if lists_me(&mount.join(&own)) {
+        return Some(PathBuf::new());
+    }
+    let found = find_procs(mount, &lists_me)?;
     let rel = found.strip_prefix(mount).ok()?;
     let depth = own.components().count();
     let kept = rel.components().count().checked_sub(depth)?;
@@ -154,17 +153,15 @@ fn find_ns_root(mount: &Path) -> Option<PathBuf> {
         .then(|| rel.components().take(kept).collect())
 }
 
-fn find_procs(dir: &Path, pid: &str) -> Option<PathBuf> {
-    let listed = fs::read_to_string(dir.join("cgroup.procs"))
-        .is_ok_and(|s| s.lines().any(|l| l.trim() == pid));
-    if listed {
+fn find_procs(dir: &Path, lists_me: &dyn Fn(&Path) -> bool) -> Option<PathBuf> {
+    if lists_me(dir) {
         return Some(dir.to_path_buf());
     }
     fs::read_dir(dir)
         .ok()?
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .find_map(|e| find_procs(&e.path(), pid))
+        .find_map(|e| find_procs(&e.path(), lists_me))
 }
 
 #[cfg(test)]
@@ -224,7 +221,6 @@ mod tests {
         let mount = cgroup2_mount().expect("a cgroup2 mount");
         let root = find_ns_root(&mount).expect("this process's cgroup");
         // Not in a private namespace here: the root is the host's.
-        assert!(!private_namespace());
         assert_eq!(root, PathBuf::new());
     }
 }

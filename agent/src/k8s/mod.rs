@@ -44,22 +44,13 @@ impl Kubernetes {
         if settings.mode == KubernetesMode::Off {
             return Ok(None);
         }
-        let node = match settings.node_name.filter(|n| !n.is_empty()) {
-            Some(n) => n,
-            None => {
-                let host = gethostname::gethostname().to_string_lossy().into_owned();
-                tracing::warn!(
-                    node = %host,
-                    "NODE_NAME is not set (give it with the downward API, spec.nodeName): assuming the host name is the node's name"
-                );
-                host
-            }
-        };
+        let explicit_node = settings.node_name.filter(|n| !n.is_empty());
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
         let cfg = ApiConfig::in_cluster(
             settings.service_host.as_deref(),
             settings.service_port.as_deref(),
             settings.account_dir,
-            node.clone(),
+            explicit_node.clone().unwrap_or(host.clone()),
         )?;
         let Some(cfg) = cfg else {
             if settings.mode == KubernetesMode::On {
@@ -70,6 +61,13 @@ impl Kubernetes {
             }
             return Ok(None);
         };
+        if explicit_node.is_none() {
+            tracing::warn!(
+                node = %host,
+                "NODE_NAME is not set (give it with the downward API, spec.nodeName): assuming the host name is the node's name"
+            );
+        }
+        let node = cfg.node.clone();
         let client = Client::new(&cfg)?;
         let pods = SharedPods::default();
         tracing::info!(server = %cfg.server, %node, "watching this node's pods");
