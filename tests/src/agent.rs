@@ -35,6 +35,15 @@ impl Select<'_> {
     }
 }
 
+/// The kernel access of an agent run from its container image.
+#[derive(Clone, Copy, Debug)]
+pub enum Access<'a> {
+    Privileged,
+    /// Only these capabilities (names without `CAP_`, as Kubernetes writes
+    /// them), under no seccomp profile.
+    Capabilities(&'a [&'a str]),
+}
+
 /// Where the agent sends its spans.
 #[derive(Clone, Copy, Debug)]
 pub enum Export<'a> {
@@ -69,6 +78,9 @@ pub struct Agent {
     health_port: u16,
     /// Where stdout goes in the console view (else stdout shares the log).
     stdout: Option<PathBuf>,
+    /// The podman container it runs in, removed on drop whatever happened
+    /// to the podman client.
+    container: Option<String>,
     // Holds the log file; dropped after `proc` prints it.
     _dir: TempDir,
 }
@@ -114,10 +126,71 @@ impl Agent {
         env: &[(&str, &str)],
         spawn: impl FnOnce(&mut Command) -> Result<std::process::Child>,
     ) -> Result<Self> {
-        let bin = clew_bin()?;
+        Self::launch_command(
+            Command::new(clew_bin()?),
+            None,
+            select,
+            export,
+            extra_args,
+            env,
+            spawn,
+        )
+    }
+
+    /// Starts the agent from its container image (`cargo xtask image`,
+    /// `CLEW_TEST_IMAGE`) as the DaemonSet runs it: in the host's PID and
+    /// network namespaces, with the host's cgroup tree (read-only) and
+    /// tracefs mounted, and the given kernel access.
+    pub fn launch_image(
+        access: Access,
+        select: &[Select],
+        export: Export,
+        extra_args: &[&str],
+    ) -> Result<Self> {
+        let image = std::env::var("CLEW_TEST_IMAGE").context(
+            "CLEW_TEST_IMAGE is not set: run the tests through `cargo xtask test`, which builds the image",
+        )?;
+        let name = format!("clew-test-{}", std::process::id());
+        let mut cmd = Command::new("podman");
+        // runc: crun refuses this machine's hybrid cgroup layout. The limits
+        // are given because root here cannot raise podman's defaults.
+        let nofile = crate::process::open_files_limit()?;
+        cmd.args(["--runtime", "runc", "run", "--rm", "--name", &name])
+            .args(["--pid=host", "--network=host"])
+            .args(["--ulimit", &format!("nofile={nofile}:{nofile}")])
+            .args(["--ulimit", "nproc=4096:4096"])
+            .args(["--volume", "/sys/fs/cgroup:/sys/fs/cgroup:ro"])
+            .args(["--volume", "/sys/kernel/tracing:/sys/kernel/tracing"]);
+        match access {
+            Access::Privileged => {
+                cmd.arg("--privileged");
+            }
+            Access::Capabilities(caps) => {
+                cmd.args(["--cap-drop", "all", "--security-opt", "seccomp=unconfined"]);
+                for cap in caps {
+                    cmd.args(["--cap-add", &format!("CAP_{cap}")]);
+                }
+            }
+        }
+        cmd.args(["--env", "NO_COLOR=1", &image]);
+        Self::launch_command(cmd, Some(name), select, export, extra_args, &[], |c| {
+            Ok(c.spawn()?)
+        })
+    }
+
+    /// `clew` is either the agent binary or a command that runs it (podman):
+    /// the agent's arguments follow.
+    fn launch_command(
+        mut cmd: Command,
+        container: Option<String>,
+        select: &[Select],
+        export: Export,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        spawn: impl FnOnce(&mut Command) -> Result<std::process::Child>,
+    ) -> Result<Self> {
         let dir = TempDir::new("agent")?;
         let health_port = free_port()?;
-        let mut cmd = Command::new(bin);
         cmd.arg("run");
         for s in select {
             cmd.args(s.args());
@@ -153,6 +226,7 @@ impl Agent {
             proc,
             health_port,
             stdout,
+            container,
             _dir: dir,
         };
         agent.wait_ready()?;
@@ -296,6 +370,11 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        if let Some(name) = &self.container {
+            let _ = Command::new("podman")
+                .args(["rm", "--force", "--ignore", name])
+                .output();
+        }
         // Shown only when the test fails, next to the log.
         if !crate::process::log_dumps() {
             return;

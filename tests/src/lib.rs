@@ -6,6 +6,7 @@ pub mod bpf;
 pub mod cgroup;
 pub mod check;
 pub mod check_h2;
+pub mod container;
 pub mod env;
 pub mod fixture;
 pub mod frontends;
@@ -35,7 +36,7 @@ pub mod wire;
 /// How long tests wait for spans: export takes ~1-2 s, this leaves room for a loaded CI machine.
 pub const SPAN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-pub use agent::{Agent, Export, Select};
+pub use agent::{Access, Agent, Export, Select};
 pub use cgroup::Cgroup;
 pub use check::Expect;
 pub use fixture::Traced;

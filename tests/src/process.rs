@@ -240,3 +240,17 @@ impl Drop for Supervised {
         }
     }
 }
+
+/// This process's hard limit on open files: a container started from here
+/// may not ask for more.
+pub fn open_files_limit() -> Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
+    }
+    Ok(limit.rlim_max)
+}

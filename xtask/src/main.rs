@@ -10,6 +10,7 @@ mod broker;
 mod build;
 mod cmd;
 mod ebpf;
+mod image;
 mod paths;
 mod peers;
 mod run;
@@ -43,6 +44,13 @@ enum Task {
         /// Arguments for the agent.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
+    },
+    /// Build the release agent into a container image with podman
+    /// (deploy/container/Containerfile); prints its reference.
+    Image {
+        /// Also write it as an OCI archive to this path.
+        #[arg(long)]
+        save: Option<std::path::PathBuf>,
     },
     /// Build, install the test peers, run the unit then the end-to-end tests (as root).
     Test {
@@ -98,6 +106,13 @@ fn dispatch(task: Task) -> Result<()> {
             Ok(())
         }
         Task::Run { debug, args } => run::run(&paths, !debug, args),
+        Task::Image { save } => {
+            let save = save.map(|p| std::env::current_dir().unwrap_or_default().join(p));
+            let built = build::build(&paths, true)?;
+            let opts = image::Options { save };
+            println!("{}", image::image(&paths, &built.agent, opts)?);
+            Ok(())
+        }
         Task::Test {
             unit_only,
             e2e_only,

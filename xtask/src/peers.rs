@@ -30,6 +30,10 @@ pub const APT_PACKAGES: &[&str] = &[
     // HTTP/2: nghttpd (server), h2load and nghttp (clients).
     "nghttp2-server",
     "nghttp2-client",
+    // The container image test (`cargo xtask image`); runc because crun
+    // refuses these machines' hybrid cgroup layout.
+    "podman",
+    "runc",
 ];
 
 /// What the tests are pointed at.

@@ -6,7 +6,7 @@ use std::{ffi::OsString, time::Instant};
 
 use anyhow::{bail, Result};
 
-use crate::{build, cmd, paths::Paths, peers};
+use crate::{build, cmd, image, paths::Paths, peers};
 
 pub const E2E_PACKAGE: &str = "clew-e2e";
 
@@ -60,6 +60,8 @@ pub fn test(paths: &Paths, opts: Options) -> Result<()> {
         }
     }
     if let Some(peers) = e2e_peers {
+        // The packaging test runs the agent from its container image.
+        let image = image::image(paths, &built.agent, image::Options { save: None })?;
         let start = Instant::now();
         eprintln!("[test] end-to-end tests ({E2E_PACKAGE})");
         let mut cargo = cmd::cargo("stable");
@@ -67,6 +69,7 @@ pub fn test(paths: &Paths, opts: Options) -> Result<()> {
             .current_dir(&paths.root)
             .env("CLEW_EBPF_OBJECT", &built.object)
             .env("CLEW_BIN", &built.agent)
+            .env("CLEW_TEST_IMAGE", &image)
             .args([
                 "test",
                 "--package",

@@ -87,6 +87,10 @@ impl RecvSpan {
         }
     }
 
+    pub fn res_int(&self, key: &str) -> Option<i64> {
+        int_attr(&self.resource, key)
+    }
+
     pub fn service(&self) -> Option<&str> {
         self.res_str("service.name")
     }

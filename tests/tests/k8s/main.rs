@@ -8,6 +8,7 @@
 
 mod api;
 mod identity;
+mod podman;
 mod selection;
 mod tenants;
 

@@ -1,0 +1,3 @@
+module chart_render
+
+go 1.19
