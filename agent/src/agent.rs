@@ -16,24 +16,25 @@ use tokio::{
 use crate::{
     capture::{Capture, CaptureConfig},
     cgroup::Hierarchy,
-    cli::{CommandLineMode, Mechanisms, QueryMode, RunArgs, SdkProcesses, SelectArgs, TlsAttach},
+    cli::SelectArgs,
     clock::unix_now_ns,
-    export::{export_metrics, ExportConfig, Exporter, Signal},
+    config::{CommandLineMode, Config, QueryMode, SdkProcesses, TlsAttach},
+    export::{export_metrics, Exporter},
     health,
-    k8s::{self, Kubernetes},
-    metrics::{route::RouteNames, Metrics, Pattern, Registry, Routes, Shared},
+    k8s::Kubernetes,
+    metrics::{route::RouteNames, Metrics, Registry, Routes, Shared},
     nesting::Nesting,
     pipeline::{Outputs, Pipeline},
     probe,
     process::Identity,
     processor::{Chain, TruncateAttributes},
-    protocol::{http_common::known_methods_from_env, SpanOptions},
+    protocol::SpanOptions,
     redact::{Redact, SecretNames},
-    sampling::{RecordThreshold, Sampler},
+    sampling::RecordThreshold,
     sdk::DeferToSdk,
     select::Selector,
     stats::Stats,
-    tenant::{self, Tenants},
+    tenant::Tenants,
     tls,
 };
 
@@ -51,53 +52,26 @@ const BACKPRESSURE_EVERY: usize = 64;
 /// How long start-up waits for the first pod list.
 const KUBERNETES_SYNC_WAIT: Duration = Duration::from_secs(10);
 
-pub async fn run(args: RunArgs) -> Result<()> {
+pub async fn run(cfg: Config) -> Result<()> {
     let report = probe::run();
     report.require_capture()?;
-    let hierarchy = Hierarchy::detect(args.select.host_cgroup_root.as_deref())?;
-    let selector = args.select.selector(hierarchy.clone())?;
-    let tenants = Tenants::new(
-        args.tenants
-            .iter()
-            .map(|t| tenant::Rule::parse(t, &hierarchy))
-            .collect::<Result<_>>()?,
-    );
-    let env = |k: &str| std::env::var(k).ok();
-    let sampler = Sampler::from_env(
-        env("OTEL_TRACES_SAMPLER").as_deref(),
-        env("OTEL_TRACES_SAMPLER_ARG").as_deref(),
-    )?;
-    let export_cfg = ExportConfig::from_env_and_args(
-        Signal::Traces,
-        args.otlp_endpoint.clone(),
-        args.otlp_protocol.clone(),
-    )?;
-    let metrics_cfg =
-        ExportConfig::from_env_and_args(Signal::Metrics, args.otlp_endpoint, args.otlp_protocol)?;
-    let metric_interval = metric_export_interval(env("OTEL_METRIC_EXPORT_INTERVAL"))?;
-    let patterns = args
-        .routes
-        .iter()
-        .map(|r| Pattern::parse(r))
-        .collect::<Result<Vec<_>>>()?;
+    let hierarchy = Hierarchy::detect(cfg.host_cgroup_root.as_deref())?;
+    let selector = Selector {
+        hierarchy: hierarchy.clone(),
+        ..cfg.select
+    };
+    let tenants = Tenants::new(cfg.tenants, &hierarchy);
+    let sampler = cfg.sampler;
+    let patterns = cfg.routes;
     let stats = Arc::new(Stats::default());
-    let kube = Kubernetes::start(
-        k8s::Settings {
-            mode: args.kubernetes,
-            node_name: args.node_name.clone(),
-            account_dir: &args.kubernetes_service_account,
-            service_host: env("KUBERNETES_SERVICE_HOST"),
-            service_port: env("KUBERNETES_SERVICE_PORT"),
-        },
-        stats.clone(),
-    )?;
+    let kube = Kubernetes::start(&cfg.kubernetes, stats.clone())?;
     if kube.is_none() && (!selector.pods.is_empty() || tenants.needs_pods()) {
         anyhow::bail!(
             "--namespace, --pod-label and namespace or pod-label tenants need the Kubernetes API (in a pod with a service account, or --kubernetes on)"
         );
     }
-    let registry = Shared::new(Registry::new(args.metric_series_limit, unix_now_ns()));
-    if let Some(addr) = args.health_listen {
+    let registry = Shared::new(Registry::new(cfg.metric_series_limit, unix_now_ns()));
+    if let Some(addr) = cfg.health_listen {
         let (s, r) = (stats.clone(), registry.clone());
         tokio::spawn(async move {
             if let Err(e) = health::serve(addr, s, r).await {
@@ -107,8 +81,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel();
     let metrics_task = tokio::spawn(export_metrics(
-        metrics_cfg,
-        metric_interval,
+        cfg.metrics_export,
+        cfg.metric_export_interval,
         registry.clone(),
         stats.clone(),
         metrics_stopped,
@@ -117,23 +91,21 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut capture = Capture::load(&CaptureConfig {
         select_all: selector.is_all(),
         exe_paths: !selector.exe_paths().is_empty(),
-        capture_limit: args.capture_bytes,
-        ringbuf_bytes: args.ringbuf_mib.max(1) * 1024 * 1024,
+        capture_limit: cfg.capture_bytes,
+        ringbuf_bytes: cfg.ringbuf_mib * 1024 * 1024,
         sampling: sampler.kernel(),
-        propagation: Mechanisms::from_list(&args.propagation)?,
+        propagation: cfg.propagation,
     })?;
     let maps = capture.maps()?;
     let ring = capture.take_ring()?;
     capture.attach()?;
     capture.attach_sockops(&selector.cgroup_dirs())?;
-    let exporter = Exporter::start(export_cfg).context("starting the exporter")?;
-    let known_methods = env("OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS");
-    let known_methods = known_methods_from_env(known_methods.as_deref()).map(leak_all);
-    let names = SecretNames::with_extra(&args.redact_names);
+    let exporter = Exporter::start(cfg.traces).context("starting the exporter")?;
+    let names = SecretNames::with_extra(&cfg.redact_names);
     let opts = SpanOptions {
-        capture_query: args.query != QueryMode::Off,
-        baggage_keys: leak_all(args.baggage_attributes),
-        known_methods,
+        capture_query: cfg.query != QueryMode::Off,
+        baggage_keys: leak_all(cfg.baggage_attributes),
+        known_methods: cfg.http_known_methods.map(leak_all),
     };
     let mut pipeline = Pipeline::new(
         selector.clone(),
@@ -141,32 +113,34 @@ pub async fn run(args: RunArgs) -> Result<()> {
         Nesting::new(sampler),
         Outputs {
             metrics: Metrics::new(
-                Routes::new(patterns.clone(), args.auto_routes),
+                Routes::new(patterns.clone(), cfg.auto_routes),
                 registry,
                 stats.clone(),
             ),
             // Spans of processes with their own SDK go first; redaction
             // before truncation: a cut could hide the `=` that marks a
             // value as a secret's.
-            processors: sdk_stage(args.sdk_processes)
+            processors: sdk_stage(cfg.sdk_processes)
                 .then(RecordThreshold { sampler })
                 .then(Redact {
                     names: names.clone(),
-                    queries: args.query == QueryMode::Redacted,
+                    queries: cfg.query == QueryMode::Redacted,
                 })
                 .then(RouteNames { patterns })
-                .then(TruncateAttributes::from_env(env)?),
+                .then(TruncateAttributes {
+                    max_bytes: cfg.attribute_value_length_limit,
+                }),
             exporter,
         },
         opts,
         stats.clone(),
     );
-    if args.command_line == CommandLineMode::Redacted {
+    if cfg.command_line == CommandLineMode::Redacted {
         pipeline.processes.export_command_lines(names);
     }
-    if let Some(attributes) = env("OTEL_RESOURCE_ATTRIBUTES") {
-        pipeline.processes.add_agent_attributes(&attributes);
-    }
+    pipeline
+        .processes
+        .add_agent_attributes(&cfg.resource_attributes);
     if let Some(k) = &kube {
         // Processes already running are adopted with their pods known.
         k.wait_synced(KUBERNETES_SYNC_WAIT).await;
@@ -178,9 +152,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         stats: Some(stats.clone()),
     });
     // Per process only makes sense when some processes are not traced.
-    let per_process = args.tls_attach == TlsAttach::Process && !selector.is_all();
-    pipeline.tls.configure(args.tls_go, per_process);
-    pipeline.runtimes.configure(args.tls_go);
+    let per_process = cfg.tls_attach == TlsAttach::Process && !selector.is_all();
+    pipeline.tls.configure(cfg.tls_go, per_process);
+    pipeline.runtimes.configure(cfg.tls_go);
     pipeline.tls.hook_host_libraries(&mut capture);
     pipeline.start()?;
     tracing::info!(
@@ -267,19 +241,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// `OTEL_METRIC_EXPORT_INTERVAL` in milliseconds; the SDKs' 60 s default.
-fn metric_export_interval(var: Option<String>) -> Result<Duration> {
-    let Some(v) = var.filter(|v| !v.trim().is_empty()) else {
-        return Ok(Duration::from_secs(60));
-    };
-    let ms: u64 = v
-        .trim()
-        .parse()
-        .with_context(|| format!("OTEL_METRIC_EXPORT_INTERVAL={v:?} is not milliseconds"))?;
-    anyhow::ensure!(ms > 0, "OTEL_METRIC_EXPORT_INTERVAL must be above 0");
-    Ok(Duration::from_millis(ms))
-}
-
 /// The chain's first stage: spans of processes with their own SDK go
 /// first, before any work is spent on them.
 fn sdk_stage(mode: SdkProcesses) -> Chain {
@@ -312,7 +273,10 @@ fn describe(s: &Selector) -> String {
 pub fn probe(select: SelectArgs) -> Result<()> {
     print!("{}", probe::run().render());
     let hierarchy = Hierarchy::detect(select.host_cgroup_root.as_deref())?;
-    let selector = select.selector(hierarchy)?;
+    let selector = Selector {
+        hierarchy,
+        ..Selector::from(select)
+    };
     anyhow::ensure!(
         selector.pods.is_empty(),
         "probe does not watch the Kubernetes API: select by --cgroup, --pid, --exe or --port"

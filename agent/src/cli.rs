@@ -1,10 +1,17 @@
 //! Command-line interface.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
-use crate::{cgroup::Hierarchy, matcher::Match, select::Selector};
+use crate::{
+    config::{CommandLineMode, KubernetesMode, Propagation, QueryMode, SdkProcesses, TlsAttach},
+    export::Protocol,
+    matcher::Match,
+    metrics::Pattern,
+    select::Selector,
+    tenant::Rule,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -13,9 +20,10 @@ use crate::{cgroup::Hierarchy, matcher::Match, select::Selector};
     about = "Zero-code distributed tracing with eBPF"
 )]
 pub struct Cli {
-    /// Log level or filter (overridden by RUST_LOG).
-    #[arg(long, global = true, default_value = "info")]
-    pub log_level: String,
+    /// Log level or filter, e.g. `info,clew=debug` (default `info`); over
+    /// RUST_LOG and the config file's `log_level`.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -51,41 +59,44 @@ pub struct SelectArgs {
     pub namespace: Vec<String>,
     /// Trace the processes of pods with these labels, `KEY=VALUE[,KEY=VALUE…]`
     /// (all must match; needs the API). Repeatable: any may match.
-    #[arg(long)]
-    pub pod_label: Vec<String>,
+    #[arg(long, value_parser = Match::pod_labels)]
+    pub pod_label: Vec<Match>,
     /// Where the host's cgroup v2 hierarchy is mounted, when it is not the
     /// first cgroup2 mount (a pod with a private cgroup namespace: mount the
-    /// host's /sys/fs/cgroup with a hostPath volume and name it here).
-    #[arg(long, env = "CLEW_HOST_CGROUP_ROOT")]
+    /// host's /sys/fs/cgroup with a hostPath volume and name it here). Also
+    /// CLEW_HOST_CGROUP_ROOT.
+    #[arg(long)]
     pub host_cgroup_root: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum TlsAttach {
-    File,
-    Process,
-}
-
-impl SelectArgs {
-    /// The selection, its cgroups read in `hierarchy`.
-    pub fn selector(self, hierarchy: Hierarchy) -> anyhow::Result<Selector> {
-        let mut pods: Vec<Match> = self.namespace.into_iter().map(Match::Namespace).collect();
-        for l in &self.pod_label {
-            pods.push(Match::PodLabels(crate::matcher::labels(l, ',')?));
+impl From<SelectArgs> for Selector {
+    fn from(a: SelectArgs) -> Self {
+        Selector {
+            cgroups: a.cgroup,
+            pids: a.pid,
+            exes: a.exe,
+            ports: a.port,
+            pods: a
+                .namespace
+                .into_iter()
+                .map(Match::Namespace)
+                .chain(a.pod_label)
+                .collect(),
+            hierarchy: Default::default(),
         }
-        Ok(Selector {
-            cgroups: self.cgroup,
-            pids: self.pid,
-            exes: self.exe,
-            ports: self.port,
-            pods,
-            hierarchy,
-        })
     }
 }
 
-#[derive(Args, Debug, Clone)]
+/// Every option of `clew run` but `--config` can also be set in the
+/// config file; a flag given here overrides the file and the environment
+/// (see config.rs). Defaults are applied there, not here, so that an absent
+/// flag leaves the setting to the other sources.
+#[derive(Args, Debug, Clone, Default)]
 pub struct RunArgs {
+    /// TOML config file holding any of the options below (see
+    /// deploy/clew.example.toml); flags and variables override its values.
+    #[arg(long, env = "CLEW_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub select: SelectArgs,
     /// OTLP endpoint; defaults from OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT.
@@ -93,19 +104,20 @@ pub struct RunArgs {
     #[arg(long)]
     pub otlp_endpoint: Option<String>,
     /// `grpc` or `http/protobuf`; defaults from OTEL_EXPORTER_OTLP_PROTOCOL.
-    #[arg(long)]
-    pub otlp_protocol: Option<String>,
+    #[arg(long, value_parser = Protocol::parse)]
+    pub otlp_protocol: Option<Protocol>,
     /// Serve /healthz, /readyz and /metrics on this address.
     #[arg(long)]
     pub health_listen: Option<SocketAddr>,
-    /// Bytes of each socket read/write copied from the kernel (headers must fit).
-    #[arg(long, default_value_t = 4096)]
-    pub capture_bytes: u32,
+    /// Bytes of each socket read/write copied from the kernel (headers
+    /// must fit); 64 to 16384, default 4096.
+    #[arg(long)]
+    pub capture_bytes: Option<u32>,
     /// How query strings are recorded (`url.query`, and in `url.full`):
-    /// `redacted` (values of secret-named keys become `REDACTED`), `full`
-    /// (as sent) or `off`.
-    #[arg(long, value_enum, default_value = "redacted")]
-    pub query: QueryMode,
+    /// `redacted` (the default: values of secret-named keys become
+    /// `REDACTED`), `full` (as sent) or `off`.
+    #[arg(long, value_enum)]
+    pub query: Option<QueryMode>,
     /// More names whose values are redacted in queries, path parameters
     /// and command lines, on top of the built-in list (see README), e.g.
     /// `tenant_pin,otp`.
@@ -114,25 +126,20 @@ pub struct RunArgs {
     /// Export `process.command_line`: `off` (the default: command lines
     /// carry passwords passed as flags) or `redacted` (values of
     /// secret-looking flags, variables, headers and URL user-info replaced).
-    #[arg(long, value_enum, default_value = "off")]
-    pub command_line: CommandLineMode,
+    #[arg(long, value_enum)]
+    pub command_line: Option<CommandLineMode>,
     /// Spans of processes that export their own through an OpenTelemetry
     /// SDK (an OTLP exporter in their environment, or seen exporting):
     /// `defer` (the default: Clew exports none of theirs, so no span is
     /// exported twice) or `trace` (Clew exports its spans too, for an SDK
     /// exporting elsewhere; the backend then gets duplicate span ids).
-    #[arg(long, value_enum, default_value = "defer")]
-    pub sdk_processes: SdkProcesses,
+    #[arg(long, value_enum)]
+    pub sdk_processes: Option<SdkProcesses>,
     /// How trace context crosses to the next service, a list of: `headers`
     /// (write `traceparent` into outgoing plaintext HTTP/1 and HTTP/2 requests),
     /// `tcp-option` (carry it in a TCP header option, for any TCP traffic),
-    /// or `none`.
-    #[arg(
-        long,
-        env = "CLEW_PROPAGATION",
-        value_delimiter = ',',
-        default_value = "headers,tcp-option"
-    )]
+    /// or `none`. Default `headers,tcp-option`; also CLEW_PROPAGATION.
+    #[arg(long, value_delimiter = ',')]
     pub propagation: Vec<Propagation>,
     /// `baggage` keys recorded as span attributes, e.g. `tenant,plan`.
     /// Clew never adds baggage to requests; it passes through as the
@@ -141,150 +148,63 @@ pub struct RunArgs {
     pub baggage_attributes: Vec<String>,
     /// Also hook Go's crypto/tls (amd64, Go ≥ 1.17). Off by default: its
     /// probes sit on every return of `(*Conn).Read`/`Write` and cost the Go
-    /// process tens of µs per call (see README, HTTPS).
-    #[arg(long)]
-    pub tls_go: bool,
+    /// process tens of µs per call (see README, HTTPS). `--tls-go=false`
+    /// turns off what the config file turned on.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub tls_go: Option<bool>,
     /// How TLS library probes are attached when only some processes are
-    /// traced: `file` (once per library file, for every process mapping it:
-    /// covered from the first instruction, but untraced processes using the
-    /// same file pay a trap per TLS call, measured at −75% HTTPS throughput
-    /// for an untraced nginx on a 2-core VM) or `process` (per traced
-    /// process: untraced ones pay nothing, but TLS calls a process makes in
-    /// the first milliseconds after its exec are missed, and every new
-    /// process costs the agent an attach). Tracing every process always
-    /// attaches per file.
-    #[arg(long, value_enum, default_value = "file")]
-    pub tls_attach: TlsAttach,
+    /// traced: `file` (the default; once per library file, for every process
+    /// mapping it: covered from the first instruction, but untraced
+    /// processes using the same file pay a trap per TLS call, measured at
+    /// −75% HTTPS throughput for an untraced nginx on a 2-core VM) or
+    /// `process` (per traced process: untraced ones pay nothing, but TLS
+    /// calls a process makes in the first milliseconds after its exec are
+    /// missed, and every new process costs the agent an attach). Tracing
+    /// every process always attaches per file.
+    #[arg(long, value_enum)]
+    pub tls_attach: Option<TlsAttach>,
     /// A route template for `http.route` (e.g. `/users/{id}`): the first
     /// that matches a server request's path names its metric series, its
-    /// span (`GET /users/{id}`) and the span's `http.route`. Repeatable.
-    #[arg(long = "route", env = "CLEW_ROUTES", value_delimiter = ',')]
-    pub routes: Vec<String>,
+    /// span (`GET /users/{id}`) and the span's `http.route`. Repeatable;
+    /// also CLEW_ROUTES (comma-separated).
+    #[arg(long = "route", value_delimiter = ',', value_parser = Pattern::parse)]
+    pub routes: Vec<Pattern>,
     /// Template paths no `--route` matches for metrics: identifier-looking
-    /// segments become `{id}`, busy positions `{param}`.
-    #[arg(long, env = "CLEW_AUTO_ROUTES", default_value_t = true, action = clap::ArgAction::Set)]
-    pub auto_routes: bool,
+    /// segments become `{id}`, busy positions `{param}`. Default true; also
+    /// CLEW_AUTO_ROUTES.
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub auto_routes: Option<bool>,
     /// Series per metric and service; past it, measurements go to one
-    /// series marked `otel.metric.overflow=true`.
-    #[arg(long, env = "CLEW_METRIC_SERIES_LIMIT", default_value_t = crate::metrics::registry::DEFAULT_SERIES_LIMIT)]
-    pub metric_series_limit: usize,
-    /// Kernel→agent ring buffer size in MiB (rounded up to a power of two).
-    #[arg(long, default_value_t = 4)]
-    pub ringbuf_mib: u32,
+    /// series marked `otel.metric.overflow=true`. Default 2000; also
+    /// CLEW_METRIC_SERIES_LIMIT.
+    #[arg(long)]
+    pub metric_series_limit: Option<NonZeroUsize>,
+    /// Kernel→agent ring buffer size in MiB (rounded up to a power of
+    /// two); 1 to 1024, default 4.
+    #[arg(long)]
+    pub ringbuf_mib: Option<u32>,
     /// Pod metadata (name, namespace, container, workload) from the
-    /// Kubernetes API: `auto` (when KUBERNETES_SERVICE_HOST and a service
-    /// account token are there), `on` (an error without them) or `off`.
-    #[arg(long, value_enum, env = "CLEW_KUBERNETES", default_value = "auto")]
-    pub kubernetes: KubernetesMode,
+    /// Kubernetes API: `auto` (the default: when KUBERNETES_SERVICE_HOST and
+    /// a service account token are there), `on` (an error without them) or
+    /// `off`. Also CLEW_KUBERNETES.
+    #[arg(long, value_enum)]
+    pub kubernetes: Option<KubernetesMode>,
     /// The node whose pods are watched (give it with the downward API's
-    /// `spec.nodeName`); defaults to the host name.
-    #[arg(long, env = "NODE_NAME")]
+    /// `spec.nodeName`); default the host name. Also NODE_NAME.
+    #[arg(long)]
     pub node_name: Option<String>,
-    /// The service account directory holding `token` and `ca.crt`.
-    #[arg(
-        long,
-        env = "CLEW_KUBERNETES_SERVICE_ACCOUNT",
-        default_value = "/var/run/secrets/kubernetes.io/serviceaccount"
-    )]
-    pub kubernetes_service_account: PathBuf,
+    /// The service account directory holding `token` and `ca.crt`; default
+    /// /var/run/secrets/kubernetes.io/serviceaccount. Also
+    /// CLEW_KUBERNETES_SERVICE_ACCOUNT.
+    #[arg(long)]
+    pub kubernetes_service_account: Option<PathBuf>,
     /// Resource attributes for the processes a selector matches,
     /// `SELECTOR:KEY=VALUE[,KEY=VALUE…]` with SELECTOR one of
     /// `cgroup=PATH`, `exe=NAME|PATH`, `namespace=NAME`,
     /// `pod-label=KEY=VALUE[+KEY=VALUE…]`, e.g.
     /// `namespace=shop:tenant=a,service.namespace=shop`. They replace the
-    /// process's own values; later rules win. Repeatable.
-    #[arg(long = "tenant")]
-    pub tenants: Vec<String>,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KubernetesMode {
-    Auto,
-    On,
-    Off,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum QueryMode {
-    Off,
-    Redacted,
-    Full,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CommandLineMode {
-    Off,
-    Redacted,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SdkProcesses {
-    Defer,
-    Trace,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Propagation {
-    /// `traceparent` header in plaintext HTTP/1 and HTTP/2 requests.
-    Headers,
-    /// TCP header option (kind 25) on the segments that start a connection
-    /// or a request.
-    TcpOption,
-    /// Observe only.
-    None,
-}
-
-/// Which propagation mechanisms a `--propagation` list turns on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Mechanisms {
-    pub headers: bool,
-    pub tcp_option: bool,
-}
-
-impl Mechanisms {
-    pub fn from_list(list: &[Propagation]) -> anyhow::Result<Self> {
-        let has = |p| list.contains(&p);
-        anyhow::ensure!(
-            !has(Propagation::None) || list.len() == 1,
-            "--propagation none cannot be combined with other mechanisms"
-        );
-        Ok(Mechanisms {
-            headers: has(Propagation::Headers),
-            tcp_option: has(Propagation::TcpOption),
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(args: &[&str]) -> Result<Mechanisms, String> {
-        let cli =
-            Cli::try_parse_from(["clew", "run"].iter().chain(args)).map_err(|e| e.to_string())?;
-        let Command::Run(run) = cli.command else {
-            unreachable!()
-        };
-        Mechanisms::from_list(&run.propagation).map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn propagation_lists() {
-        let both = Mechanisms {
-            headers: true,
-            tcp_option: true,
-        };
-        assert_eq!(parse(&[]), Ok(both));
-        assert_eq!(parse(&["--propagation", "headers,tcp-option"]), Ok(both));
-        assert_eq!(
-            parse(&["--propagation", "tcp-option"]),
-            Ok(Mechanisms {
-                headers: false,
-                tcp_option: true
-            })
-        );
-        assert_eq!(parse(&["--propagation", "none"]), Ok(Mechanisms::default()));
-        assert!(parse(&["--propagation", "none,headers"]).is_err());
-        assert!(parse(&["--propagation", "tls"]).is_err());
-    }
+    /// process's own values; later rules win. Repeatable; replaces the
+    /// config file's `[[tenants]]`.
+    #[arg(long = "tenant", value_parser = Rule::parse)]
+    pub tenants: Vec<Rule>,
 }

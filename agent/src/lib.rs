@@ -12,6 +12,7 @@ pub mod capture;
 pub mod cgroup;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod conn;
 pub mod container;
 pub mod export;

@@ -10,12 +10,12 @@ use std::{
 
 use anyhow::{bail, Result};
 
-use crate::{cgroup::Hierarchy, k8s::pod::Pod};
+use crate::k8s::pod::Pod;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Match {
-    /// Every process in this cgroup subtree (a directory under the host
-    /// hierarchy's mount).
+    /// Every process in this cgroup subtree: a directory under the host
+    /// hierarchy's mount once resolved (`Hierarchy::resolve`).
     Cgroup(PathBuf),
     /// Processes running this executable (a name, or an absolute path).
     Exe(String),
@@ -49,9 +49,8 @@ impl Default for Subject<'_> {
 
 impl Match {
     /// `kind=value`: `cgroup=PATH`, `exe=NAME|PATH`, `namespace=NAME` or
-    /// `pod-label=KEY=VALUE[+KEY=VALUE…]`; cgroup paths are resolved
-    /// against `hierarchy`.
-    pub fn parse(s: &str, hierarchy: &Hierarchy) -> Result<Self> {
+    /// `pod-label=KEY=VALUE[+KEY=VALUE…]`.
+    pub fn parse(s: &str) -> Result<Self> {
         let Some((kind, value)) = s.split_once('=') else {
             bail!("{s:?}: expected KIND=VALUE (cgroup, exe, namespace or pod-label)");
         };
@@ -59,7 +58,7 @@ impl Match {
             bail!("{s:?}: empty {kind}");
         }
         Ok(match kind.trim() {
-            "cgroup" => Match::Cgroup(hierarchy.resolve(Path::new(value))),
+            "cgroup" => Match::Cgroup(PathBuf::from(value)),
             "exe" => Match::Exe(value.to_owned()),
             "namespace" => Match::Namespace(value.to_owned()),
             "pod-label" => Match::PodLabels(labels(value, '+')?),
@@ -85,6 +84,13 @@ impl Match {
                     .all(|(k, v)| p.labels.get(k).is_some_and(|have| have == v))
             }),
         }
+    }
+}
+
+impl Match {
+    /// `--pod-label`'s `KEY=VALUE[,KEY=VALUE…]`.
+    pub fn pod_labels(s: &str) -> Result<Self> {
+        Ok(Match::PodLabels(labels(s, ',')?))
     }
 }
 
@@ -147,24 +153,23 @@ mod tests {
 
     #[test]
     fn parsing() {
-        let h = Hierarchy::default();
         assert_eq!(
-            Match::parse("cgroup=/kubepods.slice", &h).unwrap(),
-            Match::Cgroup("/sys/fs/cgroup/kubepods.slice".into())
+            Match::parse("cgroup=/kubepods.slice").unwrap(),
+            Match::Cgroup("/kubepods.slice".into())
         );
         assert_eq!(
-            Match::parse("namespace=shop", &h).unwrap(),
+            Match::parse("namespace=shop").unwrap(),
             Match::Namespace("shop".into())
         );
         assert_eq!(
-            Match::parse("pod-label=app=web+tier=front", &h).unwrap(),
+            Match::parse("pod-label=app=web+tier=front").unwrap(),
             Match::PodLabels(vec![
                 ("app".into(), "web".into()),
                 ("tier".into(), "front".into())
             ])
         );
         assert_eq!(
-            Match::parse("exe=nginx", &h).unwrap(),
+            Match::parse("exe=nginx").unwrap(),
             Match::Exe("nginx".into())
         );
         for bad in [
@@ -174,7 +179,7 @@ mod tests {
             "pod-label=app",
             "pod-label==x",
         ] {
-            assert!(Match::parse(bad, &h).is_err(), "{bad}");
+            assert!(Match::parse(bad).is_err(), "{bad}");
         }
     }
 

@@ -66,12 +66,12 @@ impl Processes {
         }
     }
 
-    /// Adds the agent's own resource attributes (`OTEL_RESOURCE_ATTRIBUTES`
-    /// in baggage form) to every resource.
-    pub fn add_agent_attributes(&mut self, baggage: &str) {
-        self.agent_attributes = crate::trace_context::parse_baggage(baggage)
-            .into_iter()
-            .map(|(k, v)| (k, v.into()))
+    /// Adds the agent's own resource attributes (`OTEL_RESOURCE_ATTRIBUTES`,
+    /// the file's `resource.attributes`) to every resource.
+    pub fn add_agent_attributes(&mut self, attributes: &[(String, String)]) {
+        self.agent_attributes = attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into()))
             .collect();
         self.cache.clear();
     }

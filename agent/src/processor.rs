@@ -32,35 +32,10 @@ impl Chain {
 
 /// Cuts string attribute values to a length limit, as OpenTelemetry SDKs
 /// do with `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`: a captured header may be
-/// tens of KiB, which no backend wants per span.
+/// tens of KiB, which no backend wants per span (the limit: see
+/// [`crate::config::Config::attribute_value_length_limit`]).
 pub struct TruncateAttributes {
     pub max_bytes: usize,
-}
-
-/// Used when neither limit variable is set. SDKs default to no limit; an
-/// agent exporting what others' processes sent bounds it.
-pub const DEFAULT_ATTRIBUTE_LIMIT: usize = 4096;
-
-impl TruncateAttributes {
-    /// `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`, else
-    /// `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`, else [`DEFAULT_ATTRIBUTE_LIMIT`].
-    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        for name in [
-            "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
-            "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
-        ] {
-            if let Some(v) = var(name) {
-                let max_bytes = v
-                    .trim()
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("{name}={v:?} is not a length"))?;
-                return Ok(TruncateAttributes { max_bytes });
-            }
-        }
-        Ok(TruncateAttributes {
-            max_bytes: DEFAULT_ATTRIBUTE_LIMIT,
-        })
-    }
 }
 
 impl Processor for TruncateAttributes {
@@ -123,18 +98,5 @@ mod tests {
             .then(TruncateAttributes { max_bytes: 0 });
         assert!(!chain.run(&mut s));
         assert_ne!(s.name, "");
-    }
-
-    #[test]
-    fn limits_come_from_the_environment() {
-        let env = |k: &str| (k == "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT").then(|| "12".to_owned());
-        assert_eq!(TruncateAttributes::from_env(env).unwrap().max_bytes, 12);
-        let none = |_: &str| None;
-        assert_eq!(
-            TruncateAttributes::from_env(none).unwrap().max_bytes,
-            DEFAULT_ATTRIBUTE_LIMIT
-        );
-        let bad = |_: &str| Some("x".to_owned());
-        assert!(TruncateAttributes::from_env(bad).is_err());
     }
 }

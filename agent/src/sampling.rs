@@ -13,6 +13,7 @@
 //!   member of their `tracestate`.
 
 use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
 
 use crate::{
     processor::Processor,
@@ -105,30 +106,75 @@ fn frexp(p: f64) -> (f64, i32) {
     (p / 2f64.powi(exp), exp)
 }
 
+/// A sampler's name in `OTEL_TRACES_SAMPLER` and in the file's
+/// `sampling.sampler`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplerName {
+    AlwaysOn,
+    AlwaysOff,
+    #[serde(rename = "traceidratio")]
+    TraceIdRatio,
+    Probability,
+    #[default]
+    ParentbasedAlwaysOn,
+    ParentbasedAlwaysOff,
+    #[serde(rename = "parentbased_traceidratio")]
+    ParentbasedTraceIdRatio,
+    ParentbasedProbability,
+}
+
+/// A sampling ratio, between 0 and 1 (`OTEL_TRACES_SAMPLER_ARG`).
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(try_from = "f64", into = "f64")]
+pub struct Ratio(f64);
+
+impl Ratio {
+    pub const ONE: Ratio = Ratio(1.0);
+
+    pub fn parse(text: &str) -> Result<Ratio> {
+        let r: f64 = text
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{text:?} is not a number"))?;
+        Ratio::try_from(r)
+    }
+}
+
+impl TryFrom<f64> for Ratio {
+    type Error = anyhow::Error;
+
+    fn try_from(r: f64) -> Result<Ratio> {
+        if !(0.0..=1.0).contains(&r) {
+            bail!("{r} is not a ratio between 0 and 1");
+        }
+        Ok(Ratio(r))
+    }
+}
+
+impl From<Ratio> for f64 {
+    fn from(r: Ratio) -> f64 {
+        r.0
+    }
+}
+
 impl Sampler {
-    /// Reads the standard variables; unset means `parentbased_always_on`.
-    pub fn from_env(name: Option<&str>, arg: Option<&str>) -> Result<Self> {
-        let ratio = || -> Result<f64> {
-            let Some(a) = arg else { return Ok(1.0) };
-            match a.trim().parse::<f64>() {
-                Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-                _ => bail!("OTEL_TRACES_SAMPLER_ARG={a:?} is not a ratio between 0 and 1"),
+    /// The sampler a name and ratio describe; the ratio only matters to the
+    /// ratio and probability samplers.
+    pub fn new(name: SamplerName, ratio: Ratio) -> Self {
+        let (r, threshold) = (ratio.0, Threshold::from_probability(ratio.0));
+        match name {
+            SamplerName::AlwaysOn => Sampler::AlwaysOn,
+            SamplerName::AlwaysOff => Sampler::AlwaysOff,
+            SamplerName::TraceIdRatio => Sampler::TraceIdRatio(r),
+            SamplerName::Probability => Sampler::Probability(threshold),
+            SamplerName::ParentbasedAlwaysOn => Sampler::ParentBased(Root::AlwaysOn),
+            SamplerName::ParentbasedAlwaysOff => Sampler::ParentBased(Root::AlwaysOff),
+            SamplerName::ParentbasedTraceIdRatio => Sampler::ParentBased(Root::TraceIdRatio(r)),
+            SamplerName::ParentbasedProbability => {
+                Sampler::ParentBased(Root::Probability(threshold))
             }
-        };
-        let threshold = || ratio().map(Threshold::from_probability);
-        Ok(
-            match name.map(str::trim).unwrap_or("parentbased_always_on") {
-                "always_on" => Sampler::AlwaysOn,
-                "always_off" => Sampler::AlwaysOff,
-                "traceidratio" => Sampler::TraceIdRatio(ratio()?),
-                "probability" => Sampler::Probability(threshold()?),
-                "parentbased_always_on" => Sampler::ParentBased(Root::AlwaysOn),
-                "parentbased_always_off" => Sampler::ParentBased(Root::AlwaysOff),
-                "parentbased_traceidratio" => Sampler::ParentBased(Root::TraceIdRatio(ratio()?)),
-                "parentbased_probability" => Sampler::ParentBased(Root::Probability(threshold()?)),
-                other => bail!("unsupported OTEL_TRACES_SAMPLER={other:?}"),
-            },
-        )
+        }
     }
 
     /// `parent_sampled` is the sampled flag of an incoming context, if any.
@@ -267,6 +313,12 @@ fn ratio(trace_id: &TraceId, ratio: f64) -> bool {
 mod tests {
     use super::*;
 
+    /// The sampler `OTEL_TRACES_SAMPLER=name` and `_ARG=ratio` configure.
+    fn named(name: &str, ratio: f64) -> Sampler {
+        let name = crate::config::env::named(name).unwrap();
+        Sampler::new(name, Ratio::try_from(ratio).unwrap())
+    }
+
     fn id(low: u64) -> TraceId {
         let mut t = [0xaa; 16];
         t[8..].copy_from_slice(&low.to_be_bytes());
@@ -275,7 +327,7 @@ mod tests {
 
     #[test]
     fn default_is_parent_based_always_on() {
-        let s = Sampler::from_env(None, None).unwrap();
+        let s = Sampler::new(SamplerName::default(), Ratio::ONE);
         assert_eq!(s, Sampler::ParentBased(Root::AlwaysOn));
         assert!(s.sample(&id(1), None));
         assert!(!s.sample(&id(1), Some(false)));
@@ -283,7 +335,7 @@ mod tests {
 
     #[test]
     fn ratio_is_a_function_of_the_trace_id() {
-        let s = Sampler::from_env(Some("traceidratio"), Some("0.25")).unwrap();
+        let s = named("traceidratio", 0.25);
         assert!(s.sample(&id(u64::MAX / 8), None));
         assert!(!s.sample(&id(u64::MAX / 2), None));
         // Ignores the parent: only parentbased_* honour it.
@@ -296,16 +348,14 @@ mod tests {
 
     #[test]
     fn parent_based_ratio_honours_the_parent() {
-        let s = Sampler::from_env(Some("parentbased_traceidratio"), Some("0")).unwrap();
+        let s = named("parentbased_traceidratio", 0.0);
         assert!(s.sample(&id(0), Some(true)));
         assert!(!s.sample(&id(0), None));
     }
 
     #[test]
     fn kernel_parameters_match_the_userspace_rule() {
-        let k = Sampler::from_env(Some("parentbased_traceidratio"), Some("0.5"))
-            .unwrap()
-            .kernel();
+        let k = named("parentbased_traceidratio", 0.5).kernel();
         assert_eq!((k.always, k.parent_based), (0, 1));
         assert_eq!(k.threshold, u64::MAX / 2 + 1);
         assert_eq!(Sampler::AlwaysOn.kernel().always, 1);
@@ -318,9 +368,7 @@ mod tests {
                 consistent: 0,
             }
         );
-        let k = Sampler::from_env(Some("probability"), Some("0.25"))
-            .unwrap()
-            .kernel();
+        let k = named("probability", 0.25).kernel();
         assert_eq!(
             (k.always, k.threshold, k.consistent),
             (0, 0xc0_0000_0000_0000, 1)
@@ -348,7 +396,7 @@ mod tests {
 
     #[test]
     fn probability_keeps_randomness_at_or_above_the_threshold() {
-        let s = Sampler::from_env(Some("probability"), Some("0.25")).unwrap();
+        let s = named("probability", 0.25);
         let with_randomness = |r: u64| {
             let mut t = [0x11; 16];
             t[9..].copy_from_slice(&r.to_be_bytes()[1..]);
@@ -361,7 +409,7 @@ mod tests {
         t[8] = 0;
         assert!(s.sample(&t, None));
         assert_eq!(s.threshold_for(true).unwrap().th(), "c");
-        let pb = Sampler::from_env(Some("parentbased_probability"), Some("0.25")).unwrap();
+        let pb = named("parentbased_probability", 0.25);
         assert!(pb.sample(&with_randomness(0), Some(true)));
         assert_eq!(pb.threshold_for(true), None);
         assert_eq!(pb.threshold_for(false).unwrap().th(), "c");
@@ -383,7 +431,7 @@ mod tests {
             None,
         );
         span.trace_id[9..].copy_from_slice(&[0xff; 7]);
-        let sampler = Sampler::from_env(Some("parentbased_probability"), Some("0.01")).unwrap();
+        let sampler = named("parentbased_probability", 0.01);
         assert!(RecordThreshold { sampler }.process(&mut span));
         assert_eq!(span.trace_state, "ot=th:fd70a");
         // Kept by an application, not by the rule: no threshold.
@@ -395,11 +443,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_configuration() {
-        assert!(Sampler::from_env(Some("jaeger_remote"), None).is_err());
-        assert!(Sampler::from_env(Some("traceidratio"), Some("2")).is_err());
-        assert_eq!(
-            Sampler::from_env(Some("always_off"), None).unwrap(),
-            Sampler::AlwaysOff
-        );
+        assert!(crate::config::env::named::<SamplerName>("jaeger_remote").is_err());
+        assert!(Ratio::parse("2").is_err());
+        assert!(Ratio::parse("half").is_err());
+        assert_eq!(named("always_off", 1.0), Sampler::AlwaysOff);
     }
 }

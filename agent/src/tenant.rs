@@ -26,11 +26,11 @@ impl Rule {
     /// `SELECTOR:ATTRIBUTES` (the `--tenant` flag): a [`Match`] such as
     /// `namespace=shop`, then `key=value,…` as in `OTEL_RESOURCE_ATTRIBUTES`
     /// (percent-encoded where needed).
-    pub fn parse(s: &str, hierarchy: &Hierarchy) -> Result<Self> {
+    pub fn parse(s: &str) -> Result<Self> {
         let (when, attributes) = s.split_once(':').with_context(|| {
             format!("--tenant {s:?}: expected SELECTOR:KEY=VALUE[,KEY=VALUE…], e.g. namespace=shop:tenant=a")
         })?;
-        let when = Match::parse(when, hierarchy).with_context(|| format!("--tenant {s:?}"))?;
+        let when = Match::parse(when).with_context(|| format!("--tenant {s:?}"))?;
         let attributes = parse_baggage(attributes);
         anyhow::ensure!(
             !attributes.is_empty(),
@@ -46,7 +46,18 @@ pub struct Tenants {
 }
 
 impl Tenants {
-    pub fn new(rules: Vec<Rule>) -> Self {
+    /// The rules, their cgroups read in `hierarchy`.
+    pub fn new(rules: Vec<Rule>, hierarchy: &Hierarchy) -> Self {
+        let rules = rules
+            .into_iter()
+            .map(|r| match r.when {
+                Match::Cgroup(p) => Rule {
+                    when: Match::Cgroup(hierarchy.resolve(&p)),
+                    ..r
+                },
+                _ => r,
+            })
+            .collect();
         Tenants { rules }
     }
 
@@ -97,16 +108,14 @@ mod tests {
     }
 
     fn rules(flags: &[&str]) -> Tenants {
-        let h = Hierarchy::default();
-        Tenants::new(flags.iter().map(|f| Rule::parse(f, &h).unwrap()).collect())
+        let rules = flags.iter().map(|f| Rule::parse(f).unwrap()).collect();
+        Tenants::new(rules, &Hierarchy::default())
     }
 
     #[test]
     fn parsing() {
-        let h = Hierarchy::default();
         let r = Rule::parse(
             "namespace=shop:tenant=a,service.namespace=shop,deployment.environment.name=prod%20eu",
-            &h,
         )
         .unwrap();
         assert_eq!(r.when, Match::Namespace("shop".into()));
@@ -118,9 +127,12 @@ mod tests {
                 ("deployment.environment.name".into(), "prod eu".into())
             ]
         );
-        let cg = Rule::parse("cgroup=/team-b.slice:tenant=b", &h).unwrap();
+        let cg = Tenants::new(
+            vec![Rule::parse("cgroup=/team-b.slice:tenant=b").unwrap()],
+            &Hierarchy::default(),
+        );
         assert_eq!(
-            cg.when,
+            cg.rules[0].when,
             Match::Cgroup(PathBuf::from("/sys/fs/cgroup/team-b.slice"))
         );
         for bad in [
@@ -130,7 +142,7 @@ mod tests {
             "port=80:tenant=a",
             ":tenant=a",
         ] {
-            assert!(Rule::parse(bad, &h).is_err(), "{bad}");
+            assert!(Rule::parse(bad).is_err(), "{bad}");
         }
     }
 

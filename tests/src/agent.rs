@@ -54,11 +54,15 @@ pub enum Export<'a> {
     },
     /// No endpoint at all: finished traces are printed on the agent's stdout.
     Console,
+    /// No export flag: the endpoint comes from the agent's config file or
+    /// its environment.
+    Configured,
 }
 
 /// Environment variables that would change the agent's export or sampling
 /// behind the test's back; removed so that the tests are hermetic.
 const OTEL_ENV: &[&str] = &[
+    "CLEW_CONFIG",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_PROTOCOL",
@@ -202,16 +206,18 @@ impl Agent {
                 None
             }
             Export::Console => Some(dir.join("stdout.txt")),
+            Export::Configured => None,
         };
         for var in OTEL_ENV {
             cmd.env_remove(var);
         }
         cmd.envs(env.iter().copied());
+        // `--log-level` beats RUST_LOG: a test's own RUST_LOG must stand.
+        if !env.iter().any(|(k, _)| *k == "RUST_LOG") {
+            let level = std::env::var("CLEW_TEST_LOG").unwrap_or_else(|_| "info".into());
+            cmd.args(["--log-level", &level]);
+        }
         cmd.args(["--health-listen", &format!("127.0.0.1:{health_port}")])
-            .args([
-                "--log-level",
-                &std::env::var("CLEW_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            ])
             .args(extra_args)
             // Plain text logs: they end up in test failure output.
             .env("NO_COLOR", "1");

@@ -24,7 +24,7 @@ use clew_common::{
     select, SockOffsets,
 };
 
-use crate::cli::Mechanisms;
+use crate::config::Mechanisms;
 
 pub use event::{decode, ConnOpen, Data, DecodeError, Event, KernelCtx};
 pub use maps::{BlockedRead, KernelMaps};

@@ -1,21 +1,31 @@
-//! Export settings resolved from CLI arguments and the standard `OTEL_EXPORTER_OTLP_*` variables.
+//! Export settings resolved from the flags, the standard
+//! `OTEL_EXPORTER_OTLP_*` and `OTEL_BSP_*` variables and the config file's
+//! `[export]` section.
 
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use reqwest::Url;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{
+    env::{self, Env},
+    file::{BatchSection, ExportSection, SignalSection},
+};
 
 /// OTLP wire protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Protocol {
     Grpc,
     HttpProtobuf,
 }
 
 impl Protocol {
-    fn parse(value: &str) -> Result<Self> {
+    pub fn parse(value: &str) -> Result<Self> {
         match value.trim() {
             "grpc" => Ok(Protocol::Grpc),
             "http/protobuf" => Ok(Protocol::HttpProtobuf),
@@ -24,6 +34,20 @@ impl Protocol {
             }
             other => bail!("unknown OTLP protocol {other:?}; expected grpc or http/protobuf"),
         }
+    }
+}
+
+impl TryFrom<String> for Protocol {
+    type Error = anyhow::Error;
+
+    fn try_from(value: String) -> Result<Self> {
+        Protocol::parse(&value)
+    }
+}
+
+impl From<Protocol> for String {
+    fn from(p: Protocol) -> String {
+        p.to_string()
     }
 }
 
@@ -68,7 +92,8 @@ pub struct TlsFiles {
     pub client_key: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Compression {
     #[default]
     None,
@@ -112,6 +137,14 @@ impl Signal {
         format!("OTEL_EXPORTER_OTLP_{signal}_{suffix}")
     }
 
+    /// Its table in the file: `[export.traces]`, `[export.metrics]`.
+    fn key(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Metrics => "metrics",
+        }
+    }
+
     fn http_path(self) -> &'static str {
         match self {
             Signal::Traces => "/v1/traces",
@@ -132,84 +165,119 @@ enum EndpointSource {
     BaseVar,
 }
 
-impl ExportConfig {
-    /// Resolution order: explicit arguments, then `OTEL_EXPORTER_OTLP_TRACES_*`
-    /// (or `_METRICS_*`), then `OTEL_EXPORTER_OTLP_*`. Without a protocol,
-    /// port 4317 means grpc and anything else http/protobuf. No endpoint
-    /// anywhere means the console view (for traces; no OTLP for metrics).
-    pub fn from_env_and_args(
-        signal: Signal,
-        endpoint: Option<String>,
-        protocol: Option<String>,
-    ) -> Result<Self> {
-        Self::resolve(signal, endpoint, protocol, |key| std::env::var(key).ok())
-    }
+/// The flags that set export: `--otlp-endpoint` and `--otlp-protocol`.
+#[derive(Clone, Debug, Default)]
+pub struct ExportFlags {
+    pub endpoint: Option<String>,
+    pub protocol: Option<Protocol>,
+}
 
-    /// Pure resolution over an environment lookup, so every case is testable.
-    /// Bad arguments are errors; bad variables are warned about and ignored,
-    /// as the specification asks of SDKs (a typo in a fleet-wide variable
-    /// must not stop every node's agent).
-    fn resolve(
+impl ExportSection {
+    /// `[export.traces]` or `[export.metrics]`.
+    fn signal(&self, signal: Signal) -> &SignalSection {
+        match signal {
+            Signal::Traces => &self.traces,
+            Signal::Metrics => &self.metrics,
+        }
+    }
+}
+
+impl ExportConfig {
+    /// One signal's settings. Each comes from the first source that sets
+    /// it: the flags, the signal's variable (`OTEL_EXPORTER_OTLP_TRACES_*`),
+    /// the shared variable (`OTEL_EXPORTER_OTLP_*`), the file's
+    /// `[export.traces]`, the file's `[export]`, the default. Headers merge
+    /// by name in the reverse order. Without a protocol, port 4317 means
+    /// grpc and anything else http/protobuf. No endpoint anywhere means the
+    /// console view (for traces; no OTLP for metrics).
+    pub fn resolve(
         signal: Signal,
-        endpoint: Option<String>,
-        protocol: Option<String>,
-        env: impl Fn(&str) -> Option<String>,
+        file: &ExportSection,
+        flags: &ExportFlags,
+        env: &Env,
     ) -> Result<Self> {
-        // The spec treats empty variables as unset; blank arguments likewise.
-        let non_empty = |v: &String| !v.trim().is_empty();
-        let var = |key: &str| env(key).filter(non_empty);
-        // The signal's own variable beats the shared one.
-        let setting = |suffix: &str| {
-            let own = signal.var(suffix);
-            let shared = format!("OTEL_EXPORTER_OTLP_{suffix}");
-            var(&own)
-                .map(|v| (own, v))
-                .or_else(|| var(&shared).map(|v| (shared, v)))
-        };
+        let own = file.signal(signal);
         let defaults = ExportConfig::default();
 
-        let protocol = match protocol.filter(non_empty) {
-            Some(arg) => Some(Protocol::parse(&arg)?),
-            None => {
-                setting("PROTOCOL").and_then(|(key, v)| warn_invalid(&key, Protocol::parse(&v)))
-            }
-        };
+        let protocol = flags
+            .protocol
+            .or_else(|| otlp_var(env, signal, "PROTOCOL", Protocol::parse))
+            .or(own.protocol)
+            .or(file.protocol);
 
         let mut headers = Vec::new();
         // Signal-specific headers come last so they override same-named generic ones.
+        for table in [&file.headers, &own.headers].into_iter().flatten() {
+            merge_headers(
+                &mut headers,
+                table.iter().map(|(k, v)| (k.clone(), v.clone())),
+            );
+        }
         for key in [
             "OTEL_EXPORTER_OTLP_HEADERS".to_owned(),
             signal.var("HEADERS"),
         ] {
-            if let Some(value) = var(&key) {
-                if let Some(parsed) = warn_invalid(&key, parse_headers(&value)) {
-                    merge_headers(&mut headers, parsed);
-                }
+            if let Some(parsed) = env.otel(&key, parse_headers) {
+                merge_headers(&mut headers, parsed);
             }
         }
 
-        let export_timeout = setting("TIMEOUT")
-            .and_then(|(key, ms)| warn_invalid(&key, parse_millis(&ms)))
+        let export_timeout = otlp_var(env, signal, "TIMEOUT", env::millis)
+            .or(own.timeout)
+            .or(file.timeout)
             .unwrap_or(defaults.export_timeout);
-        let compression = setting("COMPRESSION")
-            .and_then(|(key, v)| warn_invalid(&key, Compression::parse(&v)))
+        let compression = otlp_var(env, signal, "COMPRESSION", Compression::parse)
+            .or(own.compression)
+            .or(file.compression)
             .unwrap_or_default();
-        let path = |suffix: &str| setting(suffix).map(|(_, v)| PathBuf::from(v.trim()));
-        let tls = TlsFiles {
-            ca: path("CERTIFICATE"),
-            client_cert: path("CLIENT_CERTIFICATE"),
-            client_key: path("CLIENT_KEY"),
+        let path = |suffix: &str, own: &Option<PathBuf>, shared: &Option<PathBuf>| {
+            otlp_var(env, signal, suffix, |v| Ok(PathBuf::from(v.trim())))
+                .or_else(|| own.clone())
+                .or_else(|| shared.clone())
         };
-        let insecure = setting("INSECURE").is_some_and(|(key, v)| parse_bool(&key, &v));
-        let batch = BatchSettings::resolve(&var, &defaults);
+        let tls = TlsFiles {
+            ca: path("CERTIFICATE", &own.certificate, &file.certificate),
+            client_cert: path(
+                "CLIENT_CERTIFICATE",
+                &own.client_certificate,
+                &file.client_certificate,
+            ),
+            client_key: path("CLIENT_KEY", &own.client_key, &file.client_key),
+        };
+        let insecure = otlp_var(env, signal, "INSECURE", env::boolean)
+            .or(own.insecure)
+            .or(file.insecure)
+            .unwrap_or(false);
+        let batch = BatchSettings::resolve(env, &file.batch, &defaults);
 
-        let source = endpoint
-            .filter(non_empty)
-            .map(|e| (e, EndpointSource::Arg))
-            .or_else(|| var(&signal.var("ENDPOINT")).map(|e| (e, EndpointSource::SignalVar)))
-            .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT").map(|e| (e, EndpointSource::BaseVar)));
+        let from_var = |key: String, source| env.get(&key).map(|e| (e.to_owned(), source, key));
+        let source = flags
+            .endpoint
+            .clone()
+            .filter(|e| !e.trim().is_empty())
+            .map(|e| (e, EndpointSource::Arg, "--otlp-endpoint".to_owned()))
+            .or_else(|| from_var(signal.var("ENDPOINT"), EndpointSource::SignalVar))
+            .or_else(|| {
+                from_var(
+                    "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                    EndpointSource::BaseVar,
+                )
+            })
+            .or_else(|| {
+                let key = format!("export.{}.endpoint", signal.key());
+                own.endpoint
+                    .clone()
+                    .map(|e| (e.0, EndpointSource::SignalVar, key))
+            })
+            .or_else(|| {
+                file.endpoint
+                    .clone()
+                    .map(|e| (e.0, EndpointSource::Arg, "export.endpoint".into()))
+            });
         let endpoint = source
-            .map(|(raw, source)| resolve_endpoint(raw.trim(), source, protocol, insecure, signal))
+            .map(|(raw, source, key)| {
+                resolve_endpoint(raw.trim(), source, protocol, insecure, signal).context(key)
+            })
             .transpose()?;
         let (endpoint, protocol) = match endpoint {
             Some((endpoint, protocol)) => (Some(endpoint), protocol),
@@ -230,6 +298,18 @@ impl ExportConfig {
     }
 }
 
+/// The signal's `OTEL_EXPORTER_OTLP_{SIGNAL}_{suffix}` variable, else the
+/// shared `OTEL_EXPORTER_OTLP_{suffix}`; an invalid value counts as unset.
+fn otlp_var<T>(
+    env: &Env,
+    signal: Signal,
+    suffix: &str,
+    parse: impl Fn(&str) -> Result<T>,
+) -> Option<T> {
+    env.otel(&signal.var(suffix), &parse)
+        .or_else(|| env.otel(&format!("OTEL_EXPORTER_OTLP_{suffix}"), &parse))
+}
+
 /// The `OTEL_BSP_*` batch span processor settings.
 struct BatchSettings {
     queue_capacity: usize,
@@ -239,33 +319,47 @@ struct BatchSettings {
 }
 
 impl BatchSettings {
-    fn resolve(var: &impl Fn(&str) -> Option<String>, defaults: &ExportConfig) -> Self {
-        let count = |key: &str, default: usize| {
-            var(key)
-                .and_then(|v| warn_invalid(key, parse_count(&v)))
-                .unwrap_or(default)
+    fn resolve(env: &Env, file: &BatchSection, defaults: &ExportConfig) -> Self {
+        let count = |key: &str, file: Option<NonZeroUsize>, default: usize| {
+            env.otel(key, env::count)
+                .or(file)
+                .map_or(default, NonZeroUsize::get)
         };
-        let millis = |key: &str, default: Duration| {
-            var(key)
-                .and_then(|v| warn_invalid(key, parse_millis(&v)))
-                .unwrap_or(default)
+        let millis = |key: &str, file: Option<Duration>, default: Duration| {
+            env.otel(key, env::millis).or(file).unwrap_or(default)
         };
-        let queue_capacity = count("OTEL_BSP_MAX_QUEUE_SIZE", defaults.queue_capacity);
-        let mut max_batch = count("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", defaults.max_batch);
+        let queue_capacity = count(
+            "OTEL_BSP_MAX_QUEUE_SIZE",
+            file.max_queue_size,
+            defaults.queue_capacity,
+        );
+        let mut max_batch = count(
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+            file.max_export_batch_size,
+            defaults.max_batch,
+        );
         // The spec requires a batch to fit in the queue.
         if max_batch > queue_capacity {
             tracing::warn!(
                 max_batch,
                 queue_capacity,
-                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE exceeds OTEL_BSP_MAX_QUEUE_SIZE; using the queue size"
+                "the export batch size exceeds the queue size; using the queue size"
             );
             max_batch = queue_capacity;
         }
         BatchSettings {
             queue_capacity,
             max_batch,
-            schedule_delay: millis("OTEL_BSP_SCHEDULE_DELAY", defaults.batch_timeout),
-            deadline: millis("OTEL_BSP_EXPORT_TIMEOUT", defaults.batch_deadline),
+            schedule_delay: millis(
+                "OTEL_BSP_SCHEDULE_DELAY",
+                file.schedule_delay,
+                defaults.batch_timeout,
+            ),
+            deadline: millis(
+                "OTEL_BSP_EXPORT_TIMEOUT",
+                file.export_timeout,
+                defaults.batch_deadline,
+            ),
         }
     }
 }
@@ -280,41 +374,17 @@ impl Compression {
     }
 }
 
-/// The value, or `None` with a warning naming the variable.
-fn warn_invalid<T>(key: &str, parsed: Result<T>) -> Option<T> {
-    parsed
-        .map_err(|e| tracing::warn!(variable = key, "ignoring invalid value: {e:#}"))
-        .ok()
-}
-
-/// The spec's boolean: only a case-insensitive `true` is true; anything
-/// but `false` is warned about.
-fn parse_bool(key: &str, value: &str) -> bool {
-    let value = value.trim();
-    if value.eq_ignore_ascii_case("true") {
-        return true;
-    }
-    if !value.eq_ignore_ascii_case("false") {
-        tracing::warn!(variable = key, value, "not a boolean; using false");
-    }
-    false
-}
-
-fn parse_millis(value: &str) -> Result<Duration> {
-    let ms = value
-        .trim()
-        .parse()
-        .with_context(|| format!("{value:?} is not a number of milliseconds"))?;
-    Ok(Duration::from_millis(ms))
-}
-
-fn parse_count(value: &str) -> Result<usize> {
-    let n: usize = value
-        .trim()
-        .parse()
-        .with_context(|| format!("{value:?} is not a count"))?;
-    ensure!(n > 0, "must be at least 1");
-    Ok(n)
+/// Whether `raw` is an endpoint the exporter can use (the file's check,
+/// before any other setting is known).
+pub fn check_endpoint(raw: &str) -> Result<()> {
+    let any = resolve_endpoint(
+        raw.trim(),
+        EndpointSource::SignalVar,
+        Some(Protocol::Grpc),
+        false,
+        Signal::Traces,
+    );
+    any.map(drop)
 }
 
 fn resolve_endpoint(
@@ -381,7 +451,10 @@ fn parse_headers(value: &str) -> Result<Vec<(String, String)>> {
 
 /// Header names are case-insensitive, so a later `Authorization` replaces an
 /// earlier `authorization`.
-fn merge_headers(headers: &mut Vec<(String, String)>, overrides: Vec<(String, String)>) {
+fn merge_headers(
+    headers: &mut Vec<(String, String)>,
+    overrides: impl IntoIterator<Item = (String, String)>,
+) {
     for (key, value) in overrides {
         headers.retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
         headers.push((key, value));
@@ -427,12 +500,112 @@ mod tests {
         protocol: Option<&str>,
         vars: &[(&str, &str)],
     ) -> Result<ExportConfig> {
-        let (endpoint, protocol) = (endpoint.map(Into::into), protocol.map(Into::into));
-        ExportConfig::resolve(signal, endpoint, protocol, |key| {
-            vars.iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| v.to_string())
-        })
+        resolve_with_file(signal, "", endpoint, protocol, vars)
+    }
+
+    /// `file` is the text of the config file's `[export]` section.
+    fn resolve_with_file(
+        signal: Signal,
+        file: &str,
+        endpoint: Option<&str>,
+        protocol: Option<&str>,
+        vars: &[(&str, &str)],
+    ) -> Result<ExportConfig> {
+        let flags = ExportFlags {
+            endpoint: endpoint.map(Into::into),
+            protocol: protocol.map(Protocol::parse).transpose()?,
+        };
+        let file = crate::config::File::parse(&format!("[export]\n{file}"))?;
+        ExportConfig::resolve(signal, &file.export, &flags, &Env::from_pairs(vars))
+    }
+
+    #[test]
+    fn the_file_sits_under_the_variables_and_the_flags() {
+        let file = r#"
+            endpoint = "http://file:4318"
+            headers = { tenant = "file", team = "a" }
+            timeout = "3s"
+            compression = "gzip"
+            certificate = "/etc/file-ca.pem"
+            [export.traces]
+            endpoint = "http://file-traces:4318/custom"
+            headers = { tenant = "file-traces" }
+            [export.batch]
+            max_queue_size = 100
+            schedule_delay = "250ms"
+            [export.metrics]
+            protocol = "grpc"
+            endpoint = "file-metrics:4317"
+            insecure = true
+        "#;
+        let traces = resolve_with_file(Signal::Traces, file, None, None, &[]).unwrap();
+        // A signal's own endpoint is used as it is, like its variable's.
+        assert_eq!(
+            traces.endpoint.as_deref(),
+            Some("http://file-traces:4318/custom")
+        );
+        assert_eq!(
+            traces.headers,
+            vec![
+                ("team".into(), "a".into()),
+                ("tenant".into(), "file-traces".into())
+            ]
+        );
+        assert_eq!(traces.export_timeout, Duration::from_secs(3));
+        assert_eq!(traces.compression, Compression::Gzip);
+        assert_eq!(traces.tls.ca.as_deref(), Some("/etc/file-ca.pem".as_ref()));
+        assert_eq!(traces.queue_capacity, 100);
+        assert_eq!(traces.batch_timeout, Duration::from_millis(250));
+        let metrics = resolve_with_file(Signal::Metrics, file, None, None, &[]).unwrap();
+        assert_eq!(
+            endpoint_and_protocol(metrics),
+            (Some("http://file-metrics:4317".into()), Protocol::Grpc)
+        );
+
+        // A variable beats the file, even the file's signal table; headers
+        // merge by name; an invalid variable leaves the file's value.
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4318"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "tenant=env"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "50"),
+        ];
+        let traces = resolve_with_file(Signal::Traces, file, None, None, &env).unwrap();
+        assert_eq!(
+            traces.endpoint.as_deref(),
+            Some("http://env:4318/v1/traces")
+        );
+        assert_eq!(
+            traces.headers,
+            vec![("team".into(), "a".into()), ("tenant".into(), "env".into())]
+        );
+        assert_eq!(traces.export_timeout, Duration::from_secs(3));
+        assert_eq!(traces.queue_capacity, 50);
+
+        // A flag beats both.
+        let traces =
+            resolve_with_file(Signal::Traces, file, Some("http://flag:4317"), None, &env).unwrap();
+        assert_eq!(
+            endpoint_and_protocol(traces),
+            (Some("http://flag:4317".into()), Protocol::Grpc)
+        );
+    }
+
+    #[test]
+    fn a_bad_endpoint_is_an_error_naming_its_source() {
+        let err = resolve(None, None, &[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://c")]).unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("OTEL_EXPORTER_OTLP_ENDPOINT: "),
+            "{err:#}"
+        );
+        let err = resolve(Some("ftp://c"), None, &[]).unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("--otlp-endpoint: "),
+            "{err:#}"
+        );
+        let err = resolve_with_file(Signal::Traces, "endpoint = \"ftp://c\"", None, None, &[])
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("line 2"), "{err:#}");
     }
 
     fn endpoint_and_protocol(cfg: ExportConfig) -> (Option<String>, Protocol) {

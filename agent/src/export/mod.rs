@@ -26,7 +26,9 @@ use anyhow::{ensure, Context, Result};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::task::JoinHandle;
 
-pub use config::{Compression, ExportConfig, Protocol, Signal, TlsFiles};
+pub use config::{
+    check_endpoint, Compression, ExportConfig, ExportFlags, Protocol, Signal, TlsFiles,
+};
 pub use metrics::export_metrics;
 pub use otlp::encode_request;
 pub use stats::ExportStats;

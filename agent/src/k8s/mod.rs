@@ -12,11 +12,11 @@ pub mod client;
 pub mod pod;
 mod watch;
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{bail, Result};
 
-use crate::{cli::KubernetesMode, stats::Stats};
+use crate::{config::KubernetesMode, stats::Stats};
 pub use cache::SharedPods;
 use client::{ApiConfig, Client};
 
@@ -27,10 +27,12 @@ pub struct Kubernetes {
 }
 
 /// What `clew run` was told about the cluster.
-pub struct Settings<'a> {
+#[derive(Clone, Debug)]
+pub struct KubernetesConfig {
     pub mode: KubernetesMode,
     pub node_name: Option<String>,
-    pub account_dir: &'a Path,
+    /// The service account directory (`token`, `ca.crt`).
+    pub service_account: PathBuf,
     /// `KUBERNETES_SERVICE_HOST` and `_PORT`.
     pub service_host: Option<String>,
     pub service_port: Option<String>,
@@ -40,23 +42,23 @@ impl Kubernetes {
     /// Starts watching this node's pods when in a cluster (`auto`: the
     /// in-cluster variables and a service account token are there) or
     /// when told to (`on`, an error without them).
-    pub fn start(settings: Settings<'_>, stats: Arc<Stats>) -> Result<Option<Self>> {
+    pub fn start(settings: &KubernetesConfig, stats: Arc<Stats>) -> Result<Option<Self>> {
         if settings.mode == KubernetesMode::Off {
             return Ok(None);
         }
-        let explicit_node = settings.node_name.filter(|n| !n.is_empty());
+        let explicit_node = settings.node_name.clone().filter(|n| !n.is_empty());
         let host = gethostname::gethostname().to_string_lossy().into_owned();
         let cfg = ApiConfig::in_cluster(
             settings.service_host.as_deref(),
             settings.service_port.as_deref(),
-            settings.account_dir,
+            &settings.service_account,
             explicit_node.clone().unwrap_or(host.clone()),
         )?;
         let Some(cfg) = cfg else {
             if settings.mode == KubernetesMode::On {
                 bail!(
                     "--kubernetes on: no in-cluster API configuration (KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT and a token in {})",
-                    settings.account_dir.display()
+                    settings.service_account.display()
                 );
             }
             return Ok(None);

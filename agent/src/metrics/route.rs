@@ -26,10 +26,25 @@ const RANDOM_MIN_LEN: usize = 12;
 
 /// A user route template: `/`-separated literal segments and `{name}`
 /// placeholders, each matching exactly one segment.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Pattern {
     text: String,
     segments: Vec<Option<String>>,
+}
+
+impl TryFrom<String> for Pattern {
+    type Error = anyhow::Error;
+
+    fn try_from(text: String) -> Result<Self> {
+        Pattern::parse(&text)
+    }
+}
+
+impl From<Pattern> for String {
+    fn from(p: Pattern) -> String {
+        p.text
+    }
 }
 
 impl Pattern {

@@ -1,9 +1,11 @@
 //! End-to-end tests of what Clew exports beyond the span tree: secrets
-//! redacted, W3C Trace Context conformance, failed requests as spans.
+//! redacted, W3C Trace Context conformance, failed requests as spans; and
+//! the configuration file.
 //!
 //! Run as root, one test at a time (`cargo xtask test`, or `cargo test -p
 //! clew-e2e -- --test-threads=1` with CLEW_BIN set or `target/release/clew` built).
 
+mod config_file;
 mod failures;
 mod redaction;
 mod sdk;
