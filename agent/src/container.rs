@@ -74,13 +74,7 @@ mod tests {
 
     fn pod(containers: &[(&str, &str)], sole: Option<&str>) -> Pod {
         Pod {
-            uid: "api-uid".into(),
-            name: "web-7d4b9c8f5-x2x9q".into(),
-            namespace: "shop".into(),
-            node: "node-1".into(),
-            labels: Default::default(),
             resource_annotations: vec![("service.version".into(), "1.4.2".into())],
-            mirror_of: None,
             workload: vec![
                 ("k8s.deployment.name", "web".into()),
                 ("k8s.replicaset.name", "web-7d4b9c8f5".into()),
@@ -90,7 +84,7 @@ mod tests {
                 .map(|(id, n)| (id.to_string(), n.to_string()))
                 .collect(),
             sole_container: sole.map(str::to_owned),
-            labels_dropped: 0,
+            ..Pod::named("api-uid", "web-7d4b9c8f5-x2x9q", "shop")
         }
     }
 

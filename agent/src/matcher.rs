@@ -119,21 +119,13 @@ mod tests {
     use super::*;
 
     fn pod(ns: &str, labels: &[(&str, &str)]) -> Pod {
+        let labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Pod {
-            uid: "u".into(),
-            name: "p".into(),
-            namespace: ns.into(),
-            node: "n".into(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            resource_annotations: Vec::new(),
-            mirror_of: None,
-            workload: Vec::new(),
-            containers: Vec::new(),
-            sole_container: None,
-            labels_dropped: 0,
+            labels,
+            ..Pod::named("u", "p", ns)
         }
     }
 

@@ -93,17 +93,8 @@ mod tests {
 
     fn pod(ns: &str) -> Pod {
         Pod {
-            uid: "u".into(),
-            name: "p".into(),
-            namespace: ns.into(),
-            node: "n".into(),
             labels: [("team".to_owned(), "payments".to_owned())].into(),
-            resource_annotations: Vec::new(),
-            mirror_of: None,
-            workload: Vec::new(),
-            containers: Vec::new(),
-            sole_container: None,
-            labels_dropped: 0,
+            ..Pod::named("u", "p", ns)
         }
     }
 

@@ -155,14 +155,9 @@ impl Agent {
             "CLEW_TEST_IMAGE is not set: run the tests through `cargo xtask test`, which builds the image",
         )?;
         let name = format!("clew-test-{}", std::process::id());
-        let mut cmd = Command::new("podman");
-        // runc: crun refuses this machine's hybrid cgroup layout. The limits
-        // are given because root here cannot raise podman's defaults.
-        let nofile = crate::process::open_files_limit()?;
-        cmd.args(["--runtime", "runc", "run", "--rm", "--name", &name])
+        let mut cmd = crate::container::podman_run()?;
+        cmd.args(["--rm", "--name", &name])
             .args(["--pid=host", "--network=host"])
-            .args(["--ulimit", &format!("nofile={nofile}:{nofile}")])
-            .args(["--ulimit", "nproc=4096:4096"])
             .args(["--volume", "/sys/fs/cgroup:/sys/fs/cgroup:ro"])
             .args(["--volume", "/sys/kernel/tracing:/sys/kernel/tracing"]);
         match access {

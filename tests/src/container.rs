@@ -7,6 +7,18 @@ use anyhow::{ensure, Context, Result};
 use std::path::Path;
 use std::process::Command;
 
+/// `podman run` as it works on these machines: runc (crun refuses this
+/// hybrid cgroup layout) and explicit limits (root here cannot raise
+/// podman's defaults). Options follow; a root filesystem or image ends them.
+pub fn podman_run() -> Result<Command> {
+    let nofile = open_files_limit()?;
+    let mut cmd = Command::new("podman");
+    cmd.args(["--runtime", "runc", "run"])
+        .args(["--ulimit", &format!("nofile={nofile}:{nofile}")])
+        .args(["--ulimit", "nproc=4096:4096"]);
+    Ok(cmd)
+}
+
 pub struct Container {
     /// Podman's 64-hex id.
     pub id: String,
@@ -22,15 +34,8 @@ impl Container {
         let rootfs = TempDir::new("rootfs")?;
         let name = program.file_name().context("program has no file name")?;
         std::fs::copy(program, rootfs.path().join(name))?;
-        let nofile = open_files_limit()?;
-        // runc: crun refuses this machine's hybrid cgroup layout. The
-        // limits: root here cannot raise podman's defaults. Options go
-        // before the root filesystem, which ends them.
-        let out = Command::new("podman")
-            .args(["--runtime", "runc", "run", "-d", "--rm", "--network=host"])
-            .args(["--ulimit", &format!("nofile={nofile}:{nofile}")])
-            .args(["--ulimit", "nproc=4096:4096"])
-            .arg("--rootfs")
+        let out = podman_run()?
+            .args(["-d", "--rm", "--network=host", "--rootfs"])
             .arg(rootfs.path())
             .arg(Path::new("/").join(name))
             .args(args)

@@ -113,17 +113,8 @@ mod tests {
 
     fn pod(uid: &str, mirror: Option<&str>) -> Pod {
         Pod {
-            uid: uid.into(),
-            name: format!("pod-{uid}"),
-            namespace: "ns".into(),
-            node: "n".into(),
-            labels: Default::default(),
-            resource_annotations: Vec::new(),
             mirror_of: mirror.map(str::to_owned),
-            workload: Vec::new(),
-            containers: Vec::new(),
-            sole_container: None,
-            labels_dropped: 0,
+            ..Pod::named(uid, &format!("pod-{uid}"), "ns")
         }
     }
 

@@ -317,7 +317,7 @@ struct WireStatus {
 
 /// One watch line; `None` for a blank line or an event type this client
 /// does not know (the API may add some).
-fn decode_event(line: &[u8]) -> Result<Option<Event>, ApiError> {
+pub fn decode_event(line: &[u8]) -> Result<Option<Event>, ApiError> {
     if line.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }

@@ -180,6 +180,27 @@ impl Pod {
     }
 }
 
+#[cfg(test)]
+impl Pod {
+    /// A pod with a uid, a name and a namespace and nothing else, for tests
+    /// to fill in with struct update syntax.
+    pub fn named(uid: &str, name: &str, namespace: &str) -> Pod {
+        Pod {
+            uid: uid.into(),
+            name: name.into(),
+            namespace: namespace.into(),
+            node: "node-1".into(),
+            labels: BTreeMap::new(),
+            resource_annotations: Vec::new(),
+            mirror_of: None,
+            workload: Vec::new(),
+            containers: Vec::new(),
+            sole_container: None,
+            labels_dropped: 0,
+        }
+    }
+}
+
 /// `containerd://<id>`, `cri-o://<id>`, `docker://<id>` → `<id>`.
 fn bare_container_id(s: &str) -> Option<&str> {
     let (_, id) = s.split_once("://")?;
