@@ -21,6 +21,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub async fn run(client: Client, pods: SharedPods, stats: Arc<Stats>) {
     let mut version: Option<String> = None;
     let mut failures = 0u32;
+    let mut gone_streak = 0u32;
     loop {
         let result = match &version {
             None => list(&client, &pods, &stats).await.map(|v| {
@@ -34,10 +35,16 @@ pub async fn run(client: Client, pods: SharedPods, stats: Arc<Stats>) {
             // A watch the server ended without a single event: do not
             // come straight back if it keeps doing that.
             Ok(false) => tokio::time::sleep(BACKOFF_FIRST).await,
-            Err((ApiError::Gone, _)) => {
+            Err((ApiError::Gone, progress)) => {
                 stats::add(&stats.k8s_relists_gone, 1);
                 tracing::info!("pod watch expired (410 Gone): listing again");
                 version = None;
+                // A list or watch that expires again before any event
+                // arrived: an API server in trouble, not a slow watch.
+                gone_streak = if progress { 1 } else { gone_streak + 1 };
+                if gone_streak > 1 {
+                    tokio::time::sleep(backoff(gone_streak - 1)).await;
+                }
             }
             Err((e, progress)) => {
                 stats::add(&stats.k8s_api_errors, 1);
