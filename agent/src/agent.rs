@@ -15,15 +15,18 @@ use tokio::{
 
 use crate::{
     capture::{Capture, CaptureConfig},
+    cgroup::Hierarchy,
     cli::SelectArgs,
     clock::unix_now_ns,
     config::{CommandLineMode, Config, QueryMode, SdkProcesses, TlsAttach},
     export::{export_metrics, DeliveryReport, Exporter},
     health,
+    k8s::Kubernetes,
     metrics::{route::RouteNames, Metrics, Registry, Routes, Shared},
     nesting::Nesting,
     pipeline::{Outputs, Pipeline},
     probe,
+    process::Identity,
     processor::{Chain, TruncateAttributes},
     protocol::SpanOptions,
     redact::{Redact, SecretNames},
@@ -32,6 +35,7 @@ use crate::{
     select::Selector,
     stats::Stats,
     synthetic::{self, MarkSynthetic, Synthetic},
+    tenant::Tenants,
     tls,
 };
 
@@ -46,13 +50,26 @@ const DRAIN_PAUSE: Duration = Duration::from_millis(2);
 const SUMMARY_EVERY_TICKS: u64 = 30;
 /// Records handled between looks at the export queue's depth.
 const BACKPRESSURE_EVERY: usize = 64;
+/// How long start-up waits for the first pod list.
+const KUBERNETES_SYNC_WAIT: Duration = Duration::from_secs(10);
 
 pub async fn run(cfg: Config) -> Result<()> {
     probe::require_capture()?;
-    let selector = cfg.select;
+    let hierarchy = Hierarchy::detect(cfg.host_cgroup_root.as_deref())?;
+    let selector = Selector {
+        hierarchy: hierarchy.clone(),
+        ..cfg.select
+    };
+    let tenants = Tenants::new(cfg.tenants, &hierarchy);
     let sampler = cfg.sampler;
     let patterns = cfg.routes;
     let stats = Arc::new(Stats::default());
+    let kube = Kubernetes::start(&cfg.kubernetes, stats.clone())?;
+    if kube.is_none() && (!selector.pods.is_empty() || tenants.needs_pods()) {
+        anyhow::bail!(
+            "--namespace, --pod-label and namespace or pod-label tenants need the Kubernetes API (in a pod with a service account, or --kubernetes on)"
+        );
+    }
     let registry = Shared::new(Registry::new(cfg.metric_series_limit, unix_now_ns()));
     let synthetic = cfg.synthetic.as_ref().map(|s| Synthetic::new(&s.targets));
     if let Some(addr) = cfg.health_listen {
@@ -87,7 +104,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let maps = capture.maps()?;
     let ring = capture.take_ring()?;
     capture.attach()?;
-    capture.attach_sockops(&selector.cgroup_dirs()?)?;
+    capture.attach_sockops(&selector.cgroup_dirs())?;
     let report = synthetic
         .clone()
         .map(|s| Arc::new(s) as Arc<dyn DeliveryReport>);
@@ -134,6 +151,16 @@ pub async fn run(cfg: Config) -> Result<()> {
     pipeline
         .processes
         .add_agent_attributes(&cfg.resource_attributes);
+    if let Some(k) = &kube {
+        // Processes already running are adopted with their pods known.
+        k.wait_synced(KUBERNETES_SYNC_WAIT).await;
+    }
+    pipeline.processes.set_identity(Identity {
+        hierarchy,
+        pods: kube.as_ref().map(|k| k.pods.clone()),
+        tenants,
+        stats: Some(stats.clone()),
+    });
     // Per process only makes sense when some processes are not traced.
     let per_process = cfg.tls_attach == TlsAttach::Process && !selector.is_all();
     pipeline.tls.configure(cfg.tls_go, per_process);
@@ -256,14 +283,22 @@ fn describe(s: &Selector) -> String {
         return "every process".into();
     }
     format!(
-        "cgroups={:?} pids={:?} exes={:?} ports={:?}",
-        s.cgroups, s.pids, s.exes, s.ports
+        "cgroups={:?} pids={:?} exes={:?} ports={:?} pods={:?}",
+        s.cgroups, s.pids, s.exes, s.ports, s.pods
     )
 }
 
 pub fn probe(select: SelectArgs) -> Result<()> {
     print!("{}", probe::run().render());
-    let selector = Selector::from(select);
+    let hierarchy = Hierarchy::detect(select.host_cgroup_root.as_deref())?;
+    let selector = Selector {
+        hierarchy,
+        ..Selector::from(select)
+    };
+    anyhow::ensure!(
+        selector.pods.is_empty(),
+        "probe does not watch the Kubernetes API: select by --cgroup, --pid, --exe or --port"
+    );
     if selector.is_all() {
         println!(
             "\n(give --cgroup, --pid, --exe or --port to list those processes' TLS libraries)"
@@ -272,7 +307,7 @@ pub fn probe(select: SelectArgs) -> Result<()> {
     }
     print!(
         "\n{}",
-        tls::render_processes(&selector.current_processes()?)
+        tls::render_processes(&selector.current_processes(&|_| None))
     );
     Ok(())
 }

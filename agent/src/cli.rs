@@ -6,11 +6,15 @@ use clap::{Args, Parser, Subcommand};
 use reqwest::Url;
 
 use crate::{
-    config::{self, CommandLineMode, Propagation, QueryMode, SdkProcesses, TlsAttach},
+    config::{
+        self, CommandLineMode, KubernetesMode, Propagation, QueryMode, SdkProcesses, TlsAttach,
+    },
     export::Protocol,
+    matcher::Match,
     metrics::Pattern,
     select::Selector,
     synthetic,
+    tenant::Rule,
 };
 
 #[derive(Parser, Debug)]
@@ -53,6 +57,20 @@ pub struct SelectArgs {
     /// Trace processes listening on this TCP port. Repeatable.
     #[arg(long)]
     pub port: Vec<u16>,
+    /// Trace the processes of pods in this Kubernetes namespace (needs the
+    /// API, see --kubernetes). Repeatable.
+    #[arg(long)]
+    pub namespace: Vec<String>,
+    /// Trace the processes of pods with these labels, `KEY=VALUE[,KEY=VALUE…]`
+    /// (all must match; needs the API). Repeatable: any may match.
+    #[arg(long, value_parser = Match::pod_labels)]
+    pub pod_label: Vec<Match>,
+    /// Where the host's cgroup v2 hierarchy is mounted, when it is not the
+    /// first cgroup2 mount (a pod with a private cgroup namespace: mount the
+    /// host's /sys/fs/cgroup with a hostPath volume and name it here). Also
+    /// CLEW_HOST_CGROUP_ROOT.
+    #[arg(long)]
+    pub host_cgroup_root: Option<PathBuf>,
 }
 
 impl From<SelectArgs> for Selector {
@@ -62,6 +80,13 @@ impl From<SelectArgs> for Selector {
             pids: a.pid,
             exes: a.exe,
             ports: a.port,
+            pods: a
+                .namespace
+                .into_iter()
+                .map(Match::Namespace)
+                .chain(a.pod_label)
+                .collect(),
+            hierarchy: Default::default(),
         }
     }
 }
@@ -171,4 +196,28 @@ pub struct RunArgs {
     /// Between synthetic probes, e.g. `30s` (the default) or `1m`.
     #[arg(long, value_parser = config::duration::parse)]
     pub synthetic_interval: Option<Duration>,
+    /// Pod metadata (name, namespace, container, workload) from the
+    /// Kubernetes API: `auto` (the default: when KUBERNETES_SERVICE_HOST and
+    /// a service account token are there), `on` (an error without them) or
+    /// `off`. Also CLEW_KUBERNETES.
+    #[arg(long, value_enum)]
+    pub kubernetes: Option<KubernetesMode>,
+    /// The node whose pods are watched (give it with the downward API's
+    /// `spec.nodeName`); default the host name. Also NODE_NAME.
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The service account directory holding `token` and `ca.crt`; default
+    /// /var/run/secrets/kubernetes.io/serviceaccount. Also
+    /// CLEW_KUBERNETES_SERVICE_ACCOUNT.
+    #[arg(long)]
+    pub kubernetes_service_account: Option<PathBuf>,
+    /// Resource attributes for the processes a selector matches,
+    /// `SELECTOR:KEY=VALUE[,KEY=VALUE…]` with SELECTOR one of
+    /// `cgroup=PATH`, `exe=NAME|PATH`, `namespace=NAME`,
+    /// `pod-label=KEY=VALUE[+KEY=VALUE…]`, e.g.
+    /// `namespace=shop:tenant=a,service.namespace=shop`. They replace the
+    /// process's own values; later rules win. Repeatable; replaces the
+    /// config file's `[[tenants]]`.
+    #[arg(long = "tenant", value_parser = Rule::parse)]
+    pub tenants: Vec<Rule>,
 }

@@ -9,12 +9,16 @@
 
 pub mod agent;
 pub mod capture;
+pub mod cgroup;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod conn;
+pub mod container;
 pub mod export;
 pub mod health;
+pub mod k8s;
+pub mod matcher;
 pub mod mega_traces;
 pub mod memory;
 pub mod metrics;
@@ -32,5 +36,6 @@ pub mod select;
 pub mod span;
 pub mod stats;
 pub mod synthetic;
+pub mod tenant;
 pub mod tls;
 pub mod trace_context;

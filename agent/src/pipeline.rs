@@ -58,6 +58,8 @@ pub struct Pipeline {
     processors: Chain,
     metrics: Metrics,
     ticks: u64,
+    /// The pod cache's generation at the last rescan.
+    pods_seen: Option<u64>,
     /// TLS libraries of the traced processes; the agent loop runs its scans.
     pub tls: TlsHooks,
 }
@@ -94,6 +96,7 @@ impl Pipeline {
             processors,
             metrics,
             ticks: 0,
+            pods_seen: None,
             tls: TlsHooks::new(stats.clone()),
         }
     }
@@ -107,7 +110,11 @@ impl Pipeline {
             .set_exes(&self.selector.exe_names(), &self.selector.exe_paths());
         self.refresh_listed();
         let now = Instant::now();
-        for pid in self.selector.current_processes()? {
+        let processes = &self.processes;
+        let current = self
+            .selector
+            .current_processes(&|pid| processes.pod_of(pid));
+        for pid in current {
             self.learn_runtime(pid);
             self.adopt_existing(pid);
             self.tls.on_conn(pid, now);
@@ -138,15 +145,14 @@ impl Pipeline {
         }
     }
 
-    /// Re-resolves `--pid/--exe/--port` (ports start listening, processes come and go).
+    /// Re-resolves `--pid/--exe/--port/--namespace/--pod-label` (ports
+    /// start listening, processes and pods come and go).
     pub fn refresh_listed(&mut self) {
-        if self.selector.pids.is_empty()
-            && self.selector.exes.is_empty()
-            && self.selector.ports.is_empty()
-        {
+        if !self.selector.by_process() {
             return;
         }
-        let now = self.selector.listed_pids();
+        let processes = &self.processes;
+        let now = self.selector.listed_pids(&|pid| processes.pod_of(pid));
         for &pid in now.difference(&self.listed) {
             if let Err(e) = self.maps.select_pid(pid) {
                 tracing::warn!("{e:#}");
@@ -345,7 +351,11 @@ impl Pipeline {
         self.processes.forget(tgid);
         self.forget_runtime(tgid);
         let matched = self.selector.exe_match(tgid);
-        if matched == Some(true) {
+        let pod_matched = !self.selector.pods.is_empty()
+            && self
+                .selector
+                .pod_matches(self.processes.pod_of(tgid).as_deref());
+        if matched == Some(true) || pod_matched {
             if self.listed.insert(tgid) && !kernel_selected {
                 if let Err(e) = self.maps.select_pid(tgid) {
                     tracing::warn!("{e:#}");
@@ -472,8 +482,16 @@ impl Pipeline {
     pub fn tick(&mut self) {
         self.clock.resync();
         self.ticks += 1;
-        if self.ticks.is_multiple_of(RESELECT_EVERY_TICKS) {
+        // Pods selected by namespace or label are picked up as soon as the
+        // cache learns of them, not at the next rescan.
+        let pods_changed = !self.selector.pods.is_empty() && {
+            let generation = self.processes.pods_generation();
+            std::mem::replace(&mut self.pods_seen, generation) != generation
+        };
+        if self.ticks.is_multiple_of(RESELECT_EVERY_TICKS) || pods_changed {
             self.refresh_listed();
+        }
+        if self.ticks.is_multiple_of(RESELECT_EVERY_TICKS) {
             self.mega_traces.forget_idle(self.ticks);
         }
         let k = self.maps.stats();

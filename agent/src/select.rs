@@ -1,15 +1,26 @@
 //! Which processes Clew traces: `--cgroup` subtrees are matched in the
-//! kernel by cgroup ancestry; `--pid`, `--exe` and `--port` resolve to
-//! process ids here, kept current as processes exec and start listening.
+//! kernel by cgroup ancestry; `--pid`, `--exe`, `--port`, `--namespace` and
+//! `--pod-label` resolve to process ids here, kept current as processes
+//! exec, start listening and pods come and go.
 
 use std::{
     collections::HashSet,
     fs,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::{bail, Context, Result};
+
+use crate::{
+    cgroup::Hierarchy,
+    k8s::pod::Pod,
+    matcher::{self, Match, Subject},
+};
+
+/// A process's pod, when it is in one the pod cache knows.
+pub type PodOf<'a> = &'a dyn Fn(u32) -> Option<Arc<Pod>>;
 
 #[derive(Clone, Debug, Default)]
 pub struct Selector {
@@ -17,6 +28,10 @@ pub struct Selector {
     pub pids: Vec<u32>,
     pub exes: Vec<String>,
     pub ports: Vec<u16>,
+    /// `--namespace` and `--pod-label`: decided on the pod's metadata,
+    /// then selected by process id like `--exe`.
+    pub pods: Vec<Match>,
+    pub hierarchy: Hierarchy,
 }
 
 impl Selector {
@@ -26,30 +41,42 @@ impl Selector {
             && self.pids.is_empty()
             && self.exes.is_empty()
             && self.ports.is_empty()
+            && self.pods.is_empty()
+    }
+
+    /// Whether some selection is made by process id (rather than cgroup),
+    /// and so needs the periodic rescan.
+    pub fn by_process(&self) -> bool {
+        !(self.pids.is_empty()
+            && self.exes.is_empty()
+            && self.ports.is_empty()
+            && self.pods.is_empty())
     }
 
     /// `(cgroup id, level)` per `--cgroup`, for the kernel's ancestor check.
     pub fn cgroup_ids(&self) -> Result<Vec<(u64, u32)>> {
-        if self.cgroups.is_empty() {
-            return Ok(Vec::new());
-        }
-        let root = cgroup2_mount()?;
-        self.cgroups.iter().map(|p| cgroup_id(&root, p)).collect()
+        self.cgroups
+            .iter()
+            .map(|p| cgroup_id(&self.hierarchy, p))
+            .collect()
     }
 
     /// The cgroup directories whose sockets may need injection: the selected
     /// subtrees, or the whole hierarchy when selecting by process (the
     /// kernel then admits only sockets the selected processes connect).
-    pub fn cgroup_dirs(&self) -> Result<Vec<PathBuf>> {
-        let root = cgroup2_mount()?;
-        if self.cgroups.is_empty() {
-            return Ok(vec![root]);
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        if self.cgroups.is_empty() || self.by_process() {
+            return vec![self.hierarchy.mount.clone()];
         }
-        Ok(self.cgroups.iter().map(|p| resolve(&root, p)).collect())
+        self.cgroups
+            .iter()
+            .map(|p| self.hierarchy.resolve(p))
+            .collect()
     }
 
-    /// Pids selected right now by `--pid`, `--exe` and `--port` (not cgroups).
-    pub fn listed_pids(&self) -> HashSet<u32> {
+    /// Pids selected right now by `--pid`, `--exe`, `--port`, `--namespace`
+    /// and `--pod-label` (not cgroups).
+    pub fn listed_pids(&self, pod_of: PodOf<'_>) -> HashSet<u32> {
         let mut out: HashSet<u32> = self.pids.iter().copied().filter(|p| alive(*p)).collect();
         if !self.exes.is_empty() {
             out.extend(all_pids().filter(|&p| self.exe_matches(p)));
@@ -57,7 +84,19 @@ impl Selector {
         if !self.ports.is_empty() {
             out.extend(listeners(&self.ports));
         }
+        if !self.pods.is_empty() {
+            out.extend(all_pids().filter(|&p| self.pod_matches(pod_of(p).as_deref())));
+        }
         out
+    }
+
+    /// Whether a pod is selected by `--namespace` or `--pod-label`.
+    pub fn pod_matches(&self, pod: Option<&Pod>) -> bool {
+        let subject = Subject {
+            pod,
+            ..Subject::default()
+        };
+        pod.is_some() && self.pods.iter().any(|m| m.matches(&subject))
     }
 
     /// `--exe` names, for the kernel to match against the comm at exec.
@@ -103,7 +142,7 @@ impl Selector {
         Some(
             self.exes
                 .iter()
-                .any(|want| exe_matches(want, &exe, comm.trim())),
+                .any(|want| matcher::exe_matches(want, &exe, comm.trim())),
         )
     }
 
@@ -116,45 +155,27 @@ impl Selector {
         if self.cgroups.is_empty() {
             return false;
         }
-        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        let Some(own) = self.hierarchy.dir_of_pid(pid) else {
             return false;
         };
-        let Some(own) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
-            return false;
-        };
-        let Ok(root) = cgroup2_mount() else {
-            return false;
-        };
-        let own = root.join(own.trim_start_matches('/'));
         self.cgroups
             .iter()
-            .any(|cg| own.starts_with(resolve(&root, cg)))
+            .any(|cg| own.starts_with(self.hierarchy.resolve(cg)))
     }
 
     /// Every process currently in scope, for picking up connections that
     /// were open before Clew started.
-    pub fn current_processes(&self) -> Result<HashSet<u32>> {
+    pub fn current_processes(&self, pod_of: PodOf<'_>) -> HashSet<u32> {
         if self.is_all() {
             let me = std::process::id();
-            return Ok(all_pids().filter(|&p| p != me).collect());
+            return all_pids().filter(|&p| p != me).collect();
         }
-        let mut out = self.listed_pids();
-        if !self.cgroups.is_empty() {
-            let root = cgroup2_mount()?;
-            for cg in &self.cgroups {
-                collect_cgroup_procs(&resolve(&root, cg), &mut out);
-            }
+        let mut out = self.listed_pids(pod_of);
+        for cg in &self.cgroups {
+            collect_cgroup_procs(&self.hierarchy.resolve(cg), &mut out);
         }
-        Ok(out)
+        out
     }
-}
-
-fn exe_matches(want: &str, exe: &Path, comm: &str) -> bool {
-    if want.contains('/') {
-        // /proc/PID/exe is the resolved file: a symlinked path matches by its target.
-        return exe == Path::new(want) || fs::canonicalize(want).is_ok_and(|p| p == exe);
-    }
-    exe.file_name().is_some_and(|n| n == want) || comm == want
 }
 
 /// Processes descended from `pid`, children first.
@@ -196,38 +217,18 @@ fn all_pids() -> impl Iterator<Item = u32> {
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
 }
 
-/// Where cgroup v2 is mounted (/sys/fs/cgroup on pure v2 hosts,
-/// /sys/fs/cgroup/unified on hybrid ones).
-pub fn cgroup2_mount() -> Result<PathBuf> {
-    let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-    mounts
-        .lines()
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
-            (fstype == "cgroup2").then(|| PathBuf::from(dir))
-        })
-        .context("no cgroup v2 hierarchy is mounted (--cgroup needs one)")
-}
-
-fn resolve(root: &Path, p: &Path) -> PathBuf {
-    if p.starts_with(root) {
-        p.to_path_buf()
-    } else {
-        root.join(p.strip_prefix("/").unwrap_or(p))
-    }
-}
-
 /// A cgroup's id is its directory's inode number; its level is its depth
 /// below the root (which is level 0).
-fn cgroup_id(root: &Path, p: &Path) -> Result<(u64, u32)> {
-    let full = resolve(root, p);
+fn cgroup_id(hierarchy: &Hierarchy, p: &Path) -> Result<(u64, u32)> {
+    let full = hierarchy.resolve(p);
     let meta =
         fs::metadata(&full).with_context(|| format!("--cgroup {}: no such cgroup", p.display()))?;
     if !meta.is_dir() {
         bail!("--cgroup {}: not a cgroup directory", p.display());
     }
-    let rel = full.strip_prefix(root).expect("resolved under root");
+    let rel = full
+        .strip_prefix(&hierarchy.mount)
+        .expect("resolved under the mount");
     Ok((meta.ino(), rel.components().count() as u32))
 }
 
@@ -274,37 +275,6 @@ fn listeners(ports: &[u16]) -> HashSet<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exe_matching_by_name_path_or_comm() {
-        let exe = Path::new("/usr/sbin/nginx");
-        assert!(exe_matches("nginx", exe, "nginx"));
-        assert!(exe_matches("/usr/sbin/nginx", exe, "nginx"));
-        assert!(!exe_matches("/usr/bin/nginx", exe, "nginx"));
-        assert!(exe_matches(
-            "gunicorn",
-            Path::new("/usr/bin/python3"),
-            "gunicorn"
-        ));
-        assert!(!exe_matches("curl", exe, "nginx"));
-    }
-
-    #[test]
-    fn cgroup_paths_resolve_relative_to_the_mount() {
-        let root = Path::new("/sys/fs/cgroup");
-        assert_eq!(
-            resolve(root, Path::new("/sys/fs/cgroup/a/b")),
-            PathBuf::from("/sys/fs/cgroup/a/b")
-        );
-        assert_eq!(
-            resolve(root, Path::new("system.slice/x")),
-            PathBuf::from("/sys/fs/cgroup/system.slice/x")
-        );
-        assert_eq!(
-            resolve(root, Path::new("/system.slice")),
-            PathBuf::from("/sys/fs/cgroup/system.slice")
-        );
-    }
 
     #[test]
     fn descendants_follow_parent_links() {

@@ -153,6 +153,13 @@ counters! {
     metric_overflows: "measurements recorded in an overflow series (otel.metric.overflow=true): the series limit was reached",
     service_graph_unpaired: "service-graph halves (client or server end of a call) forgotten before the other end was seen",
     metric_exports_failed: "OTLP metrics exports that failed",
+    k8s_pods: "pods of this node in the metadata cache",
+    k8s_lists: "pod lists asked of the Kubernetes API (at start, after 410 Gone, after errors)",
+    k8s_watch_events: "pod watch events received",
+    k8s_relists_gone: "pod watches the API server ended with 410 Gone (answered with a fresh list)",
+    k8s_api_errors: "failed Kubernetes API requests and broken watches (retried with backoff)",
+    k8s_pods_dropped: "pods not cached: the cache was full",
+    k8s_resources_incomplete: "process resources built before their pod or container was known (rebuilt when it is)",
 }
 
 pub fn add(c: &AtomicU64, n: u64) {

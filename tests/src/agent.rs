@@ -69,6 +69,11 @@ const OTEL_ENV: &[&str] = &[
     "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
     "OTEL_TRACES_SAMPLER",
     "OTEL_TRACES_SAMPLER_ARG",
+    // A test machine that is itself a pod must not make every agent watch
+    // its cluster.
+    "KUBERNETES_SERVICE_HOST",
+    "KUBERNETES_SERVICE_PORT",
+    "NODE_NAME",
 ];
 
 /// A running agent. It runs outside the traced cgroup, so it never sees its own exports.
@@ -113,6 +118,18 @@ impl Agent {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Self> {
+        Self::launch_spawned(select, export, extra_args, env, |c| Ok(c.spawn()?))
+    }
+
+    /// `launch_with_env`, the agent's process started by `spawn` (e.g.
+    /// inside a cgroup, or in namespaces of its own).
+    pub fn launch_spawned(
+        select: &[Select],
+        export: Export,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        spawn: impl FnOnce(&mut Command) -> Result<std::process::Child>,
+    ) -> Result<Self> {
         Self::launch_command(
             Command::new(clew_bin()?),
             None,
@@ -120,6 +137,7 @@ impl Agent {
             export,
             extra_args,
             env,
+            spawn,
         )
     }
 
@@ -137,14 +155,9 @@ impl Agent {
             "CLEW_TEST_IMAGE is not set: run the tests through `cargo xtask test`, which builds the image",
         )?;
         let name = format!("clew-test-{}", std::process::id());
-        let mut cmd = Command::new("podman");
-        // runc: crun refuses this machine's hybrid cgroup layout. The limits
-        // are given because root here cannot raise podman's defaults.
-        let nofile = crate::process::open_files_limit()?;
-        cmd.args(["--runtime", "runc", "run", "--rm", "--name", &name])
+        let mut cmd = crate::container::podman_run()?;
+        cmd.args(["--rm", "--name", &name])
             .args(["--pid=host", "--network=host"])
-            .args(["--ulimit", &format!("nofile={nofile}:{nofile}")])
-            .args(["--ulimit", "nproc=4096:4096"])
             .args(["--volume", "/sys/fs/cgroup:/sys/fs/cgroup:ro"])
             .args(["--volume", "/sys/kernel/tracing:/sys/kernel/tracing"]);
         match access {
@@ -159,7 +172,9 @@ impl Agent {
             }
         }
         cmd.args(["--env", "NO_COLOR=1", &image]);
-        Self::launch_command(cmd, Some(name), select, export, extra_args, &[])
+        Self::launch_command(cmd, Some(name), select, export, extra_args, &[], |c| {
+            Ok(c.spawn()?)
+        })
     }
 
     /// `clew` is either the agent binary or a command that runs it (podman):
@@ -171,6 +186,7 @@ impl Agent {
         export: Export,
         extra_args: &[&str],
         env: &[(&str, &str)],
+        spawn: impl FnOnce(&mut Command) -> Result<std::process::Child>,
     ) -> Result<Self> {
         let dir = TempDir::new("agent")?;
         let health_port = free_port()?;
@@ -205,7 +221,7 @@ impl Agent {
             &mut cmd,
             dir.join("agent.log"),
             stdout.as_deref(),
-            |c| Ok(c.spawn()?),
+            spawn,
         )?;
         let mut agent = Agent {
             proc,

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct Cgroup {
     path: PathBuf,
+    /// Directories `nested` created above this one, deepest first: removed after it.
+    parents: Vec<PathBuf>,
 }
 
 /// The cgroup2 mount point: /sys/fs/cgroup on pure-v2 hosts, /sys/fs/cgroup/unified on hybrid ones.
@@ -37,11 +39,38 @@ impl Cgroup {
         let path = cgroup2_mount()?.join(dir);
         if path.exists() {
             // Left over by an earlier run that died with the same pid.
-            drop(Cgroup { path: path.clone() });
+            drop(Cgroup {
+                path: path.clone(),
+                parents: Vec::new(),
+            });
         }
         std::fs::create_dir(&path)
             .with_context(|| format!("creating cgroup {}", path.display()))?;
-        Ok(Cgroup { path })
+        Ok(Cgroup {
+            path,
+            parents: Vec::new(),
+        })
+    }
+
+    /// A cgroup `rel` (several levels, e.g. the kubelet's
+    /// `kubepods.slice/…/cri-containerd-<id>.scope`) below this one; it and
+    /// the levels it created are removed on drop, so drop it first.
+    pub fn nested(&self, rel: &str) -> Result<Self> {
+        let mut parents = Vec::new();
+        let mut path = self.path.clone();
+        let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
+        for (i, part) in parts.iter().enumerate() {
+            path.push(part);
+            if !path.exists() {
+                std::fs::create_dir(&path)
+                    .with_context(|| format!("creating cgroup {}", path.display()))?;
+                if i + 1 < parts.len() {
+                    parents.push(path.clone());
+                }
+            }
+        }
+        parents.reverse();
+        Ok(Cgroup { path, parents })
     }
 
     pub fn path(&self) -> &Path {
@@ -51,6 +80,16 @@ impl Cgroup {
     /// Starts `cmd` already inside the cgroup: the child moves itself before
     /// exec, so not even the exec is ever seen outside it.
     pub fn spawn(&self, cmd: &mut Command) -> Result<Child> {
+        self.spawn_inside(cmd, false)
+    }
+
+    /// `spawn`, the child then in a cgroup namespace of its own rooted at
+    /// this cgroup (as a container's processes are on a cgroup v2 node).
+    pub fn spawn_namespaced(&self, cmd: &mut Command) -> Result<Child> {
+        self.spawn_inside(cmd, true)
+    }
+
+    fn spawn_inside(&self, cmd: &mut Command, own_namespace: bool) -> Result<Child> {
         let procs = CString::new(self.path.join("cgroup.procs").as_os_str().as_bytes())?;
         // SAFETY: the hook only calls async-signal-safe libc functions on
         // memory prepared before fork.
@@ -66,6 +105,10 @@ impl Cgroup {
                 libc::close(fd);
                 if n != 1 {
                     return Err(err);
+                }
+                // After the move: the new namespace's root is this cgroup.
+                if own_namespace && libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
             });
@@ -128,6 +171,11 @@ impl Drop for Cgroup {
     fn drop(&mut self) {
         if let Err(e) = self.remove() {
             eprintln!("warning: {e:#}");
+        }
+        for p in &self.parents {
+            if let Err(e) = std::fs::remove_dir(p) {
+                eprintln!("warning: removing {}: {e}", p.display());
+            }
         }
     }
 }

@@ -16,6 +16,9 @@ pub enum Symbols {
     Kept,
     /// `-ldflags=-s -w`: no symbol table, no DWARF, as many images ship.
     Stripped,
+    /// Symbols kept, statically linked (`CGO_ENABLED=0`): runs alone in an
+    /// empty root filesystem.
+    Static,
 }
 
 /// The executable built from `tests/peers/<name>`.
@@ -42,7 +45,9 @@ fn build(name: &str, symbols: Symbols) -> Result<PathBuf> {
     let (out, ldflags) = match symbols {
         Symbols::Kept => (dir.join(name), ""),
         Symbols::Stripped => (dir.join(format!("{name}_stripped")), "-s -w"),
+        Symbols::Static => (dir.join(format!("{name}_static")), ""),
     };
+    let cgo = if symbols == Symbols::Static { "0" } else { "1" };
     let start = Instant::now();
     let result = Command::new("go")
         .args(["build", "-ldflags", ldflags, "-o"])
@@ -52,6 +57,7 @@ fn build(name: &str, symbols: Symbols) -> Result<PathBuf> {
         .env("GOCACHE", dir.join("cache"))
         .env("GOPATH", dir.join("gopath"))
         .env("GOFLAGS", "-mod=mod")
+        .env("CGO_ENABLED", cgo)
         .output()
         .context("running go (apt-get install golang-go)")?;
     ensure!(

@@ -60,9 +60,27 @@ pub struct ServiceOpts<'a> {
     bind: Option<&'a str>,
     netns: Option<&'a Netns>,
     tls: Option<&'a TestCert>,
+    /// Without OTEL_SERVICE_NAME: the agent names it.
+    anonymous: bool,
+    env: Vec<(&'a str, &'a str)>,
 }
 
 impl<'a> ServiceOpts<'a> {
+    /// Start it without OTEL_SERVICE_NAME, so the agent names the service
+    /// (after its executable, or its pod's workload).
+    pub fn anonymous(self) -> Self {
+        ServiceOpts {
+            anonymous: true,
+            ..self
+        }
+    }
+
+    /// An extra environment variable (e.g. OTEL_RESOURCE_ATTRIBUTES).
+    pub fn env(mut self, key: &'a str, value: &'a str) -> Self {
+        self.env.push((key, value));
+        self
+    }
+
     /// Forward /chain requests to this base URL.
     pub fn downstream(self, url: &'a str) -> Self {
         ServiceOpts {
@@ -164,8 +182,11 @@ impl<'a> ServiceOpts<'a> {
             .arg("--header-log")
             .arg(&header_log)
             .args(["--work-delay-ms", &self.work_delay_ms.to_string()])
-            .env("OTEL_SERVICE_NAME", name)
-            .env("PYTHONUNBUFFERED", "1");
+            .env("PYTHONUNBUFFERED", "1")
+            .envs(self.env.iter().copied());
+        if !self.anonymous {
+            cmd.env("OTEL_SERVICE_NAME", name);
+        }
         if let Some(d) = self.downstream {
             cmd.args(["--downstream", d]);
         }
@@ -223,6 +244,8 @@ impl PyService {
             bind: None,
             netns: None,
             tls: None,
+            anonymous: false,
+            env: Vec::new(),
         }
     }
 

@@ -13,12 +13,16 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{duration, CommandLineMode, Mechanisms, QueryMode, SdkProcesses, TlsAttach};
+use super::{
+    duration, CommandLineMode, KubernetesMode, Mechanisms, QueryMode, SdkProcesses, TlsAttach,
+};
 use crate::{
     export::{Compression, Protocol},
+    matcher::Match,
     metrics::Pattern,
     sampling::{Ratio, SamplerName},
     synthetic::ProbeTarget,
+    tenant::Rule,
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -54,6 +58,10 @@ pub struct File {
     pub health: HealthSection,
     #[serde(default)]
     pub synthetic: SyntheticSection,
+    #[serde(default)]
+    pub kubernetes: KubernetesSection,
+    /// `[[tenants]]`, in order (`--tenant`).
+    pub tenants: Option<Vec<TenantRule>>,
 }
 
 impl File {
@@ -71,6 +79,86 @@ pub struct SelectSection {
     pub pids: Option<Vec<u32>>,
     pub exes: Option<Vec<String>>,
     pub ports: Option<Vec<u16>>,
+    /// `--namespace`.
+    pub namespaces: Option<Vec<String>>,
+    /// `--pod-label`: each table a set of labels a pod must all carry.
+    pub pod_labels: Option<Vec<BTreeMap<String, String>>>,
+    /// `--host-cgroup-root`.
+    pub host_cgroup_root: Option<PathBuf>,
+}
+
+/// `[kubernetes]`: where pod metadata comes from.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSection {
+    /// `--kubernetes`.
+    pub mode: Option<KubernetesMode>,
+    /// `--node-name`.
+    pub node_name: Option<String>,
+    /// `--kubernetes-service-account`.
+    pub service_account: Option<PathBuf>,
+}
+
+/// One `[[tenants]]` table as written: exactly one selector key, and the
+/// attributes its processes get.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantTable {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_labels: Option<BTreeMap<String, String>>,
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// A `[[tenants]]` table, checked while parsing so that an error points
+/// at its line.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(try_from = "TenantTable", into = "TenantTable")]
+pub struct TenantRule(pub Rule);
+
+impl TryFrom<TenantTable> for TenantRule {
+    type Error = anyhow::Error;
+
+    fn try_from(t: TenantTable) -> anyhow::Result<Self> {
+        let mut given = [
+            t.cgroup.map(Match::Cgroup),
+            t.exe.map(Match::Exe),
+            t.namespace.map(Match::Namespace),
+            t.pod_labels
+                .map(|l| Match::PodLabels(l.into_iter().collect())),
+        ]
+        .into_iter()
+        .flatten();
+        let (Some(when), None) = (given.next(), given.next()) else {
+            anyhow::bail!("a tenant takes exactly one of cgroup, exe, namespace and pod_labels");
+        };
+        anyhow::ensure!(!t.attributes.is_empty(), "a tenant needs attributes");
+        Ok(TenantRule(Rule {
+            when,
+            attributes: t.attributes.into_iter().collect(),
+        }))
+    }
+}
+
+impl From<TenantRule> for TenantTable {
+    fn from(TenantRule(r): TenantRule) -> Self {
+        let mut t = TenantTable {
+            attributes: r.attributes.into_iter().collect(),
+            ..TenantTable::default()
+        };
+        match r.when {
+            Match::Cgroup(p) => t.cgroup = Some(p),
+            Match::Exe(e) => t.exe = Some(e),
+            Match::Namespace(n) => t.namespace = Some(n),
+            Match::PodLabels(l) => t.pod_labels = Some(l.into_iter().collect()),
+        }
+        t
+    }
 }
 
 /// The OTLP keys, each the file form of the `OTEL_EXPORTER_OTLP_*`

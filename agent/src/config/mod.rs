@@ -14,7 +14,13 @@ pub mod duration;
 pub mod env;
 pub mod file;
 
-use std::{fmt::Debug, net::SocketAddr, ops::RangeInclusive, path::Path, time::Duration};
+use std::{
+    fmt::Debug,
+    net::SocketAddr,
+    ops::RangeInclusive,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
@@ -26,11 +32,14 @@ pub use file::File;
 use crate::{
     cli::RunArgs,
     export::{ExportConfig, ExportFlags, Signal},
+    k8s::KubernetesConfig,
+    matcher::Match,
     metrics::Pattern,
     protocol::http_common::known_methods_from_env,
     sampling::{Ratio, Sampler, SamplerName},
     select::Selector,
     synthetic::{self, SyntheticConfig},
+    tenant::Rule,
 };
 
 /// Defaults that several sources share.
@@ -70,7 +79,15 @@ pub struct Config {
     pub health_listen: Option<SocketAddr>,
     /// `None`: no synthetic probe.
     pub synthetic: Option<SyntheticConfig>,
+    /// Where the host's cgroup v2 hierarchy is mounted, if not the first
+    /// cgroup2 mount.
+    pub host_cgroup_root: Option<PathBuf>,
+    pub kubernetes: KubernetesConfig,
+    pub tenants: Vec<Rule>,
 }
+
+/// Where the service account is mounted in every pod.
+pub const DEFAULT_SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// The file `path` names, or an empty one.
 pub fn read_file(path: Option<&Path>) -> Result<File> {
@@ -113,7 +130,58 @@ impl Config {
             ports: given(f.select.port)
                 .or(file.select.ports)
                 .unwrap_or_default(),
+            pods: given(f.select.namespace)
+                .or(file.select.namespaces)
+                .unwrap_or_default()
+                .into_iter()
+                .map(Match::Namespace)
+                .chain(
+                    given(f.select.pod_label)
+                        .or(file.select.pod_labels.map(|tables| {
+                            tables
+                                .into_iter()
+                                .map(|l| Match::PodLabels(l.into_iter().collect()))
+                                .collect()
+                        }))
+                        .unwrap_or_default(),
+                )
+                .collect(),
+            hierarchy: Default::default(),
         };
+        let path = |v: &str| Ok(PathBuf::from(v));
+        let host_cgroup_root = match f.select.host_cgroup_root {
+            Some(p) => Some(p),
+            None => env
+                .clew("CLEW_HOST_CGROUP_ROOT", path)?
+                .or(file.select.host_cgroup_root),
+        };
+        let kubernetes = KubernetesConfig {
+            mode: match f.kubernetes {
+                Some(m) => m,
+                None => env
+                    .clew("CLEW_KUBERNETES", env::named)?
+                    .or(file.kubernetes.mode)
+                    .unwrap_or_default(),
+            },
+            node_name: f
+                .node_name
+                .or_else(|| env.get("NODE_NAME").map(str::to_owned))
+                .or(file.kubernetes.node_name),
+            service_account: match f.kubernetes_service_account {
+                Some(p) => p,
+                None => env
+                    .clew("CLEW_KUBERNETES_SERVICE_ACCOUNT", path)?
+                    .or(file.kubernetes.service_account)
+                    .unwrap_or_else(|| DEFAULT_SERVICE_ACCOUNT.into()),
+            },
+            service_host: env.get("KUBERNETES_SERVICE_HOST").map(str::to_owned),
+            service_port: env.get("KUBERNETES_SERVICE_PORT").map(str::to_owned),
+        };
+        let tenants = given(f.tenants)
+            .or(file
+                .tenants
+                .map(|t| t.into_iter().map(|file::TenantRule(r)| r).collect()))
+            .unwrap_or_default();
 
         let traces = ExportConfig::resolve(Signal::Traces, &file.export, &export_flags, env)?;
         let metrics_export =
@@ -251,6 +319,9 @@ impl Config {
             metric_series_limit,
             health_listen: f.health_listen.or(file.health.listen),
             synthetic,
+            host_cgroup_root,
+            kubernetes,
+            tenants,
         })
     }
 }
@@ -308,6 +379,18 @@ pub enum SdkProcesses {
     #[default]
     Defer,
     Trace,
+}
+
+/// Whether pod metadata is read from the Kubernetes API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KubernetesMode {
+    /// When the in-cluster configuration is there.
+    #[default]
+    Auto,
+    /// Required: an error without it.
+    On,
+    Off,
 }
 
 /// How TLS library probes are attached when only some processes are traced.

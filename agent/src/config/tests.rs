@@ -6,6 +6,7 @@ use super::*;
 use crate::{
     cli::{Cli, Command},
     export::{Compression, Protocol},
+    matcher::Match,
     sampling::Root,
 };
 
@@ -76,6 +77,44 @@ fn every_key_of_the_example_reaches_the_configuration() {
     assert_eq!(cfg.select.pids, [4242]);
     assert_eq!(cfg.select.exes, ["nginx", "/usr/local/bin/checkout"]);
     assert_eq!(cfg.select.ports, [8080]);
+    assert_eq!(
+        cfg.select.pods,
+        [
+            Match::Namespace("shop".into()),
+            Match::PodLabels(vec![
+                ("app.kubernetes.io/name".into(), "checkout".into()),
+                ("tier".into(), "web".into())
+            ])
+        ]
+    );
+    assert_eq!(
+        cfg.host_cgroup_root,
+        Some(PathBuf::from("/host/sys/fs/cgroup"))
+    );
+    let k = &cfg.kubernetes;
+    assert_eq!(k.mode, KubernetesMode::Auto);
+    assert_eq!(k.node_name.as_deref(), Some("node-1"));
+    assert_eq!(
+        k.service_account,
+        PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount")
+    );
+    let selectors: Vec<&Match> = cfg.tenants.iter().map(|r| &r.when).collect();
+    assert_eq!(
+        selectors,
+        [
+            &Match::Namespace("shop".into()),
+            &Match::PodLabels(vec![("team".into(), "payments".into())]),
+            &Match::Cgroup("/system.slice/billing.service".into()),
+            &Match::Exe("nginx".into()),
+        ]
+    );
+    assert_eq!(
+        cfg.tenants[0].attributes,
+        [
+            ("service.namespace".into(), "shop".into()),
+            ("tenant".into(), "team-a".into())
+        ]
+    );
 
     let t = &cfg.traces;
     assert_eq!(
@@ -191,6 +230,26 @@ fn a_bad_key_or_value_is_one_error_naming_it_and_its_line() {
         ),
         ("[export.traces]\nbatch = {}", "unknown field `batch`", 3),
         ("[teams]\nname = \"a\"", "unknown field `teams`", 2),
+        (
+            "[[tenants]]\nname = \"a\"\nattributes = { t = \"x\" }",
+            "unknown field `name`",
+            3,
+        ),
+        (
+            "[[tenants]]\nnamespace = \"a\"\nexe = \"b\"\nattributes = { t = \"x\" }",
+            "exactly one of",
+            2,
+        ),
+        (
+            "[[tenants]]\nnamespace = \"a\"",
+            "missing field `attributes`",
+            2,
+        ),
+        (
+            "[kubernetes]\nmode = \"maybe\"",
+            "unknown variant `maybe`",
+            3,
+        ),
         (
             "[capture]\nbytes = \"lots\"",
             "invalid type: string \"lots\"",
@@ -415,6 +474,74 @@ fn selection_lists_are_replaced_one_by_one() {
     assert_eq!(cfg.select.cgroups, [PathBuf::from("/a")]);
     assert_eq!(cfg.select.pids, [2]);
     assert_eq!(cfg.select.exes, ["nginx"]);
+}
+
+#[test]
+fn kubernetes_and_tenants_file_environment_flags() {
+    let file = "[select]\nnamespaces = [\"a\"]\nhost_cgroup_root = \"/file\"\n\
+                [kubernetes]\nmode = \"off\"\nnode_name = \"from-file\"\n\
+                [[tenants]]\nnamespace = \"a\"\nattributes = { tenant = \"file\" }";
+    let cfg = resolve(file, &[], &[]).unwrap();
+    assert_eq!(cfg.kubernetes.mode, KubernetesMode::Off);
+    assert_eq!(cfg.kubernetes.node_name.as_deref(), Some("from-file"));
+    assert_eq!(cfg.host_cgroup_root, Some(PathBuf::from("/file")));
+    assert_eq!(
+        cfg.tenants[0].attributes,
+        [("tenant".into(), "file".into())]
+    );
+    let env = [
+        ("CLEW_KUBERNETES", "on"),
+        ("NODE_NAME", "from-env"),
+        ("CLEW_HOST_CGROUP_ROOT", "/env"),
+        ("CLEW_KUBERNETES_SERVICE_ACCOUNT", "/env/sa"),
+        ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+        ("KUBERNETES_SERVICE_PORT", "443"),
+    ];
+    let cfg = resolve(file, &env, &[]).unwrap();
+    let k = &cfg.kubernetes;
+    assert_eq!(k.mode, KubernetesMode::On);
+    assert_eq!(k.node_name.as_deref(), Some("from-env"));
+    assert_eq!(k.service_account, PathBuf::from("/env/sa"));
+    assert_eq!(
+        (k.service_host.as_deref(), k.service_port.as_deref()),
+        (Some("10.96.0.1"), Some("443"))
+    );
+    assert_eq!(cfg.host_cgroup_root, Some(PathBuf::from("/env")));
+    let flags = [
+        "--kubernetes",
+        "auto",
+        "--node-name",
+        "from-flag",
+        "--host-cgroup-root",
+        "/flag",
+        "--pod-label",
+        "app=web,tier=front",
+        "--tenant",
+        "exe=nginx:tenant=flag",
+    ];
+    let cfg = resolve(file, &env, &flags).unwrap();
+    assert_eq!(cfg.kubernetes.mode, KubernetesMode::Auto);
+    assert_eq!(cfg.kubernetes.node_name.as_deref(), Some("from-flag"));
+    assert_eq!(cfg.host_cgroup_root, Some(PathBuf::from("/flag")));
+    // --pod-label replaces the file's labels only; its namespaces stay.
+    assert_eq!(
+        cfg.select.pods,
+        [
+            Match::Namespace("a".into()),
+            Match::PodLabels(vec![
+                ("app".into(), "web".into()),
+                ("tier".into(), "front".into())
+            ])
+        ]
+    );
+    assert_eq!(cfg.tenants.len(), 1);
+    assert_eq!(cfg.tenants[0].when, Match::Exe("nginx".into()));
+    assert!(error("", &[("CLEW_KUBERNETES", "maybe")], &[]).contains("CLEW_KUBERNETES"));
+    assert!(format!(
+        "{:#}",
+        Cli::try_parse_from(["clew", "run", "--tenant", "shop"]).unwrap_err()
+    )
+    .contains("SELECTOR:KEY=VALUE"));
 }
 
 #[test]

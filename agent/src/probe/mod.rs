@@ -145,7 +145,7 @@ pub fn run() -> Report {
         .trim()
         .to_owned();
     let found = programs::test_all();
-    let cgroup2 = crate::select::cgroup2_mount();
+    let cgroup2 = crate::cgroup::cgroup2_mount();
     let btf = Path::new("/sys/kernel/btf/vmlinux");
     let write_user = found.write_user.map_err(|why| match &lockdown {
         Lockdown::Mode(m) if m != "none" => format!("{why} (kernel lockdown: {m})"),

@@ -212,7 +212,7 @@ struct ScratchCgroup(PathBuf);
 
 impl ScratchCgroup {
     fn new() -> Result<ScratchCgroup> {
-        let root = crate::select::cgroup2_mount()?;
+        let root = crate::cgroup::cgroup2_mount()?;
         let dir = root.join(format!("clew-probe-{}", std::process::id()));
         fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(ScratchCgroup(dir))
