@@ -28,9 +28,17 @@ pub struct Options {
     pub save: Option<PathBuf>,
 }
 
-/// Builds the image around the release `agent` and returns its reference
-/// (`localhost/clew:VERSION`).
-pub fn image(paths: &Paths, agent: &Path, opts: Options) -> Result<String> {
+/// The image just built.
+pub struct Built {
+    /// `localhost/clew:VERSION`, what users push and run.
+    pub reference: String,
+    /// Its content id: what the tests run, since another checkout on the
+    /// same machine may retag the reference meanwhile.
+    pub id: String,
+}
+
+/// Builds the image around the release `agent`.
+pub fn image(paths: &Paths, agent: &Path, opts: Options) -> Result<Built> {
     let reference = format!("{NAME}:{}", env!("CARGO_PKG_VERSION"));
     let context = paths.target.join("image");
     stage(agent, &context.join("rootfs"))?;
@@ -38,7 +46,7 @@ pub fn image(paths: &Paths, agent: &Path, opts: Options) -> Result<String> {
     let start = Instant::now();
     eprintln!("[image] podman build {reference}");
     let containerfile = paths.root.join("deploy/container/Containerfile");
-    cmd::run(
+    let id = cmd::output(
         podman()?
             .args(["build", "--quiet", "--tag", &reference, "--file"])
             .arg(&containerfile)
@@ -58,7 +66,7 @@ pub fn image(paths: &Paths, agent: &Path, opts: Options) -> Result<String> {
         .context("podman save failed")?;
         eprintln!("[image] saved to {}", paths.show(&archive));
     }
-    Ok(reference)
+    Ok(Built { reference, id })
 }
 
 fn podman() -> Result<Command> {

@@ -110,7 +110,7 @@ fn dispatch(task: Task) -> Result<()> {
             let save = save.map(|p| std::env::current_dir().unwrap_or_default().join(p));
             let built = build::build(&paths, true)?;
             let opts = image::Options { save };
-            println!("{}", image::image(&paths, &built.agent, opts)?);
+            println!("{}", image::image(&paths, &built.agent, opts)?.reference);
             Ok(())
         }
         Task::Test {

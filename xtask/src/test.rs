@@ -69,7 +69,7 @@ pub fn test(paths: &Paths, opts: Options) -> Result<()> {
             .current_dir(&paths.root)
             .env("CLEW_EBPF_OBJECT", &built.object)
             .env("CLEW_BIN", &built.agent)
-            .env("CLEW_TEST_IMAGE", &image)
+            .env("CLEW_TEST_IMAGE", &image.id)
             .args([
                 "test",
                 "--package",
