@@ -4,7 +4,7 @@
 //! that never stops processing). Each is counted once, on
 //! `clew_mega_traces`, and logged with its trace id.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use crate::span::TraceId;
 

@@ -445,7 +445,10 @@ impl Pipeline {
                 Some(Uncertain::Inferred) => stats::add(&self.stats.spans_parent_inferred, 1),
                 None => {}
             }
-            if self.mega_traces.note(ctx.trace_id, self.ticks) {
+            // Only spans with a parent make a trace grow: a root alone (most
+            // traces at high rates: one request, one span) is not followed,
+            // which leaves a mega-trace's count one short at worst.
+            if ctx.parent.is_some() && self.mega_traces.note(ctx.trace_id, self.ticks) {
                 stats::add(&self.stats.mega_traces, 1);
                 tracing::warn!(
                     trace_id = %hex::encode(ctx.trace_id),
