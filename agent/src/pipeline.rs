@@ -14,7 +14,7 @@ use crate::{
     export::Exporter,
     mega_traces::{MegaTraces, MEGA_TRACE_SPANS},
     metrics::Metrics,
-    nesting::{Nesting, SpanCtx, Uncertain},
+    nesting::{Nesting, Uncertain},
     process::Processes,
     processor::Chain,
     protocol::{ConnFacts, Losses, Protocol, Role, Shared, SpanOptions, Transaction},
@@ -196,7 +196,7 @@ impl Pipeline {
                 .get_mut(k.conn_id)
                 .and_then(|c| c.session.as_mut());
             if let Some(s) = session {
-                let ctx = SpanCtx::from(&k.ctx);
+                let ctx = self.nesting.from_kernel(&k.ctx, true);
                 if s.adopt_server_ctx(k.stream_id, k.ts_ns, ctx, &mut self.nesting) {
                     return;
                 }
@@ -529,6 +529,12 @@ impl Pipeline {
             &self.stats.kafka_consumer_stood_down,
             kf.consumer_stood_down,
         );
+        let ts = &k.tracestate;
+        stats::set(&self.stats.tracestate_carried, ts.carried);
+        stats::set(&self.stats.tracestate_dropped, ts.dropped);
+        stats::set(&self.stats.tracestate_injected, ts.injected);
+        stats::set(&self.stats.tracestate_own, ts.own);
+        stats::set(&self.stats.tracestate_no_room, ts.no_room);
     }
 
     pub fn exporter(&self) -> &Exporter {

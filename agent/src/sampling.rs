@@ -83,6 +83,11 @@ impl Threshold {
         self.0
     }
 
+    /// The `tracestate` of a new trace this threshold kept: its `ot` member.
+    pub fn member(self) -> String {
+        format!("ot=th:{}", self.th())
+    }
+
     /// The `th` sub-key: 14 hex digits less trailing zeros (`0` for 100%).
     pub fn th(self) -> String {
         if self.0 == 0 {
@@ -192,6 +197,14 @@ impl Sampler {
         }
     }
 
+    /// The threshold of the `probability` rule that decides new traces.
+    pub fn root_threshold(&self) -> Option<Threshold> {
+        match self {
+            Sampler::Probability(t) | Sampler::ParentBased(Root::Probability(t)) => Some(*t),
+            _ => None,
+        }
+    }
+
     /// The `th` a span sampled by this sampler carries, when Clew's own
     /// rule decided it: every span for `probability`, roots for
     /// `parentbased_probability` (a child follows its parent's decision,
@@ -272,6 +285,10 @@ pub struct KernelSampling {
     pub parent_based: u32,
     /// 1: the `probability` rule.
     pub consistent: u32,
+    /// `ot=th:…`, the `tracestate` of the new traces that rule keeps, and
+    /// its length (0 for other rules).
+    pub th_state: [u8; 24],
+    pub th_len: u32,
 }
 
 impl Sampler {
@@ -289,11 +306,19 @@ impl Sampler {
             Root::TraceIdRatio(r) => ((r >= 1.0) as u32, (r * u64::MAX as f64) as u64, 0),
             Root::Probability(t) => ((t.value() == 0) as u32, t.value(), 1),
         };
+        let mut th_state = [0; 24];
+        let member = self
+            .root_threshold()
+            .map(Threshold::member)
+            .unwrap_or_default();
+        th_state[..member.len()].copy_from_slice(member.as_bytes());
         KernelSampling {
             always,
             threshold,
             parent_based,
             consistent,
+            th_state,
+            th_len: member.len() as u32,
         }
     }
 }
@@ -366,6 +391,8 @@ mod tests {
                 threshold: 0,
                 parent_based: 0,
                 consistent: 0,
+                th_state: [0; 24],
+                th_len: 0,
             }
         );
         let k = named("probability", 0.25).kernel();
@@ -373,6 +400,10 @@ mod tests {
             (k.always, k.threshold, k.consistent),
             (0, 0xc0_0000_0000_0000, 1)
         );
+        assert_eq!(&k.th_state[..k.th_len as usize], b"ot=th:c");
+        // The longest th (14 digits) fits.
+        let k = named("parentbased_probability", 0.0000001).kernel();
+        assert!(k.th_len > 12 && k.th_len <= 20, "{}", k.th_len);
     }
 
     /// The specification's table (precision 4): 1-in-N and its `th`.

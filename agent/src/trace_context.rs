@@ -54,67 +54,23 @@ pub fn single<'a>(mut values: impl Iterator<Item = &'a str>) -> Option<&'a str> 
     values.next().is_none().then_some(first)
 }
 
-/// Most list members a `tracestate` may have.
-pub const TRACESTATE_MEMBERS: usize = 32;
-/// Longest `tracestate` carried on.
-pub const TRACESTATE_BYTES: usize = 512;
-
-/// A `tracestate` (repeated headers joined by `,`) as it is carried on:
-/// empty members dropped, and None when it breaks the specification's
-/// rules (more than 32 members or 512 bytes, a malformed member, a key
-/// twice), since a vendor cannot tell which of its members to trust.
+/// A `tracestate` (repeated headers joined by `,`) as it is recorded:
+/// empty members and the optional whitespace around members dropped, and
+/// None when it breaks the specification's rules (more than 32 members or
+/// 512 bytes, a malformed member, a key twice), since a vendor cannot
+/// tell which of its members to trust. Validity is the kernel's own check
+/// (`clew_common::tracestate`), so what is recorded and what the kernel
+/// carries on agree.
 pub fn tracestate(value: &str) -> Option<String> {
+    if !clew_common::tracestate::valid(value.as_bytes()) {
+        return None;
+    }
     let members: Vec<&str> = value
         .split(',')
         .map(|m| m.trim_matches([' ', '\t']))
         .filter(|m| !m.is_empty())
         .collect();
-    if members.is_empty() || members.len() > TRACESTATE_MEMBERS {
-        return None;
-    }
-    let mut keys = Vec::with_capacity(members.len());
-    for m in &members {
-        let (k, v) = m.split_once('=')?;
-        if !valid_key(k) || !valid_value(v) || keys.contains(&k) {
-            return None;
-        }
-        keys.push(k);
-    }
-    let joined = members.join(",");
-    (joined.len() <= TRACESTATE_BYTES).then_some(joined)
-}
-
-/// `simple-key` or `tenant-id@system-id`.
-fn valid_key(k: &str) -> bool {
-    let rest = |s: &str| {
-        s.bytes()
-            .all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'*' | b'/'))
-    };
-    let starts = |s: &str, digit_ok: bool| {
-        s.bytes()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || (digit_ok && c.is_ascii_digit()))
-    };
-    match k.split_once('@') {
-        None => k.len() <= 256 && starts(k, false) && rest(k),
-        Some((tenant, system)) => {
-            tenant.len() <= 241
-                && system.len() <= 14
-                && starts(tenant, true)
-                && starts(system, false)
-                && rest(tenant)
-                && rest(system)
-        }
-    }
-}
-
-/// Up to 256 printable characters but `,` and `=`, not ending in a space.
-fn valid_value(v: &str) -> bool {
-    !v.is_empty()
-        && v.len() <= 256
-        && !v.ends_with(' ')
-        && v.bytes()
-            .all(|c| (0x20..=0x7e).contains(&c) && c != b',' && c != b'=')
+    Some(members.join(","))
 }
 
 /// W3C baggage (`k1=v1;prop,k2=v2`, percent-encoded values), the format

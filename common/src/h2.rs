@@ -113,6 +113,9 @@ pub struct BlockScan {
     /// connection can carry a `traceparent` as a one-byte dynamic index
     /// that no walk can recognise.
     pub indexes_traceparent: bool,
+    /// The same for `tracestate`.
+    pub tracestate: bool,
+    pub indexes_tracestate: bool,
 }
 
 /// Decodes an HPACK integer (RFC 7541 §5.1) with an `prefix`-bit prefix
@@ -247,6 +250,9 @@ impl Walk {
             if is_traceparent(p, n, huffman, byte) {
                 self.out.traceparent = true;
                 self.out.indexes_traceparent |= indexing;
+            } else if is_tracestate(p, n, huffman, byte) {
+                self.out.tracestate = true;
+                self.out.indexes_tracestate |= indexing;
             }
             pos = p + n;
         }
@@ -268,6 +274,16 @@ fn is_traceparent(at: usize, n: usize, huffman: bool, byte: &impl Fn(usize) -> u
         n == TRACEPARENT_NAME_HUFFMAN.len() && same(at, TRACEPARENT_NAME_HUFFMAN, byte)
     } else {
         n == TRACEPARENT_NAME.len() && same(at, TRACEPARENT_NAME, byte)
+    }
+}
+
+#[inline(always)]
+fn is_tracestate(at: usize, n: usize, huffman: bool, byte: &impl Fn(usize) -> u8) -> bool {
+    use crate::tracestate::{NAME, NAME_HUFFMAN};
+    if huffman {
+        n == NAME_HUFFMAN.len() && same(at, NAME_HUFFMAN, byte)
+    } else {
+        n == NAME.len() && same(at, NAME, byte)
     }
 }
 
@@ -366,6 +382,20 @@ mod tests {
             s.complete && s.traceparent && !s.indexes_traceparent,
             "{s:?}"
         );
+        // tracestate, plain without indexing and Huffman with indexing.
+        let mut block = hex("82");
+        block.extend_from_slice(crate::tracestate::FIELD_PREFIX);
+        block.extend_from_slice(&[3, b'a', b'=', b'1']);
+        let s = scan(&block);
+        assert!(
+            s.complete && s.tracestate && !s.indexes_tracestate && !s.traceparent,
+            "{s:?}"
+        );
+        let mut block = hex("82 40 87");
+        block.extend_from_slice(crate::tracestate::NAME_HUFFMAN);
+        block.extend_from_slice(&[3, b'a', b'=', b'1']);
+        let s = scan(&block);
+        assert!(s.complete && s.tracestate && s.indexes_tracestate, "{s:?}");
         // A Huffman name of the same length that is not traceparent.
         let mut block = hex("82 40 88");
         block.extend_from_slice(&[0x4d, 0x83, 0x21, 0x6b, 0x1d, 0x85, 0xa9, 0x3e]);

@@ -7,6 +7,7 @@
 pub mod h2;
 pub mod kafka;
 pub mod probe;
+pub mod tracestate;
 
 /// Largest payload prefix one data event carries. Bodies beyond the
 /// configured capture limit are accounted for by length only.
@@ -109,6 +110,14 @@ pub mod ctxflag {
     /// `traceparent` names `parent_id` (`CtxEvent::stream_id`: the Fetch's
     /// correlation id).
     pub const CONSUMER: u8 = 32;
+    /// A SERVER span whose request carried a valid `tracestate` the
+    /// kernel holds for its executor; on a CLIENT span, that the request
+    /// was injected with it (its parent's).
+    pub const TRACESTATE: u8 = 64;
+    /// The span's trace was started under the `probability` sampler, which
+    /// kept it: its `tracestate` is the sampler's `ot=th:…` member; on a
+    /// CLIENT span, that the request was injected with it.
+    pub const SAMPLER_TH: u8 = 128;
 }
 
 /// Ids the kernel chose for a span, so that what it injects and what
@@ -404,6 +413,9 @@ pub mod names {
         pub const SAMPLE_THRESHOLD: &str = "SAMPLE_THRESHOLD";
         pub const SAMPLE_PARENT_BASED: &str = "SAMPLE_PARENT_BASED";
         pub const SAMPLE_CONSISTENT: &str = "SAMPLE_CONSISTENT";
+        /// `ot=th:…`, the `tracestate` of traces the `probability` sampler keeps.
+        pub const SAMPLE_TH_STATE: &str = "SAMPLE_TH_STATE";
+        pub const SAMPLE_TH_LEN: &str = "SAMPLE_TH_LEN";
         pub const INJECT: &str = "INJECT";
         pub const TCP_OPTION: &str = "TCP_OPTION";
         pub const TASK_FSBASE_OFFSET: &str = "TASK_FSBASE_OFFSET";
@@ -716,7 +728,23 @@ pub mod stat {
     /// one read, several distinct contexts, compressed records, beyond
     /// bounds, or the thread was serving a request.
     pub const KAFKA_CONSUMER_STOOD_DOWN: u32 = 26;
-    pub const COUNT: u32 = 32;
+    /// Incoming `tracestate` values the kernel holds for the request's
+    /// executor, to write into the requests it sends.
+    pub const TRACESTATE_CARRIED: u32 = 27;
+    /// Incoming `tracestate` values next to a valid `traceparent` not
+    /// carried: invalid, longer than the kernel holds, repeated, not
+    /// ending inside the scanned head, or evicted before a request used it.
+    pub const TRACESTATE_DROPPED: u32 = 28;
+    /// `tracestate` lines and fields written into outgoing requests.
+    pub const TRACESTATE_INJECTED: u32 = 29;
+    /// Outgoing requests given a `traceparent` but not a `tracestate`:
+    /// they carry their own (HTTP/2: or the application indexed its own
+    /// on the connection).
+    pub const TRACESTATE_OWN: u32 = 30;
+    /// `tracestate` fields left out: the HTTP/2 frame would outgrow the
+    /// default maximum frame size.
+    pub const TRACESTATE_NO_ROOM: u32 = 31;
+    pub const COUNT: u32 = 48;
 }
 
 /// Syscall numbers the programs dispatch on, per architecture.

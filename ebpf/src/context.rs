@@ -13,6 +13,7 @@ use aya_ebpf::{
 use clew_common::{ctxflag, h2, kind, CtxEvent, TraceCtx, MAX_INFLIGHT, MAX_PIDS};
 
 use crate::{
+    carry,
     goroutine::{self, Goroutine},
     maps::{count, EVENTS},
 };
@@ -36,7 +37,7 @@ static SAMPLE_CONSISTENT: u32 = 0;
 /// the whole process when the goroutine cannot be read (tid 0, `g` 0).
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Executor {
+pub(crate) struct Executor {
     pid_tgid: u64,
     g: u64,
 }
@@ -96,7 +97,7 @@ struct OpenKey {
 static NEST_BY_PROCESS: LruHashMap<u32, i64> = LruHashMap::with_max_entries(MAX_PIDS, 0);
 
 #[inline(always)]
-fn executor() -> Executor {
+pub(crate) fn executor() -> Executor {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let Some(g_offset) = (unsafe { NEST_BY_PROCESS.get(&tgid) }).copied() else {
@@ -141,6 +142,11 @@ fn new_span_id() -> [u8; 8] {
     id
 }
 
+fn consistent() -> bool {
+    let v = unsafe { core::ptr::read_volatile(&SAMPLE_CONSISTENT) };
+    v == 1
+}
+
 fn sample_root(trace_id: &[u8; 16]) -> bool {
     if unsafe { core::ptr::read_volatile(&SAMPLE_ALWAYS) } == 1 {
         return true;
@@ -149,7 +155,7 @@ fn sample_root(trace_id: &[u8; 16]) -> bool {
     low.copy_from_slice(&trace_id[8..]);
     let low = u64::from_be_bytes(low);
     let threshold = unsafe { core::ptr::read_volatile(&SAMPLE_THRESHOLD) };
-    if unsafe { core::ptr::read_volatile(&SAMPLE_CONSISTENT) } == 1 {
+    if consistent() {
         low & 0x00ff_ffff_ffff_ffff >= threshold
     } else {
         low < threshold
@@ -159,10 +165,11 @@ fn sample_root(trace_id: &[u8; 16]) -> bool {
 fn root() -> TraceCtx {
     let mut trace_id = random::<16>();
     trace_id[0] |= 1;
-    let flags = if sample_root(&trace_id) {
-        ctxflag::SAMPLED
-    } else {
-        0
+    // A trace the `probability` rule keeps carries the rule's threshold.
+    let flags = match (sample_root(&trace_id), consistent()) {
+        (true, true) => ctxflag::SAMPLED | ctxflag::SAMPLER_TH,
+        (true, false) => ctxflag::SAMPLED,
+        _ => 0,
     };
     TraceCtx {
         trace_id,
@@ -174,15 +181,26 @@ fn root() -> TraceCtx {
 }
 
 /// A thread read the start of a request on `conn_id` (HTTP/2: `stream`):
-/// decide the SERVER span, which its executor now serves.
+/// decide the SERVER span, which its executor now serves. `tracestate`:
+/// where the request head in `inject::HEAD` holds the valid `tracestate`
+/// that came with `incoming`, which the span then carries on.
 #[inline(always)]
 pub fn server_request(
     conn_id: u64,
     stream: u32,
     incoming: Option<([u8; 16], [u8; 8], bool)>,
+    tracestate: Option<(u32, u32)>,
 ) -> TraceCtx {
-    let ctx = joined(incoming);
+    let mut ctx = joined(incoming);
     let exec = executor();
+    if let Some((at, n)) = tracestate {
+        if carry::hold(&exec, &ctx.span_id, at, n) {
+            ctx.flags |= ctxflag::TRACESTATE;
+            count(clew_common::stat::TRACESTATE_CARRIED);
+        } else {
+            count(clew_common::stat::TRACESTATE_DROPPED);
+        }
+    }
     let key = OpenKey {
         conn_id,
         stream,
@@ -259,6 +277,12 @@ pub fn joined(incoming: Option<([u8; 16], [u8; 8], bool)>) -> TraceCtx {
             let mut flags = ctxflag::HAS_PARENT | ctxflag::REMOTE_PARENT;
             if keep {
                 flags |= ctxflag::SAMPLED;
+                // The rule, not the parent, decided: its threshold is part
+                // of the span's tracestate (an incoming one, which the
+                // kernel carries as it came, wins when both exist).
+                if !parent_based && consistent() {
+                    flags |= ctxflag::SAMPLER_TH;
+                }
             }
             TraceCtx {
                 trace_id,
@@ -395,7 +419,9 @@ pub fn serving() -> Option<TraceCtx> {
 /// Thread `pid_tgid` exited: drop what it was serving (and, for a
 /// process's main thread, what the process was).
 pub fn thread_exit(pid_tgid: u64) {
-    let _ = SERVING.remove(&Executor { pid_tgid, g: 0 });
+    let thread = Executor { pid_tgid, g: 0 };
+    let _ = SERVING.remove(&thread);
+    carry::forget(&thread);
     if pid_tgid >> 32 == pid_tgid & 0xffff_ffff {
         let _ = NEST_BY_PROCESS.remove(&((pid_tgid >> 32) as u32));
         let process = Executor {
@@ -403,19 +429,22 @@ pub fn thread_exit(pid_tgid: u64) {
             g: 0,
         };
         let _ = SERVING.remove(&process);
+        carry::forget(&process);
     }
 }
 
 /// A CLIENT span for a request the current executor sends: a child of the
-/// request it surely serves, else the root of a new trace; marked
-/// ambiguous, with the candidate in `parent_id`, when it serves several.
+/// request it surely serves (carrying its `tracestate`), else the root of
+/// a new trace; marked ambiguous, with the candidate in `parent_id`, when
+/// it serves several.
 pub fn client_request() -> TraceCtx {
     match parent() {
         Parent::Sure(s) => TraceCtx {
             trace_id: s.trace_id,
             span_id: new_span_id(),
             parent_id: s.span_id,
-            flags: (s.flags & ctxflag::SAMPLED) | ctxflag::HAS_PARENT,
+            flags: (s.flags & (ctxflag::SAMPLED | ctxflag::TRACESTATE | ctxflag::SAMPLER_TH))
+                | ctxflag::HAS_PARENT,
             _pad: [0; 7],
         },
         Parent::Unsure(candidate) => {

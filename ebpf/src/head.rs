@@ -1,7 +1,6 @@
 //! A bounded scan of an HTTP/1 request head held in map memory: where the
 //! request line and the headers end, and where the `traceparent`,
-//! `content-length` and `transfer-encoding` values start.
-//!
+//! `tracestate`, `content-length` and `transfer-encoding` values start.
 
 use core::ffi::c_void;
 
@@ -26,12 +25,16 @@ pub struct Head {
     /// Nonzero when `traceparent` appears more than once: the request's
     /// context is then invalid (userspace agrees, see `trace_context::single`).
     pub traceparent_repeated: u32,
+    pub tracestate: u32,
+    /// Nonzero when `tracestate` appears more than once: the kernel then
+    /// carries none (userspace joins the lines into one list).
+    pub tracestate_repeated: u32,
     pub content_length: u32,
     pub chunked: u32,
 }
 
 #[inline(always)]
-fn at(buf: &[u8; SCAN_BYTES + SLACK], i: usize) -> u8 {
+pub fn at(buf: &[u8; SCAN_BYTES + SLACK], i: usize) -> u8 {
     buf[i & MASK]
 }
 
@@ -62,6 +65,8 @@ pub fn scan(h: &mut Head, len: u32) -> bool {
     h.hdr_end = 0;
     h.traceparent = 0;
     h.traceparent_repeated = 0;
+    h.tracestate = 0;
+    h.tracestate_repeated = 0;
     h.content_length = 0;
     h.chunked = 0;
     let mut c = ScanCtx {
@@ -141,6 +146,11 @@ fn line(h: &mut Head, n: usize, len: usize) -> bool {
             h.traceparent_repeated = 1;
         }
         h.traceparent = (n + 12) as u32;
+    } else if w == le(b"tracesta") && (w2 & 0xff_ffff) == le(b"te:") {
+        if h.tracestate != 0 {
+            h.tracestate_repeated = 1;
+        }
+        h.tracestate = (n + 11) as u32;
     } else if w == le(b"content-") && (w2 & 0xff_ffff_ffff_ffff) == le(b"length:") {
         h.content_length = (n + 15) as u32;
     } else if w == le(b"transfer") {
@@ -151,7 +161,7 @@ fn line(h: &mut Head, n: usize, len: usize) -> bool {
 
 /// Skips optional whitespace after a header's colon.
 #[inline(always)]
-fn value_start(h: &Head, off: u32) -> usize {
+pub fn value_start(h: &Head, off: u32) -> usize {
     let mut p = off as usize;
     if at(&h.buf, p) == b' ' || at(&h.buf, p) == b'\t' {
         p += 1;

@@ -1,7 +1,7 @@
 //! The HTTP/1 observer. It keeps the kernel's idea of which request each
 //! thread serves current: a request read on a server connection starts a
-//! SERVER span (joining its `traceparent`, else the connection's TCP
-//! option), a response written ends it. The context record carries the
+//! SERVER span (joining its `traceparent` and carrying its `tracestate`,
+//! else the connection's TCP option), a response written ends it. The context record carries the
 //! timestamp of the request's data records so userspace can tell which
 //! request it belongs to. Over TLS it also decides the CLIENT span of each
 //! request a process writes.
@@ -10,7 +10,7 @@ use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user as r
 use clew_common::{dir, http1::is_method_word, role, SCAN_BYTES};
 
 use crate::{
-    context, head,
+    carry, context, head,
     inject::HEAD,
     maps::now,
     observe::{self, Staged},
@@ -52,9 +52,12 @@ fn observe(s: &Staged) {
     }
     // A head longer than the scan still yields a traceparent seen early.
     let _ = head::scan(h, n);
-    // A traceparent in the request wins over the connection's TCP option.
-    let incoming = head::traceparent(h).or_else(|| tcp_option::received(s.v.conn_id));
-    let ctx = context::server_request(s.v.conn_id, 0, incoming);
+    // A traceparent in the request wins over the connection's TCP option;
+    // a tracestate only counts next to a valid traceparent.
+    let tp = head::traceparent(h);
+    let tracestate = tp.and_then(|_| carry::incoming(h, n));
+    let incoming = tp.or_else(|| tcp_option::received(s.v.conn_id));
+    let ctx = context::server_request(s.v.conn_id, 0, incoming, tracestate);
     context::emit(role::ACCEPTED, s.v.conn_id, s.ts, &ctx, 0);
 }
 

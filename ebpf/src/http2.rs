@@ -71,7 +71,7 @@ fn observe(s: &Staged) {
                 None
             };
             let incoming = tp.or_else(|| tcp_option::received(s.v.conn_id));
-            let ctx = context::server_request(s.v.conn_id, stream, incoming);
+            let ctx = context::server_request(s.v.conn_id, stream, incoming, None);
             context::emit(role::ACCEPTED, s.v.conn_id, s.ts, &ctx, stream);
             return;
         }

@@ -6,7 +6,9 @@
 //! It stands down (passes the bytes untouched) whenever it is unsure: a
 //! request that already carries `traceparent`, a head not wholly inside one
 //! send, chunked request bodies, or bytes that are not HTTP/1 — after those
-//! the socket is never touched again.
+//! the socket is never touched again. The `tracestate` the CLIENT span
+//! carries (`carry`) follows the `traceparent` line, unless the request
+//! has a `tracestate` of its own.
 //!
 //! A socket whose first send is the HTTP/2 client preface and a SETTINGS
 //! frame is HTTP/2 for good: `inject_h2` takes its sends instead; one whose
@@ -34,13 +36,13 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, ProgramArray, SockHash},
     programs::{SkMsgContext, SockOpsContext},
 };
-use clew_common::{ctxflag, h2, proto, role, MAX_INJECT_SOCKS, SCAN_BYTES, TRACEPARENT_LINE};
+use clew_common::{ctxflag, h2, proto, role, stat, MAX_INJECT_SOCKS, SCAN_BYTES, TRACEPARENT_LINE};
 
 use crate::{
-    context,
+    carry, context,
     head::{self, Head},
     inject_h2, inject_kafka,
-    maps::INFLIGHT,
+    maps::{count, INFLIGHT},
     tcp_option,
 };
 
@@ -71,7 +73,11 @@ pub struct SockState {
     /// proven by the client preface and a SETTINGS frame; Kafka when it
     /// starts like a request).
     pub proto: u8,
-    pub _pad8: [u8; 3],
+    /// HTTP/2: the application put its own `tracestate` into the HPACK
+    /// dynamic table, where later requests may reference it by an index
+    /// the kernel cannot read: none is added on this connection.
+    pub indexed_tracestate: u8,
+    pub _pad8: [u8; 2],
     /// HTTP/2: the highest stream id a HEADERS frame opened.
     pub last_stream: u32,
     pub _pad: u32,
@@ -372,7 +378,8 @@ fn try_inject(ctx: &SkMsgContext, key: &SockKey) -> Sent {
         // The application propagates by itself: leave its bytes alone.
         return sent;
     }
-    if inject(ctx, h.line_end, size) {
+    let own_tracestate = h.tracestate != 0;
+    if inject(ctx, h.line_end, size, own_tracestate) {
         Sent::Carried
     } else {
         st.hands_off = 1;
@@ -381,16 +388,27 @@ fn try_inject(ctx: &SkMsgContext, key: &SockKey) -> Sent {
 }
 
 /// Inserts a new CLIENT span's `traceparent` line at `at` (just past the
-/// request line), or leaves the message exactly as it was.
-fn inject(ctx: &SkMsgContext, at: u32, size: u64) -> bool {
+/// request line), followed by the `tracestate` line it carries unless the
+/// request has its own (`own_tracestate`), or leaves the message exactly
+/// as it was.
+fn inject(ctx: &SkMsgContext, at: u32, size: u64, own_tracestate: bool) -> bool {
     if at == 0 || at as usize >= SCAN_BYTES {
         return false;
     }
     let mut tctx = context::client_request();
     tctx.flags |= ctxflag::INJECTED;
+    let carries = tctx.flags & (ctxflag::TRACESTATE | ctxflag::SAMPLER_TH) != 0;
+    let state_len = if carries && own_tracestate {
+        count(stat::TRACESTATE_OWN);
+        tctx.flags &= !(ctxflag::TRACESTATE | ctxflag::SAMPLER_TH);
+        0
+    } else {
+        carry::line(&mut tctx)
+    };
     let mut line = [0u8; TRACEPARENT_LINE];
     context::format_traceparent(&tctx, &mut line);
-    let len = TRACEPARENT_LINE as u32;
+    let tp_len = TRACEPARENT_LINE as u32;
+    let len = tp_len + state_len;
     if ctx.push_data(at, len, 0).is_err() {
         return false;
     }
@@ -400,11 +418,16 @@ fn inject(ctx: &SkMsgContext, at: u32, size: u64) -> bool {
     // to linearise is still sent correctly, only maybe later.
     let _ = unsafe { bpf_msg_pull_data(ctx.msg, 0, size as u32 + len, 0) };
     // Then a window onto the new line (no copy once linear).
-    let written = unsafe { bpf_msg_pull_data(ctx.msg, at, at + len, 0) } == 0 && write(ctx, &line);
+    let written = unsafe { bpf_msg_pull_data(ctx.msg, at, at + tp_len, 0) } == 0
+        && write(ctx, &line)
+        && (state_len == 0 || carry::write(ctx, at + tp_len, state_len));
     if !written {
         // Put the message back exactly as the application sent it.
         let _ = ctx.pop_data(at, len, 0);
         return false;
+    }
+    if state_len > 0 {
+        count(stat::TRACESTATE_INJECTED);
     }
     context::emit(role::CONNECTED, 0, crate::maps::now(), &tctx, 0);
     true

@@ -7,7 +7,11 @@
 //! frame that goes on past the end of a send into the next one), and each
 //! HEADERS frame that opens a new client stream gets one HPACK field,
 //! `traceparent` as a literal without indexing with a plain new name
-//! (`h2::TRACEPARENT_FIELD`, 69 bytes), with the frame's length fixed.
+//! (`h2::TRACEPARENT_FIELD`, 69 bytes), with the frame's length fixed;
+//! before it, the same kind of field for the `tracestate` the CLIENT span
+//! carries (`carry`), unless the request has its own, the application
+//! indexed its own on the connection, or the frame would outgrow 16384
+//! bytes with it (then only `traceparent` goes in).
 //!
 //! Where: at the END of the header block (before any padding). Pseudo-header
 //! fields must come before regular ones (RFC 9113 §8.3), and a block's
@@ -48,7 +52,7 @@ use clew_common::{
 };
 
 use crate::{
-    context,
+    carry, context,
     inject::{SendLoop, Sent, SockState},
     maps::{count, now},
 };
@@ -99,7 +103,8 @@ pub fn starts_with_preface(ctx: &SkMsgContext) -> bool {
 
 /// What became of one HEADERS frame.
 enum Outcome {
-    Injected,
+    /// Fields of this many bytes went in.
+    Injected(u32),
     /// A new request that leaves without `traceparent`.
     Bare(u32),
     /// A request that carries the application's own.
@@ -191,10 +196,10 @@ extern "C" fn frame_step(_k: u64, lp: *mut c_void) -> i64 {
         let outcome = headers(&ctx, st, off, &h, total);
         let w = unsafe { &mut (*block).send };
         match outcome {
-            Outcome::Injected => {
+            Outcome::Injected(n) => {
                 w.injected += 1;
-                w.total += TRACEPARENT_FIELD as u64;
-                end += TRACEPARENT_FIELD as u64;
+                w.total += n as u64;
+                end += n as u64;
                 if w.sent == SENT_OTHER {
                     w.sent = SENT_CARRIED;
                 }
@@ -288,6 +293,9 @@ fn headers(
         st.hands_off = 1;
         return Outcome::Own;
     }
+    if scan.indexes_tracestate {
+        st.indexed_tracestate = 1;
+    }
     if scan.traceparent {
         count(stat::H2_OWN_TRACEPARENT);
         return Outcome::Own;
@@ -299,9 +307,11 @@ fn headers(
         count(stat::H2_TOO_LONG);
         return bare;
     }
-    if inject(ctx, off, h, payload + end as u64) {
+    let own_tracestate = scan.tracestate || st.indexed_tracestate != 0;
+    let n = inject(ctx, off, h, payload + end as u64, own_tracestate);
+    if n > 0 {
         count(stat::H2_INJECTED);
-        Outcome::Injected
+        Outcome::Injected(n)
     } else {
         count(stat::H2_FAILED);
         bare
@@ -339,30 +349,54 @@ extern "C" fn walk_step(_k: u64, _ctx: *mut c_void) -> i64 {
     }
 }
 
-/// Inserts a new CLIENT span's field at `at` (the end of the block of the
-/// frame at `frame_at`) and grows the frame's length, or leaves the message
-/// exactly as it was.
-fn inject(ctx: &SkMsgContext, frame_at: u64, h: &FrameHeader, at: u64) -> bool {
+/// Inserts a new CLIENT span's fields at `at` (the end of the block of the
+/// frame at `frame_at`): the `tracestate` it carries unless the request
+/// has its own (`own_tracestate`) or the frame has no room for it, then
+/// `traceparent`, last, where the next hop's kernel looks for it; and
+/// grows the frame's length. Returns the bytes inserted, or 0 with the
+/// message exactly as it was.
+fn inject(
+    ctx: &SkMsgContext,
+    frame_at: u64,
+    h: &FrameHeader,
+    at: u64,
+    own_tracestate: bool,
+) -> u32 {
     let Some(block) = H2_BLOCK.get_ptr_mut(0) else {
-        return false;
+        return 0;
     };
     let field = unsafe { &mut (*block).field };
     let mut tctx = context::client_request();
     tctx.flags |= ctxflag::INJECTED;
+    let carries = tctx.flags & (ctxflag::TRACESTATE | ctxflag::SAMPLER_TH) != 0;
+    let room = h2::DEFAULT_MAX_FRAME - TRACEPARENT_FIELD as u32 - h.len;
+    let state_len = if carries && own_tracestate {
+        count(stat::TRACESTATE_OWN);
+        tctx.flags &= !(ctxflag::TRACESTATE | ctxflag::SAMPLER_TH);
+        0
+    } else {
+        carry::field(&mut tctx, room)
+    };
     context::format_h2_field(&tctx, field);
-    let n = TRACEPARENT_FIELD as u32;
+    let n = TRACEPARENT_FIELD as u32 + state_len;
     if ctx.push_data(at as u32, n, 0).is_err() {
-        return false;
+        return 0;
     }
     let len = h.len + n;
     let len_bytes = [(len >> 16) as u8, (len >> 8) as u8, len as u8];
-    if !(write(ctx, at, field) && write(ctx, frame_at, &len_bytes)) {
+    let written = (state_len == 0 || carry::write(ctx, at as u32, state_len))
+        && write(ctx, at + state_len as u64, field)
+        && write(ctx, frame_at, &len_bytes);
+    if !written {
         // Put the message back exactly as the application sent it.
         let _ = ctx.pop_data(at as u32, n, 0);
-        return false;
+        return 0;
+    }
+    if state_len > 0 {
+        count(stat::TRACESTATE_INJECTED);
     }
     context::emit(role::CONNECTED, 0, now(), &tctx, h.stream);
-    true
+    n
 }
 
 /// Copies `N` bytes at `at` of the message into `out`.

@@ -4,6 +4,7 @@
 #![no_std]
 #![no_main]
 
+mod carry;
 mod conn;
 mod context;
 mod go_tls;

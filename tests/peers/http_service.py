@@ -3,6 +3,9 @@
 GET /work[/...] -> 200 "ok" (after --work-delay-ms); GET /fail -> 500;
 GET /chain -> calls the downstream's /work (200, or 502 if that fails);
 GET /chain/X -> the same with the downstream's /work/X; GET
+/chain-own-state/X -> the same, the call carrying a `tracestate: app=own`
+of its own; GET /chain-h2/X -> GETs the downstream's /work/X over HTTP/2
+(cleartext, prior knowledge, Python `h2`); GET
 /answer-then-call/X -> answers 200, then (on the same thread, the request
 answered) GETs the downstream's /work/X; GET /chain-fail ->
 calls the downstream's /fail and answers 500; GET /keepalive/X -> calls the
@@ -38,17 +41,62 @@ def connect_downstream():
     return http.client.HTTPConnection(url.hostname, url.port, timeout=10)
 
 
-def call_downstream(path):
+def call_downstream(path, headers=()):
     """One HTTP/1.1 GET to the downstream; returns (status or None, body)."""
     conn = connect_downstream()
     try:
-        conn.request("GET", path, headers={"User-Agent": f"clew-e2e-{ARGS.name}"})
+        conn.request("GET", path, headers={"User-Agent": f"clew-e2e-{ARGS.name}", **dict(headers)})
         resp = conn.getresponse()
         return resp.status, resp.read()
     except OSError as e:
         return None, str(e).encode()
     finally:
         conn.close()
+
+
+def call_downstream_h2(path):
+    """One GET to the downstream over cleartext HTTP/2 (its preface and
+    SETTINGS in one send, the request's HEADERS in the next); returns the
+    status or None."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    url = urllib.parse.urlsplit(ARGS.downstream)
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+    try:
+        with socket.create_connection((url.hostname, url.port), timeout=10) as s:
+            conn.initiate_connection()
+            s.sendall(conn.data_to_send())
+            conn.send_headers(
+                1,
+                [
+                    (":method", "GET"),
+                    (":path", path),
+                    (":scheme", "http"),
+                    (":authority", f"{url.hostname}:{url.port}"),
+                    ("user-agent", f"clew-e2e-{ARGS.name}"),
+                ],
+                end_stream=True,
+            )
+            s.sendall(conn.data_to_send())
+            status = None
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    return status
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.ResponseReceived):
+                        status = int(dict(ev.headers)[b":status"])
+                    elif isinstance(ev, h2.events.DataReceived):
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif isinstance(ev, h2.events.StreamEnded):
+                        return status
+                out = conn.data_to_send()
+                if out:
+                    s.sendall(out)
+    except OSError:
+        return None
 
 
 def keepalive_downstream(paths):
@@ -117,6 +165,13 @@ class Handler(BaseHTTPRequestHandler):
         elif path.startswith("/chain/"):
             status, body = call_downstream("/work/" + path[len("/chain/") :])
             self.reply(200 if status == 200 else 502, body)
+        elif path.startswith("/chain-own-state/"):
+            name = path[len("/chain-own-state/") :]
+            status, body = call_downstream("/work/" + name, [("tracestate", "app=own")])
+            self.reply(200 if status == 200 else 502, body)
+        elif path.startswith("/chain-h2/"):
+            status = call_downstream_h2("/work/" + path[len("/chain-h2/") :])
+            self.reply(200 if status == 200 else 502, b"ok" if status == 200 else b"failed")
         elif path.startswith("/keepalive/"):
             name = path[len("/keepalive/") :]
             ok = keepalive_downstream([f"/work/{name}-{i}" for i in range(3)])

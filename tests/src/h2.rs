@@ -1,10 +1,12 @@
 //! HTTP/2 peers: nghttp2's `nghttpd` server and `h2load` load generator
-//! (Debian nghttp2-server, nghttp2-client), and Node.js `http2`
-//! (`tests/peers/node_h2.js`), all run inside a test's cgroup.
+//! (Debian nghttp2-server, nghttp2-client), Node.js `http2`
+//! (`tests/peers/node_h2.js`), and the Python `h2` witness that records
+//! every header list it decodes (`tests/peers/h2_server.py`), all run
+//! inside a test's cgroup.
 
 use crate::cgroup::Cgroup;
-use crate::env::peers_dir;
-use crate::net::{free_port, wait_listening_local};
+use crate::env::{peers_dir, python};
+use crate::net::{free_port, wait_listening, wait_listening_local};
 use crate::process::{Supervised, TempDir};
 use crate::tls::TestCert;
 use anyhow::{bail, Context, Result};
@@ -185,6 +187,50 @@ pub fn h2load_latencies_ns(log: &Path) -> Result<Vec<u64>> {
         .collect();
     v.sort_unstable();
     Ok(v)
+}
+
+/// `h2_server.py` on 127.0.0.1: every request's header list exactly as
+/// its HPACK decoder produced it, and every connection error.
+pub struct H2Witness {
+    pub port: u16,
+    record: PathBuf,
+    _proc: Supervised,
+    _dir: TempDir,
+}
+
+impl H2Witness {
+    pub fn start(cg: &Cgroup) -> Result<Self> {
+        let py = python()?;
+        let dir = TempDir::new("h2-witness")?;
+        let port = free_port()?;
+        let record = dir.join("received.jsonl");
+        let mut cmd = Command::new(&py.path);
+        cmd.arg(peers_dir().join("h2_server.py"))
+            .args(["--port", &port.to_string()])
+            .arg("--record")
+            .arg(&record)
+            .env("PYTHONUNBUFFERED", "1");
+        let proc = Supervised::start("h2 server", &mut cmd, dir.join("server.log"), |c| {
+            cg.spawn(c)
+        })?;
+        wait_listening(port, START_TIMEOUT, || proc.log_tail(40))?;
+        Ok(H2Witness {
+            port,
+            record,
+            _proc: proc,
+            _dir: dir,
+        })
+    }
+
+    /// What it recorded so far, one JSON object per request (`peer`,
+    /// `stream`, `headers`: name and value pairs) or error (`error`).
+    pub fn records(&self) -> Result<Vec<serde_json::Value>> {
+        std::fs::read_to_string(&self.record)
+            .with_context(|| format!("reading {}", self.record.display()))?
+            .lines()
+            .map(|l| Ok(serde_json::from_str(l)?))
+            .collect()
+    }
 }
 
 /// `service.name` of the Node.js http2 client's spans.

@@ -1,7 +1,9 @@
-//! Loopback ports and readiness checks that do not generate traced traffic.
+//! Loopback ports and readiness checks that do not generate traced
+//! traffic, and exact requests from the (untraced) test process.
 
 use anyhow::{bail, Context, Result};
-use std::net::{IpAddr, TcpListener};
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 /// A port on 127.0.0.1 that was free a moment ago.
@@ -163,4 +165,25 @@ pub fn wait_http_ok(url: &str, timeout: Duration, why_not: impl Fn() -> String) 
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// One `GET path` to 127.0.0.1:`port` with exactly these header lines
+/// after `Host` (then `Connection: close`); the answer's status.
+pub fn raw_get(port: u16, path: &str, header_lines: &[String]) -> Result<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n");
+    for h in header_lines {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status in {answer:?}"))
 }

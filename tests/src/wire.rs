@@ -153,8 +153,16 @@ impl Injected {
 pub fn parse_line(line: &[u8]) -> Result<Injected, String> {
     let bad = || format!("not a traceparent line: {}", escape(line));
     let s = std::str::from_utf8(line).map_err(|_| bad())?;
-    let rest = s.strip_prefix("traceparent: 00-").ok_or_else(bad)?;
-    let rest = rest.strip_suffix("\r\n").ok_or_else(bad)?;
+    let value = s.strip_prefix("traceparent: ").ok_or_else(bad)?;
+    let value = value.strip_suffix("\r\n").ok_or_else(bad)?;
+    parse_value(value).map_err(|e| format!("{e} in {}", escape(line)))
+}
+
+/// Checks a `traceparent` value against `^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$`
+/// with non-zero ids.
+pub fn parse_value(value: &str) -> Result<Injected, String> {
+    let bad = || format!("not a version-00 traceparent: {value:?}");
+    let rest = value.strip_prefix("00-").ok_or_else(bad)?;
     let parts: Vec<&str> = rest.split('-').collect();
     let hex = |p: &str, n: usize| {
         p.len() == n && p.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
@@ -166,7 +174,7 @@ pub fn parse_line(line: &[u8]) -> Result<Injected, String> {
         return Err(bad());
     }
     if trace.bytes().all(|c| c == b'0') || span.bytes().all(|c| c == b'0') {
-        return Err(format!("all-zero id in {}", escape(line)));
+        return Err(format!("all-zero id in {value:?}"));
     }
     Ok(Injected {
         trace_id: trace.into(),

@@ -37,6 +37,17 @@ pub struct KernelStats {
     pub tcp_opt_read: u64,
     pub h2: H2InjectStats,
     pub kafka: KafkaStats,
+    pub tracestate: TracestateStats,
+}
+
+/// What the kernel did with `tracestate` (`stat::TRACESTATE_*`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TracestateStats {
+    pub carried: u64,
+    pub dropped: u64,
+    pub injected: u64,
+    pub own: u64,
+    pub no_room: u64,
 }
 
 /// What the kernel did with outgoing HTTP/2 requests (`stat::H2_*`).
@@ -259,6 +270,13 @@ impl KernelMaps {
                 lost_framing: sum(stat::KAFKA_LOST_FRAMING),
                 consumer_spans: sum(stat::KAFKA_CONSUMER_SPANS),
                 consumer_stood_down: sum(stat::KAFKA_CONSUMER_STOOD_DOWN),
+            },
+            tracestate: TracestateStats {
+                carried: sum(stat::TRACESTATE_CARRIED),
+                dropped: sum(stat::TRACESTATE_DROPPED),
+                injected: sum(stat::TRACESTATE_INJECTED),
+                own: sum(stat::TRACESTATE_OWN),
+                no_room: sum(stat::TRACESTATE_NO_ROOM),
             },
         }
     }

@@ -123,6 +123,8 @@ impl Capture {
                 true,
             )
             .override_global(global::SAMPLE_CONSISTENT, &cfg.sampling.consistent, true)
+            .override_global(global::SAMPLE_TH_STATE, &cfg.sampling.th_state, true)
+            .override_global(global::SAMPLE_TH_LEN, &cfg.sampling.th_len, true)
             .override_global(global::INJECT, &(cfg.propagation.headers as u32), true)
             .override_global(
                 global::TCP_OPTION,
@@ -377,6 +379,8 @@ mod tests {
             global::SAMPLE_THRESHOLD,
             global::SAMPLE_PARENT_BASED,
             global::SAMPLE_CONSISTENT,
+            global::SAMPLE_TH_STATE,
+            global::SAMPLE_TH_LEN,
             global::INJECT,
             global::TCP_OPTION,
             global::TASK_FSBASE_OFFSET,

@@ -179,11 +179,30 @@ impl Nesting {
         ctx
     }
 
+    /// A span whose ids the kernel decided, with the `tracestate` its
+    /// context carries: a new trace the `probability` rule kept, its
+    /// threshold; a CLIENT span injected with its parent's incoming
+    /// `tracestate`, that one (as the open parent recorded it).
+    pub fn from_kernel(&self, c: &TraceCtx, server: bool) -> SpanCtx {
+        let mut ctx = SpanCtx::from(c);
+        if c.flags & ctxflag::SAMPLER_TH != 0 {
+            if let Some(t) = self.sampler.root_threshold() {
+                ctx.trace_state = t.member();
+            }
+        }
+        if !server && c.flags & ctxflag::TRACESTATE != 0 {
+            if let Some(parent) = self.open.get(&c.parent_id) {
+                ctx.trace_state = parent.trace_state.clone();
+            }
+        }
+        ctx
+    }
+
     /// Ids the kernel decided for a request not parsed yet: server side,
     /// the request whose first bytes carry the same timestamp; client side
     /// (injected), the next request the thread sends.
     pub fn kernel(&mut self, k: &KernelCtx) {
-        let mut ctx = SpanCtx::from(&k.ctx);
+        let mut ctx = self.from_kernel(&k.ctx, k.server);
         if ctx.uncertain.is_some() {
             // The kernel names the candidate in the parent's place.
             ctx.uncertain = ambiguous(self.open.link(&k.ctx.parent_id));
@@ -396,14 +415,21 @@ impl Nesting {
         }
     }
 
+    /// A new trace; kept by the `probability` rule, its `tracestate`
+    /// holds the rule's threshold, as the kernel's new traces do.
     fn root(&self) -> SpanCtx {
         let trace_id = new_trace_id();
+        let sampled = self.sampler.sample(&trace_id, None);
+        let trace_state = match self.sampler.root_threshold() {
+            Some(t) if sampled => t.member(),
+            _ => String::new(),
+        };
         SpanCtx {
             trace_id,
             span_id: new_span_id(),
             parent: None,
-            sampled: self.sampler.sample(&trace_id, None),
-            trace_state: String::new(),
+            sampled,
+            trace_state,
             uncertain: None,
         }
     }
@@ -520,6 +546,42 @@ mod tests {
             ts_ns,
             ctx,
             stream_id: 0,
+        }
+    }
+
+    /// A CLIENT span the kernel injected with its parent's `tracestate`
+    /// carries it as the open parent recorded it; one injected without
+    /// carries none; the sampler's `th` rides on new traces and their
+    /// children.
+    #[test]
+    fn kernel_contexts_carry_the_tracestate_they_were_injected_with() {
+        let mut n = nesting();
+        let server = n.server_span(t(3), 1, 0, Some(TP), Some("congo=1,rojo=2"));
+        let mut k = kernel_ctx(false, 0, 3, 10, 0x21);
+        k.ctx.trace_id = server.trace_id;
+        k.ctx.parent_id = server.span_id;
+        k.ctx.flags |= ctxflag::TRACESTATE;
+        assert_eq!(n.from_kernel(&k.ctx, false).trace_state, "congo=1,rojo=2");
+        k.ctx.flags &= !ctxflag::TRACESTATE;
+        assert_eq!(n.from_kernel(&k.ctx, false).trace_state, "");
+        // A parent that is no longer open gives nothing to go on.
+        n.server_done(&server.span_id);
+        k.ctx.flags |= ctxflag::TRACESTATE;
+        assert_eq!(n.from_kernel(&k.ctx, false).trace_state, "");
+
+        let sampler = Sampler::new(
+            crate::sampling::SamplerName::ParentbasedProbability,
+            crate::sampling::Ratio::try_from(0.25).unwrap(),
+        );
+        let n = Nesting::new(sampler);
+        k.ctx.flags = ctxflag::SAMPLED | ctxflag::SAMPLER_TH;
+        assert_eq!(n.from_kernel(&k.ctx, true).trace_state, "ot=th:c");
+        assert_eq!(n.from_kernel(&k.ctx, false).trace_state, "ot=th:c");
+        // Userspace's own new traces agree.
+        let root = n.root();
+        assert_eq!(root.sampled, !root.trace_state.is_empty());
+        if root.sampled {
+            assert_eq!(root.trace_state, "ot=th:c");
         }
     }
 

@@ -181,9 +181,14 @@ impl OpenRequests {
         self.by_incoming.get(&(tp.trace_id, tp.parent_id))
     }
 
+    /// Span `span_id`, if it is open.
+    pub fn get(&self, span_id: &SpanId) -> Option<&SpanCtx> {
+        self.open.get(span_id).map(|o| &o.ctx)
+    }
+
     /// A link to span `span_id`, if it is open.
     pub fn link(&self, span_id: &SpanId) -> Option<SpanLink> {
-        let c = &self.open.get(span_id)?.ctx;
+        let c = self.get(span_id)?;
         Some(SpanLink {
             trace_id: c.trace_id,
             span_id: c.span_id,

@@ -11,6 +11,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use clew_e2e::env::{peers_dir, python};
+use clew_e2e::h2::H2Witness;
 use clew_e2e::net::{free_port, wait_listening};
 use clew_e2e::process::{Supervised, TempDir};
 use clew_e2e::{Agent, Cgroup, Protocol, Receiver};
@@ -83,19 +84,9 @@ fn run(name: &str, conns: usize, requests: usize) -> Result<()> {
     let mut agent = Agent::start(&traced, &rx.endpoint(), Protocol::Grpc, &[])?;
     let py = python()?;
     let dir = TempDir::new(name)?;
-    let port = free_port()?;
-    let record = dir.join("received.jsonl");
     let sent_path = dir.join("sent.jsonl");
-    let mut cmd = Command::new(&py.path);
-    cmd.arg(peers_dir().join("h2_server.py"))
-        .args(["--port", &port.to_string()])
-        .arg("--record")
-        .arg(&record)
-        .env("PYTHONUNBUFFERED", "1");
-    let server = Supervised::start("h2 server", &mut cmd, dir.join("server.log"), |c| {
-        untraced.spawn(c)
-    })?;
-    wait_listening(port, Duration::from_secs(20), || server.log_tail(40))?;
+    let server = H2Witness::start(&untraced)?;
+    let port = server.port;
 
     let started = Instant::now();
     let mut client = Command::new(&py.path);
@@ -116,7 +107,7 @@ fn run(name: &str, conns: usize, requests: usize) -> Result<()> {
         out.stderr
     );
     // The server records a request as soon as its headers are decoded.
-    let received = lines(&record)?;
+    let received = server.records()?;
     let errors: Vec<_> = received
         .iter()
         .filter(|v| v.get("error").is_some())

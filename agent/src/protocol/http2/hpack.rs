@@ -56,7 +56,7 @@ impl Fields {
             // it is dropped whole anyway.
             b"tracestate" if self.tracestate.is_some() => {
                 let state = self.tracestate.get_or_insert_default();
-                if state.len() <= crate::trace_context::TRACESTATE_BYTES {
+                if state.len() <= clew_common::tracestate::CARRY_BYTES {
                     state.push(',');
                     state.push_str(&text().unwrap_or_default());
                 }
