@@ -17,8 +17,9 @@ use crate::{
     capture::{Capture, CaptureConfig},
     cli::{CommandLineMode, Mechanisms, QueryMode, RunArgs, SdkProcesses, SelectArgs, TlsAttach},
     clock::unix_now_ns,
-    export::{export_metrics, ExportConfig, Exporter, Signal},
+    export::{export_metrics, start_with_logs, ExportConfig, Signal},
     health,
+    logs::{LogSettings, Logs, Sources},
     metrics::{route::RouteNames, Metrics, Pattern, Registry, Routes, Shared},
     nesting::Nesting,
     pipeline::{Outputs, Pipeline},
@@ -48,6 +49,7 @@ const BACKPRESSURE_EVERY: usize = 64;
 pub async fn run(args: RunArgs) -> Result<()> {
     let report = probe::run();
     report.require_capture()?;
+    let log_settings = log_settings(&args)?;
     let selector = Selector::from(args.select);
     let env = |k: &str| std::env::var(k).ok();
     let sampler = Sampler::from_env(
@@ -59,6 +61,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
         args.otlp_endpoint.clone(),
         args.otlp_protocol.clone(),
     )?;
+    let logs_cfg = log_settings
+        .as_ref()
+        .map(|_| {
+            ExportConfig::from_env_and_args(
+                Signal::Logs,
+                args.otlp_endpoint.clone(),
+                args.otlp_protocol.clone(),
+            )
+        })
+        .transpose()?;
     let metrics_cfg =
         ExportConfig::from_env_and_args(Signal::Metrics, args.otlp_endpoint, args.otlp_protocol)?;
     let metric_interval = metric_export_interval(env("OTEL_METRIC_EXPORT_INTERVAL"))?;
@@ -93,12 +105,25 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ringbuf_bytes: args.ringbuf_mib.max(1) * 1024 * 1024,
         sampling: sampler.kernel(),
         propagation: Mechanisms::from_list(&args.propagation)?,
+        logs: log_settings.as_ref().map_or(0, |l| l.sources.kernel_bits()),
     })?;
     let maps = capture.maps()?;
     let ring = capture.take_ring()?;
+    let verdicts = log_settings
+        .as_ref()
+        .map(|_| capture.log_verdicts())
+        .transpose()?;
     capture.attach()?;
     capture.attach_sockops(&selector.cgroup_dirs()?)?;
-    let exporter = Exporter::start(export_cfg).context("starting the exporter")?;
+    let (exporter, log_exporter) =
+        start_with_logs(export_cfg, logs_cfg).context("starting the exporter")?;
+    let logs = match (log_settings, verdicts, log_exporter) {
+        (Some(settings), Some(verdicts), Some(exporter)) => {
+            tracing::info!(sources = %settings.sources, "capturing logs of traced requests");
+            Some(Logs::new(settings, verdicts, exporter, stats.clone()))
+        }
+        _ => None,
+    };
     let known_methods = env("OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS");
     let known_methods = known_methods_from_env(known_methods.as_deref()).map(leak_all);
     let names = SecretNames::with_extra(&args.redact_names);
@@ -129,6 +154,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 .then(RouteNames { patterns })
                 .then(TruncateAttributes::from_env(env)?),
             exporter,
+            logs,
         },
         opts,
         stats.clone(),
@@ -217,7 +243,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
     pipeline.tls.detach_all(&mut capture);
     pipeline.runtimes.detach_all(&mut capture);
     drop(capture);
-    let exporter = pipeline.into_exporter();
+    let (exporter, log_exporter) = pipeline.into_exporters();
+    // Log records first: in the console view the span exporter's task
+    // prints them, and it ends with the span queue.
+    if let Some(l) = log_exporter {
+        l.shutdown(Duration::from_secs(5)).await;
+    }
     exporter.shutdown(Duration::from_secs(5)).await;
     let _ = stop_metrics.send(());
     match tokio::time::timeout(Duration::from_secs(5), metrics_task).await {
@@ -227,6 +258,27 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     tracing::info!(stats = %stats.summary(), "stopped");
     Ok(())
+}
+
+/// Log capture as `--logs`, `--log-record-bytes` and `--log-rate` ask
+/// (`None`: off).
+fn log_settings(args: &RunArgs) -> Result<Option<LogSettings>> {
+    let sources = Sources::parse(&args.logs)?;
+    if sources.is_empty() {
+        return Ok(None);
+    }
+    let max = clew_common::logs::MAX_LOG_CAPTURE;
+    anyhow::ensure!(
+        (1..=max).contains(&args.log_record_bytes),
+        "--log-record-bytes must be between 1 and {max}"
+    );
+    anyhow::ensure!(args.log_rate > 0, "--log-rate must be at least 1");
+    Ok(Some(LogSettings {
+        sources,
+        record_bytes: args.log_record_bytes,
+        per_second: args.log_rate,
+        defer_sdk: args.sdk_processes == SdkProcesses::Defer,
+    }))
 }
 
 /// `OTEL_METRIC_EXPORT_INTERVAL` in milliseconds; the SDKs' 60 s default.

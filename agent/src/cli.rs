@@ -148,6 +148,22 @@ pub struct RunArgs {
     /// series marked `otel.metric.overflow=true`.
     #[arg(long, env = "CLEW_METRIC_SERIES_LIMIT", default_value_t = crate::metrics::registry::DEFAULT_SERIES_LIMIT)]
     pub metric_series_limit: usize,
+    /// Turn what a traced thread writes while it serves a request into OTLP
+    /// log records carrying that request's span ids: `stdout`, `stderr`,
+    /// and absolute path patterns of log files as the process sees them
+    /// (`/var/log/app/*.log`; `**` spans directories), comma-separated or
+    /// repeated. Off by default. Exported like spans, with
+    /// `OTEL_EXPORTER_OTLP_LOGS_*` overrides.
+    #[arg(long, env = "CLEW_LOGS", value_delimiter = ',')]
+    pub logs: Vec<String>,
+    /// Longest log record body in bytes (at most 8192): longer lines are
+    /// cut, marked `clew.log.truncated=true` and counted.
+    #[arg(long, default_value_t = 4096)]
+    pub log_record_bytes: usize,
+    /// Log records per second per process (bursts up to as many); more are
+    /// dropped and counted.
+    #[arg(long, default_value_t = 1000)]
+    pub log_rate: u32,
     /// Kernel→agent ring buffer size in MiB (rounded up to a power of two).
     #[arg(long, default_value_t = 4)]
     pub ringbuf_mib: u32,

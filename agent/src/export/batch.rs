@@ -1,8 +1,9 @@
-//! OTLP queue consumer: groups spans into batches and delivers them with retry and backoff.
+//! OTLP queue consumer: groups items (spans, log records) into batches and
+//! delivers them with retry and backoff.
 //!
 //! Memory stays bounded while the collector is down: the queue holds at most
 //! its capacity, and this task holds the one batch being delivered; newer
-//! spans wait in the queue (or are dropped there) until it is done.
+//! items wait in the queue (or are dropped there) until it is done.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,12 +11,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::otlp::encode_request;
 use super::stats::{add, Counters};
 use super::transport::{SendError, Transport};
-use crate::span::Span;
+use super::Item;
 
-/// Attempts per batch, so an outage costs one batch of spans at a time
+/// Attempts per batch, so an outage costs one batch of items at a time
 /// rather than stalling the pipeline forever.
 const MAX_ATTEMPTS: u32 = 5;
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -30,8 +30,8 @@ pub(super) struct Batching {
 }
 
 /// Runs until the queue is closed and drained.
-pub(super) async fn run(
-    mut queue: mpsc::Receiver<Span>,
+pub(super) async fn run<T: Item>(
+    mut queue: mpsc::Receiver<T>,
     transport: Transport,
     endpoint: String,
     batching: Batching,
@@ -58,13 +58,9 @@ pub(super) async fn run(
     }
 }
 
-/// Waits for a first span, then takes more until the batch is full or it has
+/// Waits for a first item, then takes more until the batch is full or it has
 /// lingered long enough. Returns false once the queue is closed and empty.
-async fn fill(
-    queue: &mut mpsc::Receiver<Span>,
-    batch: &mut Vec<Span>,
-    batching: &Batching,
-) -> bool {
+async fn fill<T>(queue: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, batching: &Batching) -> bool {
     if queue.recv_many(batch, batching.max_batch).await == 0 {
         return false;
     }
@@ -101,9 +97,9 @@ struct Delivery {
 }
 
 impl Delivery {
-    async fn deliver(&mut self, spans: &[Span]) {
-        let request = bytes::Bytes::from(encode_request(spans));
-        let count = spans.len() as u64;
+    async fn deliver<T: Item>(&mut self, items: &[T]) {
+        let request = bytes::Bytes::from(T::encode(items));
+        let count = items.len() as u64;
         let give_up = Instant::now() + self.deadline;
         for attempt in 1..=MAX_ATTEMPTS {
             if let Some(pause) = self.backoff {
@@ -118,7 +114,7 @@ impl Delivery {
             match self.transport.send(&request).await {
                 Ok(rejected) => {
                     self.backoff = None;
-                    self.set_health(Health::Healthy, "");
+                    self.set_health::<T>(Health::Healthy, "");
                     add(&self.counters.exported, count.saturating_sub(rejected));
                     add(&self.counters.rejected, rejected.min(count));
                     return;
@@ -126,7 +122,7 @@ impl Delivery {
                 Err(SendError::Permanent(reason)) => {
                     // The collector answered, so the next batch need not wait.
                     self.backoff = None;
-                    self.set_health(Health::Rejecting, &reason);
+                    self.set_health::<T>(Health::Rejecting, &reason);
                     break;
                 }
                 Err(SendError::Transient {
@@ -141,7 +137,7 @@ impl Delivery {
                     // honoured as a floor (bounded by the batch deadline).
                     let pause = jitter(backoff).max(retry_after.unwrap_or_default());
                     self.backoff = Some(pause);
-                    self.set_health(Health::Unavailable, &reason);
+                    self.set_health::<T>(Health::Unavailable, &reason);
                 }
             }
         }
@@ -151,22 +147,23 @@ impl Delivery {
 
     /// Logs transitions only: an outage costs one warn and one info line, not
     /// one per batch; the periodic drop summary carries the counts.
-    fn set_health(&mut self, health: Health, reason: &str) {
+    fn set_health<T: Item>(&mut self, health: Health, reason: &str) {
         if health == self.health {
             return;
         }
         let endpoint = &self.endpoint;
+        let name = T::NAME;
         match health {
-            Health::Healthy => tracing::info!(%endpoint, "OTLP export recovered"),
+            Health::Healthy => tracing::info!(%endpoint, "OTLP export of {name} recovered"),
             Health::Unavailable => tracing::warn!(
                 %endpoint,
                 reason,
-                "OTLP collector unreachable; retrying with backoff, spans beyond the queue capacity are dropped"
+                "OTLP collector unreachable; retrying with backoff, {name} beyond the queue capacity are dropped"
             ),
             Health::Rejecting => tracing::warn!(
                 %endpoint,
                 reason,
-                "OTLP collector rejects batches; dropping them (not retryable)"
+                "OTLP collector rejects batches of {name}; dropping them (not retryable)"
             ),
         }
         self.health = health;
