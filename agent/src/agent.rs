@@ -106,6 +106,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         sampling: sampler.kernel(),
         propagation: Mechanisms::from_list(&args.propagation)?,
         logs: log_settings.as_ref().map_or(0, |l| l.sources.kernel_bits()),
+        log_rate: args.log_rate,
     })?;
     let maps = capture.maps()?;
     let ring = capture.take_ring()?;

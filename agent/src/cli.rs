@@ -160,8 +160,9 @@ pub struct RunArgs {
     /// cut, marked `clew.log.truncated=true` and counted.
     #[arg(long, default_value_t = 4096)]
     pub log_record_bytes: usize,
-    /// Log records per second per process (bursts up to as many); more are
-    /// dropped and counted.
+    /// Log records per second per process (bursts up to as many), and as
+    /// many captured writes (bounded in the kernel, before any copy); more
+    /// are dropped and counted.
     #[arg(long, default_value_t = 1000)]
     pub log_rate: u32,
     /// Kernel→agent ring buffer size in MiB (rounded up to a power of two).

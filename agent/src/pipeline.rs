@@ -534,6 +534,7 @@ impl Pipeline {
         stats::set(&self.stats.tracestate_no_room, ts.no_room);
         stats::set(&self.stats.log_writes, k.log_writes);
         stats::set(&self.stats.log_writes_ambiguous, k.log_writes_ambiguous);
+        stats::set(&self.stats.log_writes_over_rate, k.log_writes_over_rate);
     }
 
     pub fn exporter(&self) -> &Exporter {

@@ -142,6 +142,7 @@ counters! {
     tracestate_no_room: "tracestate fields left out: the HTTP/2 frame would outgrow 16384 bytes",
     log_writes: "writes to stdout, stderr and log files the kernel captured while their thread served a request",
     log_writes_ambiguous: "writes not captured: their thread had several requests open (which one a line is for is unknown)",
+    log_writes_over_rate: "writes not captured: their process went over --log-rate (counted in the kernel, before any copy)",
     log_writes_unmatched: "writes dropped: their file matches no --logs pattern (its first write; the kernel skips the rest)",
     log_writes_unresolved: "writes dropped: the fd held another file by the time the agent looked",
     log_writes_sdk_process: "writes dropped: the process exports its own spans through an SDK, so Clew's span ids name nothing",

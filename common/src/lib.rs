@@ -427,6 +427,7 @@ pub mod names {
         /// [`logs::source`](crate::logs::source) bits; 0 leaves logs off.
         pub const LOGS: &str = "LOGS";
         pub const FILE_OFFSETS: &str = "FILE_OFFSETS";
+        pub const LOG_WRITE_COST_NS: &str = "LOG_WRITE_COST_NS";
     }
 
     pub mod program {
@@ -758,6 +759,8 @@ pub mod stat {
     /// Writes not captured: their thread had several requests open, so
     /// which one a line belongs to is unknown.
     pub const LOG_WRITES_AMBIGUOUS: u32 = 33;
+    /// Writes not captured: their process went over `--log-rate`.
+    pub const LOG_WRITES_OVER_RATE: u32 = 34;
     pub const COUNT: u32 = 48;
 }
 

@@ -9,8 +9,10 @@
 //! files no pattern matches stop reaching it after their first. Sockets,
 //! pipes and devices behind fds other than 1 and 2 are never captured.
 //!
-//! Left off (`LOGS` 0, a read-only constant), the branches here are dead
-//! code the verifier removes, and `pwrite*` is not even attached.
+//! A process's captured writes are bounded per second here, before any
+//! copy (`LOG_WRITE_COST_NS`). Left off (`LOGS` 0, a read-only constant),
+//! the branches here are dead code the verifier removes, and `pwrite*` is
+//! not even attached.
 
 use core::ffi::c_void;
 
@@ -28,7 +30,7 @@ use clew_common::{
         logflag, source, FileOffsets, LogFd, LogFdKey, LogHeader, LOG_MARK, MAX_LOG_CAPTURE,
         MAX_LOG_FDS, MAX_LOG_WRITES, S_IFMT, S_IFREG,
     },
-    nr, stat, Inflight, SockAddr,
+    nr, stat, Inflight, SockAddr, MAX_PIDS,
 };
 
 use crate::{
@@ -40,6 +42,13 @@ use crate::{
 /// [`source`] bits: which writes are captured (set by the agent).
 #[unsafe(no_mangle)]
 static LOGS: u32 = 0;
+
+/// What one captured write costs a process's budget, in nanoseconds of
+/// it (a second's worth divided by `--log-rate`; 0: no bound). Bounded
+/// here, before any copy, so a process logging in a tight loop costs the
+/// agent nothing past its rate.
+#[unsafe(no_mangle)]
+static LOG_WRITE_COST_NS: u64 = 0;
 
 /// Set by the agent from the kernel's BTF; `valid == 0`: files cannot be
 /// told apart, and only standard output and error are captured.
@@ -57,6 +66,49 @@ static FILE_OFFSETS: FileOffsets = FileOffsets {
 /// when it exits; LRU (an evicted verdict is asked for again).
 #[map]
 static LOG_FDS: LruHashMap<LogFdKey, LogFd> = LruHashMap::with_max_entries(MAX_LOG_FDS, 0);
+
+/// A process's budget of captured writes: nanoseconds of capture it may
+/// spend, refilled at one per nanosecond up to a second's worth.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Budget {
+    left_ns: u64,
+    at_ns: u64,
+}
+
+/// By tgid. Eviction: LRU (an evicted process starts a full second again).
+/// Updated from several CPUs without atomics: the bound is approximate.
+#[map]
+static LOG_BUDGETS: LruHashMap<u32, Budget> = LruHashMap::with_max_entries(MAX_PIDS, 0);
+
+/// Whether process `tgid` may have one more captured write now.
+#[inline(always)]
+fn within_rate(tgid: u32) -> bool {
+    let cost = unsafe { core::ptr::read_volatile(&LOG_WRITE_COST_NS) };
+    if cost == 0 {
+        return true;
+    }
+    const FULL: u64 = 1_000_000_000;
+    let t = now();
+    let Some(b) = LOG_BUDGETS.get_ptr_mut(&tgid) else {
+        let b = Budget {
+            left_ns: FULL.saturating_sub(cost),
+            at_ns: t,
+        };
+        let _ = LOG_BUDGETS.insert(&tgid, &b, 0);
+        return true;
+    };
+    let b = unsafe { &mut *b };
+    let left = b.left_ns.saturating_add(t.saturating_sub(b.at_ns));
+    let left = if left > FULL { FULL } else { left };
+    b.at_ns = t;
+    if left < cost {
+        b.left_ns = left;
+        return false;
+    }
+    b.left_ns = left - cost;
+    true
+}
 
 /// What a write's enter decided, for its exit: the span and the file.
 #[repr(C)]
@@ -150,6 +202,10 @@ pub fn enter(pid_tgid: u64, fd: u32, nr: i64, buf: u64, iovcnt: u64) {
         }
         p.ino = ino;
         p.dev = dev;
+    }
+    if !within_rate((pid_tgid >> 32) as u32) {
+        count(stat::LOG_WRITES_OVER_RATE);
+        return;
     }
     match LOG_PENDING.get_ptr_mut(&pid_tgid) {
         Some(e) => unsafe { *e = p },

@@ -6,7 +6,7 @@ ERROR, INFO, DEBUG, CRITICAL), a few milliseconds apart, through logger
 `app`: to stderr in logging's default format (`WARNING:app:req ID line
 I`), to --app-log as `LEVEL req ID line I`, and to --json-log as a JSON
 object per line (`{"level": "warning", "msg": "req ID line I"}`); prints
-`stdout req ID` on stdout; writes `other req ID` to --other-log through
+`stdout req ID` on stdout (in one write); writes `other req ID` to --other-log through
 logger `other`; then answers 200.
 GET /huge/ID -> logs one ERROR line of --huge-bytes bytes (`huge ID xxx…`)
 to stderr and --app-log, then answers 200.
@@ -83,7 +83,9 @@ class Handler(BaseHTTPRequestHandler):
             for i in range(int(query.get("n", ["5"])[0])):
                 APP.log(LEVELS[i % len(LEVELS)], "req %s line %d", rid, i)
                 time.sleep(0.002)
-            print(f"stdout req {rid}", flush=True)
+            # One write per line: print() writes the text and its line
+            # end apart, which other threads' lines can come between.
+            sys.stdout.write(f"stdout req {rid}\n")
             OTHER.info("other req %s", rid)
             self.reply(b"logged")
         elif url.path.startswith("/huge/"):

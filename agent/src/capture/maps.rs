@@ -43,6 +43,7 @@ pub struct KernelStats {
     pub tracestate: TracestateStats,
     pub log_writes: u64,
     pub log_writes_ambiguous: u64,
+    pub log_writes_over_rate: u64,
 }
 
 /// What the kernel did with `tracestate` (`stat::TRACESTATE_*`).
@@ -285,6 +286,7 @@ impl KernelMaps {
             },
             log_writes: sum(stat::LOG_WRITES),
             log_writes_ambiguous: sum(stat::LOG_WRITES_AMBIGUOUS),
+            log_writes_over_rate: sum(stat::LOG_WRITES_OVER_RATE),
         }
     }
 }

@@ -69,6 +69,8 @@ pub struct CaptureConfig {
     /// Which writes log capture takes (`clew_common::logs::source`
     /// bits; 0: off).
     pub logs: u32,
+    /// Captured writes per second per process.
+    pub log_rate: u32,
 }
 
 pub struct Capture {
@@ -136,6 +138,11 @@ impl Capture {
             .override_global(global::TASK_FSBASE_OFFSET, &fsbase_off, true)
             .override_global(global::LOGS, &cfg.logs, true)
             .override_global(global::FILE_OFFSETS, &files_off, true)
+            .override_global(
+                global::LOG_WRITE_COST_NS,
+                &(1_000_000_000 / u64::from(cfg.log_rate.max(1))),
+                true,
+            )
             .override_global(global::SAMPLE_ALWAYS, &cfg.sampling.always, true)
             .override_global(global::SAMPLE_THRESHOLD, &cfg.sampling.threshold, true)
             .override_global(
@@ -399,6 +406,7 @@ mod tests {
             map::LOG_FDS,
             global::LOGS,
             global::FILE_OFFSETS,
+            global::LOG_WRITE_COST_NS,
             global::AGENT_TGID,
             global::SELECT_MODE,
             global::CAPTURE_LIMIT,

@@ -257,3 +257,57 @@ impl<T: Item> Exporter<T> {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::test_support::{resource, stats_until};
+    use crate::logs::LogRecord;
+
+    fn log(id: u8) -> LogRecord {
+        LogRecord {
+            time_ns: 1,
+            observed_ns: 2,
+            severity: None,
+            body: format!("line {id}"),
+            attributes: Vec::new(),
+            trace_id: [1; 16],
+            span_id: [id; 8],
+            sampled: true,
+            resource: resource(1, "svc"),
+        }
+    }
+
+    #[test]
+    fn log_records_with_nowhere_to_go_are_a_start_up_error() {
+        let traces = ExportConfig {
+            endpoint: Some("http://127.0.0.1:4317".into()),
+            ..ExportConfig::default()
+        };
+        let err = start_with_logs(traces, Some(ExportConfig::default()))
+            .err()
+            .expect("an error");
+        assert!(
+            err.to_string().contains("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"),
+            "{err}"
+        );
+    }
+
+    /// Without any endpoint, log records print in the console view (their
+    /// OTLP path is the spans', tested end to end).
+    #[tokio::test]
+    async fn log_records_without_endpoints_print_in_the_console() {
+        let console = ExportConfig {
+            batch_timeout: Duration::from_millis(20),
+            ..ExportConfig::default()
+        };
+        let (spans, records) = start_with_logs(console.clone(), Some(console)).unwrap();
+        let records = records.expect("a log exporter");
+        assert!(records.is_running());
+        assert!(records.submit(log(1)) && records.submit(log(2)));
+        let stats = stats_until(&records, |s| s.exported == 2).await;
+        assert_eq!(stats.dropped(), 0);
+        records.shutdown(Duration::from_secs(1)).await;
+        spans.shutdown(Duration::from_secs(1)).await;
+    }
+}

@@ -99,10 +99,10 @@ struct Judged {
 /// What became of a write's fd.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Judgement {
-    /// A log stream; `verdict`: the file was judged just now (the kernel
-    /// should be told, so that it stops asking).
+    /// A log stream; `verdict`: the kernel should be told (it asked).
     Capture { stream: Stream, verdict: bool },
-    /// A file no pattern matches; `verdict` as above.
+    /// A file no pattern matches; `verdict`: the kernel should be told,
+    /// so that it stops sending its writes.
     Skip { verdict: bool },
     /// The fd holds another file now (or none): the write cannot be placed.
     Unresolved,
@@ -165,14 +165,15 @@ impl Files {
             return Judgement::Unresolved;
         };
         let path = self.sources.matches(&path).then(|| Arc::<str>::from(path));
-        // A file the kernel already judged keeps its verdict there.
-        let verdict = !verified;
+        // The kernel is told what it does not already hold: a file it
+        // captures as judged before (`verified`) needs no word, one that
+        // matches no pattern now (renamed since) does.
         let judgement = match &path {
             Some(p) => Judgement::Capture {
                 stream: Stream::File(p.clone()),
-                verdict,
+                verdict: !verified,
             },
-            None => Judgement::Skip { verdict },
+            None => Judgement::Skip { verdict: true },
         };
         self.remember(tgid, fd, Judged { ino, dev, path });
         judgement

@@ -408,3 +408,40 @@ fn the_console_view_shows_records_under_their_span() -> Result<()> {
     );
     agent.stop()
 }
+
+/// `--log-rate` bounds a process's captured writes per second in the
+/// kernel, before any copy: a burst past it is dropped and counted.
+#[test]
+fn writes_over_the_rate_are_dropped_and_counted() -> Result<()> {
+    const RATE: u64 = 5;
+    const BURST: u64 = 40;
+    let cg = Cgroup::new("logs-rate")?;
+    let rx = Receiver::start(Protocol::Grpc)?;
+    let svc = LogService::start(&cg)?;
+    let rate = RATE.to_string();
+    let agent = Agent::start(
+        &cg,
+        &rx.endpoint(),
+        Protocol::Grpc,
+        &["--logs", "stderr", "--log-rate", &rate],
+    )?;
+    send_all(svc.port, vec![format!("/log/rate?n={BURST}")])?;
+    rx.wait_for_logs(|l| !l.is_empty(), TIMEOUT)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let over = loop {
+        let over = agent.metric("log_writes_over_rate")?;
+        let done = over + rx.logs().len() as u64 >= BURST;
+        if done || Instant::now() > deadline {
+            break over;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let got = rx.logs().len() as u64;
+    // A second's worth, and what the burst's ~100 ms refilled.
+    ensure!(
+        (RATE..=RATE + 1).contains(&got) && got + over == BURST,
+        "{got} records and {over} writes over the rate, of {BURST}\n{}",
+        rx.dump_logs()
+    );
+    agent.stop()
+}
