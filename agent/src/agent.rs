@@ -19,9 +19,10 @@ use crate::{
     cli::SelectArgs,
     clock::unix_now_ns,
     config::{CommandLineMode, Config, QueryMode, SdkProcesses, TlsAttach},
-    export::{export_metrics, DeliveryReport, Exporter},
+    export::{export_metrics, start_with_logs, DeliveryReport},
     health,
     k8s::Kubernetes,
+    logs::Logs,
     metrics::{route::RouteNames, Metrics, Registry, Routes, Shared},
     nesting::Nesting,
     pipeline::{Outputs, Pipeline},
@@ -100,16 +101,30 @@ pub async fn run(cfg: Config) -> Result<()> {
         ringbuf_bytes: cfg.ringbuf_mib * 1024 * 1024,
         sampling: sampler.kernel(),
         propagation: cfg.propagation,
+        logs: cfg.logs.as_ref().map_or(0, |l| l.sources.kernel_bits()),
+        log_rate: cfg.logs.as_ref().map_or(0, |l| l.per_second),
     })?;
     let maps = capture.maps()?;
     let ring = capture.take_ring()?;
+    let verdicts = cfg
+        .logs
+        .as_ref()
+        .map(|_| capture.log_verdicts())
+        .transpose()?;
     capture.attach()?;
     capture.attach_sockops(&selector.cgroup_dirs())?;
     let report = synthetic
         .clone()
         .map(|s| Arc::new(s) as Arc<dyn DeliveryReport>);
-    let exporter =
-        Exporter::start_reporting(cfg.traces, report).context("starting the exporter")?;
+    let (exporter, log_exporter) =
+        start_with_logs(cfg.traces, cfg.logs_export, report).context("starting the exporter")?;
+    let logs = match (cfg.logs, verdicts, log_exporter) {
+        (Some(settings), Some(verdicts), Some(exporter)) => {
+            tracing::info!(sources = %settings.sources, "capturing logs of traced requests");
+            Some(Logs::new(settings, verdicts, exporter, stats.clone()))
+        }
+        _ => None,
+    };
     let names = SecretNames::with_extra(&cfg.redact_names);
     let opts = SpanOptions {
         capture_query: cfg.query != QueryMode::Off,
@@ -141,6 +156,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                 })
                 .then_some(synthetic.clone().map(MarkSynthetic)),
             exporter,
+            logs,
         },
         opts,
         stats.clone(),
@@ -247,7 +263,12 @@ pub async fn run(cfg: Config) -> Result<()> {
     pipeline.tls.detach_all(&mut capture);
     pipeline.runtimes.detach_all(&mut capture);
     drop(capture);
-    let exporter = pipeline.into_exporter();
+    let (exporter, log_exporter) = pipeline.into_exporters();
+    // Log records first: in the console view the span exporter's task
+    // prints them, and it ends with the span queue.
+    if let Some(l) = log_exporter {
+        l.shutdown(Duration::from_secs(5)).await;
+    }
     exporter.shutdown(Duration::from_secs(5)).await;
     let _ = stop_metrics.send(());
     match tokio::time::timeout(Duration::from_secs(5), metrics_task).await {

@@ -1,6 +1,11 @@
 //! Command-line interface.
 
-use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    num::{NonZeroU32, NonZeroUsize},
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand};
 use reqwest::Url;
@@ -220,4 +225,21 @@ pub struct RunArgs {
     /// config file's `[[tenants]]`.
     #[arg(long = "tenant", value_parser = Rule::parse)]
     pub tenants: Vec<Rule>,
+    /// Turn what a traced thread writes while it serves a request into OTLP
+    /// log records carrying that request's span ids: `stdout`, `stderr`,
+    /// and absolute path patterns of log files as the process sees them
+    /// (`/var/log/app/*.log`; `**` spans directories), comma-separated or
+    /// repeated. Off by default; also CLEW_LOGS. Exported like spans, with
+    /// `OTEL_EXPORTER_OTLP_LOGS_*` overrides.
+    #[arg(long, value_delimiter = ',')]
+    pub logs: Vec<String>,
+    /// Longest log record body in bytes, 1 to 8192 (default 4096): longer
+    /// lines are cut, marked `clew.log.truncated=true` and counted.
+    #[arg(long)]
+    pub log_record_bytes: Option<usize>,
+    /// Log records per second per process (default 1000; bursts up to as
+    /// many), and as many captured writes (bounded in the kernel, before
+    /// any copy); more are dropped and counted.
+    #[arg(long)]
+    pub log_rate: Option<NonZeroU32>,
 }

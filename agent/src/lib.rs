@@ -5,7 +5,8 @@
 //! framing and transactions, one folder per protocol) → [`span`] with
 //! [`nesting`], [`metrics`] (from every transaction) and [`sampling`] →
 //! [`processor`] → [`export`]. [`pipeline`] drives one record through all of it;
-//! [`agent`] wires the stages to the runtime.
+//! [`agent`] wires the stages to the runtime. With log capture on, [`logs`]
+//! turns what traced threads write while serving into log records.
 
 pub mod agent;
 pub mod capture;
@@ -18,6 +19,7 @@ pub mod container;
 pub mod export;
 pub mod health;
 pub mod k8s;
+pub mod logs;
 pub mod matcher;
 pub mod mega_traces;
 pub mod memory;

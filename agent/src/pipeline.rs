@@ -8,10 +8,11 @@ use std::{collections::HashSet, sync::Arc, time::Instant};
 use clew_common::role;
 
 use crate::{
-    capture::{self, BlockedRead, ConnOpen, Event, KernelCtx, KernelMaps},
+    capture::{self, BlockedRead, ConnOpen, Event, KernelCtx, KernelMaps, LogWrite},
     clock::Clock,
     conn::{self, Conn, ConnTable},
     export::Exporter,
+    logs::{LogRecord, Logs},
     mega_traces::{MegaTraces, MEGA_TRACE_SPANS},
     metrics::Metrics,
     nesting::{Nesting, Uncertain},
@@ -30,11 +31,13 @@ const MAX_CONNS: usize = 65536;
 const RESELECT_EVERY_TICKS: u64 = 5;
 
 /// Where finished transactions go: measured, then (if sampled) through
-/// the processors to the exporter.
+/// the processors to the exporter; and, with log capture on, where the
+/// writes of serving threads go.
 pub struct Outputs {
     pub metrics: Metrics,
     pub processors: Chain,
     pub exporter: Exporter,
+    pub logs: Option<Logs>,
 }
 
 pub struct Pipeline {
@@ -57,6 +60,7 @@ pub struct Pipeline {
     done: Vec<Transaction>,
     processors: Chain,
     metrics: Metrics,
+    logs: Option<Logs>,
     ticks: u64,
     /// The pod cache's generation at the last rescan.
     pods_seen: Option<u64>,
@@ -77,6 +81,7 @@ impl Pipeline {
             metrics,
             processors,
             exporter,
+            logs,
         } = outputs;
         Pipeline {
             conns: ConnTable::new(MAX_CONNS),
@@ -95,6 +100,7 @@ impl Pipeline {
             done: Vec::new(),
             processors,
             metrics,
+            logs,
             ticks: 0,
             pods_seen: None,
             tls: TlsHooks::new(stats.clone()),
@@ -171,6 +177,7 @@ impl Pipeline {
         match capture::decode(record) {
             Ok(Event::Data(d)) => self.on_data(d),
             Ok(Event::Ctx(k)) => self.on_kernel_ctx(k),
+            Ok(Event::Log(w)) => self.on_log(&w),
             Ok(Event::Open(o)) => self.on_open(o),
             Ok(Event::Close {
                 conn_id,
@@ -203,6 +210,14 @@ impl Pipeline {
             }
         }
         self.nesting.kernel(&k);
+    }
+
+    fn on_log(&mut self, w: &LogWrite<'_>) {
+        let Some(logs) = self.logs.as_mut() else {
+            return;
+        };
+        let resource = self.processes.resource(w.tgid);
+        logs.on_write(w, resource, &self.nesting, &self.clock);
     }
 
     fn on_open(&mut self, o: ConnOpen) {
@@ -409,6 +424,9 @@ impl Pipeline {
 
     fn on_exit(&mut self, tgid: u32) {
         self.processes.forget(tgid);
+        if let Some(logs) = self.logs.as_mut() {
+            logs.forget_process(tgid);
+        }
         self.shared.kafka.forget_process(tgid);
         self.forget_runtime(tgid);
         self.tls.on_exit(tgid);
@@ -535,14 +553,18 @@ impl Pipeline {
         stats::set(&self.stats.tracestate_injected, ts.injected);
         stats::set(&self.stats.tracestate_own, ts.own);
         stats::set(&self.stats.tracestate_no_room, ts.no_room);
+        stats::set(&self.stats.log_writes, k.log_writes);
+        stats::set(&self.stats.log_writes_ambiguous, k.log_writes_ambiguous);
+        stats::set(&self.stats.log_writes_over_rate, k.log_writes_over_rate);
     }
 
     pub fn exporter(&self) -> &Exporter {
         &self.exporter
     }
 
-    pub fn into_exporter(self) -> Exporter {
-        self.exporter
+    /// The span exporter, and the log exporter when logs are captured.
+    pub fn into_exporters(self) -> (Exporter, Option<Exporter<LogRecord>>) {
+        (self.exporter, self.logs.map(Logs::into_exporter))
     }
 }
 

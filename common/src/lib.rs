@@ -6,6 +6,7 @@
 
 pub mod h2;
 pub mod kafka;
+pub mod logs;
 pub mod probe;
 pub mod tracestate;
 
@@ -81,6 +82,9 @@ pub mod kind {
     pub const PROC_EXIT: u32 = 5;
     /// Trace context the kernel decided for a request (see [`CtxEvent`]).
     pub const TRACE_CTX: u32 = 6;
+    /// A write to a log file by a thread serving a request
+    /// (see [`logs::LogHeader`]).
+    pub const LOG: u32 = 7;
 }
 
 /// Bytes of a request head the kernel scans for `traceparent` and framing
@@ -400,6 +404,8 @@ pub mod names {
         /// sk_msg programs `inject_traceparent` tail-calls: slot 0,
         /// [`program::INJECT_KAFKA`](super::program::INJECT_KAFKA).
         pub const INJECTORS: &str = "INJECTORS";
+        /// Userspace's verdicts on the files of fds written to while serving.
+        pub const LOG_FDS: &str = "LOG_FDS";
     }
 
     pub mod global {
@@ -419,6 +425,10 @@ pub mod names {
         pub const INJECT: &str = "INJECT";
         pub const TCP_OPTION: &str = "TCP_OPTION";
         pub const TASK_FSBASE_OFFSET: &str = "TASK_FSBASE_OFFSET";
+        /// [`logs::source`](crate::logs::source) bits; 0 leaves logs off.
+        pub const LOGS: &str = "LOGS";
+        pub const FILE_OFFSETS: &str = "FILE_OFFSETS";
+        pub const LOG_WRITE_COST_NS: &str = "LOG_WRITE_COST_NS";
     }
 
     pub mod program {
@@ -744,6 +754,14 @@ pub mod stat {
     /// `tracestate` fields left out: the HTTP/2 frame would outgrow the
     /// default maximum frame size.
     pub const TRACESTATE_NO_ROOM: u32 = 31;
+    /// Writes to log files (standard output and error included) captured
+    /// while their thread served a request.
+    pub const LOG_WRITES: u32 = 32;
+    /// Writes not captured: their thread had several requests open, so
+    /// which one a line belongs to is unknown.
+    pub const LOG_WRITES_AMBIGUOUS: u32 = 33;
+    /// Writes not captured: their process went over `--log-rate`.
+    pub const LOG_WRITES_OVER_RATE: u32 = 34;
     pub const COUNT: u32 = 48;
 }
 
@@ -760,6 +778,9 @@ pub mod nr {
         pub const RECVFROM: i64 = 45;
         pub const SENDMSG: i64 = 46;
         pub const RECVMSG: i64 = 47;
+        pub const PWRITE64: i64 = 18;
+        pub const PWRITEV: i64 = 296;
+        pub const PWRITEV2: i64 = 328;
     }
     #[cfg(any(target_arch = "aarch64", bpf_target_arch = "aarch64"))]
     mod arch {
@@ -772,6 +793,9 @@ pub mod nr {
         pub const RECVFROM: i64 = 207;
         pub const SENDMSG: i64 = 211;
         pub const RECVMSG: i64 = 212;
+        pub const PWRITE64: i64 = 68;
+        pub const PWRITEV: i64 = 70;
+        pub const PWRITEV2: i64 = 287;
     }
     pub use arch::*;
 }
@@ -817,4 +841,6 @@ mod pod {
     unsafe impl aya::Pod for Inflight {}
     unsafe impl aya::Pod for PeerKey {}
     unsafe impl aya::Pod for SockOffsets {}
+    unsafe impl aya::Pod for logs::LogFd {}
+    unsafe impl aya::Pod for logs::FileOffsets {}
 }

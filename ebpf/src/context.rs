@@ -381,7 +381,7 @@ pub fn conn_closed(conn_id: u64) {
 }
 
 /// What the current executor's outgoing calls nest under.
-enum Parent {
+pub(crate) enum Parent {
     /// The one open request.
     Sure(TraceCtx),
     /// Several requests open (or one, not the last read): the last read,
@@ -391,7 +391,7 @@ enum Parent {
 }
 
 #[inline(always)]
-fn parent() -> Parent {
+pub(crate) fn parent() -> Parent {
     let Some(s) = (unsafe { SERVING.get(&executor()) }) else {
         return Parent::None;
     };

@@ -4,6 +4,8 @@
 //! (one record per buffer or iovec segment) into the ring buffer, then
 //! hands a server connection's call to its protocol's observer (`observe`).
 //! Nothing here looks at protocol bytes beyond the first ones of a stream.
+//! Writes on other fds go to `logs`, which captures those of threads
+//! serving a request when log capture is on.
 
 use core::ffi::c_void;
 
@@ -17,11 +19,12 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use clew_common::{
-    connstate, dataflag, dir, kind, nr, proto, role, stat, ConnKey, DataHeader, SockAddr, IO_MARK,
-    MAX_CAPTURE,
+    connstate, dataflag, dir, kind, logs::LOG_MARK, nr, proto, role, stat, ConnKey, DataHeader,
+    SockAddr, IO_MARK, MAX_CAPTURE,
 };
 
 use crate::{
+    logs,
     maps::{
         capture_limit, count, inflight_put, inflight_take, now, Inflight, Scratch, CONNS, EVENTS,
         SCRATCH,
@@ -39,12 +42,13 @@ pub fn enter_io(ctx: TracePointContext) -> u32 {
         tgid: (pid_tgid >> 32) as u32,
         fd,
     };
-    let Some(info) = (unsafe { CONNS.get(&key) }) else {
-        return 0;
-    };
     // read/write/send*/recv*: buffer; *v: iovec array; *msg: msghdr.
     let (a1, a2) = (tp::arg(&ctx, 1), tp::arg(&ctx, 2));
     let nr = tp::nr(&ctx);
+    let Some(info) = (unsafe { CONNS.get(&key) }) else {
+        logs::enter(pid_tgid, fd, nr, a1, a2);
+        return 0;
+    };
     // A peek is read again for real: capturing it would duplicate bytes.
     // recvfrom's flags come through the probe-read helper: a direct load
     // past read()'s three arguments makes attaching to sys_enter_read fail.
@@ -82,7 +86,14 @@ pub fn exit_io(ctx: TracePointContext) -> u32 {
     };
     // The nr check drops an entry that outlived its call (one seeded by
     // the agent for a read that returned before the entry was written).
-    if v.role != IO_MARK || v.nr != tp::nr(&ctx) {
+    if v.nr != tp::nr(&ctx) {
+        return 0;
+    }
+    if logs::sources() != 0 && v.role == LOG_MARK {
+        logs::exit(&v, pid_tgid, tp::ret(&ctx));
+        return 0;
+    }
+    if v.role != IO_MARK {
         return 0;
     }
     // Ciphertext: the TLS probes report this connection's plaintext.

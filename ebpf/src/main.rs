@@ -17,6 +17,7 @@ mod inject_h2;
 mod inject_kafka;
 mod io;
 mod kafka;
+mod logs;
 mod maps;
 mod observe;
 mod proc;

@@ -1,7 +1,8 @@
 //! The endpoints of a TCP socket the current task holds, read from kernel
 //! memory (task → files → fdtable → file → socket → sock) at offsets the
 //! agent computed from the kernel's BTF (`SockOffsets`): tracepoints have
-//! no fd-to-socket helper and Rust eBPF has no CO-RE.
+//! no fd-to-socket helper and Rust eBPF has no CO-RE. The first steps, to
+//! an fd's `struct file`, serve `logs` too.
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task};
 use clew_common::{SockAddr, SockOffsets};
@@ -37,13 +38,14 @@ const IPPROTO_TCP: u16 = 6;
 
 /// A `T` at `base + off` in kernel memory (None if unreadable).
 #[inline(always)]
-fn at<T>(base: u64, off: u64) -> Option<T> {
+pub fn at<T>(base: u64, off: u64) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(off) as *const T) }.ok()
 }
 
-/// (peer, local) of TCP socket `fd` of the current task. None when the
-/// offsets are unknown, a read fails, or `fd` is not a TCP socket.
-pub fn tcp_endpoints(fd: u32) -> Option<(SockAddr, SockAddr)> {
+/// The `struct file` behind `fd` of the current task (None when the
+/// offsets are unknown, a read fails, or no file is there).
+#[inline(always)]
+pub fn file(fd: u32) -> Option<u64> {
     let o = unsafe { core::ptr::read_volatile(&SOCK_OFFSETS) };
     if o.valid == 0 {
         return None;
@@ -58,11 +60,20 @@ pub fn tcp_endpoints(fd: u32) -> Option<(SockAddr, SockAddr)> {
     }
     let fds: u64 = at(fdt, off(o.fdt_fd))?;
     let file: u64 = at(fds, 8 * fd as u64)?;
+    (file != 0).then_some(file)
+}
+
+/// (peer, local) of TCP socket `fd` of the current task. None when the
+/// offsets are unknown, a read fails, or `fd` is not a TCP socket.
+pub fn tcp_endpoints(fd: u32) -> Option<(SockAddr, SockAddr)> {
+    let o = unsafe { core::ptr::read_volatile(&SOCK_OFFSETS) };
+    let off = |v: u32| v as u64;
+    let file = file(fd)?;
     let socket: u64 = at(file, off(o.file_private_data))?;
     // Only a socket's file has a private struct socket pointing back at it,
     // whose sock points back at the socket: anything else (wrong offsets,
     // another kind of file) fails one of these.
-    if file == 0 || at::<u64>(socket, off(o.socket_file))? != file {
+    if at::<u64>(socket, off(o.socket_file))? != file {
         return None;
     }
     let sk: u64 = at(socket, off(o.socket_sk))?;

@@ -58,8 +58,11 @@ impl Nginx {
 
     /// For the benchmark: serves `/index.html` without an access log (its
     /// cost and its growth are not the agent's), over TLS with a fresh
-    /// self-signed certificate when `tls`.
-    pub fn start_bench(cg: &Cgroup, tls: bool) -> Result<Self> {
+    /// self-signed certificate when `tls`. With `logging`, an access log
+    /// line after each request, and `/logged.html` (the same page through
+    /// a rewrite, which `rewrite_log` notes in the error log while the
+    /// request is served).
+    pub fn start_bench(cg: &Cgroup, tls: bool, logging: bool) -> Result<Self> {
         let dir = TempDir::new("nginx-bench")?;
         let root = dir.join("www");
         std::fs::create_dir(&root)?;
@@ -69,10 +72,16 @@ impl Nginx {
         )?;
         let cert = if tls { Some(TestCert::new()?) } else { None };
         let conf = Conf {
-            access_log: false,
+            access_log: logging,
             tls: cert.as_ref(),
         };
-        let mut nginx = Self::launch(cg, dir, &format!("root {};", root.display()), "", conf)?;
+        let mut server = format!("root {};", root.display());
+        if logging {
+            server.push_str(
+                " rewrite_log on; location = /logged.html { rewrite ^ /index.html break; }",
+            );
+        }
+        let mut nginx = Self::launch(cg, dir, &server, "", conf)?;
         nginx._cert = cert;
         Ok(nginx)
     }

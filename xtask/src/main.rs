@@ -71,7 +71,7 @@ enum Task {
         #[arg(long)]
         quick: bool,
         /// Only this scenario (repeatable): nginx-keepalive, nginx-close,
-        /// nginx-tls, node-downstream, grpc, kafka, overload.
+        /// nginx-tls, node-downstream, grpc, kafka, overload, nginx-logging.
         #[arg(long)]
         scenario: Vec<String>,
         /// Rounds of interleaved modes (default 3, quick 1).

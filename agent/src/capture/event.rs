@@ -4,8 +4,9 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use clew_common::{
-    dataflag, dir, kind, procflag, role, ConnEvent, CtxEvent, DataHeader, ProcEvent, SockAddr,
-    TraceCtx,
+    dataflag, dir, kind,
+    logs::{logflag, LogHeader},
+    procflag, role, ConnEvent, CtxEvent, DataHeader, ProcEvent, SockAddr, TraceCtx,
 };
 
 #[derive(Debug)]
@@ -77,9 +78,31 @@ pub struct KernelCtx {
     pub stream_id: u32,
 }
 
+/// A write a thread made to a log stream while serving a span.
+#[derive(Debug)]
+pub struct LogWrite<'a> {
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    pub ts_ns: u64,
+    /// The span the thread served, as the kernel named it.
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub sampled: bool,
+    /// The kernel found this very file judged worth capturing.
+    pub verified: bool,
+    /// The file's inode number and device (0 for standard output and error).
+    pub ino: u64,
+    pub dev: u32,
+    /// Bytes the write moved; `payload` is the captured prefix of them.
+    pub total: usize,
+    pub payload: &'a [u8],
+}
+
 #[derive(Debug)]
 pub enum Event<'a> {
     Ctx(KernelCtx),
+    Log(LogWrite<'a>),
     Data(Data<'a>),
     Open(ConnOpen),
     Close {
@@ -182,6 +205,31 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
                 kernel_selected: p.flags & procflag::EXE_SELECTED != 0,
             })
         }
+        kind::LOG => {
+            let h: LogHeader = read(bytes)?;
+            let payload = &bytes[size_of::<LogHeader>()..];
+            let captured = h.captured as usize;
+            if payload.len() < captured {
+                return Err(DecodeError::Length {
+                    captured,
+                    present: payload.len(),
+                });
+            }
+            Ok(Event::Log(LogWrite {
+                tgid: (h.pid_tgid >> 32) as u32,
+                tid: h.pid_tgid as u32,
+                fd: h.fd,
+                ts_ns: h.ts_ns,
+                trace_id: h.trace_id,
+                span_id: h.span_id,
+                sampled: h.flags & logflag::SAMPLED != 0,
+                verified: h.flags & logflag::VERIFIED != 0,
+                ino: h.ino,
+                dev: h.dev,
+                total: (h.total as usize).max(captured),
+                payload: &payload[..captured],
+            }))
+        }
         kind::PROC_EXIT => Ok(Event::Exit {
             tgid: read::<ProcEvent>(bytes)?.tgid,
         }),
@@ -237,6 +285,40 @@ mod tests {
             (42, 43, 5, 100, false)
         );
         assert_eq!(d.payload, b"GET");
+    }
+
+    #[test]
+    fn log_record_round_trips() {
+        let h = LogHeader {
+            kind: kind::LOG,
+            flags: logflag::SAMPLED,
+            pid_tgid: (42u64 << 32) | 43,
+            ts_ns: 99,
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            ino: 77,
+            dev: 8,
+            fd: 5,
+            total: 100,
+            captured: 4,
+        };
+        let mut b = bytes_of(&h);
+        b.extend_from_slice(
+            b"hi
+!",
+        );
+        let Event::Log(w) = decode(&b).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (w.tgid, w.tid, w.fd, w.total, w.ino, w.dev),
+            (42, 43, 5, 100, 77, 8)
+        );
+        assert!(w.sampled && !w.verified);
+        assert_eq!((w.trace_id, w.span_id), ([1; 16], [2; 8]));
+        assert_eq!(w.payload, b"hi\n!");
+        b.truncate(b.len() - 1);
+        assert!(matches!(decode(&b), Err(DecodeError::Length { .. })));
     }
 
     #[test]

@@ -7,8 +7,11 @@ use aya::{
     Ebpf,
 };
 use clew_common::{
-    exe, names::map, nr, role, stat, CgroupSel, ConnInfo, ConnKey, Inflight, PeerKey, SockAddr,
-    IO_MARK, MAX_CGROUPS,
+    exe,
+    logs::{LogFd, LogFdKey},
+    names::map,
+    nr, role, stat, CgroupSel, ConnInfo, ConnKey, Inflight, PeerKey, SockAddr, IO_MARK,
+    MAX_CGROUPS,
 };
 use std::net::SocketAddr;
 
@@ -38,6 +41,9 @@ pub struct KernelStats {
     pub h2: H2InjectStats,
     pub kafka: KafkaStats,
     pub tracestate: TracestateStats,
+    pub log_writes: u64,
+    pub log_writes_ambiguous: u64,
+    pub log_writes_over_rate: u64,
 }
 
 /// What the kernel did with `tracestate` (`stat::TRACESTATE_*`).
@@ -278,7 +284,44 @@ impl KernelMaps {
                 own: sum(stat::TRACESTATE_OWN),
                 no_room: sum(stat::TRACESTATE_NO_ROOM),
             },
+            log_writes: sum(stat::LOG_WRITES),
+            log_writes_ambiguous: sum(stat::LOG_WRITES_AMBIGUOUS),
+            log_writes_over_rate: sum(stat::LOG_WRITES_OVER_RATE),
         }
+    }
+}
+
+/// The kernel's copy of the agent's verdicts on log files (`LOG_FDS`,
+/// see ebpf/src/logs.rs): writes to a file judged not to be a log stop
+/// reaching the agent.
+pub struct LogVerdicts {
+    map: HashMap<MapData, LogFdKey, LogFd>,
+}
+
+impl LogVerdicts {
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        let map = ebpf.take_map(map::LOG_FDS).context("map LOG_FDS missing")?;
+        Ok(LogVerdicts {
+            map: HashMap::try_from(map)?,
+        })
+    }
+
+    /// Writes to `fd` of `tgid` while it holds inode `ino` of device `dev`
+    /// are captured, or never.
+    pub fn set(&mut self, tgid: u32, fd: u32, ino: u64, dev: u32, capture: bool) {
+        let v = LogFd {
+            ino,
+            dev,
+            capture: capture as u32,
+        };
+        // Best effort: without the entry the kernel keeps asking.
+        if let Err(e) = self.map.insert(LogFdKey { tgid, fd }, v, 0) {
+            tracing::debug!(tgid, fd, "cannot record a log file verdict: {e}");
+        }
+    }
+
+    pub fn forget(&mut self, tgid: u32, fd: u32) {
+        let _ = self.map.remove(&LogFdKey { tgid, fd });
     }
 }
 

@@ -20,14 +20,15 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use clew_common::{
+    logs::FileOffsets,
     names::{self, global, map, program},
     select, SockOffsets,
 };
 
 use crate::config::Mechanisms;
 
-pub use event::{decode, ConnOpen, Data, DecodeError, Event, KernelCtx};
-pub use maps::{BlockedRead, KernelMaps};
+pub use event::{decode, ConnOpen, Data, DecodeError, Event, KernelCtx, LogWrite};
+pub use maps::{BlockedRead, KernelMaps, LogVerdicts};
 pub use uprobes::{GoFn, GoTlsOffsets, Plan, SslOffsets, TlsLinks};
 
 /// The kernel object built from `ebpf/` (see agent/build.rs).
@@ -47,6 +48,9 @@ const IO_SYSCALLS: &[&str] = &[
     "sendfile64",
 ];
 
+/// Written to by log capture (positioned writes go to files only).
+const LOG_SYSCALLS: &[&str] = &["pwrite64", "pwritev", "pwritev2"];
+
 /// Load-time settings of the kernel programs.
 #[derive(Clone, Debug)]
 pub struct CaptureConfig {
@@ -62,12 +66,18 @@ pub struct CaptureConfig {
     pub sampling: crate::sampling::KernelSampling,
     /// Which propagation mechanisms the kernel programs apply.
     pub propagation: Mechanisms,
+    /// Which writes log capture takes (`clew_common::logs::source`
+    /// bits; 0: off).
+    pub logs: u32,
+    /// Captured writes per second per process.
+    pub log_rate: u32,
 }
 
 pub struct Capture {
     ebpf: Ebpf,
     attached: Vec<String>,
     propagation: Mechanisms,
+    logs: u32,
 }
 
 impl Capture {
@@ -102,6 +112,17 @@ impl Capture {
             );
             SockOffsets::default()
         });
+        let files_off = match cfg.logs & clew_common::logs::source::FILES {
+            0 => FileOffsets::default(),
+            _ => sock_offsets::files_from_btf_file(std::path::Path::new(btf::VMLINUX))
+                .unwrap_or_else(|e| {
+                    tracing::warn!(
+                        "log files cannot be told apart on this kernel, only stdout and \
+                         stderr are captured: {e}"
+                    );
+                    FileOffsets::default()
+                }),
+        };
         let fsbase_off = task_fsbase_offset().unwrap_or_else(|e| {
             tracing::warn!("Go requests will be counted per process, not per goroutine: {e:#}");
             0
@@ -115,6 +136,13 @@ impl Capture {
             .override_global(global::EXEC_FILENAME_OFFSET, &exec_off, true)
             .override_global(global::SOCK_OFFSETS, &sock_off, true)
             .override_global(global::TASK_FSBASE_OFFSET, &fsbase_off, true)
+            .override_global(global::LOGS, &cfg.logs, true)
+            .override_global(global::FILE_OFFSETS, &files_off, true)
+            .override_global(
+                global::LOG_WRITE_COST_NS,
+                &(1_000_000_000 / u64::from(cfg.log_rate.max(1))),
+                true,
+            )
             .override_global(global::SAMPLE_ALWAYS, &cfg.sampling.always, true)
             .override_global(global::SAMPLE_THRESHOLD, &cfg.sampling.threshold, true)
             .override_global(
@@ -140,6 +168,7 @@ impl Capture {
             ebpf,
             attached: Vec::new(),
             propagation: cfg.propagation,
+            logs: cfg.logs,
         })
     }
 
@@ -148,7 +177,8 @@ impl Capture {
     pub fn attach(&mut self) -> Result<()> {
         self.load_observers()?;
         self.load_uprobes()?;
-        for sc in IO_SYSCALLS {
+        let logs: &[&str] = if self.logs != 0 { LOG_SYSCALLS } else { &[] };
+        for sc in IO_SYSCALLS.iter().chain(logs) {
             self.attach_tp(program::ENTER_IO, "syscalls", &format!("sys_enter_{sc}"))?;
             self.attach_tp(program::EXIT_IO, "syscalls", &format!("sys_exit_{sc}"))?;
         }
@@ -255,6 +285,10 @@ impl Capture {
 
     pub fn maps(&mut self) -> Result<KernelMaps> {
         KernelMaps::take(&mut self.ebpf)
+    }
+
+    pub fn log_verdicts(&mut self) -> Result<LogVerdicts> {
+        LogVerdicts::take(&mut self.ebpf)
     }
 }
 
@@ -369,6 +403,10 @@ mod tests {
             map::NEST_BY_PROCESS,
             map::KAFKA_BUFS,
             map::INJECTORS,
+            map::LOG_FDS,
+            global::LOGS,
+            global::FILE_OFFSETS,
+            global::LOG_WRITE_COST_NS,
             global::AGENT_TGID,
             global::SELECT_MODE,
             global::CAPTURE_LIMIT,

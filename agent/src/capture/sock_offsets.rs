@@ -1,11 +1,12 @@
 //! The offsets `exit_accept` follows from the current task to an accepted
-//! socket's endpoints (ebpf/src/sock.rs), from the running kernel's BTF.
-//! Each field's size is checked too: a field that changed type must not be
+//! socket's endpoints (ebpf/src/sock.rs), and log capture from a file to
+//! its inode (ebpf/src/logs.rs), from the running kernel's BTF. Each
+//! field's size is checked too: a field that changed type must not be
 //! read as the old one.
 
 use std::path::Path;
 
-use clew_common::SockOffsets;
+use clew_common::{logs::FileOffsets, SockOffsets};
 
 use super::btf::{Btf, BtfError};
 
@@ -24,18 +25,35 @@ pub fn from_btf_file(path: &Path) -> Result<SockOffsets, OffsetError> {
     compute(&Btf::from_file(path)?)
 }
 
+/// Where `path` of `strukt` sits, checked to be `want` bytes wide.
+fn sized(btf: &Btf, strukt: &str, path: &[&str], want: u32) -> Result<u32, OffsetError> {
+    let f = btf.field(strukt, path)?;
+    if f.size != want {
+        return Err(OffsetError::Size {
+            field: format!("{strukt}.{}", path.join(".")),
+            got: f.size,
+            want,
+        });
+    }
+    Ok(f.offset)
+}
+
+/// The file-to-inode offsets, from the kernel's BTF at `path`.
+pub fn files_from_btf_file(path: &Path) -> Result<FileOffsets, OffsetError> {
+    let btf = Btf::from_file(path)?;
+    let at = |strukt: &str, path: &[&str], want: u32| sized(&btf, strukt, path, want);
+    Ok(FileOffsets {
+        valid: 1,
+        file_inode: at("file", &["f_inode"], PTR)?,
+        inode_mode: at("inode", &["i_mode"], 2)?,
+        inode_ino: at("inode", &["i_ino"], 8)?,
+        inode_sb: at("inode", &["i_sb"], PTR)?,
+        sb_dev: at("super_block", &["s_dev"], 4)?,
+    })
+}
+
 pub fn compute(btf: &Btf) -> Result<SockOffsets, OffsetError> {
-    let at = |strukt: &str, path: &[&str], want: u32| -> Result<u32, OffsetError> {
-        let f = btf.field(strukt, path)?;
-        if f.size != want {
-            return Err(OffsetError::Size {
-                field: format!("{strukt}.{}", path.join(".")),
-                got: f.size,
-                want,
-            });
-        }
-        Ok(f.offset)
-    };
+    let at = |strukt: &str, path: &[&str], want: u32| sized(btf, strukt, path, want);
     let common = |field: &str, want: u32| at("sock", &["__sk_common", field], want);
     Ok(SockOffsets {
         valid: 1,
@@ -93,6 +111,16 @@ mod tests {
             assert!(off > 0 && off % 2 == 0, "{o:?}");
         }
         assert!(o.socket_file != o.socket_sk);
+    }
+
+    #[test]
+    fn running_kernel_gives_the_file_offsets() {
+        let o = files_from_btf_file(Path::new(super::super::btf::VMLINUX)).unwrap();
+        assert_eq!(o.valid, 1);
+        // `i_mode` opens struct inode; the rest are somewhere past it.
+        assert_eq!(o.inode_mode, 0);
+        assert!(o.inode_ino > 0 && o.inode_sb > 0 && o.file_inode > 0 && o.sb_dev > 0);
+        assert_ne!(o.inode_ino, o.inode_sb);
     }
 
     #[test]

@@ -8,7 +8,11 @@
 //! component uses and moved into [`super::Config`] as it is.
 
 use std::{
-    collections::BTreeMap, net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration,
+    collections::BTreeMap,
+    net::SocketAddr,
+    num::{NonZeroU32, NonZeroUsize},
+    path::PathBuf,
+    time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
@@ -60,6 +64,8 @@ pub struct File {
     pub synthetic: SyntheticSection,
     #[serde(default)]
     pub kubernetes: KubernetesSection,
+    #[serde(default)]
+    pub logs: LogsSection,
     /// `[[tenants]]`, in order (`--tenant`).
     pub tenants: Option<Vec<TenantRule>>,
 }
@@ -187,7 +193,7 @@ macro_rules! otlp_keys {
 }
 
 otlp_keys!(
-    /// `[export.traces]` or `[export.metrics]`.
+    /// `[export.traces]`, `[export.metrics]` or `[export.logs]`.
     SignalSection {}
 );
 
@@ -198,6 +204,8 @@ otlp_keys!(
         pub traces: SignalSection,
         #[serde(default)]
         pub metrics: SignalSection,
+        #[serde(default)]
+        pub logs: SignalSection,
         #[serde(default)]
         pub batch: BatchSection,
     }
@@ -340,4 +348,16 @@ pub struct SyntheticSection {
     /// `--synthetic-interval`.
     #[serde(default, with = "duration")]
     pub interval: Option<Duration>,
+}
+
+/// `[logs]`: logs tied to traces (see `logs/`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsSection {
+    /// `--logs`: `stdout`, `stderr` and absolute path patterns.
+    pub sources: Option<Vec<String>>,
+    /// `--log-record-bytes`.
+    pub record_bytes: Option<usize>,
+    /// `--log-rate`.
+    pub rate: Option<NonZeroU32>,
 }

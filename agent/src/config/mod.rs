@@ -17,6 +17,7 @@ pub mod file;
 use std::{
     fmt::Debug,
     net::SocketAddr,
+    num::NonZeroU32,
     ops::RangeInclusive,
     path::{Path, PathBuf},
     time::Duration,
@@ -33,6 +34,7 @@ use crate::{
     cli::RunArgs,
     export::{ExportConfig, ExportFlags, Signal},
     k8s::KubernetesConfig,
+    logs::{LogSettings, Sources},
     matcher::Match,
     metrics::Pattern,
     protocol::http_common::known_methods_from_env,
@@ -50,6 +52,8 @@ pub const DEFAULT_RINGBUF_MIB: u32 = 4;
 pub const DEFAULT_ATTRIBUTE_LIMIT: usize = 4096;
 /// The SDKs' default metric export interval.
 pub const DEFAULT_METRIC_EXPORT_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_LOG_RECORD_BYTES: usize = 4096;
+pub const DEFAULT_LOG_RATE: u32 = 1000;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -84,6 +88,10 @@ pub struct Config {
     pub host_cgroup_root: Option<PathBuf>,
     pub kubernetes: KubernetesConfig,
     pub tenants: Vec<Rule>,
+    /// `None`: log capture off.
+    pub logs: Option<LogSettings>,
+    /// Where log records go; set when log capture is on.
+    pub logs_export: Option<ExportConfig>,
 }
 
 /// Where the service account is mounted in every pod.
@@ -282,6 +290,23 @@ impl Config {
             .unwrap_or(synthetic::DEFAULT_INTERVAL);
         let synthetic = (!targets.is_empty()).then_some(SyntheticConfig { targets, interval });
 
+        let sdk_processes = f
+            .sdk_processes
+            .or(file.spans.sdk_processes)
+            .unwrap_or_default();
+        let logs = log_settings(f.logs, f.log_record_bytes, f.log_rate, &file.logs, env)?.map(
+            |(sources, record_bytes, per_second)| LogSettings {
+                sources,
+                record_bytes,
+                per_second,
+                defer_sdk: sdk_processes == SdkProcesses::Defer,
+            },
+        );
+        let logs_export = logs
+            .is_some()
+            .then(|| ExportConfig::resolve(Signal::Logs, &file.export, &export_flags, env))
+            .transpose()?;
+
         Ok(Config {
             select,
             traces,
@@ -302,10 +327,7 @@ impl Config {
             tls_attach: f.tls_attach.or(file.tls.attach).unwrap_or_default(),
             tls_go: f.tls_go.or(file.tls.go).unwrap_or(false),
             attribute_value_length_limit,
-            sdk_processes: f
-                .sdk_processes
-                .or(file.spans.sdk_processes)
-                .unwrap_or_default(),
+            sdk_processes,
             query: f.query.or(file.redaction.query).unwrap_or_default(),
             redact_names: given(f.redact_names)
                 .or(file.redaction.names)
@@ -322,8 +344,40 @@ impl Config {
             host_cgroup_root,
             kubernetes,
             tenants,
+            logs,
+            logs_export,
         })
     }
+}
+
+/// Log capture's sources, record bound and rate; `None` when no source is
+/// given (off).
+fn log_settings(
+    flag: Vec<String>,
+    record_bytes: Option<usize>,
+    rate: Option<NonZeroU32>,
+    file: &file::LogsSection,
+    env: &Env,
+) -> Result<Option<(Sources, usize, u32)>> {
+    let sources = match given(flag) {
+        Some(list) => Sources::parse(&list)?,
+        None => match env.clew("CLEW_LOGS", |v| {
+            Sources::parse(&env::list(v, |s| Ok(s.to_owned()))?)
+        })? {
+            Some(s) => s,
+            None => Sources::parse(file.sources.as_deref().unwrap_or_default())
+                .context("logs.sources")?,
+        },
+    };
+    if sources.is_empty() {
+        return Ok(None);
+    }
+    let bytes = 1..=clew_common::logs::MAX_LOG_CAPTURE;
+    let record_bytes = within(record_bytes, "--log-record-bytes", &bytes)?
+        .or(within(file.record_bytes, "logs.record_bytes", &bytes)?)
+        .unwrap_or(DEFAULT_LOG_RECORD_BYTES);
+    let rate = rate.or(file.rate).map_or(DEFAULT_LOG_RATE, NonZeroU32::get);
+    Ok(Some((sources, record_bytes, rate)))
 }
 
 /// A list flag given at least once.

@@ -44,7 +44,7 @@ fn assert_all_set(value: &serde_json::Value, path: &str) {
             if path.ends_with("headers") || path.ends_with("attributes") {
                 return;
             }
-            if path == ".export.traces" || path == ".export.metrics" {
+            if [".export.traces", ".export.metrics", ".export.logs"].contains(&path) {
                 assert!(
                     fields.values().any(|v| !v.is_null()),
                     "the example sets nothing in {path}"
@@ -176,6 +176,16 @@ fn every_key_of_the_example_reaches_the_configuration() {
         ["http://127.0.0.1:8080/healthz"]
     );
     assert_eq!(synthetic.interval, Duration::from_secs(30));
+    let logs = cfg.logs.unwrap();
+    assert_eq!(logs.sources.to_string(), "stderr,/var/log/shop/**/*.log");
+    assert_eq!((logs.record_bytes, logs.per_second), (2048, 500));
+    assert!(logs.defer_sdk);
+    let l = cfg.logs_export.unwrap();
+    assert_eq!(
+        l.endpoint.as_deref(),
+        Some("https://otel-gateway.observability:4317")
+    );
+    assert_eq!(l.headers, [("x-scope-orgid".into(), "shop".into())]);
     let (filter, source) = log_filter(None, &Env::from_pairs(&[]), &File::parse(EXAMPLE).unwrap());
     assert_eq!(
         (filter.as_str(), source),
@@ -198,6 +208,7 @@ fn nothing_set_gives_the_defaults() {
     assert_eq!(cfg.metric_export_interval, DEFAULT_METRIC_EXPORT_INTERVAL);
     assert_eq!(cfg.metric_series_limit, 2000);
     assert!(cfg.auto_routes && !cfg.tls_go);
+    assert!(cfg.logs.is_none() && cfg.logs_export.is_none());
     assert_eq!(
         (
             cfg.query,
@@ -565,4 +576,84 @@ fn a_missing_file_is_an_error_naming_it() {
         format!("{err:#}").contains("/nonexistent/clew.toml"),
         "{err:#}"
     );
+}
+
+#[test]
+fn logs_file_environment_flags() {
+    let file = "[logs]\nsources = [\"stdout\"]\nrecord_bytes = 100\nrate = 7";
+    let logs =
+        |env: &[(&str, &str)], args: &[&str]| resolve(file, env, args).unwrap().logs.unwrap();
+    let l = logs(&[], &[]);
+    assert_eq!(
+        (l.sources.to_string().as_str(), l.record_bytes, l.per_second),
+        ("stdout", 100, 7)
+    );
+    let l = logs(&[("CLEW_LOGS", "stderr, /tmp/*.log")], &[]);
+    assert_eq!(l.sources.to_string(), "stderr,/tmp/*.log");
+    let l = logs(
+        &[("CLEW_LOGS", "stderr")],
+        &[
+            "--logs",
+            "stdout,stderr",
+            "--log-record-bytes",
+            "8192",
+            "--log-rate",
+            "9",
+        ],
+    );
+    assert_eq!(
+        (l.sources.to_string().as_str(), l.record_bytes, l.per_second),
+        ("stdout,stderr", 8192, 9)
+    );
+    // Off unless a source is named; the defaults otherwise.
+    assert!(resolve("", &[], &["--log-rate", "3"])
+        .unwrap()
+        .logs
+        .is_none());
+    let l = resolve("", &[], &["--logs", "stderr"])
+        .unwrap()
+        .logs
+        .unwrap();
+    assert_eq!(
+        (l.record_bytes, l.per_second),
+        (DEFAULT_LOG_RECORD_BYTES, DEFAULT_LOG_RATE)
+    );
+    // The log exporter follows OTEL_EXPORTER_OTLP_LOGS_*, then the shared keys.
+    let cfg = resolve(
+        "[export]\nendpoint = \"http://c:4318\"\n[logs]\nsources = [\"stdout\"]",
+        &[(
+            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+            "http://logs:4318/v1/logs",
+        )],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.logs_export.unwrap().endpoint.as_deref(),
+        Some("http://logs:4318/v1/logs")
+    );
+    assert_eq!(
+        cfg.traces.endpoint.as_deref(),
+        Some("http://c:4318/v1/traces")
+    );
+}
+
+#[test]
+fn bad_log_settings_name_their_key() {
+    let e = error("[logs]\nsources = [\"relative.log\"]", &[], &[]);
+    assert!(e.contains("logs.sources"), "{e}");
+    let e = error(
+        "[logs]\nsources = [\"stderr\"]\nrecord_bytes = 9000",
+        &[],
+        &[],
+    );
+    assert!(e.contains("logs.record_bytes"), "{e}");
+    let e = error("", &[], &["--logs", "stderr", "--log-record-bytes", "0"]);
+    assert!(e.contains("--log-record-bytes"), "{e}");
+    let e = error("", &[("CLEW_LOGS", "stdin")], &[]);
+    assert!(e.contains("CLEW_LOGS"), "{e}");
+    let e = error("[logs]\nrate = 0", &[], &[]);
+    assert!(e.contains("rate"), "{e}");
+    let e = error("[logs]\nlevel = \"info\"", &[], &[]);
+    assert!(e.contains("level"), "{e}");
 }

@@ -1,8 +1,9 @@
-//! OTLP queue consumer: groups spans into batches and delivers them with retry and backoff.
+//! OTLP queue consumer: groups items (spans, log records) into batches and
+//! delivers them with retry and backoff.
 //!
 //! Memory stays bounded while the collector is down: the queue holds at most
 //! its capacity, and this task holds the one batch being delivered; newer
-//! spans wait in the queue (or are dropped there) until it is done.
+//! items wait in the queue (or are dropped there) until it is done.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,13 +11,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::otlp::encode_request;
 use super::stats::{add, Counters};
 use super::transport::{SendError, Transport};
-use super::DeliveryReport;
-use crate::span::Span;
+use super::{Item, Report};
 
-/// Attempts per batch, so an outage costs one batch of spans at a time
+/// Attempts per batch, so an outage costs one batch of items at a time
 /// rather than stalling the pipeline forever.
 const MAX_ATTEMPTS: u32 = 5;
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -31,13 +30,13 @@ pub(super) struct Batching {
 }
 
 /// Runs until the queue is closed and drained.
-pub(super) async fn run(
-    mut queue: mpsc::Receiver<Span>,
+pub(super) async fn run<T: Item>(
+    mut queue: mpsc::Receiver<T>,
     transport: Transport,
     endpoint: String,
     batching: Batching,
     counters: Arc<Counters>,
-    report: Option<Arc<dyn DeliveryReport>>,
+    report: Report<T>,
 ) {
     let mut delivery = Delivery {
         transport,
@@ -63,13 +62,9 @@ pub(super) async fn run(
     }
 }
 
-/// Waits for a first span, then takes more until the batch is full or it has
+/// Waits for a first item, then takes more until the batch is full or it has
 /// lingered long enough. Returns false once the queue is closed and empty.
-async fn fill(
-    queue: &mut mpsc::Receiver<Span>,
-    batch: &mut Vec<Span>,
-    batching: &Batching,
-) -> bool {
+async fn fill<T>(queue: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, batching: &Batching) -> bool {
     if queue.recv_many(batch, batching.max_batch).await == 0 {
         return false;
     }
@@ -106,10 +101,10 @@ struct Delivery {
 }
 
 impl Delivery {
-    /// `Err`: why the collector did not take every span of the batch.
-    async fn deliver(&mut self, spans: &[Span]) -> Result<(), String> {
-        let request = bytes::Bytes::from(encode_request(spans));
-        let count = spans.len() as u64;
+    /// `Err`: why the collector did not take every item of the batch.
+    async fn deliver<T: Item>(&mut self, items: &[T]) -> Result<(), String> {
+        let request = bytes::Bytes::from(T::encode(items));
+        let count = items.len() as u64;
         let give_up = Instant::now() + self.deadline;
         let mut last = String::from("batch deadline reached before an attempt");
         for attempt in 1..=MAX_ATTEMPTS {
@@ -125,18 +120,21 @@ impl Delivery {
             match self.transport.send(&request).await {
                 Ok(rejected) => {
                     self.backoff = None;
-                    self.set_health(Health::Healthy, "");
+                    self.set_health::<T>(Health::Healthy, "");
                     add(&self.counters.exported, count.saturating_sub(rejected));
                     add(&self.counters.rejected, rejected.min(count));
                     return match rejected {
                         0 => Ok(()),
-                        n => Err(format!("the collector rejected {n} spans of the batch")),
+                        n => Err(format!(
+                            "the collector rejected {n} {} of the batch",
+                            T::NAME
+                        )),
                     };
                 }
                 Err(SendError::Permanent(reason)) => {
                     // The collector answered, so the next batch need not wait.
                     self.backoff = None;
-                    self.set_health(Health::Rejecting, &reason);
+                    self.set_health::<T>(Health::Rejecting, &reason);
                     last = reason;
                     break;
                 }
@@ -152,7 +150,7 @@ impl Delivery {
                     // honoured as a floor (bounded by the batch deadline).
                     let pause = jitter(backoff).max(retry_after.unwrap_or_default());
                     self.backoff = Some(pause);
-                    self.set_health(Health::Unavailable, &reason);
+                    self.set_health::<T>(Health::Unavailable, &reason);
                     last = reason;
                 }
             }
@@ -164,22 +162,23 @@ impl Delivery {
 
     /// Logs transitions only: an outage costs one warn and one info line, not
     /// one per batch; the periodic drop summary carries the counts.
-    fn set_health(&mut self, health: Health, reason: &str) {
+    fn set_health<T: Item>(&mut self, health: Health, reason: &str) {
         if health == self.health {
             return;
         }
         let endpoint = &self.endpoint;
+        let name = T::NAME;
         match health {
-            Health::Healthy => tracing::info!(%endpoint, "OTLP export recovered"),
+            Health::Healthy => tracing::info!(%endpoint, "OTLP export of {name} recovered"),
             Health::Unavailable => tracing::warn!(
                 %endpoint,
                 reason,
-                "OTLP collector unreachable; retrying with backoff, spans beyond the queue capacity are dropped"
+                "OTLP collector unreachable; retrying with backoff, {name} beyond the queue capacity are dropped"
             ),
             Health::Rejecting => tracing::warn!(
                 %endpoint,
                 reason,
-                "OTLP collector rejects batches; dropping them (not retryable)"
+                "OTLP collector rejects batches of {name}; dropping them (not retryable)"
             ),
         }
         self.health = health;

@@ -120,12 +120,13 @@ impl Default for ExportConfig {
 }
 
 /// Which OTLP signal a configuration is for: each has its own variables
-/// (`OTEL_EXPORTER_OTLP_TRACES_*`, `OTEL_EXPORTER_OTLP_METRICS_*`) over
-/// the shared ones, and its own HTTP path.
+/// (`OTEL_EXPORTER_OTLP_TRACES_*`, `_METRICS_*`, `_LOGS_*`) over the
+/// shared ones, and its own HTTP path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signal {
     Traces,
     Metrics,
+    Logs,
 }
 
 impl Signal {
@@ -133,15 +134,18 @@ impl Signal {
         let signal = match self {
             Signal::Traces => "TRACES",
             Signal::Metrics => "METRICS",
+            Signal::Logs => "LOGS",
         };
         format!("OTEL_EXPORTER_OTLP_{signal}_{suffix}")
     }
 
-    /// Its table in the file: `[export.traces]`, `[export.metrics]`.
+    /// Its table in the file: `[export.traces]`, `[export.metrics]`,
+    /// `[export.logs]`.
     fn key(self) -> &'static str {
         match self {
             Signal::Traces => "traces",
             Signal::Metrics => "metrics",
+            Signal::Logs => "logs",
         }
     }
 
@@ -149,6 +153,7 @@ impl Signal {
         match self {
             Signal::Traces => "/v1/traces",
             Signal::Metrics => "/v1/metrics",
+            Signal::Logs => "/v1/logs",
         }
     }
 }
@@ -173,11 +178,12 @@ pub struct ExportFlags {
 }
 
 impl ExportSection {
-    /// `[export.traces]` or `[export.metrics]`.
+    /// `[export.traces]`, `[export.metrics]` or `[export.logs]`.
     fn signal(&self, signal: Signal) -> &SignalSection {
         match signal {
             Signal::Traces => &self.traces,
             Signal::Metrics => &self.metrics,
+            Signal::Logs => &self.logs,
         }
     }
 }
@@ -825,6 +831,39 @@ mod tests {
         assert_eq!(bare("TRUE"), "http://c:4317");
         assert_eq!(bare("false"), "https://c:4317");
         assert_eq!(bare("yes"), "https://c:4317");
+    }
+
+    #[test]
+    fn logs_have_their_own_variables_and_path() {
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4318/t"),
+            ("OTEL_EXPORTER_OTLP_LOGS_HEADERS", "tenant=l"),
+            ("OTEL_EXPORTER_OTLP_LOGS_COMPRESSION", "gzip"),
+        ];
+        let cfg = resolve_for(Signal::Logs, None, None, &env).unwrap();
+        assert_eq!(cfg.endpoint.as_deref(), Some("http://base:4318/v1/logs"));
+        assert_eq!(cfg.headers, vec![("tenant".into(), "l".into())]);
+        assert_eq!(cfg.compression, Compression::Gzip);
+        let env = [("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://l:4317")];
+        let cfg = resolve_for(Signal::Logs, None, None, &env).unwrap();
+        assert_eq!(
+            endpoint_and_protocol(cfg),
+            (Some("http://l:4317".into()), Protocol::Grpc)
+        );
+        // Only the traces' own endpoint: logs have none.
+        let env = [(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://t:4318/v1/traces",
+        )];
+        assert_eq!(
+            resolve_for(Signal::Logs, None, None, &env)
+                .unwrap()
+                .endpoint,
+            None
+        );
+        let cfg = resolve_for(Signal::Logs, Some("http://arg:4318"), None, &[]).unwrap();
+        assert_eq!(cfg.endpoint.as_deref(), Some("http://arg:4318/v1/logs"));
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! batch is encoded once and every retry sends the same bytes, where the
 //! generated client would take (and clone) a whole prost message per attempt.
 //!
-//! One client serves traces and metrics: their responses are the same on
-//! the wire (`partial_success` is field 1 in both, and its rejected count
-//! field 1 in turn), so both are read as `ExportTraceServiceResponse`.
+//! One client serves traces, metrics and logs: their responses are the
+//! same on the wire (`partial_success` is field 1 in each, and its rejected
+//! count field 1 in turn), so all are read as `ExportTraceServiceResponse`.
 
 use bytes::{BufMut, Bytes};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
@@ -30,6 +30,7 @@ impl ExportClient {
         let path = match signal {
             Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
             Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+            Signal::Logs => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
         };
         let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(max_response);
         if gzip {

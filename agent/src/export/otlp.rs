@@ -18,39 +18,48 @@ const TYPICAL_SPAN_BYTES: usize = 512;
 /// The encoded `ExportTraceServiceRequest` carrying `spans`.
 pub fn encode_request(spans: &[Span]) -> Vec<u8> {
     let mut w = Writer::with_capacity(spans.len() * TYPICAL_SPAN_BYTES);
-    for (resource, spans) in by_resource(spans) {
+    for (resource, spans) in by_resource(spans, |s| &s.resource) {
         w.message(1, |w| resource_spans(w, resource, &spans));
     }
     w.into_bytes()
 }
 
-/// Spans of one process share one `Arc<Resource>`, so its address is the
+/// Items of one process share one `Arc<Resource>`, so its address is the
 /// grouping key; first-seen order keeps the output deterministic.
-fn by_resource(spans: &[Span]) -> Vec<(&Resource, Vec<&Span>)> {
-    let mut groups: Vec<(&Resource, Vec<&Span>)> = Vec::new();
+pub(super) fn by_resource<T>(
+    items: &[T],
+    resource: impl Fn(&T) -> &Arc<Resource>,
+) -> Vec<(&Resource, Vec<&T>)> {
+    let mut groups: Vec<(&Resource, Vec<&T>)> = Vec::new();
     let mut index: HashMap<*const Resource, usize> = HashMap::new();
-    for span in spans {
-        let group = *index.entry(Arc::as_ptr(&span.resource)).or_insert_with(|| {
-            groups.push((&span.resource, Vec::new()));
+    for item in items {
+        let r = resource(item);
+        let group = *index.entry(Arc::as_ptr(r)).or_insert_with(|| {
+            groups.push((r, Vec::new()));
             groups.len() - 1
         });
-        groups[group].1.push(span);
+        groups[group].1.push(item);
     }
     groups
 }
 
-fn resource_spans(w: &mut Writer, resource: &Resource, spans: &[&Span]) {
-    w.message(1, |w| {
-        for (key, value) in &resource.attributes {
-            w.message(1, |w| key_value(w, key, value));
-        }
-    });
+/// The `Resource` message's fields.
+pub(super) fn resource(w: &mut Writer, resource: &Resource) {
+    for (key, value) in &resource.attributes {
+        w.message(1, |w| key_value(w, key, value));
+    }
+}
+
+/// The `InstrumentationScope` message's fields: the agent itself.
+pub(super) fn scope(w: &mut Writer) {
+    w.bytes_if_set(1, b"clew");
+    w.bytes_if_set(2, env!("CARGO_PKG_VERSION").as_bytes());
+}
+
+fn resource_spans(w: &mut Writer, r: &Resource, spans: &[&Span]) {
+    w.message(1, |w| resource(w, r));
     w.message(2, |w| {
-        // The instrumentation scope: the agent itself.
-        w.message(1, |w| {
-            w.bytes_if_set(1, b"clew");
-            w.bytes_if_set(2, env!("CARGO_PKG_VERSION").as_bytes());
-        });
+        w.message(1, scope);
         for s in spans {
             w.message(2, |w| span(w, s));
         }
@@ -112,7 +121,7 @@ fn flags(span: &Span) -> u32 {
 
 /// `KeyValue` with its `AnyValue`, whose `oneof` member is written even when
 /// it holds the default.
-fn key_value(w: &mut Writer, key: &str, value: &AttrValue) {
+pub(super) fn key_value(w: &mut Writer, key: &str, value: &AttrValue) {
     w.bytes_if_set(1, key.as_bytes());
     w.message(2, |w| match value {
         AttrValue::Str(s) => w.bytes(1, s.as_bytes()),

@@ -76,7 +76,7 @@ const DROP_REPORT_EVERY: Duration = Duration::from_secs(30);
 
 /// Summarizes drops once per period instead of logging each one; runs until
 /// cancelled alongside the export task.
-pub(super) async fn report_drops(counters: &Counters) {
+pub(super) async fn report_drops(counters: &Counters, name: &str) {
     let mut last = counters.snapshot(0);
     let mut tick = tokio::time::interval_at(
         tokio::time::Instant::now() + DROP_REPORT_EVERY,
@@ -90,7 +90,7 @@ pub(super) async fn report_drops(counters: &Counters) {
                 queue_full = now.dropped_queue_full - last.dropped_queue_full,
                 export_failed = now.dropped_failed - last.dropped_failed,
                 rejected_by_collector = now.rejected - last.rejected,
-                "spans lost in the last {}s",
+                "{name} lost in the last {}s",
                 DROP_REPORT_EVERY.as_secs()
             );
         }

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::test_tls::Pki;
-use super::{ExportStats, Exporter, Protocol};
+use super::{ExportStats, Exporter, Item, Protocol};
 use crate::span::{Resource, Span, SpanKind, Status};
 
 pub fn resource(pid: u32, service: &str) -> Arc<Resource> {
@@ -53,7 +53,10 @@ pub fn span(resource: &Arc<Resource>, trace: u8, id: u8, parent: Option<u8>) -> 
 }
 
 /// Polls the stats until `done` holds, for outcomes no request shows.
-pub async fn stats_until(exporter: &Exporter, done: impl Fn(&ExportStats) -> bool) -> ExportStats {
+pub async fn stats_until<T: Item>(
+    exporter: &Exporter<T>,
+    done: impl Fn(&ExportStats) -> bool,
+) -> ExportStats {
     for _ in 0..500 {
         let stats = exporter.stats();
         if done(&stats) {

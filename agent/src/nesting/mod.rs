@@ -142,6 +142,11 @@ impl Nesting {
         self.aliases.insert(from, to);
     }
 
+    /// Server span `span_id`, while its request is open.
+    pub fn open_span(&self, span_id: &SpanId) -> Option<&SpanCtx> {
+        self.open.get(span_id)
+    }
+
     /// The trace a span finally belongs to.
     pub fn resolve_trace(&self, t: &mut TraceId) {
         if let Some(to) = self.aliases.get(t) {

@@ -35,16 +35,14 @@ pub struct Plan {
 
 impl Plan {
     fn modes_for(&self, s: Scenario) -> Vec<Mode> {
-        match s {
+        let wanted = |m: &Mode| match s {
             // Overload is about shedding, not about the features' costs.
-            Scenario::Overload => self
-                .modes
-                .iter()
-                .copied()
-                .filter(|m| matches!(m, Mode::Baseline | Mode::Clew))
-                .collect(),
-            _ => self.modes.clone(),
-        }
+            Scenario::Overload => matches!(m, Mode::Baseline | Mode::Clew),
+            // Log capture off and on, on a server that logs.
+            Scenario::NginxLogging => matches!(m, Mode::Baseline | Mode::Clew | Mode::Logs),
+            _ => *m != Mode::Logs,
+        };
+        self.modes.iter().copied().filter(wanted).collect()
     }
 }
 

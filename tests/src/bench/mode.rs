@@ -15,15 +15,19 @@ pub enum Mode {
     NoInjection,
     /// The agent selects another (empty) cgroup: the tax on untraced processes.
     Untraced,
+    /// Log capture on (`--logs stdout,stderr` and every `*.log` under /tmp,
+    /// where the servers' logs are).
+    Logs,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 5] = [
+    pub const ALL: [Mode; 6] = [
         Mode::Baseline,
         Mode::Clew,
         Mode::Sampled,
         Mode::NoInjection,
         Mode::Untraced,
+        Mode::Logs,
     ];
 
     pub fn name(self) -> &'static str {
@@ -33,6 +37,7 @@ impl Mode {
             Mode::Sampled => "clew 1% sampled",
             Mode::NoInjection => "clew no injection",
             Mode::Untraced => "clew other cgroup",
+            Mode::Logs => "clew + logs",
         }
     }
 
@@ -63,6 +68,7 @@ impl Mode {
             ),
             Mode::NoInjection => (traced, &["--propagation", "none"], &[]),
             Mode::Untraced => (idle, &[], &[]),
+            Mode::Logs => (traced, &["--logs", "stdout,stderr,/tmp/**/*.log"], &[]),
         };
         let args: Vec<&str> = args.iter().chain(extra).copied().collect();
         let agent = Agent::launch_with_env(&[Select::Cgroup(select)], export, &args, env)?;

@@ -31,6 +31,10 @@ pub enum Scenario {
     Kafka,
     /// nginx kept-alive, many connections, a 1 MiB ring buffer.
     Overload,
+    /// nginx kept-alive, each request noted in its error log while it is
+    /// served (`rewrite_log`) and in its access log after: what log
+    /// capture costs.
+    NginxLogging,
 }
 
 /// How much load: closed-loop maximum, or a fixed rate (req/s).
@@ -51,7 +55,7 @@ impl Load {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::NginxKeepalive,
         Scenario::NginxClose,
         Scenario::NginxTls,
@@ -60,6 +64,7 @@ impl Scenario {
         Scenario::Grpc,
         Scenario::Kafka,
         Scenario::Overload,
+        Scenario::NginxLogging,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,6 +77,7 @@ impl Scenario {
             Scenario::Grpc => "grpc",
             Scenario::Kafka => "kafka",
             Scenario::Overload => "overload",
+            Scenario::NginxLogging => "nginx-logging",
         }
     }
 
@@ -91,6 +97,7 @@ impl Scenario {
             Scenario::NginxKeepalive => vec![Load::Rate(2000), Load::Rate(10_000), Load::Max],
             // One Python process serves it: a few thousand calls/s at most.
             Scenario::Grpc => vec![Load::Rate(1000), Load::Max],
+            Scenario::NginxLogging => vec![Load::Rate(2000), Load::Max],
             _ if quick => vec![Load::Rate(2000), Load::Max],
             Scenario::NodeDownstream => vec![Load::Rate(2000), Load::Max],
             _ => vec![Load::Rate(2000), Load::Rate(10_000), Load::Max],
@@ -181,7 +188,8 @@ impl Target {
 
     fn http1(scenario: Scenario, cg: &Cgroup) -> Result<Self> {
         let tls = scenario == Scenario::NginxTls;
-        let nginx = Nginx::start_bench(cg, tls)?;
+        let logging = scenario == Scenario::NginxLogging;
+        let nginx = Nginx::start_bench(cg, tls, logging)?;
         let node = match scenario {
             Scenario::NodeDownstream => Some(NodeService::start(
                 cg,
@@ -193,7 +201,11 @@ impl Target {
         let port = node.as_ref().map_or(nginx.port, |n| n.port);
         Ok(Target {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            path: "/index.html",
+            path: if logging {
+                "/logged.html"
+            } else {
+                "/index.html"
+            },
             tls,
             keepalive: scenario.keepalive(),
             h2load: None,

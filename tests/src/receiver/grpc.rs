@@ -1,6 +1,12 @@
-//! OTLP/gRPC: tonic TraceService and MetricsService that store what they are sent.
+//! OTLP/gRPC: tonic TraceService, MetricsService and LogsService that store what they are sent.
 
-use super::{ingest, ingest_metrics, note_encoding, Shared};
+use super::{ingest, ingest_logs, ingest_metrics, note_encoding, Shared};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
@@ -47,6 +53,17 @@ impl MetricsService for Collector {
     }
 }
 
+#[tonic::async_trait]
+impl LogsService for Collector {
+    async fn export(
+        &self,
+        req: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        ingest_logs(&self.0, req.get_ref());
+        Ok(Response::new(ExportLogsServiceResponse::default()))
+    }
+}
+
 pub(super) async fn serve(
     listener: tokio::net::TcpListener,
     store: Shared,
@@ -65,8 +82,11 @@ pub(super) async fn serve(
                 .accept_compressed(CompressionEncoding::Gzip),
         )
         .add_service(
-            MetricsServiceServer::new(Collector(store))
+            MetricsServiceServer::new(Collector(store.clone()))
                 .accept_compressed(CompressionEncoding::Gzip),
+        )
+        .add_service(
+            LogsServiceServer::new(Collector(store)).accept_compressed(CompressionEncoding::Gzip),
         )
         .serve_with_incoming(TcpIncoming::from(listener))
         .await;

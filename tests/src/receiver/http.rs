@@ -1,12 +1,15 @@
-//! OTLP/HTTP with protobuf bodies: POST /v1/traces and /v1/metrics.
+//! OTLP/HTTP with protobuf bodies: POST /v1/traces, /v1/metrics and /v1/logs.
 
-use super::{ingest, ingest_metrics, note_encoding, reject, throttled, Shared};
+use super::{ingest, ingest_logs, ingest_metrics, note_encoding, reject, throttled, Shared};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Router;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
@@ -43,6 +46,14 @@ async fn metrics(
         let req = ExportMetricsServiceRequest::decode(body)?;
         ingest_metrics(store, &req);
         Ok(ExportMetricsServiceResponse::default().encode_to_vec())
+    })
+}
+
+async fn logs(State(store): State<Shared>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+    export(&store, &headers, body, |store, body| {
+        let req = ExportLogsServiceRequest::decode(body)?;
+        ingest_logs(store, &req);
+        Ok(ExportLogsServiceResponse::default().encode_to_vec())
     })
 }
 
@@ -104,7 +115,7 @@ fn export(
 async fn elsewhere(State(store): State<Shared>, method: Method, uri: Uri) -> StatusCode {
     reject(
         &store,
-        format!("{method} {uri} (expected POST /v1/traces or /v1/metrics)"),
+        format!("{method} {uri} (expected POST /v1/traces, /v1/metrics or /v1/logs)"),
     );
     StatusCode::NOT_FOUND
 }
@@ -113,6 +124,7 @@ pub(super) async fn serve(listener: tokio::net::TcpListener, store: Shared) {
     let app = Router::new()
         .route("/v1/traces", post(traces))
         .route("/v1/metrics", post(metrics))
+        .route("/v1/logs", post(logs))
         .fallback(elsewhere)
         .with_state(store);
     if let Err(e) = axum::serve(listener, app).await {

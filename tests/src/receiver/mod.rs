@@ -1,11 +1,13 @@
-//! A real OTLP receiver (gRPC or HTTP/protobuf) that collects spans and
-//! metrics for assertions.
+//! A real OTLP receiver (gRPC or HTTP/protobuf) that collects spans,
+//! metrics and log records for assertions.
 
 mod grpc;
 mod http;
+mod log;
 mod metric;
 mod span;
 
+pub use log::RecvLog;
 pub use metric::RecvPoint;
 
 pub use span::{
@@ -14,6 +16,7 @@ pub use span::{
 };
 
 use anyhow::{bail, Context, Result};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use std::fmt::Write as _;
@@ -46,8 +49,8 @@ pub(crate) struct Store {
     spans: Vec<RecvSpan>,
     /// Spans received, kept or not.
     count: u64,
-    /// Benchmarks only count: keeping millions of spans would cost the
-    /// machine under test memory and CPU.
+    /// Benchmarks only count spans (and keep no log records): keeping
+    /// millions would cost the machine under test memory and CPU.
     count_only: bool,
     /// Export calls accepted, for failure messages.
     requests: usize,
@@ -56,6 +59,8 @@ pub(crate) struct Store {
     /// The points of the latest metrics export (cumulative, so it holds them all).
     metrics: Vec<RecvPoint>,
     metric_requests: usize,
+    logs: Vec<RecvLog>,
+    log_requests: usize,
     /// OTLP/HTTP trace exports still to be refused with 503 and this `Retry-After`.
     throttle: Option<(u32, Duration)>,
     /// When each refused and each accepted trace export came.
@@ -90,6 +95,14 @@ pub(crate) fn ingest_metrics(store: &Shared, req: &ExportMetricsServiceRequest) 
     let mut s = store.lock().unwrap();
     s.metric_requests += 1;
     s.metrics = metric::flatten(req);
+}
+
+pub(crate) fn ingest_logs(store: &Shared, req: &ExportLogsServiceRequest) {
+    let mut s = store.lock().unwrap();
+    s.log_requests += 1;
+    if !s.count_only {
+        s.logs.extend(log::flatten(req));
+    }
 }
 
 pub(crate) fn reject(store: &Shared, why: String) {
@@ -246,6 +259,43 @@ impl Receiver {
     /// Everything received so far.
     pub fn spans(&self) -> Vec<RecvSpan> {
         self.store.lock().unwrap().spans.clone()
+    }
+
+    /// Every log record received so far.
+    pub fn logs(&self) -> Vec<RecvLog> {
+        self.store.lock().unwrap().logs.clone()
+    }
+
+    /// Polls until `pred` holds for the log records received so far and
+    /// returns them; on timeout the error lists what did arrive.
+    pub fn wait_for_logs(
+        &self,
+        pred: impl Fn(&[RecvLog]) -> bool,
+        timeout: Duration,
+    ) -> Result<Vec<RecvLog>> {
+        poll(|| self.logs(), pred, timeout).map_err(|()| {
+            anyhow::anyhow!(
+                "log records not as expected after {timeout:?}\n{}",
+                self.dump_logs()
+            )
+        })
+    }
+
+    /// Every log record received, one per line, plus refused requests.
+    pub fn dump_logs(&self) -> String {
+        let s = self.store.lock().unwrap();
+        let mut out = format!(
+            "receiver got {} logs export requests, {} records:\n",
+            s.log_requests,
+            s.logs.len()
+        );
+        for l in &s.logs {
+            let _ = writeln!(out, "  {l}");
+        }
+        for e in &s.errors {
+            let _ = writeln!(out, "  refused request: {e}");
+        }
+        out
     }
 
     /// The points of the latest metrics export.
