@@ -351,7 +351,7 @@ impl Pipeline {
         }
         if let Some(s) = c.session.as_mut() {
             let before = s.losses();
-            s.on_close(ts, &mut self.nesting, &mut self.done);
+            s.on_close(ts, &mut self.nesting, &mut self.shared, &mut self.done);
             count_losses(&self.stats, s.protocol(), s.losses() - before);
         }
         self.nesting.conn_closed(id);

@@ -243,7 +243,13 @@ impl Session {
         }
     }
 
-    pub fn on_close(&mut self, ts: u64, nesting: &mut Nesting, out: &mut Vec<Transaction>) {
+    pub fn on_close(
+        &mut self,
+        ts: u64,
+        nesting: &mut Nesting,
+        shared: &mut Shared,
+        out: &mut Vec<Transaction>,
+    ) {
         match self {
             Session::Http1(s) => s.on_close(ts, nesting, out),
             Session::Http2(s) => {
@@ -253,7 +259,7 @@ impl Session {
             }
             Session::Kafka(s) => {
                 let mut done = Vec::new();
-                s.on_close(ts, nesting, &mut done);
+                s.on_close(ts, nesting, &mut shared.kafka, &mut done);
                 out.extend(done.into_iter().map(|x| Transaction::Kafka(Box::new(x))));
             }
         }

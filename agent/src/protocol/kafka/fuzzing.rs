@@ -35,5 +35,5 @@ pub fn session(data: &[u8]) {
         s.on_data(&d, &mut nesting, &mut directory, &mut out);
         rest = next;
     }
-    s.on_close(ts + 1, &mut nesting, &mut out);
+    s.on_close(ts + 1, &mut nesting, &mut directory, &mut out);
 }

@@ -55,6 +55,9 @@ pub struct Op {
     pub group: Option<String>,
     /// Kafka error code (0: none).
     pub error: i16,
+    /// The connection closed before the response came: the operation
+    /// failed (`error.type` `connection_closed`).
+    pub closed: bool,
     pub tombstone: bool,
 }
 
@@ -182,14 +185,49 @@ impl Session {
         }
     }
 
-    /// The connection closed: unanswered requests are lost; CONSUMER spans
-    /// end (their thread stopped reading from here).
-    pub fn on_close(&mut self, ts: u64, nesting: &mut Nesting, out: &mut Vec<Op>) {
+    /// The connection closed: requests still waiting for a response
+    /// failed. Sends become PRODUCER spans and a broker's requests SERVER
+    /// spans, with ERROR; fetches are left (a consumer that closes during
+    /// a long poll lost nothing). CONSUMER spans end (their thread stopped
+    /// reading from here).
+    pub fn on_close(
+        &mut self,
+        ts: u64,
+        nesting: &mut Nesting,
+        directory: &mut Directory,
+        out: &mut Vec<Op>,
+    ) {
         let pending = std::mem::take(&mut self.pending);
         self.losses.unanswered += pending.len() as u64;
         for p in pending.into_values() {
-            if let Work::Serve(ctx, _) = p.work {
-                nesting.server_done(&ctx.span_id);
+            let client_id = p.head.client_id;
+            match p.work {
+                Work::Produce(batches) => {
+                    for (b, ctx) in batches {
+                        let mut op = send_op(&b, ctx, p.ts, ts, client_id.clone(), directory);
+                        op.closed = true;
+                        out.push(op);
+                    }
+                }
+                Work::Serve(ctx, produced) => {
+                    nesting.server_done(&ctx.span_id);
+                    out.push(Op {
+                        kind: OpKind::Broker(p.head.api),
+                        ctx,
+                        start_ns: p.ts,
+                        end_ns: ts.max(p.ts),
+                        topic: None,
+                        partition: None,
+                        offset: None,
+                        count: produced,
+                        client_id,
+                        group: None,
+                        error: 0,
+                        closed: true,
+                        tombstone: false,
+                    });
+                }
+                Work::Fetch | Work::Other => {}
             }
         }
         for (_, mut op) in self.processing.drain(..) {
@@ -261,7 +299,7 @@ impl Session {
                     // No response will come: the send is done when written.
                     let client_id = head.client_id.clone();
                     for (b, ctx) in batches {
-                        let op = send_op(&b, ctx, m.ts, m.ts, client_id.clone(), sink);
+                        let op = send_op(&b, ctx, m.ts, m.ts, client_id.clone(), sink.directory);
                         sink.out.push(op);
                     }
                     return;
@@ -323,7 +361,7 @@ impl Session {
         match (p.work, decoded) {
             (Work::Produce(batches), Some(Response::Produce(results))) => {
                 for (b, ctx) in batches {
-                    let mut op = send_op(&b, ctx, p.ts, sink.ts, client_id.clone(), sink);
+                    let mut op = send_op(&b, ctx, p.ts, sink.ts, client_id.clone(), sink.directory);
                     if let Some(r) = results
                         .iter()
                         .find(|r| r.topic == b.topic && r.partition == b.partition)
@@ -338,7 +376,7 @@ impl Session {
                 // The response was not readable: the sends happened, their
                 // outcome is unknown.
                 for (b, ctx) in batches {
-                    let op = send_op(&b, ctx, p.ts, sink.ts, client_id.clone(), sink);
+                    let op = send_op(&b, ctx, p.ts, sink.ts, client_id.clone(), sink.directory);
                     sink.out.push(op);
                 }
             }
@@ -428,6 +466,7 @@ impl Session {
                 client_id: head.client_id.clone(),
                 group: group.clone(),
                 error,
+                closed: false,
                 tombstone: false,
             };
             sink.out.push(op);
@@ -462,6 +501,7 @@ impl Session {
                     client_id: head.client_id.clone(),
                     group: group.clone(),
                     error: 0,
+                    closed: false,
                     tombstone: b.tombstones.get(i).copied().unwrap_or(false),
                 };
                 if serving && self.processing.len() < MAX_PROCESSING {
@@ -535,6 +575,7 @@ impl Session {
             client_id: head.client_id,
             group: None,
             error,
+            closed: false,
             tombstone: false,
         });
     }
@@ -546,20 +587,21 @@ fn send_op(
     start: u64,
     end: u64,
     client_id: Option<String>,
-    sink: &mut Sink<'_>,
+    directory: &Directory,
 ) -> Op {
     Op {
         kind: OpKind::Send,
         ctx,
         start_ns: start,
         end_ns: end.max(start),
-        topic: sink.directory.topic_name(&b.topic),
+        topic: directory.topic_name(&b.topic),
         partition: Some(b.partition),
         offset: None,
         count: b.records,
         client_id,
         group: None,
         error: 0,
+        closed: false,
         tombstone: false,
     }
 }

@@ -12,7 +12,7 @@ use crate::{
     clock::Clock,
     metrics::{Instrument, Measurement},
     protocol::{
-        common::{push_peer, Frame},
+        common::{push_peer, Frame, CONNECTION_CLOSED},
         ConnFacts, Role,
     },
     span::{AttrValue, Attributes, Resource, Span, SpanKind, Status},
@@ -69,9 +69,8 @@ pub fn to_span(op: Op, conn: &ConnFacts, resource: Arc<Resource>, clock: &Clock)
         a.push(("server.port", i64::from(s.port()).into()));
     }
     push_peer(&mut a, role, conn);
-    let status = match ResponseError::try_from_code(op.error) {
-        Some(e) => {
-            let name = error_name(&e);
+    let status = match failure(op.error, op.closed) {
+        Some(name) => {
             a.push(("error.type", name.clone().into()));
             Status::Error(name)
         }
@@ -108,7 +107,7 @@ pub fn measure<'a>(op: &Op, conn: &ConnFacts) -> Option<Measurement<'a>> {
     if let Some(g) = &op.group {
         a.push(("messaging.consumer.group.name", g.clone().into()));
     }
-    let error = ResponseError::try_from_code(op.error).map(|e| error_name(&e));
+    let error = failure(op.error, op.closed);
     let failed = error.is_some();
     if let Some(e) = error {
         a.push(("error.type", e.into()));
@@ -124,6 +123,15 @@ pub fn measure<'a>(op: &Op, conn: &ConnFacts) -> Option<Measurement<'a>> {
         path: None,
         failed,
     })
+}
+
+/// `error.type` of a failed operation: the Kafka error the response
+/// named, or `connection_closed` when none came.
+fn failure(error: i16, closed: bool) -> Option<String> {
+    if closed {
+        return Some(CONNECTION_CLOSED.to_owned());
+    }
+    ResponseError::try_from_code(error).map(|e| error_name(&e))
 }
 
 fn broker_operation(api: kafka_protocol::messages::ApiKey) -> &'static str {
@@ -176,8 +184,29 @@ mod tests {
             client_id: Some("rdkafka".into()),
             group: Some("billing".into()),
             error,
+            closed: false,
             tombstone: false,
         }
+    }
+
+    #[test]
+    fn an_operation_the_connection_closed_on_is_an_error() {
+        let conn = ConnFacts {
+            peer: Some("10.0.0.5:9092".parse().unwrap()),
+            local: Some("10.0.0.1:40000".parse().unwrap()),
+            tls: false,
+        };
+        let closed = Op {
+            closed: true,
+            ..op(OpKind::Send, 0)
+        };
+        let m = measure(&closed, &conn).unwrap();
+        assert!(m.failed);
+        let resource = crate::export::test_support::resource(1, "svc");
+        let span = to_span(closed, &conn, resource, &Clock::new());
+        assert_eq!(span.status, Status::Error(CONNECTION_CLOSED.into()));
+        assert_eq!(span.attr("error.type"), Some(&CONNECTION_CLOSED.into()));
+        assert_eq!(span.kind, SpanKind::Producer);
     }
 
     #[test]

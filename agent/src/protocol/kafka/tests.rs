@@ -252,6 +252,65 @@ fn kernel_ids_name_the_batches_it_injected() {
     assert!(h.ops.iter().all(|o| o.ctx.trace_id == [3; 16]));
 }
 
+impl Harness {
+    fn close(&mut self) {
+        self.ts += 1_000;
+        self.session.on_close(
+            self.ts,
+            &mut self.nesting,
+            &mut self.directory,
+            &mut self.ops,
+        );
+    }
+}
+
+#[test]
+fn sends_still_unanswered_when_the_connection_closes_failed() {
+    let mut h = Harness::new(Role::Client);
+    let records = batch(&[record(0, b"a", None)], Compression::None);
+    let req = request(&produce(&[(0, records.clone()), (1, records)], -1), 9, 5);
+    h.feed(false, &req, 4096);
+    assert!(h.ops.is_empty());
+    h.close();
+    assert_eq!(h.ops.len(), 2);
+    for (op, partition) in h.ops.iter().zip([0, 1]) {
+        assert_eq!(op.kind, OpKind::Send);
+        assert!(op.closed);
+        assert_eq!(
+            (op.topic.as_deref(), op.partition),
+            (Some("orders"), Some(partition))
+        );
+        assert_eq!((op.offset, op.end_ns), (None, h.ts));
+    }
+    assert_eq!(h.session.losses.unanswered, 1);
+}
+
+#[test]
+fn a_fetch_still_polling_when_the_connection_closes_is_no_span() {
+    let mut h = Harness::new(Role::Client);
+    let fetch = FetchRequest::default().with_max_wait_ms(500);
+    h.feed(false, &request(&fetch, 12, 3), 4096);
+    h.close();
+    assert!(h.ops.is_empty());
+}
+
+#[test]
+fn a_broker_request_unanswered_when_the_connection_closes_failed() {
+    let mut h = Harness::new(Role::Server);
+    let records = batch(&[record(0, b"a", Some(TP))], Compression::None);
+    h.feed(true, &request(&produce(&[(3, records)], -1), 9, 4), 4096);
+    h.close();
+    assert_eq!(h.ops.len(), 1);
+    let op = &h.ops[0];
+    assert_eq!(op.kind, OpKind::Broker(ApiKey::Produce));
+    assert!(op.closed);
+    // Still the producer's child.
+    assert_eq!(
+        op.ctx.parent.map(hex::encode).as_deref(),
+        Some("00f067aa0ba902b7")
+    );
+}
+
 #[test]
 fn acks_zero_sends_end_when_written() {
     let mut h = Harness::new(Role::Client);
