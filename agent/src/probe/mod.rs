@@ -334,8 +334,12 @@ impl Report {
 /// Fails, with the whole report, when the one path Clew needs (syscall
 /// tracepoints writing into a ring buffer) does not work here.
 pub fn require_capture() -> Result<()> {
-    let ring = programs::ring_buffer();
+    // tracefs first: it mounts tracefs where the host has not, and aya
+    // looks for tracefs once per process, at the first attach, keeping a
+    // miss for good (seen on a fresh machine: the first agent started
+    // there found no ring buffer).
     let tracepoints = syscall_tracepoints(&tracefs_dir());
+    let ring = programs::ring_buffer();
     if ring.is_err() || tracepoints.is_err() {
         bail!(
             "this kernel lacks syscall tracepoints or BPF ring buffers (need Linux ≥ 5.8 \
