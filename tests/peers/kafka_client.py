@@ -3,14 +3,16 @@
     kafka_client.py create-topic --bootstrap H:P --topic T --partitions N
     kafka_client.py produce --bootstrap H:P --topic T --library L [--partition P]
         [--compression C] [--traceparent TP] [--header K=V ...] [--acks A]
-        VALUE...
+        [--pause-file F] VALUE...
     kafka_client.py consume --bootstrap H:P --topic T --group G --library L
         --count N [--downstream URL]
     kafka_client.py produce-records --bootstrap H:P --topic T --library L
         --spec FILE [--compression C]
 
 `produce` sends each VALUE as one record, waits for each acknowledgement
-and prints one JSON line per record: {"partition", "offset"}.
+and prints one JSON line per record: {"partition", "offset"}. With
+`--pause-file` (kafka-python), it prints {"paused": true} before the last
+record and waits until F exists.
 `produce-records` sends the records FILE lists (a JSON array of
 {"partition", "key", "value" (hex, or null), "headers" ([key, hex value]
 pairs)}) all at once, so that the client batches them (several records per
@@ -27,6 +29,7 @@ L is `kafka-python` (pure Python: polls and processes on one thread) or
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.request
@@ -75,6 +78,14 @@ def headers_of(args):
     return headers
 
 
+def pause(path):
+    """Says so on stdout, then waits until `path` exists (the test acts on
+    the broker meanwhile)."""
+    print(json.dumps({"paused": True}), flush=True)
+    while not os.path.exists(path):
+        time.sleep(0.05)
+
+
 def produce(args):
     headers = headers_of(args)
     values = [v.encode() for v in args.values]
@@ -88,7 +99,9 @@ def produce(args):
             compression_type=args.compression,
             linger_ms=0,
         )
-        for v in values:
+        for i, v in enumerate(values):
+            if args.pause_file and i == len(values) - 1:
+                pause(args.pause_file)
             md = p.send(args.topic, value=v, headers=headers, partition=args.partition).get(
                 timeout=30
             )
@@ -254,6 +267,9 @@ def main():
             s.add_argument("--traceparent")
             s.add_argument("--header", action="append", default=[])
             s.add_argument("--acks", type=int, default=1)
+            # kafka-python only: before the last value, print {"paused": true}
+            # and wait until this file exists.
+            s.add_argument("--pause-file")
             s.add_argument("values", nargs="+")
         if name == "produce-records":
             s.add_argument("--spec", required=True)

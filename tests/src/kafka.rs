@@ -89,6 +89,44 @@ impl Broker {
         self.proc.log_tail(40)
     }
 
+    /// Waits until a request sits unread in one of the broker's sockets
+    /// (the broker stopped: nothing reads it).
+    pub fn wait_unread_request(&self) -> Result<()> {
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        let filter = format!("( sport = :{} )", self.port);
+        loop {
+            let out = Command::new("ss")
+                .args(["-Htn", "state", "established", &filter])
+                .output()
+                .context("running ss")?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            // Columns: Recv-Q Send-Q Local Peer.
+            let unread = text.lines().any(|l| {
+                l.split_whitespace()
+                    .next()
+                    .and_then(|q| q.parse::<u64>().ok())
+                    .is_some_and(|q| q > 0)
+            });
+            if unread {
+                return Ok(());
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "no request reached the broker's sockets:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends the broker process `signal` (SIGSTOP to stall it, SIGKILL to
+    /// make the kernel close its connections).
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        // SAFETY: a signal to a child process this broker owns.
+        let rc = unsafe { libc::kill(self.proc.pid() as i32, signal) };
+        ensure!(rc == 0, "kill: {}", std::io::Error::last_os_error());
+        Ok(())
+    }
+
     /// Creates `topic` with `partitions` partitions (a client outside any
     /// traced cgroup does it).
     pub fn create_topic(&self, topic: &str, partitions: u32) -> Result<()> {
@@ -211,6 +249,49 @@ impl<'a> Produce<'a> {
         cmd.args(self.values);
         run_producer(cg, &mut cmd, broker)
     }
+}
+
+/// kafka-python sends every record of `values` but the last, acknowledged;
+/// then `before_last` runs (the producer waiting), then the last record is
+/// sent and `after_last` runs. Then the producer is killed, whatever it
+/// made of what they did.
+pub fn produce_with_pause(
+    cg: &Cgroup,
+    broker: &Broker,
+    topic: &str,
+    values: &[&str],
+    service: &str,
+    before_last: impl FnOnce() -> Result<()>,
+    after_last: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    use std::io::BufRead;
+    let dir = TempDir::new("kafka-pause")?;
+    let go = dir.join("go");
+    let mut cmd = client("produce", broker, topic, Library::KafkaPython)?;
+    cmd.env("OTEL_SERVICE_NAME", service)
+        .arg("--pause-file")
+        .arg(&go)
+        .args(values)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = cg.spawn(&mut cmd)?;
+    let stdout = child.stdout.take().context("producer stdout")?;
+    let paused = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("\"paused\""));
+    if !paused {
+        let _ = child.kill();
+        bail!("the producer ended before pausing\n{}", broker.log());
+    }
+    let acted = before_last().and_then(|()| {
+        std::fs::write(&go, b"")?;
+        after_last()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    acted
 }
 
 /// Runs peer `cmd` (a `what`) in `cg` to its end; the JSON lines it printed.

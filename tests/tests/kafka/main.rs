@@ -5,6 +5,7 @@
 //! Run as root, one test at a time (`cargo xtask test -- kafka`).
 
 mod continuation;
+mod failures;
 mod inject;
 mod spans;
 
