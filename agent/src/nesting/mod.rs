@@ -343,7 +343,7 @@ impl Nesting {
         let tp = traceparent.and_then(TraceParent::parse);
         // A proxy forwards the traceparent it received: the request it
         // serves with that context is exactly this call's parent.
-        if let Some(s) = tp.and_then(|tp| self.open.received(&tp)) {
+        if let Some(s) = tp.and_then(|tp| self.open.received(thread.tgid, &tp)) {
             return child_of(s);
         }
         if let Some(tp) = tp {
@@ -711,6 +711,39 @@ mod tests {
         let c = n.client_span(t(1), 0, Some(TP));
         assert_eq!((c.trace_id, c.parent), (a.trace_id, Some(a.span_id)));
         assert_eq!(c.uncertain, None);
+    }
+
+    /// The next hop receives the context the proxy forwards unchanged, and
+    /// its request can reach the agent before the proxy's own send (the
+    /// next hop reads while the proxy's write is still returning). The
+    /// proxy's call still nests under the proxy's request, never under
+    /// the next hop's span (seen: a parent no exported span has, once the
+    /// next hop's span took the kernel's ids).
+    #[test]
+    fn a_forwarded_traceparent_names_the_proxys_own_request() {
+        let mut n = nesting();
+        let proxy = Thread { tgid: 10, tid: 10 };
+        let next_hop = Thread { tgid: 20, tid: 20 };
+        let a = n.server_span(proxy, 1, 0, Some(TP), None);
+        let b = n.server_span(next_hop, 2, 5, Some(TP), None);
+        assert_ne!(a.span_id, b.span_id);
+        let c = n.client_span(proxy, 4, Some(TP));
+        assert_eq!((c.trace_id, c.parent), (a.trace_id, Some(a.span_id)));
+        // The next hop's span closing leaves the proxy's findable.
+        n.server_done(&b.span_id);
+        let c = n.client_span(proxy, 6, Some(TP));
+        assert_eq!(c.parent, Some(a.span_id));
+    }
+
+    /// A process that calls itself with the context forwarded: its call
+    /// nests under the request it forwards, not the one it causes.
+    #[test]
+    fn a_self_call_with_the_context_forwarded_finds_the_first_request() {
+        let mut n = nesting();
+        let a = n.server_span(t(1), 1, 0, Some(TP), None);
+        n.server_span(t(2), 2, 5, Some(TP), None);
+        let c = n.client_span(t(1), 6, Some(TP));
+        assert_eq!(c.parent, Some(a.span_id));
     }
 
     /// A proxy's forwarded request matches exactly one open request by

@@ -56,8 +56,11 @@ pub struct OpenRequests {
     open: HashMap<SpanId, Open>,
     /// The same spans by executor and request key.
     by_request: HashMap<(Executor, u64), Vec<SpanId>>,
-    /// The same spans by the context their request came with.
-    by_incoming: HashMap<(TraceId, SpanId), SpanCtx>,
+    /// The same spans by process and the context their request came
+    /// with. Per process: a proxy forwards the `traceparent` it received,
+    /// so the next hop's server span has the same incoming context (and
+    /// its request can reach the agent before the proxy's own send).
+    by_incoming: HashMap<(u32, TraceId, SpanId), SpanCtx>,
     /// Processes nested per process.
     by_process: HashSet<u32>,
 }
@@ -177,8 +180,8 @@ impl OpenRequests {
     }
 
     /// The open span whose request came with context `tp`.
-    pub fn received(&self, tp: &TraceParent) -> Option<&SpanCtx> {
-        self.by_incoming.get(&(tp.trace_id, tp.parent_id))
+    pub fn received(&self, tgid: u32, tp: &TraceParent) -> Option<&SpanCtx> {
+        self.by_incoming.get(&(tgid, tp.trace_id, tp.parent_id))
     }
 
     /// Span `span_id`, if it is open.
@@ -197,7 +200,11 @@ impl OpenRequests {
 
     fn open_span(&mut self, exec: Executor, ctx: &SpanCtx) {
         if let Some(p) = ctx.parent {
-            self.by_incoming.insert((ctx.trace_id, p), ctx.clone());
+            // The first wins: a process calling itself with the context
+            // forwarded must not find its own downstream span.
+            self.by_incoming
+                .entry((exec.tgid, ctx.trace_id, p))
+                .or_insert_with(|| ctx.clone());
         }
         let open = Open {
             exec,
@@ -210,7 +217,10 @@ impl OpenRequests {
     fn close_span(&mut self, span_id: &SpanId) -> Option<Open> {
         let o = self.open.remove(span_id)?;
         if let Some(p) = o.ctx.parent {
-            self.by_incoming.remove(&(o.ctx.trace_id, p));
+            let key = (o.exec.tgid, o.ctx.trace_id, p);
+            if self.by_incoming.get(&key).map(|c| c.span_id) == Some(*span_id) {
+                self.by_incoming.remove(&key);
+            }
         }
         if let Some(key) = o.request {
             if let Some(ids) = self.by_request.get_mut(&(o.exec, key)) {
