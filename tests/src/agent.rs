@@ -35,6 +35,17 @@ impl Select<'_> {
     }
 }
 
+/// The capabilities the agent needs, and all the Helm chart grants it
+/// (README, "Deploying on a fleet").
+pub const AGENT_CAPABILITIES: [&str; 6] = [
+    "BPF",
+    "PERFMON",
+    "SYS_PTRACE",
+    "NET_ADMIN",
+    "SYS_RESOURCE",
+    "DAC_READ_SEARCH",
+];
+
 /// The kernel access of an agent run from its container image.
 #[derive(Clone, Copy, Debug)]
 pub enum Access<'a> {
@@ -142,6 +153,29 @@ impl Agent {
             env,
             spawn,
         )
+    }
+
+    /// [`Agent::launch`], the agent holding only `caps` (names without
+    /// `CAP_`): every other capability leaves its bounding set, and none
+    /// is inheritable or ambient, so root gets exactly these at exec.
+    pub fn launch_with_capabilities(
+        caps: &[&str],
+        select: &[Select],
+        export: Export,
+        extra_args: &[&str],
+    ) -> Result<Self> {
+        let keep: Vec<String> = caps
+            .iter()
+            .map(|c| format!("+{}", c.to_lowercase()))
+            .collect();
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--inh-caps=-all", "--ambient-caps=-all"])
+            .arg(format!("--bounding-set=-all,{}", keep.join(",")))
+            .arg("--")
+            .arg(clew_bin()?);
+        Self::launch_command(cmd, None, select, export, extra_args, &[], |c| {
+            Ok(c.spawn()?)
+        })
     }
 
     /// Starts the agent from its container image (`cargo xtask image`,

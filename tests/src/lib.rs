@@ -37,7 +37,7 @@ pub mod wire;
 /// How long tests wait for spans: export takes ~1-2 s, this leaves room for a loaded CI machine.
 pub const SPAN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-pub use agent::{Access, Agent, Export, Select};
+pub use agent::{Access, Agent, Export, Select, AGENT_CAPABILITIES};
 pub use cgroup::Cgroup;
 pub use check::Expect;
 pub use fixture::Traced;

@@ -8,6 +8,7 @@ use anyhow::{bail, ensure, Context, Result};
 use clew_e2e::env::{python, workspace_dir};
 use clew_e2e::go_peer;
 use clew_e2e::process::TempDir;
+use clew_e2e::AGENT_CAPABILITIES;
 use serde_json::{json, Value};
 use std::process::Command;
 
@@ -96,15 +97,7 @@ fn chart_defaults_grant_exactly_the_agents_capabilities() -> Result<()> {
     ensure!(sec["privileged"] == false, "{sec}");
     ensure!(strings(&sec["capabilities"]["drop"]) == ["ALL"], "{sec}");
     ensure!(
-        strings(&sec["capabilities"]["add"])
-            == [
-                "BPF",
-                "PERFMON",
-                "SYS_PTRACE",
-                "NET_ADMIN",
-                "SYS_RESOURCE",
-                "DAC_READ_SEARCH"
-            ],
+        strings(&sec["capabilities"]["add"]) == AGENT_CAPABILITIES,
         "{sec}"
     );
     let mounts: Vec<(&str, bool)> = c["volumeMounts"]

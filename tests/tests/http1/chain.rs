@@ -3,7 +3,10 @@
 use anyhow::{bail, ensure, Context, Result};
 use clew_e2e::check::{children, expect_count};
 use clew_e2e::peers::{curl_expect, PyService};
-use clew_e2e::{Agent, Cgroup, Expect, Protocol, Receiver, RecvSpan, SPAN_TIMEOUT};
+use clew_e2e::{
+    Agent, Cgroup, Expect, Export, Protocol, Receiver, RecvSpan, Select, AGENT_CAPABILITIES,
+    SPAN_TIMEOUT,
+};
 use std::collections::HashSet;
 
 /// Plain requests through the chain.
@@ -23,14 +26,37 @@ fn chain_over_http_protobuf() -> Result<()> {
     run_chain(Protocol::HttpProtobuf)
 }
 
+/// The agent with exactly the capabilities the Helm chart grants, every
+/// other one dropped: the chain and its propagation work the same.
+#[test]
+fn chain_with_only_the_documented_capabilities() -> Result<()> {
+    run_chain_as(Protocol::Grpc, Some(&AGENT_CAPABILITIES))
+}
+
 /// The whole chain scenario, exported over `protocol`.
 pub fn run_chain(protocol: Protocol) -> Result<()> {
+    run_chain_as(protocol, None)
+}
+
+/// [`run_chain`], the agent holding only `caps` when given.
+fn run_chain_as(protocol: Protocol, caps: Option<&[&str]>) -> Result<()> {
     let cg = Cgroup::new(&format!("chain-{}", protocol.as_arg().replace('/', "-")))?;
     let rx = Receiver::start(protocol)?;
     let backend = PyService::start(&cg, "backend", None)?;
     let frontend = PyService::start(&cg, "frontend", Some(&backend.url("")))?;
     // The peers start first: the agent must also pick up processes already running.
-    let mut agent = Agent::start(&cg, &rx.endpoint(), protocol, &[])?;
+    let mut agent = match caps {
+        None => Agent::start(&cg, &rx.endpoint(), protocol, &[])?,
+        Some(caps) => {
+            let export = Export::Otlp {
+                endpoint: &rx.endpoint(),
+                protocol,
+            };
+            let agent = Agent::launch_with_capabilities(caps, &[Select::Cgroup(&cg)], export, &[])?;
+            ensure_capabilities(agent.pid(), caps)?;
+            agent
+        }
+    };
 
     for _ in 0..N {
         curl_expect(&cg, &frontend.url("/chain"), &[], 200)?;
@@ -163,6 +189,42 @@ fn check_incoming_traceparent(
     ensure!(
         with_header.len() == 1 && with_header[0].header("traceparent") == [header],
         "frontend should have received traceparent {header:?} once, unchanged; got {with_header:?}"
+    );
+    Ok(())
+}
+
+/// The agent's effective capabilities are exactly `caps` (as far as this
+/// machine has them: one its root lacks cannot be granted).
+fn ensure_capabilities(pid: u32, caps: &[&str]) -> Result<()> {
+    let eff = |pid: &str| -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let hex = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .context("no CapEff")?;
+        Ok(u64::from_str_radix(hex.trim(), 16)?)
+    };
+    let number = |name: &str| -> Result<u64> {
+        Ok(match name {
+            "DAC_READ_SEARCH" => 2,
+            "NET_ADMIN" => 12,
+            "SYS_PTRACE" => 19,
+            "SYS_RESOURCE" => 24,
+            "PERFMON" => 38,
+            "BPF" => 39,
+            other => bail!("capability {other} has no number here"),
+        })
+    };
+    let mut want = 0u64;
+    for c in caps {
+        want |= 1 << number(c)?;
+    }
+    let available = eff("self")?;
+    let got = eff(&pid.to_string())?;
+    ensure!(
+        got == want & available,
+        "agent CapEff {got:#x}, want {:#x}",
+        want & available
     );
     Ok(())
 }
