@@ -103,6 +103,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         propagation: cfg.propagation,
         logs: cfg.logs.as_ref().map_or(0, |l| l.sources.kernel_bits()),
         log_rate: cfg.logs.as_ref().map_or(0, |l| l.per_second),
+        syscall_arguments: cfg.syscall_arguments,
     })?;
     let maps = capture.maps()?;
     let ring = capture.take_ring()?;

@@ -12,7 +12,8 @@ use reqwest::Url;
 
 use crate::{
     config::{
-        self, CommandLineMode, KubernetesMode, Propagation, QueryMode, SdkProcesses, TlsAttach,
+        self, CommandLineMode, KubernetesMode, Propagation, QueryMode, SdkProcesses,
+        SyscallArguments, TlsAttach,
     },
     export::Protocol,
     matcher::Match,
@@ -192,6 +193,12 @@ pub struct RunArgs {
     /// two); 1 to 1024, default 4.
     #[arg(long)]
     pub ringbuf_mib: Option<u32>,
+    /// Where the kernel reads a socket call's arguments: `auto` (at its
+    /// return, from the thread's saved registers, where the kernel allows
+    /// it: one program per call instead of two) or `enter` (a program at
+    /// the call's entry keeps them for the one at its return).
+    #[arg(long)]
+    pub syscall_arguments: Option<SyscallArguments>,
     /// Self-check: every interval, send this endpoint of a traced process
     /// a request with a trace context of the agent's own and check that its
     /// span is built and acknowledged by the collector (see README,

@@ -24,6 +24,12 @@ pub const MAX_CONNS: u32 = 65536;
 pub const MAX_INFLIGHT: u32 = 16384;
 /// Explicitly selected processes (`--pid`, `--exe`, `--port` and their children).
 pub const MAX_PIDS: u32 = 16384;
+/// Processes per page of the tgid → "has tracked connections" table, one
+/// byte each.
+pub const TGID_PAGE: usize = 4096;
+/// Pages for every tgid the kernel can hand out (`PID_MAX_LIMIT` on 64-bit
+/// targets); the agent sizes the table to the host's `pid_max`.
+pub const MAX_TGID_PAGES: u32 = (4 * 1024 * 1024 / TGID_PAGE) as u32;
 /// Selected cgroup subtrees (`--cgroup`).
 pub const MAX_CGROUPS: u32 = 16;
 /// `--exe` selectors the kernel matches at exec time, per kind (names,
@@ -391,6 +397,8 @@ pub mod names {
         pub const CGROUPS: &str = "CGROUPS";
         pub const STATS: &str = "STATS";
         pub const INFLIGHT: &str = "INFLIGHT";
+        /// A byte per tgid: the process has (or had) a tracked connection.
+        pub const CONN_TGIDS: &str = "CONN_TGIDS";
         pub const PEERS: &str = "PEERS";
         pub const INJECT_SOCKS: &str = "INJECT_SOCKS";
         /// Observers tail-called from `exit_io`, by [`proto`](crate::proto).
@@ -434,6 +442,7 @@ pub mod names {
     pub mod program {
         pub const ENTER_IO: &str = "enter_io";
         pub const EXIT_IO: &str = "exit_io";
+        pub const EXIT_IO_REGS: &str = "exit_io_regs";
         pub const ENTER_ACCEPT: &str = "enter_accept";
         pub const EXIT_ACCEPT: &str = "exit_accept";
         pub const ENTER_CONNECT: &str = "enter_connect";

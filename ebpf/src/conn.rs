@@ -10,7 +10,10 @@ use aya_ebpf::{
 use clew_common::{connstate, dataflag, kind, role, ConnEvent, ConnInfo, ConnKey, SockAddr};
 
 use crate::{
-    maps::{inflight_put, inflight_take, next_conn_id, now, Inflight, CONNS, EVENTS},
+    maps::{
+        inflight_put, inflight_take, mark_has_conns, may_have_conns, next_conn_id, now, Inflight,
+        CONNS, EVENTS,
+    },
     select::current_selected,
     sock, tcp_option, tp,
 };
@@ -106,6 +109,7 @@ fn open(pid_tgid: u64, fd: u32, role: u8, peer: SockAddr, local: SockAddr) -> u6
         _pad: [0; 6],
     };
     if CONNS.insert(&key, &info, 0).is_ok() {
+        mark_has_conns(key.tgid);
         emit(kind::CONN_OPEN, id, role, 0, pid_tgid, fd, peer, local);
     }
     id
@@ -187,8 +191,12 @@ pub fn exit_connect(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn enter_close(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !may_have_conns(tgid) {
+        return 0;
+    }
     let key = ConnKey {
-        tgid: (pid_tgid >> 32) as u32,
+        tgid,
         fd: tp::arg(&ctx, 0) as u32,
     };
     let Some(info) = (unsafe { CONNS.get(&key) }).copied() else {

@@ -1,18 +1,24 @@
-//! Reads and writes on tracked connections. The enter program remembers the
-//! buffer arguments of a call on a socket in `CONNS`; the exit program, once
-//! the kernel says how many bytes moved, copies a bounded prefix of them
-//! (one record per buffer or iovec segment) into the ring buffer, then
-//! hands a server connection's call to its protocol's observer (`observe`).
-//! Nothing here looks at protocol bytes beyond the first ones of a stream.
-//! Writes on other fds go to `logs`, which captures those of threads
-//! serving a request when log capture is on.
+//! Reads and writes on tracked connections. Once the kernel says how many
+//! bytes a call on a socket in `CONNS` moved, a bounded prefix of them is
+//! copied (one record per buffer or iovec segment) into the ring buffer,
+//! then a server connection's call goes to its protocol's observer
+//! (`observe`). The call's arguments are read at its return from the
+//! thread's saved registers (`exit_io_regs`), or, on kernels without that,
+//! kept by a program at its entry (`enter_io`, `exit_io`). Nothing here
+//! looks at protocol bytes beyond the first ones of a stream. Writes on
+//! other fds go to `logs`, which captures those of threads serving a
+//! request when log capture is on.
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
+    bindings::pt_regs,
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_user,
-        generated::{bpf_loop, bpf_probe_read_user as read_user_raw},
+        generated::{
+            bpf_get_current_task_btf, bpf_loop, bpf_probe_read_user as read_user_raw,
+            bpf_task_pt_regs,
+        },
     },
     macros::{map, tracepoint},
     maps::ProgramArray,
@@ -26,8 +32,8 @@ use clew_common::{
 use crate::{
     logs,
     maps::{
-        capture_limit, count, inflight_put, inflight_take, now, Inflight, Scratch, CONNS, EVENTS,
-        SCRATCH,
+        capture_limit, count, inflight_put, inflight_take, may_have_conns, now, Inflight, Scratch,
+        CONNS, EVENTS, SCRATCH,
     },
     observe, tls, tp,
 };
@@ -37,11 +43,13 @@ const MSG_PEEK: u64 = 2;
 #[tracepoint]
 pub fn enter_io(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // Log capture too needs a request being served, hence a connection.
+    if !may_have_conns(tgid) {
+        return 0;
+    }
     let fd = tp::arg(&ctx, 0) as u32;
-    let key = ConnKey {
-        tgid: (pid_tgid >> 32) as u32,
-        fd,
-    };
+    let key = ConnKey { tgid, fd };
     // read/write/send*/recv*: buffer; *v: iovec array; *msg: msghdr.
     let (a1, a2) = (tp::arg(&ctx, 1), tp::arg(&ctx, 2));
     let nr = tp::nr(&ctx);
@@ -81,6 +89,9 @@ pub fn enter_io(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn exit_io(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    if !may_have_conns((pid_tgid >> 32) as u32) {
+        return 0;
+    }
     let Some(v) = inflight_take(pid_tgid) else {
         return 0;
     };
@@ -96,17 +107,75 @@ pub fn exit_io(ctx: TracePointContext) -> u32 {
     if v.role != IO_MARK {
         return 0;
     }
+    returned(&ctx, pid_tgid, v);
+    0
+}
+
+/// `exit_io` where the kernel lets a tracepoint reach the thread's saved
+/// user registers (`bpf_task_pt_regs`, Linux 5.15): the call's arguments
+/// are read back from them (x86-64 syscall ABI: rdi, rsi, rdx, r10, which
+/// the kernel leaves as the caller set them), so no enter program runs and
+/// no per-thread entry is written and taken: one program and one lookup a
+/// call instead of two programs and three lookups. The agent attaches
+/// either this alone or `enter_io` with `exit_io`.
+#[tracepoint]
+pub fn exit_io_regs(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !may_have_conns(tgid) {
+        return 0;
+    }
+    // SAFETY: the helper returns the current task's user register frame, a
+    // kernel pointer the verifier types (struct pt_regs); the loads below
+    // are fields of it.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    let arg = |r: *const u64| unsafe { core::ptr::read_volatile(r) };
+    let fd = unsafe { arg(&raw const (*regs).rdi) } as u32;
+    let (a1, a2) = unsafe { (arg(&raw const (*regs).rsi), arg(&raw const (*regs).rdx)) };
+    let nr = tp::nr(&ctx);
+    let Some(info) = (unsafe { CONNS.get(&ConnKey { tgid, fd }) }) else {
+        logs::returned(pid_tgid, fd, nr, a1, a2, tp::ret(&ctx));
+        return 0;
+    };
+    let flags = match nr {
+        nr::RECVFROM => unsafe { arg(&raw const (*regs).r10) },
+        nr::RECVMSG => a2,
+        _ => 0,
+    };
+    if flags & MSG_PEEK != 0 {
+        return 0;
+    }
+    let v = Inflight {
+        nr,
+        conn_id: info.id,
+        fd,
+        role: IO_MARK,
+        conn_role: info.role,
+        conn_state: info.state,
+        data_flags: 0,
+        a1,
+        a2,
+        peer: SockAddr::default(),
+    };
+    returned(&ctx, pid_tgid, v);
+    0
+}
+
+/// Call `v` on a tracked connection returned: its records, then its
+/// protocol's observer.
+#[inline(always)]
+fn returned(ctx: &TracePointContext, pid_tgid: u64, v: Inflight) {
     // Ciphertext: the TLS probes report this connection's plaintext.
     if tls::bind_socket(pid_tgid, v.fd) {
-        return 0;
+        return;
     }
-    let ret = tp::ret(&ctx);
+    let ret = tp::ret(ctx);
     if v.conn_state & connstate::TLS != 0 {
         tls::ciphertext(pid_tgid, &v, ret);
-        return 0;
+        return;
     }
     if ret <= 0 {
-        return 0;
+        return;
     }
     let len = ret as u64;
     let mut v = v;
@@ -114,7 +183,7 @@ pub fn exit_io(ctx: TracePointContext) -> u32 {
         v.conn_state = start_of_stream(&v, pid_tgid, len);
         if v.conn_state & connstate::TLS != 0 {
             tls::ciphertext(pid_tgid, &v, ret);
-            return 0;
+            return;
         }
     }
     let ts = now();
@@ -129,7 +198,7 @@ pub fn exit_io(ctx: TracePointContext) -> u32 {
             // pointer and count sit at bytes 16 and 24 on 64-bit targets.
             let Ok(m) = (unsafe { bpf_probe_read_user((v.a1 + 16) as *const [u64; 2]) }) else {
                 count(stat::READ_ERRORS);
-                return 0;
+                return;
             };
             let d = if v.nr == nr::RECVMSG {
                 dir::INGRESS
@@ -144,13 +213,12 @@ pub fn exit_io(ctx: TracePointContext) -> u32 {
         _ => {}
     }
     if !observe::observed(&v) {
-        return 0;
+        return;
     }
     if let Some((buf, n)) = first_segment(&v, len) {
-        observe::dispatch(&ctx, &OBSERVERS, &v, direction(v.nr), buf, n, ts);
+        observe::dispatch(ctx, &OBSERVERS, &v, direction(v.nr), buf, n, ts);
     }
-    0
-}
+    }
 
 #[inline(always)]
 fn direction(nr: i64) -> u8 {

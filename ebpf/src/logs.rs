@@ -147,15 +147,61 @@ pub fn sources() -> u32 {
 /// captured.
 #[inline(always)]
 pub fn enter(pid_tgid: u64, fd: u32, nr: i64, buf: u64, iovcnt: u64) {
+    let Some(p) = noted(pid_tgid, fd, nr) else {
+        return;
+    };
+    match LOG_PENDING.get_ptr_mut(&pid_tgid) {
+        Some(e) => unsafe { *e = p },
+        None => {
+            let _ = LOG_PENDING.insert(&pid_tgid, &p, 0);
+        }
+    }
+    inflight_put(pid_tgid, &write_call(fd, nr, buf, iovcnt));
+}
+
+/// A write on `fd` that is not a traced connection returned `ret`, seen
+/// by a program that knows its arguments only now (`io::exit_io_regs`):
+/// what `enter` and `exit` do for it, with nothing kept in between.
+#[inline(always)]
+pub fn returned(pid_tgid: u64, fd: u32, nr: i64, buf: u64, iovcnt: u64, ret: i64) {
+    if ret <= 0 {
+        return;
+    }
+    if let Some(p) = noted(pid_tgid, fd, nr) {
+        record(&p, &write_call(fd, nr, buf, iovcnt), pid_tgid, ret);
+    }
+}
+
+#[inline(always)]
+fn write_call(fd: u32, nr: i64, buf: u64, iovcnt: u64) -> Inflight {
+    Inflight {
+        nr,
+        conn_id: 0,
+        fd,
+        role: LOG_MARK,
+        conn_role: 0,
+        conn_state: 0,
+        data_flags: 0,
+        a1: buf,
+        a2: iovcnt,
+        peer: SockAddr::default(),
+    }
+}
+
+/// What a log record of this write will carry, if its thread serves a
+/// request, the fd is one whose writes are captured and the process is
+/// within its rate.
+#[inline(always)]
+fn noted(pid_tgid: u64, fd: u32, nr: i64) -> Option<Pending> {
     let sources = sources();
     if sources == 0 {
-        return;
+        return None;
     }
     if !matches!(
         nr,
         nr::WRITE | nr::WRITEV | nr::PWRITE64 | nr::PWRITEV | nr::PWRITEV2
     ) {
-        return;
+        return None;
     }
     let wanted = match fd {
         1 => source::STDOUT,
@@ -163,15 +209,15 @@ pub fn enter(pid_tgid: u64, fd: u32, nr: i64, buf: u64, iovcnt: u64) {
         _ => source::FILES,
     };
     if sources & wanted == 0 {
-        return;
+        return None;
     }
     let ctx = match context::parent() {
         Parent::Sure(ctx) => ctx,
         Parent::Unsure(_) => {
             count(stat::LOG_WRITES_AMBIGUOUS);
-            return;
+            return None;
         }
-        Parent::None => return,
+        Parent::None => return None,
     };
     let mut p = Pending {
         trace_id: ctx.trace_id,
@@ -185,9 +231,7 @@ pub fn enter(pid_tgid: u64, fd: u32, nr: i64, buf: u64, iovcnt: u64) {
         },
     };
     if wanted == source::FILES {
-        let Some((ino, dev)) = regular_file(fd) else {
-            return;
-        };
+        let (ino, dev) = regular_file(fd)?;
         let key = LogFdKey {
             tgid: (pid_tgid >> 32) as u32,
             fd,
@@ -195,7 +239,7 @@ pub fn enter(pid_tgid: u64, fd: u32, nr: i64, buf: u64, iovcnt: u64) {
         if let Some(v) = unsafe { LOG_FDS.get(&key) } {
             if v.ino == ino && v.dev == dev {
                 if v.capture == 0 {
-                    return;
+                    return None;
                 }
                 p.flags |= logflag::VERIFIED;
             }
@@ -205,29 +249,9 @@ pub fn enter(pid_tgid: u64, fd: u32, nr: i64, buf: u64, iovcnt: u64) {
     }
     if !within_rate((pid_tgid >> 32) as u32) {
         count(stat::LOG_WRITES_OVER_RATE);
-        return;
+        return None;
     }
-    match LOG_PENDING.get_ptr_mut(&pid_tgid) {
-        Some(e) => unsafe { *e = p },
-        None => {
-            let _ = LOG_PENDING.insert(&pid_tgid, &p, 0);
-        }
-    }
-    inflight_put(
-        pid_tgid,
-        &Inflight {
-            nr,
-            conn_id: 0,
-            fd,
-            role: LOG_MARK,
-            conn_role: 0,
-            conn_state: 0,
-            data_flags: 0,
-            a1: buf,
-            a2: iovcnt,
-            peer: SockAddr::default(),
-        },
-    );
+    Some(p)
 }
 
 /// The inode number and device of `fd` if it holds a regular file.
@@ -273,9 +297,15 @@ pub fn exit(v: &Inflight, pid_tgid: u64, ret: i64) {
     if ret <= 0 {
         return;
     }
-    let Some(p) = (unsafe { LOG_PENDING.get(&pid_tgid) }).copied() else {
-        return;
-    };
+    if let Some(p) = (unsafe { LOG_PENDING.get(&pid_tgid) }).copied() {
+        record(&p, v, pid_tgid, ret);
+    }
+}
+
+/// Emits the record of write `v`, which returned `ret`, with the first
+/// bytes it wrote.
+#[inline(always)]
+fn record(p: &Pending, v: &Inflight, pid_tgid: u64, ret: i64) {
     let Some(s) = LOG_SCRATCH.get_ptr_mut(0) else {
         return;
     };

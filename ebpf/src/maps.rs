@@ -1,6 +1,7 @@
 //! Maps and load-time constants shared by the programs.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     helpers::generated::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -8,7 +9,7 @@ use aya_ebpf::{
 pub use clew_common::Inflight;
 use clew_common::{
     exe, CgroupSel, ConnInfo, ConnKey, DataHeader, DEFAULT_RINGBUF_BYTES, MAX_CAPTURE, MAX_CGROUPS,
-    MAX_CONNS, MAX_EXES, MAX_INFLIGHT, MAX_PIDS,
+    MAX_CONNS, MAX_EXES, MAX_INFLIGHT, MAX_PIDS, MAX_TGID_PAGES, TGID_PAGE,
 };
 
 /// Set by the agent at load time (see `agent/src/capture`).
@@ -53,6 +54,40 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RINGBUF_BYTES, 0);
 
 #[map]
 pub static CONNS: LruHashMap<ConnKey, ConnInfo> = LruHashMap::with_max_entries(MAX_CONNS, 0);
+
+/// A byte per tgid, set when a connection of the process is tracked (here
+/// or by the agent adopting one). Every read, write and close on the node
+/// passes through the I/O programs: this array lookup, which the verifier
+/// inlines, lets the processes Clew does not trace leave before any hash
+/// lookup. Eviction: none; the agent sizes it to `pid_max` (a tgid past the
+/// end takes the slow path), and a byte left by a process that exited only
+/// costs the next process with its tgid the lookups every call paid before.
+/// Memory-mapped: the agent marks the processes whose connections it adopts
+/// with a byte store of its own, which cannot undo a mark the kernel makes
+/// in the same page as a whole-value map update would.
+#[map]
+pub static CONN_TGIDS: Array<[u8; TGID_PAGE]> =
+    Array::with_max_entries(MAX_TGID_PAGES, BPF_F_MMAPABLE);
+
+/// Whether process `tgid` may have tracked connections (false: certainly not).
+/// A call, not inlined: the caller keeps no pointer into the table, so the
+/// verifier's states past the check stay what they were without it.
+#[inline(never)]
+pub fn may_have_conns(tgid: u32) -> bool {
+    match CONN_TGIDS.get(tgid / TGID_PAGE as u32) {
+        Some(page) => page[tgid as usize & (TGID_PAGE - 1)] != 0,
+        None => true,
+    }
+}
+
+/// Process `tgid` now has a tracked connection. A plain byte store: no
+/// read-modify-write another CPU could race.
+#[inline(always)]
+pub fn mark_has_conns(tgid: u32) {
+    if let Some(page) = CONN_TGIDS.get_ptr_mut(tgid / TGID_PAGE as u32) {
+        unsafe { (*page)[tgid as usize & (TGID_PAGE - 1)] = 1 };
+    }
+}
 
 /// The syscall each thread is in, by pid_tgid. An entry is written over in
 /// place by the thread's next call and only marked taken on exit (`role`

@@ -11,9 +11,12 @@ use clew_common::{
     logs::{LogFd, LogFdKey},
     names::map,
     nr, role, stat, CgroupSel, ConnInfo, ConnKey, Inflight, PeerKey, SockAddr, IO_MARK,
-    MAX_CGROUPS,
+    MAX_CGROUPS, MAX_TGID_PAGES, TGID_PAGE,
 };
-use std::net::SocketAddr;
+use std::{
+    net::SocketAddr,
+    os::fd::{AsFd, AsRawFd},
+};
 
 pub struct KernelMaps {
     conns: HashMap<MapData, ConnKey, ConnInfo>,
@@ -25,7 +28,49 @@ pub struct KernelMaps {
     inflight: HashMap<MapData, u64, Inflight>,
     peers: HashMap<MapData, u64, PeerKey>,
     nest_by_process: HashMap<MapData, u32, i64>,
+    conn_tgids: ConnTgids,
     seeded: u64,
+}
+
+/// The kernel's byte per tgid saying "this process has tracked
+/// connections" (`CONN_TGIDS`), mapped into the agent: a byte store marks
+/// one process without rewriting its neighbours, which the kernel marks
+/// concurrently.
+struct ConnTgids {
+    bytes: memmap2::MmapMut,
+    // The mapping holds the map too; the fd goes with it.
+    _map: MapData,
+}
+
+impl ConnTgids {
+    fn new(map: MapData) -> Result<Self> {
+        let len = map.info()?.max_entries() as usize * TGID_PAGE;
+        // SAFETY: the kernel created the array mmapable with exactly this
+        // size; other writers only store whole bytes into it.
+        let bytes = unsafe {
+            memmap2::MmapOptions::new()
+                .len(len)
+                .map_mut(map.fd().as_fd().as_raw_fd())
+        }
+        .context("mapping CONN_TGIDS")?;
+        Ok(ConnTgids { bytes, _map: map })
+    }
+
+    fn mark(&mut self, tgid: u32) {
+        // A tgid past the table takes the kernel's slow path: nothing to mark.
+        if let Some(b) = self.bytes.get_mut(tgid as usize) {
+            *b = 1;
+        }
+    }
+}
+
+/// Pages of `CONN_TGIDS` for this host's `pid_max`.
+pub(super) fn conn_tgid_pages() -> u32 {
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(MAX_TGID_PAGES as usize * TGID_PAGE);
+    (pid_max.div_ceil(TGID_PAGE) as u32).clamp(1, MAX_TGID_PAGES)
 }
 
 /// Kernel-side counters, summed over CPUs.
@@ -103,6 +148,10 @@ impl KernelMaps {
             inflight: HashMap::try_from(take(map::INFLIGHT)?)?,
             peers: HashMap::try_from(take(map::PEERS)?)?,
             nest_by_process: HashMap::try_from(take(map::NEST_BY_PROCESS)?)?,
+            conn_tgids: match take(map::CONN_TGIDS)? {
+                aya::maps::Map::Array(m) => ConnTgids::new(m)?,
+                other => anyhow::bail!("map {} is not an array: {other:?}", map::CONN_TGIDS),
+            },
             seeded: 0,
         })
     }
@@ -186,6 +235,7 @@ impl KernelMaps {
         // selected when it opened it, e.g. a child selected at its fork
         // that a rescan lists only now) keeps its id and role.
         self.conns.insert(ConnKey { tgid, fd }, info, 1)?;
+        self.conn_tgids.mark(tgid);
         Ok(id)
     }
 

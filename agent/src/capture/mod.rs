@@ -25,7 +25,7 @@ use clew_common::{
     select, SockOffsets,
 };
 
-use crate::config::Mechanisms;
+use crate::config::{Mechanisms, SyscallArguments};
 
 pub use event::{decode, ConnOpen, Data, DecodeError, Event, KernelCtx, LogWrite};
 pub use maps::{BlockedRead, KernelMaps, LogVerdicts};
@@ -71,6 +71,7 @@ pub struct CaptureConfig {
     pub logs: u32,
     /// Captured writes per second per process.
     pub log_rate: u32,
+    pub syscall_arguments: SyscallArguments,
 }
 
 pub struct Capture {
@@ -78,6 +79,7 @@ pub struct Capture {
     attached: Vec<String>,
     propagation: Mechanisms,
     logs: u32,
+    syscall_arguments: SyscallArguments,
 }
 
 impl Capture {
@@ -160,6 +162,7 @@ impl Capture {
                 true,
             )
             .map_max_entries(map::EVENTS, cfg.ringbuf_bytes.next_power_of_two())
+            .map_max_entries(map::CONN_TGIDS, maps::conn_tgid_pages())
             // Two Kafka walk buffers per CPU (see ebpf/src/kafka.rs).
             .map_max_entries(map::KAFKA_BUFS, 2 * kafka_cpus())
             .load(OBJECT)
@@ -169,6 +172,7 @@ impl Capture {
             attached: Vec::new(),
             propagation: cfg.propagation,
             logs: cfg.logs,
+            syscall_arguments: cfg.syscall_arguments,
         })
     }
 
@@ -178,7 +182,12 @@ impl Capture {
         self.load_observers()?;
         self.load_uprobes()?;
         let logs: &[&str] = if self.logs != 0 { LOG_SYSCALLS } else { &[] };
+        let at_exit = self.load_exit_io_regs();
         for sc in IO_SYSCALLS.iter().chain(logs) {
+            if at_exit {
+                self.attach_tp(program::EXIT_IO_REGS, "syscalls", &format!("sys_exit_{sc}"))?;
+                continue;
+            }
             self.attach_tp(program::ENTER_IO, "syscalls", &format!("sys_enter_{sc}"))?;
             self.attach_tp(program::EXIT_IO, "syscalls", &format!("sys_exit_{sc}"))?;
         }
@@ -197,6 +206,29 @@ impl Capture {
         self.attach_tp(program::PROC_EXEC, "sched", "sched_process_exec")?;
         self.attach_tp(program::PROC_EXIT, "sched", "sched_process_exit")?;
         Ok(())
+    }
+
+    /// Whether socket calls are read at their return alone
+    /// (`exit_io_regs`): configured so and allowed by this kernel (which
+    /// refuses the program's register helper before Linux 5.15). Otherwise
+    /// a program at each call's entry keeps its arguments.
+    fn load_exit_io_regs(&mut self) -> bool {
+        if self.syscall_arguments == SyscallArguments::Enter {
+            tracing::info!("socket call arguments kept at entry (configured)");
+            return false;
+        }
+        let loaded = program::<TracePoint>(&mut self.ebpf, program::EXIT_IO_REGS)
+            .and_then(|p| Ok(p.load()?));
+        match loaded {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    "socket calls cost two programs each on this kernel (arguments kept at \
+                     entry): exit_io_regs was refused: {e:#}"
+                );
+                false
+            }
+        }
     }
 
     /// `exit_io` hands each call on a server connection to its protocol's
@@ -404,6 +436,7 @@ mod tests {
             map::KAFKA_BUFS,
             map::INJECTORS,
             map::LOG_FDS,
+            map::CONN_TGIDS,
             global::LOGS,
             global::FILE_OFFSETS,
             global::LOG_WRITE_COST_NS,
@@ -424,6 +457,7 @@ mod tests {
             global::TASK_FSBASE_OFFSET,
             program::ENTER_IO,
             program::EXIT_IO,
+            program::EXIT_IO_REGS,
             program::ENTER_ACCEPT,
             program::EXIT_ACCEPT,
             program::ENTER_CONNECT,

@@ -18,7 +18,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    duration, CommandLineMode, KubernetesMode, Mechanisms, QueryMode, SdkProcesses, TlsAttach,
+    duration, CommandLineMode, KubernetesMode, Mechanisms, QueryMode, SdkProcesses,
+    SyscallArguments, TlsAttach,
 };
 use crate::{
     export::{Compression, Protocol},
@@ -275,6 +276,8 @@ pub struct CaptureSection {
     pub bytes: Option<u32>,
     /// `--ringbuf-mib`.
     pub ringbuf_mib: Option<u32>,
+    /// `--syscall-arguments`.
+    pub syscall_arguments: Option<SyscallArguments>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]

@@ -68,6 +68,7 @@ pub struct Config {
     pub baggage_attributes: Vec<String>,
     pub capture_bytes: u32,
     pub ringbuf_mib: u32,
+    pub syscall_arguments: SyscallArguments,
     /// `None`: the HTTP semantic conventions' list.
     pub http_known_methods: Option<Vec<String>>,
     pub tls_attach: TlsAttach,
@@ -320,6 +321,10 @@ impl Config {
                 .unwrap_or_default(),
             capture_bytes,
             ringbuf_mib,
+            syscall_arguments: f
+                .syscall_arguments
+                .or(file.capture.syscall_arguments)
+                .unwrap_or_default(),
             http_known_methods: known_methods_from_env(
                 env.get("OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS"),
             )
@@ -405,6 +410,18 @@ fn within<T: PartialOrd + Debug>(
 fn nonzero(value: Option<Duration>, key: &str) -> Result<Option<Duration>> {
     anyhow::ensure!(value != Some(Duration::ZERO), "{key} must be above 0");
     Ok(value)
+}
+
+/// Where the kernel programs read a socket call's arguments.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyscallArguments {
+    /// At the call's return, from the thread's saved registers, where the
+    /// kernel allows it (Linux 5.15); else as `enter`.
+    #[default]
+    Auto,
+    /// A program at the call's entry keeps them for the one at its return.
+    Enter,
 }
 
 /// How query strings are recorded.

@@ -154,6 +154,7 @@ fn every_key_of_the_example_reaches_the_configuration() {
     assert_eq!(cfg.propagation, Mechanisms::ALL);
     assert_eq!(cfg.baggage_attributes, ["tenant", "plan"]);
     assert_eq!((cfg.capture_bytes, cfg.ringbuf_mib), (8192, 8));
+    assert_eq!(cfg.syscall_arguments, SyscallArguments::Enter);
     assert_eq!(cfg.http_known_methods.as_ref().map(Vec::len), Some(8));
     assert_eq!((cfg.tls_attach, cfg.tls_go), (TlsAttach::Process, false));
     assert_eq!(cfg.attribute_value_length_limit, 2048);
@@ -204,6 +205,7 @@ fn nothing_set_gives_the_defaults() {
         (cfg.capture_bytes, cfg.ringbuf_mib),
         (DEFAULT_CAPTURE_BYTES, DEFAULT_RINGBUF_MIB)
     );
+    assert_eq!(cfg.syscall_arguments, SyscallArguments::Auto);
     assert_eq!(cfg.attribute_value_length_limit, DEFAULT_ATTRIBUTE_LIMIT);
     assert_eq!(cfg.metric_export_interval, DEFAULT_METRIC_EXPORT_INTERVAL);
     assert_eq!(cfg.metric_series_limit, 2000);

@@ -30,29 +30,37 @@ fn chain_over_http_protobuf() -> Result<()> {
 /// other one dropped: the chain and its propagation work the same.
 #[test]
 fn chain_with_only_the_documented_capabilities() -> Result<()> {
-    run_chain_as(Protocol::Grpc, Some(&AGENT_CAPABILITIES))
+    run_chain_as(Protocol::Grpc, Some(&AGENT_CAPABILITIES), &[])
+}
+
+/// The chain where a program at each socket call's entry keeps its
+/// arguments (kernels before 5.15) instead of the return reading them.
+#[test]
+fn chain_with_arguments_kept_at_entry() -> Result<()> {
+    run_chain_as(Protocol::Grpc, None, &["--syscall-arguments", "enter"])
 }
 
 /// The whole chain scenario, exported over `protocol`.
 pub fn run_chain(protocol: Protocol) -> Result<()> {
-    run_chain_as(protocol, None)
+    run_chain_as(protocol, None, &[])
 }
 
 /// [`run_chain`], the agent holding only `caps` when given.
-fn run_chain_as(protocol: Protocol, caps: Option<&[&str]>) -> Result<()> {
+fn run_chain_as(protocol: Protocol, caps: Option<&[&str]>, extra_args: &[&str]) -> Result<()> {
     let cg = Cgroup::new(&format!("chain-{}", protocol.as_arg().replace('/', "-")))?;
     let rx = Receiver::start(protocol)?;
     let backend = PyService::start(&cg, "backend", None)?;
     let frontend = PyService::start(&cg, "frontend", Some(&backend.url("")))?;
     // The peers start first: the agent must also pick up processes already running.
     let mut agent = match caps {
-        None => Agent::start(&cg, &rx.endpoint(), protocol, &[])?,
+        None => Agent::start(&cg, &rx.endpoint(), protocol, extra_args)?,
         Some(caps) => {
             let export = Export::Otlp {
                 endpoint: &rx.endpoint(),
                 protocol,
             };
-            let agent = Agent::launch_with_capabilities(caps, &[Select::Cgroup(&cg)], export, &[])?;
+            let agent =
+                Agent::launch_with_capabilities(caps, &[Select::Cgroup(&cg)], export, extra_args)?;
             ensure_capabilities(agent.pid(), caps)?;
             agent
         }

@@ -182,19 +182,19 @@ fn check_file(
 
 /// Runs the service under an agent exporting over `protocol` and checks
 /// everything the module says.
-fn run(name: &str, protocol: Protocol) -> Result<()> {
+fn run(name: &str, protocol: Protocol, extra_args: &[&str]) -> Result<()> {
     let cg = Cgroup::new(name)?;
     let rx = Receiver::start(protocol)?;
     let svc = LogService::start(&cg)?;
     let dir = std::fs::canonicalize(svc.dir())?;
     let sources = format!("stdout,stderr,{0}/app*.log,{0}/*.json", dir.display());
     let record_bytes = RECORD_BYTES.to_string();
-    let mut agent = Agent::start(
-        &cg,
-        &rx.endpoint(),
-        protocol,
+    let args = [
         &["--logs", &sources, "--log-record-bytes", &record_bytes],
-    )?;
+        extra_args,
+    ]
+    .concat();
+    let mut agent = Agent::start(&cg, &rx.endpoint(), protocol, &args)?;
     // The service logs from its background thread all along, before and
     // while the agent runs.
     let ids = request_ids(&format!("{name}-"));
@@ -340,12 +340,23 @@ fn server<'a>(spans: &'a [RecvSpan], path: &str) -> Option<&'a RecvSpan> {
 
 #[test]
 fn every_line_a_request_wrote_arrives_with_its_span_over_grpc() -> Result<()> {
-    run("logs-grpc", Protocol::Grpc)
+    run("logs-grpc", Protocol::Grpc, &[])
 }
 
 #[test]
 fn every_line_a_request_wrote_arrives_with_its_span_over_http() -> Result<()> {
-    run("logs-http", Protocol::HttpProtobuf)
+    run("logs-http", Protocol::HttpProtobuf, &[])
+}
+
+/// The same records where a program at each write's entry keeps its
+/// arguments (kernels before 5.15) instead of the return reading them.
+#[test]
+fn every_line_arrives_with_arguments_kept_at_entry() -> Result<()> {
+    run(
+        "logs-entry",
+        Protocol::Grpc,
+        &["--syscall-arguments", "enter"],
+    )
 }
 
 /// Head sampling dropped the spans: the records still come, their trace
