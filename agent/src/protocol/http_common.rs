@@ -3,7 +3,7 @@
 
 use std::{borrow::Cow, sync::Arc};
 
-use super::common::{push_peer, ConnFacts, Frame, Role, SpanOptions};
+use super::common::{ip_text, push_peer, ConnFacts, Frame, Role, SpanOptions};
 use crate::{
     clock::Clock,
     metrics::{Instrument, Measurement},
@@ -208,7 +208,7 @@ pub fn server_endpoint(
     };
     (
         host.map(str::to_owned)
-            .or_else(|| socket.map(|s| s.ip().to_string())),
+            .or_else(|| socket.map(|s| ip_text(s.ip()))),
         port.or(socket.map(|s| s.port())),
     )
 }
