@@ -42,8 +42,13 @@ impl Strings {
     }
 
     fn get(&self, i: usize) -> &str {
+        let end = self.ends[i] as usize;
         let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        &self.text[start..self.ends[i] as usize]
+        // Looked up a few dozen times per request (every header search
+        // slices names), where str's boundary checks showed in profiles.
+        // SAFETY: `ends` are ascending offsets into `text`, each recorded
+        // after appending a whole `str`, so both are char boundaries.
+        unsafe { self.text.get_unchecked(start..end) }
     }
 
     fn len(&self) -> usize {
@@ -90,10 +95,15 @@ impl<'a> Headers<'a> {
     /// The first value of header `name`, matched case-insensitively; only
     /// names are sliced out until one matches.
     fn value_of(self, name: &str) -> Option<&'a str> {
+        self.values_of(name).next()
+    }
+
+    /// Every value of header `name`, in order, matched case-insensitively.
+    fn values_of<'n>(self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
         (self.next..self.strings.len().saturating_sub(1))
             .step_by(2)
-            .find(|&i| self.strings.get(i).eq_ignore_ascii_case(name))
-            .map(|i| self.strings.get(i + 1))
+            .filter(move |&i| self.strings.get(i).eq_ignore_ascii_case(name))
+            .map(move |i| self.strings.get(i + 1))
     }
 }
 
@@ -155,6 +165,11 @@ impl RequestHead {
         self.headers().value_of(name)
     }
 
+    /// Every value of header `name`, in order, matched case-insensitively.
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> {
+        self.headers().values_of(name)
+    }
+
     /// The target's path, without query, and without scheme and authority for absolute-form targets.
     pub fn path(&self) -> &str {
         let target = self.target();
@@ -208,6 +223,10 @@ impl ResponseHead {
 
 /// Absolute-form targets (sent to proxies) put scheme and authority before the path.
 fn strip_origin(path: &str) -> &str {
+    // Origin-form, nearly every request: no scheme can start with '/'.
+    if path.starts_with('/') {
+        return path;
+    }
     let Some((scheme, rest)) = path.split_once("://") else {
         return path;
     };

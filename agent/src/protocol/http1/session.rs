@@ -236,14 +236,12 @@ impl Session {
                     endpoint: self.endpoint,
                     stream: 0,
                 };
-                let named = |name: &'static str| {
-                    head.headers()
-                        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-                        .map(|(_, v)| v)
-                };
-                let tp = trace_context::single(named("traceparent"));
+                let tp = trace_context::single(head.header_values("traceparent"));
                 // Repeated `tracestate` headers are one list (RFC 9110 §5.3).
-                let state = named("tracestate").collect::<Vec<_>>().join(",");
+                let state = head
+                    .header_values("tracestate")
+                    .collect::<Vec<_>>()
+                    .join(",");
                 let state = (!state.is_empty()).then_some(state.as_str());
                 let ctx = request_ctx(self.role, from, tp, state, nesting);
                 self.responses.expect_response_to(head.method());
