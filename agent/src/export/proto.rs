@@ -48,7 +48,10 @@ impl Writer {
         }
     }
 
+    // Inlined, as `key` and `varint`: a call per field cost more than the
+    // field's few bytes.
     /// A `bytes` or `string` field, written even when empty (`oneof` members).
+    #[inline]
     pub(super) fn bytes(&mut self, tag: u32, bytes: &[u8]) {
         self.key(tag, WireType::LengthDelimited);
         self.varint(bytes.len() as u64);
@@ -82,10 +85,12 @@ impl Writer {
         }
     }
 
+    #[inline]
     fn key(&mut self, tag: u32, wire_type: WireType) {
         self.varint(u64::from(tag << 3 | wire_type as u32));
     }
 
+    #[inline]
     fn varint(&mut self, mut value: u64) {
         // Byte by byte: keys and most lengths are one byte, and a slice copy
         // would cost a call.
