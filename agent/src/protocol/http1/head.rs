@@ -126,11 +126,79 @@ fn keep(start_line: &[&str], headers: &[httparse::Header<'_>]) -> Strings {
     strings
 }
 
+/// Request headers the agent itself reads. Each is looked up several
+/// times per request (nesting, span, metrics), so they are located once,
+/// as the head is kept: scanning every name for each showed in profiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    Host,
+    UserAgent,
+    Baggage,
+    Upgrade,
+    Traceparent,
+    Tracestate,
+}
+
+impl Known {
+    const ALL: [Known; 6] = [
+        Known::Host,
+        Known::UserAgent,
+        Known::Baggage,
+        Known::Upgrade,
+        Known::Traceparent,
+        Known::Tracestate,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Known::Host => "host",
+            Known::UserAgent => "user-agent",
+            Known::Baggage => "baggage",
+            Known::Upgrade => "upgrade",
+            Known::Traceparent => "traceparent",
+            Known::Tracestate => "tracestate",
+        }
+    }
+
+    fn of(name: &str) -> Option<Known> {
+        Known::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(name))
+    }
+}
+
+/// Where the [`Known`] headers' first values are among a head's strings
+/// (0: absent), and which of them repeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Located {
+    first: [u8; Known::ALL.len()],
+    repeated: u8,
+}
+
+impl Located {
+    /// `first_header`: the index of the first header name among the strings.
+    fn find(headers: &[httparse::Header<'_>], first_header: usize) -> Self {
+        let mut l = Located::default();
+        for (i, h) in headers.iter().take(MAX_HEADERS).enumerate() {
+            let Some(k) = Known::of(h.name) else { continue };
+            let slot = &mut l.first[k as usize];
+            if *slot == 0 {
+                // At most 2 + 2 * MAX_HEADERS strings: u8 is plenty.
+                *slot = (first_header + 2 * i + 1) as u8;
+            } else {
+                l.repeated |= 1 << k as u8;
+            }
+        }
+        l
+    }
+}
+
 /// A request's start line and headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
     /// Method, target, then header names and values.
     strings: Strings,
+    located: Located,
     pub minor_version: u8,
 }
 
@@ -143,6 +211,7 @@ impl RequestHead {
     ) -> Self {
         RequestHead {
             strings: keep(&[method, target], headers),
+            located: Located::find(headers, 2),
             minor_version,
         }
     }
@@ -165,9 +234,23 @@ impl RequestHead {
         self.headers().value_of(name)
     }
 
-    /// Every value of header `name`, in order, matched case-insensitively.
-    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> {
-        self.headers().values_of(name)
+    /// The first value of header `k`, as [`RequestHead::header`] finds it.
+    pub fn known(&self, k: Known) -> Option<&str> {
+        match self.located.first[k as usize] {
+            0 => None,
+            i => Some(self.strings.get(usize::from(i))),
+        }
+    }
+
+    /// Every value of header `k`, in order.
+    pub fn known_values(&self, k: Known) -> impl Iterator<Item = &str> {
+        let repeated = self.located.repeated & 1 << k as u8 != 0;
+        let (one, all) = if repeated {
+            (None, Some(self.headers().values_of(k.name())))
+        } else {
+            (self.known(k), None)
+        };
+        one.into_iter().chain(all.into_iter().flatten())
     }
 
     /// The target's path, without query, and without scheme and authority for absolute-form targets.
@@ -258,6 +341,32 @@ mod tests {
     }
 
     #[test]
+    fn known_headers_are_found_as_any_other() {
+        let header = |name, value| httparse::Header { name, value };
+        let raw = [
+            header("X-A", b"1"),
+            header("User-Agent", b"curl"),
+            header("TraceState", b"a=1"),
+            header("tracestate", b"b=2"),
+            header("Upgrade", b""),
+        ];
+        let head = RequestHead::new("GET", "/", 1, &raw);
+        for k in Known::ALL {
+            assert_eq!(head.known(k), head.header(k.name()), "{k:?}");
+            assert!(
+                head.known_values(k).eq(head.headers().values_of(k.name())),
+                "{k:?}"
+            );
+        }
+        assert_eq!(head.known(Known::Upgrade), Some(""));
+        let many: Vec<_> = (0..MAX_HEADERS + 1)
+            .map(|_| header("Baggage", b"k=v"))
+            .collect();
+        let head = RequestHead::new("GET", "/", 1, &many);
+        assert_eq!(head.known_values(Known::Baggage).count(), MAX_HEADERS);
+    }
+
+    #[test]
     fn headers_iterate_in_order() {
         let raw = [
             httparse::Header {
@@ -276,6 +385,8 @@ mod tests {
             [("Host", "h"), ("X-Empty", "")]
         );
         assert_eq!(head.header("x-empty"), Some(""));
+        assert_eq!(head.known(Known::Host), Some("h"));
+        assert_eq!(head.known(Known::Traceparent), None);
         let head = ResponseHead::new(200, "", 1, &[]);
         assert_eq!((head.reason(), head.headers().len()), ("", 0));
     }
