@@ -42,12 +42,22 @@ impl Strings {
     }
 
     fn get(&self, i: usize) -> &str {
-        let end = self.ends[i] as usize;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        self.joined(i, i)
+    }
+
+    /// Items `first` to `last` as one string (they are stored back to back).
+    fn joined(&self, first: usize, last: usize) -> &str {
+        let end = self.ends[last] as usize;
+        let start = if first == 0 {
+            0
+        } else {
+            self.ends[first - 1] as usize
+        };
         // Looked up a few dozen times per request (every header search
         // slices names), where str's boundary checks showed in profiles.
-        // SAFETY: `ends` are ascending offsets into `text`, each recorded
-        // after appending a whole `str`, so both are char boundaries.
+        // SAFETY: `ends` are ascending offsets into `text` (first <= last),
+        // each recorded after appending a whole `str`, so both are char
+        // boundaries.
         unsafe { self.text.get_unchecked(start..end) }
     }
 
@@ -183,7 +193,7 @@ impl Located {
             let Some(k) = Known::of(h.name) else { continue };
             let slot = &mut l.first[k as usize];
             if *slot == 0 {
-                // At most 2 + 2 * MAX_HEADERS strings: u8 is plenty.
+                // At most 3 + 2 * MAX_HEADERS strings: u8 is plenty.
                 *slot = (first_header + 2 * i + 1) as u8;
             } else {
                 l.repeated |= 1 << k as u8;
@@ -196,7 +206,9 @@ impl Located {
 /// A request's start line and headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
-    /// Method, target, then header names and values.
+    /// Method, the target's path and its query (from its `?`, if any),
+    /// then header names and values. Path and query are read a few times
+    /// per request, so the target is split once.
     strings: Strings,
     located: Located,
     pub minor_version: u8,
@@ -209,9 +221,11 @@ impl RequestHead {
         minor_version: u8,
         headers: &[httparse::Header<'_>],
     ) -> Self {
+        let query_at = target.bytes().position(|b| b == b'?');
+        let (path, query) = target.split_at(query_at.unwrap_or(target.len()));
         RequestHead {
-            strings: keep(&[method, target], headers),
-            located: Located::find(headers, 2),
+            strings: keep(&[method, path, query], headers),
+            located: Located::find(headers, 3),
             minor_version,
         }
     }
@@ -222,11 +236,11 @@ impl RequestHead {
 
     /// The request-target as sent, e.g. `/a/b?x=1`.
     pub fn target(&self) -> &str {
-        self.strings.get(1)
+        self.strings.joined(1, 2)
     }
 
     pub fn headers(&self) -> Headers<'_> {
-        pairs(&self.strings, 2)
+        pairs(&self.strings, 3)
     }
 
     /// The first value of header `name`, matched case-insensitively.
@@ -255,14 +269,12 @@ impl RequestHead {
 
     /// The target's path, without query, and without scheme and authority for absolute-form targets.
     pub fn path(&self) -> &str {
-        let target = self.target();
-        let path = target.split_once('?').map_or(target, |(p, _)| p);
-        strip_origin(path)
+        strip_origin(self.strings.get(1))
     }
 
     /// The target's query, without the `?`.
     pub fn query(&self) -> Option<&str> {
-        self.target().split_once('?').map(|(_, q)| q)
+        self.strings.get(2).strip_prefix('?')
     }
 }
 
