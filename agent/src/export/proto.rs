@@ -16,7 +16,10 @@ enum WireType {
     ThirtyTwoBit = 5,
 }
 
-/// An encoded message being written, top-level fields first.
+/// An encoded message being written, top-level fields first. Its writes
+/// are marked inline: a call per field cost more than most fields' few
+/// bytes, and left to itself the compiler inlined them or not depending
+/// on unrelated code.
 #[derive(Default)]
 pub(super) struct Writer {
     buf: Vec<u8>,
@@ -34,6 +37,7 @@ impl Writer {
     }
 
     /// A nested message field whose fields `body` writes.
+    #[inline]
     pub(super) fn message(&mut self, tag: u32, body: impl FnOnce(&mut Writer)) {
         self.key(tag, WireType::LengthDelimited);
         let at = self.buf.len();
@@ -48,8 +52,6 @@ impl Writer {
         }
     }
 
-    // Inlined, as `key` and `varint`: a call per field cost more than the
-    // field's few bytes.
     /// A `bytes` or `string` field, written even when empty (`oneof` members).
     #[inline]
     pub(super) fn bytes(&mut self, tag: u32, bytes: &[u8]) {
@@ -59,6 +61,7 @@ impl Writer {
     }
 
     /// A proto3 `string`/`bytes` field: empty is the default and is left out.
+    #[inline]
     pub(super) fn bytes_if_set(&mut self, tag: u32, bytes: &[u8]) {
         if !bytes.is_empty() {
             self.bytes(tag, bytes);
