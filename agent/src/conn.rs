@@ -1,7 +1,9 @@
 //! The connection table: one entry per traced TCP connection, keyed by the
 //! kernel's connection id, holding its addresses and protocol session.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::net::SocketAddr;
+
+use foldhash::HashMap;
 
 use crate::protocol::{ConnFacts, Protocol, Role, Session};
 
@@ -64,7 +66,7 @@ pub struct ConnTable {
 impl ConnTable {
     pub fn new(max: usize) -> Self {
         ConnTable {
-            conns: HashMap::new(),
+            conns: HashMap::default(),
             max,
         }
     }

@@ -2,7 +2,9 @@
 //! /proc (environment, executable, command line, cgroup) and the pod cache,
 //! and cached until it exits or execs.
 
-use std::{collections::HashMap, fs, path::Path, sync::Arc};
+use std::{fs, path::Path, sync::Arc};
+
+use foldhash::HashMap;
 
 use crate::{
     cgroup::{self, identity, Hierarchy},
@@ -59,7 +61,7 @@ impl Processes {
         let host = gethostname::gethostname().to_string_lossy().into_owned();
         Processes {
             host,
-            cache: HashMap::new(),
+            cache: HashMap::default(),
             command_line: None,
             agent_attributes: Vec::new(),
             identity: Identity::default(),

@@ -15,12 +15,22 @@ impl TraceParent {
     /// Parses `00-{32 hex}-{16 hex}-{2 hex}`; future versions are accepted
     /// by their first four fields as the spec asks. All-zero ids are invalid.
     pub fn parse(value: &str) -> Option<Self> {
-        let v = value.trim();
-        let mut parts = v.split('-');
-        let (version, trace, parent, flags) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let b = value.trim().as_bytes();
+        // Every request that carries one pays for this. Version 00's
+        // layout is cut by position; anything else is split bytewise
+        // (str's char searcher sets up a memchr per part). A '-' inside a
+        // field makes it invalid hex either way.
+        let (version, trace, parent, flags, more) =
+            if b.len() == 55 && b[2] == b'-' && b[35] == b'-' && b[52] == b'-' {
+                (&b[..2], &b[3..35], &b[36..52], &b[53..], false)
+            } else {
+                let mut parts = b.split(|&c| c == b'-');
+                let (version, trace, parent, flags) =
+                    (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+                (version, trace, parent, flags, parts.next().is_some())
+            };
         let [version] = lower_hex(version)?;
-        if version == 0xff || (version == 0 && parts.next().is_some()) {
+        if version == 0xff || (version == 0 && more) {
             return None;
         }
         let trace_id: [u8; 16] = lower_hex(trace)?;
@@ -107,8 +117,7 @@ pub fn percent_decode(s: &str) -> String {
 
 /// Exactly `N` bytes as lowercase hex, the only case `traceparent` allows;
 /// decoded in one pass, as every request that carries one pays for it.
-fn lower_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    let digits = s.as_bytes();
+fn lower_hex<const N: usize>(digits: &[u8]) -> Option<[u8; N]> {
     if digits.len() != 2 * N {
         return None;
     }

@@ -16,7 +16,10 @@ enum WireType {
     ThirtyTwoBit = 5,
 }
 
-/// An encoded message being written, top-level fields first.
+/// An encoded message being written, top-level fields first. Its writes
+/// are marked inline: a call per field cost more than most fields' few
+/// bytes, and left to itself the compiler inlined them or not depending
+/// on unrelated code.
 #[derive(Default)]
 pub(super) struct Writer {
     buf: Vec<u8>,
@@ -34,6 +37,7 @@ impl Writer {
     }
 
     /// A nested message field whose fields `body` writes.
+    #[inline]
     pub(super) fn message(&mut self, tag: u32, body: impl FnOnce(&mut Writer)) {
         self.key(tag, WireType::LengthDelimited);
         let at = self.buf.len();
@@ -49,6 +53,7 @@ impl Writer {
     }
 
     /// A `bytes` or `string` field, written even when empty (`oneof` members).
+    #[inline]
     pub(super) fn bytes(&mut self, tag: u32, bytes: &[u8]) {
         self.key(tag, WireType::LengthDelimited);
         self.varint(bytes.len() as u64);
@@ -56,6 +61,7 @@ impl Writer {
     }
 
     /// A proto3 `string`/`bytes` field: empty is the default and is left out.
+    #[inline]
     pub(super) fn bytes_if_set(&mut self, tag: u32, bytes: &[u8]) {
         if !bytes.is_empty() {
             self.bytes(tag, bytes);
@@ -82,10 +88,12 @@ impl Writer {
         }
     }
 
+    #[inline]
     fn key(&mut self, tag: u32, wire_type: WireType) {
         self.varint(u64::from(tag << 3 | wire_type as u32));
     }
 
+    #[inline]
     fn varint(&mut self, mut value: u64) {
         // Byte by byte: keys and most lengths are one byte, and a slice copy
         // would cost a call.

@@ -171,38 +171,41 @@ impl Routes {
             }),
         };
         let mut route = String::with_capacity(path.len());
-        for segment in path[1..].split('/') {
-            let part = if looks_like_id(segment) {
-                "{id}"
-            } else if at.is_some_and(|p| self.keep_literal(p, segment)) {
-                segment
-            } else {
-                "{param}"
+        // A char set, not a char: the single char's memchr set-up costs
+        // more than these short segments take to scan.
+        for segment in path[1..].split(['/']) {
+            let id = looks_like_id(segment);
+            let literal = at
+                .filter(|_| !id)
+                .and_then(|p| self.keep_literal(p, segment));
+            let part = match literal {
+                Some(_) => segment,
+                None if id => "{id}",
+                None => "{param}",
             };
             route.push('/');
             route.push_str(part);
-            at = at.and_then(|p| self.next(p, part));
+            at = literal.or_else(|| at.and_then(|p| self.next(p, part)));
         }
         Some(route)
     }
 
-    /// Whether `segment` stays literal at position `p`, remembering it if
-    /// new; false once the position has collapsed (or the table is full).
-    fn keep_literal(&mut self, p: u32, segment: &str) -> bool {
+    /// The position after `segment` kept literal at position `p`,
+    /// remembered if new; `None` once the position has collapsed (or the
+    /// table is full).
+    fn keep_literal(&mut self, p: u32, segment: &str) -> Option<u32> {
         let pos = &self.positions[p as usize];
-        if pos.next.contains_key(segment) {
-            return true;
+        if let Some(&next) = pos.next.get(segment) {
+            return Some(next);
         }
         if pos.literals >= MAX_VALUES_PER_POSITION {
-            return false;
+            return None;
         }
-        let Some(next) = self.new_position() else {
-            return false;
-        };
+        let next = self.new_position()?;
         let pos = &mut self.positions[p as usize];
         pos.literals += 1;
         pos.next.insert(segment.into(), next);
-        true
+        Some(next)
     }
 
     /// The position after `kept` at `p`; placeholders get theirs on first use.

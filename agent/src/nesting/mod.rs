@@ -13,11 +13,9 @@ mod open;
 pub use open::Thread;
 use open::{OpenRequests, Parent};
 
-use std::{
-    collections::{HashMap, VecDeque},
-    hash::{Hash, Hasher},
-    net::SocketAddr,
-};
+use std::{collections::VecDeque, hash::BuildHasher, net::SocketAddr, sync::LazyLock};
+
+use foldhash::HashMap;
 
 use rand::Rng;
 
@@ -58,10 +56,11 @@ fn ambiguous(candidate: Option<SpanLink>) -> Option<Box<Uncertain>> {
 
 /// What identifies a request a proxy forwards: its method, target and
 /// user agent (the Host header is rewritten on the way).
+/// Seeded once per process: keys are compared only within it, and
+/// requests' senders cannot aim for collisions without the seed.
 pub fn request_key(method: &str, target: &str, user_agent: Option<&str>) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    (method, target, user_agent).hash(&mut h);
-    h.finish()
+    static STATE: LazyLock<foldhash::quality::RandomState> = LazyLock::new(Default::default);
+    STATE.hash_one((method, target, user_agent))
 }
 
 /// Kernel contexts and offers kept at most (the kernel's contexts of
@@ -125,10 +124,10 @@ impl Nesting {
         Nesting {
             sampler,
             open: OpenRequests::default(),
-            kernel_server: HashMap::new(),
-            kernel_client: HashMap::new(),
-            offers: HashMap::new(),
-            aliases: HashMap::new(),
+            kernel_server: HashMap::default(),
+            kernel_client: HashMap::default(),
+            offers: HashMap::default(),
+            aliases: HashMap::default(),
         }
     }
 

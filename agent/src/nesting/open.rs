@@ -4,7 +4,12 @@
 //! while that is the one open; with several open, which one a call is for
 //! is a guess, which [`Parent::Unsure`] says.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{hash_map::Entry, HashMap as SipHashMap},
+    hash::{Hash, Hasher},
+};
+
+use foldhash::{HashMap, HashSet};
 
 use super::SpanCtx;
 use crate::{
@@ -60,9 +65,30 @@ pub struct OpenRequests {
     /// with. Per process: a proxy forwards the `traceparent` it received,
     /// so the next hop's server span has the same incoming context (and
     /// its request can reach the agent before the proxy's own send).
-    by_incoming: HashMap<(u32, TraceId, SpanId), SpanCtx>,
+    /// SipHash: the key is what requests' senders wrote, unlike the others'
+    /// (threads, ids drawn here or in the kernel), hashed with foldhash.
+    by_incoming: SipHashMap<Incoming, SpanCtx>,
     /// Processes nested per process.
     by_process: HashSet<u32>,
+}
+
+/// A process and the context a request came with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Incoming {
+    tgid: u32,
+    trace_id: TraceId,
+    parent: SpanId,
+}
+
+impl Hash for Incoming {
+    /// In one write: SipHash pays per write, and a tuple takes five.
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        let mut b = [0; 28];
+        b[..4].copy_from_slice(&self.tgid.to_ne_bytes());
+        b[4..20].copy_from_slice(&self.trace_id);
+        b[20..].copy_from_slice(&self.parent);
+        h.write(&b);
+    }
 }
 
 impl OpenRequests {
@@ -181,7 +207,11 @@ impl OpenRequests {
 
     /// The open span whose request came with context `tp`.
     pub fn received(&self, tgid: u32, tp: &TraceParent) -> Option<&SpanCtx> {
-        self.by_incoming.get(&(tgid, tp.trace_id, tp.parent_id))
+        self.by_incoming.get(&Incoming {
+            tgid,
+            trace_id: tp.trace_id,
+            parent: tp.parent_id,
+        })
     }
 
     /// Span `span_id`, if it is open.
@@ -202,9 +232,12 @@ impl OpenRequests {
         if let Some(p) = ctx.parent {
             // The first wins: a process calling itself with the context
             // forwarded must not find its own downstream span.
-            self.by_incoming
-                .entry((exec.tgid, ctx.trace_id, p))
-                .or_insert_with(|| ctx.clone());
+            let key = Incoming {
+                tgid: exec.tgid,
+                trace_id: ctx.trace_id,
+                parent: p,
+            };
+            self.by_incoming.entry(key).or_insert_with(|| ctx.clone());
         }
         let open = Open {
             exec,
@@ -217,9 +250,15 @@ impl OpenRequests {
     fn close_span(&mut self, span_id: &SpanId) -> Option<Open> {
         let o = self.open.remove(span_id)?;
         if let Some(p) = o.ctx.parent {
-            let key = (o.exec.tgid, o.ctx.trace_id, p);
-            if self.by_incoming.get(&key).map(|c| c.span_id) == Some(*span_id) {
-                self.by_incoming.remove(&key);
+            let key = Incoming {
+                tgid: o.exec.tgid,
+                trace_id: o.ctx.trace_id,
+                parent: p,
+            };
+            if let Entry::Occupied(e) = self.by_incoming.entry(key) {
+                if e.get().span_id == *span_id {
+                    e.remove();
+                }
             }
         }
         if let Some(key) = o.request {

@@ -3,7 +3,7 @@
 
 use std::{borrow::Cow, sync::Arc};
 
-use super::common::{push_peer, ConnFacts, Frame, Role, SpanOptions};
+use super::common::{ip_text, push_peer, ConnFacts, Frame, Role, SpanOptions};
 use crate::{
     clock::Clock,
     metrics::{Instrument, Measurement},
@@ -208,7 +208,7 @@ pub fn server_endpoint(
     };
     (
         host.map(str::to_owned)
-            .or_else(|| socket.map(|s| s.ip().to_string())),
+            .or_else(|| socket.map(|s| ip_text(s.ip()))),
         port.or(socket.map(|s| s.port())),
     )
 }
@@ -232,20 +232,24 @@ pub fn push_server_endpoint(
 /// `host[:port]` or `[v6]:port` from a Host header or `:authority`;
 /// user-info a client should not have sent there (`user:pw@host`) is dropped.
 pub fn split_host(h: &str) -> (Option<&str>, Option<u16>) {
+    // Searched bytewise (the separators are ASCII): str's char searchers
+    // set up a memchr per search, which costs more than these short values.
+    let find = |s: &str, b: u8| s.bytes().position(|c| c == b);
+    let rfind = |s: &str, b: u8| s.bytes().rposition(|c| c == b);
     let h = h.trim();
-    let h = h.rsplit_once('@').map_or(h, |(_, host)| host);
+    let h = rfind(h, b'@').map_or(h, |at| &h[at + 1..]);
     if h.is_empty() {
         return (None, None);
     }
     if let Some(rest) = h.strip_prefix('[') {
-        let (ip, tail) = rest.split_once(']').unwrap_or((rest, ""));
+        let (ip, tail) = find(rest, b']').map_or((rest, ""), |at| (&rest[..at], &rest[at + 1..]));
         return (
             Some(ip),
             tail.strip_prefix(':').and_then(|p| p.parse().ok()),
         );
     }
-    match h.rsplit_once(':') {
-        Some((host, port)) => (Some(host), port.parse().ok()),
+    match rfind(h, b':') {
+        Some(at) => (Some(&h[..at]), h[at + 1..].parse().ok()),
         None => (Some(h), None),
     }
 }
@@ -254,6 +258,12 @@ pub fn split_host(h: &str) -> (Option<&str>, Option<u16>) {
 /// character boundary.
 pub fn bounded_text(value: &[u8], max: usize) -> Cow<'_, str> {
     let kept = &value[..value.len().min(max)];
+    if kept.is_ascii() {
+        // Nearly every value, checked a word at a time, where from_utf8's
+        // set-up cost most of a short value's keeping.
+        // SAFETY: ASCII is valid UTF-8.
+        return Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(kept) });
+    }
     match std::str::from_utf8(kept) {
         Ok(valid) => Cow::Borrowed(valid),
         // Rare: replacement characters may make it longer than `max` again.

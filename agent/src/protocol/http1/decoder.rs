@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::mem;
 
 use super::chunked::Chunked;
-use super::head::{RequestHead, ResponseHead};
+use super::head::{Known, RequestHead, ResponseHead};
 use super::parse::{self, Body, Framing, ParseError, Sniff};
 
 /// Largest message head buffered; a longer one is given up on.
@@ -296,7 +296,7 @@ impl Decoder {
         out: &mut Vec<Frame>,
     ) -> Option<Result<Body, ParseError>> {
         self.synced();
-        if head.method() == "CONNECT" || head.header("upgrade").is_some() {
+        if head.method() == "CONNECT" || head.known(Known::Upgrade).is_some() {
             self.then = Then::MaybeTunnel;
         }
         out.push(Frame::Request { head, ts });

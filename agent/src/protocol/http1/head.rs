@@ -42,8 +42,23 @@ impl Strings {
     }
 
     fn get(&self, i: usize) -> &str {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        &self.text[start..self.ends[i] as usize]
+        self.joined(i, i)
+    }
+
+    /// Items `first` to `last` as one string (they are stored back to back).
+    fn joined(&self, first: usize, last: usize) -> &str {
+        let end = self.ends[last] as usize;
+        let start = if first == 0 {
+            0
+        } else {
+            self.ends[first - 1] as usize
+        };
+        // Looked up a few dozen times per request (every header search
+        // slices names), where str's boundary checks showed in profiles.
+        // SAFETY: `ends` are ascending offsets into `text` (first <= last),
+        // each recorded after appending a whole `str`, so both are char
+        // boundaries.
+        unsafe { self.text.get_unchecked(start..end) }
     }
 
     fn len(&self) -> usize {
@@ -90,10 +105,15 @@ impl<'a> Headers<'a> {
     /// The first value of header `name`, matched case-insensitively; only
     /// names are sliced out until one matches.
     fn value_of(self, name: &str) -> Option<&'a str> {
+        self.values_of(name).next()
+    }
+
+    /// Every value of header `name`, in order, matched case-insensitively.
+    fn values_of<'n>(self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
         (self.next..self.strings.len().saturating_sub(1))
             .step_by(2)
-            .find(|&i| self.strings.get(i).eq_ignore_ascii_case(name))
-            .map(|i| self.strings.get(i + 1))
+            .filter(move |&i| self.strings.get(i).eq_ignore_ascii_case(name))
+            .map(move |i| self.strings.get(i + 1))
     }
 }
 
@@ -116,11 +136,81 @@ fn keep(start_line: &[&str], headers: &[httparse::Header<'_>]) -> Strings {
     strings
 }
 
+/// Request headers the agent itself reads. Each is looked up several
+/// times per request (nesting, span, metrics), so they are located once,
+/// as the head is kept: scanning every name for each showed in profiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    Host,
+    UserAgent,
+    Baggage,
+    Upgrade,
+    Traceparent,
+    Tracestate,
+}
+
+impl Known {
+    const ALL: [Known; 6] = [
+        Known::Host,
+        Known::UserAgent,
+        Known::Baggage,
+        Known::Upgrade,
+        Known::Traceparent,
+        Known::Tracestate,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Known::Host => "host",
+            Known::UserAgent => "user-agent",
+            Known::Baggage => "baggage",
+            Known::Upgrade => "upgrade",
+            Known::Traceparent => "traceparent",
+            Known::Tracestate => "tracestate",
+        }
+    }
+
+    fn of(name: &str) -> Option<Known> {
+        Known::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(name))
+    }
+}
+
+/// Where the [`Known`] headers' first values are among a head's strings
+/// (0: absent), and which of them repeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Located {
+    first: [u8; Known::ALL.len()],
+    repeated: u8,
+}
+
+impl Located {
+    /// `first_header`: the index of the first header name among the strings.
+    fn find(headers: &[httparse::Header<'_>], first_header: usize) -> Self {
+        let mut l = Located::default();
+        for (i, h) in headers.iter().take(MAX_HEADERS).enumerate() {
+            let Some(k) = Known::of(h.name) else { continue };
+            let slot = &mut l.first[k as usize];
+            if *slot == 0 {
+                // At most 3 + 2 * MAX_HEADERS strings: u8 is plenty.
+                *slot = (first_header + 2 * i + 1) as u8;
+            } else {
+                l.repeated |= 1 << k as u8;
+            }
+        }
+        l
+    }
+}
+
 /// A request's start line and headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
-    /// Method, target, then header names and values.
+    /// Method, the target's path and its query (from its `?`, if any),
+    /// then header names and values. Path and query are read a few times
+    /// per request, so the target is split once.
     strings: Strings,
+    located: Located,
     pub minor_version: u8,
 }
 
@@ -131,8 +221,11 @@ impl RequestHead {
         minor_version: u8,
         headers: &[httparse::Header<'_>],
     ) -> Self {
+        let query_at = target.bytes().position(|b| b == b'?');
+        let (path, query) = target.split_at(query_at.unwrap_or(target.len()));
         RequestHead {
-            strings: keep(&[method, target], headers),
+            strings: keep(&[method, path, query], headers),
+            located: Located::find(headers, 3),
             minor_version,
         }
     }
@@ -143,11 +236,11 @@ impl RequestHead {
 
     /// The request-target as sent, e.g. `/a/b?x=1`.
     pub fn target(&self) -> &str {
-        self.strings.get(1)
+        self.strings.joined(1, 2)
     }
 
     pub fn headers(&self) -> Headers<'_> {
-        pairs(&self.strings, 2)
+        pairs(&self.strings, 3)
     }
 
     /// The first value of header `name`, matched case-insensitively.
@@ -155,16 +248,33 @@ impl RequestHead {
         self.headers().value_of(name)
     }
 
+    /// The first value of header `k`, as [`RequestHead::header`] finds it.
+    pub fn known(&self, k: Known) -> Option<&str> {
+        match self.located.first[k as usize] {
+            0 => None,
+            i => Some(self.strings.get(usize::from(i))),
+        }
+    }
+
+    /// Every value of header `k`, in order.
+    pub fn known_values(&self, k: Known) -> impl Iterator<Item = &str> {
+        let repeated = self.located.repeated & 1 << k as u8 != 0;
+        let (one, all) = if repeated {
+            (None, Some(self.headers().values_of(k.name())))
+        } else {
+            (self.known(k), None)
+        };
+        one.into_iter().chain(all.into_iter().flatten())
+    }
+
     /// The target's path, without query, and without scheme and authority for absolute-form targets.
     pub fn path(&self) -> &str {
-        let target = self.target();
-        let path = target.split_once('?').map_or(target, |(p, _)| p);
-        strip_origin(path)
+        strip_origin(self.strings.get(1))
     }
 
     /// The target's query, without the `?`.
     pub fn query(&self) -> Option<&str> {
-        self.target().split_once('?').map(|(_, q)| q)
+        self.strings.get(2).strip_prefix('?')
     }
 }
 
@@ -208,6 +318,10 @@ impl ResponseHead {
 
 /// Absolute-form targets (sent to proxies) put scheme and authority before the path.
 fn strip_origin(path: &str) -> &str {
+    // Origin-form, nearly every request: no scheme can start with '/'.
+    if path.starts_with('/') {
+        return path;
+    }
     let Some((scheme, rest)) = path.split_once("://") else {
         return path;
     };
@@ -239,6 +353,32 @@ mod tests {
     }
 
     #[test]
+    fn known_headers_are_found_as_any_other() {
+        let header = |name, value| httparse::Header { name, value };
+        let raw = [
+            header("X-A", b"1"),
+            header("User-Agent", b"curl"),
+            header("TraceState", b"a=1"),
+            header("tracestate", b"b=2"),
+            header("Upgrade", b""),
+        ];
+        let head = RequestHead::new("GET", "/", 1, &raw);
+        for k in Known::ALL {
+            assert_eq!(head.known(k), head.header(k.name()), "{k:?}");
+            assert!(
+                head.known_values(k).eq(head.headers().values_of(k.name())),
+                "{k:?}"
+            );
+        }
+        assert_eq!(head.known(Known::Upgrade), Some(""));
+        let many: Vec<_> = (0..MAX_HEADERS + 1)
+            .map(|_| header("Baggage", b"k=v"))
+            .collect();
+        let head = RequestHead::new("GET", "/", 1, &many);
+        assert_eq!(head.known_values(Known::Baggage).count(), MAX_HEADERS);
+    }
+
+    #[test]
     fn headers_iterate_in_order() {
         let raw = [
             httparse::Header {
@@ -257,6 +397,8 @@ mod tests {
             [("Host", "h"), ("X-Empty", "")]
         );
         assert_eq!(head.header("x-empty"), Some(""));
+        assert_eq!(head.known(Known::Host), Some("h"));
+        assert_eq!(head.known(Known::Traceparent), None);
         let head = ResponseHead::new(200, "", 1, &[]);
         assert_eq!((head.reason(), head.headers().len()), ("", 0));
     }

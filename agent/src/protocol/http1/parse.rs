@@ -183,20 +183,22 @@ fn config() -> httparse::ParserConfig {
     config
 }
 
-/// Header slots on the stack for heads of up to this many lines (most heads).
+/// Header slots on the stack, for heads of up to this many headers (most heads).
 const STACK_SLOTS: usize = 32;
 
-/// Runs `parse` with one header slot per line of `buf`, which is always
-/// enough, so httparse never runs out of them.
+/// Runs `parse` with header slots on the stack, and when they are too few,
+/// with one per line of `buf`, which is always enough. Lines are counted
+/// only then: counting them cost more than parsing most heads' headers.
 fn with_header_slots<'b, T>(
     buf: &'b [u8],
-    parse: impl FnOnce(&mut [httparse::Header<'b>]) -> T,
-) -> T {
-    let lines = memchr::memchr_iter(b'\n', buf).count();
-    if lines <= STACK_SLOTS {
-        parse(&mut [httparse::EMPTY_HEADER; STACK_SLOTS][..lines])
-    } else {
-        parse(&mut vec![httparse::EMPTY_HEADER; lines])
+    parse: impl Fn(&mut [httparse::Header<'b>]) -> Result<T, ParseError>,
+) -> Result<T, ParseError> {
+    match parse(&mut [httparse::EMPTY_HEADER; STACK_SLOTS]) {
+        Err(ParseError::BadHead(httparse::Error::TooManyHeaders)) => {
+            let lines = memchr::memchr_iter(b'\n', buf).count();
+            parse(&mut vec![httparse::EMPTY_HEADER; lines])
+        }
+        parsed => parsed,
     }
 }
 

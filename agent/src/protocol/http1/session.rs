@@ -4,7 +4,7 @@
 
 use std::{collections::VecDeque, net::SocketAddr};
 
-use super::{Decoder, Frame, RequestHead, ResponseHead, Side};
+use super::{Decoder, Frame, Known, RequestHead, ResponseHead, Side};
 use crate::{
     capture::Data,
     nesting::{request_key, Nesting, SpanCtx, Thread},
@@ -229,21 +229,19 @@ impl Session {
                     request: Some(request_key(
                         head.method(),
                         head.target(),
-                        head.header("user-agent"),
+                        head.known(Known::UserAgent),
                     )),
                     conn_id,
                     ts,
                     endpoint: self.endpoint,
                     stream: 0,
                 };
-                let named = |name: &'static str| {
-                    head.headers()
-                        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-                        .map(|(_, v)| v)
-                };
-                let tp = trace_context::single(named("traceparent"));
+                let tp = trace_context::single(head.known_values(Known::Traceparent));
                 // Repeated `tracestate` headers are one list (RFC 9110 §5.3).
-                let state = named("tracestate").collect::<Vec<_>>().join(",");
+                let state = head
+                    .known_values(Known::Tracestate)
+                    .collect::<Vec<_>>()
+                    .join(",");
                 let state = (!state.is_empty()).then_some(state.as_str());
                 let ctx = request_ctx(self.role, from, tp, state, nesting);
                 self.responses.expect_response_to(head.method());

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::Exchange;
+use super::{Exchange, Known};
 use crate::{
     clock::Clock,
     metrics::Measurement,
@@ -46,13 +46,13 @@ fn call(x: &Exchange) -> HttpCall<'_> {
         method: req.method(),
         path: req.path(),
         query: req.query(),
-        authority: req.header("host"),
+        authority: req.known(Known::Host),
         scheme: None,
         version,
         status: x.response.as_ref().map(|r| r.status),
         failure: x.cut_off.then_some(common::CONNECTION_CLOSED),
-        user_agent: req.header("user-agent"),
-        baggage: req.header("baggage"),
+        user_agent: req.known(Known::UserAgent),
+        baggage: req.known(Known::Baggage),
     }
 }
 

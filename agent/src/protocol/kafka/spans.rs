@@ -12,7 +12,7 @@ use crate::{
     clock::Clock,
     metrics::{Instrument, Measurement},
     protocol::{
-        common::{push_peer, Frame, CONNECTION_CLOSED},
+        common::{ip_text, push_peer, Frame, CONNECTION_CLOSED},
         ConnFacts, Role,
     },
     span::{AttrValue, Attributes, Resource, Span, SpanKind, Status},
@@ -65,7 +65,7 @@ pub fn to_span(op: Op, conn: &ConnFacts, resource: Arc<Resource>, clock: &Clock)
         Role::Server => conn.local,
     };
     if let Some(s) = server {
-        a.push(("server.address", s.ip().to_string().into()));
+        a.push(("server.address", ip_text(s.ip()).into()));
         a.push(("server.port", i64::from(s.port()).into()));
     }
     push_peer(&mut a, role, conn);
@@ -113,7 +113,7 @@ pub fn measure<'a>(op: &Op, conn: &ConnFacts) -> Option<Measurement<'a>> {
         a.push(("error.type", e.into()));
     }
     if let (Instrument::MessagingClient, Some(s)) = (instrument, conn.peer) {
-        a.push(("server.address", s.ip().to_string().into()));
+        a.push(("server.address", ip_text(s.ip()).into()));
         a.push(("server.port", i64::from(s.port()).into()));
     }
     Some(Measurement {
