@@ -46,11 +46,8 @@ const DRAIN_BUDGET: usize = 4096;
 /// kernel wakes a caught-up reader for every record, so without it a loaded
 /// node costs a wake-up (and context switch) per syscall captured; with it,
 /// at most one per pause, while the ring (4 MiB by default) holds far more
-/// than a pause's worth of records (nginx at 40k requests/s writes about
-/// 0.5 MiB in 10 ms). 10 ms rather than 2: a fifth of the wake-ups, which
-/// cost the agent 0.4–1 ms of CPU per 1,000 requests at 10k/s and at
-/// maximum load in the bench, for a delay no trace backend can see.
-const DRAIN_PAUSE: Duration = Duration::from_millis(10);
+/// than a pause's worth of records.
+const DRAIN_PAUSE: Duration = Duration::from_millis(2);
 const SUMMARY_EVERY_TICKS: u64 = 30;
 /// Records handled between looks at the export queue's depth.
 const BACKPRESSURE_EVERY: usize = 64;
