@@ -25,8 +25,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use clew_common::{
-    connstate, dataflag, dir, kind, logs::LOG_MARK, nr, proto, role, stat, ConnKey, DataHeader,
-    SockAddr, IO_MARK, MAX_CAPTURE,
+    connstate, dataflag, dir, kind, logs::LOG_MARK, nr, proto, role, stat, ConnInfo, ConnKey,
+    DataHeader, SockAddr, IO_MARK, MAX_CAPTURE,
 };
 
 use crate::{
@@ -57,20 +57,36 @@ pub fn enter_io(ctx: TracePointContext) -> u32 {
         logs::enter(pid_tgid, fd, nr, a1, a2);
         return 0;
     };
-    // A peek is read again for real: capturing it would duplicate bytes.
     // recvfrom's flags come through the probe-read helper: a direct load
     // past read()'s three arguments makes attaching to sys_enter_read fail.
-    let flags = if nr == nr::RECVFROM {
-        unsafe { ctx.read_at::<u64>(tp::ARGS + 24) }.unwrap_or(0)
-    } else if nr == nr::RECVMSG {
-        a2
-    } else {
-        0
+    let recvfrom_flags = || unsafe { ctx.read_at::<u64>(tp::ARGS + 24) }.unwrap_or(0);
+    if let Some(v) = socket_call(nr, fd, info, a1, a2, recvfrom_flags) {
+        inflight_put(pid_tgid, &v);
+    }
+    0
+}
+
+/// Call `nr` (arguments `a1`, `a2`) on fd `fd`, tracked as `info`, unless
+/// it is a peek: a peek is read again for real, and capturing it would
+/// duplicate bytes. `recvfrom_flags` reads recvfrom's fourth argument.
+#[inline(always)]
+fn socket_call(
+    nr: i64,
+    fd: u32,
+    info: &ConnInfo,
+    a1: u64,
+    a2: u64,
+    recvfrom_flags: impl FnOnce() -> u64,
+) -> Option<Inflight> {
+    let flags = match nr {
+        nr::RECVFROM => recvfrom_flags(),
+        nr::RECVMSG => a2,
+        _ => 0,
     };
     if flags & MSG_PEEK != 0 {
-        return 0;
+        return None;
     }
-    let v = Inflight {
+    Some(Inflight {
         nr,
         conn_id: info.id,
         fd,
@@ -81,9 +97,7 @@ pub fn enter_io(ctx: TracePointContext) -> u32 {
         a1,
         a2,
         peer: SockAddr::default(),
-    };
-    inflight_put(pid_tgid, &v);
-    0
+    })
 }
 
 #[tracepoint]
@@ -137,27 +151,10 @@ pub fn exit_io_regs(ctx: TracePointContext) -> u32 {
         logs::returned(pid_tgid, fd, nr, a1, a2, tp::ret(&ctx));
         return 0;
     };
-    let flags = match nr {
-        nr::RECVFROM => unsafe { arg(&raw const (*regs).r10) },
-        nr::RECVMSG => a2,
-        _ => 0,
-    };
-    if flags & MSG_PEEK != 0 {
-        return 0;
+    let recvfrom_flags = || unsafe { arg(&raw const (*regs).r10) };
+    if let Some(v) = socket_call(nr, fd, info, a1, a2, recvfrom_flags) {
+        returned(&ctx, pid_tgid, v);
     }
-    let v = Inflight {
-        nr,
-        conn_id: info.id,
-        fd,
-        role: IO_MARK,
-        conn_role: info.role,
-        conn_state: info.state,
-        data_flags: 0,
-        a1,
-        a2,
-        peer: SockAddr::default(),
-    };
-    returned(&ctx, pid_tgid, v);
     0
 }
 
