@@ -105,14 +105,14 @@ pub async fn run(cfg: Config) -> Result<()> {
         log_rate: cfg.logs.as_ref().map_or(0, |l| l.per_second),
         syscall_arguments: cfg.syscall_arguments,
     })?;
-    let maps = capture.maps()?;
+    let mut maps = capture.maps()?;
     let ring = capture.take_ring()?;
     let verdicts = cfg
         .logs
         .as_ref()
         .map(|_| capture.log_verdicts())
         .transpose()?;
-    capture.attach()?;
+    maps.set_enter_program(capture.attach()?);
     capture.attach_sockops(&selector.cgroup_dirs())?;
     let report = synthetic
         .clone()

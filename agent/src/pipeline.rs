@@ -129,7 +129,11 @@ impl Pipeline {
     }
 
     fn adopt_existing(&mut self, pid: u32) {
-        let blocked = blocked_reads(pid);
+        let blocked = if self.maps.resumes_blocked_reads() {
+            blocked_reads(pid)
+        } else {
+            Vec::new()
+        };
         for (fd, local, peer) in conn::established_sockets(pid) {
             match self.maps.seed_conn(pid, fd) {
                 Ok(id) => {

@@ -29,6 +29,9 @@ pub struct KernelMaps {
     peers: HashMap<MapData, u64, PeerKey>,
     nest_by_process: HashMap<MapData, u32, i64>,
     conn_tgids: ConnTgids,
+    /// An enter program keeps each call's arguments, so a read already
+    /// blocked when it attached needs its entry written here.
+    enter_program: bool,
     seeded: u64,
 }
 
@@ -152,6 +155,7 @@ impl KernelMaps {
                 aya::maps::Map::Array(m) => ConnTgids::new(m)?,
                 other => anyhow::bail!("map {} is not an array: {other:?}", map::CONN_TGIDS),
             },
+            enter_program: true,
             seeded: 0,
         })
     }
@@ -237,6 +241,17 @@ impl KernelMaps {
         self.conns.insert(ConnKey { tgid, fd }, info, 1)?;
         self.conn_tgids.mark(tgid);
         Ok(id)
+    }
+
+    /// Whether the kernel reads calls' arguments with an enter program
+    /// (false: at their return, where a blocked read is caught anyway).
+    pub fn set_enter_program(&mut self, attached: bool) {
+        self.enter_program = attached;
+    }
+
+    /// Blocked reads must be recorded with [`Self::resume_blocked_read`].
+    pub fn resumes_blocked_reads(&self) -> bool {
+        self.enter_program
     }
 
     /// A thread was already blocked reading an adopted connection when the

@@ -177,8 +177,9 @@ impl Capture {
     }
 
     /// Attaches every program; any failure is fatal because a partial set
-    /// would miss connections or bytes silently.
-    pub fn attach(&mut self) -> Result<()> {
+    /// would miss connections or bytes silently. Returns whether socket
+    /// calls have an enter program (see `load_exit_io_regs`).
+    pub fn attach(&mut self) -> Result<bool> {
         self.load_observers()?;
         self.load_uprobes()?;
         let logs: &[&str] = if self.logs != 0 { LOG_SYSCALLS } else { &[] };
@@ -205,7 +206,7 @@ impl Capture {
         self.attach_tp(program::PROC_FORK, "sched", "sched_process_fork")?;
         self.attach_tp(program::PROC_EXEC, "sched", "sched_process_exec")?;
         self.attach_tp(program::PROC_EXIT, "sched", "sched_process_exit")?;
-        Ok(())
+        Ok(!at_exit)
     }
 
     /// Whether socket calls are read at their return alone
