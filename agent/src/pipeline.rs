@@ -179,7 +179,13 @@ impl Pipeline {
     pub fn handle(&mut self, record: &[u8]) {
         stats::add(&self.stats.events, 1);
         match capture::decode(record) {
-            Ok(Event::Data(d)) => self.on_data(d),
+            Ok(Event::Data(d)) => {
+                // The span comes first, as when it was a record of its own.
+                if let Some(k) = d.kernel_ctx() {
+                    self.on_kernel_ctx(k);
+                }
+                self.on_data(d)
+            }
             Ok(Event::Ctx(k)) => self.on_kernel_ctx(k),
             Ok(Event::Log(w)) => self.on_log(&w),
             Ok(Event::Open(o)) => self.on_open(o),

@@ -176,10 +176,12 @@ fn put_hex<const L: usize, const N: usize>(out: &mut [u8; L], at: usize, bytes: 
     }
 }
 
-/// `kind::TRACE_CTX`: sent just before the data record of the request it
-/// belongs to (server side, `conn_id` set) or from inside the `sendmsg`
-/// that carried the injected request (client side, `conn_id` 0: userspace
-/// pairs it by thread).
+/// `kind::TRACE_CTX`: sent with the data records of the request it belongs
+/// to, with their timestamp (server side, `conn_id` set; an HTTP/1 request
+/// read from a socket carries it inside its record instead, see
+/// `dataflag::SERVER_SPAN`), or from inside the `sendmsg` that carried the
+/// injected request (client side, `conn_id` 0: userspace pairs it by
+/// thread).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct CtxEvent {
@@ -622,6 +624,11 @@ pub mod dataflag {
     /// Records of this connection were lost just before this one: its
     /// stream is not contiguous here.
     pub const AFTER_LOSS: u8 = 2;
+    /// A [`TraceCtx`](crate::TraceCtx) follows the payload: the SERVER span
+    /// the kernel decided for the request these bytes start (what a
+    /// `kind::TRACE_CTX` record with this record's connection and timestamp
+    /// would say).
+    pub const SERVER_SPAN: u8 = 4;
 }
 
 /// `kind::CONN_OPEN` / `kind::CONN_CLOSE`.

@@ -58,7 +58,7 @@ fn observe(s: &Staged) {
     let tracestate = tp.and_then(|_| carry::incoming(h, n));
     let incoming = tp.or_else(|| tcp_option::received(s.v.conn_id));
     let ctx = context::server_request(s.v.conn_id, 0, incoming, tracestate);
-    context::emit(role::ACCEPTED, s.v.conn_id, s.ts, &ctx, 0);
+    observe::server_span(s, &ctx);
 }
 
 /// A request head about to be written through TLS gets its CLIENT span

@@ -26,7 +26,7 @@ use aya_ebpf::{
 };
 use clew_common::{
     connstate, dataflag, dir, kind, logs::LOG_MARK, nr, proto, role, stat, ConnInfo, ConnKey,
-    DataHeader, SockAddr, IO_MARK, MAX_CAPTURE,
+    DataHeader, SockAddr, TraceCtx, IO_MARK, MAX_CAPTURE,
 };
 
 use crate::{
@@ -162,8 +162,12 @@ pub fn exit_io_regs(ctx: TracePointContext) -> u32 {
 /// protocol's observer.
 #[inline(always)]
 fn returned(ctx: &TracePointContext, pid_tgid: u64, v: Inflight) {
-    // Ciphertext: the TLS probes report this connection's plaintext.
-    if tls::bind_socket(pid_tgid, v.fd) {
+    // Ciphertext: the TLS probes report this connection's plaintext. A
+    // stream that started as a known plaintext protocol carries no TLS
+    // (its first bytes were not a TLS record), so it skips the lookup.
+    let plaintext = v.conn_state & (connstate::STARTED | connstate::TLS) == connstate::STARTED
+        && connstate::proto(v.conn_state) != proto::UNKNOWN;
+    if !plaintext && tls::bind_socket(pid_tgid, v.fd) {
         return;
     }
     let ret = tp::ret(ctx);
@@ -184,6 +188,14 @@ fn returned(ctx: &TracePointContext, pid_tgid: u64, v: Inflight) {
         }
     }
     let ts = now();
+    let limit = capture_limit() as u64;
+    if holds_record(&v) && stage(&v, pid_tgid, ts, dir::INGRESS, v.a1, len, limit).is_some() {
+        // One record, submitted by the observer with the span it decides.
+        observe::hand_off(ctx, &OBSERVERS, &v, dir::INGRESS, v.a1, len, ts, true);
+        // Reached only when no observer ran.
+        submit_held(&v, None);
+        return;
+    }
 
     match v.nr {
         nr::READ | nr::RECVFROM => emit_call(&v, pid_tgid, ts, dir::INGRESS, Bytes::Buf(v.a1), len),
@@ -215,7 +227,17 @@ fn returned(ctx: &TracePointContext, pid_tgid: u64, v: Inflight) {
     if let Some((buf, n)) = first_segment(&v, len) {
         observe::dispatch(ctx, &OBSERVERS, &v, direction(v.nr), buf, n, ts);
     }
-    }
+}
+
+/// Whether a call's record waits for its observer: a read of one buffer
+/// on the serving side of an HTTP/1 connection, which makes one record
+/// and may start a request whose SERVER span the observer decides.
+#[inline(always)]
+fn holds_record(v: &Inflight) -> bool {
+    matches!(v.nr, nr::READ | nr::RECVFROM)
+        && connstate::proto(v.conn_state) == proto::HTTP1
+        && observe::observed(v)
+}
 
 #[inline(always)]
 fn direction(nr: i64) -> u8 {
@@ -428,14 +450,27 @@ fn first_segment(v: &Inflight, len: u64) -> Option<(u64, u64)> {
 }
 
 /// Emits one data record of `len` bytes, copying at most `limit` of them
-/// from `buf` (nothing when `buf` is 0). A record that does not fit marks
-/// the connection `LOST`; the next one that does carries `AFTER_LOSS`, so
-/// userspace never parses across the hole as if the stream were whole.
+/// from `buf` (nothing when `buf` is 0).
 #[inline(always)]
 fn emit(v: &mut Inflight, pid_tgid: u64, ts: u64, direction: u8, buf: u64, len: u64, limit: u64) {
-    let Some(s) = SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
+    if let Some(size) = stage(v, pid_tgid, ts, direction, buf, len, limit) {
+        v.conn_state = submit(v, size);
+    }
+}
+
+/// Builds the data record of `emit` in the capture scratch space; returns
+/// its size.
+#[inline(always)]
+fn stage(
+    v: &Inflight,
+    pid_tgid: u64,
+    ts: u64,
+    direction: u8,
+    buf: u64,
+    len: u64,
+    limit: u64,
+) -> Option<usize> {
+    let s = SCRATCH.get_ptr_mut(0)?;
     let s = unsafe { &mut *s };
     let mut want = if len < limit { len } else { limit };
     if buf == 0 {
@@ -470,9 +505,45 @@ fn emit(v: &mut Inflight, pid_tgid: u64, ts: u64, direction: u8, buf: u64, len: 
         fd: v.fd,
         syscall: v.nr as u32,
     };
-    let size = core::mem::size_of::<DataHeader>() + (captured as usize & (MAX_CAPTURE * 2 - 1));
-    let size = if size > core::mem::size_of::<Scratch>() {
-        core::mem::size_of::<Scratch>()
+    Some(size_of::<DataHeader>() + captured as usize)
+}
+
+/// Submits a call's record held for its observer (`stage` wrote it), with
+/// the SERVER span the observer decided, if any, after its payload.
+#[inline(always)]
+pub fn submit_held(v: &Inflight, server_span: Option<&TraceCtx>) {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let s = unsafe { &mut *s };
+    let captured = s.hdr.captured as usize;
+    if captured > MAX_CAPTURE {
+        return;
+    }
+    let mut size = size_of::<DataHeader>() + captured;
+    if let Some(ctx) = server_span {
+        s.hdr.flags |= dataflag::SERVER_SPAN;
+        // SAFETY: `data` has room for a TraceCtx past MAX_CAPTURE bytes.
+        unsafe {
+            core::ptr::write_unaligned(s.data.as_mut_ptr().add(captured) as *mut TraceCtx, *ctx)
+        };
+        size += size_of::<TraceCtx>();
+    }
+    submit(v, size);
+}
+
+/// Writes the first `size` bytes of the scratch space (a staged record) to
+/// the ring. A record that does not fit marks the connection `LOST`; the
+/// next one that does carries `AFTER_LOSS`, so userspace never parses
+/// across the hole as if the stream were whole. Returns the connection's
+/// state as it now is.
+#[inline(always)]
+fn submit(v: &Inflight, size: usize) -> u8 {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return v.conn_state;
+    };
+    let size = if size > size_of::<Scratch>() {
+        size_of::<Scratch>()
     } else {
         size
     };
@@ -484,17 +555,16 @@ fn emit(v: &mut Inflight, pid_tgid: u64, ts: u64, direction: u8, buf: u64, len: 
         count(stat::DATA_EVENTS);
     }
     // Only a change of state costs a map update.
-    if lost != (v.conn_state & connstate::LOST != 0) {
-        v.conn_state ^= connstate::LOST;
-        let key = ConnKey {
-            tgid: (pid_tgid >> 32) as u32,
-            fd: v.fd,
-        };
-        if let Some(info) = CONNS.get_ptr_mut(&key) {
-            unsafe {
-                (*info).state =
-                    ((*info).state & !connstate::LOST) | (v.conn_state & connstate::LOST)
-            };
-        }
+    if lost == (v.conn_state & connstate::LOST != 0) {
+        return v.conn_state;
     }
+    let state = v.conn_state ^ connstate::LOST;
+    let key = ConnKey {
+        tgid: (unsafe { (*s).hdr.pid_tgid } >> 32) as u32,
+        fd: v.fd,
+    };
+    if let Some(info) = CONNS.get_ptr_mut(&key) {
+        unsafe { (*info).state = ((*info).state & !connstate::LOST) | (state & connstate::LOST) };
+    }
+    state
 }

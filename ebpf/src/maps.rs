@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 pub use clew_common::Inflight;
 use clew_common::{
-    exe, CgroupSel, ConnInfo, ConnKey, DataHeader, DEFAULT_RINGBUF_BYTES, MAX_CAPTURE, MAX_CGROUPS,
-    MAX_CONNS, MAX_EXES, MAX_INFLIGHT, MAX_PIDS, MAX_TGID_PAGES, TGID_PAGE,
+    exe, CgroupSel, ConnInfo, ConnKey, DataHeader, TraceCtx, DEFAULT_RINGBUF_BYTES, MAX_CAPTURE,
+    MAX_CGROUPS, MAX_CONNS, MAX_EXES, MAX_INFLIGHT, MAX_PIDS, MAX_TGID_PAGES, TGID_PAGE,
 };
 
 /// Set by the agent at load time (see `agent/src/capture`).
@@ -156,10 +156,11 @@ static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// A data record is assembled here before it is copied into the ring buffer
 /// with only its used length (a reservation would cost the full maximum).
+/// `data` has room for a SERVER span's context after a full payload.
 #[repr(C)]
 pub struct Scratch {
     pub hdr: DataHeader,
-    pub data: [u8; MAX_CAPTURE],
+    pub data: [u8; MAX_CAPTURE + core::mem::size_of::<TraceCtx>()],
 }
 
 #[map]

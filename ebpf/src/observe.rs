@@ -5,9 +5,9 @@
 //! programs.
 
 use aya_ebpf::{macros::map, maps::PerCpuArray, maps::ProgramArray, EbpfContext};
-use clew_common::{connstate, proto, role, Inflight};
+use clew_common::{connstate, proto, role, Inflight, TraceCtx};
 
-use crate::{http1, http2};
+use crate::{context, http1, http2, io};
 
 /// One call as an observer sees it.
 #[derive(Clone, Copy)]
@@ -19,6 +19,13 @@ pub struct Staged {
     pub len: u64,
     /// Timestamp of the call's data records, which userspace matches.
     pub ts: u64,
+    /// The call's one data record waits in the capture scratch space, so
+    /// that the SERVER span decided for it leaves inside it (one ring
+    /// record instead of two); submitted once the observer is done.
+    pub held: u8,
+    /// A SERVER span was decided for the request these bytes start.
+    pub decided: u8,
+    pub ctx: TraceCtx,
 }
 
 #[map]
@@ -37,6 +44,24 @@ pub fn dispatch<C: EbpfContext>(
     len: u64,
     ts: u64,
 ) {
+    hand_off(ctx, observers, v, direction, buf, len, ts, false);
+}
+
+/// `dispatch`, with `held`: the call's one data record waits in the
+/// capture scratch space (`io::stage`) for the observer to submit it.
+/// Returns only when no observer ran; the record is then still held.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn hand_off<C: EbpfContext>(
+    ctx: &C,
+    observers: &ProgramArray,
+    v: &Inflight,
+    direction: u8,
+    buf: u64,
+    len: u64,
+    ts: u64,
+    held: bool,
+) {
     if !observed(v) {
         return;
     }
@@ -51,6 +76,9 @@ pub fn dispatch<C: EbpfContext>(
             buf,
             len,
             ts,
+            held: held as u8,
+            decided: 0,
+            ctx: TraceCtx::default(),
         };
         // Returns only when the slot is empty: nothing to observe.
         let _ = observers.tail_call(ctx, p as u32);
@@ -66,6 +94,7 @@ macro_rules! observers {
         pub fn $syscalls(_ctx: aya_ebpf::programs::TracePointContext) -> u32 {
             if let Some(s) = $crate::observe::staged() {
                 observe(&s);
+                $crate::observe::release(&s);
             }
             0
         }
@@ -74,6 +103,7 @@ macro_rules! observers {
         pub fn $tls(_ctx: aya_ebpf::programs::RetProbeContext) -> u32 {
             if let Some(s) = $crate::observe::staged() {
                 observe(&s);
+                $crate::observe::release(&s);
             }
             0
         }
@@ -95,6 +125,34 @@ pub fn observed(v: &Inflight) -> bool {
 #[inline(always)]
 pub fn staged() -> Option<Staged> {
     STAGED.get(0).copied()
+}
+
+/// The observer decided the SERVER span of the request the staged call's
+/// bytes start: it leaves inside the call's held record, else as a record
+/// of its own.
+#[inline(always)]
+pub fn server_span(s: &Staged, ctx: &TraceCtx) {
+    if s.held == 0 {
+        context::emit(role::ACCEPTED, s.v.conn_id, s.ts, ctx, 0);
+        return;
+    }
+    if let Some(slot) = STAGED.get_ptr_mut(0) {
+        unsafe {
+            (*slot).decided = 1;
+            (*slot).ctx = *ctx;
+        }
+    }
+}
+
+/// After the observer: submits the staged call's held record, with the
+/// SERVER span it decided, if any.
+#[inline(always)]
+pub fn release(s: &Staged) {
+    if s.held == 0 {
+        return;
+    }
+    let decided = staged().filter(|d| d.decided != 0).map(|d| d.ctx);
+    io::submit_held(&s.v, decided.as_ref());
 }
 
 /// A selected process is about to write `buf` through a TLS library on a

@@ -24,9 +24,24 @@ pub struct Data<'a> {
     /// Bytes the syscall moved; `payload` is the captured prefix of them.
     pub total: usize,
     pub payload: &'a [u8],
+    /// The SERVER span the kernel decided for the request these bytes
+    /// start, when it came inside the record.
+    pub server_span: Option<TraceCtx>,
 }
 
 impl<'a> Data<'a> {
+    /// What the kernel decided, as the separate context record says it.
+    pub fn kernel_ctx(&self) -> Option<KernelCtx> {
+        self.server_span.map(|ctx| KernelCtx {
+            server: true,
+            conn_id: self.conn_id,
+            tid: self.tid,
+            ts_ns: self.ts_ns,
+            ctx,
+            stream_id: 0,
+        })
+    }
+
     /// Bytes one syscall of thread 7 (process 1, fd 3) moved on connection
     /// `conn_id`, as the protocol tests and fuzz targets feed sessions;
     /// `total` beyond `payload.len()` is an uncaptured tail.
@@ -48,6 +63,7 @@ impl<'a> Data<'a> {
             after_loss: false,
             total,
             payload,
+            server_span: None,
         }
     }
 }
@@ -148,12 +164,20 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
             let h: DataHeader = read(bytes)?;
             let payload = &bytes[size_of::<DataHeader>()..];
             let captured = h.captured as usize;
-            if payload.len() < captured {
+            let trailer = if h.flags & dataflag::SERVER_SPAN != 0 {
+                size_of::<TraceCtx>()
+            } else {
+                0
+            };
+            if payload.len() < captured + trailer {
                 return Err(DecodeError::Length {
                     captured,
                     present: payload.len(),
                 });
             }
+            let server_span = (trailer != 0)
+                .then(|| read::<TraceCtx>(&payload[captured..]))
+                .transpose()?;
             Ok(Event::Data(Data {
                 conn_id: h.conn_id,
                 tgid: (h.pid_tgid >> 32) as u32,
@@ -165,6 +189,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
                 after_loss: h.flags & dataflag::AFTER_LOSS != 0,
                 total: (h.total as usize).max(captured),
                 payload: &payload[..captured],
+                server_span,
             }))
         }
         kind::CONN_OPEN => {
@@ -285,6 +310,42 @@ mod tests {
             (42, 43, 5, 100, false)
         );
         assert_eq!(d.payload, b"GET");
+        assert!(d.kernel_ctx().is_none());
+    }
+
+    #[test]
+    fn a_server_span_rides_after_the_payload() {
+        let h = DataHeader {
+            kind: kind::DATA,
+            direction: dir::INGRESS,
+            flags: dataflag::SERVER_SPAN,
+            _pad: [0; 2],
+            conn_id: 7,
+            pid_tgid: (42u64 << 32) | 43,
+            ts_ns: 99,
+            total: 100,
+            captured: 3,
+            fd: 5,
+            syscall: 0,
+        };
+        let ctx = TraceCtx {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            flags: clew_common::ctxflag::SAMPLED,
+            ..Default::default()
+        };
+        let mut b = bytes_of(&h);
+        b.extend_from_slice(b"GET");
+        b.extend_from_slice(&bytes_of(&ctx));
+        let Event::Data(d) = decode(&b).unwrap() else {
+            panic!()
+        };
+        assert_eq!((d.payload, d.total), (&b"GET"[..], 100));
+        let k = d.kernel_ctx().unwrap();
+        assert_eq!((k.server, k.conn_id, k.tid, k.ts_ns), (true, 7, 43, 99));
+        assert_eq!((k.ctx, k.stream_id), (ctx, 0));
+        b.pop();
+        assert!(matches!(decode(&b), Err(DecodeError::Length { .. })));
     }
 
     #[test]
