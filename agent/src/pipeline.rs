@@ -406,6 +406,10 @@ impl Pipeline {
         if self.listed.contains(&tgid) || self.selector.in_cgroups(tgid) {
             self.tls.on_exec(tgid, Instant::now());
             self.learn_runtime(tgid);
+            // Read now, while the process is surely there: a short-lived
+            // client can be gone by the time its first connection's event
+            // is handled (an agent starved of CPU lags behind the ring).
+            self.processes.resource(tgid);
         }
     }
 
