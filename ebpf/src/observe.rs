@@ -151,8 +151,8 @@ pub fn release(s: &Staged) {
     if s.held == 0 {
         return;
     }
-    let decided = staged().filter(|d| d.decided != 0).map(|d| d.ctx);
-    io::submit_held(&s.v, decided.as_ref());
+    let decided = STAGED.get(0).filter(|d| d.decided != 0).map(|d| &d.ctx);
+    io::submit_held(&s.v, decided);
 }
 
 /// A selected process is about to write `buf` through a TLS library on a
