@@ -191,7 +191,7 @@ fn returned(ctx: &TracePointContext, pid_tgid: u64, v: Inflight) {
     let limit = capture_limit() as u64;
     if holds_record(&v) && stage(&v, pid_tgid, ts, dir::INGRESS, v.a1, len, limit).is_some() {
         // One record, submitted by the observer with the span it decides.
-        observe::hand_off(ctx, &OBSERVERS, &v, dir::INGRESS, v.a1, len, ts, true);
+        observe::dispatch(ctx, &OBSERVERS, &v, dir::INGRESS, v.a1, len, ts, true);
         // Reached only when no observer ran.
         submit_held(&v, None);
         return;
@@ -225,7 +225,7 @@ fn returned(ctx: &TracePointContext, pid_tgid: u64, v: Inflight) {
         return;
     }
     if let Some((buf, n)) = first_segment(&v, len) {
-        observe::dispatch(ctx, &OBSERVERS, &v, direction(v.nr), buf, n, ts);
+        observe::dispatch(ctx, &OBSERVERS, &v, direction(v.nr), buf, n, ts, false);
     }
 }
 

@@ -33,26 +33,12 @@ static STAGED: PerCpuArray<Staged> = PerCpuArray::with_max_entries(1, 0);
 
 /// Tail-calls the observer of `v`'s protocol in `observers` (which must
 /// hold programs of the caller's type). Observers see what `observed` lets
-/// through.
-#[inline(always)]
-pub fn dispatch<C: EbpfContext>(
-    ctx: &C,
-    observers: &ProgramArray,
-    v: &Inflight,
-    direction: u8,
-    buf: u64,
-    len: u64,
-    ts: u64,
-) {
-    hand_off(ctx, observers, v, direction, buf, len, ts, false);
-}
-
-/// `dispatch`, with `held`: the call's one data record waits in the
-/// capture scratch space (`io::stage`) for the observer to submit it.
-/// Returns only when no observer ran; the record is then still held.
+/// through. `held`: the call's one data record waits in the capture
+/// scratch space (`io::stage`) for the observer to submit it; when this
+/// returns, no observer ran and the record is still held.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub fn hand_off<C: EbpfContext>(
+pub fn dispatch<C: EbpfContext>(
     ctx: &C,
     observers: &ProgramArray,
     v: &Inflight,

@@ -234,7 +234,7 @@ pub fn emit_plaintext<C: EbpfContext>(
         v.conn_state = info.state;
     }
     io::emit_call(&v, pid_tgid, ts, direction, io::Bytes::Buf(buf), len);
-    observe::dispatch(ctx, &TLS_OBSERVERS, &v, direction, buf, len, ts);
+    observe::dispatch(ctx, &TLS_OBSERVERS, &v, direction, buf, len, ts, false);
 }
 
 /// Called by `exit_io` for every read/write on a tracked socket: inside an
