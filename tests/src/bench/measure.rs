@@ -6,7 +6,7 @@ use super::metrics::Counters;
 use super::mode::Mode;
 use super::pacer;
 use super::procfs;
-use super::scenario::{H2Load, Load, Scenario, Target};
+use super::scenario::{Generator, H2Load, Load, Scenario, Target, KAFKA_CONNECTIONS};
 use crate::h2;
 use crate::load::Wrk;
 use crate::process::TempDir;
@@ -89,10 +89,10 @@ impl Window<'_> {
             (Scenario::Overload, Some(a)) => Some(stall(a.pid(), self.duration)),
             _ => None,
         };
-        let sample = match (&self.target.h2load, load) {
-            (Some(spec), load) => self.h2load(spec, load),
-            (None, Load::Max) => self.closed_loop(),
-            (None, Load::Rate(rate)) => self.paced(rate),
+        let sample = match (&self.target.generator, load) {
+            (Generator::H2load(spec), load) => self.h2load(spec, load),
+            (Generator::Pacer(pacer::Request::Http(http)), Load::Max) => self.closed_loop(http),
+            (Generator::Pacer(request), load) => self.paced(request, load),
         };
         if let Some(h) = stall {
             let _ = h.join();
@@ -132,11 +132,14 @@ impl Window<'_> {
         }
     }
 
-    fn closed_loop(&self) -> Result<Sample> {
+    /// HTTP/1 at closed-loop maximum: wrk.
+    fn closed_loop(&self, http: &pacer::Http) -> Result<Sample> {
         let (threads, connections) = self.scenario.wrk_shape();
-        let mut cmd = Wrk::command(&self.target.url(), threads, connections, self.duration);
+        let scheme = if http.tls { "https" } else { "http" };
+        let url = format!("{scheme}://{}{}", self.target.addr, http.path);
+        let mut cmd = Wrk::command(&url, threads, connections, self.duration);
         cmd.arg("--latency");
-        if !self.target.keepalive {
+        if !http.keepalive {
             cmd.args(["-H", "Connection: close"]);
         }
         if let Some(cpu) = self.cpus.load {
@@ -194,13 +197,13 @@ impl Window<'_> {
         })
     }
 
-    fn paced(&self, rate: u32) -> Result<Sample> {
+    /// The bench's own generator: HTTP/1 at fixed rates, Kafka at any load.
+    fn paced(&self, request: &pacer::Request, load: Load) -> Result<Sample> {
         let spec = pacer::Spec {
             addr: self.target.addr,
-            path: self.target.path.to_string(),
-            tls: self.target.tls,
-            keepalive: self.target.keepalive,
-            rate,
+            request: request.clone(),
+            load,
+            connections: KAFKA_CONNECTIONS,
             duration: self.duration,
             cpu: self.cpus.load,
         };
@@ -209,7 +212,7 @@ impl Window<'_> {
             requests: o.completed,
             seconds: o.seconds,
             errors: o.errors,
-            late: Some(o.late),
+            late: matches!(load, Load::Rate(_)).then_some(o.late),
             p50_s: o.percentile(50.0),
             p99_s: o.percentile(99.0),
             ..self.empty()

@@ -1,14 +1,20 @@
-//! Open-loop load at a fixed request rate, for latency. wrk only runs
-//! closed loops; its `delay()` hook has millisecond timers that send
-//! requests in bursts, which would turn the agent's per-request cost into
-//! queueing. Here every request has its own send time, evenly spaced.
+//! The bench's own load generator, for what wrk cannot do: open-loop load
+//! at a fixed request rate (latency), and any load of Kafka Produce
+//! requests. wrk only runs closed loops; its `delay()` hook has millisecond
+//! timers that send requests in bursts, which would turn the agent's
+//! per-request cost into queueing. Here every request has its own send
+//! time, evenly spaced.
 //!
 //! Worker threads each own one connection (kept alive, or a new one per
-//! request) and the send times `start + (worker + k * workers) / rate`.
-//! Latency is measured from the actual send to the end of the response;
-//! sends that started more than `LATE` after their time are counted, so a
-//! generator or server falling behind shows instead of hiding.
+//! request) and, at a fixed rate, the send times
+//! `start + (worker + k * workers) / rate`; in a closed loop each sends
+//! its next request as soon as the last one is answered. Latency is
+//! measured from the actual send to the end of the response; sends that
+//! started more than `LATE` after their time are counted, so a generator or
+//! server falling behind shows instead of hiding.
 
+use super::produce;
+use super::scenario::Load;
 use anyhow::{bail, Context, Result};
 use openssl::ssl::{SslConnector, SslMethod, SslStream, SslVerifyMode};
 use std::io::{Read, Write};
@@ -21,13 +27,31 @@ const LATE: Duration = Duration::from_millis(1);
 const PER_WORKER: u32 = 1000;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What each request is.
 #[derive(Clone, Debug)]
-pub struct Spec {
-    pub addr: SocketAddr,
+pub enum Request {
+    Http(Http),
+    /// One record to partition 0 of `topic`, acknowledged by the leader.
+    KafkaProduce {
+        topic: String,
+    },
+}
+
+/// `GET path` over HTTP/1.1, 200 expected.
+#[derive(Clone, Debug)]
+pub struct Http {
     pub path: String,
     pub tls: bool,
     pub keepalive: bool,
-    pub rate: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub addr: SocketAddr,
+    pub request: Request,
+    /// A fixed rate, or a closed loop over `connections`.
+    pub load: Load,
+    pub connections: usize,
     pub duration: Duration,
     /// CPU the workers are pinned to.
     pub cpu: Option<usize>,
@@ -60,38 +84,24 @@ pub fn percentile_ns(sorted: &[u64], p: f64) -> Option<u64> {
 }
 
 pub fn run(spec: &Spec) -> Result<Outcome> {
-    if spec.rate == 0 {
-        bail!("a paced run needs a rate above 0");
-    }
-    let workers = spec.rate.div_ceil(PER_WORKER);
-    let tls = if spec.tls {
-        let mut b = SslConnector::builder(SslMethod::tls_client())?;
-        // The server's certificate is a throw-away self-signed one.
-        b.set_verify(SslVerifyMode::NONE);
-        Some(b.build())
-    } else {
-        None
-    };
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: clew-bench\r\n{}\r\n",
-        spec.path,
-        spec.addr,
-        if spec.keepalive {
-            ""
-        } else {
-            "Connection: close\r\n"
+    let (workers, period) = match spec.load {
+        Load::Rate(0) => bail!("a paced run needs a rate above 0"),
+        Load::Rate(rate) => {
+            let workers = rate.div_ceil(PER_WORKER);
+            let period = Duration::from_secs_f64(workers as f64 / rate as f64);
+            (workers as usize, Some(period))
         }
-    );
+        Load::Max => (spec.connections.max(1), None),
+    };
+    let client = ClientSpec::new(spec)?;
     // Leave the workers time to start before the first send.
     let start = Instant::now() + Duration::from_millis(50);
-    let period = Duration::from_secs_f64(workers as f64 / spec.rate as f64);
     let handles: Vec<_> = (0..workers)
         .map(|w| {
             let worker = Worker {
-                spec: spec.clone(),
-                tls: tls.clone(),
-                request: request.clone(),
-                first: start + Duration::from_secs_f64(w as f64 / spec.rate as f64),
+                client: client.clone(),
+                cpu: spec.cpu,
+                first: start + period.map_or(Duration::ZERO, |p| p * w as u32 / workers as u32),
                 period,
                 end: start + spec.duration,
             };
@@ -118,28 +128,24 @@ pub fn run(spec: &Spec) -> Result<Outcome> {
 }
 
 struct Worker {
-    spec: Spec,
-    tls: Option<SslConnector>,
-    request: String,
+    client: ClientSpec,
+    cpu: Option<usize>,
     first: Instant,
-    period: Duration,
+    /// Between two sends; `None` in a closed loop.
+    period: Option<Duration>,
     end: Instant,
 }
 
-trait Stream: Read + Write {}
-impl<T: Read + Write> Stream for T {}
-
 impl Worker {
     fn run(self) -> Result<Outcome> {
-        if let Some(cpu) = self.spec.cpu {
+        if let Some(cpu) = self.cpu {
             super::procfs::pin_self(cpu).context("pinning a pacer thread")?;
         }
         // The default 50 µs timer slack would blur the send times.
         // SAFETY: prctl with integer arguments only.
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
         let mut out = Outcome::default();
-        let mut conn: Option<Box<dyn Stream>> = None;
-        let mut buf = Vec::with_capacity(16 << 10);
+        let mut client = Client::new(&self.client);
         let mut due = self.first;
         while due < self.end {
             let now = Instant::now();
@@ -147,47 +153,123 @@ impl Worker {
                 std::thread::sleep(due - now);
             }
             let sent = Instant::now();
-            if sent - due > LATE {
+            if self.period.is_some() && sent - due > LATE {
                 out.late += 1;
             }
-            match self.exchange(&mut conn, &mut buf) {
-                Ok(200) => {
+            match client.exchange() {
+                Ok(()) => {
                     out.completed += 1;
                     out.latencies_ns.push(sent.elapsed().as_nanos() as u64);
                 }
-                Ok(_) | Err(_) => {
+                Err(_) => {
                     out.errors += 1;
-                    conn = None;
+                    client.conn = None;
                 }
             }
-            if !self.spec.keepalive {
-                conn = None;
-            }
-            due += self.period;
+            due = match self.period {
+                Some(p) => due + p,
+                None => Instant::now(),
+            };
         }
         Ok(out)
     }
+}
 
-    /// Sends one request (connecting first when needed) and reads the
-    /// response; returns its status.
-    fn exchange(&self, conn: &mut Option<Box<dyn Stream>>, buf: &mut Vec<u8>) -> Result<u16> {
-        if conn.is_none() {
-            *conn = Some(self.connect()?);
-        }
-        let s = conn.as_mut().expect("connected above");
-        s.write_all(self.request.as_bytes())?;
-        buf.clear();
-        let mut chunk = [0u8; 16 << 10];
-        loop {
-            if let Some(status) = response_complete(buf)? {
-                return Ok(status);
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+/// What the workers share: how to connect, and the request's bytes.
+#[derive(Clone)]
+struct ClientSpec {
+    addr: SocketAddr,
+    request: Request,
+    tls: Option<SslConnector>,
+    bytes: Vec<u8>,
+}
+
+impl ClientSpec {
+    fn new(spec: &Spec) -> Result<Self> {
+        let (tls, bytes) = match &spec.request {
+            Request::Http(Http {
+                path,
+                tls,
+                keepalive,
+            }) => {
+                let close = if *keepalive {
+                    ""
+                } else {
+                    "Connection: close\r\n"
+                };
+                let request = format!(
+                    "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: clew-bench\r\n{close}\r\n",
+                    spec.addr
+                );
+                let connector = if *tls {
+                    let mut b = SslConnector::builder(SslMethod::tls_client())?;
+                    // The server's certificate is a throw-away self-signed one.
+                    b.set_verify(SslVerifyMode::NONE);
+                    Some(b.build())
+                } else {
+                    None
+                };
+                (connector, request.into_bytes())
             }
-            let n = s.read(&mut chunk)?;
-            if n == 0 {
-                bail!("connection closed mid-response");
-            }
-            buf.extend_from_slice(&chunk[..n]);
+            Request::KafkaProduce { topic } => (None, produce::request(topic, b"clew-bench")?),
+        };
+        Ok(ClientSpec {
+            addr: spec.addr,
+            request: spec.request.clone(),
+            tls,
+            bytes,
+        })
+    }
+}
+
+/// One worker's connection and request.
+struct Client<'a> {
+    spec: &'a ClientSpec,
+    conn: Option<Box<dyn Stream>>,
+    bytes: Vec<u8>,
+    buf: Vec<u8>,
+    /// Kafka correlation id of the next request.
+    next_id: i32,
+}
+
+impl<'a> Client<'a> {
+    fn new(spec: &'a ClientSpec) -> Self {
+        Client {
+            spec,
+            conn: None,
+            bytes: spec.bytes.clone(),
+            buf: Vec::with_capacity(16 << 10),
+            next_id: 0,
         }
+    }
+
+    /// Sends one request (connecting first when needed) and reads its
+    /// response; an error unless it succeeded.
+    fn exchange(&mut self) -> Result<()> {
+        if self.conn.is_none() {
+            self.conn = Some(self.connect()?);
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        match &self.spec.request {
+            Request::Http(Http { keepalive, .. }) => {
+                conn.write_all(&self.bytes)?;
+                let status = read_response(conn, &mut self.buf)?;
+                if !keepalive {
+                    self.conn = None;
+                }
+                if status != 200 {
+                    bail!("HTTP status {status}");
+                }
+            }
+            Request::KafkaProduce { .. } => {
+                self.next_id = self.next_id.wrapping_add(1);
+                produce::exchange(conn, &mut self.bytes, self.next_id, &mut self.buf)?;
+            }
+        }
+        Ok(())
     }
 
     fn connect(&self) -> Result<Box<dyn Stream>> {
@@ -195,7 +277,7 @@ impl Worker {
         tcp.set_nodelay(true)?;
         tcp.set_read_timeout(Some(IO_TIMEOUT))?;
         tcp.set_write_timeout(Some(IO_TIMEOUT))?;
-        Ok(match &self.tls {
+        Ok(match &self.spec.tls {
             Some(c) => {
                 let mut cfg = c.configure()?;
                 cfg.set_verify_hostname(false);
@@ -206,6 +288,22 @@ impl Worker {
             }
             None => Box::new(tcp),
         })
+    }
+}
+
+/// Reads one HTTP response into `buf`; its status.
+fn read_response(conn: &mut Box<dyn Stream>, buf: &mut Vec<u8>) -> Result<u16> {
+    buf.clear();
+    let mut chunk = [0u8; 16 << 10];
+    loop {
+        if let Some(status) = response_complete(buf)? {
+            return Ok(status);
+        }
+        let n = conn.read(&mut chunk)?;
+        if n == 0 {
+            bail!("connection closed mid-response");
+        }
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 

@@ -1,9 +1,10 @@
 //! What is measured: the servers of each scenario (started in the traced
 //! cgroup and pinned) and how load is sent to them.
 
-use super::procfs;
+use super::{pacer, procfs};
 use crate::grpc::{GrpcService, SERVICE};
 use crate::h2::Nghttpd;
+use crate::kafka::Broker;
 use crate::load::NodeService;
 use crate::nginx::Nginx;
 use crate::process::TempDir;
@@ -27,7 +28,8 @@ pub enum Scenario {
     H2Nghttpd,
     /// gRPC unary: h2load sending gRPC-framed POSTs to a grpcio service.
     Grpc,
-    /// Kafka produce/consume (not implemented in the agent yet).
+    /// Kafka: one record per Produce request (`acks=1`) to a tansu
+    /// broker, from the bench's own producer.
     Kafka,
     /// nginx kept-alive, many connections, a 1 MiB ring buffer.
     Overload,
@@ -81,14 +83,6 @@ impl Scenario {
         }
     }
 
-    /// Why the scenario cannot run yet, for the table.
-    pub fn unavailable(self) -> Option<&'static str> {
-        match self {
-            Scenario::Kafka => Some("n/a (Kafka not implemented)"),
-            _ => None,
-        }
-    }
-
     /// Loads, lowest first: an agent's peak RSS at a fixed rate is then not
     /// raised by the maximum-load run that follows.
     pub fn loads(self, quick: bool) -> Vec<Load> {
@@ -97,6 +91,9 @@ impl Scenario {
             Scenario::NginxKeepalive => vec![Load::Rate(2000), Load::Rate(10_000), Load::Max],
             // One Python process serves it: a few thousand calls/s at most.
             Scenario::Grpc => vec![Load::Rate(1000), Load::Max],
+            // tansu acknowledges about 15k Produce requests/s on one core
+            // here: 10k/s would measure its queue more than the agent.
+            Scenario::Kafka => vec![Load::Rate(2000), Load::Max],
             Scenario::NginxLogging => vec![Load::Rate(2000), Load::Max],
             _ if quick => vec![Load::Rate(2000), Load::Max],
             Scenario::NodeDownstream => vec![Load::Rate(2000), Load::Max],
@@ -153,21 +150,33 @@ pub fn grpc_frame(msg: &[u8]) -> Vec<u8> {
     f
 }
 
+/// What loads a target.
+pub enum Generator {
+    /// The bench's own generator (`pacer`), at every load but HTTP/1's
+    /// closed-loop maximum, which wrk runs.
+    Pacer(pacer::Request),
+    /// HTTP/2: h2load at every load.
+    H2load(H2Load),
+}
+
 /// A scenario's servers, listening and pinned.
 pub struct Target {
     pub addr: SocketAddr,
-    pub path: &'static str,
-    pub tls: bool,
-    pub keepalive: bool,
-    /// HTTP/2 targets: loaded by h2load (else wrk and the pacer).
-    pub h2load: Option<H2Load>,
+    pub generator: Generator,
     // Held for their Drop, which stops them.
     _nginx: Option<Nginx>,
     _node: Option<NodeService>,
     _nghttpd: Option<Nghttpd>,
     _grpc: Option<GrpcService>,
+    _broker: Option<Broker>,
     _dir: Option<TempDir>,
 }
+
+/// The topic the Kafka scenario produces to (one partition).
+const KAFKA_TOPIC: &str = "bench";
+/// The Kafka producer's connections for the closed-loop maximum, one
+/// request in flight on each, as on wrk's.
+pub const KAFKA_CONNECTIONS: usize = 8;
 
 impl Target {
     /// Starts the servers of `scenario` inside `cg`, every thread of them
@@ -176,6 +185,7 @@ impl Target {
         let target = match scenario {
             Scenario::H2Nghttpd => Self::nghttpd(cg)?,
             Scenario::Grpc => Self::grpc(cg)?,
+            Scenario::Kafka => Self::kafka(cg)?,
             _ => Self::http1(scenario, cg)?,
         };
         if let Some(cpu) = cpu {
@@ -201,18 +211,21 @@ impl Target {
         let port = node.as_ref().map_or(nginx.port, |n| n.port);
         Ok(Target {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            path: if logging {
-                "/logged.html"
-            } else {
-                "/index.html"
-            },
-            tls,
-            keepalive: scenario.keepalive(),
-            h2load: None,
+            generator: Generator::Pacer(pacer::Request::Http(pacer::Http {
+                path: if logging {
+                    "/logged.html"
+                } else {
+                    "/index.html"
+                }
+                .into(),
+                tls,
+                keepalive: scenario.keepalive(),
+            })),
             _nginx: Some(nginx),
             _node: node,
             _nghttpd: None,
             _grpc: None,
+            _broker: None,
             _dir: None,
         })
     }
@@ -226,14 +239,12 @@ impl Target {
         };
         Ok(Target {
             addr: SocketAddr::from(([127, 0, 0, 1], server.port)),
-            path: "/index.html",
-            tls: false,
-            keepalive: true,
-            h2load: Some(h2load),
+            generator: Generator::H2load(h2load),
             _nginx: None,
             _node: None,
             _nghttpd: Some(server),
             _grpc: None,
+            _broker: None,
             _dir: None,
         })
     }
@@ -253,21 +264,32 @@ impl Target {
         };
         Ok(Target {
             addr: SocketAddr::from(([127, 0, 0, 1], service.port)),
-            path: "/clew.test.Echo/Unary",
-            tls: false,
-            keepalive: true,
-            h2load: Some(h2load),
+            generator: Generator::H2load(h2load),
             _nginx: None,
             _node: None,
             _nghttpd: None,
             _grpc: Some(service),
+            _broker: None,
             _dir: Some(dir),
         })
     }
 
-    pub fn url(&self) -> String {
-        let scheme = if self.tls { "https" } else { "http" };
-        format!("{scheme}://{}{}", self.addr, self.path)
+    /// A tansu broker (in-memory storage) with the bench's topic.
+    fn kafka(cg: &Cgroup) -> Result<Self> {
+        let broker = Broker::start_in(cg)?;
+        broker.create_topic(KAFKA_TOPIC, 1)?;
+        Ok(Target {
+            addr: SocketAddr::from(([127, 0, 0, 1], broker.port)),
+            generator: Generator::Pacer(pacer::Request::KafkaProduce {
+                topic: KAFKA_TOPIC.into(),
+            }),
+            _nginx: None,
+            _node: None,
+            _nghttpd: None,
+            _grpc: None,
+            _broker: Some(broker),
+            _dir: None,
+        })
     }
 }
 
