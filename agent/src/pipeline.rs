@@ -180,9 +180,10 @@ impl Pipeline {
         stats::add(&self.stats.events, 1);
         match capture::decode(record) {
             Ok(Event::Data(d)) => {
-                // The span comes first, as when it was a record of its own.
+                // The span first, for the request these bytes start: no
+                // session can have parsed that request yet.
                 if let Some(k) = d.kernel_ctx() {
-                    self.on_kernel_ctx(k);
+                    self.nesting.kernel(&k);
                 }
                 self.on_data(d)
             }
