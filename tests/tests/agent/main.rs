@@ -7,5 +7,6 @@
 
 mod config_file;
 mod probe;
+mod programs;
 mod start;
 mod synthetic;
