@@ -1,6 +1,8 @@
 //! Plaintext of TLS connections, from uprobes on the OpenSSL API
-//! (`SSL_read`, `SSL_write` and their `_ex` forms), attached by the agent to
-//! every libssl (or executable with OpenSSL inside) a selected process maps.
+//! (`SSL_read`, `SSL_write` and their `_ex` forms, or the internal function
+//! both forms call, which takes the `_ex` arguments: see the agent's
+//! `tls::internal`), attached by the agent to every libssl (or executable
+//! with OpenSSL inside) a selected process maps.
 //!
 //! The entry probe remembers the call's buffer; the return probe emits the
 //! bytes the call really moved as a data record of the socket the `SSL`
@@ -157,10 +159,11 @@ pub fn ssl_exit(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let _ = TLS_CALLS.remove(&pid_tgid);
-    // Both forms return an int: > 0 bytes, or 1 with the count in *out.
+    // Both forms return an int: > 0 bytes, or > 0 (1) with the count in
+    // *out (the internal functions behind the `_ex` forms, too).
     let rc = ctx.ret::<u64>() as i32;
     let len = if call.ex != 0 {
-        if rc != 1 {
+        if rc <= 0 {
             return 0;
         }
         match unsafe { bpf_probe_read_user(call.out as *const u64) } {

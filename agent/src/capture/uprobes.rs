@@ -22,6 +22,10 @@ pub struct SslOffsets {
     pub read_ex: Option<u64>,
     pub write_ex: Option<u64>,
     pub free: Option<u64>,
+    /// The function both read (write) forms call, when it can stand for
+    /// them (see `crate::tls::internal`): it takes the `_ex` arguments.
+    pub read_core: Option<u64>,
+    pub write_core: Option<u64>,
 }
 
 /// Where one Go function's code sits: its entry and every RET in it.
@@ -58,24 +62,49 @@ impl GoTlsOffsets {
 }
 
 impl SslOffsets {
-    /// Every call returns through `ssl_exit`.
+    /// Every call returns through `ssl_exit`; one probe pair on a shared
+    /// internal function replaces the pairs on the public forms.
+    ///
+    /// `SSL_free` and the return probes go first, the entries last: the
+    /// first attaches of a burst took 80–160 ms here (the kernel's uprobe
+    /// registration lock was cold), the rest about 30 µs each. So the
+    /// entries go on together, and a process making its first calls while
+    /// its probes are attached (per-process mode) does not have its reads
+    /// traced but not its writes for long, nor an entry without a return.
     pub fn plan(&self) -> Plan {
         let o = self;
-        let mut p = vec![
-            (prog::SSL_READ_ENTER, o.read),
-            (prog::SSL_EXIT, o.read),
-            (prog::SSL_WRITE_ENTER, o.write),
-            (prog::SSL_EXIT, o.write),
-        ];
-        if let Some(x) = o.read_ex {
-            p.extend([(prog::SSL_READ_EX_ENTER, x), (prog::SSL_EXIT, x)]);
+        let mut entries = Vec::new();
+        for (core, int, ex, int_enter, ex_enter) in [
+            (
+                o.read_core,
+                o.read,
+                o.read_ex,
+                prog::SSL_READ_ENTER,
+                prog::SSL_READ_EX_ENTER,
+            ),
+            (
+                o.write_core,
+                o.write,
+                o.write_ex,
+                prog::SSL_WRITE_ENTER,
+                prog::SSL_WRITE_EX_ENTER,
+            ),
+        ] {
+            match core {
+                Some(x) => entries.push((ex_enter, x)),
+                None => {
+                    entries.push((int_enter, int));
+                    entries.extend(ex.map(|x| (ex_enter, x)));
+                }
+            }
         }
-        if let Some(x) = o.write_ex {
-            p.extend([(prog::SSL_WRITE_EX_ENTER, x), (prog::SSL_EXIT, x)]);
-        }
-        if let Some(x) = o.free {
-            p.push((prog::SSL_FREE_ENTER, x));
-        }
+        let mut p: Plan = o
+            .free
+            .map(|x| (prog::SSL_FREE_ENTER, x))
+            .into_iter()
+            .collect();
+        p.extend(entries.iter().map(|&(_, x)| (prog::SSL_EXIT, x)));
+        p.extend(entries);
         p
     }
 }
@@ -188,6 +217,7 @@ mod tests {
             read_ex: Some(3),
             write_ex: None,
             free: Some(5),
+            ..Default::default()
         };
         let p = o.plan();
         for off in [1, 2, 3] {
@@ -195,5 +225,30 @@ mod tests {
         }
         assert!(!p.iter().any(|&(_, o)| o == 4));
         assert_eq!(p.iter().filter(|(n, _)| *n == "ssl_free_enter").count(), 1);
+    }
+
+    #[test]
+    fn a_shared_internal_function_replaces_both_forms() {
+        let o = SslOffsets {
+            read: 1,
+            write: 2,
+            read_ex: Some(3),
+            write_ex: Some(4),
+            free: Some(5),
+            read_core: Some(6),
+            write_core: None,
+        };
+        assert_eq!(
+            o.plan(),
+            vec![
+                ("ssl_free_enter", 5),
+                ("ssl_exit", 6),
+                ("ssl_exit", 2),
+                ("ssl_exit", 4),
+                ("ssl_read_ex_enter", 6),
+                ("ssl_write_enter", 2),
+                ("ssl_write_ex_enter", 4),
+            ]
+        );
     }
 }

@@ -7,7 +7,10 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use object::{Object, ObjectSection, ObjectSymbol};
 
-use super::go::{self, GoTls};
+use super::{
+    go::{self, GoTls},
+    internal,
+};
 use crate::capture::{GoTlsOffsets, Plan, SslOffsets};
 
 /// A TLS implementation found in a process.
@@ -113,24 +116,30 @@ fn openssl_offsets(elf: &object::File<'_>) -> Option<SslOffsets> {
         "SSL_write_ex",
         "SSL_free",
     ];
-    let mut found = [None; 5];
+    // (file offset, virtual address) of each.
+    let mut found: [Option<(u64, u64)>; 5] = [None; 5];
     for table in [elf.dynamic_symbols(), elf.symbols()] {
         for sym in table.filter(|s| s.is_definition()) {
             let Ok(name) = sym.name() else { continue };
             if let Some(i) = NAMES.iter().position(|n| *n == name) {
-                found[i] = found[i].or_else(|| file_offset(elf, &sym));
+                found[i] = found[i].or_else(|| Some((file_offset(elf, &sym)?, sym.address())));
             }
         }
         if found[0].is_some() && found[1].is_some() {
             break;
         }
     }
+    let core = |int: Option<(u64, u64)>, ex: Option<(u64, u64)>| {
+        internal::shared_callee(elf, int?.1, ex?.1)
+    };
     Some(SslOffsets {
-        read: found[0]?,
-        write: found[1]?,
-        read_ex: found[2],
-        write_ex: found[3],
-        free: found[4],
+        read: found[0]?.0,
+        write: found[1]?.0,
+        read_ex: found[2].map(|f| f.0),
+        write_ex: found[3].map(|f| f.0),
+        free: found[4].map(|f| f.0),
+        read_core: core(found[0], found[2]),
+        write_core: core(found[1], found[3]),
     })
 }
 

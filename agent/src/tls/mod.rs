@@ -13,6 +13,7 @@
 //! first connection.
 
 pub(crate) mod go;
+mod internal;
 pub(crate) mod library;
 mod maps;
 
