@@ -80,12 +80,18 @@ pub struct Session {
 /// `net/http`, with its own goroutines for each) can finish reading the
 /// response before the writing thread's syscall returns, and the ring
 /// buffer orders records by return. On a connection seen from its first
-/// byte, a response before any request can only be that; it waits for the
-/// next request instead of shifting every later pairing by one.
+/// byte, a response before any request can only be that, or the answer to
+/// a request whose bytes were missed (TLS probes attached while it was
+/// written): it waits for the next request written by another thread. The
+/// thread that read it cannot be the one about to write its request, since
+/// a thread's calls return in order: to that thread's request it is an
+/// orphan, and pairing it would shift every later pairing by one.
 struct Early {
     head: ResponseHead,
     /// When its last byte was read, if it was.
     end_ns: Option<u64>,
+    /// The thread that read it.
+    tid: u32,
 }
 
 /// Early responses held at most per connection.
@@ -150,13 +156,13 @@ impl Session {
                     tid: d.tid,
                 };
                 self.on_request_frame(f, thread, d.conn_id, nesting);
-                self.pair_early(out);
+                self.pair_early(d.tid, out);
             }
         } else {
             self.responses
                 .feed(d.payload, d.total, d.ts_ns, &mut frames);
             for f in frames.drain(..) {
-                self.on_response_frame(f, nesting, out);
+                self.on_response_frame(f, d.tid, nesting, out);
             }
         }
         self.frames = frames;
@@ -174,7 +180,8 @@ impl Session {
         let mut frames = std::mem::take(&mut self.frames);
         self.responses.finish(ts, &mut frames);
         for f in frames.drain(..) {
-            self.on_response_frame(f, nesting, out);
+            // Read before the close by some thread: no request follows.
+            self.on_response_frame(f, 0, nesting, out);
         }
         self.losses.orphan_responses += self.early.len() as u64;
         self.early.clear();
@@ -202,11 +209,17 @@ impl Session {
         true
     }
 
-    /// A request arrived while responses read before it wait: the oldest
-    /// answers it (requests and responses keep their order on a
-    /// connection). Its span ends no earlier than it starts, since the
-    /// request's timestamp is the late syscall return.
-    fn pair_early<T: From<Exchange>>(&mut self, out: &mut Vec<T>) {
+    /// A request written by thread `tid` arrived while responses read
+    /// before it wait: the oldest read by another thread answers it
+    /// (requests and responses keep their order on a connection); those
+    /// `tid` read itself answered requests that were missed. Its span ends
+    /// no earlier than it starts, since the request's timestamp is the late
+    /// syscall return.
+    fn pair_early<T: From<Exchange>>(&mut self, tid: u32, out: &mut Vec<T>) {
+        while self.early.front().is_some_and(|e| e.tid == tid) {
+            self.early.pop_front();
+            self.losses.orphan_responses += 1;
+        }
         // Only the oldest request may take it: an earlier one still
         // without response would mean the order is not what it seems.
         let waiting = self.pending.iter().position(|p| p.response.is_none());
@@ -269,6 +282,7 @@ impl Session {
     fn on_response_frame<T: From<Exchange>>(
         &mut self,
         f: Frame,
+        tid: u32,
         nesting: &mut Nesting,
         out: &mut Vec<T>,
     ) {
@@ -284,7 +298,11 @@ impl Session {
                         && !self.mid_stream
                         && self.early.len() < MAX_EARLY =>
                     {
-                        self.early.push_back(Early { head, end_ns: None })
+                        self.early.push_back(Early {
+                            head,
+                            end_ns: None,
+                            tid,
+                        })
                     }
                     None => self.losses.orphan_responses += 1,
                 }
@@ -313,12 +331,16 @@ mod tests {
     use super::*;
     use crate::sampling::{Root, Sampler};
 
-    fn run(mid_stream: bool, calls: &[(bool, &'static [u8])]) -> (Vec<Exchange>, Losses) {
+    /// Feeds `calls` (ingress, bytes, by which thread) to a client session.
+    fn run(mid_stream: bool, calls: &[(bool, &'static [u8], u32)]) -> (Vec<Exchange>, Losses) {
         let mut s = Session::new(Role::Client, mid_stream, None);
         let mut nesting = Nesting::new(Sampler::ParentBased(Root::AlwaysOn));
         let mut out: Vec<Exchange> = Vec::new();
-        for (i, (ingress, bytes)) in calls.iter().enumerate() {
-            let d = Data::synthetic(1, *ingress, bytes, bytes.len(), i as u64 + 1);
+        for (i, (ingress, bytes, tid)) in calls.iter().enumerate() {
+            let d = Data {
+                tid: *tid,
+                ..Data::synthetic(1, *ingress, bytes, bytes.len(), i as u64 + 1)
+            };
             s.on_data(&d, &mut nesting, &mut out);
         }
         (out, s.losses)
@@ -344,7 +366,12 @@ mod tests {
     fn a_response_read_before_its_request_record_still_pairs_right() {
         let (out, losses) = run(
             false,
-            &[(true, OK), (false, REQ_A), (false, REQ_B), (true, FAIL)],
+            &[
+                (true, OK, 8),
+                (false, REQ_A, 7),
+                (false, REQ_B, 7),
+                (true, FAIL, 8),
+            ],
         );
         assert_eq!(
             statuses(&out),
@@ -362,8 +389,34 @@ mod tests {
     /// answer to a request from before the agent: it pairs with nothing.
     #[test]
     fn mid_stream_orphans_answer_nothing_later() {
-        let (out, losses) = run(true, &[(true, OK), (false, REQ_B), (true, FAIL)]);
+        let (out, losses) = run(true, &[(true, OK, 7), (false, REQ_B, 7), (true, FAIL, 7)]);
         assert_eq!(statuses(&out), [("/fail".to_owned(), Some(500))]);
+        assert_eq!(losses.orphan_responses, 1);
+    }
+
+    /// A response the writing thread read itself before its next request
+    /// answered a request whose bytes were missed (TLS probes attached
+    /// while it was written): it answers nothing later, and no later
+    /// request is paired with its predecessor's response.
+    #[test]
+    fn a_missed_request_shifts_no_later_pairing() {
+        let (out, losses) = run(
+            false,
+            &[
+                (true, OK, 7),
+                (false, REQ_A, 7),
+                (true, FAIL, 7),
+                (false, REQ_B, 7),
+                (true, OK, 7),
+            ],
+        );
+        assert_eq!(
+            statuses(&out),
+            [
+                ("/a".to_owned(), Some(500)),
+                ("/fail".to_owned(), Some(200))
+            ]
+        );
         assert_eq!(losses.orphan_responses, 1);
     }
 }

@@ -224,10 +224,15 @@ mod tests {
 
     #[test]
     fn a_response_read_before_its_request_answers_it_not_a_failure() {
-        // On a connection seen from its start, a response before any
-        // request is one whose request record is late (see session::Early).
+        // On a connection seen from its start, a response another thread
+        // read before any request is one whose request record is late (see
+        // session::Early).
         let mut h = Harness::new(Role::Client);
-        h.feed(true, OK, 1);
+        let read = Data {
+            tid: 8,
+            ..data(true, OK, 1, 1)
+        };
+        h.s.on_data(&read, &mut h.n, &mut h.out);
         h.feed(false, b"GET /a HTTP/1.1\r\n\r\n", 2);
         h.s.on_close(3, &mut h.n, &mut h.out);
         assert_eq!(h.s.losses.unanswered, 0);
