@@ -12,7 +12,7 @@ use clew_common::{connstate, dataflag, kind, role, ConnEvent, ConnInfo, ConnKey,
 use crate::{
     maps::{
         inflight_put, inflight_take, mark_has_conns, may_have_conns, next_conn_id, now, Inflight,
-        CONNS, EVENTS,
+        CONNS, EVENTS, QUIET, URGENT,
     },
     select::current_selected,
     sock, tcp_option, tp,
@@ -57,6 +57,7 @@ fn emit(
     fd: u32,
     peer: SockAddr,
     local: SockAddr,
+    wake: u64,
 ) {
     let ev = ConnEvent {
         kind,
@@ -71,7 +72,7 @@ fn emit(
         peer,
         local,
     };
-    if EVENTS.output::<ConnEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<ConnEvent>(&ev, wake).is_err() {
         crate::maps::count(clew_common::stat::RINGBUF_DROPS);
     }
 }
@@ -109,8 +110,23 @@ fn open(pid_tgid: u64, fd: u32, role: u8, peer: SockAddr, local: SockAddr) -> u6
         _pad: [0; 6],
     };
     if CONNS.insert(&key, &info, 0).is_ok() {
-        mark_has_conns(key.tgid);
-        emit(kind::CONN_OPEN, id, role, 0, pid_tgid, fd, peer, local);
+        // The process's first connection: the agent reads its facts now.
+        let wake = if mark_has_conns(key.tgid) {
+            URGENT
+        } else {
+            QUIET
+        };
+        emit(
+            kind::CONN_OPEN,
+            id,
+            role,
+            0,
+            pid_tgid,
+            fd,
+            peer,
+            local,
+            wake,
+        );
     }
     id
 }
@@ -223,6 +239,7 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
         key.fd,
         SockAddr::default(),
         SockAddr::default(),
+        QUIET,
     );
     0
 }

@@ -15,7 +15,7 @@ use clew_common::{ctxflag, h2, kind, CtxEvent, TraceCtx, MAX_INFLIGHT, MAX_PIDS}
 use crate::{
     carry,
     goroutine::{self, Goroutine},
-    maps::{count, EVENTS},
+    maps::{count, EVENTS, QUIET},
 };
 
 /// Head sampling, set by the agent from OTEL_TRACES_SAMPLER(_ARG): a new
@@ -473,7 +473,7 @@ pub fn emit(role: u8, conn_id: u64, ts_ns: u64, ctx: &TraceCtx, stream_id: u32) 
         stream_id,
         _pad2: 0,
     };
-    if EVENTS.output::<CtxEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<CtxEvent>(&ev, QUIET).is_err() {
         count(clew_common::stat::RINGBUF_DROPS);
     }
 }

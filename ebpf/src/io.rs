@@ -33,7 +33,7 @@ use crate::{
     logs,
     maps::{
         capture_limit, count, inflight_put, inflight_take, may_have_conns, now, Inflight, Scratch,
-        CONNS, EVENTS, SCRATCH,
+        CONNS, EVENTS, QUIET, SCRATCH,
     },
     observe, tls, tp,
 };
@@ -548,7 +548,7 @@ fn submit(v: &Inflight, size: usize) -> u8 {
         size
     };
     let bytes = unsafe { core::slice::from_raw_parts(s as *const Scratch as *const u8, size) };
-    let lost = EVENTS.output::<[u8]>(bytes, 0).is_err();
+    let lost = EVENTS.output::<[u8]>(bytes, QUIET).is_err();
     if lost {
         count(stat::RINGBUF_DROPS);
     } else {

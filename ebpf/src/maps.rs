@@ -1,7 +1,7 @@
 //! Maps and load-time constants shared by the programs.
 
 use aya_ebpf::{
-    bindings::BPF_F_MMAPABLE,
+    bindings::{BPF_F_MMAPABLE, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -52,6 +52,15 @@ pub fn exec_filename_offset() -> u32 {
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RINGBUF_BYTES, 0);
 
+/// Ring-buffer flags. Records of requests wake nobody: the agent drains the
+/// ring on a timer, and a wake-up per record would cost it a context
+/// switch per syscall.
+pub const QUIET: u64 = BPF_RB_NO_WAKEUP as u64;
+/// A record the agent must handle while its process is surely there (an
+/// exec, a process's first connection: it reads the process's facts from
+/// `/proc`) wakes it at once.
+pub const URGENT: u64 = BPF_RB_FORCE_WAKEUP as u64;
+
 #[map]
 pub static CONNS: LruHashMap<ConnKey, ConnInfo> = LruHashMap::with_max_entries(MAX_CONNS, 0);
 
@@ -80,13 +89,18 @@ pub fn may_have_conns(tgid: u32) -> bool {
     }
 }
 
-/// Process `tgid` now has a tracked connection. A plain byte store: no
-/// read-modify-write another CPU could race.
+/// Process `tgid` now has a tracked connection; returns whether it had
+/// none marked before (two CPUs racing may both say so). A plain byte
+/// store: no read-modify-write another CPU could undo.
 #[inline(always)]
-pub fn mark_has_conns(tgid: u32) {
-    if let Some(page) = CONN_TGIDS.get_ptr_mut(tgid / TGID_PAGE as u32) {
-        unsafe { (*page)[tgid as usize & (TGID_PAGE - 1)] = 1 };
-    }
+pub fn mark_has_conns(tgid: u32) -> bool {
+    let Some(page) = CONN_TGIDS.get_ptr_mut(tgid / TGID_PAGE as u32) else {
+        return false;
+    };
+    let byte = unsafe { &mut (*page)[tgid as usize & (TGID_PAGE - 1)] };
+    let first = *byte == 0;
+    *byte = 1;
+    first
 }
 
 /// The syscall each thread is in, by pid_tgid. An entry is written over in

@@ -16,11 +16,11 @@ use crate::{
     context,
     maps::{
         count, exec_filename_offset, fork_child_pid_offset, inflight_forget, now, select_mode,
-        EVENTS, EXE_NAMES, EXE_PATHS, PIDS,
+        EVENTS, EXE_NAMES, EXE_PATHS, PIDS, QUIET, URGENT,
     },
 };
 
-fn emit(kind: u32, tgid: u32, flags: u32) {
+fn emit(kind: u32, tgid: u32, flags: u32, wake: u64) {
     let ev = ProcEvent {
         kind,
         tgid,
@@ -28,7 +28,7 @@ fn emit(kind: u32, tgid: u32, flags: u32) {
         flags,
         _pad: 0,
     };
-    if EVENTS.output::<ProcEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<ProcEvent>(&ev, wake).is_err() {
         count(clew_common::stat::RINGBUF_DROPS);
     }
 }
@@ -65,7 +65,8 @@ pub fn proc_exec(ctx: TracePointContext) -> u32 {
     {
         flags = procflag::EXE_SELECTED;
     }
-    emit(kind::PROC_EXEC, tgid, flags);
+    // The agent reads the new program's facts while it surely runs.
+    emit(kind::PROC_EXEC, tgid, flags, URGENT);
     0
 }
 
@@ -108,7 +109,7 @@ pub fn proc_exit(_ctx: TracePointContext) -> u32 {
     inflight_forget(pid_tgid);
     context::thread_exit(pid_tgid);
     if tid == (pid_tgid >> 32) as u32 {
-        emit(kind::PROC_EXIT, tid, 0);
+        emit(kind::PROC_EXIT, tid, 0, QUIET);
     }
     0
 }
