@@ -301,10 +301,12 @@ mod tests {
                 verdict: false
             }
         );
-        drop(f);
-        // The same number, another file: judged anew.
+        // The same number, another file: judged anew. dup2 swaps the file
+        // under the number f still holds (closing f and reopening could hand
+        // the number to another test's thread first).
         let (g, other_ino) = open(&other);
-        assert_eq!(g.as_raw_fd() as u32, fd);
+        // SAFETY: both descriptors are open and owned by this test.
+        assert_eq!(unsafe { libc::dup2(g.as_raw_fd(), fd as i32) }, fd as i32);
         assert_eq!(
             files.judge(me, fd, other_ino, 7, false),
             Judgement::Skip { verdict: true }
@@ -312,7 +314,7 @@ mod tests {
         // A record of the earlier file read after the fd changed cannot be placed.
         assert_eq!(files.judge(me, fd, ino, 7, false), Judgement::Unresolved);
         assert_eq!(files.forget_process(me), vec![fd]);
-        drop(g);
+        drop((f, g));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
