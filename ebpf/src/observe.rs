@@ -23,8 +23,8 @@ pub struct Staged {
     /// that the SERVER span decided for it leaves inside it (one ring
     /// record instead of two); submitted once the observer is done.
     pub held: u8,
-    /// A SERVER span was decided for the request these bytes start.
-    pub decided: u8,
+    /// The SERVER span decided for the request these bytes start (a zero
+    /// span id, which no span has: none).
     pub ctx: TraceCtx,
 }
 
@@ -63,7 +63,6 @@ pub fn dispatch<C: EbpfContext>(
             len,
             ts,
             held: held as u8,
-            decided: 0,
             ctx: TraceCtx::default(),
         };
         // Returns only when the slot is empty: nothing to observe.
@@ -123,10 +122,7 @@ pub fn server_span(s: &Staged, ctx: &TraceCtx) {
         return;
     }
     if let Some(slot) = STAGED.get_ptr_mut(0) {
-        unsafe {
-            (*slot).decided = 1;
-            (*slot).ctx = *ctx;
-        }
+        unsafe { (*slot).ctx = *ctx };
     }
 }
 
@@ -137,7 +133,10 @@ pub fn release(s: &Staged) {
     if s.held == 0 {
         return;
     }
-    let decided = STAGED.get(0).filter(|d| d.decided != 0).map(|d| &d.ctx);
+    let decided = STAGED
+        .get(0)
+        .map(|d| &d.ctx)
+        .filter(|c| c.span_id != [0; 8]);
     io::submit_held(&s.v, decided);
 }
 
