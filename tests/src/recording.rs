@@ -59,6 +59,24 @@ impl RecordingServer {
         })
     }
 
+    /// The records once `done` holds for them. A client that does not read
+    /// until EOF (a traced service's HTTP client) can see its response
+    /// before the server has written the connection's record.
+    pub fn wait_for(
+        &self,
+        done: impl Fn(&[Recorded]) -> bool,
+        timeout: Duration,
+    ) -> Result<Vec<Recorded>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let records = self.records()?;
+            if done(&records) || Instant::now() > deadline {
+                return Ok(records);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Every connection closed so far, in the order they closed.
     pub fn records(&self) -> Result<Vec<Recorded>> {
         let text = std::fs::read_to_string(&self.record).unwrap_or_default();

@@ -109,6 +109,17 @@ fn cases() -> Vec<Case> {
 /// lines: `traceparent` right after the request line, then the
 /// `tracestate` line if `forwarded`. `own` is the service's own
 /// `tracestate`, sent last. Returns the injected `traceparent` value.
+/// The recording server's records once each of `paths` is among them: the
+/// service's HTTP client does not wait for the server's record of its
+/// connection.
+fn records_of(recording: &RecordingServer, paths: &[String]) -> Result<Vec<Recorded>> {
+    let has = |r: &[Recorded], path: &String| {
+        let line = format!("GET {path} HTTP/1.1\r\n");
+        r.iter().any(|r| r.data.starts_with(line.as_bytes()))
+    };
+    recording.wait_for(|r| paths.iter().all(|p| has(r, p)), Duration::from_secs(10))
+}
+
 fn check_bytes(
     recorded: &[Recorded],
     path: &str,
@@ -212,7 +223,9 @@ fn tracestate_is_carried_byte_for_byte_within_the_bound() -> Result<()> {
         },
         SPAN_TIMEOUT,
     )?;
-    let recorded = recording.records()?;
+    let mut paths: Vec<String> = cases.iter().map(|c| format!("/work/{}", c.name)).collect();
+    paths.push("/work/own".into());
+    let recorded = records_of(&recording, &paths)?;
     let mut failures = Vec::new();
     for c in &cases {
         let checked = (|| -> Result<()> {
@@ -349,7 +362,8 @@ fn the_probability_sampler_s_threshold_goes_to_the_next_hop() -> Result<()> {
         let status = raw_get(front.port, &format!("/chain/th-{i}"), &[])?;
         ensure!(status == 200, "th-{i}: status {status}");
     }
-    let recorded = recording.records()?;
+    let paths: Vec<String> = (0..REQUESTS).map(|i| format!("/work/th-{i}")).collect();
+    let recorded = records_of(&recording, &paths)?;
     let mut kept = Vec::new();
     for i in 0..REQUESTS {
         let path = format!("/work/th-{i}");
