@@ -3,8 +3,6 @@
 //! drop it. Span metrics, redaction and route templating belong here, so
 //! they apply to every protocol without touching any of them.
 
-use std::borrow::Cow;
-
 use crate::span::{AttrValue, Span};
 
 pub trait Processor: Send {
@@ -55,13 +53,7 @@ impl Processor for TruncateAttributes {
                     while !s.is_char_boundary(end) {
                         end -= 1;
                     }
-                    *s = match std::mem::take(s) {
-                        Cow::Borrowed(b) => Cow::Borrowed(&b[..end]),
-                        Cow::Owned(mut o) => {
-                            o.truncate(end);
-                            Cow::Owned(o)
-                        }
-                    };
+                    s.truncate(end);
                 }
             }
         }

@@ -238,7 +238,7 @@ impl Processor for Redact {
                 _ => continue,
             };
             if let Cow::Owned(new) = new {
-                *s = Cow::Owned(new);
+                *s = new.into();
             }
         }
         true

@@ -2,6 +2,7 @@
 //! process is, the trace context a request starts, and how an exchange's
 //! context and timing become a span.
 
+use compact_str::{CompactString, ToCompactString};
 use std::{
     borrow::Cow,
     net::{IpAddr, SocketAddr},
@@ -205,11 +206,11 @@ impl Frame {
 /// An address as `Display` writes it. IPv4, the usual case, is written
 /// digit by digit: through the formatter it cost a span as much as all its
 /// other attributes.
-pub fn ip_text(ip: IpAddr) -> String {
+pub fn ip_text(ip: IpAddr) -> CompactString {
     let IpAddr::V4(v4) = ip else {
-        return ip.to_string();
+        return ip.to_compact_string();
     };
-    let mut s = String::with_capacity(15);
+    let mut s = CompactString::const_new("");
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
             s.push('.');

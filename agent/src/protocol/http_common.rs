@@ -3,6 +3,8 @@
 
 use std::{borrow::Cow, sync::Arc};
 
+use compact_str::{CompactString, ToCompactString};
+
 use super::common::{ip_text, push_peer, ConnFacts, Frame, Role, SpanOptions};
 use crate::{
     clock::Clock,
@@ -57,10 +59,7 @@ pub fn http_span(
     let mut a: Attributes = Vec::with_capacity(14);
     let known = known_method(call.method, opts);
     if known.is_none() {
-        a.push((
-            "http.request.method_original",
-            call.method.to_owned().into(),
-        ));
+        a.push(("http.request.method_original", AttrValue::text(call.method)));
     }
     a.push(("http.request.method", known.unwrap_or("_OTHER").into()));
     if let Some(status) = call.status {
@@ -75,7 +74,7 @@ pub fn http_span(
     match frame.role {
         Role::Server => {
             a.push(("url.scheme", scheme.into()));
-            a.push(("url.path", call.path.to_owned().into()));
+            a.push(("url.path", AttrValue::text(call.path)));
             if let Some(s) = server {
                 a.push(("server.address", s.into()));
             }
@@ -104,7 +103,7 @@ pub fn http_span(
         .query
         .filter(|_| opts.capture_query && frame.role == Role::Server)
     {
-        a.push(("url.query", q.to_owned().into()));
+        a.push(("url.query", AttrValue::text(q)));
     }
     let wanted_baggage = !opts.baggage_keys.is_empty();
     if let Some(b) = call.baggage.filter(|_| wanted_baggage) {
@@ -115,10 +114,10 @@ pub fn http_span(
         }
     }
     if let Some(ua) = call.user_agent {
-        a.push(("user_agent.original", ua.to_owned().into()));
+        a.push(("user_agent.original", AttrValue::text(ua)));
     }
     let error = error_type(frame.role, &call);
-    a.push(("network.protocol.version", AttrValue::Str(call.version)));
+    a.push(("network.protocol.version", call.version.into()));
     let status = match error {
         Some(e) => {
             a.push(("error.type", AttrValue::Str(e)));
@@ -139,11 +138,11 @@ fn known_method(method: &str, opts: SpanOptions) -> Option<&'static str> {
 }
 
 /// Servers fail on 5xx, clients on 4xx too (the conventions' rule).
-fn error_type(role: Role, call: &HttpCall<'_>) -> Option<Cow<'static, str>> {
+fn error_type(role: Role, call: &HttpCall<'_>) -> Option<CompactString> {
     let error_from = if role == Role::Server { 500 } else { 400 };
     match (call.status, call.failure) {
-        (Some(s), _) if s >= error_from => Some(Cow::Owned(s.to_string())),
-        (_, Some(f)) => Some(Cow::Borrowed(f)),
+        (Some(s), _) if s >= error_from => Some(s.to_compact_string()),
+        (_, Some(f)) => Some(CompactString::const_new(f)),
         _ => None,
     }
 }
@@ -168,10 +167,7 @@ pub fn http_measure<'a>(
     if let Some(e) = error {
         a.push(("error.type", AttrValue::Str(e)));
     }
-    a.push((
-        "network.protocol.version",
-        AttrValue::Str(call.version.clone()),
-    ));
+    a.push(("network.protocol.version", call.version.clone().into()));
     let instrument = match role {
         Role::Server => {
             let tls = call
@@ -200,14 +196,14 @@ pub fn server_endpoint(
     role: Role,
     conn: &ConnFacts,
     authority: Option<&str>,
-) -> (Option<String>, Option<u16>) {
+) -> (Option<CompactString>, Option<u16>) {
     let (host, port) = authority.map(split_host).unwrap_or((None, None));
     let socket = match role {
         Role::Server => conn.local,
         Role::Client => conn.peer,
     };
     (
-        host.map(str::to_owned)
+        host.map(CompactString::new)
             .or_else(|| socket.map(|s| ip_text(s.ip()))),
         port.or(socket.map(|s| s.port())),
     )

@@ -1,8 +1,16 @@
 //! Parsed HTTP/1 message heads, kept compactly: every string of a head lives
-//! back to back in one buffer, so a head costs two allocations however many
-//! headers it has (the agent keeps one per request in flight).
+//! back to back in one buffer, so a head costs one allocation however many
+//! headers it has (the agent keeps one per request in flight), two past
+//! [`INLINE_ITEMS`] strings.
+
+use smallvec::SmallVec;
 
 use crate::protocol::http_common::bounded_text;
+
+/// Strings whose offsets a head keeps without an allocation of its own:
+/// a start line and a dozen headers, more than most requests and
+/// responses carry.
+const INLINE_ITEMS: usize = 28;
 
 /// Headers kept per message; the ones past this still count for framing.
 pub const MAX_HEADERS: usize = 64;
@@ -14,14 +22,14 @@ pub const MAX_HEADER_VALUE: usize = 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Strings {
     text: String,
-    ends: Vec<u32>,
+    ends: SmallVec<[u32; INLINE_ITEMS]>,
 }
 
 impl Strings {
     fn with_capacity(bytes: usize, items: usize) -> Self {
         Strings {
             text: String::with_capacity(bytes),
-            ends: Vec::with_capacity(items),
+            ends: SmallVec::with_capacity(items),
         }
     }
 
