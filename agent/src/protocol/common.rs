@@ -210,20 +210,26 @@ pub fn ip_text(ip: IpAddr) -> CompactString {
     let IpAddr::V4(v4) = ip else {
         return ip.to_compact_string();
     };
-    let mut s = CompactString::const_new("");
+    let mut s = [0u8; 15];
+    let mut n = 0;
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
-            s.push('.');
+            s[n] = b'.';
+            n += 1;
         }
         if octet >= 100 {
-            s.push(char::from(b'0' + octet / 100));
+            s[n] = b'0' + octet / 100;
+            n += 1;
         }
         if octet >= 10 {
-            s.push(char::from(b'0' + octet / 10 % 10));
+            s[n] = b'0' + octet / 10 % 10;
+            n += 1;
         }
-        s.push(char::from(b'0' + octet % 10));
+        s[n] = b'0' + octet % 10;
+        n += 1;
     }
-    s
+    // SAFETY: digits and dots only.
+    CompactString::new(unsafe { std::str::from_utf8_unchecked(&s[..n]) })
 }
 
 /// The other end of the socket (`client.address` too when we serve).

@@ -120,9 +120,6 @@ pub enum Session {
 }
 
 /// A finished request/response (or message) that its protocol turns into a span.
-// HTTP/1, by far the most frequent, is kept unboxed with its heads' offsets
-// inline: an allocation per exchange costs more than moving it.
-#[allow(clippy::large_enum_variant)]
 pub enum Transaction {
     Http1(http1::Exchange),
     /// Boxed: its decoded fields make it several times HTTP/1's size.

@@ -1,52 +1,67 @@
 //! Parsed HTTP/1 message heads, kept compactly: every string of a head lives
-//! back to back in one buffer, so a head costs one allocation however many
-//! headers it has (the agent keeps one per request in flight), two past
-//! [`INLINE_ITEMS`] strings.
-
-use smallvec::SmallVec;
+//! back to back in one buffer after their offsets, so a head costs one
+//! allocation however many headers it has (the agent keeps one per request
+//! in flight).
 
 use crate::protocol::http_common::bounded_text;
-
-/// Strings whose offsets a head keeps without an allocation of its own:
-/// a start line and a dozen headers, more than most requests and
-/// responses carry.
-const INLINE_ITEMS: usize = 28;
 
 /// Headers kept per message; the ones past this still count for framing.
 pub const MAX_HEADERS: usize = 64;
 /// Bytes kept of each header value.
 pub const MAX_HEADER_VALUE: usize = 1024;
 
-/// Strings stored back to back: item `i` ends at `ends[i]` and starts where
-/// item `i - 1` ended.
+/// A fixed number of strings in one buffer: first where each ends (`u32`,
+/// relative to the first string), then the strings back to back. Item `i`
+/// starts where item `i - 1` ended.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Strings {
-    text: String,
-    ends: SmallVec<[u32; INLINE_ITEMS]>,
+    buf: Vec<u8>,
+    /// Items the buffer has offsets for.
+    items: u32,
+    /// Items pushed so far.
+    len: u32,
 }
 
 impl Strings {
+    /// Room for `items` strings of `bytes` in all (more is allowed).
     fn with_capacity(bytes: usize, items: usize) -> Self {
+        let mut buf = Vec::with_capacity(4 * items + bytes);
+        buf.resize(4 * items, 0);
         Strings {
-            text: String::with_capacity(bytes),
-            ends: SmallVec::with_capacity(items),
+            buf,
+            items: items as u32,
+            len: 0,
         }
     }
 
     fn push(&mut self, s: &str) {
-        self.text.push_str(s);
+        self.buf.extend_from_slice(s.as_bytes());
         self.close();
     }
 
     /// Lossy UTF-8 of at most [`MAX_HEADER_VALUE`] bytes, cut on a character boundary.
     fn push_value(&mut self, value: &[u8]) {
-        self.text.push_str(&bounded_text(value, MAX_HEADER_VALUE));
+        self.buf
+            .extend_from_slice(bounded_text(value, MAX_HEADER_VALUE).as_bytes());
         self.close();
     }
 
     fn close(&mut self) {
+        let i = self.len as usize;
+        assert!(i < self.items as usize, "more strings than offsets");
         // Heads are at most MAX_HEAD (64 KiB) long, values cut: u32 is plenty.
-        self.ends.push(self.text.len() as u32);
+        let end = (self.buf.len() - self.text_start()) as u32;
+        self.buf[4 * i..4 * i + 4].copy_from_slice(&end.to_ne_bytes());
+        self.len += 1;
+    }
+
+    fn text_start(&self) -> usize {
+        4 * self.items as usize
+    }
+
+    fn end(&self, i: usize) -> usize {
+        let at = &self.buf[4 * i..4 * i + 4];
+        u32::from_ne_bytes([at[0], at[1], at[2], at[3]]) as usize
     }
 
     fn get(&self, i: usize) -> &str {
@@ -55,22 +70,20 @@ impl Strings {
 
     /// Items `first` to `last` as one string (they are stored back to back).
     fn joined(&self, first: usize, last: usize) -> &str {
-        let end = self.ends[last] as usize;
-        let start = if first == 0 {
-            0
-        } else {
-            self.ends[first - 1] as usize
-        };
+        assert!(last < self.len as usize, "no string {last}");
+        let end = self.end(last);
+        let start = if first == 0 { 0 } else { self.end(first - 1) };
+        let text = self.text_start();
         // Looked up a few dozen times per request (every header search
         // slices names), where str's boundary checks showed in profiles.
-        // SAFETY: `ends` are ascending offsets into `text` (first <= last),
-        // each recorded after appending a whole `str`, so both are char
-        // boundaries.
-        unsafe { self.text.get_unchecked(start..end) }
+        // SAFETY: offsets of pushed items are ascending (first <= last),
+        // within the buffer, and each was recorded after appending a whole
+        // `str`, so both ends are char boundaries of UTF-8 text.
+        unsafe { std::str::from_utf8_unchecked(self.buf.get_unchecked(text + start..text + end)) }
     }
 
     fn len(&self) -> usize {
-        self.ends.len()
+        self.len as usize
     }
 }
 
@@ -351,7 +364,7 @@ mod tests {
     #[test]
     fn value_cut_on_char_boundary() {
         let value = "é".repeat(MAX_HEADER_VALUE);
-        let mut strings = Strings::default();
+        let mut strings = Strings::with_capacity(0, 3);
         strings.push_value(value.as_bytes());
         strings.push_value(b"a\xffb");
         strings.push("");
