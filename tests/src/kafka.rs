@@ -110,10 +110,14 @@ impl Broker {
             if unread {
                 return Ok(());
             }
-            ensure!(
-                std::time::Instant::now() < deadline,
-                "no request reached the broker's sockets:\n{text}"
-            );
+            if std::time::Instant::now() >= deadline {
+                let all = Command::new("ss")
+                    .args(["-Htanp", &filter])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                bail!("no request reached the broker's sockets:\n{text}\nits sockets in any state:\n{all}");
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -267,6 +271,7 @@ pub fn produce_with_pause(
     use std::io::BufRead;
     let dir = TempDir::new("kafka-pause")?;
     let go = dir.join("go");
+    let stderr = dir.join("stderr.log");
     let mut cmd = client("produce", broker, topic, Library::KafkaPython)?;
     cmd.env("OTEL_SERVICE_NAME", service)
         .arg("--pause-file")
@@ -274,14 +279,13 @@ pub fn produce_with_pause(
         .args(values)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null());
+        .stderr(std::fs::File::create(&stderr)?);
     let mut child = cg.spawn(&mut cmd)?;
     let stdout = child.stdout.take().context("producer stdout")?;
-    let paused = std::io::BufReader::new(stdout)
+    let mut lines = std::io::BufReader::new(stdout)
         .lines()
-        .map_while(Result::ok)
-        .any(|l| l.contains("\"paused\""));
-    if !paused {
+        .map_while(Result::ok);
+    if !lines.any(|l| l.contains("\"paused\"")) {
         let _ = child.kill();
         bail!("the producer ended before pausing\n{}", broker.log());
     }
@@ -291,7 +295,15 @@ pub fn produce_with_pause(
     });
     let _ = child.kill();
     let _ = child.wait();
-    acted
+    // What the producer said after its pause, for a failure to explain.
+    acted.map_err(|e| {
+        let after: Vec<String> = lines.collect();
+        let err = std::fs::read_to_string(&stderr).unwrap_or_default();
+        e.context(format!(
+            "the producer after its pause: stdout {after:?}\nstderr:\n{err}\nbroker:\n{}",
+            broker.log()
+        ))
+    })
 }
 
 /// Runs peer `cmd` (a `what`) in `cg` to its end; the JSON lines it printed.
