@@ -3,7 +3,8 @@
 //! (a request read on one thread is answered, and its calls written, from
 //! others). The kernel finds the running goroutine below the thread's fs
 //! base (`ebpf/src/goroutine.rs`); this module finds where, and hooks
-//! `net/http`'s client hand-off to its writer goroutines, per process.
+//! `net/http`'s client hand-off to its writer goroutines and the start of
+//! goroutines (`ebpf/src/spawn.rs`), per process.
 
 use std::{collections::HashMap, path::PathBuf};
 
@@ -28,6 +29,15 @@ const G_BELOW_FS: i64 = -8;
 const ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
 const REQUEST_WRITE: &str = "net/http.(*Request).write";
 
+/// `go` statements: `newproc`'s closure calls `newproc1`, then `runqput`.
+const NEWPROC_CLOSURE: &str = "runtime.newproc.func1";
+const NEWPROC1: &str = "runtime.newproc1";
+const RUNQPUT: &str = "runtime.runqput";
+/// Where an exiting goroutine's `g` goes to the free list: `gfput`, called
+/// by `goexit0` up to Go 1.21, by `gdestroy` since.
+const GFPUT: &str = "runtime.gfput";
+const G_EXITS: [&str; 2] = ["runtime.goexit0", "runtime.gdestroy"];
+
 /// What the agent knows of a Go executable.
 #[derive(Debug, PartialEq, Eq)]
 pub struct GoExe {
@@ -36,6 +46,9 @@ pub struct GoExe {
     pub g_offset: Option<i64>,
     /// The `net/http` client probes, when its symbols are there.
     pub http: Option<Plan>,
+    /// The goroutine start probes, when the runtime's symbols are there
+    /// and its code is as expected.
+    pub spawn: Option<Plan>,
 }
 
 #[derive(Default)]
@@ -77,8 +90,12 @@ impl Runtimes {
         let go = inspect(tgid);
         self.by_process.insert(tgid, go.is_some());
         let exe = go?;
-        if let (true, Some(plan), Some(_)) = (self.hook_net_http, &exe.http, exe.g_offset) {
-            self.due.push((tgid, plan.clone()));
+        if exe.g_offset.is_some() {
+            let http = exe.http.iter().filter(|_| self.hook_net_http);
+            let plan: Plan = http.chain(&exe.spawn).flatten().copied().collect();
+            if !plan.is_empty() {
+                self.due.push((tgid, plan));
+            }
         }
         Some(exe)
     }
@@ -101,13 +118,16 @@ impl Runtimes {
             let exe = PathBuf::from(format!("/proc/{tgid}/exe"));
             match capture.attach_tls(&exe, &plan, Some(tgid)) {
                 Ok(l) => {
+                    let hooked = |name| plan.iter().any(|(p, _)| *p == name);
                     tracing::info!(
                         pid = tgid,
-                        "Go net/http client hooked: calls nest per goroutine"
+                        net_http = hooked(prog::GO_HTTP_ROUND_TRIP),
+                        goroutine_starts = hooked(prog::GO_SPAWN_CHILD),
+                        "Go runtime hooked: calls nest per goroutine"
                     );
                     self.links.insert(tgid, l);
                 }
-                Err(e) => tracing::info!(pid = tgid, "Go net/http client not hooked: {e:#}"),
+                Err(e) => tracing::info!(pid = tgid, "Go runtime not hooked: {e:#}"),
             }
         }
     }
@@ -137,6 +157,7 @@ fn inspect_file(path: &std::path::Path) -> Option<GoExe> {
     is_go.then(|| GoExe {
         g_offset: g_offset(&elf),
         http: http_plan(&elf),
+        spawn: spawn_plan(&elf),
     })
 }
 
@@ -157,6 +178,36 @@ fn http_plan(elf: &object::File<'_>) -> Option<Plan> {
         (prog::GO_HTTP_ROUND_TRIP, at(ROUND_TRIP)?),
         (prog::GO_HTTP_REQUEST_WRITE, at(REQUEST_WRITE)?),
     ])
+}
+
+/// The CALLs of `newproc1` and `runqput` in `newproc`'s closure (one each,
+/// in that order) and of `gfput` as goroutines exit. Probes on CALLs are
+/// emulated, not single-stepped: cheap enough for every `go` statement.
+fn spawn_plan(elf: &object::File<'_>) -> Option<Plan> {
+    if !go::register_abi(elf) {
+        return None;
+    }
+    let only = |callee| match go::calls(elf, NEWPROC_CLOSURE, callee)?.as_slice() {
+        [at] => Some(*at),
+        _ => None,
+    };
+    let (parent, child) = (only(NEWPROC1)?, only(RUNQPUT)?);
+    if parent > child {
+        return None;
+    }
+    let frees = G_EXITS
+        .iter()
+        .filter_map(|f| go::calls(elf, f, GFPUT))
+        .flatten()
+        .map(|at| (prog::GO_G_FREE, at));
+    let plan: Plan = [
+        (prog::GO_SPAWN_PARENT, parent),
+        (prog::GO_SPAWN_CHILD, child),
+    ]
+    .into_iter()
+    .chain(frees)
+    .collect();
+    (plan.len() > 2).then_some(plan)
 }
 
 #[cfg(test)]
@@ -186,7 +237,29 @@ mod tests {
             );
         }
         let exe = inspect_file(stripped).expect("a Go executable");
-        assert_eq!((exe.g_offset, exe.http), (Some(G_BELOW_FS), None));
+        assert_eq!(
+            (exe.g_offset, exe.http, exe.spawn),
+            (Some(G_BELOW_FS), None, None)
+        );
+    }
+
+    /// The goroutine start probes sit on direct CALLs (0xe8 rel32, which
+    /// uprobes emulate), parent before child, plus at least one `gfput`.
+    #[test]
+    fn goroutine_starts_are_found_on_calls() {
+        let exe = inspect_file(&peers().0).expect("a Go executable");
+        let plan = exe.spawn.expect("runtime symbols");
+        let names: Vec<_> = plan.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            &names[..3],
+            [prog::GO_SPAWN_PARENT, prog::GO_SPAWN_CHILD, prog::GO_G_FREE]
+        );
+        assert!(plan[0].1 < plan[1].1);
+        let file = std::fs::read(&peers().0).unwrap();
+        for (name, off) in plan {
+            let at = usize::try_from(off).unwrap();
+            assert_eq!(file[at], 0xe8, "{name} at {off:#x}");
+        }
     }
 
     /// `go_http_round_trip` reads the `*Request` at the start of the

@@ -467,6 +467,9 @@ pub mod names {
         pub const GO_TLS_EXIT: &str = "go_tls_exit";
         pub const GO_HTTP_ROUND_TRIP: &str = "go_http_round_trip";
         pub const GO_HTTP_REQUEST_WRITE: &str = "go_http_request_write";
+        pub const GO_SPAWN_PARENT: &str = "go_spawn_parent";
+        pub const GO_SPAWN_CHILD: &str = "go_spawn_child";
+        pub const GO_G_FREE: &str = "go_g_free";
     }
 
     /// Observer programs: (protocol, the one `exit_io` tail-calls, the

@@ -187,7 +187,7 @@ pub fn forget(exec: &Executor) {
 /// incoming value, or the sampler's `th`.
 fn value(ctx: &TraceCtx) -> Option<(*const u8, u32)> {
     if ctx.flags & ctxflag::TRACESTATE != 0 {
-        let found = unsafe { TRACESTATES.get(&context::executor()) }
+        let found = unsafe { TRACESTATES.get(&context::caller()) }
             .filter(|e| e.span_id == ctx.parent_id)
             .map(|e| (e.value.as_ptr(), e.len));
         if found.is_none() {

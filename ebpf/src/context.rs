@@ -16,6 +16,7 @@ use crate::{
     carry,
     goroutine::{self, Goroutine},
     maps::{count, EVENTS, QUIET},
+    spawn::{self, StartedIn},
 };
 
 /// Head sampling, set by the agent from OTEL_TRACES_SAMPLER(_ARG): a new
@@ -119,6 +120,63 @@ pub(crate) fn executor() -> Executor {
             g: 0,
         },
     }
+}
+
+/// The executor whose request the current executor's calls belong to:
+/// itself, or for a goroutine, the one it works for. Requests a goroutine
+/// reads stay its own (`executor`).
+#[inline(always)]
+pub(crate) fn caller() -> Executor {
+    let exec = executor();
+    if exec.g == 0 {
+        return exec;
+    }
+    let me = Goroutine {
+        tgid: (exec.pid_tgid >> 32) as u32,
+        _pad: 0,
+        g: exec.g,
+    };
+    Executor {
+        pid_tgid: exec.pid_tgid,
+        g: works_for(exec.pid_tgid, me),
+    }
+}
+
+/// The goroutine whose requests `me` works for: the ancestor it was
+/// started by while that one still serves the same request (see
+/// `spawn.rs`), else itself. Once the ancestor answered (or went on to
+/// another request), `me` serves nothing: its calls start new traces.
+#[inline(always)]
+fn works_for(process: u64, me: Goroutine) -> u64 {
+    let Some(at) = spawn::started_in(&me) else {
+        return me.g;
+    };
+    let ancestor = Executor {
+        pid_tgid: process,
+        g: at.g,
+    };
+    match unsafe { SERVING.get(&ancestor) } {
+        Some(s) if s.ctx.span_id == at.span => at.g,
+        _ => me.g,
+    }
+}
+
+/// Where goroutine `g` of process `tgid` starts a goroutine: the executor
+/// it works for and the request that one serves, if any.
+#[inline(always)]
+pub(crate) fn request_of(tgid: u32, g: u64) -> Option<StartedIn> {
+    let process = u64::from(tgid) << 32;
+    let g = works_for(process, Goroutine { tgid, _pad: 0, g });
+    let s = unsafe {
+        SERVING.get(&Executor {
+            pid_tgid: process,
+            g,
+        })
+    }?;
+    (s.open > 0 && s.ctx.span_id != [0; 8]).then_some(StartedIn {
+        g,
+        span: s.ctx.span_id,
+    })
 }
 
 fn random<const N: usize>() -> [u8; N] {
@@ -392,7 +450,7 @@ pub(crate) enum Parent {
 
 #[inline(always)]
 pub(crate) fn parent() -> Parent {
-    let Some(s) = (unsafe { SERVING.get(&executor()) }) else {
+    let Some(s) = (unsafe { SERVING.get(&caller()) }) else {
         return Parent::None;
     };
     // A CONSUMER span lapses after its bound even if no delivery ends it.

@@ -23,6 +23,7 @@ mod observe;
 mod proc;
 mod select;
 mod sock;
+mod spawn;
 mod tcp_option;
 mod tls;
 

@@ -25,6 +25,19 @@ pub enum JavaMode {
     Handoff,
 }
 
+/// How a Go frontend's handler makes its downstream calls.
+#[derive(Clone, Copy, Debug)]
+pub enum GoMode {
+    /// From the goroutine that serves the request.
+    Direct,
+    /// From two goroutines the handler starts (`/work/N` and
+    /// `/work/N/fan`), which it waits for.
+    Fanout,
+    /// Directly, and `/work/N/late` from a goroutine the handler started,
+    /// once the response was written.
+    Late,
+}
+
 pub struct Frontend {
     pub port: u16,
     /// Held for its Drop, which stops the frontend.
@@ -34,11 +47,16 @@ pub struct Frontend {
 
 impl Frontend {
     /// Go net/http (`tests/peers/go_nesting`), linked as `symbols` says.
-    pub fn go(cg: &Cgroup, downstream: &str, symbols: Symbols) -> Result<Self> {
+    pub fn go(cg: &Cgroup, downstream: &str, symbols: Symbols, mode: GoMode) -> Result<Self> {
         let bin = go_peer::build_once("go_nesting", symbols)?;
+        let mode = match mode {
+            GoMode::Direct => "direct",
+            GoMode::Fanout => "fanout",
+            GoMode::Late => "late",
+        };
         Self::launch(cg, |port| {
             let mut c = Command::new(&bin);
-            c.arg(format!("127.0.0.1:{port}")).arg(downstream);
+            c.arg(format!("127.0.0.1:{port}")).arg(downstream).arg(mode);
             c
         })
     }

@@ -481,6 +481,9 @@ mod tests {
             program::GO_TLS_EXIT,
             program::GO_HTTP_ROUND_TRIP,
             program::GO_HTTP_REQUEST_WRITE,
+            program::GO_SPAWN_PARENT,
+            program::GO_SPAWN_CHILD,
+            program::GO_G_FREE,
         ];
         for name in wanted.into_iter().chain(observers) {
             assert!(symbols.contains(name), "{name} is not in the eBPF object");

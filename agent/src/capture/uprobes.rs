@@ -125,6 +125,9 @@ const PROGRAMS: &[&str] = &[
     prog::GO_TLS_EXIT,
     prog::GO_HTTP_ROUND_TRIP,
     prog::GO_HTTP_REQUEST_WRITE,
+    prog::GO_SPAWN_PARENT,
+    prog::GO_SPAWN_CHILD,
+    prog::GO_G_FREE,
 ];
 
 impl Capture {

@@ -6,7 +6,7 @@
 //! the functions' machine code, since a 0xC3 byte also occurs inside
 //! other instructions.
 
-use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic};
 use object::{Architecture, Object, ObjectSection, ObjectSymbol};
 
 use crate::capture::{GoFn, GoTlsOffsets};
@@ -75,28 +75,47 @@ pub(crate) fn find<'d, 'f>(
 
 /// The function's entry and RETs as file offsets.
 fn code(elf: &object::File<'_>, sym: &object::Symbol<'_, '_>) -> Option<GoFn> {
+    let (entry, rets) = instructions(elf, sym, |ins| ins.mnemonic() == Mnemonic::Ret)?;
+    (!rets.is_empty() && rets.len() <= MAX_RETS).then_some(GoFn { entry, rets })
+}
+
+/// File offsets of the CALL instructions in function `caller` that call
+/// function `callee` directly; `None` when either is missing or the code
+/// does not decode.
+pub(crate) fn calls(elf: &object::File<'_>, caller: &str, callee: &str) -> Option<Vec<u64>> {
+    let target = find(elf, callee)?.address();
+    let (_, calls) = instructions(elf, &find(elf, caller)?, |ins| {
+        ins.mnemonic() == Mnemonic::Call && ins.near_branch_target() == target
+    })?;
+    Some(calls)
+}
+
+/// The file offsets of function `sym` and of its instructions that `keep`
+/// selects; `None` when its machine code does not decode.
+fn instructions(
+    elf: &object::File<'_>,
+    sym: &object::Symbol<'_, '_>,
+    keep: impl Fn(&Instruction) -> bool,
+) -> Option<(u64, Vec<u64>)> {
     let section = elf.section_by_index(sym.section_index()?).ok()?;
     let (file_off, _) = section.file_range()?;
-    let data = section.data().ok()?;
-    let start = usize::try_from(sym.address().checked_sub(section.address())?).ok()?;
-    let bytes = data.get(start..start.checked_add(usize::try_from(sym.size()).ok()?)?)?;
+    let start = sym.address().checked_sub(section.address())?;
+    let from = usize::try_from(start).ok()?;
+    let bytes = section
+        .data()
+        .ok()?
+        .get(from..from.checked_add(usize::try_from(sym.size()).ok()?)?)?;
     let to_file = |addr: u64| addr - section.address() + file_off;
-    let mut rets = Vec::new();
+    let mut out = Vec::new();
     for ins in Decoder::with_ip(64, bytes, sym.address(), DecoderOptions::NONE) {
         if ins.is_invalid() {
             return None;
         }
-        if ins.mnemonic() == Mnemonic::Ret {
-            rets.push(to_file(ins.ip()));
+        if keep(&ins) {
+            out.push(to_file(ins.ip()));
         }
     }
-    if rets.is_empty() || rets.len() > MAX_RETS {
-        return None;
-    }
-    Some(GoFn {
-        entry: to_file(sym.address()),
-        rets,
-    })
+    Some((to_file(sym.address()), out))
 }
 
 fn uses_tls_stripped(elf: &object::File<'_>) -> bool {

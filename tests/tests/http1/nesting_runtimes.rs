@@ -4,7 +4,7 @@
 //! under the wrong parent, or below the share the README claims.
 
 use anyhow::{ensure, Context, Result};
-use clew_e2e::frontends::{Frontend, JavaMode, FRONTEND};
+use clew_e2e::frontends::{Frontend, GoMode, JavaMode, FRONTEND};
 use clew_e2e::go_peer::Symbols;
 use clew_e2e::nesting::Tally;
 use clew_e2e::nginx::Nginx;
@@ -16,36 +16,61 @@ const CLIENTS: usize = 16;
 /// How long the backend holds each answer, so that downstream calls overlap.
 const BACKEND_DELAY_MS: u32 = 20;
 
-/// Picks request N's span of one kind.
-type Pick<'a> = dyn Fn(&RecvSpan, usize) -> bool + 'a;
-
 /// Sends the requests to `port` (`{prefix}N`) from clients in `clients`
 /// and measures the spans of `service`: SERVER `{prefix}N`, CLIENT
 /// `/work/N`, and the backend's SERVER `/work/N` under that CLIENT.
 fn measure(t: &Traced, clients: &Cgroup, port: u16, prefix: &str, service: &str) -> Result<Tally> {
+    let mut tallies = measure_calls(t, clients, port, prefix, service, &[""])?;
+    Ok(tallies.remove(0))
+}
+
+/// As [`measure`], with a tally per call each request makes: CLIENT
+/// `/work/N{suffix}` for each of `suffixes`.
+fn measure_calls(
+    t: &Traced,
+    clients: &Cgroup,
+    port: u16,
+    prefix: &str,
+    service: &str,
+    suffixes: &[&str],
+) -> Result<Vec<Tally>> {
     concurrent_gets(clients, port, prefix, REQUESTS, CLIENTS, 200)?;
     let ours = |s: &RecvSpan| s.service() == Some(service);
     let server = |s: &RecvSpan, i: usize| {
         s.is_server() && ours(s) && s.path() == Some(&format!("{prefix}{i}"))
     };
-    let client = |s: &RecvSpan, i: usize| {
-        s.is_client() && ours(s) && s.path() == Some(&format!("/work/{i}"))
-    };
-    let downstream = |s: &RecvSpan, i: usize| {
-        s.is_server() && s.service() == Some("backend") && s.path() == Some(&format!("/work/{i}"))
+    let work = |i: usize, suffix: &str| format!("/work/{i}{suffix}");
+    let client =
+        |s: &RecvSpan, i: usize, x: &str| s.is_client() && ours(s) && s.path() == Some(&work(i, x));
+    let downstream = |s: &RecvSpan, i: usize, x: &str| {
+        s.is_server() && s.service() == Some("backend") && s.path() == Some(&work(i, x))
     };
     let spans =
         t.rx.wait_for(
             |s| {
                 (0..REQUESTS).all(|i| {
-                    let picks: [&Pick<'_>; 3] = [&server, &client, &downstream];
-                    picks.iter().all(|f| s.iter().any(|x| f(x, i)))
+                    s.iter().any(|x| server(x, i))
+                        && suffixes.iter().all(|sfx| {
+                            s.iter().any(|x| client(x, i, sfx))
+                                && s.iter().any(|x| downstream(x, i, sfx))
+                        })
                 })
             },
             SPAN_TIMEOUT,
         )
         .with_context(|| format!("waiting for {REQUESTS} SERVER and CLIENT spans of {service}"))?;
-    Tally::measure(&spans, REQUESTS, server, client, downstream)
+    suffixes
+        .iter()
+        .map(|sfx| {
+            Tally::measure(
+                &spans,
+                REQUESTS,
+                server,
+                |s, i| client(s, i, sfx),
+                |s, i| downstream(s, i, sfx),
+            )
+        })
+        .collect()
 }
 
 fn frontend_case(
@@ -68,8 +93,66 @@ fn frontend_case(
 #[test]
 fn nesting_go_net_http() -> Result<()> {
     frontend_case("go", 99.0, |t, b| {
-        Frontend::go(&t.cg, &b.url(""), Symbols::Kept)
+        Frontend::go(&t.cg, &b.url(""), Symbols::Kept, GoMode::Direct)
     })
+}
+
+/// The handler starts two goroutines that make its calls (`/work/N`,
+/// `/work/N/fan`) and waits for both: each call nests under the request
+/// the goroutine was started for.
+#[test]
+fn nesting_go_fanout_goroutines() -> Result<()> {
+    go_case("go-fanout", GoMode::Fanout, &["", "/fan"], |_, tally| {
+        tally.ensure(99.0)
+    })
+}
+
+/// A goroutine the handler started calls (`/work/N/late`) after the
+/// response was written: that call serves no request, so it starts a new
+/// trace instead of joining the answered one.
+#[test]
+fn nesting_go_goroutine_after_response() -> Result<()> {
+    go_case("go-late", GoMode::Late, &["", "/late"], |name, tally| {
+        if name.ends_with("/late") {
+            tally.ensure(0.0)?;
+            ensure!(
+                tally.roots == REQUESTS,
+                "{tally}: expected every call after the response to start a trace"
+            );
+            Ok(())
+        } else {
+            tally.ensure(99.0)
+        }
+    })
+}
+
+/// The Go frontend in `mode`, checking each call's tally (named
+/// `{name}{suffix}`) with `check`.
+fn go_case(
+    name: &str,
+    mode: GoMode,
+    suffixes: &[&str],
+    check: impl Fn(&str, &Tally) -> Result<()>,
+) -> Result<()> {
+    let mut t = Traced::start(name, Protocol::Grpc)?;
+    let backend = PyService::opts("backend")
+        .work_delay_ms(BACKEND_DELAY_MS)
+        .start(&t.cg)?;
+    let frontend = Frontend::go(&t.cg, &backend.url(""), Symbols::Kept, mode)?;
+    let tallies = measure_calls(&t, &t.cg, frontend.port, "/chain/", FRONTEND, suffixes)?;
+    let named: Vec<_> = suffixes
+        .iter()
+        .map(|sfx| format!("{name}{sfx}"))
+        .zip(&tallies)
+        .collect();
+    for (n, tally) in &named {
+        println!("nesting[{n}]: {tally}");
+    }
+    for (n, tally) in &named {
+        check(n, tally)?;
+    }
+    t.agent.ensure_healthy()?;
+    t.agent.stop()
 }
 
 /// Without symbols the client's hand-off to its writer goroutine cannot be
@@ -77,7 +160,7 @@ fn nesting_go_net_http() -> Result<()> {
 #[test]
 fn nesting_go_stripped() -> Result<()> {
     frontend_case("go-stripped", 0.0, |t, b| {
-        Frontend::go(&t.cg, &b.url(""), Symbols::Stripped)
+        Frontend::go(&t.cg, &b.url(""), Symbols::Stripped, GoMode::Direct)
     })
 }
 
