@@ -46,6 +46,10 @@ pub struct Frontend {
 }
 
 impl Frontend {
+    pub fn pid(&self) -> u32 {
+        self._proc.pid()
+    }
+
     /// Go net/http (`tests/peers/go_nesting`), linked as `symbols` says.
     pub fn go(cg: &Cgroup, downstream: &str, symbols: Symbols, mode: GoMode) -> Result<Self> {
         let bin = go_peer::build_once("go_nesting", symbols)?;

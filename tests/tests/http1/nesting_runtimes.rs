@@ -10,6 +10,7 @@ use clew_e2e::nesting::Tally;
 use clew_e2e::nginx::Nginx;
 use clew_e2e::peers::{concurrent_gets, PyService};
 use clew_e2e::{Cgroup, Protocol, RecvSpan, Traced, SPAN_TIMEOUT};
+use std::time::Duration;
 
 const REQUESTS: usize = 200;
 const CLIENTS: usize = 16;
@@ -93,7 +94,10 @@ fn frontend_case(
 #[test]
 fn nesting_go_net_http() -> Result<()> {
     frontend_case("go", 99.0, |t, b| {
-        Frontend::go(&t.cg, &b.url(""), Symbols::Kept, GoMode::Direct)
+        go_hooked(
+            t,
+            Frontend::go(&t.cg, &b.url(""), Symbols::Kept, GoMode::Direct)?,
+        )
     })
 }
 
@@ -126,6 +130,22 @@ fn nesting_go_goroutine_after_response() -> Result<()> {
     })
 }
 
+/// `frontend` once the agent has attached its Go probes: they attach per
+/// process, and under CPU load that can take longer than the frontend
+/// takes to listen; requests before it count as the process's unhooked
+/// ones (their calls roots), which is not what these tests measure.
+fn go_hooked(t: &Traced, frontend: Frontend) -> Result<Frontend> {
+    let pid = format!("pid={} ", frontend.pid());
+    t.agent.wait_log(
+        |log| {
+            log.lines()
+                .any(|l| l.contains("Go runtime hooked") && l.contains(&pid))
+        },
+        Duration::from_secs(20),
+    )?;
+    Ok(frontend)
+}
+
 /// The Go frontend in `mode`, checking each call's tally (named
 /// `{name}{suffix}`) with `check`.
 fn go_case(
@@ -138,7 +158,10 @@ fn go_case(
     let backend = PyService::opts("backend")
         .work_delay_ms(BACKEND_DELAY_MS)
         .start(&t.cg)?;
-    let frontend = Frontend::go(&t.cg, &backend.url(""), Symbols::Kept, mode)?;
+    let frontend = go_hooked(
+        &t,
+        Frontend::go(&t.cg, &backend.url(""), Symbols::Kept, mode)?,
+    )?;
     let tallies = measure_calls(&t, &t.cg, frontend.port, "/chain/", FRONTEND, suffixes)?;
     let named: Vec<_> = suffixes
         .iter()
