@@ -434,6 +434,7 @@ mod tests {
             map::OBSERVERS,
             map::TLS_OBSERVERS,
             map::NEST_BY_PROCESS,
+            map::JAVA_THREADS,
             map::KAFKA_BUFS,
             map::INJECTORS,
             map::LOG_FDS,
