@@ -437,6 +437,9 @@ pub mod names {
         pub const INJECT: &str = "INJECT";
         pub const TCP_OPTION: &str = "TCP_OPTION";
         pub const TASK_FSBASE_OFFSET: &str = "TASK_FSBASE_OFFSET";
+        /// 1 where every program may read the task's saved user registers
+        /// (the JVM nesting's R15); 0 leaves the helpers out of the check.
+        pub const JAVA_REGS: &str = "JAVA_REGS";
         /// [`logs::source`](crate::logs::source) bits; 0 leaves logs off.
         pub const LOGS: &str = "LOGS";
         pub const FILE_OFFSETS: &str = "FILE_OFFSETS";

@@ -22,6 +22,12 @@ use aya_ebpf::{
 };
 use clew_common::{JavaThreadLayout, MAX_PIDS};
 
+/// 1 where this kernel lets every program that asks for the executor read
+/// the task's saved user registers (the agent's probe); with 0 the
+/// verifier drops the helpers' calls, and JVMs count per process.
+#[unsafe(no_mangle)]
+static JAVA_REGS: u32 = 0;
+
 /// By tgid, for processes marked `NEST_JAVA` in `NEST_BY_PROCESS`.
 /// Eviction: removed with the process's `NEST_BY_PROCESS` entry (by the
 /// agent at its exit or exec, by the kernel at its main thread's exit);
@@ -40,6 +46,10 @@ pub(crate) fn current(tgid: u32) -> u64 {
 
 #[inline(always)]
 fn mounted(tgid: u32) -> Option<u64> {
+    // SAFETY: a load-time global, read by value.
+    if unsafe { core::ptr::read_volatile(&JAVA_REGS) } == 0 {
+        return None;
+    }
     let l = unsafe { JAVA_THREADS.get(&tgid) }?;
     // SAFETY: the helpers return the current task and its saved user
     // registers (kernel memory the verifier types); every read below goes
