@@ -5,7 +5,7 @@
 //! connection). Java before 21 has no virtual threads: its OS threads own
 //! their requests, as any thread's.
 
-use std::{fs::File, os::unix::fs::FileExt, path::PathBuf};
+use std::{collections::HashMap, fs::File, os::unix::fs::FileExt, path::PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use clew_common::JavaThreadLayout;
@@ -25,6 +25,8 @@ pub enum Jvm {
 
 /// Entries read from `gHotSpotVMStructs` at most (Java 25 has about 1,000).
 const MAX_ENTRIES: usize = 20_000;
+/// Entries read in one call.
+const ENTRIES_READ: usize = 64;
 
 /// `java_lang_Thread::_tid_offset`, a local in libjvm's `.symtab`.
 const TID_OFFSET: &str = "_ZN16java_lang_Thread11_tid_offsetE";
@@ -88,7 +90,7 @@ fn layout(pid: u32, base: u64, path: &PathBuf) -> Result<Option<JavaThreadLayout
         field_name: global("gHotSpotVMStructEntryFieldNameOffset")?,
         offset: global("gHotSpotVMStructEntryOffsetOffset")?,
     };
-    let fields = table.read(&mem)?;
+    let fields = table.read(&mem, &["Thread", "JavaThread", "OSThread"])?;
     let find = |types: &[&str], field: &str| {
         fields
             .iter()
@@ -130,6 +132,17 @@ impl Memory {
         Ok(b)
     }
 
+    /// Up to `n` bytes at `at`: fewer where the mapping ends.
+    fn read(&self, at: u64, n: usize) -> Result<Vec<u8>> {
+        let mut b = vec![0; n];
+        let got = self
+            .file
+            .read_at(&mut b, at)
+            .with_context(|| format!("reading the JVM's memory at {at:#x}"))?;
+        b.truncate(got);
+        Ok(b)
+    }
+
     fn u64(&self, at: u64) -> Result<u64> {
         Ok(u64::from_le_bytes(self.bytes(at)?))
     }
@@ -160,26 +173,46 @@ struct VmStructs {
 }
 
 impl VmStructs {
-    /// (type, field, offset) of every entry, up to the one with no type.
-    fn read(&self, mem: &Memory) -> Result<Vec<(String, String, u64)>> {
+    /// (type, field, offset) of the entries of `types`, up to the entry
+    /// with no type: entries read 64 at a time, each type's name once per
+    /// address (the compiler pools them), field names only for `types`.
+    fn read(&self, mem: &Memory, types: &[&str]) -> Result<Vec<(String, String, u64)>> {
+        let stride = usize::try_from(self.stride)?;
+        let fits = |at: u64| usize::try_from(at).is_ok_and(|at| at + 8 <= stride);
         ensure!(
-            (8..=1024).contains(&self.stride),
-            "implausible vmStructs stride {}",
+            stride <= 1024
+                && [self.type_name, self.field_name, self.offset]
+                    .iter()
+                    .all(|a| fits(*a)),
+            "implausible vmStructs entries ({} bytes)",
             self.stride
         );
+        let word = |entry: &[u8], at: u64| {
+            let at = at as usize;
+            u64::from_le_bytes(entry[at..at + 8].try_into().expect("8 bytes"))
+        };
+        let mut type_names: HashMap<u64, String> = HashMap::new();
         let mut out = Vec::new();
-        for i in 0..MAX_ENTRIES as u64 {
-            let entry = self.first + i * self.stride;
-            let type_name = mem.u64(entry + self.type_name)?;
-            if type_name == 0 {
-                return Ok(out);
+        for first in (0..MAX_ENTRIES).step_by(ENTRIES_READ) {
+            let chunk = mem.read(self.first + (first * stride) as u64, ENTRIES_READ * stride)?;
+            ensure!(chunk.len() >= stride, "vmStructs ends unterminated");
+            for entry in chunk.chunks_exact(stride) {
+                let at = word(entry, self.type_name);
+                if at == 0 {
+                    return Ok(out);
+                }
+                let type_name = match type_names.get(&at) {
+                    Some(t) => t,
+                    None => type_names.entry(at).or_insert(mem.name(at)?),
+                };
+                if types.contains(&type_name.as_str()) {
+                    out.push((
+                        type_name.clone(),
+                        mem.name(word(entry, self.field_name))?,
+                        word(entry, self.offset),
+                    ));
+                }
             }
-            let field_name = mem.u64(entry + self.field_name)?;
-            out.push((
-                mem.name(type_name)?,
-                mem.name(field_name)?,
-                mem.u64(entry + self.offset)?,
-            ));
         }
         bail!("vmStructs has no end within {MAX_ENTRIES} entries")
     }
