@@ -18,6 +18,7 @@ pub mod conn;
 pub mod container;
 pub mod export;
 pub mod health;
+pub mod jvm;
 pub mod k8s;
 pub mod logs;
 pub mod matcher;

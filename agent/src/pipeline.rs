@@ -12,6 +12,7 @@ use crate::{
     clock::Clock,
     conn::{self, Conn, ConnTable},
     export::Exporter,
+    jvm::Jvm,
     logs::{LogRecord, Logs},
     mega_traces::{MegaTraces, MEGA_TRACE_SPANS},
     metrics::Metrics,
@@ -122,6 +123,7 @@ impl Pipeline {
             .current_processes(&|pid| processes.pod_of(pid));
         for pid in current {
             self.learn_runtime(pid);
+            self.learn_jvm(pid);
             self.adopt_existing(pid);
             self.tls.on_conn(pid, now);
         }
@@ -268,6 +270,7 @@ impl Pipeline {
         self.processes.resource(o.tgid);
         self.tls.on_conn(o.tgid, Instant::now());
         self.learn_runtime(o.tgid);
+        self.learn_jvm(o.tgid);
         let c = Conn::new(o.tgid, o.fd, facts, role, o.ts_ns);
         self.track(o.conn_id, c);
     }
@@ -427,6 +430,25 @@ impl Pipeline {
             {
                 tracing::warn!(tgid, "{e:#}");
             }
+        }
+    }
+
+    /// Looks at a traced process once it runs (it has a connection): a
+    /// JVM with virtual threads has its requests counted per Java thread in
+    /// the kernel (per process when they cannot be told apart), and per
+    /// process here.
+    fn learn_jvm(&mut self, tgid: u32) {
+        let Some(jvm) = self.runtimes.learn_jvm(tgid) else {
+            return;
+        };
+        tracing::info!(pid = tgid, ?jvm, "JVM with virtual threads");
+        self.nesting.nest_by_process(tgid, true);
+        let set = match jvm {
+            Jvm::JavaThreads(layout) => self.maps.nest_by_java_thread(tgid, layout),
+            Jvm::Process => self.maps.nest_by_process(tgid, Some(0)),
+        };
+        if let Err(e) = set {
+            tracing::warn!(tgid, "{e:#}");
         }
     }
 

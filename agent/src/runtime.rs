@@ -1,8 +1,9 @@
-//! Which traced processes have their requests counted per goroutine rather
-//! than per thread: Go executables, whose goroutines move between threads
-//! (a request read on one thread is answered, and its calls written, from
-//! others). The kernel finds the running goroutine below the thread's fs
-//! base (`ebpf/src/goroutine.rs`); this module finds where, and hooks
+//! Which traced processes have their requests counted per goroutine or
+//! Java thread rather than per OS thread: Go executables, whose goroutines
+//! move between threads (a request read on one thread is answered, and its
+//! calls written, from others), and JVMs with virtual threads (`jvm`). The
+//! kernel finds the running goroutine below the thread's fs base
+//! (`ebpf/src/goroutine.rs`); this module finds where, and hooks
 //! `net/http`'s client hand-off to its writer goroutines and the start of
 //! goroutines (`ebpf/src/spawn.rs`), per process.
 
@@ -13,6 +14,7 @@ use object::{Object, ObjectSection};
 
 use crate::{
     capture::{Capture, Plan, TlsLinks},
+    jvm::{self, Jvm},
     tls::{go, library},
 };
 use clew_common::names::program as prog;
@@ -58,6 +60,8 @@ pub struct Runtimes {
     hook_net_http: bool,
     /// Whether each process seen is Go.
     by_process: HashMap<u32, bool>,
+    /// Whether each process seen running is a JVM with virtual threads.
+    jvms: HashMap<u32, bool>,
     /// Go processes whose `net/http` probes wait to be attached.
     due: Vec<(u32, Plan)>,
     links: HashMap<u32, TlsLinks>,
@@ -100,13 +104,32 @@ impl Runtimes {
         Some(exe)
     }
 
-    /// The process exited or exec'd: whether it was Go.
+    /// What running process `tgid` (with a connection: a JVM's threads
+    /// are known once it runs) is, when not known yet: `Some` for a JVM
+    /// with virtual threads, `None` for anything else or a process already
+    /// seen.
+    pub fn learn_jvm(&mut self, tgid: u32) -> Option<Jvm> {
+        if self.jvms.contains_key(&tgid) {
+            return None;
+        }
+        if self.jvms.len() >= MAX_PROCESSES {
+            self.jvms.clear();
+        }
+        let jvm = jvm::inspect(tgid);
+        self.jvms.insert(tgid, jvm.is_some());
+        jvm
+    }
+
+    /// The process exited or exec'd: whether it was Go or a JVM with
+    /// virtual threads.
     pub fn forget(&mut self, tgid: u32) -> bool {
         self.due.retain(|(p, _)| *p != tgid);
         if let Some(l) = self.links.remove(&tgid) {
             self.released.push(l);
         }
-        self.by_process.remove(&tgid).unwrap_or(false)
+        let go = self.by_process.remove(&tgid).unwrap_or(false);
+        let jvm = self.jvms.remove(&tgid).unwrap_or(false);
+        go || jvm
     }
 
     /// Attaches the probes due and detaches those of processes gone.

@@ -409,6 +409,8 @@ pub mod names {
         pub const TLS_OBSERVERS: &str = "TLS_OBSERVERS";
         /// Processes whose requests are counted per process, not per thread.
         pub const NEST_BY_PROCESS: &str = "NEST_BY_PROCESS";
+        /// JVMs' [`JavaThreadLayout`](crate::JavaThreadLayout), by tgid.
+        pub const JAVA_THREADS: &str = "JAVA_THREADS";
         /// Kafka walk buffers, two per CPU (the agent sizes it).
         pub const KAFKA_BUFS: &str = "KAFKA_BUFS";
         /// sk_msg programs `inject_traceparent` tail-calls: slot 0,
@@ -435,6 +437,9 @@ pub mod names {
         pub const INJECT: &str = "INJECT";
         pub const TCP_OPTION: &str = "TCP_OPTION";
         pub const TASK_FSBASE_OFFSET: &str = "TASK_FSBASE_OFFSET";
+        /// 1 where every program may read the task's saved user registers
+        /// (the JVM nesting's R15); 0 leaves the helpers out of the check.
+        pub const JAVA_REGS: &str = "JAVA_REGS";
         /// [`logs::source`](crate::logs::source) bits; 0 leaves logs off.
         pub const LOGS: &str = "LOGS";
         pub const FILE_OFFSETS: &str = "FILE_OFFSETS";
@@ -581,6 +586,32 @@ pub struct SockOffsets {
     pub skc_num: u32,
     pub skc_v6_daddr: u32,
     pub skc_v6_rcv_saddr: u32,
+}
+
+/// `NEST_BY_PROCESS` value of a JVM whose requests are counted per Java
+/// thread (see [`JavaThreadLayout`]); Go processes' values, where `g` sits
+/// relative to the fs base, are never positive.
+pub const NEST_JAVA: i64 = 1;
+
+/// Where a JVM (x86-64 HotSpot) keeps what tells which Java thread runs on
+/// an OS thread, found from the `JavaThread*` that its compiled and JNI
+/// code hold in R15: byte offsets from the JVM's own `gHotSpotVMStructs`
+/// and libjvm's symbols, per process (`JAVA_THREADS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JavaThreadLayout {
+    /// `Thread::_osthread` (an `OSThread*`).
+    pub osthread: u32,
+    /// `OSThread::_thread_id`: the OS thread's id, which proves R15 holds
+    /// that thread's `JavaThread*`.
+    pub os_tid: u32,
+    /// `JavaThread::_vthread`: an `OopHandle`, the address of a slot
+    /// holding the mounted thread's object (a virtual thread's, else the
+    /// thread's own).
+    pub vthread: u32,
+    /// `java_lang_Thread::_tid_offset`: where that object keeps its
+    /// `Thread.threadId()`.
+    pub java_tid: u32,
 }
 
 /// Fixed head of a `kind::DATA` record; `captured` payload bytes follow it.
@@ -860,6 +891,7 @@ mod pod {
     unsafe impl aya::Pod for Inflight {}
     unsafe impl aya::Pod for PeerKey {}
     unsafe impl aya::Pod for SockOffsets {}
+    unsafe impl aya::Pod for JavaThreadLayout {}
     unsafe impl aya::Pod for logs::LogFd {}
     unsafe impl aya::Pod for logs::FileOffsets {}
 }

@@ -13,6 +13,9 @@ pub mod program {
     pub const TCP_OPTION: &str = "probe_tcp_option";
     pub const SK_MSG: &str = "probe_sk_msg";
     pub const RINGBUF: &str = "probe_ringbuf";
+    /// Reaches the calling task's saved user registers from an sk_msg
+    /// program (`bpf_get_current_task_btf`, `bpf_task_pt_regs`).
+    pub const TASK_REGS: &str = "probe_task_regs";
 }
 
 pub mod map {

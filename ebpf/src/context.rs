@@ -10,11 +10,12 @@ use aya_ebpf::{
     macros::map,
     maps::LruHashMap,
 };
-use clew_common::{ctxflag, h2, kind, CtxEvent, TraceCtx, MAX_INFLIGHT, MAX_PIDS};
+use clew_common::{ctxflag, h2, kind, CtxEvent, TraceCtx, MAX_INFLIGHT, MAX_PIDS, NEST_JAVA};
 
 use crate::{
     carry,
     goroutine::{self, Goroutine},
+    java,
     maps::{count, EVENTS, QUIET},
     spawn::{self, StartedIn},
 };
@@ -34,8 +35,9 @@ static SAMPLE_PARENT_BASED: u32 = 1;
 static SAMPLE_CONSISTENT: u32 = 0;
 
 /// Whose requests a `SERVING` entry follows: a thread (its pid_tgid, `g`
-/// 0); for processes in `NEST_BY_PROCESS` a goroutine (tid 0, its `g`), or
-/// the whole process when the goroutine cannot be read (tid 0, `g` 0).
+/// 0); for processes in `NEST_BY_PROCESS` a goroutine (tid 0, its `g`) or a
+/// Java thread (tid 0, its id), or the whole process when neither can be
+/// read (tid 0, `g` 0).
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Executor {
@@ -90,8 +92,9 @@ struct OpenKey {
 }
 
 /// Processes whose threads do not own their requests (Go: goroutines move
-/// between threads), set by the agent, with where `g` sits below the fs
-/// base (0: unknown, the process then counts as one executor). Eviction:
+/// between threads; Java: virtual threads), set by the agent, with where
+/// `g` sits below the fs base (0: unknown, the process then counts as one
+/// executor), or `NEST_JAVA` for a JVM (see `java`). Eviction:
 /// the agent removes a process when it exits or execs, the kernel when its
 /// main thread exits; LRU.
 #[map]
@@ -105,6 +108,12 @@ pub(crate) fn executor() -> Executor {
         return Executor { pid_tgid, g: 0 };
     };
     let process = pid_tgid & !0xffff_ffff;
+    if g_offset == NEST_JAVA {
+        return Executor {
+            pid_tgid: process,
+            g: java::current(tgid),
+        };
+    }
     let g = if g_offset == 0 {
         None
     } else {
@@ -481,7 +490,9 @@ pub fn thread_exit(pid_tgid: u64) {
     let _ = SERVING.remove(&thread);
     carry::forget(&thread);
     if pid_tgid >> 32 == pid_tgid & 0xffff_ffff {
-        let _ = NEST_BY_PROCESS.remove(&((pid_tgid >> 32) as u32));
+        let tgid = (pid_tgid >> 32) as u32;
+        let _ = NEST_BY_PROCESS.remove(&tgid);
+        let _ = java::JAVA_THREADS.remove(&tgid);
         let process = Executor {
             pid_tgid: pid_tgid & !0xffff_ffff,
             g: 0,

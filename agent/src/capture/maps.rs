@@ -10,8 +10,8 @@ use clew_common::{
     exe,
     logs::{LogFd, LogFdKey},
     names::map,
-    nr, role, stat, CgroupSel, ConnInfo, ConnKey, Inflight, PeerKey, SockAddr, IO_MARK,
-    MAX_CGROUPS, MAX_TGID_PAGES, TGID_PAGE,
+    nr, role, stat, CgroupSel, ConnInfo, ConnKey, Inflight, JavaThreadLayout, PeerKey, SockAddr,
+    IO_MARK, MAX_CGROUPS, MAX_TGID_PAGES, NEST_JAVA, TGID_PAGE,
 };
 use std::{
     net::SocketAddr,
@@ -28,6 +28,7 @@ pub struct KernelMaps {
     inflight: HashMap<MapData, u64, Inflight>,
     peers: HashMap<MapData, u64, PeerKey>,
     nest_by_process: HashMap<MapData, u32, i64>,
+    java_threads: HashMap<MapData, u32, JavaThreadLayout>,
     conn_tgids: ConnTgids,
     /// An enter program keeps each call's arguments, so a read already
     /// blocked when it attached needs its entry written here.
@@ -151,6 +152,7 @@ impl KernelMaps {
             inflight: HashMap::try_from(take(map::INFLIGHT)?)?,
             peers: HashMap::try_from(take(map::PEERS)?)?,
             nest_by_process: HashMap::try_from(take(map::NEST_BY_PROCESS)?)?,
+            java_threads: HashMap::try_from(take(map::JAVA_THREADS)?)?,
             conn_tgids: match take(map::CONN_TGIDS)? {
                 aya::maps::Map::Array(m) => ConnTgids::new(m)?,
                 other => anyhow::bail!("map {} is not an array: {other:?}", map::CONN_TGIDS),
@@ -178,9 +180,21 @@ impl KernelMaps {
             None => {
                 // Absent already (removed by the kernel at its exit).
                 let _ = self.nest_by_process.remove(&tgid);
+                let _ = self.java_threads.remove(&tgid);
                 Ok(())
             }
         }
+    }
+
+    /// Process `tgid`'s requests count per Java thread in the kernel's
+    /// nesting, read as `layout` says.
+    pub fn nest_by_java_thread(&mut self, tgid: u32, layout: JavaThreadLayout) -> Result<()> {
+        self.java_threads
+            .insert(tgid, layout, 0)
+            .with_context(|| format!("nesting process {tgid} per Java thread"))?;
+        self.nest_by_process
+            .insert(tgid, NEST_JAVA, 0)
+            .with_context(|| format!("nesting process {tgid} per Java thread"))
     }
 
     pub fn unselect_pid(&mut self, tgid: u32) {

@@ -129,6 +129,16 @@ impl Capture {
             tracing::warn!("Go requests will be counted per process, not per goroutine: {e:#}");
             0
         });
+        let java_regs = match crate::probe::task_regs() {
+            Ok(()) => 1u32,
+            Err(e) => {
+                tracing::info!(
+                    "JVMs with virtual threads will count requests per process, not per Java \
+                     thread: {e:#}"
+                );
+                0
+            }
+        };
         let agent = std::process::id();
         let ebpf = EbpfLoader::new()
             .override_global(global::AGENT_TGID, &agent, true)
@@ -138,6 +148,7 @@ impl Capture {
             .override_global(global::EXEC_FILENAME_OFFSET, &exec_off, true)
             .override_global(global::SOCK_OFFSETS, &sock_off, true)
             .override_global(global::TASK_FSBASE_OFFSET, &fsbase_off, true)
+            .override_global(global::JAVA_REGS, &java_regs, true)
             .override_global(global::LOGS, &cfg.logs, true)
             .override_global(global::FILE_OFFSETS, &files_off, true)
             .override_global(
@@ -434,6 +445,7 @@ mod tests {
             map::OBSERVERS,
             map::TLS_OBSERVERS,
             map::NEST_BY_PROCESS,
+            map::JAVA_THREADS,
             map::KAFKA_BUFS,
             map::INJECTORS,
             map::LOG_FDS,
@@ -456,6 +468,7 @@ mod tests {
             global::INJECT,
             global::TCP_OPTION,
             global::TASK_FSBASE_OFFSET,
+            global::JAVA_REGS,
             program::ENTER_IO,
             program::EXIT_IO,
             program::EXIT_IO_REGS,

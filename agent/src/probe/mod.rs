@@ -5,6 +5,8 @@
 
 mod programs;
 
+pub use programs::task_regs;
+
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},

@@ -74,6 +74,16 @@ pub fn ring_buffer() -> Finding {
     }
 }
 
+/// Whether programs of every type Clew runs may read the calling task's
+/// saved user registers (the JVM nesting, `ebpf/src/java.rs`): the strictest
+/// of them, an sk_msg program, loads with the helpers.
+pub fn task_regs() -> Result<()> {
+    let mut ebpf = load()?;
+    let msg: &mut SkMsg = program(&mut ebpf, program::TASK_REGS)?;
+    msg.load()?;
+    Ok(())
+}
+
 fn load() -> Result<Ebpf> {
     let me = std::process::id();
     EbpfLoader::new()

@@ -7,11 +7,12 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::BPF_SOCK_OPS_WRITE_HDR_OPT_CB,
+    bindings::{pt_regs, BPF_SOCK_OPS_WRITE_HDR_OPT_CB},
     helpers::{
-        bpf_get_current_pid_tgid,
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{
-            bpf_load_hdr_opt, bpf_probe_write_user, bpf_reserve_hdr_opt, bpf_store_hdr_opt,
+            bpf_get_current_task_btf, bpf_load_hdr_opt, bpf_probe_write_user, bpf_reserve_hdr_opt,
+            bpf_store_hdr_opt, bpf_task_pt_regs,
         },
     },
     macros::{fentry, fexit, kprobe, map, sk_msg, sock_ops, tracepoint, uprobe},
@@ -106,6 +107,18 @@ pub fn probe_tcp_option(ctx: SockOpsContext) -> u32 {
 
 #[sk_msg]
 pub fn probe_sk_msg(_ctx: SkMsgContext) -> u32 {
+    1
+}
+
+/// Loads where an sk_msg program (base helpers only) may read the calling
+/// task's saved user registers, as the JVM nesting does from every
+/// program that asks which request a call is for.
+#[sk_msg]
+pub fn probe_task_regs(_ctx: SkMsgContext) -> u32 {
+    // SAFETY: the helpers return the current task and its saved user
+    // registers; the register is read through the probe-read helper.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    let _ = unsafe { bpf_probe_read_kernel(&raw const (*regs).r15) };
     1
 }
 

@@ -211,6 +211,17 @@ fn nesting_java_pool_handoff() -> Result<()> {
     })
 }
 
+/// A virtual thread per request (Java 25): a carrier thread runs many of
+/// them, so the kernel tells the mounted Java thread from the JVM's own
+/// structures (per OS thread, 1-4% were right, up to 7.5% confidently
+/// wrong).
+#[test]
+fn nesting_java_virtual_threads() -> Result<()> {
+    frontend_case("java-virtual", 99.0, |t, b| {
+        Frontend::java(&t.cg, &b.url(""), JavaMode::Virtual)
+    })
+}
+
 /// nginx (forwarding `/work/N` as is, on kept-alive upstream
 /// connections) measured with its clients in `clients`.
 fn nginx_case(name: &str, clients: Option<&Cgroup>) -> Result<Tally> {
