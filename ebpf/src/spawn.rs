@@ -46,8 +46,7 @@ static STARTING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_INFLIGH
 /// parent (or an ancestor) served a request. Eviction: removed when the
 /// goroutine exits (`gfput`); LRU covers the rest, costing nesting only.
 #[map]
-static STARTED_IN: LruHashMap<Goroutine, StartedIn> =
-    LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+static STARTED_IN: LruHashMap<Goroutine, StartedIn> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
 
 #[inline(always)]
 pub fn started_in(g: &Goroutine) -> Option<StartedIn> {
