@@ -567,7 +567,7 @@ mod tests {
         };
         assert_eq!((head.path(), head.query()), ("/a/b", Some("x=1")));
         assert_eq!(
-            (head.header("host"), head.minor_version),
+            (head.known(Known::Host), head.minor_version),
             (Some("example"), 1)
         );
         assert_eq!(run.shown(), ["GET /a/b?x=1 @1", "end @1"]);
@@ -722,7 +722,7 @@ mod tests {
         let Frame::Response { head, .. } = &run.out[0] else {
             panic!("{:?}", run.out);
         };
-        assert_eq!((head.minor_version, head.reason()), (0, "OK"));
+        assert_eq!((head.minor_version, head.status), (0, 200));
         assert_eq!(run.shown(), ["200 @1"]);
         assert_eq!(run.finish(7).shown(), ["end @7"]);
     }

@@ -87,79 +87,9 @@ impl Strings {
     }
 }
 
-/// The header fields of a head: name and value pairs after `first` start-line items.
-fn pairs(strings: &Strings, first: usize) -> Headers<'_> {
-    Headers {
-        strings,
-        next: first,
-    }
-}
-
-/// Names as sent, in order; at most [`MAX_HEADERS`], values cut to [`MAX_HEADER_VALUE`] bytes.
-#[derive(Debug, Clone)]
-pub struct Headers<'a> {
-    strings: &'a Strings,
-    next: usize,
-}
-
-impl<'a> Iterator for Headers<'a> {
-    type Item = (&'a str, &'a str);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.next + 1 >= self.strings.len() {
-            return None;
-        }
-        let pair = (self.strings.get(self.next), self.strings.get(self.next + 1));
-        self.next += 2;
-        Some(pair)
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = (self.strings.len() - self.next) / 2;
-        (left, Some(left))
-    }
-}
-
-impl ExactSizeIterator for Headers<'_> {}
-
-impl<'a> Headers<'a> {
-    /// The first value of header `name`, matched case-insensitively; only
-    /// names are sliced out until one matches.
-    fn value_of(self, name: &str) -> Option<&'a str> {
-        self.values_of(name).next()
-    }
-
-    /// Every value of header `name`, in order, matched case-insensitively.
-    fn values_of<'n>(self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
-        (self.next..self.strings.len().saturating_sub(1))
-            .step_by(2)
-            .filter(move |&i| self.strings.get(i).eq_ignore_ascii_case(name))
-            .map(move |i| self.strings.get(i + 1))
-    }
-}
-
-/// Builds the kept strings of a head: start-line items first, then headers.
-fn keep(start_line: &[&str], headers: &[httparse::Header<'_>]) -> Strings {
-    let kept = &headers[..headers.len().min(MAX_HEADERS)];
-    let bytes = start_line.iter().map(|s| s.len()).sum::<usize>()
-        + kept
-            .iter()
-            .map(|h| h.name.len() + h.value.len().min(MAX_HEADER_VALUE))
-            .sum::<usize>();
-    let mut strings = Strings::with_capacity(bytes, start_line.len() + 2 * kept.len());
-    for s in start_line {
-        strings.push(s);
-    }
-    for h in kept {
-        strings.push(h.name);
-        strings.push_value(h.value);
-    }
-    strings
-}
-
-/// Request headers the agent itself reads. Each is looked up several
-/// times per request (nesting, span, metrics), so they are located once,
-/// as the head is kept: scanning every name for each showed in profiles.
+/// Request headers the agent itself reads (nesting, span, metrics, framing
+/// of upgrades). A request head keeps these and no other: copying every
+/// header of every request only to drop it showed in profiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Known {
     Host,
@@ -171,6 +101,7 @@ pub enum Known {
 }
 
 impl Known {
+    #[cfg(test)]
     const ALL: [Known; 6] = [
         Known::Host,
         Known::UserAgent,
@@ -179,6 +110,7 @@ impl Known {
         Known::Traceparent,
         Known::Tracestate,
     ];
+    const COUNT: usize = 6;
 
     fn name(self) -> &'static str {
         match self {
@@ -191,45 +123,65 @@ impl Known {
         }
     }
 
+    /// By the name's length first: most headers of a request are none of
+    /// these, and a length mismatch rules them out without a comparison.
     fn of(name: &str) -> Option<Known> {
-        Known::ALL
-            .into_iter()
+        let candidates: &[Known] = match name.len() {
+            4 => &[Known::Host],
+            7 => &[Known::Baggage, Known::Upgrade],
+            10 => &[Known::UserAgent, Known::Tracestate],
+            11 => &[Known::Traceparent],
+            _ => return None,
+        };
+        candidates
+            .iter()
+            .copied()
             .find(|k| k.name().eq_ignore_ascii_case(name))
     }
 }
 
-/// Where the [`Known`] headers' first values are among a head's strings
-/// (0: absent), and which of them repeat.
+/// Where the first value of each [`Known`] header is among a head's
+/// strings (0: absent), and which are repeated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Located {
-    first: [u8; Known::ALL.len()],
+    first: [u8; Known::COUNT],
     repeated: u8,
 }
 
-impl Located {
-    /// `first_header`: the index of the first header name among the strings.
-    fn find(headers: &[httparse::Header<'_>], first_header: usize) -> Self {
-        let mut l = Located::default();
-        for (i, h) in headers.iter().take(MAX_HEADERS).enumerate() {
-            let Some(k) = Known::of(h.name) else { continue };
-            let slot = &mut l.first[k as usize];
-            if *slot == 0 {
-                // At most 3 + 2 * MAX_HEADERS strings: u8 is plenty.
-                *slot = (first_header + 2 * i + 1) as u8;
-            } else {
-                l.repeated |= 1 << k as u8;
-            }
+/// The strings of a request head: its start-line items, then the name and
+/// value of each [`Known`] header among its first [`MAX_HEADERS`].
+fn keep(start_line: &[&str], headers: &[httparse::Header<'_>]) -> (Strings, Located) {
+    let mut kept = [(0u8, Known::Host); MAX_HEADERS];
+    let mut n = 0;
+    let mut bytes = start_line.iter().map(|s| s.len()).sum::<usize>();
+    for (i, h) in headers.iter().take(MAX_HEADERS).enumerate() {
+        if let Some(k) = Known::of(h.name) {
+            kept[n] = (i as u8, k);
+            n += 1;
+            bytes += h.name.len() + h.value.len().min(MAX_HEADER_VALUE);
         }
-        l
     }
+    let mut strings = Strings::with_capacity(bytes, start_line.len() + 2 * n);
+    let mut located = Located::default();
+    for s in start_line {
+        strings.push(s);
+    }
+    for &(i, k) in &kept[..n] {
+        let h = &headers[usize::from(i)];
+        let slot = &mut located.first[k as usize];
+        if *slot == 0 {
+            *slot = (strings.len() + 1) as u8;
+        } else {
+            located.repeated |= 1 << k as u8;
+        }
+        strings.push(h.name);
+        strings.push_value(h.value);
+    }
+    (strings, located)
 }
 
-/// A request's start line and headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
-    /// Method, the target's path and its query (from its `?`, if any),
-    /// then header names and values. Path and query are read a few times
-    /// per request, so the target is split once.
     strings: Strings,
     located: Located,
     pub minor_version: u8,
@@ -244,9 +196,10 @@ impl RequestHead {
     ) -> Self {
         let query_at = target.bytes().position(|b| b == b'?');
         let (path, query) = target.split_at(query_at.unwrap_or(target.len()));
+        let (strings, located) = keep(&[method, path, query], headers);
         RequestHead {
-            strings: keep(&[method, path, query], headers),
-            located: Located::find(headers, 3),
+            strings,
+            located,
             minor_version,
         }
     }
@@ -255,21 +208,20 @@ impl RequestHead {
         self.strings.get(0)
     }
 
-    /// The request-target as sent, e.g. `/a/b?x=1`.
+    /// The request target as sent: path and query.
     pub fn target(&self) -> &str {
         self.strings.joined(1, 2)
     }
 
-    pub fn headers(&self) -> Headers<'_> {
-        pairs(&self.strings, 3)
+    /// Every kept value of header `name`, in order, matched case-insensitively.
+    fn values_of<'n>(&self, name: &'n str) -> impl Iterator<Item = &str> + use<'_, 'n> {
+        (3..self.strings.len().saturating_sub(1))
+            .step_by(2)
+            .filter(move |&i| self.strings.get(i).eq_ignore_ascii_case(name))
+            .map(move |i| self.strings.get(i + 1))
     }
 
-    /// The first value of header `name`, matched case-insensitively.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers().value_of(name)
-    }
-
-    /// The first value of header `k`, as [`RequestHead::header`] finds it.
+    /// The first value of a header the agent reads.
     pub fn known(&self, k: Known) -> Option<&str> {
         match self.located.first[k as usize] {
             0 => None,
@@ -277,63 +229,51 @@ impl RequestHead {
         }
     }
 
-    /// Every value of header `k`, in order.
+    /// Every value of a header the agent reads, in order.
     pub fn known_values(&self, k: Known) -> impl Iterator<Item = &str> {
         let repeated = self.located.repeated & 1 << k as u8 != 0;
         let (one, all) = if repeated {
-            (None, Some(self.headers().values_of(k.name())))
+            (None, Some(self.values_of(k.name())))
         } else {
             (self.known(k), None)
         };
         one.into_iter().chain(all.into_iter().flatten())
     }
 
-    /// The target's path, without query, and without scheme and authority for absolute-form targets.
+    /// The path: the target up to its query, without the scheme and
+    /// authority of an absolute-form target.
     pub fn path(&self) -> &str {
         strip_origin(self.strings.get(1))
     }
 
-    /// The target's query, without the `?`.
+    /// The query, without its `?`.
     pub fn query(&self) -> Option<&str> {
         self.strings.get(2).strip_prefix('?')
     }
 }
 
-/// A response's status line and headers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the agent reads of a response head. Its headers matter only for
+/// framing, and for a `101` whether it switches to HTTP/2, so none is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResponseHead {
     pub status: u16,
     pub minor_version: u8,
-    /// Reason, then header names and values.
-    strings: Strings,
+    /// A `101 Switching Protocols` to `h2c`.
+    pub to_h2c: bool,
 }
 
 impl ResponseHead {
-    pub(super) fn new(
-        status: u16,
-        reason: &str,
-        minor_version: u8,
-        headers: &[httparse::Header<'_>],
-    ) -> Self {
+    pub(super) fn new(status: u16, minor_version: u8, headers: &[httparse::Header<'_>]) -> Self {
+        let to_h2c = status == 101
+            && headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
+                .is_some_and(|h| h.value.trim_ascii().eq_ignore_ascii_case(b"h2c"));
         ResponseHead {
             status,
             minor_version,
-            strings: keep(&[reason], headers),
+            to_h2c,
         }
-    }
-
-    pub fn reason(&self) -> &str {
-        self.strings.get(0)
-    }
-
-    /// Same bounds as [`RequestHead::headers`].
-    pub fn headers(&self) -> Headers<'_> {
-        pairs(&self.strings, 1)
-    }
-
-    /// The first value of header `name`, matched case-insensitively.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers().value_of(name)
     }
 }
 
@@ -374,53 +314,56 @@ mod tests {
     }
 
     #[test]
-    fn known_headers_are_found_as_any_other() {
+    fn known_headers_are_kept_in_order_and_others_dropped() {
         let header = |name, value| httparse::Header { name, value };
         let raw = [
             header("X-A", b"1"),
             header("User-Agent", b"curl"),
             header("TraceState", b"a=1"),
+            header("Accept", b"*/*"),
             header("tracestate", b"b=2"),
             header("Upgrade", b""),
+            header("HOST", b"h"),
         ];
-        let head = RequestHead::new("GET", "/", 1, &raw);
-        for k in Known::ALL {
-            assert_eq!(head.known(k), head.header(k.name()), "{k:?}");
-            assert!(
-                head.known_values(k).eq(head.headers().values_of(k.name())),
-                "{k:?}"
-            );
-        }
+        let head = RequestHead::new("GET", "/p?q", 1, &raw);
+        assert_eq!((head.method(), head.target()), ("GET", "/p?q"));
+        assert_eq!(head.known(Known::UserAgent), Some("curl"));
+        assert_eq!(head.known(Known::Host), Some("h"));
         assert_eq!(head.known(Known::Upgrade), Some(""));
-        let many: Vec<_> = (0..MAX_HEADERS + 1)
-            .map(|_| header("Baggage", b"k=v"))
-            .collect();
-        let head = RequestHead::new("GET", "/", 1, &many);
-        assert_eq!(head.known_values(Known::Baggage).count(), MAX_HEADERS);
+        assert_eq!(head.known(Known::Traceparent), None);
+        assert!(head.known_values(Known::Tracestate).eq(["a=1", "b=2"]));
+        assert!(head.known_values(Known::Baggage).eq(None::<&str>));
+        // Start line, then names and values of the five known headers only.
+        assert_eq!(head.strings.len(), 3 + 2 * 5);
+        for k in Known::ALL {
+            assert_eq!(Known::of(&k.name().to_ascii_uppercase()), Some(k));
+        }
+        assert_eq!(Known::of("hosts"), None);
+        assert_eq!(Known::of("x-trace"), None);
     }
 
     #[test]
-    fn headers_iterate_in_order() {
-        let raw = [
-            httparse::Header {
-                name: "Host",
-                value: b"h",
-            },
-            httparse::Header {
-                name: "X-Empty",
-                value: b"",
-            },
+    fn only_the_first_headers_are_looked_at() {
+        let header = |name, value| httparse::Header { name, value };
+        let mut many: Vec<_> = (0..MAX_HEADERS)
+            .map(|_| header("Baggage", b"k=v"))
+            .collect();
+        many.push(header("Host", b"late"));
+        let head = RequestHead::new("GET", "/", 1, &many);
+        assert_eq!(head.known_values(Known::Baggage).count(), MAX_HEADERS);
+        assert_eq!(head.known(Known::Host), None);
+    }
+
+    #[test]
+    fn a_response_keeps_its_status_and_whether_it_switches_to_h2c() {
+        let header = |name, value| httparse::Header { name, value };
+        let h2c = [
+            header("Connection", b"Upgrade"),
+            header("UPGRADE", b" h2c "),
         ];
-        let head = RequestHead::new("GET", "/", 1, &raw);
-        assert_eq!(head.headers().len(), 2);
-        assert_eq!(
-            head.headers().collect::<Vec<_>>(),
-            [("Host", "h"), ("X-Empty", "")]
-        );
-        assert_eq!(head.header("x-empty"), Some(""));
-        assert_eq!(head.known(Known::Host), Some("h"));
-        assert_eq!(head.known(Known::Traceparent), None);
-        let head = ResponseHead::new(200, "", 1, &[]);
-        assert_eq!((head.reason(), head.headers().len()), ("", 0));
+        assert!(ResponseHead::new(101, 1, &h2c).to_h2c);
+        assert!(!ResponseHead::new(200, 1, &h2c).to_h2c);
+        assert!(!ResponseHead::new(101, 1, &[header("Upgrade", b"websocket")]).to_h2c);
+        assert_eq!(ResponseHead::new(204, 0, &[]).minor_version, 0);
     }
 }

@@ -10,7 +10,7 @@ mod session;
 mod spans;
 
 pub use decoder::{Decoder, Frame, Side, MAX_HEAD};
-pub use head::{Headers, Known, RequestHead, ResponseHead, MAX_HEADERS, MAX_HEADER_VALUE};
+pub use head::{Known, RequestHead, ResponseHead, MAX_HEADERS, MAX_HEADER_VALUE};
 pub use parse::ParseError;
 pub use session::{Exchange, Session};
 pub use spans::{measure, to_span};

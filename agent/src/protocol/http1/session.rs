@@ -288,10 +288,7 @@ impl Session {
     ) {
         match f {
             Frame::Response { head, .. } => {
-                self.h2c |= head.status == 101
-                    && head
-                        .header("upgrade")
-                        .is_some_and(|u| u.trim().eq_ignore_ascii_case("h2c"));
+                self.h2c |= head.to_h2c;
                 match self.pending.iter_mut().find(|p| p.response.is_none()) {
                     Some(p) => p.response = Some(head),
                     None if self.role == Role::Client
