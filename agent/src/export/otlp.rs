@@ -3,8 +3,9 @@
 //! `trace/v1/trace.proto`, `common/v1/common.proto`, `resource/v1/resource.proto`;
 //! fields in tag order, as prost writes them).
 
-use std::collections::HashMap;
 use std::sync::Arc;
+
+use foldhash::HashMap;
 
 use opentelemetry_proto::tonic::trace::v1::{span, status, SpanFlags};
 
@@ -25,19 +26,26 @@ pub fn encode_request(spans: &[Span]) -> Vec<u8> {
 }
 
 /// Items of one process share one `Arc<Resource>`, so its address is the
-/// grouping key; first-seen order keeps the output deterministic.
+/// grouping key; first-seen order keeps the output deterministic. A batch
+/// mostly holds runs of one process's items: the last group is tried first.
 pub(super) fn by_resource<T>(
     items: &[T],
     resource: impl Fn(&T) -> &Arc<Resource>,
 ) -> Vec<(&Resource, Vec<&T>)> {
     let mut groups: Vec<(&Resource, Vec<&T>)> = Vec::new();
-    let mut index: HashMap<*const Resource, usize> = HashMap::new();
+    let mut index: HashMap<*const Resource, usize> = HashMap::default();
+    let mut last = None;
     for item in items {
         let r = resource(item);
-        let group = *index.entry(Arc::as_ptr(r)).or_insert_with(|| {
-            groups.push((r, Vec::new()));
-            groups.len() - 1
-        });
+        let key = Arc::as_ptr(r);
+        let group = match last {
+            Some((k, g)) if k == key => g,
+            _ => *index.entry(key).or_insert_with(|| {
+                groups.push((r, Vec::new()));
+                groups.len() - 1
+            }),
+        };
+        last = Some((key, group));
         groups[group].1.push(item);
     }
     groups

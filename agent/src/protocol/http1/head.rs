@@ -3,6 +3,7 @@
 //! allocation however many headers it has (the agent keeps one per request
 //! in flight).
 
+use super::parse::is_named;
 use crate::protocol::http_common::bounded_text;
 
 /// Headers kept per message; the ones past this still count for framing.
@@ -136,7 +137,7 @@ impl Known {
         candidates
             .iter()
             .copied()
-            .find(|k| k.name().eq_ignore_ascii_case(name))
+            .find(|k| is_named(name, k.name()))
     }
 }
 
@@ -217,7 +218,7 @@ impl RequestHead {
     fn values_of<'n>(&self, name: &'n str) -> impl Iterator<Item = &str> + use<'_, 'n> {
         (3..self.strings.len().saturating_sub(1))
             .step_by(2)
-            .filter(move |&i| self.strings.get(i).eq_ignore_ascii_case(name))
+            .filter(move |&i| is_named(self.strings.get(i), name))
             .map(move |i| self.strings.get(i + 1))
     }
 
@@ -267,7 +268,7 @@ impl ResponseHead {
         let to_h2c = status == 101
             && headers
                 .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
+                .find(|h| is_named(h.name, "upgrade"))
                 .is_some_and(|h| h.value.trim_ascii().eq_ignore_ascii_case(b"h2c"));
         ResponseHead {
             status,

@@ -60,10 +60,8 @@ impl Framing {
         let mut length = Ok(None);
         for h in headers {
             match h.name.len() {
-                17 if h.name.eq_ignore_ascii_case("transfer-encoding") => {
-                    transfer_encoding = Some(h.value)
-                }
-                14 if h.name.eq_ignore_ascii_case("content-length") => {
+                17 if is_named(h.name, "transfer-encoding") => transfer_encoding = Some(h.value),
+                14 if is_named(h.name, "content-length") => {
                     length = length.and_then(|found| content_length(found, h.value))
                 }
                 _ => {}
@@ -222,6 +220,15 @@ fn complete(status: httparse::Result<usize>) -> Result<(), ParseError> {
         Ok(httparse::Status::Partial) => Err(ParseError::BadHead(httparse::Error::NewLine)),
         Err(e) => Err(ParseError::BadHead(e)),
     }
+}
+
+/// Whether header name `name` (a token) is `lower`, a lowercase name of
+/// letters and dashes. Setting bit 5 lowercases a letter and leaves a dash,
+/// and no other token character becomes one of those, so one OR per byte
+/// does what `eq_ignore_ascii_case`'s per-byte case mapping does, for a
+/// look at each header of each message.
+pub(super) fn is_named(name: &str, lower: &str) -> bool {
+    name.len() == lower.len() && name.bytes().zip(lower.bytes()).all(|(a, b)| a | 0x20 == b)
 }
 
 /// RFC 9110 token characters, which methods and header names are made of.
