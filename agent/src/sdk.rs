@@ -10,7 +10,7 @@ use std::collections::HashSet;
 
 use crate::{
     processor::Processor,
-    span::{Span, SpanKind},
+    span::{Resource, Span, SpanKind},
 };
 
 /// The OTLP/gRPC trace export method an SDK calls.
@@ -36,13 +36,8 @@ impl Processor for DeferToSdk {
         if resource.sdk_exports {
             return false;
         }
-        let instance = resource
-            .attributes
-            .iter()
-            .find(|(k, _)| k == "service.instance.id")
-            .map(|(_, v)| v.to_string())
-            .unwrap_or_else(|| resource.pid.to_string());
-        if self.exporters.contains(&instance) {
+        // Nearly always empty: then no span pays for naming its process.
+        if !self.exporters.is_empty() && self.exporters.contains(&instance(resource)) {
             return false;
         }
         if !is_trace_export(span) {
@@ -56,9 +51,19 @@ impl Processor for DeferToSdk {
         if self.exporters.len() >= MAX_REMEMBERED {
             self.exporters.clear();
         }
-        self.exporters.insert(instance);
+        self.exporters.insert(instance(resource));
         false
     }
+}
+
+/// The process's `service.instance.id`, else its pid.
+fn instance(resource: &Resource) -> String {
+    resource
+        .attributes
+        .iter()
+        .find(|(k, _)| k == "service.instance.id")
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_else(|| resource.pid.to_string())
 }
 
 /// A CLIENT span of an OTLP trace export.
