@@ -16,11 +16,16 @@ use crate::span::{AttrValue, Resource, Span, SpanKind, Status};
 /// rarely grows (and copies itself) while a batch is written.
 const TYPICAL_SPAN_BYTES: usize = 512;
 
+/// Length-prefix bytes set aside for a span (128 bytes to 16 KiB)...
+const SPAN_WIDTH: usize = 2;
+/// ...and for the spans of a process in a batch (16 KiB to 2 MiB).
+const GROUP_WIDTH: usize = 3;
+
 /// The encoded `ExportTraceServiceRequest` carrying `spans`.
 pub fn encode_request(spans: &[Span]) -> Vec<u8> {
     let mut w = Writer::with_capacity(spans.len() * TYPICAL_SPAN_BYTES);
     for (resource, spans) in by_resource(spans, |s| &s.resource) {
-        w.message(1, |w| resource_spans(w, resource, &spans));
+        w.message_sized(1, GROUP_WIDTH, |w| resource_spans(w, resource, &spans));
     }
     w.into_bytes()
 }
@@ -66,10 +71,10 @@ pub(super) fn scope(w: &mut Writer) {
 
 fn resource_spans(w: &mut Writer, r: &Resource, spans: &[&Span]) {
     w.message(1, |w| resource(w, r));
-    w.message(2, |w| {
+    w.message_sized(2, GROUP_WIDTH, |w| {
         w.message(1, scope);
         for s in spans {
-            w.message(2, |w| span(w, s));
+            w.message_sized(2, SPAN_WIDTH, |w| span(w, s));
         }
     });
 }

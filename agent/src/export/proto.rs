@@ -3,9 +3,10 @@
 //! span into fresh allocations only to serialise and free them.
 //!
 //! A nested message is length-prefixed, and its length is only known once it
-//! is written: one byte is set aside for it (enough below 128 bytes, which
-//! most attributes are) and the body is moved up in the rare longer case,
-//! rather than measuring every message before writing it.
+//! is written: the bytes its length most likely takes are set aside (one for
+//! an attribute, two for a span, three for a batch's groups) and the body is
+//! moved only in the rare other case, rather than measuring every message
+//! before writing it.
 
 /// Wire types used here (protobuf encoding spec).
 #[derive(Clone, Copy)]
@@ -36,19 +37,32 @@ impl Writer {
         self.buf
     }
 
-    /// A nested message field whose fields `body` writes.
+    /// A nested message field whose fields `body` writes (most of them
+    /// shorter than 128 bytes).
     #[inline]
     pub(super) fn message(&mut self, tag: u32, body: impl FnOnce(&mut Writer)) {
+        self.message_sized(tag, 1, body);
+    }
+
+    /// A nested message field whose length most likely takes `width`
+    /// varint bytes: that many are set aside, and the body moves only
+    /// when its length takes another number.
+    #[inline]
+    pub(super) fn message_sized(&mut self, tag: u32, width: usize, body: impl FnOnce(&mut Writer)) {
         self.key(tag, WireType::LengthDelimited);
         let at = self.buf.len();
-        self.buf.push(0);
+        self.buf.extend_from_slice(&[0; 10][..width]);
         body(self);
-        let len = self.buf.len() - at - 1;
-        if len < 0x80 {
+        let len = self.buf.len() - at - width;
+        if width == 1 && len < 0x80 {
             self.buf[at] = len as u8;
+            return;
+        }
+        let (prefix, n) = varint(len as u64);
+        if n == width {
+            self.buf[at..at + n].copy_from_slice(&prefix[..n]);
         } else {
-            let (prefix, n) = varint(len as u64);
-            self.buf.splice(at..at + 1, prefix[..n].iter().copied());
+            self.buf.splice(at..at + width, prefix[..n].iter().copied());
         }
     }
 
@@ -139,16 +153,20 @@ mod tests {
     }
 
     #[test]
-    fn long_messages_get_their_length_moved_in_front() {
-        for len in [0, 127, 128, 300, 20_000] {
+    fn every_length_gets_its_shortest_prefix_whatever_was_set_aside() {
+        for (len, width) in [0, 127, 128, 300, 20_000, 3_000_000]
+            .into_iter()
+            .flat_map(|len| (1..=3).map(move |width| (len, width)))
+        {
             let mut w = Writer::default();
-            w.message(1, |w| w.bytes(2, &vec![7; len]));
+            w.message_sized(1, width, |w| w.bytes(2, &vec![7; len]));
             let bytes = w.into_bytes();
             let inner = 1 + varint(len as u64).1 + len;
             let (prefix, n) = varint(inner as u64);
             assert_eq!(bytes[0], 0x0a);
-            assert_eq!(&bytes[1..1 + n], &prefix[..n], "{len}");
-            assert_eq!(bytes.len(), 1 + n + inner, "{len}");
+            assert_eq!(&bytes[1..1 + n], &prefix[..n], "{len} {width}");
+            assert_eq!(bytes.len(), 1 + n + inner, "{len} {width}");
+            assert!(bytes[1 + n + 1..].starts_with(&varint(len as u64).0[..1]));
         }
     }
 }
