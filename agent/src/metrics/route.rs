@@ -4,6 +4,9 @@
 //! `{id}`, and a path position that takes more than
 //! [`MAX_VALUES_PER_POSITION`] distinct values becomes `{param}`.
 
+use std::hash::BuildHasher;
+
+use compact_str::CompactString;
 use foldhash::HashMap;
 
 use anyhow::{bail, Result};
@@ -131,6 +134,8 @@ pub struct Routes {
     auto: bool,
     /// The root position of each service's paths.
     roots: HashMap<Box<str>, u32>,
+    /// Recent paths' templates.
+    memo: Memo,
     /// Every path position seen, a tree: each maps the segments it keeps
     /// (literals and placeholders) to the position after them.
     positions: Vec<Position>,
@@ -151,25 +156,40 @@ impl Routes {
             auto,
             roots: HashMap::default(),
             positions: Vec::new(),
+            memo: Memo::default(),
         }
     }
 
     /// `http.route` for a server request of `service` to `path`; `None`
     /// when there is none to give (no pattern matched and automatic
     /// templating is off, or the path is not origin-form).
-    pub fn route(&mut self, service: &str, path: &str) -> Option<String> {
+    pub fn route(&mut self, service: &str, path: &str) -> Option<CompactString> {
         if let Some(p) = user_route(&self.patterns, path) {
-            return Some(p.to_owned());
+            return Some(p.into());
         }
         if !self.auto || !path.starts_with('/') {
             return None;
         }
-        let mut at = match self.roots.get(service) {
+        let root = match self.roots.get(service) {
             Some(&root) => Some(root),
             None => self.new_position().inspect(|&root| {
                 self.roots.insert(service.into(), root);
             }),
         };
+        let Some(root) = root else {
+            return Some(self.template(None, path).into());
+        };
+        let learned = self.positions.len();
+        if let Some(route) = self.memo.get(root, path, learned) {
+            return Some(route.clone());
+        }
+        let route = CompactString::from(self.template(Some(root), path));
+        self.memo.put(root, path, self.positions.len(), &route);
+        Some(route)
+    }
+
+    /// The template of `path` from position `at`, learning its literals.
+    fn template(&mut self, mut at: Option<u32>, path: &str) -> String {
         let mut route = String::with_capacity(path.len());
         // A char set, not a char: the single char's memchr set-up costs
         // more than these short segments take to scan.
@@ -187,7 +207,7 @@ impl Routes {
             route.push_str(part);
             at = literal.or_else(|| at.and_then(|p| self.next(p, part)));
         }
-        Some(route)
+        route
     }
 
     /// The position after `segment` kept literal at position `p`,
@@ -226,6 +246,56 @@ impl Routes {
         }
         self.positions.push(Position::default());
         Some(self.positions.len() as u32 - 1)
+    }
+}
+
+/// Paths' templates cached in slots chosen by hash (a newer path takes an
+/// older one's slot): a service answers the same few paths over and over,
+/// and templating one walks a position per segment. The tree of positions
+/// only grows, and a template can only change when it does: an entry holds
+/// while the count of positions is the one it was made with.
+struct Memo {
+    slots: Vec<Option<Memoized>>,
+    hasher: foldhash::fast::FixedState,
+}
+
+struct Memoized {
+    root: u32,
+    positions: usize,
+    path: CompactString,
+    route: CompactString,
+}
+
+/// Slots of [`Memo`]: about 64 bytes each.
+const MEMO_SLOTS: usize = 256;
+
+impl Default for Memo {
+    fn default() -> Self {
+        Memo {
+            slots: (0..MEMO_SLOTS).map(|_| None).collect(),
+            hasher: Default::default(),
+        }
+    }
+}
+
+impl Memo {
+    fn slot(&self, root: u32, path: &str) -> usize {
+        self.hasher.hash_one((root, path)) as usize % MEMO_SLOTS
+    }
+
+    fn get(&self, root: u32, path: &str, positions: usize) -> Option<&CompactString> {
+        let m = self.slots[self.slot(root, path)].as_ref()?;
+        (m.root == root && m.positions == positions && m.path == path).then_some(&m.route)
+    }
+
+    fn put(&mut self, root: u32, path: &str, positions: usize, route: &CompactString) {
+        let slot = self.slot(root, path);
+        self.slots[slot] = Some(Memoized {
+            root,
+            positions,
+            path: path.into(),
+            route: route.clone(),
+        });
     }
 }
 
@@ -326,6 +396,27 @@ mod tests {
             r.route("other", "/docs/page-x/edit").unwrap(),
             "/docs/page-x/edit"
         );
+    }
+
+    #[test]
+    fn remembered_templates_are_the_ones_templating_gives() {
+        let paths: Vec<String> = (0..300)
+            .map(|i| match i % 3 {
+                0 => format!("/docs/page-{}/edit", word(i / 3)),
+                1 => format!("/docs/page-{}/edit", word(i % 7)),
+                _ => format!("/users/{i}/cart"),
+            })
+            .collect();
+        let (mut remembering, mut forgetting) = (auto(), auto());
+        for p in paths.iter().chain(&paths) {
+            forgetting.memo = Memo::default();
+            assert_eq!(
+                remembering.route("svc", p),
+                forgetting.route("svc", p),
+                "{p}"
+            );
+        }
+        assert!(remembering.memo.slots.iter().any(Option::is_some));
     }
 
     #[test]
