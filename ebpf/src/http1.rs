@@ -23,7 +23,7 @@ const MIN_REQUEST: u64 = 16;
 observe::observers!(observe_http1, observe_http1_tls);
 
 #[inline(always)]
-fn observe(s: &Staged) {
+fn observe(s: &mut Staged) {
     if s.direction == dir::EGRESS {
         if matches!(unsafe { bpf_probe_read_user(s.buf as *const [u8; 5]) }, Ok(b) if b == *b"HTTP/")
         {

@@ -26,7 +26,7 @@ use aya_ebpf::{
 };
 use clew_common::{
     connstate, dataflag, dir, kind, logs::LOG_MARK, nr, proto, role, stat, ConnInfo, ConnKey,
-    DataHeader, SockAddr, TraceCtx, IO_MARK, MAX_CAPTURE,
+    DataHeader, TraceCtx, IO_MARK, MAX_CAPTURE,
 };
 
 use crate::{
@@ -96,7 +96,7 @@ fn socket_call(
         data_flags: 0,
         a1,
         a2,
-        peer: SockAddr::default(),
+        peer: crate::zero::zeroed(),
     })
 }
 
@@ -193,7 +193,7 @@ fn returned(ctx: &TracePointContext, pid_tgid: u64, v: Inflight) {
         // One record, submitted by the observer with the span it decides.
         observe::dispatch(ctx, &OBSERVERS, &v, dir::INGRESS, v.a1, len, ts, true);
         // Reached only when no observer ran.
-        submit_held(&v, None);
+        submit_held(&v, false);
         return;
     }
 
@@ -335,13 +335,15 @@ struct Walk {
     /// The iovec array (0: one buffer, already in `seg_*`) and its length.
     iov: u64,
     iovcnt: u64,
-    /// Index of the next segment to read.
-    seg: u64,
     /// The current segment's bytes not reported yet.
     seg_buf: u64,
     seg_left: u64,
     /// Bytes of the call not reported yet.
     left: u64,
+    /// Index of the next segment to read. Not next to the fields that
+    /// start at zero with it: the compiler would merge their stores into a
+    /// byte-at-a-time `memset` call (see `zero`).
+    seg: u64,
     direction: u8,
     /// Report every byte (in pieces of at most `MAX_CAPTURE`) instead of a
     /// prefix of each segment.
@@ -367,10 +369,10 @@ pub fn emit_call(v: &Inflight, pid_tgid: u64, ts: u64, direction: u8, bytes: Byt
         ts,
         iov,
         iovcnt,
-        seg: 0,
         seg_buf,
         seg_left,
         left: len,
+        seg: 0,
         direction,
         // Framed protocols whose messages span many segments are captured
         // whole: their parsers need every byte of a header block or batch.
@@ -508,28 +510,34 @@ fn stage(
     Some(size_of::<DataHeader>() + captured as usize)
 }
 
-/// Submits a call's record held for its observer (`stage` wrote it), with
-/// the SERVER span the observer decided, if any, after its payload.
+/// Puts the SERVER span decided for the request a held record starts
+/// (`stage` wrote the record) after its payload; returns whether it did.
 #[inline(always)]
-pub fn submit_held(v: &Inflight, server_span: Option<&TraceCtx>) {
+pub fn hold_span(ctx: &TraceCtx) -> bool {
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
-        return;
+        return false;
     };
     let s = unsafe { &mut *s };
     let captured = s.hdr.captured as usize;
     if captured > MAX_CAPTURE {
+        return false;
+    }
+    s.hdr.flags |= dataflag::SERVER_SPAN;
+    // SAFETY: `data` has room for a TraceCtx past MAX_CAPTURE bytes.
+    unsafe { core::ptr::write_unaligned(s.data.as_mut_ptr().add(captured) as *mut TraceCtx, *ctx) };
+    true
+}
+
+/// Submits a call's record held for its observer, with the SERVER span
+/// `hold_span` put after its payload when `with_span`.
+#[inline(always)]
+pub fn submit_held(v: &Inflight, with_span: bool) {
+    let Some(s) = SCRATCH.get_ptr(0) else {
         return;
-    }
-    let mut size = size_of::<DataHeader>() + captured;
-    if let Some(ctx) = server_span {
-        s.hdr.flags |= dataflag::SERVER_SPAN;
-        // SAFETY: `data` has room for a TraceCtx past MAX_CAPTURE bytes.
-        unsafe {
-            core::ptr::write_unaligned(s.data.as_mut_ptr().add(captured) as *mut TraceCtx, *ctx)
-        };
-        size += size_of::<TraceCtx>();
-    }
-    submit(v, size);
+    };
+    let captured = unsafe { (*s).hdr.captured } as usize;
+    let span = if with_span { size_of::<TraceCtx>() } else { 0 };
+    submit(v, size_of::<DataHeader>() + captured + span);
 }
 
 /// Writes the first `size` bytes of the scratch space (a staged record) to

@@ -228,7 +228,7 @@ pub fn emit_plaintext<C: EbpfContext>(
         data_flags: dataflag::TLS,
         a1: buf,
         a2: 0,
-        peer: Default::default(),
+        peer: crate::zero::zeroed(),
     };
     let ts = now();
     if connstate::proto(v.conn_state) == proto::UNKNOWN {
