@@ -91,10 +91,10 @@ static OUT: PerCpuArray<[u8; OUT_BYTES]> = PerCpuArray::with_max_entries(1, 0);
 /// first `len` bytes): where its value lies there, without the optional
 /// whitespace around it. Only for a request whose `traceparent` is valid.
 pub fn incoming(h: &Head, len: u32) -> Option<(u32, u32)> {
-    if h.tracestate == 0 {
+    if h.found.tracestate == 0 {
         return None;
     }
-    if h.tracestate_repeated != 0 {
+    if h.found.tracestate_repeated != 0 {
         count(stat::TRACESTATE_DROPPED);
         return None;
     }
@@ -106,7 +106,7 @@ pub fn incoming(h: &Head, len: u32) -> Option<(u32, u32)> {
 }
 
 fn check(h: &Head, len: u32) -> Option<(u32, u32)> {
-    let start = head::value_start(h, h.tracestate) as u32;
+    let start = head::value_start(h, h.found.tracestate) as u32;
     let inc = INCOMING.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot, used by this program alone until it returns.
     let inc = unsafe { &mut *inc };

@@ -7,6 +7,8 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::generated::bpf_loop;
 use clew_common::{http1::le, SCAN_BYTES};
 
+use crate::zero::zeroed;
+
 const MASK: usize = SCAN_BYTES - 1;
 /// Bytes after a newline the matcher reads: the longest name it compares
 /// (`transfer-encoding:`).
@@ -17,6 +19,13 @@ const SLACK: usize = 64;
 #[repr(C)]
 pub struct Head {
     pub buf: [u8; SCAN_BYTES + SLACK],
+    pub found: Found,
+}
+
+/// What a scan found in `Head::buf`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Found {
     /// Offsets just past the request line and past the blank line (0: not found).
     pub line_end: u32,
     pub hdr_end: u32,
@@ -61,14 +70,9 @@ pub fn starts_with_method(buf: &[u8; SCAN_BYTES + SLACK]) -> bool {
 /// takes a word: only words holding a newline are looked at byte by byte.
 #[inline(always)]
 pub fn scan(h: &mut Head, len: u32) -> bool {
-    h.line_end = 0;
-    h.hdr_end = 0;
-    h.traceparent = 0;
-    h.traceparent_repeated = 0;
-    h.tracestate = 0;
-    h.tracestate_repeated = 0;
-    h.content_length = 0;
-    h.chunked = 0;
+    // Not field by field: the compiler would merge those stores into a
+    // byte-at-a-time `memset` call.
+    h.found = zeroed();
     let mut c = ScanCtx {
         h: h as *mut Head,
         len: len as u64,
@@ -82,7 +86,7 @@ pub fn scan(h: &mut Head, len: u32) -> bool {
         )
     };
     // SAFETY: written by `step` through a pointer the compiler cannot see.
-    unsafe { core::ptr::read_volatile(&h.hdr_end) != 0 }
+    unsafe { core::ptr::read_volatile(&h.found.hdr_end) != 0 }
 }
 
 #[repr(C)]
@@ -128,12 +132,12 @@ extern "C" fn step(k: u64, ctx: *mut c_void) -> i64 {
 /// end, and the headers worth knowing start. Returns true at the blank line.
 #[inline(always)]
 fn line(h: &mut Head, n: usize, len: usize) -> bool {
-    if h.line_end == 0 {
-        h.line_end = n as u32;
+    if h.found.line_end == 0 {
+        h.found.line_end = n as u32;
     }
     let crlf = n + 2 <= len && at(&h.buf, n) == b'\r' && at(&h.buf, n + 1) == b'\n';
     if crlf || at(&h.buf, n) == b'\n' {
-        h.hdr_end = (n + 1 + crlf as usize) as u32;
+        h.found.hdr_end = (n + 1 + crlf as usize) as u32;
         return true;
     }
     if n + LOOKAHEAD > len {
@@ -142,19 +146,19 @@ fn line(h: &mut Head, n: usize, len: usize) -> bool {
     let w = word(&h.buf, n) | LOWER;
     let w2 = word(&h.buf, n + 8) | LOWER;
     if w == le(b"tracepar") && (w2 & 0xffff_ffff) == le(b"ent:") {
-        if h.traceparent != 0 {
-            h.traceparent_repeated = 1;
+        if h.found.traceparent != 0 {
+            h.found.traceparent_repeated = 1;
         }
-        h.traceparent = (n + 12) as u32;
+        h.found.traceparent = (n + 12) as u32;
     } else if w == le(b"tracesta") && (w2 & 0xff_ffff) == le(b"te:") {
-        if h.tracestate != 0 {
-            h.tracestate_repeated = 1;
+        if h.found.tracestate != 0 {
+            h.found.tracestate_repeated = 1;
         }
-        h.tracestate = (n + 11) as u32;
+        h.found.tracestate = (n + 11) as u32;
     } else if w == le(b"content-") && (w2 & 0xff_ffff_ffff_ffff) == le(b"length:") {
-        h.content_length = (n + 15) as u32;
+        h.found.content_length = (n + 15) as u32;
     } else if w == le(b"transfer") {
-        h.chunked = 1;
+        h.found.chunked = 1;
     }
     false
 }
@@ -175,10 +179,10 @@ pub fn value_start(h: &Head, off: u32) -> usize {
 /// The Content-Length value; None when absent, malformed or absurd.
 #[inline(always)]
 pub fn content_length(h: &Head) -> Option<u64> {
-    if h.content_length == 0 {
+    if h.found.content_length == 0 {
         return Some(0);
     }
-    let p = value_start(h, h.content_length);
+    let p = value_start(h, h.found.content_length);
     let mut v: u64 = 0;
     let mut k = 0;
     while k < 16 {
@@ -221,10 +225,10 @@ fn decode(h: &Head, p: usize, out: &mut [u8]) -> Option<()> {
 /// repeated header invalid.
 #[inline(always)]
 pub fn traceparent(h: &Head) -> Option<([u8; 16], [u8; 8], bool)> {
-    if h.traceparent == 0 || h.traceparent_repeated != 0 {
+    if h.found.traceparent == 0 || h.found.traceparent_repeated != 0 {
         return None;
     }
-    let p = value_start(h, h.traceparent);
+    let p = value_start(h, h.found.traceparent);
     let mut version = [0u8; 1];
     decode(h, p, &mut version)?;
     if version[0] == 0xff || at(&h.buf, p + 2) != b'-' {
@@ -238,7 +242,7 @@ pub fn traceparent(h: &Head) -> Option<([u8; 16], [u8; 8], bool)> {
     if !ends && (version[0] == 0 || next != b'-') {
         return None;
     }
-    let mut trace = [0u8; 16];
+    let mut trace: [u8; 16] = zeroed();
     let mut parent = [0u8; 8];
     let mut flags = [0u8; 1];
     decode(h, p + 3, &mut trace)?;

@@ -6,7 +6,7 @@
 //! request it belongs to. Over TLS it also decides the CLIENT span of each
 //! request a process writes.
 
-use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw};
+use aya_ebpf::helpers::bpf_probe_read_user;
 use clew_common::{dir, http1::is_method_word, role, SCAN_BYTES};
 
 use crate::{
@@ -23,10 +23,10 @@ const MIN_REQUEST: u64 = 16;
 observe::observers!(observe_http1, observe_http1_tls);
 
 #[inline(always)]
-fn observe(s: &Staged) {
+fn observe(s: &mut Staged) {
     if s.direction == dir::EGRESS {
-        if matches!(unsafe { bpf_probe_read_user(s.buf as *const [u8; 5]) }, Ok(b) if b == *b"HTTP/")
-        {
+        let mut b = [0u8; 5];
+        if observe::copy_start(s, b.as_mut_ptr(), 5) && b == *b"HTTP/" {
             context::server_response(s.v.conn_id, 0);
         }
         return;
@@ -44,7 +44,7 @@ fn observe(s: &Staged) {
         SCAN_BYTES as u32
     };
     let n = n & (SCAN_BYTES as u32 * 2 - 1);
-    if unsafe { read_user_raw(h.buf.as_mut_ptr().cast(), n, s.buf as *const _) } != 0 {
+    if !observe::copy_start(s, h.buf.as_mut_ptr(), n) {
         return;
     }
     if !head::starts_with_method(&h.buf) {

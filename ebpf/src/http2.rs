@@ -147,7 +147,7 @@ fn injected_traceparent(block: u64, len: u64) -> Option<([u8; 16], [u8; 8], bool
     }
     // The value ends there, as an HTTP/1 header's would at its CR.
     h.buf[56] = b'\r';
-    h.traceparent = 1;
-    h.traceparent_repeated = 0;
+    h.found.traceparent = 1;
+    h.found.traceparent_repeated = 0;
     head::traceparent(h)
 }

@@ -308,7 +308,7 @@ fn classify(ctx: &SkMsgContext) -> Sent {
     // A head longer than the scan is still a request; a traceparent past
     // the scan goes unseen (the option then duplicates it harmlessly).
     let _ = head::scan(h, n);
-    if h.traceparent != 0 {
+    if h.found.traceparent != 0 {
         Sent::Carried
     } else {
         Sent::Bare
@@ -360,13 +360,13 @@ fn try_inject(ctx: &SkMsgContext, key: &SockKey) -> Sent {
         return sent;
     };
     let h = unsafe { &mut *h };
-    if h.hdr_end == 0 || h.chunked != 0 {
+    if h.found.hdr_end == 0 || h.found.chunked != 0 {
         return sent;
     }
     let Some(body) = head::content_length(h) else {
         return sent;
     };
-    let total = h.hdr_end as u64 + body;
+    let total = h.found.hdr_end as u64 + body;
     if size > total {
         // Pipelined: this request is safe, what follows in the send is not.
         st.hands_off = 1;
@@ -378,8 +378,8 @@ fn try_inject(ctx: &SkMsgContext, key: &SockKey) -> Sent {
         // The application propagates by itself: leave its bytes alone.
         return sent;
     }
-    let own_tracestate = h.tracestate != 0;
-    if inject(ctx, h.line_end, size, own_tracestate) {
+    let own_tracestate = h.found.tracestate != 0;
+    if inject(ctx, h.found.line_end, size, own_tracestate) {
         Sent::Carried
     } else {
         st.hands_off = 1;

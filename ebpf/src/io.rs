@@ -16,8 +16,8 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_user,
         generated::{
-            bpf_get_current_task_btf, bpf_loop, bpf_probe_read_user as read_user_raw,
-            bpf_task_pt_regs,
+            bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel,
+            bpf_probe_read_user as read_user_raw, bpf_task_pt_regs,
         },
     },
     macros::{map, tracepoint},
@@ -26,7 +26,7 @@ use aya_ebpf::{
 };
 use clew_common::{
     connstate, dataflag, dir, kind, logs::LOG_MARK, nr, proto, role, stat, ConnInfo, ConnKey,
-    DataHeader, SockAddr, TraceCtx, IO_MARK, MAX_CAPTURE,
+    DataHeader, TraceCtx, IO_MARK, MAX_CAPTURE,
 };
 
 use crate::{
@@ -35,7 +35,8 @@ use crate::{
         capture_limit, count, inflight_put, inflight_take, may_have_conns, now, Inflight, Scratch,
         CONNS, EVENTS, QUIET, SCRATCH,
     },
-    observe, tls, tp,
+    observe::{self, Record},
+    tls, tp,
 };
 
 const MSG_PEEK: u64 = 2;
@@ -96,7 +97,7 @@ fn socket_call(
         data_flags: 0,
         a1,
         a2,
-        peer: SockAddr::default(),
+        peer: crate::zero::zeroed(),
     })
 }
 
@@ -191,13 +192,22 @@ fn returned(ctx: &TracePointContext, pid_tgid: u64, v: Inflight) {
     let limit = capture_limit() as u64;
     if holds_record(&v) && stage(&v, pid_tgid, ts, dir::INGRESS, v.a1, len, limit).is_some() {
         // One record, submitted by the observer with the span it decides.
-        observe::dispatch(ctx, &OBSERVERS, &v, dir::INGRESS, v.a1, len, ts, true);
+        observe::dispatch(
+            ctx,
+            &OBSERVERS,
+            &v,
+            dir::INGRESS,
+            v.a1,
+            len,
+            ts,
+            Record::Held,
+        );
         // Reached only when no observer ran.
-        submit_held(&v, None);
+        submit_held(&v, false);
         return;
     }
 
-    match v.nr {
+    let first = match v.nr {
         nr::READ | nr::RECVFROM => emit_call(&v, pid_tgid, ts, dir::INGRESS, Bytes::Buf(v.a1), len),
         nr::WRITE | nr::SENDTO => emit_call(&v, pid_tgid, ts, dir::EGRESS, Bytes::Buf(v.a1), len),
         nr::READV => emit_call(&v, pid_tgid, ts, dir::INGRESS, Bytes::Iov(v.a1, v.a2), len),
@@ -218,14 +228,21 @@ fn returned(ctx: &TracePointContext, pid_tgid: u64, v: Inflight) {
         }
         // sendfile moves file bytes the process never sees: account for
         // their length so the stream position stays right.
-        nr::SENDFILE => emit(&mut v, pid_tgid, ts, dir::EGRESS, 0, len, 0),
-        _ => {}
-    }
+        nr::SENDFILE => {
+            emit(&mut v, pid_tgid, ts, dir::EGRESS, 0, len, 0);
+            None
+        }
+        _ => None,
+    };
     if !observe::observed(&v) {
         return;
     }
-    if let Some((buf, n)) = first_segment(&v, len) {
-        observe::dispatch(ctx, &OBSERVERS, &v, direction(v.nr), buf, n, ts, false);
+    let (first, record) = match first {
+        Some(f) => (Some(f), Record::Copied),
+        None => (first_segment(&v, len), Record::Gone),
+    };
+    if let Some((buf, n)) = first {
+        observe::dispatch(ctx, &OBSERVERS, &v, direction(v.nr), buf, n, ts, record);
     }
 }
 
@@ -335,13 +352,15 @@ struct Walk {
     /// The iovec array (0: one buffer, already in `seg_*`) and its length.
     iov: u64,
     iovcnt: u64,
-    /// Index of the next segment to read.
-    seg: u64,
     /// The current segment's bytes not reported yet.
     seg_buf: u64,
     seg_left: u64,
     /// Bytes of the call not reported yet.
     left: u64,
+    /// Index of the next segment to read. Not next to the fields that
+    /// start at zero with it: the compiler would merge their stores into a
+    /// byte-at-a-time `memset` call (see `zero`).
+    seg: u64,
     direction: u8,
     /// Report every byte (in pieces of at most `MAX_CAPTURE`) instead of a
     /// prefix of each segment.
@@ -354,9 +373,17 @@ struct Walk {
 /// header compression state to stay right, every byte, in records of at
 /// most `MAX_CAPTURE`. At most `MAX_RECORDS` records: what is left past
 /// them is reported by length only, and the parser then knows bytes are
-/// missing.
+/// missing. Returns the call's first buffer and its bytes when they made
+/// the call's one record, which the capture scratch space then still holds.
 #[inline(always)]
-pub fn emit_call(v: &Inflight, pid_tgid: u64, ts: u64, direction: u8, bytes: Bytes, len: u64) {
+pub fn emit_call(
+    v: &Inflight,
+    pid_tgid: u64,
+    ts: u64,
+    direction: u8,
+    bytes: Bytes,
+    len: u64,
+) -> Option<(u64, u64)> {
     let (iov, iovcnt, seg_buf, seg_left) = match bytes {
         Bytes::Buf(buf) => (0, 0, buf, len),
         Bytes::Iov(iov, n) => (iov, n, 0, 0),
@@ -367,16 +394,16 @@ pub fn emit_call(v: &Inflight, pid_tgid: u64, ts: u64, direction: u8, bytes: Byt
         ts,
         iov,
         iovcnt,
-        seg: 0,
         seg_buf,
         seg_left,
         left: len,
+        seg: 0,
         direction,
         // Framed protocols whose messages span many segments are captured
         // whole: their parsers need every byte of a header block or batch.
         whole: matches!(connstate::proto(v.conn_state), proto::HTTP2 | proto::KAFKA) as u8,
     };
-    unsafe {
+    let rounds = unsafe {
         bpf_loop(
             MAX_RECORDS,
             walk_step as *const () as *mut c_void,
@@ -384,6 +411,12 @@ pub fn emit_call(v: &Inflight, pid_tgid: u64, ts: u64, direction: u8, bytes: Byt
             0,
         )
     };
+    // A record of all `len` bytes in the first round (so from the first
+    // segment), nothing left in the second: `seg_buf` went past them. Only
+    // values the verifier cannot know are tested here: a test of `seg`,
+    // which it knows for each round, keeps it from merging the loop's
+    // states and the program no longer passes.
+    (rounds == 2 && w.left == 0).then(|| (w.seg_buf - len, len))
 }
 
 /// One record of a call; returns 1 to stop the loop.
@@ -508,28 +541,54 @@ fn stage(
     Some(size_of::<DataHeader>() + captured as usize)
 }
 
-/// Submits a call's record held for its observer (`stage` wrote it), with
-/// the SERVER span the observer decided, if any, after its payload.
+/// Whether the record in the capture scratch space carries at least `n`
+/// bytes of payload.
 #[inline(always)]
-pub fn submit_held(v: &Inflight, server_span: Option<&TraceCtx>) {
+pub fn scratch_holds(n: u32) -> bool {
+    SCRATCH
+        .get(0)
+        .is_some_and(|s| s.hdr.captured >= n && n as usize <= MAX_CAPTURE)
+}
+
+/// Copies the first `n` payload bytes of the record in the capture
+/// scratch space to `dst`; returns whether it did.
+#[inline(always)]
+pub fn copy_scratch(dst: *mut u8, n: u32) -> bool {
+    let Some(s) = SCRATCH.get_ptr(0) else {
+        return false;
+    };
+    let src = unsafe { (*s).data.as_ptr() };
+    unsafe { bpf_probe_read_kernel(dst.cast(), n, src.cast()) == 0 }
+}
+
+/// Puts the SERVER span decided for the request a held record starts
+/// (`stage` wrote the record) after its payload; returns whether it did.
+#[inline(always)]
+pub fn hold_span(ctx: &TraceCtx) -> bool {
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
-        return;
+        return false;
     };
     let s = unsafe { &mut *s };
     let captured = s.hdr.captured as usize;
     if captured > MAX_CAPTURE {
+        return false;
+    }
+    s.hdr.flags |= dataflag::SERVER_SPAN;
+    // SAFETY: `data` has room for a TraceCtx past MAX_CAPTURE bytes.
+    unsafe { core::ptr::write_unaligned(s.data.as_mut_ptr().add(captured) as *mut TraceCtx, *ctx) };
+    true
+}
+
+/// Submits a call's record held for its observer, with the SERVER span
+/// `hold_span` put after its payload when `with_span`.
+#[inline(always)]
+pub fn submit_held(v: &Inflight, with_span: bool) {
+    let Some(s) = SCRATCH.get_ptr(0) else {
         return;
-    }
-    let mut size = size_of::<DataHeader>() + captured;
-    if let Some(ctx) = server_span {
-        s.hdr.flags |= dataflag::SERVER_SPAN;
-        // SAFETY: `data` has room for a TraceCtx past MAX_CAPTURE bytes.
-        unsafe {
-            core::ptr::write_unaligned(s.data.as_mut_ptr().add(captured) as *mut TraceCtx, *ctx)
-        };
-        size += size_of::<TraceCtx>();
-    }
-    submit(v, size);
+    };
+    let captured = unsafe { (*s).hdr.captured } as usize;
+    let span = if with_span { size_of::<TraceCtx>() } else { 0 };
+    submit(v, size_of::<DataHeader>() + captured + span);
 }
 
 /// Writes the first `size` bytes of the scratch space (a staged record) to

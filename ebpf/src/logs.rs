@@ -30,7 +30,7 @@ use clew_common::{
         logflag, source, FileOffsets, LogFd, LogFdKey, LogHeader, LOG_MARK, MAX_LOG_CAPTURE,
         MAX_LOG_FDS, MAX_LOG_WRITES, S_IFMT, S_IFREG,
     },
-    nr, stat, Inflight, SockAddr, MAX_PIDS,
+    nr, stat, Inflight, MAX_PIDS,
 };
 
 use crate::{
@@ -184,7 +184,7 @@ fn write_call(fd: u32, nr: i64, buf: u64, iovcnt: u64) -> Inflight {
         data_flags: 0,
         a1: buf,
         a2: iovcnt,
-        peer: SockAddr::default(),
+        peer: crate::zero::zeroed(),
     }
 }
 

@@ -27,6 +27,7 @@ mod sock;
 mod spawn;
 mod tcp_option;
 mod tls;
+mod zero;
 
 /// Offsets inside the `syscalls:sys_{enter,exit}_*` tracepoint records: the
 /// common header (8 bytes), `__syscall_nr` (int, padded to 8), then six

@@ -4,7 +4,10 @@
 //! protocol adds an observer program and a slot, not branches in the I/O
 //! programs.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray, maps::ProgramArray, EbpfContext};
+use aya_ebpf::{
+    helpers::generated::bpf_probe_read_user, macros::map, maps::PerCpuArray, maps::ProgramArray,
+    EbpfContext,
+};
 use clew_common::{connstate, proto, role, Inflight, TraceCtx};
 
 use crate::{context, http1, http2, io};
@@ -19,13 +22,26 @@ pub struct Staged {
     pub len: u64,
     /// Timestamp of the call's data records, which userspace matches.
     pub ts: u64,
-    /// The call's one data record waits in the capture scratch space, so
-    /// that the SERVER span decided for it leaves inside it (one ring
-    /// record instead of two); submitted once the observer is done.
-    pub held: u8,
-    /// The SERVER span decided for the request these bytes start (a zero
-    /// span id, which no span has: none).
-    pub ctx: TraceCtx,
+    pub record: Record,
+    /// Whether the observer decided the SERVER span of the request these
+    /// bytes start, and put it after the held record's payload.
+    pub decided: u8,
+}
+
+/// Where the call's data record is when its observer runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Record {
+    /// Submitted, and not (or no longer) in the capture scratch space.
+    Gone,
+    /// Submitted, and still in the capture scratch space: its payload is
+    /// the start of `buf`, which the observer then reads from there
+    /// instead of from the process a second time.
+    Copied,
+    /// The call's one record waits in the capture scratch space, so that
+    /// the SERVER span decided for it leaves inside it (one ring record
+    /// instead of two); submitted once the observer is done.
+    Held,
 }
 
 #[map]
@@ -33,9 +49,9 @@ static STAGED: PerCpuArray<Staged> = PerCpuArray::with_max_entries(1, 0);
 
 /// Tail-calls the observer of `v`'s protocol in `observers` (which must
 /// hold programs of the caller's type). Observers see what `observed` lets
-/// through. `held`: the call's one data record waits in the capture
-/// scratch space (`io::stage`) for the observer to submit it; when this
-/// returns, no observer ran and the record is still held.
+/// through. With `Record::Held` (the call's one data record waits in the
+/// capture scratch space for the observer to submit it), a return means
+/// no observer ran and the record is still held.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn dispatch<C: EbpfContext>(
@@ -46,7 +62,7 @@ pub fn dispatch<C: EbpfContext>(
     buf: u64,
     len: u64,
     ts: u64,
-    held: bool,
+    record: Record,
 ) {
     if !observed(v) {
         return;
@@ -62,24 +78,24 @@ pub fn dispatch<C: EbpfContext>(
             buf,
             len,
             ts,
-            held: held as u8,
-            ctx: TraceCtx::default(),
+            record,
+            decided: 0,
         };
         // Returns only when the slot is empty: nothing to observe.
         let _ = observers.tail_call(ctx, p as u32);
     }
 }
 
-/// Defines a protocol's two observer programs around its `observe(&Staged)`:
-/// one for `exit_io` (a tracepoint) and one for the TLS return probes (a
-/// tail call stays within one program type).
+/// Defines a protocol's two observer programs around its `observe(&mut
+/// Staged)` (or `&Staged`): one for `exit_io` (a tracepoint) and one for the
+/// TLS return probes (a tail call stays within one program type).
 macro_rules! observers {
     ($syscalls:ident, $tls:ident) => {
         #[aya_ebpf::macros::tracepoint]
         pub fn $syscalls(_ctx: aya_ebpf::programs::TracePointContext) -> u32 {
             if let Some(s) = $crate::observe::staged() {
-                observe(&s);
-                $crate::observe::release(&s);
+                observe(s);
+                $crate::observe::release(s);
             }
             0
         }
@@ -87,8 +103,8 @@ macro_rules! observers {
         #[aya_ebpf::macros::uretprobe]
         pub fn $tls(_ctx: aya_ebpf::programs::RetProbeContext) -> u32 {
             if let Some(s) = $crate::observe::staged() {
-                observe(&s);
-                $crate::observe::release(&s);
+                observe(s);
+                $crate::observe::release(s);
             }
             0
         }
@@ -106,38 +122,45 @@ pub fn observed(v: &Inflight) -> bool {
     p != proto::UNKNOWN && (v.conn_role != role::CONNECTED || p == proto::KAFKA)
 }
 
-/// The call staged by `dispatch`, for the observer it tail-called.
+/// The call staged by `dispatch`, for the observer it tail-called: this
+/// CPU's slot, used by this program alone until it returns. In place, not
+/// a copy: a copy takes a third of the stack the observers have.
 #[inline(always)]
-pub fn staged() -> Option<Staged> {
-    STAGED.get(0).copied()
+pub fn staged() -> Option<&'static mut Staged> {
+    STAGED.get_ptr_mut(0).map(|s| unsafe { &mut *s })
 }
 
 /// The observer decided the SERVER span of the request the staged call's
 /// bytes start: it leaves inside the call's held record, else as a record
 /// of its own.
 #[inline(always)]
-pub fn server_span(s: &Staged, ctx: &TraceCtx) {
-    if s.held == 0 {
+pub fn server_span(s: &mut Staged, ctx: &TraceCtx) {
+    if s.record != Record::Held {
         context::emit(role::ACCEPTED, s.v.conn_id, s.ts, ctx, 0);
         return;
     }
-    if let Some(slot) = STAGED.get_ptr_mut(0) {
-        unsafe { (*slot).ctx = *ctx };
-    }
+    s.decided = io::hold_span(ctx) as u8;
 }
 
 /// After the observer: submits the staged call's held record, with the
 /// SERVER span it decided, if any.
 #[inline(always)]
 pub fn release(s: &Staged) {
-    if s.held == 0 {
+    if s.record != Record::Held {
         return;
     }
-    let decided = STAGED
-        .get(0)
-        .map(|d| &d.ctx)
-        .filter(|c| c.span_id != [0; 8]);
-    io::submit_held(&s.v, decided);
+    io::submit_held(&s.v, s.decided != 0);
+}
+
+/// Copies the first `n` bytes of the staged call to `dst`: from its
+/// record in the capture scratch space when that holds them, else from the
+/// process's memory. Returns whether they were read.
+#[inline(always)]
+pub fn copy_start(s: &Staged, dst: *mut u8, n: u32) -> bool {
+    if s.record != Record::Gone && io::scratch_holds(n) {
+        return io::copy_scratch(dst, n);
+    }
+    unsafe { bpf_probe_read_user(dst.cast(), n, s.buf as *const _) == 0 }
 }
 
 /// A selected process is about to write `buf` through a TLS library on a

@@ -33,7 +33,7 @@ use clew_common::{
 use crate::{
     io,
     maps::{count, now, CONNS},
-    observe,
+    observe::{self, Record},
     select::current_selected,
 };
 
@@ -228,7 +228,7 @@ pub fn emit_plaintext<C: EbpfContext>(
         data_flags: dataflag::TLS,
         a1: buf,
         a2: 0,
-        peer: Default::default(),
+        peer: crate::zero::zeroed(),
     };
     let ts = now();
     if connstate::proto(v.conn_state) == proto::UNKNOWN {
@@ -236,8 +236,11 @@ pub fn emit_plaintext<C: EbpfContext>(
         info.state = connstate::with_proto(info.state, p);
         v.conn_state = info.state;
     }
-    io::emit_call(&v, pid_tgid, ts, direction, io::Bytes::Buf(buf), len);
-    observe::dispatch(ctx, &TLS_OBSERVERS, &v, direction, buf, len, ts, false);
+    let record = match io::emit_call(&v, pid_tgid, ts, direction, io::Bytes::Buf(buf), len) {
+        Some(_) => Record::Copied,
+        None => Record::Gone,
+    };
+    observe::dispatch(ctx, &TLS_OBSERVERS, &v, direction, buf, len, ts, record);
 }
 
 /// Called by `exit_io` for every read/write on a tracked socket: inside an
