@@ -124,7 +124,7 @@ pub fn observed(v: &Inflight) -> bool {
 
 /// The call staged by `dispatch`, for the observer it tail-called: this
 /// CPU's slot, used by this program alone until it returns. In place, not
-/// a copy: a copy takes a third of the stack the observers have.
+/// a copy: the observers' stack is near the 512-byte limit.
 #[inline(always)]
 pub fn staged() -> Option<&'static mut Staged> {
     STAGED.get_ptr_mut(0).map(|s| unsafe { &mut *s })
