@@ -6,7 +6,8 @@
 use super::parse::is_named;
 use crate::protocol::http_common::bounded_text;
 
-/// Headers kept per message; the ones past this still count for framing.
+/// Headers of a request looked at for the ones the agent reads; the ones past
+/// this still count for framing.
 pub const MAX_HEADERS: usize = 64;
 /// Bytes kept of each header value.
 pub const MAX_HEADER_VALUE: usize = 1024;
@@ -102,7 +103,6 @@ pub enum Known {
 }
 
 impl Known {
-    #[cfg(test)]
     const ALL: [Known; 6] = [
         Known::Host,
         Known::UserAgent,
@@ -111,7 +111,6 @@ impl Known {
         Known::Traceparent,
         Known::Tracestate,
     ];
-    const COUNT: usize = 6;
 
     fn name(self) -> &'static str {
         match self {
@@ -145,7 +144,7 @@ impl Known {
 /// strings (0: absent), and which are repeated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Located {
-    first: [u8; Known::COUNT],
+    first: [u8; Known::ALL.len()],
     repeated: u8,
 }
 
@@ -171,6 +170,7 @@ fn keep(start_line: &[&str], headers: &[httparse::Header<'_>]) -> (Strings, Loca
         let h = &headers[usize::from(i)];
         let slot = &mut located.first[k as usize];
         if *slot == 0 {
+            // At most 3 + 2 * MAX_HEADERS strings: u8 is plenty.
             *slot = (strings.len() + 1) as u8;
         } else {
             located.repeated |= 1 << k as u8;
@@ -181,8 +181,12 @@ fn keep(start_line: &[&str], headers: &[httparse::Header<'_>]) -> (Strings, Loca
     (strings, located)
 }
 
+/// A request's start line and the headers the agent reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
+    /// Method, the target's path and its query (from its `?`, if any),
+    /// then the [`Known`] headers' names and values. Path and query are
+    /// read a few times per request, so the target is split once.
     strings: Strings,
     located: Located,
     pub minor_version: u8,
