@@ -11,8 +11,8 @@ use clew_common::{connstate, dataflag, kind, role, ConnEvent, ConnInfo, ConnKey,
 
 use crate::{
     maps::{
-        inflight_put, inflight_take, mark_has_conns, may_have_conns, next_conn_id, now, Inflight,
-        CONNS, EVENTS, QUIET, URGENT,
+        inflight_put, inflight_take, mark_has_conns, may_have_conns, next_conn_id, now, quiet,
+        Inflight, CONNS, EVENTS, URGENT,
     },
     select::current_selected,
     sock, tcp_option, tp,
@@ -114,7 +114,7 @@ fn open(pid_tgid: u64, fd: u32, role: u8, peer: SockAddr, local: SockAddr) -> u6
         let wake = if mark_has_conns(key.tgid) {
             URGENT
         } else {
-            QUIET
+            quiet(core::mem::size_of::<ConnEvent>())
         };
         emit(
             kind::CONN_OPEN,
@@ -239,7 +239,7 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
         key.fd,
         SockAddr::default(),
         SockAddr::default(),
-        QUIET,
+        quiet(core::mem::size_of::<ConnEvent>()),
     );
     0
 }

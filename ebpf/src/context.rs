@@ -16,7 +16,7 @@ use crate::{
     carry,
     goroutine::{self, Goroutine},
     java,
-    maps::{count, EVENTS, QUIET},
+    maps::{count, quiet, EVENTS},
     spawn::{self, StartedIn},
 };
 
@@ -542,7 +542,10 @@ pub fn emit(role: u8, conn_id: u64, ts_ns: u64, ctx: &TraceCtx, stream_id: u32) 
         stream_id,
         _pad2: 0,
     };
-    if EVENTS.output::<CtxEvent>(&ev, QUIET).is_err() {
+    if EVENTS
+        .output::<CtxEvent>(&ev, quiet(size_of::<CtxEvent>()))
+        .is_err()
+    {
         count(clew_common::stat::RINGBUF_DROPS);
     }
 }

@@ -32,8 +32,8 @@ use clew_common::{
 use crate::{
     logs,
     maps::{
-        capture_limit, count, inflight_put, inflight_take, may_have_conns, now, Inflight, Scratch,
-        CONNS, EVENTS, QUIET, SCRATCH,
+        capture_limit, count, inflight_put, inflight_take, may_have_conns, now, quiet, Inflight,
+        Scratch, CONNS, EVENTS, SCRATCH,
     },
     observe::{self, Record},
     tls, tp,
@@ -607,7 +607,7 @@ fn submit(v: &Inflight, size: usize) -> u8 {
         size
     };
     let bytes = unsafe { core::slice::from_raw_parts(s as *const Scratch as *const u8, size) };
-    let lost = EVENTS.output::<[u8]>(bytes, QUIET).is_err();
+    let lost = EVENTS.output::<[u8]>(bytes, quiet(size)).is_err();
     if lost {
         count(stat::RINGBUF_DROPS);
     } else {

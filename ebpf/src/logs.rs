@@ -35,7 +35,7 @@ use clew_common::{
 
 use crate::{
     context::{self, Parent},
-    maps::{count, inflight_put, now, EVENTS, QUIET},
+    maps::{count, inflight_put, now, quiet, EVENTS},
     sock,
 };
 
@@ -354,7 +354,7 @@ fn record(p: &Pending, v: &Inflight, pid_tgid: u64, ret: i64) {
         size
     };
     let bytes = unsafe { core::slice::from_raw_parts(s as *const Scratch as *const u8, size) };
-    if EVENTS.output::<[u8]>(bytes, QUIET).is_err() {
+    if EVENTS.output::<[u8]>(bytes, quiet(size)).is_err() {
         count(stat::RINGBUF_DROPS);
     } else {
         count(stat::LOG_WRITES);

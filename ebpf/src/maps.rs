@@ -1,7 +1,7 @@
 //! Maps and load-time constants shared by the programs.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_F_MMAPABLE, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -28,6 +28,10 @@ static FORK_CHILD_PID_OFFSET: u32 = 0;
 /// selected, so the kernel reads no file name.
 #[unsafe(no_mangle)]
 static EXEC_FILENAME_OFFSET: u32 = 0;
+/// Unread bytes in `EVENTS` at which a record wakes the agent: a quarter
+/// of the ring, set by the agent for the size it gives the ring.
+#[unsafe(no_mangle)]
+static RING_WAKE_BYTES: u32 = DEFAULT_RINGBUF_BYTES / 4;
 
 #[inline(always)]
 fn global(v: &'static u32) -> u32 {
@@ -52,10 +56,23 @@ pub fn exec_filename_offset() -> u32 {
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RINGBUF_BYTES, 0);
 
-/// Ring-buffer flags. Records of requests wake nobody: the agent drains the
-/// ring on a timer, and a wake-up per record would cost it a context
-/// switch per syscall.
-pub const QUIET: u64 = BPF_RB_NO_WAKEUP as u64;
+/// Ring-buffer flags for a record of `size` bytes that need not be read at
+/// once. Records of requests wake nobody: the agent drains the ring on a
+/// timer, and a wake-up per record would cost it a context switch per
+/// syscall. The record that takes the unread bytes past a quarter of the
+/// ring wakes it, so a burst is drained before the ring fills rather than
+/// at the next pause; only that one, so a stalled agent costs the traced
+/// processes no wake-up per record.
+#[inline(always)]
+pub fn quiet(size: usize) -> u64 {
+    let unread = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let at = u64::from(global(&RING_WAKE_BYTES));
+    if unread < at && unread + size as u64 >= at {
+        URGENT
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
 /// A record the agent must handle while its process is surely there (an
 /// exec, a process's first connection: it reads the process's facts from
 /// `/proc`) wakes it at once.

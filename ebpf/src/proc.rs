@@ -15,8 +15,8 @@ use clew_common::{exe, kind, procflag, select, ProcEvent};
 use crate::{
     context,
     maps::{
-        count, exec_filename_offset, fork_child_pid_offset, inflight_forget, now, select_mode,
-        EVENTS, EXE_NAMES, EXE_PATHS, PIDS, QUIET, URGENT,
+        count, exec_filename_offset, fork_child_pid_offset, inflight_forget, now, quiet,
+        select_mode, EVENTS, EXE_NAMES, EXE_PATHS, PIDS, URGENT,
     },
 };
 
@@ -109,7 +109,12 @@ pub fn proc_exit(_ctx: TracePointContext) -> u32 {
     inflight_forget(pid_tgid);
     context::thread_exit(pid_tgid);
     if tid == (pid_tgid >> 32) as u32 {
-        emit(kind::PROC_EXIT, tid, 0, QUIET);
+        emit(
+            kind::PROC_EXIT,
+            tid,
+            0,
+            quiet(core::mem::size_of::<ProcEvent>()),
+        );
     }
     0
 }

@@ -140,10 +140,12 @@ impl Capture {
             }
         };
         let agent = std::process::id();
+        let ring_bytes = cfg.ringbuf_bytes.next_power_of_two();
         let ebpf = EbpfLoader::new()
             .override_global(global::AGENT_TGID, &agent, true)
             .override_global(global::SELECT_MODE, &mode, true)
             .override_global(global::CAPTURE_LIMIT, &limit, true)
+            .override_global(global::RING_WAKE_BYTES, &(ring_bytes / 4), true)
             .override_global(global::FORK_CHILD_PID_OFFSET, &fork_off, true)
             .override_global(global::EXEC_FILENAME_OFFSET, &exec_off, true)
             .override_global(global::SOCK_OFFSETS, &sock_off, true)
@@ -172,7 +174,7 @@ impl Capture {
                 &(cfg.propagation.tcp_option as u32),
                 true,
             )
-            .map_max_entries(map::EVENTS, cfg.ringbuf_bytes.next_power_of_two())
+            .map_max_entries(map::EVENTS, ring_bytes)
             .map_max_entries(map::CONN_TGIDS, maps::conn_tgid_pages())
             // Two Kafka walk buffers per CPU (see ebpf/src/kafka.rs).
             .map_max_entries(map::KAFKA_BUFS, 2 * kafka_cpus())
@@ -456,6 +458,7 @@ mod tests {
             global::AGENT_TGID,
             global::SELECT_MODE,
             global::CAPTURE_LIMIT,
+            global::RING_WAKE_BYTES,
             global::FORK_CHILD_PID_OFFSET,
             global::EXEC_FILENAME_OFFSET,
             global::SOCK_OFFSETS,
