@@ -77,11 +77,15 @@ fn emit(
     }
 }
 
-fn remember(nr_role: u8, fd: u32, a1: u64, peer: SockAddr) {
+/// The calling thread, when its process is traced. Every `accept` and
+/// `connect` on the node comes here: the test goes before any read of the
+/// call's arguments from user memory.
+fn selected_caller() -> Option<u64> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !current_selected((pid_tgid >> 32) as u32) {
-        return;
-    }
+    current_selected((pid_tgid >> 32) as u32).then_some(pid_tgid)
+}
+
+fn remember(pid_tgid: u64, nr_role: u8, fd: u32, a1: u64, peer: SockAddr) {
     let inflight = Inflight {
         nr: 0,
         conn_id: 0,
@@ -140,7 +144,11 @@ fn take_inflight(role: u8) -> Option<(u64, Inflight)> {
 #[tracepoint]
 pub fn enter_accept(ctx: TracePointContext) -> u32 {
     // accept(fd, addr, addrlen) / accept4(fd, addr, addrlen, flags)
+    let Some(pid_tgid) = selected_caller() else {
+        return 0;
+    };
     remember(
+        pid_tgid,
         role::ACCEPTED,
         tp::arg(&ctx, 0) as u32,
         tp::arg(&ctx, 1),
@@ -178,11 +186,14 @@ pub fn exit_accept(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn enter_connect(ctx: TracePointContext) -> u32 {
+    let Some(pid_tgid) = selected_caller() else {
+        return 0;
+    };
     let peer = read_sockaddr(tp::arg(&ctx, 1));
     if peer.family != AF_INET && peer.family != AF_INET6 {
         return 0;
     }
-    remember(role::CONNECTED, tp::arg(&ctx, 0) as u32, 0, peer);
+    remember(pid_tgid, role::CONNECTED, tp::arg(&ctx, 0) as u32, 0, peer);
     0
 }
 
