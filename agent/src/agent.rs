@@ -52,6 +52,11 @@ const DRAIN_BUDGET: usize = 4096;
 /// process's first connection wakes the agent at once: it reads the
 /// process's facts from `/proc` while the process is surely there.
 const DRAIN_PAUSE: Duration = Duration::from_millis(40);
+/// How soon a pass the export queue cut short resumes. The exporter runs
+/// on this thread, in the pause, and empties half its queue in a few
+/// milliseconds, while the ring keeps filling; shorter would only spin
+/// while a collector is down.
+const BACKED_UP_PAUSE: Duration = Duration::from_millis(10);
 const SUMMARY_EVERY_TICKS: u64 = 30;
 /// Records handled between looks at the export queue's depth.
 const BACKPRESSURE_EVERY: usize = 64;
@@ -241,7 +246,9 @@ pub async fn run(cfg: Config) -> Result<()> {
                     pipeline.handle(&item);
                     n += 1;
                 }
-                if backed_up || n < DRAIN_BUDGET {
+                if backed_up {
+                    next_drain = Instant::now() + BACKED_UP_PAUSE;
+                } else if n < DRAIN_BUDGET {
                     next_drain = Instant::now() + DRAIN_PAUSE;
                 }
                 // Go's net/http probes first: a process learnt at its exec
