@@ -424,8 +424,8 @@ pub mod names {
         pub const AGENT_TGID: &str = "AGENT_TGID";
         pub const SELECT_MODE: &str = "SELECT_MODE";
         pub const CAPTURE_LIMIT: &str = "CAPTURE_LIMIT";
-        /// Unread ring-buffer bytes at which a record wakes the agent.
-        pub const RING_WAKE_BYTES: &str = "RING_WAKE_BYTES";
+        /// log2 of the unread ring-buffer bytes at which a record wakes the agent.
+        pub const RING_WAKE_SHIFT: &str = "RING_WAKE_SHIFT";
         pub const FORK_CHILD_PID_OFFSET: &str = "FORK_CHILD_PID_OFFSET";
         pub const EXEC_FILENAME_OFFSET: &str = "EXEC_FILENAME_OFFSET";
         pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";

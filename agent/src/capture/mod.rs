@@ -145,7 +145,11 @@ impl Capture {
             .override_global(global::AGENT_TGID, &agent, true)
             .override_global(global::SELECT_MODE, &mode, true)
             .override_global(global::CAPTURE_LIMIT, &limit, true)
-            .override_global(global::RING_WAKE_BYTES, &(ring_bytes / 4), true)
+            .override_global(
+                global::RING_WAKE_SHIFT,
+                &(ring_bytes.trailing_zeros() - 2),
+                true,
+            )
             .override_global(global::FORK_CHILD_PID_OFFSET, &fork_off, true)
             .override_global(global::EXEC_FILENAME_OFFSET, &exec_off, true)
             .override_global(global::SOCK_OFFSETS, &sock_off, true)
@@ -458,7 +462,7 @@ mod tests {
             global::AGENT_TGID,
             global::SELECT_MODE,
             global::CAPTURE_LIMIT,
-            global::RING_WAKE_BYTES,
+            global::RING_WAKE_SHIFT,
             global::FORK_CHILD_PID_OFFSET,
             global::EXEC_FILENAME_OFFSET,
             global::SOCK_OFFSETS,
