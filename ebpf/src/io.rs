@@ -168,7 +168,7 @@ fn returned(ctx: &TracePointContext, pid_tgid: u64, v: Inflight) {
     // (its first bytes were not a TLS record), so it skips the lookup.
     let plaintext = v.conn_state & (connstate::STARTED | connstate::TLS) == connstate::STARTED
         && connstate::proto(v.conn_state) != proto::UNKNOWN;
-    if !plaintext && tls::bind_socket(pid_tgid, v.fd) {
+    if !plaintext && tls::bind_socket(pid_tgid, v.fd, v.conn_state) {
         return;
     }
     let ret = tp::ret(ctx);

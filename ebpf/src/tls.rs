@@ -243,11 +243,12 @@ pub fn emit_plaintext<C: EbpfContext>(
     observe::dispatch(ctx, &TLS_OBSERVERS, &v, direction, buf, len, ts, record);
 }
 
-/// Called by `exit_io` for every read/write on a tracked socket: inside an
-/// SSL call, the socket is that `SSL`'s transport. Returns whether the
-/// call's bytes are ciphertext (and so must not be captured).
+/// Called by `exit_io` for every read/write on a tracked socket whose
+/// state is `conn_state`: inside an SSL call, the socket is that `SSL`'s
+/// transport. Returns whether the call's bytes are ciphertext (and so
+/// must not be captured).
 #[inline(always)]
-pub fn bind_socket(pid_tgid: u64, fd: u32) -> bool {
+pub fn bind_socket(pid_tgid: u64, fd: u32, conn_state: u8) -> bool {
     let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }) else {
         return false;
     };
@@ -257,6 +258,12 @@ pub fn bind_socket(pid_tgid: u64, fd: u32) -> bool {
         _pad: 0,
         ssl: call.ssl,
     };
+    // Every call after the first on a connection: the binding is already
+    // there, and a lookup costs less than rewriting it and the socket's
+    // state.
+    if conn_state & connstate::SSL_BOUND != 0 && unsafe { TLS_FDS.get(&key) } == Some(&fd) {
+        return true;
+    }
     let _ = TLS_FDS.insert(&key, &fd, 0);
     claim(tgid, fd, true);
     true
