@@ -10,6 +10,7 @@ use std::{
 };
 
 use foldhash::{HashMap, HashSet};
+use smallvec::SmallVec;
 
 use super::SpanCtx;
 use crate::{
@@ -59,8 +60,9 @@ pub enum Parent<'a> {
 pub struct OpenRequests {
     by_executor: HashMap<Executor, Serving>,
     open: HashMap<SpanId, Open>,
-    /// The same spans by executor and request key.
-    by_request: HashMap<(Executor, u64), Vec<SpanId>>,
+    /// The same spans by executor and request key: almost always one, so
+    /// inline, or every request would allocate a list.
+    by_request: HashMap<(Executor, u64), SmallVec<[SpanId; 1]>>,
     /// The same spans by process and the context their request came
     /// with. Per process: a proxy forwards the `traceparent` it received,
     /// so the next hop's server span has the same incoming context (and
