@@ -79,6 +79,10 @@ pub struct Window<'a> {
     pub duration: Duration,
 }
 
+/// Longer than the agent's pause between two drains of its ring buffer
+/// (`DRAIN_PAUSE`, 40 ms).
+const RING_TAIL: Duration = Duration::from_millis(100);
+
 impl Window<'_> {
     pub fn measure(&self, load: Load, agent: Option<&Agent>) -> Result<Sample> {
         let before = agent.map(read_agent).transpose()?;
@@ -96,6 +100,11 @@ impl Window<'_> {
         };
         if let Some(h) = stall {
             let _ = h.join();
+        }
+        if agent.is_some() {
+            // The window's last requests are still in the ring buffer:
+            // counted (spans, CPU) in this window, not the next.
+            std::thread::sleep(RING_TAIL);
         }
         let mut sample = sample?;
         sample.load = load;
