@@ -75,7 +75,9 @@ fn enter(ctx: &ProbeContext, write: bool) -> u32 {
     // The socket's own bytes are ciphertext from now on.
     tls::claim(tgid, fd, true);
     if write {
-        observe::tls_write(tls::plaintext_proto(tgid, Some(fd)), pid_tgid, buf);
+        if let Some(p) = tls::request_proto(tgid, Some(fd)) {
+            observe::tls_write(p, pid_tgid, buf);
+        }
     }
     let key = GoCallKey { tgid, _pad: 0, g };
     let call = GoCall {

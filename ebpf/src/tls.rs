@@ -27,7 +27,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use clew_common::{
-    connstate, dataflag, dir, nr, proto, stat, ConnKey, Inflight, MAX_CONNS, MAX_INFLIGHT,
+    connstate, dataflag, dir, nr, proto, role, stat, ConnKey, Inflight, MAX_CONNS, MAX_INFLIGHT,
 };
 
 use crate::{
@@ -127,7 +127,9 @@ fn enter(ctx: &ProbeContext, write: bool, ex: bool) -> u32 {
         }
     }
     if write {
-        observe::tls_write(plaintext_proto(tgid, fd), pid_tgid, buf);
+        if let Some(p) = request_proto(tgid, fd) {
+            observe::tls_write(p, pid_tgid, buf);
+        }
     }
     let call = TlsCall {
         ssl,
@@ -145,11 +147,16 @@ fn enter(ctx: &ProbeContext, write: bool, ex: bool) -> u32 {
     0
 }
 
-/// The protocol of the plaintext an `SSL` carries, if its socket is known.
+/// The protocol of the plaintext an `SSL` writes, as far as its socket
+/// is known, when the write may carry a request: `None` on a connection
+/// the process accepted, whose writes are responses (the observers need
+/// not read the buffer to find out).
 #[inline(always)]
-pub fn plaintext_proto(tgid: u32, fd: Option<u32>) -> u8 {
-    fd.and_then(|fd| unsafe { CONNS.get(&ConnKey { tgid, fd }) })
-        .map_or(proto::UNKNOWN, |info| connstate::proto(info.state))
+pub fn request_proto(tgid: u32, fd: Option<u32>) -> Option<u8> {
+    let Some(info) = fd.and_then(|fd| unsafe { CONNS.get(&ConnKey { tgid, fd }) }) else {
+        return Some(proto::UNKNOWN);
+    };
+    (info.role != role::ACCEPTED).then(|| connstate::proto(info.state))
 }
 
 #[uretprobe]
