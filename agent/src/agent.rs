@@ -46,9 +46,10 @@ const DRAIN_BUDGET: usize = 4096;
 /// (the kernel submits them with `BPF_RB_NO_WAKEUP`): a drain pass costs
 /// about 60 µs whatever it finds, and its first records find the caches
 /// gone cold, so passes are spaced. 40 ms took a quarter off the agent's
-/// CPU per request at 10k requests/s against 10 ms (see README). The
-/// record that fills a quarter of the ring (4 MiB by default) wakes the
-/// agent early, so a burst does not wait for the pause. An exec or a
+/// CPU per request at 10k requests/s against 10 ms (see README). A record
+/// that fills the ring (4 MiB by default) past a quarter, a half or three
+/// quarters wakes the agent early, so a burst does not wait for the pause
+/// (`quiet` in `ebpf/src/maps.rs`). An exec or a
 /// process's first connection wakes the agent at once: it reads the
 /// process's facts from `/proc` while the process is surely there.
 const DRAIN_PAUSE: Duration = Duration::from_millis(40);
