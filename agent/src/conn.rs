@@ -45,10 +45,21 @@ impl Conn {
         self.session.as_mut()
     }
 
+    /// Records of the connection were lost while it stays open: its
+    /// session resumes (HTTP/2), or starts over (see `restart_after_loss`).
+    /// Returns the protocol and whether it resumed.
+    pub fn resume_after_loss(&mut self) -> Option<(Protocol, bool)> {
+        let s = self.session.as_mut()?;
+        if s.resume_after_loss() {
+            return Some((s.protocol(), true));
+        }
+        self.restart_after_loss().map(|p| (p, false))
+    }
+
     /// Records of the connection were lost: forget its protocol state, so
     /// the next bytes are treated as a connection first met mid-stream
-    /// (HTTP/1 resynchronises on a start line; HTTP/2 cannot, and is
-    /// dropped). Returns the protocol whose state was lost.
+    /// (HTTP/1 resynchronises on a start line, Kafka on a request's
+    /// header). Returns the protocol whose state was lost.
     pub fn restart_after_loss(&mut self) -> Option<Protocol> {
         let lost = self.session.take()?.protocol();
         self.role = None;
@@ -223,6 +234,25 @@ mod tests {
         assert!(c.session(true, b"GET / HTTP/1.1\r\n\r\n").is_some());
         assert_eq!(c.restart_after_loss(), Some(Protocol::Http1));
         assert_eq!(c.restart_after_loss(), None);
+    }
+
+    #[test]
+    fn http2_resumes_after_a_loss_and_http1_starts_over() {
+        let mut c = conn(1, 0);
+        c.role = Some(Role::Server);
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+        assert!(c.session(true, preface).is_some());
+        assert_eq!(c.resume_after_loss(), Some((Protocol::Http2, true)));
+        assert_eq!(
+            c.session.as_ref().map(|s| s.protocol()),
+            Some(Protocol::Http2)
+        );
+        let mut c = conn(1, 0);
+        c.role = Some(Role::Server);
+        assert!(c.session(true, b"GET / HTTP/1.1\r\n\r\n").is_some());
+        assert_eq!(c.resume_after_loss(), Some((Protocol::Http1, false)));
+        assert!(c.session.is_none());
+        assert_eq!(c.resume_after_loss(), None);
     }
 
     #[test]

@@ -300,11 +300,14 @@ impl Pipeline {
         c.last_ns = d.ts_ns;
         c.facts.tls |= d.tls;
         if d.after_loss {
-            // Bytes are missing before these: what was parsed so far cannot
-            // be continued with certainty (HPACK state, HTTP/1 pairing by
-            // order). Start over as for a connection met mid-stream.
-            if let Some(p) = c.restart_after_loss() {
-                stats::add(&self.stats.protocol(p).desynced, 1);
+            // Bytes are missing before these: HTTP/1 pairing by order cannot
+            // be continued with certainty, and starts over as for a
+            // connection met mid-stream; HTTP/2 resumes at a frame boundary.
+            // Either way no request read before serves as a parent.
+            match c.resume_after_loss() {
+                Some((p, true)) => stats::add(&self.stats.protocol(p).resumed, 1),
+                Some((p, false)) => stats::add(&self.stats.protocol(p).desynced, 1),
+                None => {}
             }
             self.nesting.conn_closed(d.conn_id);
             return self.on_data(capture::Data {
@@ -610,6 +613,7 @@ fn count_losses(stats: &Stats, protocol: Protocol, new: Losses) {
     stats::add(&p.parse_errors, new.parse_errors);
     stats::add(&p.decode_errors, new.decode_errors);
     stats::add(&p.gaps, new.gaps);
+    stats::add(&p.skipped, new.skipped);
     stats::add(&p.desynced, new.desynced);
     stats::add(&p.unanswered, new.unanswered);
     stats::add(&p.orphan_responses, new.orphan_responses);

@@ -50,7 +50,9 @@ protocol_counters! {
     parse_errors: "framing errors (garbage, impossible frame sequences)",
     decode_errors: "header blocks that did not decode (HPACK); no later header of that direction is trusted",
     gaps: "bytes not captured where a header had to be read",
-    desynced: "connection directions given up on after being in sync (no more spans from them)",
+    skipped: "chunks skipped after lost records, before one started at a message boundary",
+    desynced: "connections whose parsing started over after lost records, or directions given up on after being in sync",
+    resumed: "connections that went on after lost records, at the next message boundary (HTTP/2; header fields the lost records made unknown are counted on spans as clew.http2.unknown_fields)",
     unanswered: "requests whose response never came (HTTP ones are exported as ERROR spans too)",
     orphan_responses: "responses without a request",
 }

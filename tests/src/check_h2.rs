@@ -4,10 +4,19 @@
 use crate::receiver::{RecvSpan, Value, KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET};
 use anyhow::{bail, Result};
 
+/// How the agent marks a span whose header fields referred to HPACK table
+/// entries lost with capture: how many did.
+pub const UNKNOWN_FIELDS: &str = "clew.http2.unknown_fields";
+
 /// Attribute keys by which the agent may mark a span it could only partly
 /// decode (e.g. HPACK state missed on a connection opened before it
 /// started). Any key containing "degraded" also counts.
-pub const DEGRADED_KEYS: &[&str] = &["clew.degraded", "clew.http2.degraded", "clew.partial"];
+pub const DEGRADED_KEYS: &[&str] = &[
+    UNKNOWN_FIELDS,
+    "clew.degraded",
+    "clew.http2.degraded",
+    "clew.partial",
+];
 
 /// The span says it was assembled from incomplete state.
 pub fn is_degraded(s: &RecvSpan) -> bool {

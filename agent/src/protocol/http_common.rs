@@ -58,7 +58,8 @@ pub fn http_span(
 ) -> Span {
     let mut a: Attributes = Vec::with_capacity(14);
     let known = known_method(call.method, opts);
-    if known.is_none() {
+    // An HTTP/2 request's method can be unknown (lost with capture).
+    if known.is_none() && !call.method.is_empty() {
         a.push(("http.request.method_original", AttrValue::text(call.method)));
     }
     a.push(("http.request.method", known.unwrap_or("_OTHER").into()));
@@ -74,7 +75,10 @@ pub fn http_span(
     match frame.role {
         Role::Server => {
             a.push(("url.scheme", scheme.into()));
-            a.push(("url.path", AttrValue::text(call.path)));
+            // Empty only when unknown (an HTTP/2 `:path` lost with capture).
+            if !call.path.is_empty() {
+                a.push(("url.path", AttrValue::text(call.path)));
+            }
             if let Some(s) = server {
                 a.push(("server.address", s.into()));
             }
@@ -91,7 +95,10 @@ pub fn http_span(
                     url.push_str(q);
                 }
                 a.push(("server.address", s.into()));
-                a.push(("url.full", url.into()));
+                // No URL from an unknown path (see `url.path` above).
+                if !path.is_empty() {
+                    a.push(("url.full", url.into()));
+                }
             }
         }
     }

@@ -59,6 +59,9 @@ pub struct Losses {
     pub decode_errors: u64,
     /// Bytes not captured where a header had to be read.
     pub gaps: u64,
+    /// Chunks skipped after lost records, before one started at a
+    /// message boundary.
+    pub skipped: u64,
     /// Directions given up on after being in sync: their later messages
     /// cannot be read with certainty, so they give no spans.
     pub desynced: u64,
@@ -84,6 +87,7 @@ impl std::ops::Sub for Losses {
             parse_errors: self.parse_errors - before.parse_errors,
             decode_errors: self.decode_errors - before.decode_errors,
             gaps: self.gaps - before.gaps,
+            skipped: self.skipped - before.skipped,
             desynced: self.desynced - before.desynced,
             unanswered: self.unanswered - before.unanswered,
             orphan_responses: self.orphan_responses - before.orphan_responses,
@@ -99,6 +103,7 @@ impl From<http2::Losses> for Losses {
             parse_errors: l.parse_errors,
             decode_errors: l.hpack_errors,
             gaps: l.gaps,
+            skipped: l.skipped,
             desynced: l.broken,
             unanswered: l.unanswered,
             orphan_responses: l.orphan_responses,
@@ -200,6 +205,20 @@ impl Session {
             Session::Http1(s) => s.losses,
             Session::Http2(s) => s.losses.into(),
             Session::Kafka(s) => s.losses,
+        }
+    }
+
+    /// Records of the connection were lost: whether the session goes on,
+    /// at the next message boundary. HTTP/2 does (its header table's
+    /// older entries unknown); the others start over, as for a connection
+    /// met mid-stream.
+    pub fn resume_after_loss(&mut self) -> bool {
+        match self {
+            Session::Http2(s) => {
+                s.resume_after_loss();
+                true
+            }
+            Session::Http1(_) | Session::Kafka(_) => false,
         }
     }
 

@@ -14,10 +14,20 @@ pub const PUSH_PROMISE: u8 = 0x5;
 pub const GOAWAY: u8 = 0x7;
 pub const CONTINUATION: u8 = 0x9;
 
+pub const PRIORITY_FRAME: u8 = 0x2;
+pub const PING: u8 = 0x6;
+pub const WINDOW_UPDATE: u8 = 0x8;
+
 pub const END_STREAM: u8 = 0x1;
+pub const ACK: u8 = 0x1;
 pub const END_HEADERS: u8 = 0x4;
 pub const PADDED: u8 = 0x8;
 pub const PRIORITY: u8 = 0x20;
+
+/// Largest frame a chunk met after lost bytes may start with: peers can
+/// raise the 16 KiB default up to 16 MiB, but a frame header claiming more
+/// than this is more likely bytes inside a payload.
+const MAX_RESYNC_FRAME: u32 = 1 << 20;
 
 /// Largest header block buffered (all its frames together); a longer one
 /// breaks the direction, since HPACK cannot skip a block.
@@ -96,6 +106,10 @@ pub enum FrameError {
     BlockTooLarge,
     #[error("invalid frame sequence: {0}")]
     Protocol(&'static str),
+    /// Not an error of the stream: a chunk after lost bytes that does not
+    /// start at a frame boundary is skipped, and the next one tried.
+    #[error("bytes after a loss that do not start at a frame boundary")]
+    Unsynced,
 }
 
 /// A header block whose frames are still arriving.
@@ -144,6 +158,9 @@ enum State {
     Skip {
         left: usize,
     },
+    /// Bytes were lost: the next chunk that starts with frame headers
+    /// chaining to its end starts framing again (see [`starts_frames`]).
+    Resync,
     Broken,
 }
 
@@ -186,6 +203,21 @@ impl Frames {
         self.block = Vec::new();
     }
 
+    /// Records of the connection were lost: this direction's position in
+    /// its frames is unknown until a chunk starts at a frame boundary.
+    /// Header blocks lost meanwhile are the caller's to account for.
+    pub fn resync(&mut self) {
+        if !self.is_broken() {
+            self.state = State::Resync;
+            self.block.clear();
+            self.open = None;
+        }
+    }
+
+    pub fn is_resyncing(&self) -> bool {
+        matches!(self.state, State::Resync)
+    }
+
     /// Whether the direction ever framed a good first frame: errors before
     /// that mean it is not HTTP/2 at all.
     pub fn is_synced(&self) -> bool {
@@ -204,6 +236,14 @@ impl Frames {
     ) -> Result<(), FrameError> {
         if self.is_broken() {
             return Ok(());
+        }
+        if self.is_resyncing() {
+            if !starts_frames(data, total) {
+                return Err(FrameError::Unsynced);
+            }
+            // Bytes were lost after the direction was known to be HTTP/2.
+            self.synced = true;
+            self.next_frame();
         }
         let mut input = data;
         let mut missing = total.saturating_sub(data.len());
@@ -321,7 +361,7 @@ impl Frames {
                 }
                 Ok(&input[n..])
             }
-            State::Broken => Ok(&[]),
+            State::Resync | State::Broken => Ok(&[]),
         }
     }
 
@@ -369,7 +409,7 @@ impl Frames {
             State::Preface { .. } | State::Header { .. } | State::Block { .. } => {
                 Err(FrameError::Gap)
             }
-            State::Broken => Ok(0),
+            State::Resync | State::Broken => Ok(0),
         }
     }
 
@@ -522,6 +562,51 @@ impl Frames {
     }
 }
 
+/// Whether a chunk met after lost bytes starts at a frame boundary: every
+/// frame header in its captured bytes, reached by skipping each frame's
+/// payload from its start, is one a peer may send, CONTINUATIONs only
+/// where a block is open, and either the frames end where the chunk does
+/// or there are two or more. Bytes inside a payload rarely pass: a
+/// header's length, type, flags for that type, stream (zero or not, as the
+/// type says) and reserved bit must all fit.
+pub fn starts_frames(data: &[u8], total: usize) -> bool {
+    let (mut at, mut frames) = (0, 0);
+    let mut continues: Option<u32> = None;
+    while let Some(b) = data.get(at..at + HEADER_LEN) {
+        let raw: &[u8; HEADER_LEN] = b.try_into().expect("a frame header's bytes");
+        let h = FrameHeader::parse(raw);
+        let flags_in = |allowed: u8| h.flags & !allowed == 0;
+        let (on_stream, len) = (h.stream != 0, h.len as usize);
+        let fits = match h.kind {
+            DATA => on_stream && flags_in(END_STREAM | PADDED),
+            HEADERS => on_stream && flags_in(END_STREAM | END_HEADERS | PADDED | PRIORITY),
+            PRIORITY_FRAME => on_stream && len == 5 && h.flags == 0,
+            RST_STREAM => on_stream && len == 4 && h.flags == 0,
+            SETTINGS => !on_stream && flags_in(ACK) && len.is_multiple_of(6),
+            PUSH_PROMISE => on_stream && flags_in(END_HEADERS | PADDED),
+            PING => !on_stream && len == 8 && flags_in(ACK),
+            GOAWAY => !on_stream && len >= 8 && h.flags == 0,
+            WINDOW_UPDATE => len == 4 && h.flags == 0,
+            CONTINUATION => continues == Some(h.stream) && flags_in(END_HEADERS),
+            _ => false,
+        };
+        // A CONTINUATION exactly where a block is open.
+        if !fits || continues.is_some() != (h.kind == CONTINUATION) {
+            return false;
+        }
+        if raw[5] & 0x80 != 0 || h.len > MAX_RESYNC_FRAME {
+            return false;
+        }
+        let block_open = matches!(h.kind, HEADERS | PUSH_PROMISE | CONTINUATION);
+        continues = (block_open && h.flags & END_HEADERS == 0).then_some(h.stream);
+        at += HEADER_LEN + len;
+        frames += 1;
+    }
+    // One frame header alone is too little evidence unless the chunk ends
+    // where its frame does.
+    frames >= 2 || (frames == 1 && at == total)
+}
+
 /// Emits what a whole RST_STREAM or GOAWAY frame says.
 fn fixed_frame(h: FrameHeader, buf: &[u8; 8], emit: &mut impl FnMut(Event<'_>)) {
     let word = |i: usize| u32::from_be_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
@@ -535,5 +620,90 @@ fn fixed_frame(h: FrameHeader, buf: &[u8; 8], emit: &mut impl FnMut(Event<'_>)) 
             last_stream: word(0) & 0x7fff_ffff,
             code: word(4),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, flags: u8, stream: u32, len: usize) -> Vec<u8> {
+        let mut f = (len as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.resize(HEADER_LEN + len, 0x61);
+        f
+    }
+
+    #[test]
+    fn chunks_that_start_at_a_frame_boundary() {
+        let headers = frame(HEADERS, END_HEADERS, 1, 20);
+        let data = frame(DATA, END_STREAM, 1, 100);
+        let both = [headers.clone(), data.clone()].concat();
+        // Frames that end with the chunk, or two of them.
+        assert!(starts_frames(&headers, headers.len()));
+        assert!(starts_frames(&both, both.len()));
+        assert!(starts_frames(&both[..40], both.len()));
+        // One frame going on past the chunk: too little to go on.
+        assert!(!starts_frames(&data[..50], 50));
+        // A block's first frame, then its CONTINUATION.
+        let open = frame(HEADERS, 0, 3, 4);
+        let cont = frame(CONTINUATION, END_HEADERS, 3, 4);
+        let block = [open.clone(), cont.clone()].concat();
+        assert!(starts_frames(&block, block.len()));
+        assert!(!starts_frames(&cont, cont.len()));
+        let broken = [open, frame(DATA, 0, 3, 4)].concat();
+        assert!(!starts_frames(&broken, broken.len()));
+        let on_other_stream = [
+            frame(HEADERS, 0, 3, 4),
+            frame(CONTINUATION, END_HEADERS, 5, 4),
+        ];
+        assert!(!starts_frames(&on_other_stream.concat(), 26));
+    }
+
+    #[test]
+    fn bytes_inside_a_payload_do_not_start_frames() {
+        let both = [frame(HEADERS, END_HEADERS, 1, 20), frame(DATA, 0, 1, 100)].concat();
+        // Every offset but the DATA frame's start (after 9 + 20 bytes).
+        for at in (1..both.len()).filter(|at| *at != 29) {
+            assert!(!starts_frames(&both[at..], both.len() - at), "{at}");
+        }
+        assert!(starts_frames(&both[29..], both.len() - 29));
+        assert!(!starts_frames(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", 26));
+        assert!(!starts_frames(b"", 0));
+        // Flags a type does not have, the wrong stream for a type, a
+        // length a type cannot have, the reserved bit.
+        for bad in [
+            frame(DATA, END_HEADERS, 1, 0),
+            frame(SETTINGS, 0, 1, 0),
+            frame(PING, 0, 0, 4),
+            frame(WINDOW_UPDATE, 0, 0x8000_0001, 4),
+            frame(0x20, 0, 1, 0),
+        ] {
+            assert!(!starts_frames(&bad, bad.len()), "{bad:02x?}");
+        }
+    }
+
+    /// After a loss the framer skips chunks until one starts at a frame
+    /// boundary, then frames on.
+    #[test]
+    fn a_resyncing_framer_waits_for_a_frame_boundary() {
+        let mut f = Frames::new(false);
+        let mut events = 0;
+        f.feed(&frame(SETTINGS, 0, 0, 0), HEADER_LEN, 0, &mut |_| {
+            events += 1
+        })
+        .unwrap();
+        f.resync();
+        let data = frame(DATA, END_STREAM, 1, 30);
+        assert_eq!(
+            f.feed(&data[5..], data.len() - 5, 1, &mut |_| events += 1),
+            Err(FrameError::Unsynced)
+        );
+        assert!(f.is_resyncing() && !f.is_broken());
+        f.feed(&data, data.len(), 2, &mut |_| events += 1).unwrap();
+        assert!(!f.is_resyncing());
+        // The DATA bytes and the frame's end.
+        assert_eq!(events, 2);
     }
 }

@@ -27,8 +27,8 @@ pub fn session_input(input: &[u8]) {
 }
 
 /// Arbitrary header blocks, in order, against one dynamic table, as a
-/// connection's direction would send them. The first byte of each block
-/// says how long it is.
+/// connection's direction would send them (after an error, as after lost
+/// records). The first byte of each block says how long it is.
 pub fn hpack_input(input: &[u8]) {
     let mut d = HeaderDecoder::default();
     let mut rest = input;
@@ -36,14 +36,16 @@ pub fn hpack_input(input: &[u8]) {
         let (block, tail) = tail.split_at(usize::from(len).min(tail.len()));
         rest = tail;
         if d.decode(block).is_err() {
-            // A session stops decoding here: the table is unknown.
-            break;
+            // The table is unknown now: go on as after a loss, which
+            // exercises the partly known table.
+            d.forget();
         }
     }
 }
 
 /// Each control byte says how many data bytes follow as one chunk, which
-/// direction carries it, and whether the syscall moved more than was captured.
+/// direction carries it, whether the syscall moved more than was captured,
+/// and whether records were lost before it.
 fn run(role: Role, upgraded: bool, mut input: &[u8]) {
     let mut s = if upgraded {
         Session::after_upgrade(role, None)
@@ -69,6 +71,10 @@ fn run(role: Role, upgraded: bool, mut input: &[u8]) {
         let (chunk, rest) = rest.split_at(len);
         input = rest;
         let ingress = control & 0x20 != 0;
+        if control >> 6 == 1 {
+            // Records were lost before this chunk.
+            s.resume_after_loss();
+        }
         let missing = match control >> 6 {
             0 | 1 => 0,
             2 => len * 3 + 1,

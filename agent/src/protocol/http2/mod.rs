@@ -7,7 +7,6 @@ pub mod fuzzing;
 mod hpack;
 mod session;
 mod spans;
-mod unhuffman;
 
 pub use frame::{Event, FrameError, Frames, Payload};
 pub use hpack::{Fields, HeaderDecoder, HpackError};

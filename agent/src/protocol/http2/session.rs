@@ -42,6 +42,27 @@ pub struct Exchange {
     pub end_ns: u64,
 }
 
+impl Exchange {
+    /// Header fields of the exchange that referred to table entries lost
+    /// with capture (see `Fields::unknown`) where they could change the
+    /// span: any of the request's (method, path, content type, trace
+    /// context...), a response head's only when it has no status, the
+    /// trailers' only when no gRPC status was read.
+    pub fn unknown_fields(&self) -> u32 {
+        let response = self.response.as_ref().filter(|r| r.status.is_none());
+        let grpc_status = [&self.response, &self.trailers]
+            .into_iter()
+            .flatten()
+            .any(|f| f.grpc_status.is_some());
+        let trailers = self.trailers.as_ref().filter(|_| !grpc_status);
+        [Some(&self.request), response, trailers]
+            .into_iter()
+            .flatten()
+            .map(|f| f.unknown)
+            .sum()
+    }
+}
+
 /// Why exchanges were lost, for the pipeline's counters.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Losses {
@@ -52,6 +73,9 @@ pub struct Losses {
     pub hpack_errors: u64,
     /// Bytes not captured inside a frame header or header block.
     pub gaps: u64,
+    /// Chunks skipped after lost records, before one started at a frame
+    /// boundary.
+    pub skipped: u64,
     /// Directions that stopped being decoded (any of the above after sync).
     pub broken: u64,
     /// Requests whose stream ended without a response: connection closed,
@@ -188,6 +212,9 @@ pub struct Session {
     responses: Direction,
     calls: Calls,
     pub losses: Losses,
+    /// Records of the connection were lost: a stream still open at its
+    /// close may have been answered in them.
+    resumed: bool,
 }
 
 impl Session {
@@ -215,6 +242,7 @@ impl Session {
                 upgraded,
             },
             losses: Losses::default(),
+            resumed: false,
         }
     }
 
@@ -247,6 +275,22 @@ impl Session {
         self.requests.frames.is_broken() || self.responses.frames.is_broken()
     }
 
+    /// Records of the connection were lost, in one direction or both (the
+    /// kernel does not say which): each direction picks up at the next
+    /// chunk that starts at a frame boundary, with its header table's
+    /// entries unknown (see `HeaderDecoder::forget`). Streams open across
+    /// the loss stay open: a response still to come ends them; their gRPC
+    /// message counts are no longer known.
+    pub fn resume_after_loss(&mut self) {
+        self.requests.frames.resync();
+        self.responses.frames.resync();
+        for s in self.calls.streams.values_mut() {
+            s.sent.lost = true;
+            s.received.lost = true;
+        }
+        self.resumed = true;
+    }
+
     /// Feeds one syscall's bytes; finished exchanges are appended to `out`.
     pub fn on_data(&mut self, d: &Data<'_>, nesting: &mut Nesting, out: &mut Vec<Exchange>) {
         let side = if d.ingress == (self.calls.role == Role::Server) {
@@ -259,6 +303,7 @@ impl Session {
             responses,
             calls,
             losses,
+            ..
         } = self;
         let Direction { frames, hpack } = match side {
             Side::Requests => requests,
@@ -275,6 +320,11 @@ impl Session {
             conn_id: d.conn_id,
             ts: d.ts_ns,
         };
+        // Until a chunk starts at a frame boundary, every skipped one may
+        // have changed the header table.
+        if frames.is_resyncing() {
+            hpack.forget();
+        }
         let mut hpack_failed = false;
         let framed = frames.feed(d.payload, d.total, d.ts_ns, &mut |ev| {
             // HPACK state is unknown after an error: nothing more is trusted.
@@ -303,6 +353,10 @@ impl Session {
         } else if let Err(e) = framed {
             use super::frame::FrameError;
             match e {
+                FrameError::Unsynced => {
+                    losses.skipped += 1;
+                    return;
+                }
                 _ if !synced => losses.not_http2 += 1,
                 FrameError::Gap => losses.gaps += 1,
                 _ => losses.parse_errors += 1,
@@ -317,7 +371,7 @@ impl Session {
     /// reported as such unless the connection's decoding had gone wrong
     /// before (then they are only counted).
     pub fn on_close(&mut self, ts: u64, nesting: &mut Nesting, out: &mut Vec<Exchange>) {
-        let trusted = crate::protocol::Losses::from(self.losses).is_clean();
+        let trusted = !self.resumed && crate::protocol::Losses::from(self.losses).is_clean();
         let open = std::mem::take(&mut self.calls.streams);
         self.losses.unanswered += open.len() as u64;
         for s in open.into_values() {

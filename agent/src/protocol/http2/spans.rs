@@ -35,10 +35,19 @@ pub fn to_span(
         start_ns: x.start_ns,
         end_ns: x.end_ns,
     };
-    if is_grpc(&x) {
-        return grpc_span(&x, frame, conn, resource, clock);
+    let mut span = if is_grpc(&x) {
+        grpc_span(&x, frame, conn, resource, clock)
+    } else {
+        http_span(call(&x), frame, conn, resource, clock, opts)
+    };
+    // Resumed after lost records: fields the span lacks may be among
+    // these, which Clew could not read (no convention covers it).
+    let unknown = x.unknown_fields();
+    if unknown > 0 {
+        span.attributes
+            .push(("clew.http2.unknown_fields", i64::from(unknown).into()));
     }
-    http_span(call(&x), frame, conn, resource, clock, opts)
+    span
 }
 
 /// `http.*.request.duration`, or for gRPC `rpc.*.duration`.

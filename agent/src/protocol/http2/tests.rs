@@ -675,3 +675,66 @@ fn repeated_traceparent_starts_a_trace_and_tracestates_join() {
     assert_ne!(hex::encode(repeated.trace_id), TRACE);
     assert_eq!(repeated.parent_span_id, None);
 }
+
+/// Records lost in the middle of a connection: the session skips what
+/// does not start at a frame boundary, then goes on. Fields whose table
+/// entries went with the loss are counted on the span, never guessed; a
+/// stream opened before the loss is still answered after it.
+#[test]
+fn lost_records_resume_at_a_frame_boundary() {
+    let mut h = Harness::new(Role::Server);
+    h.open();
+    let (req, resp) = unary(&mut h, 1, "0");
+    h.client_sends(&req);
+    h.server_sends(&resp);
+    assert_eq!(h.span().name, "shop.Cart/Add");
+    // Stream 3 opens; the records after it are lost.
+    let open = h.client.headers(3, true, &grpc_request("/shop.Cart/Add"));
+    h.client_sends(&open);
+    // Encoded (the client's table moves on) but never captured.
+    h.client.headers(5, true, &grpc_request("/shop.Cart/Lost"));
+    h.s.resume_after_loss();
+    // The rest of a frame whose start was lost: skipped, not parsed.
+    let (tail, _) = unary(&mut h, 7, "0");
+    h.client_sends(&tail[4..]);
+    assert_eq!(h.s.losses.skipped, 1);
+    assert!(!h.s.is_hopeless());
+    // A new call: a field it shares with earlier calls refers to a lost
+    // entry (index 62); new literals and static entries are read as sent.
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut block = vec![0xbe, 0x83, 0x44, 17];
+    block.extend_from_slice(b"/shop.Cart/Remove");
+    block.extend_from_slice(&[0x00, 11]);
+    block.extend_from_slice(b"traceparent");
+    block.push(tp.len() as u8);
+    block.extend_from_slice(tp.as_bytes());
+    let mut req = frame(0x1, END_HEADERS, 9, &block);
+    req.extend(data(9, true, &message(b"x")));
+    h.client_sends(&req);
+    let mut resp = h.server.headers(9, true, &[(":status", "200")]);
+    resp.extend(h.server.headers(3, true, &[(":status", "503")]));
+    h.server_sends(&resp);
+    assert_eq!(h.out.len(), 2);
+    let span = h.span();
+    assert_eq!(hex::encode(span.trace_id), &tp[3..35]);
+    assert_eq!(
+        span.parent_span_id.map(hex::encode).as_deref(),
+        Some(&tp[36..52])
+    );
+    // Not a gRPC span: its content-type may be the unknown field.
+    assert_eq!(
+        attr(&span, "url.path").as_deref(),
+        Some("/shop.Cart/Remove")
+    );
+    assert_eq!(attr(&span, "http.request.method").as_deref(), Some("POST"));
+    assert_eq!(span.attr("http.response.status_code"), Some(&200i64.into()));
+    assert_eq!(span.attr("clew.http2.unknown_fields"), Some(&1i64.into()));
+    // Stream 3's request was read before the loss, in full.
+    let span = h.span();
+    assert_eq!(span.name, "shop.Cart/Add");
+    assert_eq!(span.attr("clew.http2.unknown_fields"), None);
+    assert!(matches!(span.status, Status::Error(_)));
+    // Never a span for the lost request, nor for the skipped one.
+    h.s.on_close(100, &mut h.n, &mut h.out);
+    assert!(h.out.is_empty());
+}
