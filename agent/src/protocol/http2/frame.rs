@@ -159,7 +159,7 @@ enum State {
         left: usize,
     },
     /// Bytes were lost: the next chunk that starts with frame headers
-    /// chaining to its end starts framing again (see [`starts_frames`]).
+    /// chaining to its end starts framing again (see [`frame_boundary`]).
     Resync,
     Broken,
 }
@@ -237,16 +237,17 @@ impl Frames {
         if self.is_broken() {
             return Ok(());
         }
+        let mut input = data;
+        let mut missing = total.saturating_sub(data.len());
         if self.is_resyncing() {
-            if !starts_frames(data, total) {
+            let Some(at) = frame_boundary(data, total) else {
                 return Err(FrameError::Unsynced);
-            }
+            };
             // Bytes were lost after the direction was known to be HTTP/2.
             self.synced = true;
             self.next_frame();
+            input = &data[at..];
         }
-        let mut input = data;
-        let mut missing = total.saturating_sub(data.len());
         let result = loop {
             if !input.is_empty() {
                 match self.step(input, ts, emit) {
@@ -562,15 +563,31 @@ impl Frames {
     }
 }
 
-/// Whether a chunk met after lost bytes starts at a frame boundary: every
-/// frame header in its captured bytes, reached by skipping each frame's
-/// payload from its start, is one a peer may send, CONTINUATIONs only
-/// where a block is open, and either the frames end where the chunk does
-/// or there are two or more. Bytes inside a payload rarely pass: a
-/// header's length, type, flags for that type, stream (zero or not, as the
-/// type says) and reserved bit must all fit.
-pub fn starts_frames(data: &[u8], total: usize) -> bool {
-    let (mut at, mut frames) = (0, 0);
+/// The default largest frame (SETTINGS_MAX_FRAME_SIZE, RFC 9113 §6.5.2).
+const DEFAULT_MAX_FRAME: u32 = 16384;
+
+/// Where frames start in a chunk met after lost bytes, if they can be
+/// told: at its start (the usual case, a call that began with a frame),
+/// or, with stricter checks since every offset is tried, inside it (a
+/// read that began in the middle of a frame). See [`frames_at`].
+pub fn frame_boundary(data: &[u8], total: usize) -> Option<usize> {
+    if frames_at(data, total, MAX_RESYNC_FRAME, 2) {
+        return Some(0);
+    }
+    (1..data.len())
+        .find(|&at| frames_at(&data[at..], total.saturating_sub(at), DEFAULT_MAX_FRAME, 3))
+}
+
+/// Whether `data` (the captured start of `total` bytes) starts at a frame
+/// boundary: every frame header in it, reached by skipping each frame's
+/// payload from its start, is one a peer may send (no longer than
+/// `max_len`), CONTINUATIONs come only where a block is open, and there
+/// are `frames` of them, or one fewer ending where the chunk does. Bytes
+/// inside a payload rarely pass: a header's length, type, flags for that
+/// type, stream (zero or not, as the type says) and reserved bit must all
+/// fit, and then those of the next.
+fn frames_at(data: &[u8], total: usize, max_len: u32, frames: usize) -> bool {
+    let (mut at, mut seen) = (0, 0);
     let mut continues: Option<u32> = None;
     while let Some(b) = data.get(at..at + HEADER_LEN) {
         let raw: &[u8; HEADER_LEN] = b.try_into().expect("a frame header's bytes");
@@ -594,17 +611,15 @@ pub fn starts_frames(data: &[u8], total: usize) -> bool {
         if !fits || continues.is_some() != (h.kind == CONTINUATION) {
             return false;
         }
-        if raw[5] & 0x80 != 0 || h.len > MAX_RESYNC_FRAME {
+        if raw[5] & 0x80 != 0 || h.len > max_len {
             return false;
         }
         let block_open = matches!(h.kind, HEADERS | PUSH_PROMISE | CONTINUATION);
         continues = (block_open && h.flags & END_HEADERS == 0).then_some(h.stream);
         at += HEADER_LEN + len;
-        frames += 1;
+        seen += 1;
     }
-    // One frame header alone is too little evidence unless the chunk ends
-    // where its frame does.
-    frames >= 2 || (frames == 1 && at == total)
+    seen >= frames || (seen + 1 == frames && at == total)
 }
 
 /// Emits what a whole RST_STREAM or GOAWAY frame says.
@@ -633,6 +648,10 @@ mod tests {
         f.extend_from_slice(&stream.to_be_bytes());
         f.resize(HEADER_LEN + len, 0x61);
         f
+    }
+
+    fn starts_frames(data: &[u8], total: usize) -> bool {
+        frame_boundary(data, total) == Some(0)
     }
 
     #[test]
@@ -666,7 +685,7 @@ mod tests {
         let both = [frame(HEADERS, END_HEADERS, 1, 20), frame(DATA, 0, 1, 100)].concat();
         // Every offset but the DATA frame's start (after 9 + 20 bytes).
         for at in (1..both.len()).filter(|at| *at != 29) {
-            assert!(!starts_frames(&both[at..], both.len() - at), "{at}");
+            assert_eq!(frame_boundary(&both[at..], both.len() - at), None, "{at}");
         }
         assert!(starts_frames(&both[29..], both.len() - 29));
         assert!(!starts_frames(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", 26));
@@ -682,6 +701,27 @@ mod tests {
         ] {
             assert!(!starts_frames(&bad, bad.len()), "{bad:02x?}");
         }
+    }
+
+    /// A chunk that starts inside a frame: frames are found in it when
+    /// three follow, or two that end with the chunk.
+    #[test]
+    fn frames_are_found_inside_a_chunk() {
+        let tail = frame(DATA, 0, 1, 40)[25..].to_vec();
+        let two = [
+            frame(HEADERS, END_HEADERS, 3, 20),
+            frame(DATA, END_STREAM, 3, 10),
+        ]
+        .concat();
+        let chunk = [tail.clone(), two.clone()].concat();
+        assert_eq!(frame_boundary(&chunk, chunk.len()), Some(tail.len()));
+        // Two frames, the last going on past the chunk: not enough.
+        assert_eq!(frame_boundary(&chunk, chunk.len() + 5), None);
+        let three = [chunk.clone(), frame(WINDOW_UPDATE, 0, 0, 4)].concat();
+        assert_eq!(
+            frame_boundary(&three[..three.len() - 2], three.len()),
+            Some(tail.len())
+        );
     }
 
     /// After a loss the framer skips chunks until one starts at a frame
