@@ -46,8 +46,8 @@ impl Conn {
     }
 
     /// Records of the connection were lost while it stays open: its
-    /// session resumes (HTTP/2), or starts over (see `restart_after_loss`).
-    /// Returns the protocol and whether it resumed.
+    /// session resumes (HTTP/2, Kafka), or starts over (HTTP/1, see
+    /// `restart_after_loss`). Returns the protocol and whether it resumed.
     pub fn resume_after_loss(&mut self) -> Option<(Protocol, bool)> {
         let s = self.session.as_mut()?;
         if s.resume_after_loss() {
@@ -58,8 +58,9 @@ impl Conn {
 
     /// Records of the connection were lost: forget its protocol state, so
     /// the next bytes are treated as a connection first met mid-stream
-    /// (HTTP/1 resynchronises on a start line, Kafka on a request's
-    /// header). Returns the protocol whose state was lost.
+    /// (HTTP/1 resynchronises on a start line; the others cannot be picked
+    /// up mid-stream, and their connection stops being captured). Returns
+    /// the protocol whose state was lost.
     pub fn restart_after_loss(&mut self) -> Option<Protocol> {
         let lost = self.session.take()?.protocol();
         self.role = None;

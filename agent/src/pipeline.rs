@@ -302,7 +302,8 @@ impl Pipeline {
         if d.after_loss {
             // Bytes are missing before these: HTTP/1 pairing by order cannot
             // be continued with certainty, and starts over as for a
-            // connection met mid-stream; HTTP/2 resumes at a frame boundary.
+            // connection met mid-stream; HTTP/2 and Kafka resume at the
+            // next frame or message.
             // Either way no request read before serves as a parent.
             match c.resume_after_loss() {
                 Some((p, true)) => stats::add(&self.stats.protocol(p).resumed, 1),

@@ -52,7 +52,7 @@ protocol_counters! {
     gaps: "bytes not captured where a header had to be read",
     skipped: "chunks skipped after lost records, before one started at a message boundary",
     desynced: "connections whose parsing started over after lost records, or directions given up on after being in sync",
-    resumed: "connections that went on after lost records, at the next message boundary (HTTP/2; header fields the lost records made unknown are counted on spans as clew.http2.unknown_fields)",
+    resumed: "connections that went on after lost records, at the next frame or message (HTTP/2, Kafka; HTTP/2 header fields the lost records made unknown are counted on spans as clew.http2.unknown_fields)",
     unanswered: "requests whose response never came (HTTP ones are exported as ERROR spans too)",
     orphan_responses: "responses without a request",
 }

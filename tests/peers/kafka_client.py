@@ -86,6 +86,19 @@ def pause(path):
         time.sleep(0.05)
 
 
+def produce_load(args):
+    """`--count` records of `--size` bytes, each sent once the one before
+    was acknowledged (kafka-python), so the load lasts a while."""
+    from kafka import KafkaProducer
+
+    p = KafkaProducer(bootstrap_servers=args.bootstrap, client_id="clew-producer", linger_ms=0)
+    value = b"v" * args.size
+    for _ in range(args.count):
+        md = p.send(args.topic, value=value).get(timeout=30)
+        print(json.dumps({"partition": md.partition, "offset": md.offset}), flush=True)
+    p.close()
+
+
 def produce(args):
     headers = headers_of(args)
     values = [v.encode() for v in args.values]
@@ -253,7 +266,7 @@ def consume(args):
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("create-topic", "produce", "consume", "produce-records"):
+    for name in ("create-topic", "produce", "consume", "produce-records", "produce-load"):
         s = sub.add_parser(name)
         s.add_argument("--bootstrap", required=True)
         s.add_argument("--topic", required=True)
@@ -274,6 +287,9 @@ def main():
         if name == "produce-records":
             s.add_argument("--spec", required=True)
             s.add_argument("--compression")
+        if name == "produce-load":
+            s.add_argument("--count", type=int, required=True)
+            s.add_argument("--size", type=int, required=True)
         if name == "consume":
             s.add_argument("--group", required=True)
             s.add_argument("--count", type=int, required=True)
@@ -284,6 +300,7 @@ def main():
         "produce": produce,
         "consume": consume,
         "produce-records": produce_records,
+        "produce-load": produce_load,
     }[args.cmd](args)
 
 

@@ -336,6 +336,27 @@ fn run_producer(cg: &Cgroup, cmd: &mut Command, broker: &Broker) -> Result<Vec<A
         .collect()
 }
 
+/// kafka-python sends `count` records of `size` bytes to `topic` from
+/// `cg`, each once the one before was acknowledged; their
+/// acknowledgements, in order.
+pub fn produce_load(
+    cg: &Cgroup,
+    broker: &Broker,
+    topic: &str,
+    count: usize,
+    size: usize,
+    service: &str,
+) -> Result<Vec<Acked>> {
+    let mut cmd = client("produce-load", broker, topic, Library::KafkaPython)?;
+    cmd.env("OTEL_SERVICE_NAME", service).args([
+        "--count",
+        &count.to_string(),
+        "--size",
+        &size.to_string(),
+    ]);
+    run_producer(cg, &mut cmd, broker)
+}
+
 /// One record to produce, exactly as the application sends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {

@@ -209,17 +209,16 @@ impl Session {
     }
 
     /// Records of the connection were lost: whether the session goes on,
-    /// at the next message boundary. HTTP/2 does (its header table's
-    /// older entries unknown); the others start over, as for a connection
-    /// met mid-stream.
+    /// at the next message boundary. HTTP/2 (its header table's older
+    /// entries unknown) and Kafka do; HTTP/1 starts over, as a connection
+    /// met mid-stream, and finds its next start line.
     pub fn resume_after_loss(&mut self) -> bool {
         match self {
-            Session::Http2(s) => {
-                s.resume_after_loss();
-                true
-            }
-            Session::Http1(_) | Session::Kafka(_) => false,
+            Session::Http2(s) => s.resume_after_loss(),
+            Session::Kafka(s) => s.resume_after_loss(),
+            Session::Http1(_) => return false,
         }
+        true
     }
 
     /// The stream turned out not to be this protocol, or can no longer be

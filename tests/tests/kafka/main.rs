@@ -7,6 +7,7 @@
 mod continuation;
 mod failures;
 mod inject;
+mod lossy;
 mod spans;
 
 use anyhow::{ensure, Result};

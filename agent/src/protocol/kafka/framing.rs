@@ -43,6 +43,8 @@ pub struct Frames {
     broken: bool,
     /// A message boundary was seen: the stream is known to be Kafka.
     synced: bool,
+    /// Bytes were lost: the caller finds the next message start.
+    resyncing: bool,
 }
 
 struct Body {
@@ -79,6 +81,26 @@ impl Frames {
         self.synced
     }
 
+    /// Records of the connection were lost: the message being read is
+    /// gone, and the direction waits for the caller to find a chunk that
+    /// starts a message (see [`Self::resume`]).
+    pub fn resync(&mut self) {
+        if !self.broken {
+            self.have_size = 0;
+            self.body = None;
+            self.resyncing = true;
+        }
+    }
+
+    pub fn is_resyncing(&self) -> bool {
+        self.resyncing
+    }
+
+    /// The next chunk starts a message.
+    pub fn resume(&mut self) {
+        self.resyncing = false;
+    }
+
     /// Feeds one call's bytes: `captured` is the prefix of the `total` it
     /// moved. Complete messages go to `out` in order. After an error the
     /// direction is broken and ignores everything.
@@ -89,7 +111,7 @@ impl Frames {
         ts: u64,
         out: &mut impl FnMut(Message),
     ) -> Result<(), FrameError> {
-        if self.broken {
+        if self.broken || self.resyncing {
             return Ok(());
         }
         let result = self.framed(captured, total, ts, out);

@@ -9,8 +9,10 @@ use crate::{
     sampling::{Root, Sampler},
 };
 
-/// `data`'s first byte picks the role; the rest is cut into calls whose
-/// lengths, directions and uncaptured tails come from the bytes themselves.
+/// `data`'s first byte picks the role (bit 0) and whether records are lost
+/// before each call whose length is a multiple of 7 (bit 1); the rest is
+/// cut into calls whose lengths, directions and uncaptured tails come from
+/// the bytes themselves.
 pub fn session(data: &[u8]) {
     let Some((&first, mut rest)) = data.split_first() else {
         return;
@@ -31,6 +33,9 @@ pub fn session(data: &[u8]) {
         // Bit 1: the call moved more than was captured.
         let total = chunk.len() + usize::from(ctl & 2) * 100;
         ts += 1;
+        if first & 2 != 0 && n.is_multiple_of(7) {
+            s.resume_after_loss();
+        }
         let d = Data::synthetic(1, ctl & 1 == 0, chunk, total, ts);
         s.on_data(&d, &mut nesting, &mut directory, &mut out);
         rest = next;

@@ -3,7 +3,7 @@
 //! pair them), trace context assigned as requests appear, and the
 //! messaging operations they amount to.
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{borrow::Cow, collections::BTreeMap, net::SocketAddr};
 
 use kafka_protocol::messages::ApiKey;
 
@@ -26,6 +26,8 @@ use crate::{
 const MAX_PENDING: usize = 1024;
 /// CONSUMER spans waiting for their thread's next delivery.
 const MAX_PROCESSING: usize = 1024;
+/// Largest response size believed when resynchronising (as the framer's).
+const MAX_RESPONSE: u32 = 256 << 20;
 
 /// What a finished operation becomes: one span.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +95,12 @@ pub struct Session {
     confirmed: bool,
     not_kafka: bool,
     pub losses: Losses,
+    /// Records of the connection were lost: a request still waiting at
+    /// its close may have been answered in them.
+    resumed: bool,
+    /// While a direction (requests, responses) resyncs after lost
+    /// records: a size read on its own, and when (see `resync`).
+    held: [Option<([u8; 4], u64)>; 2],
 }
 
 /// What handling one message may touch besides the session.
@@ -129,6 +137,8 @@ impl Session {
             confirmed: false,
             not_kafka: false,
             losses: Losses::default(),
+            resumed: false,
+            held: [None; 2],
         }
     }
 
@@ -142,6 +152,68 @@ impl Session {
         self.not_kafka || self.requests.is_broken() || self.responses.is_broken()
     }
 
+    /// Records of the connection were lost, one way or both: each
+    /// direction goes on at the next chunk that starts a message (a
+    /// request header that decodes; a response whose correlation id is a
+    /// request waiting for one). Kafka keeps no state across messages, so
+    /// what is read after that is exact.
+    pub fn resume_after_loss(&mut self) {
+        self.requests.resync();
+        self.responses.resync();
+        self.resumed = true;
+    }
+
+    /// A direction after lost records: whether the chunk `d` starts a
+    /// message, so that framing resumes with it. `None`: skip the chunk.
+    /// `Some(Some(size))`: a size read on its own just before (brokers and
+    /// the Java client read a message's size, then the rest) comes first.
+    fn resync(&mut self, requests: bool, d: &Data<'_>) -> Option<Option<([u8; 4], u64)>> {
+        let (frames, held) = if requests {
+            (&mut self.requests, &mut self.held[0])
+        } else {
+            (&mut self.responses, &mut self.held[1])
+        };
+        if !frames.is_resyncing() {
+            return Some(None);
+        }
+        let size = held.take();
+        // A size held before that this chunk does not confirm is skipped.
+        let unconfirmed = u64::from(size.is_some());
+        if let (Ok(alone), 4) = (<[u8; 4]>::try_from(d.payload), d.total) {
+            *held = Some((alone, d.ts_ns));
+            self.losses.skipped += unconfirmed;
+            return None;
+        }
+        let start = match size {
+            Some((size, _)) => Cow::Owned([&size[..], d.payload].concat()),
+            None => Cow::Borrowed(d.payload),
+        };
+        if !self.starts_message(requests, &start) {
+            self.losses.skipped += 1 + unconfirmed;
+            return None;
+        }
+        if requests {
+            self.requests.resume();
+        } else {
+            self.responses.resume();
+        }
+        Some(size)
+    }
+
+    /// Whether a chunk read after lost records starts a message.
+    fn starts_message(&self, requests: bool, b: &[u8]) -> bool {
+        if requests {
+            // A whole header, not only a size.
+            return b.len() >= 14 && super::detect::is_request(b);
+        }
+        let Some(head) = b.get(..8) else {
+            return false;
+        };
+        let size = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        let correlation = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+        (4..=MAX_RESPONSE).contains(&size) && self.pending.contains_key(&correlation)
+    }
+
     pub fn on_data(
         &mut self,
         d: &Data<'_>,
@@ -150,6 +222,9 @@ impl Session {
         out: &mut Vec<Op>,
     ) {
         let requests = d.ingress == (self.role == Role::Server);
+        let Some(size_first) = self.resync(requests, d) else {
+            return;
+        };
         let mut messages = Vec::new();
         let frames = if requests {
             &mut self.requests
@@ -157,7 +232,12 @@ impl Session {
             &mut self.responses
         };
         let synced = frames.is_synced();
-        let framed = frames.feed(d.payload, d.total, d.ts_ns, &mut |m| messages.push(m));
+        let mut push = |m| messages.push(m);
+        let framed = match size_first {
+            Some((size, ts)) => frames.feed(&size, size.len(), ts, &mut push),
+            None => Ok(()),
+        }
+        .and_then(|()| frames.feed(d.payload, d.total, d.ts_ns, &mut push));
         let mut sink = Sink {
             nesting,
             directory,
@@ -200,6 +280,13 @@ impl Session {
         let pending = std::mem::take(&mut self.pending);
         self.losses.unanswered += pending.len() as u64;
         for p in pending.into_values() {
+            if self.resumed {
+                // Its response may be among the lost records: counted only.
+                if let Work::Serve(ctx, _) = &p.work {
+                    nesting.server_done(&ctx.span_id);
+                }
+                continue;
+            }
             let client_id = p.head.client_id;
             match p.work {
                 Work::Produce(batches) => {

@@ -502,3 +502,65 @@ fn fetch_responses_with_tags_their_version_does_not_list_still_decode() {
     assert_eq!(kinds, [OpKind::Receive]);
     assert_eq!(h.session.losses.decode_errors, 0);
 }
+
+/// Records lost in the middle of a connection: each direction goes on at
+/// the next chunk that starts a message; a request read before the loss is
+/// still paired by its correlation id, and none is claimed failed at the
+/// close (its response may have been among the lost records).
+#[test]
+fn lost_records_resume_at_the_next_message() {
+    let mut h = Harness::new(Role::Client);
+    let records = batch(&[record(0, b"a", None)], Compression::None);
+    let sent = |id| request(&produce(&[(0, records.clone())], 1), 9, id);
+    let answer =
+        |id, offset| response(&produce_response(&[(0, 0, offset)]), ApiKey::Produce, 9, id);
+    h.feed(false, &sent(5), 4096);
+    h.feed(false, &sent(6), 4096);
+    let seven = sent(7);
+    h.feed(false, &seven[..20], 4096);
+    h.session.resume_after_loss();
+    // The rest of request 7, whose start went before the loss.
+    h.feed(false, &seven[20..], 4096);
+    assert_eq!(h.session.losses.skipped, 1);
+    h.feed(false, &sent(8), 4096);
+    // 5's response was lost; 7's answers no request read whole.
+    h.feed(true, &answer(7, 70), 4096);
+    assert_eq!(h.session.losses.skipped, 2);
+    h.feed(true, &answer(8, 80), 4096);
+    h.feed(true, &answer(6, 60), 4096);
+    let got: Vec<_> = h.ops.iter().map(|o| (o.kind, o.offset)).collect();
+    assert_eq!(got, [(OpKind::Send, Some(80)), (OpKind::Send, Some(60))]);
+    assert!(!h.session.is_hopeless());
+    h.close();
+    assert_eq!(h.ops.len(), 2);
+    assert_eq!(h.session.losses.unanswered, 1);
+}
+
+/// A broker reads each request's size on its own, then the rest: after a
+/// loss, a size read is held until the read after it shows a request.
+#[test]
+fn a_broker_reading_sizes_alone_resumes() {
+    let mut h = Harness::new(Role::Server);
+    let records = batch(&[record(0, b"a", Some(TP))], Compression::None);
+    let req = |id| request(&produce(&[(0, records.clone())], 1), 9, id);
+    let first = req(1);
+    h.feed(true, &first, 4096);
+    h.session.resume_after_loss();
+    // The tail of a request, then a size and a request body.
+    h.feed(true, &first[30..], 4096);
+    let second = req(2);
+    h.feed(true, &second[..4], 4096);
+    h.feed(true, &second[4..], 4096);
+    assert_eq!(h.session.losses.skipped, 1);
+    h.feed(
+        false,
+        &response(&produce_response(&[(0, 0, 3)]), ApiKey::Produce, 9, 2),
+        4096,
+    );
+    assert_eq!(h.ops.len(), 1);
+    let op = &h.ops[0];
+    assert_eq!(op.kind, OpKind::Broker(ApiKey::Produce));
+    assert_eq!(op.count, 1);
+    // The producer's context, from the record.
+    assert_eq!(hex::encode(op.ctx.trace_id), &TP[3..35]);
+}
