@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -372,6 +372,21 @@ impl Agent {
 
     pub fn pid(&self) -> u32 {
         self.proc.pid()
+    }
+
+    /// Stops the agent (SIGSTOP) `after` from now for `length`, on a
+    /// thread of its own, so the kernel's ring buffer fills meanwhile and
+    /// drops records. The thread returns when the agent was let go.
+    pub fn stall(&self, after: Duration, length: Duration) -> std::thread::JoinHandle<SystemTime> {
+        let pid = self.pid() as i32;
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            // SAFETY: plain kill(2) on the agent this test started.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            std::thread::sleep(length);
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+            SystemTime::now()
+        })
     }
 
     /// SIGKILL, as an OOM kill or a crash would end it: no chance to clean

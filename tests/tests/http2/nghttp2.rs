@@ -7,7 +7,7 @@ use anyhow::{ensure, Context, Result};
 use clew_e2e::check_h2::{H2Expect, UNKNOWN_FIELDS};
 use clew_e2e::h2::{evicting_headers, h2load_command, run_h2load, Nghttpd, H2LOAD, NGHTTPD};
 use clew_e2e::{Protocol, RecvSpan, Traced, SPAN_TIMEOUT};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 const REQUESTS: u64 = 5000;
 const PATHS: [&str; 6] = ["/a.txt", "/b.txt", "/c.txt", "/d.txt", "/e.txt", "/f.txt"];
@@ -120,15 +120,9 @@ fn h2load_with_lost_records_resumes_and_gives_no_wrong_span() -> Result<()> {
     for h in evicting_headers(6, 900) {
         cmd.args(["-H", &h]);
     }
-    let pid = t.agent.pid();
-    let stall = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(1500));
-        // SAFETY: plain kill(2) on the agent this test started.
-        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
-        std::thread::sleep(Duration::from_millis(1000));
-        unsafe { libc::kill(pid as i32, libc::SIGCONT) };
-        SystemTime::now()
-    });
+    let stall = t
+        .agent
+        .stall(Duration::from_millis(1500), Duration::from_millis(1000));
     let r = run_h2load(&t.cg, &mut cmd, Duration::from_secs(60))?;
     let resumed_at = stall.join().expect("the stall thread");
     ensure!(r.errors() == 0, "h2load errors:\n{}", r.output);

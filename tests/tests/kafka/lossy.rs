@@ -22,15 +22,9 @@ fn a_producer_connection_resumes_after_lost_records() -> Result<()> {
     let broker = Broker::start()?;
     broker.create_topic(topic, 1)?;
     let mut t = Traced::start_with("kafka-lossy", Protocol::Grpc, &["--ringbuf-mib", "1"])?;
-    let pid = t.agent.pid();
-    let stall = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(1500));
-        // SAFETY: plain kill(2) on the agent this test started.
-        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
-        std::thread::sleep(Duration::from_millis(1000));
-        unsafe { libc::kill(pid as i32, libc::SIGCONT) };
-        SystemTime::now()
-    });
+    let stall = t
+        .agent
+        .stall(Duration::from_millis(1500), Duration::from_millis(1000));
     let started = SystemTime::now();
     let acked = produce_load(&t.cg, &broker, topic, 3000, 8192, PRODUCER)?;
     let ended = SystemTime::now();
