@@ -13,6 +13,10 @@ pub struct Conn {
     pub facts: ConnFacts,
     /// Known from the syscall that opened it, or sniffed from the first bytes.
     pub role: Option<Role>,
+    /// For a connection open before Clew started: which end the process
+    /// is, from its sockets (see `established_sockets`), so that an HTTP/2
+    /// stream met mid-stream can be followed.
+    pub side: Option<Role>,
     pub session: Option<Session>,
     pub last_ns: u64,
 }
@@ -24,6 +28,7 @@ impl Conn {
             fd,
             facts,
             role,
+            side: None,
             session: None,
             last_ns: now_ns,
         }
@@ -38,7 +43,9 @@ impl Conn {
                 Role::Client => facts.local,
                 Role::Server => facts.peer,
             };
-            let s = Session::detect(self.role, ingress, payload, endpoint)?;
+            let mid_stream = || Session::mid_stream(self.side?, payload, endpoint);
+            let s = Session::detect(self.role, ingress, payload, endpoint)
+                .or_else(|| self.role.is_none().then(mid_stream).flatten())?;
             self.role = Some(s.role());
             self.session = Some(s);
         }
@@ -165,8 +172,11 @@ fn socket_addrs(pid: u32, fd: u32) -> Option<(SocketAddr, SocketAddr)> {
         .map(|e| (canonical(e.local_address), canonical(e.remote_address)))
 }
 
-/// Established TCP sockets a process holds: (fd, local, remote).
-pub fn established_sockets(pid: u32) -> Vec<(u32, SocketAddr, SocketAddr)> {
+/// Established TCP sockets a process holds: (fd, local, remote, the
+/// process's side). The process accepted a connection whose local port is
+/// one its network namespace listens on; it opened the others (Linux gives
+/// no listening port to an outgoing connection).
+pub fn established_sockets(pid: u32) -> Vec<(u32, SocketAddr, SocketAddr, Role)> {
     let Ok(p) = procfs::process::Process::new(pid as i32) else {
         return Vec::new();
     };
@@ -179,12 +189,25 @@ pub fn established_sockets(pid: u32) -> Vec<(u32, SocketAddr, SocketAddr)> {
     let Ok(fds) = p.fd() else {
         return Vec::new();
     };
+    let side = |local: SocketAddr| {
+        let listening = entries.iter().any(|e| {
+            e.state == procfs::net::TcpState::Listen && e.local_address.port() == local.port()
+        });
+        if listening {
+            Role::Server
+        } else {
+            Role::Client
+        }
+    };
     fds.flatten()
         .filter_map(|fd| match fd.target {
             procfs::process::FDTarget::Socket(inode) => entries
                 .iter()
                 .find(|e| e.inode == inode && e.state == procfs::net::TcpState::Established)
-                .map(|e| (fd.fd as u32, e.local_address, e.remote_address)),
+                .map(|e| {
+                    let local = e.local_address;
+                    (fd.fd as u32, local, e.remote_address, side(local))
+                }),
             _ => None,
         })
         .collect()
@@ -235,6 +258,35 @@ mod tests {
         assert!(c.session(true, b"GET / HTTP/1.1\r\n\r\n").is_some());
         assert_eq!(c.restart_after_loss(), Some(Protocol::Http1));
         assert_eq!(c.restart_after_loss(), None);
+    }
+
+    /// A connection open before Clew started: HTTP/1 is sniffed from a
+    /// start line; HTTP/2 frames are followed when the process's side of
+    /// the connection is known.
+    #[test]
+    fn connections_met_mid_stream() {
+        let headers = b"\0\0\x01\x01\x05\0\0\0\x03\x82";
+        let window = b"\0\0\x04\x08\0\0\0\0\0\0\0\x10\0";
+        let frames = [&headers[..], &window[..]].concat();
+        let mut c = conn(1, 0);
+        assert!(c.session(true, &frames).is_none());
+        let mut c = conn(1, 0);
+        c.side = Some(Role::Server);
+        let s = c.session(true, &frames).unwrap();
+        assert_eq!((s.protocol(), s.role()), (Protocol::Http2, Role::Server));
+        let mut c = conn(1, 0);
+        c.side = Some(Role::Server);
+        assert_eq!(
+            c.session(false, b"HTTP/1.1 200 OK\r\n\r\n")
+                .unwrap()
+                .protocol(),
+            Protocol::Http1
+        );
+        let mut c = conn(1, 0);
+        c.side = Some(Role::Client);
+        assert!(c
+            .session(true, b"\x16\x03\x01\x02\0\x01\0\x01\xfc\x03\x03")
+            .is_none());
     }
 
     #[test]

@@ -136,7 +136,7 @@ impl Pipeline {
         } else {
             Vec::new()
         };
-        for (fd, local, peer) in conn::established_sockets(pid) {
+        for (fd, local, peer, side) in conn::established_sockets(pid) {
             match self.maps.seed_conn(pid, fd) {
                 Ok(id) => {
                     for (tid, call) in blocked.iter().filter(|(_, c)| c.fd == fd) {
@@ -149,7 +149,9 @@ impl Pipeline {
                         local: Some(local),
                         tls: false,
                     };
-                    self.track(id, Conn::new(pid, fd, facts, None, 0));
+                    let mut c = Conn::new(pid, fd, facts, None, 0);
+                    c.side = Some(side);
+                    self.track(id, c);
                     stats::add(&self.stats.conns_adopted, 1);
                 }
                 Err(e) => tracing::debug!(pid, fd, "cannot adopt connection: {e}"),

@@ -184,6 +184,21 @@ impl Session {
         )))
     }
 
+    /// A connection met mid-stream whose first captured bytes are not
+    /// HTTP/1: HTTP/2 when they may start a frame, followed as after lost
+    /// records (see `http2::Session::resume_after_loss`; given up if
+    /// frames never show), the process being `side` of it. Its header
+    /// tables are unknown, so its spans may lack fields (and say so);
+    /// Kafka and the rest are not picked up.
+    pub fn mid_stream(
+        side: Role,
+        payload: &[u8],
+        endpoint: impl Fn(Role) -> Option<SocketAddr>,
+    ) -> Option<Session> {
+        http2::may_start_frames(payload)
+            .then(|| Session::Http2(http2::Session::mid_stream(side, endpoint(side))))
+    }
+
     pub fn protocol(&self) -> Protocol {
         match self {
             Session::Http1(_) => Protocol::Http1,

@@ -1,8 +1,10 @@
 //! A gRPC channel opened before the agent started: the HPACK dynamic
 //! tables of its connection were filled before capture began, so later
-//! calls' headers may refer to entries the agent never saw. Each such
-//! call gives no span (counted), or a span marked degraded: never a wrong
-//! method name or status. A fresh channel afterwards is traced in full.
+//! calls' headers may refer to entries the agent never saw. The agent
+//! follows the connection from its first frames (the process's side of it
+//! from its sockets): each call gives a span on each side, complete, or
+//! marked degraded (`clew.http2.unknown_fields`): never a wrong method
+//! name or status. A fresh channel afterwards is traced in full.
 
 use anyhow::{bail, Context, Result};
 use clew_e2e::check_h2::{is_degraded, RpcExpect};
@@ -100,6 +102,18 @@ fn grpc_channel_opened_before_the_agent() -> Result<()> {
         }
     }
     let absent = |side: usize| AFTER.len() - complete[side] - degraded[side];
+    // The old connection is followed: every call has its span.
+    for (side, name) in [(0, "SERVER"), (1, "CLIENT")] {
+        if absent(side) > 0 {
+            bail!(
+                "{} of {} calls on the old channel gave no {name} span; agent: {}\n{}",
+                absent(side),
+                AFTER.len(),
+                counters(&agent),
+                rx.dump()
+            );
+        }
+    }
     eprintln!(
         "old channel, {} calls: SERVER {} complete / {} degraded / {} absent; CLIENT {} complete / {} degraded / {} absent",
         AFTER.len(),

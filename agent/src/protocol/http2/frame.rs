@@ -3,6 +3,8 @@
 //! their CONTINUATIONs, padding and priority removed), DATA lengths, and
 //! stream and connection ends. DATA is never buffered.
 
+use super::resync::Resync;
+
 /// Frame header length (RFC 9113 §4.1).
 pub const HEADER_LEN: usize = 9;
 
@@ -27,7 +29,7 @@ pub const PRIORITY: u8 = 0x20;
 /// Largest frame a chunk met after lost bytes may start with: peers can
 /// raise the 16 KiB default up to 16 MiB, but a frame header claiming more
 /// than this is more likely bytes inside a payload.
-const MAX_RESYNC_FRAME: u32 = 1 << 20;
+pub const MAX_RESYNC_FRAME: u32 = 1 << 20;
 
 /// Largest header block buffered (all its frames together); a longer one
 /// breaks the direction, since HPACK cannot skip a block.
@@ -172,6 +174,9 @@ pub struct Frames {
     open: Option<OpenBlock>,
     /// Whether the first frame (which must be SETTINGS) was seen.
     synced: bool,
+    /// Chunks held while resyncing (boxed: most connections never lose
+    /// records).
+    resync: Option<Box<Resync>>,
 }
 
 impl Frames {
@@ -190,6 +195,7 @@ impl Frames {
             block: Vec::new(),
             open: None,
             synced: false,
+            resync: None,
         }
     }
 
@@ -237,17 +243,22 @@ impl Frames {
         if self.is_broken() {
             return Ok(());
         }
-        let mut input = data;
-        let mut missing = total.saturating_sub(data.len());
         if self.is_resyncing() {
-            let Some(at) = frame_boundary(data, total) else {
+            let held = self.resync.get_or_insert_default();
+            let Some(chunks) = held.push(data, total, ts) else {
                 return Err(FrameError::Unsynced);
             };
+            self.resync = None;
             // Bytes were lost after the direction was known to be HTTP/2.
             self.synced = true;
             self.next_frame();
-            input = &data[at..];
+            for c in chunks {
+                self.feed(&c.bytes, c.total, c.ts, emit)?;
+            }
+            return Ok(());
         }
+        let mut input = data;
+        let mut missing = total.saturating_sub(data.len());
         let result = loop {
             if !input.is_empty() {
                 match self.step(input, ts, emit) {
@@ -578,6 +589,12 @@ pub fn frame_boundary(data: &[u8], total: usize) -> Option<usize> {
         .find(|&at| frames_at(&data[at..], total.saturating_sub(at), DEFAULT_MAX_FRAME, 3))
 }
 
+/// Whether `data` starts with a frame header a peer may send: the first
+/// bytes of a connection met mid-stream that may be HTTP/2.
+pub fn may_start_frames(data: &[u8]) -> bool {
+    frames_at(data, usize::MAX, MAX_RESYNC_FRAME, 1)
+}
+
 /// Whether `data` (the captured start of `total` bytes) starts at a frame
 /// boundary: every frame header in it, reached by skipping each frame's
 /// payload from its start, is one a peer may send (no longer than
@@ -586,7 +603,7 @@ pub fn frame_boundary(data: &[u8], total: usize) -> Option<usize> {
 /// inside a payload rarely pass: a header's length, type, flags for that
 /// type, stream (zero or not, as the type says) and reserved bit must all
 /// fit, and then those of the next.
-fn frames_at(data: &[u8], total: usize, max_len: u32, frames: usize) -> bool {
+pub fn frames_at(data: &[u8], total: usize, max_len: u32, frames: usize) -> bool {
     let (mut at, mut seen) = (0, 0);
     let mut continues: Option<u32> = None;
     while let Some(b) = data.get(at..at + HEADER_LEN) {

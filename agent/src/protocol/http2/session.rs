@@ -21,6 +21,10 @@ use crate::{
 /// dropped (peers allow about 100 by default, so this means lost ends).
 const MAX_STREAMS: usize = 1024;
 
+/// Chunks of a connection met mid-stream in which no frame boundary
+/// showed, after which it is taken for another protocol.
+const MAX_UNFRAMED_CHUNKS: u64 = 64;
+
 /// A request and how its stream ended: with a response (and gRPC
 /// trailers), or reset.
 pub struct Exchange {
@@ -215,6 +219,8 @@ pub struct Session {
     /// Records of the connection were lost: a stream still open at its
     /// close may have been answered in them.
     resumed: bool,
+    /// Met mid-stream: given up on if frames never show.
+    picked_up: bool,
 }
 
 impl Session {
@@ -230,6 +236,15 @@ impl Session {
         Self::starting(role, endpoint, true)
     }
 
+    /// A connection open before Clew started, met in the middle of its
+    /// frames: as after lost records.
+    pub fn mid_stream(role: Role, endpoint: Option<SocketAddr>) -> Self {
+        let mut s = Self::starting(role, endpoint, false);
+        s.resume_after_loss();
+        s.picked_up = true;
+        s
+    }
+
     fn starting(role: Role, endpoint: Option<SocketAddr>, upgraded: bool) -> Self {
         Session {
             requests: Direction::new(true),
@@ -243,6 +258,7 @@ impl Session {
             },
             losses: Losses::default(),
             resumed: false,
+            picked_up: false,
         }
     }
 
@@ -272,7 +288,11 @@ impl Session {
     /// A direction stopped being decoded (it was not HTTP/2, or HPACK
     /// state was lost): no exchange can complete on this connection again.
     pub fn is_hopeless(&self) -> bool {
-        self.requests.frames.is_broken() || self.responses.frames.is_broken()
+        let never_framed = self.picked_up
+            && !self.requests.frames.is_synced()
+            && !self.responses.frames.is_synced()
+            && self.losses.skipped >= MAX_UNFRAMED_CHUNKS;
+        never_framed || self.requests.frames.is_broken() || self.responses.frames.is_broken()
     }
 
     /// Records of the connection were lost, in one direction or both (the

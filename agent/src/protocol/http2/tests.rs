@@ -738,3 +738,40 @@ fn lost_records_resume_at_a_frame_boundary() {
     h.s.on_close(100, &mut h.n, &mut h.out);
     assert!(h.out.is_empty());
 }
+
+/// A connection open before Clew started, written a frame header and a
+/// payload at a time (as gRPC's core does): followed from the first
+/// frames, its fields that refer to entries added before counted.
+#[test]
+fn a_connection_met_mid_stream_is_followed() {
+    let mut h = Harness::new(Role::Server);
+    h.s = Session::mid_stream(Role::Server, None);
+    // :method POST, :path /a.B/C (literal, static name), a lost entry.
+    let mut block = vec![0x83, 0x44, 6];
+    block.extend_from_slice(b"/a.B/C");
+    block.push(0xc0);
+    let req = frame(0x1, END_HEADERS, 41, &block);
+    for piece in [&req[..9], &req[9..]] {
+        h.client_sends(piece);
+    }
+    let mut resp = frame(0x1, END_HEADERS, 41, &[0x88]);
+    resp.extend(data(41, true, b"ok"));
+    h.server_sends(&resp);
+    let span = h.span();
+    assert_eq!(attr(&span, "url.path").as_deref(), Some("/a.B/C"));
+    assert_eq!(span.attr("http.response.status_code"), Some(&200i64.into()));
+    assert_eq!(span.attr("clew.http2.unknown_fields"), Some(&1i64.into()));
+}
+
+/// Bytes met mid-stream that never frame are given up on.
+#[test]
+fn a_connection_met_mid_stream_that_never_frames_is_hopeless() {
+    let mut h = Harness::new(Role::Server);
+    h.s = Session::mid_stream(Role::Server, None);
+    for _ in 0..63 {
+        h.client_sends(b"+OK some other protocol\r\n");
+    }
+    assert!(!h.s.is_hopeless());
+    h.client_sends(b"+OK some other protocol\r\n");
+    assert!(h.s.is_hopeless());
+}
