@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{Exchange, Known};
+use super::{Exchange, Known, RequestHead, ResponseHead};
 use crate::{
     clock::Clock,
     metrics::Measurement,
@@ -21,22 +21,25 @@ pub fn to_span(
     clock: &Clock,
     opts: SpanOptions,
 ) -> Span {
+    let call = call(&x.request, x.response.as_ref(), x.cut_off);
     let frame = common::Frame {
-        ctx: x.ctx.clone(),
+        // Moved, not cloned: the exchange ends here.
+        ctx: x.ctx,
         role: x.role,
         start_ns: x.start_ns,
         end_ns: x.end_ns,
     };
-    http_span(call(&x), frame, conn, resource, clock, opts)
+    http_span(call, frame, conn, resource, clock, opts)
 }
 
 pub fn measure<'a>(x: &'a Exchange, conn: &ConnFacts, opts: SpanOptions) -> Measurement<'a> {
     let duration = x.end_ns.saturating_sub(x.start_ns);
-    http_measure(&call(x), x.role, duration, conn, opts)
+    let call = call(&x.request, x.response.as_ref(), x.cut_off);
+    http_measure(&call, x.role, duration, conn, opts)
 }
 
-fn call(x: &Exchange) -> HttpCall<'_> {
-    let req = &x.request;
+/// `cut_off`: the connection closed before the response was complete.
+fn call<'a>(req: &'a RequestHead, response: Option<&ResponseHead>, cut_off: bool) -> HttpCall<'a> {
     let version = match req.minor_version {
         0 => "1.0".into(),
         1 => "1.1".into(),
@@ -49,8 +52,8 @@ fn call(x: &Exchange) -> HttpCall<'_> {
         authority: req.known(Known::Host),
         scheme: None,
         version,
-        status: x.response.as_ref().map(|r| r.status),
-        failure: x.cut_off.then_some(common::CONNECTION_CLOSED),
+        status: response.map(|r| r.status),
+        failure: cut_off.then_some(common::CONNECTION_CLOSED),
         user_agent: req.known(Known::UserAgent),
         baggage: req.known(Known::Baggage),
     }
