@@ -239,7 +239,7 @@ pub fn split_host(h: &str) -> (Option<&str>, Option<u16>) {
     // set up a memchr per search, which costs more than these short values.
     let find = |s: &str, b: u8| s.bytes().position(|c| c == b);
     let rfind = |s: &str, b: u8| s.bytes().rposition(|c| c == b);
-    let h = h.trim();
+    let h = trim(h);
     let h = rfind(h, b'@').map_or(h, |at| &h[at + 1..]);
     if h.is_empty() {
         return (None, None);
@@ -254,6 +254,16 @@ pub fn split_host(h: &str) -> (Option<&str>, Option<u16>) {
     match rfind(h, b':') {
         Some(at) => (Some(&h[..at]), h[at + 1..].parse().ok()),
         None => (Some(h), None),
+    }
+}
+
+/// [`str::trim`], which decodes a character at each end, skipped when both
+/// ends are visible ASCII (nearly every header value): then there is
+/// nothing to trim.
+fn trim(s: &str) -> &str {
+    match (s.as_bytes().first(), s.as_bytes().last()) {
+        (Some(first), Some(last)) if first.is_ascii_graphic() && last.is_ascii_graphic() => s,
+        _ => s.trim(),
     }
 }
 
@@ -293,6 +303,23 @@ mod tests {
         assert_eq!(split_host("a"), (Some("a"), None));
         assert_eq!(split_host(" "), (None, None));
         assert_eq!(split_host("u:pw@a:81"), (Some("a"), Some(81)));
+    }
+
+    #[test]
+    fn trimming_matches_str_trim() {
+        for s in [
+            "",
+            "a",
+            " a",
+            "a ",
+            "\ta\r\n",
+            "\u{a0}a",
+            "a\u{2003}",
+            "é",
+            "\x1fa\x7f",
+        ] {
+            assert_eq!(trim(s), s.trim(), "{s:?}");
+        }
     }
 
     #[test]
