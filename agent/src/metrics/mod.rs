@@ -12,6 +12,7 @@ pub mod instrument;
 pub mod otlp;
 pub mod registry;
 pub mod route;
+pub mod series;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 

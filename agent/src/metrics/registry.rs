@@ -11,6 +11,7 @@ use super::{
     graph::Edges,
     histogram::{Exemplar, Histogram},
     instrument::Instrument,
+    series::SeriesKey,
 };
 use crate::span::{AttrValue, Attributes, Resource};
 
@@ -22,7 +23,7 @@ pub const OVERFLOW_KEY: &str = "otel.metric.overflow";
 /// One instrument's series for one service.
 #[derive(Default)]
 pub struct Stream {
-    pub series: HashMap<Attributes, Histogram>,
+    pub series: HashMap<SeriesKey, Histogram>,
     pub overflow: Option<Histogram>,
 }
 
@@ -78,7 +79,7 @@ impl Registry {
         let buckets = instrument.buckets();
         // The overflow series counts toward the limit.
         let full = stream.series.len() + 1 >= self.limit;
-        let histogram = match stream.series.entry(attributes) {
+        let histogram = match stream.series.entry(SeriesKey(attributes)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(_) if full => {
                 self.overflowed += 1;
@@ -126,7 +127,7 @@ mod tests {
         let attrs = vec![("http.response.status_code", 0i64.into())];
         r.record(&svc, Instrument::HttpServer, attrs.clone(), 0.1, None);
         let stream = &r.services["svc"].streams[Instrument::HttpServer.index()];
-        assert_eq!(stream.series[&attrs].count, 2);
+        assert_eq!(stream.series[&SeriesKey(attrs)].count, 2);
     }
 
     #[test]
