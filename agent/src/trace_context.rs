@@ -56,14 +56,6 @@ impl TraceParent {
     }
 }
 
-/// The value of a header that must appear once: a repeated `traceparent`
-/// makes the request's context invalid (the W3C test suite expects a new
-/// trace), and the kernel, which cannot compare the values, agrees.
-pub fn single<'a>(mut values: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    let first = values.next()?;
-    values.next().is_none().then_some(first)
-}
-
 /// A `tracestate` (repeated headers joined by `,`) as it is recorded:
 /// empty members and the optional whitespace around members dropped, and
 /// None when it breaks the specification's rules (more than 32 members or
@@ -196,13 +188,6 @@ mod tests {
                 ("esc".into(), "a,b%zz%4".into())
             ]
         );
-    }
-
-    #[test]
-    fn repeated_headers_are_not_used() {
-        assert_eq!(single(["a"].into_iter()), Some("a"));
-        assert_eq!(single(["a", "a"].into_iter()), None);
-        assert_eq!(single([].into_iter()), None);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! allocation however many headers it has (the agent keeps one per request
 //! in flight).
 
+use std::borrow::Cow;
+
 use super::parse::is_named;
 use crate::protocol::http_common::bounded_text;
 
@@ -234,15 +236,27 @@ impl RequestHead {
         }
     }
 
-    /// Every value of a header the agent reads, in order.
-    pub fn known_values(&self, k: Known) -> impl Iterator<Item = &str> {
-        let repeated = self.located.repeated & 1 << k as u8 != 0;
-        let (one, all) = if repeated {
-            (None, Some(self.values_of(k.name())))
+    /// The value of a header that must appear once: none if it is
+    /// repeated. A repeated `traceparent` makes the request's context
+    /// invalid (the W3C test suite expects a new trace), and the kernel,
+    /// which cannot compare the values, agrees.
+    pub fn known_once(&self, k: Known) -> Option<&str> {
+        self.known(k).filter(|_| !self.is_repeated(k))
+    }
+
+    /// The values of a header that is a list, joined by `,` as one
+    /// (RFC 9110 §5.3); borrowed unless the header is repeated, as it
+    /// nearly never is.
+    pub fn known_list(&self, k: Known) -> Cow<'_, str> {
+        if self.is_repeated(k) {
+            Cow::Owned(self.values_of(k.name()).collect::<Vec<_>>().join(","))
         } else {
-            (self.known(k), None)
-        };
-        one.into_iter().chain(all.into_iter().flatten())
+            Cow::Borrowed(self.known(k).unwrap_or_default())
+        }
+    }
+
+    fn is_repeated(&self, k: Known) -> bool {
+        self.located.repeated & 1 << k as u8 != 0
     }
 
     /// The path: the target up to its query, without the scheme and
@@ -336,8 +350,12 @@ mod tests {
         assert_eq!(head.known(Known::Host), Some("h"));
         assert_eq!(head.known(Known::Upgrade), Some(""));
         assert_eq!(head.known(Known::Traceparent), None);
-        assert!(head.known_values(Known::Tracestate).eq(["a=1", "b=2"]));
-        assert!(head.known_values(Known::Baggage).eq(None::<&str>));
+        assert_eq!(head.known_list(Known::Tracestate), "a=1,b=2");
+        assert_eq!(head.known_once(Known::Tracestate), None);
+        assert_eq!(head.known_list(Known::UserAgent), "curl");
+        assert_eq!(head.known_once(Known::UserAgent), Some("curl"));
+        assert_eq!(head.known_list(Known::Baggage), "");
+        assert_eq!(head.known_once(Known::Baggage), None);
         // Start line, then names and values of the five known headers only.
         assert_eq!(head.strings.len(), 3 + 2 * 5);
         for k in Known::ALL {
@@ -355,7 +373,10 @@ mod tests {
             .collect();
         many.push(header("Host", b"late"));
         let head = RequestHead::new("GET", "/", 1, &many);
-        assert_eq!(head.known_values(Known::Baggage).count(), MAX_HEADERS);
+        assert_eq!(
+            head.known_list(Known::Baggage),
+            vec!["k=v"; MAX_HEADERS].join(",")
+        );
         assert_eq!(head.known(Known::Host), None);
     }
 

@@ -12,7 +12,6 @@ use crate::{
         common::{adopt_kernel_ctx, request_ctx, Sender},
         Losses, Role,
     },
-    trace_context,
 };
 
 /// Requests awaiting their response on one connection; more means the
@@ -249,13 +248,9 @@ impl Session {
                     endpoint: self.endpoint,
                     stream: 0,
                 };
-                let tp = trace_context::single(head.known_values(Known::Traceparent));
-                // Repeated `tracestate` headers are one list (RFC 9110 §5.3).
-                let state = head
-                    .known_values(Known::Tracestate)
-                    .collect::<Vec<_>>()
-                    .join(",");
-                let state = (!state.is_empty()).then_some(state.as_str());
+                let tp = head.known_once(Known::Traceparent);
+                let state = head.known_list(Known::Tracestate);
+                let state = (!state.is_empty()).then_some(&*state);
                 let ctx = request_ctx(self.role, from, tp, state, nesting);
                 self.responses.expect_response_to(head.method());
                 if self.pending.len() >= MAX_PENDING {

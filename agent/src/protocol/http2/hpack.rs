@@ -138,7 +138,7 @@ impl Fields {
         // a repeated field wins, as in HTTP/1.
         let slot = match name {
             // Repeated: an empty value, which joins no trace (see
-            // `trace_context::single`).
+            // `http1::RequestHead::known_once`).
             b"traceparent" if self.traceparent.is_some() => {
                 self.traceparent = Some(String::new());
                 return;
