@@ -246,6 +246,43 @@ pub fn push_peer(a: &mut Attributes, role: Role, conn: &ConnFacts) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::span::SpanLink;
+
+    #[test]
+    fn an_uncertain_parent_is_said_after_the_protocol_attributes() {
+        let candidate = SpanLink {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+        };
+        let frame = Frame {
+            ctx: SpanCtx {
+                trace_id: [3; 16],
+                span_id: [4; 8],
+                parent: None,
+                sampled: true,
+                trace_state: String::new(),
+                uncertain: Some(Box::new(Uncertain::Ambiguous {
+                    candidate: Some(candidate),
+                })),
+            },
+            role: Role::Client,
+            start_ns: 1,
+            end_ns: 2,
+        };
+        let resource = crate::export::test_support::resource(1, "svc");
+        let attributes = vec![("http.request.method", "GET".into())];
+        let span = frame.into_span(
+            "GET".into(),
+            Status::Unset,
+            attributes,
+            resource,
+            &Clock::new(),
+        );
+        let keys: Vec<_> = span.attributes.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, ["http.request.method", AMBIGUOUS_PARENT]);
+        assert_eq!(span.link, Some(candidate));
+        assert_eq!((span.span_id, span.kind), ([4; 8], SpanKind::Client));
+    }
 
     #[test]
     fn addresses_read_as_display_writes_them() {

@@ -378,4 +378,53 @@ mod tests {
         assert_eq!(span.attr("plan"), Some(&"gold".into()));
         assert_eq!(span.attr("secret"), None);
     }
+
+    /// Every attribute of a server span, in the order they are encoded:
+    /// the exported bytes depend on it.
+    #[test]
+    fn server_span_attributes_in_their_order() {
+        let mut h = Harness::new(Role::Server);
+        h.feed(
+            true,
+            b"GET /a?x=1 HTTP/1.1\r\nHost: shop.local:8080\r\nUser-Agent: curl/8\r\nbaggage: k=v\r\n\r\n",
+            1,
+        );
+        h.feed(false, b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n", 2);
+        let opts = SpanOptions {
+            capture_query: true,
+            baggage_keys: &["k"],
+            known_methods: None,
+        };
+        let span = to_span(
+            h.out.pop().unwrap(),
+            &facts(),
+            resource(),
+            &Clock::new(),
+            opts,
+        );
+        let got: Vec<_> = span
+            .attributes
+            .iter()
+            .map(|(k, v)| (*k, v.to_string()))
+            .collect();
+        let want = [
+            ("http.request.method", "GET"),
+            ("http.response.status_code", "503"),
+            ("network.protocol.name", "http"),
+            ("url.scheme", "http"),
+            ("url.path", "/a"),
+            ("server.address", "shop.local"),
+            ("server.port", "8080"),
+            ("client.address", "10.0.0.9"),
+            ("network.peer.address", "10.0.0.9"),
+            ("network.peer.port", "41000"),
+            ("url.query", "x=1"),
+            ("k", "v"),
+            ("user_agent.original", "curl/8"),
+            ("network.protocol.version", "1.1"),
+            ("error.type", "503"),
+        ]
+        .map(|(k, v)| (k, v.to_owned()));
+        assert_eq!(got, want);
+    }
 }
