@@ -656,10 +656,11 @@ fn fixed_frame(h: FrameHeader, buf: &[u8; 8], emit: &mut impl FnMut(Event<'_>)) 
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn frame(kind: u8, flags: u8, stream: u32, len: usize) -> Vec<u8> {
+    /// A frame of `len` payload bytes (all `a`).
+    pub(crate) fn frame(kind: u8, flags: u8, stream: u32, len: usize) -> Vec<u8> {
         let mut f = (len as u32).to_be_bytes()[1..].to_vec();
         f.extend_from_slice(&[kind, flags]);
         f.extend_from_slice(&stream.to_be_bytes());

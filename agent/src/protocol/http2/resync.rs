@@ -104,13 +104,13 @@ impl Resync {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::http2::frame::{DATA, END_HEADERS, END_STREAM, HEADERS};
+    use crate::protocol::http2::frame::{
+        tests::frame, DATA, END_HEADERS, END_STREAM, HEADERS, HEADER_LEN,
+    };
 
+    /// A frame header alone, its payload to come in other chunks.
     fn header(kind: u8, flags: u8, stream: u32, len: usize) -> Vec<u8> {
-        let mut f = (len as u32).to_be_bytes()[1..].to_vec();
-        f.extend_from_slice(&[kind, flags]);
-        f.extend_from_slice(&stream.to_be_bytes());
-        f
+        frame(kind, flags, stream, len)[..HEADER_LEN].to_vec()
     }
 
     fn push(r: &mut Resync, data: &[u8]) -> Option<Vec<Chunk>> {
