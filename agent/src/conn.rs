@@ -43,7 +43,7 @@ impl Conn {
                 Role::Client => facts.local,
                 Role::Server => facts.peer,
             };
-            let mid_stream = || Session::mid_stream(self.side?, payload, endpoint);
+            let mid_stream = || Session::mid_stream(self.side?, ingress, payload, endpoint);
             let s = Session::detect(self.role, ingress, payload, endpoint)
                 .or_else(|| self.role.is_none().then(mid_stream).flatten())?;
             self.role = Some(s.role());
@@ -261,8 +261,8 @@ mod tests {
     }
 
     /// A connection open before Clew started: HTTP/1 is sniffed from a
-    /// start line; HTTP/2 frames are followed when the process's side of
-    /// the connection is known.
+    /// start line; Kafka requests and HTTP/2 frames are followed when the
+    /// process's side of the connection is known.
     #[test]
     fn connections_met_mid_stream() {
         let headers = b"\0\0\x01\x01\x05\0\0\0\x03\x82";
@@ -287,6 +287,17 @@ mod tests {
         assert!(c
             .session(true, b"\x16\x03\x01\x02\0\x01\0\x01\xfc\x03\x03")
             .is_none());
+        // A Kafka client's request (Metadata v1, client id "p").
+        let request = b"\0\0\0\x0f\0\x03\0\x01\0\0\0\x07\0\x01p\xff\xff\xff\xff";
+        let mut c = conn(1, 0);
+        c.side = Some(Role::Client);
+        let s = c.session(false, request).unwrap();
+        assert_eq!((s.protocol(), s.role()), (Protocol::Kafka, Role::Client));
+        // The same bytes read by a client are no request of its own.
+        let mut c = conn(1, 0);
+        c.side = Some(Role::Client);
+        let read = c.session(true, request).map(|s| s.protocol());
+        assert_ne!(read, Some(Protocol::Kafka));
     }
 
     #[test]

@@ -185,16 +185,25 @@ impl Session {
     }
 
     /// A connection met mid-stream whose first captured bytes are not
-    /// HTTP/1: HTTP/2 when they may start a frame, followed as after lost
-    /// records (see `http2::Session::resume_after_loss`; given up if
-    /// frames never show), the process being `side` of it. Its header
-    /// tables are unknown, so its spans may lack fields (and say so);
-    /// Kafka and the rest are not picked up.
+    /// HTTP/1, the process being `side` of it: Kafka when a client's bytes
+    /// start a request whose header decodes, HTTP/2 when they may start a
+    /// frame. Either is followed as after lost records (see their
+    /// sessions' `resume_after_loss`); HTTP/2 is given up if frames never
+    /// show. HTTP/2's header tables are unknown, so its spans may lack
+    /// fields (and say so); Kafka's messages stand alone.
     pub fn mid_stream(
         side: Role,
+        ingress: bool,
         payload: &[u8],
         endpoint: impl Fn(Role) -> Option<SocketAddr>,
     ) -> Option<Session> {
+        let from_client = ingress == (side == Role::Server);
+        // A whole request header, not only a size.
+        if from_client && payload.len() >= 14 && kafka::detect::is_request(payload) {
+            let mut s = kafka::Session::new(side, endpoint(side));
+            s.resume_after_loss();
+            return Some(Session::Kafka(s));
+        }
         http2::may_start_frames(payload)
             .then(|| Session::Http2(http2::Session::mid_stream(side, endpoint(side))))
     }
