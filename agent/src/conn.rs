@@ -15,7 +15,7 @@ pub struct Conn {
     pub role: Option<Role>,
     /// For a connection open before Clew started: which end the process
     /// is, from its sockets (see `established_sockets`), so that an HTTP/2
-    /// stream met mid-stream can be followed.
+    /// or Kafka stream met mid-stream can be followed.
     pub side: Option<Role>,
     pub session: Option<Session>,
     pub last_ns: u64,

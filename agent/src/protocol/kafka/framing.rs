@@ -12,9 +12,9 @@ pub const MAX_MESSAGE: usize = 1 << 20;
 const HEAD: usize = 256;
 /// Largest size believed: Kafka's own request limit
 /// (`socket.request.max.bytes`) defaults to 100 MiB.
-const MAX_SIZE: u32 = 256 << 20;
+pub(super) const MAX_SIZE: u32 = 256 << 20;
 /// Smallest message: a response header is a 4-byte correlation id.
-const MIN_SIZE: u32 = 4;
+pub(super) const MIN_SIZE: u32 = 4;
 
 /// One message, without its size prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]

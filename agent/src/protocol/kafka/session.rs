@@ -9,7 +9,7 @@ use kafka_protocol::messages::ApiKey;
 
 use super::{
     directory::Directory,
-    framing::{FrameError, Frames, Message},
+    framing::{FrameError, Frames, Message, MAX_SIZE, MIN_SIZE},
     wire::{self, Batch, RecordCtx, Request, RequestHead, Response},
 };
 use crate::{
@@ -26,8 +26,6 @@ use crate::{
 const MAX_PENDING: usize = 1024;
 /// CONSUMER spans waiting for their thread's next delivery.
 const MAX_PROCESSING: usize = 1024;
-/// Largest response size believed when resynchronising (as the framer's).
-const MAX_RESPONSE: u32 = 256 << 20;
 
 /// What a finished operation becomes: one span.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,7 +209,7 @@ impl Session {
         };
         let size = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
         let correlation = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-        (4..=MAX_RESPONSE).contains(&size) && self.pending.contains_key(&correlation)
+        (MIN_SIZE..=MAX_SIZE).contains(&size) && self.pending.contains_key(&correlation)
     }
 
     pub fn on_data(
