@@ -34,7 +34,7 @@ use crate::{
     sampling::RecordThreshold,
     sdk::DeferToSdk,
     select::Selector,
-    stats::Stats,
+    stats::{self, Stats},
     synthetic::{self, MarkSynthetic, Synthetic},
     tenant::Tenants,
     tls,
@@ -226,12 +226,15 @@ pub async fn run(cfg: Config) -> Result<()> {
                         // Cleared before the pass: a wake-up during it
                         // brings the next one.
                         guard?.clear_ready();
-                        Ok::<_, std::io::Error>(())
+                        Ok::<_, std::io::Error>(true)
                     }
-                    _ = tokio::time::sleep_until(next_drain) => Ok(()),
+                    _ = tokio::time::sleep_until(next_drain) => Ok(false),
                 }
             } => {
-                woken?;
+                stats::add(&stats.ring_drains, 1);
+                if woken? {
+                    stats::add(&stats.ring_drains_woken, 1);
+                }
                 let rb = ring.get_mut();
                 let mut n = 0;
                 let mut backed_up = false;

@@ -111,6 +111,8 @@ macro_rules! counters {
 
 counters! {
     events: "ring-buffer records read",
+    ring_drains: "passes draining the ring buffer (one every 40 ms, more when woken)",
+    ring_drains_woken: "drain passes the kernel started before the pause ended: a record took the ring past a quarter, a half or three quarters, or had to be read at once (an exec, a process's first connection)",
     bad_records: "ring-buffer records that failed to decode",
     kernel_ringbuf_drops: "records the kernel could not queue (agent behind)",
     kernel_read_errors: "user-memory reads that failed in the kernel",

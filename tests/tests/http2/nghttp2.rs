@@ -23,9 +23,7 @@ fn h2load_against_nghttpd() -> Result<()> {
     let urls: Vec<String> = PATHS.iter().map(|p| server.url(p)).collect();
     let mut cmd = h2load_command(&urls, 4, 10);
     cmd.args(["-n", &REQUESTS.to_string()]);
-    for h in evicting_headers(6, 900) {
-        cmd.args(["-H", &h]);
-    }
+    with_evicting_headers(&mut cmd);
     let r = run_h2load(&t.cg, &mut cmd, Duration::from_secs(120))?;
     ensure!(
         r.succeeded == REQUESTS && r.errors() == 0 && r.status_2xx == REQUESTS,
@@ -116,10 +114,7 @@ fn h2load_with_lost_records_resumes_and_gives_no_wrong_span() -> Result<()> {
     let server = Nghttpd::start(&t.cg)?;
     let urls: Vec<String> = PATHS.iter().map(|p| server.url(p)).collect();
     let mut cmd = h2load_command(&urls, 4, 10);
-    cmd.args(["-D", "4"]);
-    for h in evicting_headers(6, 900) {
-        cmd.args(["-H", &h]);
-    }
+    with_evicting_headers(cmd.args(["-D", "4"]));
     let stall = t
         .agent
         .stall(Duration::from_millis(1500), Duration::from_millis(1000));
@@ -202,4 +197,60 @@ fn check_partial(s: &RecvSpan) -> Result<()> {
         "a partial span with a status nghttpd never sent: {s}"
     );
     Ok(())
+}
+
+/// The agent drains the ring buffer every 40 ms; a burst that fills the
+/// ring faster wakes it early, at a quarter, a half and three quarters of
+/// the ring, so the burst does not wait for the pause (and overflow the
+/// ring first). A few requests fill no quarter: only an exec or a
+/// process's first connection wakes the agent then. With a 1 MiB ring,
+/// 1,000 requests a second with ~5.5 KiB of headers each that HPACK
+/// cannot index (captured on both sides, about 11 MB a second) fill a
+/// quarter within each pause, at a rate the agent keeps up with: an agent
+/// that cannot finds the ring full, and marks crossed only as it drains.
+#[test]
+fn a_burst_wakes_the_agent_before_its_pause_ends() -> Result<()> {
+    let mut t = Traced::start_with("h2-burst", Protocol::Grpc, &["--ringbuf-mib", "1"])?;
+    let server = Nghttpd::start(&t.cg)?;
+    let urls: Vec<String> = PATHS.iter().map(|p| server.url(p)).collect();
+    let woken = |agent: &clew_e2e::Agent| agent.metric("ring_drains_woken");
+    let run = |cmd: &mut std::process::Command| -> Result<u64> {
+        with_evicting_headers(cmd);
+        let r = run_h2load(&t.cg, cmd, Duration::from_secs(60))?;
+        ensure!(r.errors() == 0, "h2load errors:\n{}", r.output);
+        Ok(r.succeeded)
+    };
+
+    let before = woken(&t.agent)?;
+    run(h2load_command(&urls, 1, 1).args(["-n", "10"]))?;
+    // h2load's exec, its first connection and nghttpd's first accepted
+    // one wake the agent at once; their records fill no quarter.
+    let by_few = woken(&t.agent)? - before;
+
+    let before = woken(&t.agent)?;
+    let drops_before = t.agent.metric("kernel_ringbuf_drops")?;
+    let n = run(h2load_command(&urls, 1, 1).args(["-D", "3", "--rps", "1000"]))?;
+    let by_burst = woken(&t.agent)? - before;
+    let drops = t.agent.metric("kernel_ringbuf_drops")? - drops_before;
+    eprintln!(
+        "woken: {by_few} by 10 requests, {by_burst} by {n} requests in 3 s ({drops} records lost)"
+    );
+    ensure!(
+        by_few <= 6,
+        "10 requests woke the agent {by_few} times: records that fill no quarter of the ring \
+         must not wake it"
+    );
+    ensure!(
+        by_burst >= 20,
+        "{n} requests in 3 s woke the agent {by_burst} times before its pause ended"
+    );
+    t.agent.ensure_healthy()?;
+    t.agent.stop()
+}
+
+/// Long distinct headers that make every request evict HPACK entries.
+fn with_evicting_headers(cmd: &mut std::process::Command) {
+    for h in evicting_headers(6, 900) {
+        cmd.args(["-H", &h]);
+    }
 }
