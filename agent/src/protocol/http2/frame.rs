@@ -214,6 +214,8 @@ impl Frames {
     /// Header blocks lost meanwhile are the caller's to account for.
     pub fn resync(&mut self) {
         if !self.is_broken() {
+            // Chunks held from before this loss do not run on into the next.
+            self.resync = None;
             self.state = State::Resync;
             self.block.clear();
             self.open = None;
@@ -575,7 +577,7 @@ impl Frames {
 }
 
 /// The default largest frame (SETTINGS_MAX_FRAME_SIZE, RFC 9113 §6.5.2).
-const DEFAULT_MAX_FRAME: u32 = 16384;
+pub const DEFAULT_MAX_FRAME: u32 = 16384;
 
 /// Where frames start in a chunk met after lost bytes, if they can be
 /// told: at its start (the usual case, a call that began with a frame),
@@ -604,6 +606,22 @@ pub fn may_start_frames(data: &[u8]) -> bool {
 /// type, stream (zero or not, as the type says) and reserved bit must all
 /// fit, and then those of the next.
 pub fn frames_at(data: &[u8], total: usize, max_len: u32, frames: usize) -> bool {
+    chain_at(data, total, max_len, frames) == Chain::Frames
+}
+
+/// What the bytes from an offset say about a frame boundary there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chain {
+    /// Frames chain from there as [`frames_at`] requires.
+    Frames,
+    /// A header that no peer may send: never a boundary, whatever follows.
+    Broken,
+    /// The headers fit as far as the bytes go: more bytes may tell.
+    TooShort,
+}
+
+/// [`frames_at`], telling a chain that breaks from one the bytes end in.
+pub fn chain_at(data: &[u8], total: usize, max_len: u32, frames: usize) -> Chain {
     let (mut at, mut seen) = (0, 0);
     let mut continues: Option<u32> = None;
     while let Some(b) = data.get(at..at + HEADER_LEN) {
@@ -626,17 +644,21 @@ pub fn frames_at(data: &[u8], total: usize, max_len: u32, frames: usize) -> bool
         };
         // A CONTINUATION exactly where a block is open.
         if !fits || continues.is_some() != (h.kind == CONTINUATION) {
-            return false;
+            return Chain::Broken;
         }
         if raw[5] & 0x80 != 0 || h.len > max_len {
-            return false;
+            return Chain::Broken;
         }
         let block_open = matches!(h.kind, HEADERS | PUSH_PROMISE | CONTINUATION);
         continues = (block_open && h.flags & END_HEADERS == 0).then_some(h.stream);
         at += HEADER_LEN + len;
         seen += 1;
     }
-    seen >= frames || (seen + 1 == frames && at == total)
+    if seen >= frames || (seen + 1 == frames && at == total) {
+        Chain::Frames
+    } else {
+        Chain::TooShort
+    }
 }
 
 /// Emits what a whole RST_STREAM or GOAWAY frame says.

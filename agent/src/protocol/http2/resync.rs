@@ -5,8 +5,17 @@
 //! segments, each its own chunk. So whole chunks are held, and a chunk's
 //! start is taken once the frame headers from it on, across the chunks
 //! held after it, chain as `frames_at` requires.
+//!
+//! A read may also begin inside a frame: a server reading many requests at
+//! once gets them in chunks of at most 16 KiB, and after a lost one the
+//! next starts wherever the read was cut. Every offset of the held bytes
+//! is then tried with stricter checks (three headers, frames of at most
+//! 16 KiB), across chunks: one chunk alone may hold fewer than three
+//! headers of large frames (5 KiB header blocks, say).
 
-use super::frame::{frame_boundary, frames_at, MAX_RESYNC_FRAME};
+use super::frame::{
+    chain_at, frame_boundary, frames_at, Chain, DEFAULT_MAX_FRAME, MAX_RESYNC_FRAME,
+};
 
 /// Bytes and chunks held while no frame boundary is found; past these the
 /// oldest chunks go.
@@ -27,6 +36,10 @@ pub struct Resync {
     held: Vec<u8>,
     /// Where each held chunk starts in `held`, and its timestamp.
     starts: Vec<(usize, u64)>,
+    /// Offsets in `held` below this were tried inside chunks; of those,
+    /// only `open` ones may still start frames, once more bytes come.
+    searched: usize,
+    open: Vec<usize>,
 }
 
 impl Resync {
@@ -48,21 +61,58 @@ impl Resync {
         {
             self.drop_oldest();
         }
-        let newest = self.held.len();
-        self.starts.push((newest, ts));
+        self.starts.push((self.held.len(), ts));
         self.held.extend_from_slice(data);
         let end = self.held.len();
-        let from = self
+        let from = match self
             .starts
             .iter()
             .position(|&(at, _)| frames_at(&self.held[at..], end - at, MAX_RESYNC_FRAME, 2))
-            .map(|i| (i, self.starts[i].0))
-            // Inside the newest chunk: a read that began mid-frame.
-            .or_else(|| {
-                let inside = frame_boundary(data, total)?;
-                Some((self.starts.len() - 1, newest + inside))
-            })?;
+        {
+            Some(i) => (i, self.starts[i].0),
+            None => {
+                let at = self.inside()?;
+                let i = self.starts.iter().rposition(|&(start, _)| start <= at)?;
+                (i, at)
+            }
+        };
         Some(self.take_from(from))
+    }
+
+    /// The first offset inside the held bytes where frames chain: those
+    /// the bytes ran out on before, then the new ones.
+    fn inside(&mut self) -> Option<usize> {
+        let held = &self.held;
+        let chain = |at: usize| chain_at(&held[at..], held.len() - at, DEFAULT_MAX_FRAME, 3);
+        let mut found = None;
+        self.open.retain(|&at| {
+            if found.is_some() {
+                return true;
+            }
+            match chain(at) {
+                Chain::Frames => {
+                    found = Some(at);
+                    true
+                }
+                Chain::Broken => false,
+                Chain::TooShort => true,
+            }
+        });
+        if found.is_some() {
+            return found;
+        }
+        for at in self.searched..held.len() {
+            match chain(at) {
+                Chain::Frames => {
+                    self.searched = at + 1;
+                    return Some(at);
+                }
+                Chain::TooShort => self.open.push(at),
+                Chain::Broken => {}
+            }
+        }
+        self.searched = held.len();
+        None
     }
 
     /// The held chunks from the `i`th on, the first from byte `at`.
@@ -93,11 +143,18 @@ impl Resync {
         for (at, _) in &mut self.starts {
             *at -= next;
         }
+        self.searched = self.searched.saturating_sub(next);
+        self.open.retain(|&at| at >= next);
+        for at in &mut self.open {
+            *at -= next;
+        }
     }
 
     fn clear(&mut self) {
         self.held.clear();
         self.starts.clear();
+        self.searched = 0;
+        self.open.clear();
     }
 }
 
@@ -143,6 +200,57 @@ mod tests {
             &[&[0x61; 4][..], &header(DATA, END_STREAM, 5, 0)].concat(),
         );
         assert_eq!(chunks.map(|c| c.len()), Some(3));
+    }
+
+    /// A download of full-size DATA frames read 16 KiB at a time, met in
+    /// the middle of a frame: no chunk holds more than one frame header, so
+    /// the chain is found across chunks, from the first header on.
+    #[test]
+    fn large_frames_read_apart_chain_across_chunks() {
+        let stream: Vec<u8> = (0..8).flat_map(|_| frame(DATA, 0, 1, 16384)).collect();
+        let start = 1000;
+        let chunks: Vec<&[u8]> = stream[start..].chunks(16384).collect();
+        let mut r = Resync::default();
+        assert_eq!(push(&mut r, chunks[0]), None);
+        assert_eq!(push(&mut r, chunks[1]), None);
+        let got = push(&mut r, chunks[2]).expect("three headers in three chunks");
+        // From the first header (inside the first chunk), then the rest.
+        let first = 16384 + HEADER_LEN - start;
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].bytes, chunks[0][first..]);
+        assert_eq!(
+            (got[1].bytes.as_slice(), got[2].bytes.as_slice()),
+            (chunks[1], chunks[2])
+        );
+        assert!(got.iter().all(|c| c.total == c.bytes.len()));
+        assert!(r.held.is_empty() && r.open.is_empty() && r.searched == 0);
+    }
+
+    /// Offsets that may still start frames move with the held bytes when
+    /// the oldest chunk goes.
+    #[test]
+    fn offsets_still_open_follow_the_oldest_chunk_out() {
+        // Besides those, the last few offsets, too near the end to hold a
+        // header yet.
+        let others_near_end = |r: &Resync, skip: usize| {
+            r.open[skip..]
+                .iter()
+                .all(|&at| at + HEADER_LEN > r.held.len())
+        };
+        let mut r = Resync::default();
+        let mut tail = vec![0x61; 100];
+        // A header of a frame longer than what follows: open.
+        tail.extend_from_slice(&header(DATA, 0, 1, 16384));
+        assert_eq!(push(&mut r, &tail), None);
+        assert_eq!(r.open[0], 100);
+        assert!(others_near_end(&r, 1));
+        for _ in 0..MAX_HELD_CHUNKS {
+            assert_eq!(push(&mut r, &[0x61; 64]), None);
+            assert!(r.open.first() == Some(&100) || r.starts.len() == MAX_HELD_CHUNKS);
+        }
+        // The first chunk, and its open offset, went.
+        assert!(others_near_end(&r, 0));
+        assert_eq!(r.searched, r.held.len());
     }
 
     #[test]
