@@ -11,10 +11,10 @@ use crate::h2;
 use crate::load::Wrk;
 use crate::process::TempDir;
 use crate::{Agent, Cgroup};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What one load window measured.
 #[derive(Clone, Debug)]
@@ -80,8 +80,11 @@ pub struct Window<'a> {
 }
 
 /// Longer than the agent's pause between two drains of its ring buffer
-/// (`DRAIN_PAUSE`, 40 ms).
+/// (`DRAIN_PAUSE`, 40 ms): a look at its record count this long after
+/// another that finds no new record finds the ring drained.
 const RING_TAIL: Duration = Duration::from_millis(100);
+/// How long an agent behind the load may take to catch up.
+const CATCH_UP: Duration = Duration::from_secs(30);
 
 impl Window<'_> {
     pub fn measure(&self, load: Load, agent: Option<&Agent>) -> Result<Sample> {
@@ -101,10 +104,11 @@ impl Window<'_> {
         if let Some(h) = stall {
             let _ = h.join();
         }
-        if agent.is_some() {
-            // The window's last requests are still in the ring buffer:
-            // counted (spans, CPU) in this window, not the next.
-            std::thread::sleep(RING_TAIL);
+        if let Some(agent) = agent {
+            // The window's last requests are still in the ring buffer, and
+            // at a maximum load an agent behind it has more: counted
+            // (spans, CPU) in this window, not the next, nor left out.
+            caught_up(agent)?;
         }
         let mut sample = sample?;
         sample.load = load;
@@ -238,6 +242,26 @@ fn stall(pid: u32, window: Duration) -> std::thread::JoinHandle<()> {
         std::thread::sleep(window / 3);
         unsafe { libc::kill(pid as i32, libc::SIGCONT) };
     })
+}
+
+/// Waits until the agent handles no more records: every record of the
+/// window is then read, and its span made.
+fn caught_up(agent: &Agent) -> Result<()> {
+    let url = agent.health_url("/metrics");
+    let events = || Counters::fetch(&url).map(|c| c.get("events"));
+    let deadline = Instant::now() + CATCH_UP;
+    let mut last = events()?;
+    loop {
+        std::thread::sleep(RING_TAIL);
+        let now = events()?;
+        if now == last {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the agent was still reading records {CATCH_UP:?} after the load ended");
+        }
+        last = now;
+    }
 }
 
 fn read_agent(agent: &Agent) -> Result<(f64, Counters, BTreeMap<String, Run>)> {
