@@ -1,4 +1,4 @@
-//! Sends one OTLP request over gRPC (tonic) or HTTP/protobuf (reqwest) and sorts failures into retryable or not.
+//! Sends one OTLP request over gRPC (tonic's channel) or HTTP/protobuf (reqwest) and sorts failures into retryable or not.
 
 use std::error::Error;
 use std::time::{Duration, SystemTime};
@@ -16,6 +16,7 @@ use tonic::Code;
 
 use super::config::Compression;
 use super::grpc::{self, ExportClient};
+use super::gzip;
 use super::tls::TlsPem;
 use super::{ExportConfig, Protocol, Signal};
 
@@ -51,7 +52,6 @@ pub(super) enum Transport {
     Grpc {
         // Boxed: the client is several times the size of the HTTP variant.
         client: Box<ExportClient>,
-        metadata: MetadataMap,
     },
     Http {
         client: reqwest::Client,
@@ -87,11 +87,15 @@ impl Transport {
                             .with_context(|| format!("invalid gRPC metadata value for {key:?}"))?,
                     );
                 }
-                let client =
-                    ExportClient::new(channel.connect_lazy(), signal, gzip, MAX_RESPONSE_BYTES);
+                let client = ExportClient::new(
+                    channel.connect_lazy(),
+                    signal,
+                    metadata,
+                    gzip,
+                    MAX_RESPONSE_BYTES,
+                );
                 Ok(Transport::Grpc {
                     client: Box::new(client),
-                    metadata,
                 })
             }
             Protocol::HttpProtobuf => {
@@ -133,16 +137,12 @@ impl Transport {
     /// data points) the collector rejected in a partial success.
     pub(super) async fn send(&mut self, request: &Bytes) -> Result<u64, SendError> {
         let response = match self {
-            Transport::Grpc { client, metadata } => {
-                let mut call = tonic::Request::new(request.clone());
-                *call.metadata_mut() = metadata.clone();
-                client.export(call).await.map_err(grpc_error)?.into_inner()
-            }
+            Transport::Grpc { client } => client.export(request).await.map_err(grpc_error)?,
             Transport::Http { client, url, gzip } => {
                 // Compressed per attempt: retries are rare, and the batch
                 // stays encoded once either way.
                 let body = if *gzip {
-                    Bytes::from(gzip_bytes(request))
+                    gzip::compress(request)
                 } else {
                     request.clone()
                 };
@@ -175,14 +175,6 @@ impl Transport {
         }
         Ok(rejected)
     }
-}
-
-fn gzip_bytes(data: &[u8]) -> Vec<u8> {
-    use std::io::Write as _;
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    // Writing into a Vec cannot fail.
-    encoder.write_all(data).expect("gzip into memory");
-    encoder.finish().expect("gzip into memory")
 }
 
 /// Reads at most [`MAX_RESPONSE_BYTES`]; a longer body is cut there (its
@@ -236,7 +228,7 @@ fn grpc_error(status: tonic::Status) -> SendError {
         | Code::Unavailable
         | Code::DataLoss => SendError::Transient {
             reason: message,
-            retry_after: grpc::retry_delay(status.details()),
+            retry_after: grpc::status::retry_delay(status.details()),
         },
         _ => SendError::Permanent(message),
     }
@@ -414,16 +406,17 @@ mod tests {
 
     #[tokio::test]
     async fn grpc_status_in_the_response_headers_is_read_with_its_retry_delay() {
-        let info = grpc::RetryInfo {
-            retry_delay: Some(grpc::ProtoDuration {
+        use grpc::status::{Any, ProtoDuration, RetryInfo, RpcStatus};
+        let info = RetryInfo {
+            retry_delay: Some(ProtoDuration {
                 seconds: 2,
                 nanos: 500_000_000,
             }),
         };
-        let details = grpc::RpcStatus {
+        let details = RpcStatus {
             code: Code::Unavailable as i32,
             message: "busy".into(),
-            details: vec![grpc::Any {
+            details: vec![Any {
                 type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
                 value: info.encode_to_vec(),
             }],
