@@ -118,9 +118,9 @@ pub enum GrpcAnswer {
     /// An error status, which tonic sends in the response headers
     /// (a trailers-only response).
     Refuse(tonic::Status),
-    /// Only an HTTP status, no gRPC status, as a proxy in front of a
-    /// collector answers.
-    Http(StatusCode),
+    /// An HTTP status and a body, no gRPC status, as a proxy in front of a
+    /// collector answers (with its error page, or nothing).
+    Http(StatusCode, &'static str),
     /// A response whose message is this many bytes (zeros), with nothing
     /// after it: for the exporter's bound on what it reads.
     Oversized(usize),
@@ -297,7 +297,7 @@ async fn grpc_wire(
     let (mut parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
     match answer {
-        GrpcAnswer::Http(status) => status.into_response(),
+        GrpcAnswer::Http(status, page) => (status, page).into_response(),
         GrpcAnswer::Oversized(len) => {
             let mut message = vec![0];
             message.extend_from_slice(&u32::try_from(len).unwrap().to_be_bytes());
@@ -344,7 +344,7 @@ impl TraceService for GrpcSink {
                 }))
             }
             GrpcAnswer::Refuse(status) => Err(status.clone()),
-            GrpcAnswer::Http(_) | GrpcAnswer::Oversized(_) => {
+            GrpcAnswer::Http(..) | GrpcAnswer::Oversized(_) => {
                 unreachable!("answered by grpc_wire")
             }
         }

@@ -443,11 +443,16 @@ mod tests {
     }
 
     /// No gRPC status, as from a proxy: the code is read off the HTTP
-    /// status as gRPC maps it, and decides the retry.
+    /// status as gRPC maps it, and decides the retry, whether or not the
+    /// proxy sent a page (which is no gRPC message to read).
     #[tokio::test]
     async fn grpc_http_status_alone_maps_to_grpc_codes() {
         use axum::http::StatusCode;
-        for (status, code, transient) in [
+        let pages = [
+            "",
+            "<html><body>503 Service Temporarily Unavailable</body></html>",
+        ];
+        for ((status, code, transient), page) in [
             (StatusCode::SERVICE_UNAVAILABLE, "Unavailable", true),
             (StatusCode::BAD_GATEWAY, "Unavailable", true),
             (StatusCode::TOO_MANY_REQUESTS, "Unavailable", true),
@@ -455,14 +460,18 @@ mod tests {
             (StatusCode::FORBIDDEN, "PermissionDenied", false),
             (StatusCode::NOT_FOUND, "Unimplemented", false),
             (StatusCode::INTERNAL_SERVER_ERROR, "Unknown", false),
-        ] {
-            let err = grpc_outcome(GrpcAnswer::Http(status)).await.unwrap_err();
+        ]
+        .into_iter()
+        .flat_map(|answer| pages.map(|page| (answer, page)))
+        {
+            let err = grpc_outcome(GrpcAnswer::Http(status, page)).await;
+            let err = err.unwrap_err();
             assert_eq!(
                 matches!(err, SendError::Transient { .. }),
                 transient,
-                "{status}: {err:?}"
+                "{status} {page:?}: {err:?}"
             );
-            assert!(err.to_string().contains(code), "{status}: {err}");
+            assert!(err.to_string().contains(code), "{status} {page:?}: {err}");
         }
     }
 
