@@ -11,6 +11,7 @@ mod batch;
 mod config;
 mod console;
 mod grpc;
+mod gzip;
 mod metrics;
 mod otlp;
 mod otlp_logs;

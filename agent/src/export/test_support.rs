@@ -10,7 +10,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message;
 use tokio::net::TcpListener;
@@ -76,6 +76,9 @@ pub fn free_port() -> u16 {
 pub struct Received {
     pub headers: HeaderMap,
     pub request: ExportTraceServiceRequest,
+    /// The request body as it came off the wire: compressed if it was, and
+    /// over gRPC with its length prefix.
+    pub body: bytes::Bytes,
 }
 
 impl Received {
@@ -106,6 +109,23 @@ pub struct Collector {
     server: JoinHandle<()>,
 }
 
+/// How the gRPC flavour answers every request.
+#[derive(Clone)]
+pub enum GrpcAnswer {
+    /// The collector's own answer (tonic's), refusing `rejected` spans in a
+    /// partial success when not 0.
+    Accept { rejected: i64 },
+    /// An error status, which tonic sends in the response headers
+    /// (a trailers-only response).
+    Refuse(tonic::Status),
+    /// An HTTP status and a body, no gRPC status, as a proxy in front of a
+    /// collector answers (with its error page, or nothing).
+    Http(StatusCode, &'static str),
+    /// A response whose message is this many bytes (zeros), with nothing
+    /// after it: for the exporter's bound on what it reads.
+    Oversized(usize),
+}
+
 /// How the HTTP flavour answers: these in order, then the last for good.
 #[derive(Clone)]
 pub struct Answers(Arc<std::sync::Mutex<Vec<Answer>>>);
@@ -131,15 +151,9 @@ impl Answers {
 }
 
 impl Collector {
-    /// `port` 0 picks a free one. The HTTP flavour answers 200.
+    /// `port` 0 picks a free one. The collector accepts everything.
     pub async fn start(protocol: Protocol, port: u16) -> Collector {
-        Self::spawn(
-            protocol,
-            port,
-            Answers::new(vec![(StatusCode::OK, None)]),
-            None,
-        )
-        .await
+        Self::spawn(port, Answering::accept(protocol), None).await
     }
 
     /// An HTTP collector that answers every request with `status`.
@@ -148,47 +162,47 @@ impl Collector {
     }
 
     pub async fn http_answers(answers: Answers) -> Collector {
-        Self::spawn(Protocol::HttpProtobuf, 0, answers, None).await
+        Self::spawn(0, Answering::Http(answers), None).await
+    }
+
+    pub async fn grpc_answering(answer: GrpcAnswer) -> Collector {
+        Self::spawn(0, Answering::Grpc(answer), None).await
     }
 
     /// A collector on https that requires a client certificate from `pki`'s CA.
     pub async fn tls(protocol: Protocol, pki: &Pki) -> Collector {
-        Self::spawn(
-            protocol,
-            0,
-            Answers::new(vec![(StatusCode::OK, None)]),
-            Some(pki),
-        )
-        .await
+        Self::spawn(0, Answering::accept(protocol), Some(pki)).await
     }
 
-    async fn spawn(
-        protocol: Protocol,
-        port: u16,
-        answers: Answers,
-        tls: Option<&Pki>,
-    ) -> Collector {
+    async fn spawn(port: u16, answering: Answering, tls: Option<&Pki>) -> Collector {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, received) = mpsc::unbounded_channel();
-        let server = match protocol {
-            Protocol::Grpc => {
+        let protocol = answering.protocol();
+        let server = match answering {
+            Answering::Grpc(answer) => {
                 let mut builder = tonic::transport::Server::builder();
                 if let Some(pki) = tls {
                     builder = builder.tls_config(pki.grpc_server()).unwrap();
                 }
-                let service = TraceServiceServer::new(GrpcSink(tx))
-                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+                let service = TraceServiceServer::new(GrpcSink {
+                    received: tx,
+                    answer: answer.clone(),
+                })
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+                let routes = tonic::service::Routes::new(service)
+                    .into_axum_router()
+                    .layer(axum::middleware::from_fn_with_state(answer, grpc_wire));
                 let incoming = tonic::transport::server::TcpIncoming::from(listener);
                 tokio::spawn(async move {
                     builder
-                        .add_service(service)
+                        .add_routes(routes.into())
                         .serve_with_incoming(incoming)
                         .await
                         .unwrap();
                 })
             }
-            Protocol::HttpProtobuf => {
+            Answering::Http(answers) => {
                 let app = axum::Router::new()
                     .route("/v1/traces", axum::routing::post(http_sink))
                     .with_state((tx, answers));
@@ -240,13 +254,71 @@ impl Collector {
     }
 }
 
+/// What a collector answers, which also makes it a gRPC or an HTTP one.
+enum Answering {
+    Grpc(GrpcAnswer),
+    Http(Answers),
+}
+
+impl Answering {
+    fn accept(protocol: Protocol) -> Answering {
+        match protocol {
+            Protocol::Grpc => Answering::Grpc(GrpcAnswer::Accept { rejected: 0 }),
+            Protocol::HttpProtobuf => Answering::Http(Answers::new(vec![(StatusCode::OK, None)])),
+        }
+    }
+
+    fn protocol(&self) -> Protocol {
+        match self {
+            Answering::Grpc(_) => Protocol::Grpc,
+            Answering::Http(_) => Protocol::HttpProtobuf,
+        }
+    }
+}
+
 impl Drop for Collector {
     fn drop(&mut self) {
         self.server.abort();
     }
 }
 
-struct GrpcSink(mpsc::UnboundedSender<Received>);
+/// The request body off the wire, handed from [`grpc_wire`] to the sink.
+#[derive(Clone)]
+struct WireBody(bytes::Bytes);
+
+/// In front of the gRPC service: keeps the raw request body for the test,
+/// and gives the answers tonic itself would not.
+async fn grpc_wire(
+    State(answer): State<GrpcAnswer>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (mut parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    match answer {
+        GrpcAnswer::Http(status, page) => (status, page).into_response(),
+        GrpcAnswer::Oversized(len) => {
+            let mut message = vec![0];
+            message.extend_from_slice(&u32::try_from(len).unwrap().to_be_bytes());
+            message.resize(5 + len, 0);
+            let mut response = message.into_response();
+            let headers = response.headers_mut();
+            headers.insert("content-type", "application/grpc".parse().unwrap());
+            response
+        }
+        GrpcAnswer::Accept { .. } | GrpcAnswer::Refuse(_) => {
+            parts.extensions.insert(WireBody(body.clone()));
+            let request = axum::extract::Request::from_parts(parts, body.into());
+            next.run(request).await
+        }
+    }
+}
+
+struct GrpcSink {
+    received: mpsc::UnboundedSender<Received>,
+    answer: GrpcAnswer,
+}
 
 #[tonic::async_trait]
 impl TraceService for GrpcSink {
@@ -255,11 +327,27 @@ impl TraceService for GrpcSink {
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let headers = request.metadata().clone().into_headers();
-        let _ = self.0.send(Received {
+        let WireBody(body) = request.extensions().get().cloned().unwrap();
+        let _ = self.received.send(Received {
             headers,
             request: request.into_inner(),
+            body,
         });
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        match &self.answer {
+            GrpcAnswer::Accept { rejected } => {
+                let partial_success = (*rejected > 0).then(|| ExportTracePartialSuccess {
+                    rejected_spans: *rejected,
+                    error_message: "spans too old".into(),
+                });
+                Ok(tonic::Response::new(ExportTraceServiceResponse {
+                    partial_success,
+                }))
+            }
+            GrpcAnswer::Refuse(status) => Err(status.clone()),
+            GrpcAnswer::Http(..) | GrpcAnswer::Oversized(_) => {
+                unreachable!("answered by grpc_wire")
+            }
+        }
     }
 }
 
@@ -269,19 +357,24 @@ async fn http_sink(
     body: bytes::Bytes,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let body = match headers.get("content-encoding").map(|v| v.as_bytes()) {
-        Some(b"gzip") => {
-            let mut plain = Vec::new();
-            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut plain)
-                .unwrap();
-            plain.into()
-        }
-        _ => body,
+    let plain = match headers.get("content-encoding").map(|v| v.as_bytes()) {
+        Some(b"gzip") => gunzip(&body).into(),
+        _ => body.clone(),
     };
-    let request = ExportTraceServiceRequest::decode(body).unwrap();
-    let _ = tx.send(Received { headers, request });
+    let request = ExportTraceServiceRequest::decode(plain).unwrap();
+    let _ = tx.send(Received {
+        headers,
+        request,
+        body,
+    });
     match answers.next() {
         (status, Some(retry_after)) => (status, [("retry-after", retry_after)]).into_response(),
         (status, None) => status.into_response(),
     }
+}
+
+pub fn gunzip(data: &[u8]) -> Vec<u8> {
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(data), &mut plain).unwrap();
+    plain
 }

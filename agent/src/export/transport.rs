@@ -1,4 +1,4 @@
-//! Sends one OTLP request over gRPC (tonic) or HTTP/protobuf (reqwest) and sorts failures into retryable or not.
+//! Sends one OTLP request over gRPC (tonic's channel) or HTTP/protobuf (reqwest) and sorts failures into retryable or not.
 
 use std::error::Error;
 use std::time::{Duration, SystemTime};
@@ -16,6 +16,7 @@ use tonic::Code;
 
 use super::config::Compression;
 use super::grpc::{self, ExportClient};
+use super::gzip;
 use super::tls::TlsPem;
 use super::{ExportConfig, Protocol, Signal};
 
@@ -51,7 +52,6 @@ pub(super) enum Transport {
     Grpc {
         // Boxed: the client is several times the size of the HTTP variant.
         client: Box<ExportClient>,
-        metadata: MetadataMap,
     },
     Http {
         client: reqwest::Client,
@@ -87,11 +87,15 @@ impl Transport {
                             .with_context(|| format!("invalid gRPC metadata value for {key:?}"))?,
                     );
                 }
-                let client =
-                    ExportClient::new(channel.connect_lazy(), signal, gzip, MAX_RESPONSE_BYTES);
+                let client = ExportClient::new(
+                    channel.connect_lazy(),
+                    signal,
+                    metadata,
+                    gzip,
+                    MAX_RESPONSE_BYTES,
+                );
                 Ok(Transport::Grpc {
                     client: Box::new(client),
-                    metadata,
                 })
             }
             Protocol::HttpProtobuf => {
@@ -133,16 +137,12 @@ impl Transport {
     /// data points) the collector rejected in a partial success.
     pub(super) async fn send(&mut self, request: &Bytes) -> Result<u64, SendError> {
         let response = match self {
-            Transport::Grpc { client, metadata } => {
-                let mut call = tonic::Request::new(request.clone());
-                *call.metadata_mut() = metadata.clone();
-                client.export(call).await.map_err(grpc_error)?.into_inner()
-            }
+            Transport::Grpc { client } => client.export(request).await.map_err(grpc_error)?,
             Transport::Http { client, url, gzip } => {
                 // Compressed per attempt: retries are rare, and the batch
                 // stays encoded once either way.
                 let body = if *gzip {
-                    Bytes::from(gzip_bytes(request))
+                    gzip::compress(request)
                 } else {
                     request.clone()
                 };
@@ -175,14 +175,6 @@ impl Transport {
         }
         Ok(rejected)
     }
-}
-
-fn gzip_bytes(data: &[u8]) -> Vec<u8> {
-    use std::io::Write as _;
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    // Writing into a Vec cannot fail.
-    encoder.write_all(data).expect("gzip into memory");
-    encoder.finish().expect("gzip into memory")
 }
 
 /// Reads at most [`MAX_RESPONSE_BYTES`]; a longer body is cut there (its
@@ -236,7 +228,7 @@ fn grpc_error(status: tonic::Status) -> SendError {
         | Code::Unavailable
         | Code::DataLoss => SendError::Transient {
             reason: message,
-            retry_after: grpc::retry_delay(status.details()),
+            retry_after: grpc::status::retry_delay(status.details()),
         },
         _ => SendError::Permanent(message),
     }
@@ -275,7 +267,7 @@ pub fn describe(err: &(dyn Error + 'static)) -> String {
 mod tests {
     use super::*;
     use crate::export::otlp::encode_request;
-    use crate::export::test_support::{free_port, resource, span, Collector};
+    use crate::export::test_support::{free_port, gunzip, resource, span, Collector, GrpcAnswer};
     use crate::export::test_tls::Pki;
     use crate::export::{Compression, TlsFiles};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -319,6 +311,13 @@ mod tests {
                 Some("acme"),
                 "{protocol}"
             );
+            // Byte for byte as encoded, with gRPC's length prefix in front.
+            let request = one_span_request();
+            let body = match protocol {
+                Protocol::Grpc => [&grpc_prefix(0, request.len())[..], &request].concat(),
+                Protocol::HttpProtobuf => request.to_vec(),
+            };
+            assert_eq!(received.body, body, "{protocol}");
             if protocol == Protocol::HttpProtobuf {
                 assert_eq!(
                     received.header("content-type").as_deref(),
@@ -382,6 +381,107 @@ mod tests {
         ))));
     }
 
+    /// gRPC's message prefix: the compressed flag, then the length.
+    fn grpc_prefix(compressed: u8, len: usize) -> [u8; 5] {
+        let len = u32::try_from(len).unwrap().to_be_bytes();
+        [compressed, len[0], len[1], len[2], len[3]]
+    }
+
+    /// What one span's export gets from a gRPC collector answering `answer`.
+    async fn grpc_outcome(answer: GrpcAnswer) -> Result<u64, SendError> {
+        let collector = Collector::grpc_answering(answer).await;
+        let cfg = ExportConfig {
+            protocol: Protocol::Grpc,
+            ..ExportConfig::default()
+        };
+        let mut transport = Transport::new(&collector.endpoint(), &cfg, Signal::Traces).unwrap();
+        transport.send(&one_span_request()).await
+    }
+
+    #[tokio::test]
+    async fn grpc_partial_success_is_read() {
+        let outcome = grpc_outcome(GrpcAnswer::Accept { rejected: 3 }).await;
+        assert_eq!(outcome.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn grpc_status_in_the_response_headers_is_read_with_its_retry_delay() {
+        use grpc::status::{Any, ProtoDuration, RetryInfo, RpcStatus};
+        let info = RetryInfo {
+            retry_delay: Some(ProtoDuration {
+                seconds: 2,
+                nanos: 500_000_000,
+            }),
+        };
+        let details = RpcStatus {
+            code: Code::Unavailable as i32,
+            message: "busy".into(),
+            details: vec![Any {
+                type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
+                value: info.encode_to_vec(),
+            }],
+        };
+        let status =
+            tonic::Status::with_details(Code::Unavailable, "busy", details.encode_to_vec().into());
+        match grpc_outcome(GrpcAnswer::Refuse(status)).await {
+            Err(SendError::Transient {
+                reason,
+                retry_after,
+            }) => {
+                assert_eq!(retry_after, Some(Duration::from_millis(2500)));
+                assert!(reason.contains("Unavailable: busy"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let refused = grpc_outcome(GrpcAnswer::Refuse(tonic::Status::invalid_argument("bad")));
+        match refused.await {
+            Err(SendError::Permanent(reason)) => {
+                assert!(reason.contains("InvalidArgument: bad"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// No gRPC status, as from a proxy: the code is read off the HTTP
+    /// status as gRPC maps it, and decides the retry, whether or not the
+    /// proxy sent a page (which is no gRPC message to read).
+    #[tokio::test]
+    async fn grpc_http_status_alone_maps_to_grpc_codes() {
+        use axum::http::StatusCode;
+        let pages = [
+            "",
+            "<html><body>503 Service Temporarily Unavailable</body></html>",
+        ];
+        for ((status, code, transient), page) in [
+            (StatusCode::SERVICE_UNAVAILABLE, "Unavailable", true),
+            (StatusCode::BAD_GATEWAY, "Unavailable", true),
+            (StatusCode::TOO_MANY_REQUESTS, "Unavailable", true),
+            (StatusCode::UNAUTHORIZED, "Unauthenticated", false),
+            (StatusCode::FORBIDDEN, "PermissionDenied", false),
+            (StatusCode::NOT_FOUND, "Unimplemented", false),
+            (StatusCode::INTERNAL_SERVER_ERROR, "Unknown", false),
+        ]
+        .into_iter()
+        .flat_map(|answer| pages.map(|page| (answer, page)))
+        {
+            let err = grpc_outcome(GrpcAnswer::Http(status, page)).await;
+            let err = err.unwrap_err();
+            assert_eq!(
+                matches!(err, SendError::Transient { .. }),
+                transient,
+                "{status} {page:?}: {err:?}"
+            );
+            assert!(err.to_string().contains(code), "{status} {page:?}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn grpc_response_over_the_bound_is_refused_unread() {
+        let oversized = GrpcAnswer::Oversized(MAX_RESPONSE_BYTES + 1);
+        let err = grpc_outcome(oversized).await.unwrap_err();
+        assert!(err.to_string().contains("OutOfRange"), "{err}");
+    }
+
     fn tls_files(pki: &Pki, ca: &str, client: bool) -> TlsFiles {
         TlsFiles {
             ca: Some(pki.path(ca)),
@@ -418,6 +518,15 @@ mod tests {
                 Some("gzip"),
                 "{protocol}"
             );
+            let compressed = match protocol {
+                Protocol::Grpc => {
+                    let (prefix, message) = received.body.split_at(5);
+                    assert_eq!(prefix, grpc_prefix(1, message.len()));
+                    message
+                }
+                Protocol::HttpProtobuf => &received.body[..],
+            };
+            assert_eq!(gunzip(compressed), one_span_request(), "{protocol}");
 
             let mut wrong_ca = transport(tls_files(&pki, "other-ca.pem", true));
             let err = wrong_ca.send(&one_span_request()).await.unwrap_err();
