@@ -87,6 +87,7 @@ pub fn test(paths: &Paths, opts: Options) -> Result<()> {
         for var in SDK_EXPORT_ENV {
             cargo.env_remove(var);
         }
+        ensure_filters_match(&cargo, &opts.args)?;
         match cmd::run(&mut cargo) {
             Ok(()) => eprintln!("[test] end-to-end tests passed ({})", cmd::elapsed(start)),
             Err(e) => {
@@ -99,5 +100,30 @@ pub fn test(paths: &Paths, opts: Options) -> Result<()> {
         bail!("failed: {}", failed.join(", "));
     }
     eprintln!("[test] all passed");
+    Ok(())
+}
+
+/// A filter that matches no end-to-end test would run none and pass:
+/// fails instead, saying what filters match.
+fn ensure_filters_match(run: &std::process::Command, args: &[OsString]) -> Result<()> {
+    let filters: Vec<_> = args
+        .iter()
+        .filter(|a| !a.to_string_lossy().starts_with('-'))
+        .collect();
+    if filters.is_empty() {
+        return Ok(());
+    }
+    let mut list = std::process::Command::new(run.get_program());
+    list.current_dir(run.get_current_dir().unwrap_or(std::path::Path::new(".")))
+        .envs(run.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .args(run.get_args())
+        .args(["--list", "--format", "terse"]);
+    let listed = cmd::output(&mut list)?;
+    if !listed.lines().any(|l| l.ends_with(": test")) {
+        bail!(
+            "no end-to-end test matches {filters:?}: a filter matches test function names \
+             (e.g. `h2load`, `nginx_static_files`); `-- --list` lists them"
+        );
+    }
     Ok(())
 }
