@@ -6,15 +6,40 @@
 
 use std::time::Duration;
 
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::{DecodePaddingMode, Engine as _};
 use http::{HeaderMap, StatusCode};
 use prost::Message;
 use tonic::{Code, Status};
+
+const DETAILS: &str = "grpc-status-details-bin";
+
+/// gRPC's binary-header base64 (padding optional), as tonic decodes it.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// `Status::from_header_map`, which panics on status details that are not
+/// base64: a collector's bad header must not take the exporter down. Such
+/// details are left out (only a throttling delay is read from them).
+fn status_in(headers: &HeaderMap) -> Option<Status> {
+    match headers.get(DETAILS) {
+        Some(d) if BASE64.decode(d.as_bytes()).is_err() => {
+            tracing::debug!("the collector's {DETAILS} is not base64: left out");
+            let mut headers = headers.clone();
+            headers.remove(DETAILS);
+            Status::from_header_map(&headers)
+        }
+        _ => Status::from_header_map(headers),
+    }
+}
 
 /// The response head's verdict: `Err` when the call ended there, in a
 /// trailers-only response or with an HTTP status other than 200 and no
 /// gRPC status (a proxy's answer, whose body is no gRPC message).
 pub(super) fn from_head(http: StatusCode, headers: &HeaderMap) -> Result<(), Status> {
-    if let Some(status) = Status::from_header_map(headers) {
+    if let Some(status) = status_in(headers) {
         // Trailers-only: no message follows, not even after an OK.
         return Err(match status.code() {
             Code::Ok => missing_message(),
@@ -30,7 +55,7 @@ pub(super) fn from_head(http: StatusCode, headers: &HeaderMap) -> Result<(), Sta
 /// The trailers' verdict, once the body has ended. `partial`: the body
 /// stopped inside its message.
 pub(super) fn from_trailers(trailers: Option<&HeaderMap>, partial: bool) -> Result<(), Status> {
-    match trailers.and_then(Status::from_header_map) {
+    match trailers.and_then(status_in) {
         Some(status) if status.code() == Code::Ok => Ok(()),
         Some(status) => Err(status),
         None if partial => Err(Status::internal("Unexpected EOF decoding stream.")),
@@ -195,6 +220,23 @@ mod tests {
             from_trailers(None, true).unwrap_err().code(),
             Code::Internal
         );
+    }
+
+    /// tonic's own reader panics on such details.
+    #[test]
+    fn status_details_that_are_not_base64_are_left_out() {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-status", "14".parse().unwrap());
+        headers.insert("grpc-message", "busy".parse().unwrap());
+        headers.insert(DETAILS, "not base64!".parse().unwrap());
+        let status = from_trailers(Some(&headers), false).unwrap_err();
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::Unavailable, "busy")
+        );
+        assert!(status.details().is_empty());
+        let status = from_head(StatusCode::OK, &headers).unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
     }
 
     #[test]
