@@ -121,8 +121,8 @@ pub enum GrpcAnswer {
     /// An HTTP status and a body, no gRPC status, as a proxy in front of a
     /// collector answers (with its error page, or nothing).
     Http(StatusCode, &'static str),
-    /// A response whose message is this many bytes (zeros), with nothing
-    /// after it: for the exporter's bound on what it reads.
+    /// A response whose message is this many bytes (zeros), then an OK
+    /// status: for the exporter's bound on what it reads.
     Oversized(usize),
 }
 
@@ -282,6 +282,28 @@ impl Drop for Collector {
     }
 }
 
+/// A gRPC response body: one DATA frame, then the trailers.
+struct MessageThenTrailers(Option<bytes::Bytes>, Option<HeaderMap>);
+
+impl http_body::Body for MessageThenTrailers {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let frame = match (self.0.take(), self.1.take()) {
+            (Some(data), trailers) => {
+                self.1 = trailers;
+                Some(http_body::Frame::data(data))
+            }
+            (None, trailers) => trailers.map(http_body::Frame::trailers),
+        };
+        std::task::Poll::Ready(frame.map(Ok))
+    }
+}
+
 /// The request body off the wire, handed from [`grpc_wire`] to the sink.
 #[derive(Clone)]
 struct WireBody(bytes::Bytes);
@@ -302,7 +324,10 @@ async fn grpc_wire(
             let mut message = vec![0];
             message.extend_from_slice(&u32::try_from(len).unwrap().to_be_bytes());
             message.resize(5 + len, 0);
-            let mut response = message.into_response();
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            let body = MessageThenTrailers(Some(message.into()), Some(trailers));
+            let mut response = axum::body::Body::new(body).into_response();
             let headers = response.headers_mut();
             headers.insert("content-type", "application/grpc".parse().unwrap());
             response

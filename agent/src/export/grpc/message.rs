@@ -63,6 +63,9 @@ pub(super) struct ResponseMessage {
     buf: Vec<u8>,
     /// Bound on the message's length, as tonic's `max_decoding_message_size`.
     limit: usize,
+    /// A message over `limit`: its bytes are counted, not kept.
+    over: Option<usize>,
+    skipped: usize,
 }
 
 impl ResponseMessage {
@@ -70,11 +73,16 @@ impl ResponseMessage {
         ResponseMessage {
             buf: Vec::new(),
             limit,
+            over: None,
+            skipped: 0,
         }
     }
 
     /// Takes a DATA frame's bytes. Fails as tonic's decoder does on a
-    /// message over the bound or a compressed one (none was accepted).
+    /// compressed message (none was accepted). A message over the bound is
+    /// skipped, not refused as tonic does: the call's status still says
+    /// whether the export was accepted, and a refusal would be retried,
+    /// sending the collector a batch it took already.
     pub(super) fn push(&mut self, mut data: &[u8]) -> Result<(), Status> {
         if self.buf.len() < PREFIX_LEN {
             let (prefix, rest) = data.split_at(data.len().min(PREFIX_LEN - self.buf.len()));
@@ -85,9 +93,18 @@ impl ResponseMessage {
             }
             self.check_prefix()?;
         }
+        if let Some(len) = self.over {
+            self.skipped = (self.skipped + data.len()).min(len);
+            return Ok(());
+        }
         let room = PREFIX_LEN + self.declared_len() - self.buf.len();
         self.buf.extend_from_slice(&data[..data.len().min(room)]);
         Ok(())
+    }
+
+    /// The length of a message that was over the bound, and skipped.
+    pub(super) fn skipped(&self) -> Option<usize> {
+        self.over
     }
 
     fn check_prefix(&mut self) -> Result<(), Status> {
@@ -104,12 +121,10 @@ impl ResponseMessage {
         }
         let len = self.declared_len();
         if len > self.limit {
-            return Err(Status::out_of_range(format!(
-                "Error, decoded message length too large: found {len} bytes, the limit is: {} bytes",
-                self.limit
-            )));
+            self.over = Some(len);
+        } else {
+            self.buf.reserve_exact(len);
         }
-        self.buf.reserve_exact(len);
         Ok(())
     }
 
@@ -119,7 +134,12 @@ impl ResponseMessage {
     }
 
     /// The message, once all of it has arrived.
+    /// (A skipped message, once all of it has arrived, is empty: what it
+    /// said is not known.)
     pub(super) fn complete(&self) -> Option<&[u8]> {
+        if let Some(len) = self.over {
+            return (self.skipped == len).then_some(&[]);
+        }
         let whole =
             self.buf.len() >= PREFIX_LEN && self.buf.len() == PREFIX_LEN + self.declared_len();
         whole.then(|| &self.buf[PREFIX_LEN..])
@@ -180,14 +200,19 @@ mod tests {
     }
 
     #[test]
-    fn a_message_over_the_bound_is_refused_from_its_prefix() {
+    fn a_message_over_the_bound_is_counted_not_kept() {
         let mut at_bound = ResponseMessage::new(64);
         at_bound.push(&framed(0, &[0; 64])).unwrap();
         assert!(at_bound.complete().is_some());
+        assert_eq!(at_bound.skipped(), None);
 
         let mut over = ResponseMessage::new(64);
-        let err = over.push(&framed(0, &[0; 65])[..PREFIX_LEN]).unwrap_err();
-        assert_eq!(err.code(), Code::OutOfRange);
+        let wire = framed(0, &[7; 65]);
+        over.push(&wire[..PREFIX_LEN + 30]).unwrap();
+        assert!(over.is_partial());
+        over.push(&wire[PREFIX_LEN + 30..]).unwrap();
+        assert_eq!(over.complete(), Some(&[][..]));
+        assert_eq!(over.skipped(), Some(65));
         assert!(over.buf.capacity() < 64, "{}", over.buf.capacity());
     }
 

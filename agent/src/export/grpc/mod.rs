@@ -129,6 +129,12 @@ async fn read_response(
         }
     }
     status::from_trailers(trailers.as_ref(), message.is_partial())?;
+    if let Some(len) = message.skipped() {
+        tracing::debug!(
+            bytes = len,
+            "the collector's answer is over the bound: its partial-success details are not read"
+        );
+    }
     let message = message.complete().ok_or_else(status::missing_message)?;
     ExportTraceServiceResponse::decode(message).map_err(|e| Status::internal(e.to_string()))
 }
