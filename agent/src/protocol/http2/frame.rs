@@ -577,18 +577,29 @@ impl Frames {
 }
 
 /// The default largest frame (SETTINGS_MAX_FRAME_SIZE, RFC 9113 §6.5.2).
-pub const DEFAULT_MAX_FRAME: u32 = 16384;
+const DEFAULT_MAX_FRAME: u32 = 16384;
 
 /// Where frames start in a chunk met after lost bytes, if they can be
 /// told: at its start (the usual case, a call that began with a frame),
 /// or, with stricter checks since every offset is tried, inside it (a
 /// read that began in the middle of a frame). See [`frames_at`].
 pub fn frame_boundary(data: &[u8], total: usize) -> Option<usize> {
-    if frames_at(data, total, MAX_RESYNC_FRAME, 2) {
+    if chains_from_start(data, total) {
         return Some(0);
     }
-    (1..data.len())
-        .find(|&at| frames_at(&data[at..], total.saturating_sub(at), DEFAULT_MAX_FRAME, 3))
+    (1..data.len()).find(|&at| chain_inside(&data[at..], total.saturating_sub(at)) == Chain::Frames)
+}
+
+/// Whether frames chain from the start of a chunk, where a syscall's
+/// bytes begin: two headers, frames up to the largest a peer may set.
+pub fn chains_from_start(data: &[u8], total: usize) -> bool {
+    frames_at(data, total, MAX_RESYNC_FRAME, 2)
+}
+
+/// The stricter rule at an offset inside a chunk, where every offset is
+/// tried: three headers, frames of at most the default largest size.
+pub fn chain_inside(data: &[u8], total: usize) -> Chain {
+    chain_at(data, total, DEFAULT_MAX_FRAME, 3)
 }
 
 /// Whether `data` starts with a frame header a peer may send: the first
@@ -621,7 +632,7 @@ pub enum Chain {
 }
 
 /// [`frames_at`], telling a chain that breaks from one the bytes end in.
-pub fn chain_at(data: &[u8], total: usize, max_len: u32, frames: usize) -> Chain {
+fn chain_at(data: &[u8], total: usize, max_len: u32, frames: usize) -> Chain {
     let (mut at, mut seen) = (0, 0);
     let mut continues: Option<u32> = None;
     while let Some(b) = data.get(at..at + HEADER_LEN) {

@@ -13,9 +13,7 @@
 //! 16 KiB), across chunks: one chunk alone may hold fewer than three
 //! headers of large frames (5 KiB header blocks, say).
 
-use super::frame::{
-    chain_at, frame_boundary, frames_at, Chain, DEFAULT_MAX_FRAME, MAX_RESYNC_FRAME,
-};
+use super::frame::{chain_inside, chains_from_start, frame_boundary, Chain};
 
 /// Bytes and chunks held while no frame boundary is found; past these the
 /// oldest chunks go.
@@ -67,7 +65,7 @@ impl Resync {
         let from = match self
             .starts
             .iter()
-            .position(|&(at, _)| frames_at(&self.held[at..], end - at, MAX_RESYNC_FRAME, 2))
+            .position(|&(at, _)| chains_from_start(&self.held[at..], end - at))
         {
             Some(i) => (i, self.starts[i].0),
             None => {
@@ -83,7 +81,7 @@ impl Resync {
     /// the bytes ran out on before, then the new ones.
     fn inside(&mut self) -> Option<usize> {
         let held = &self.held;
-        let chain = |at: usize| chain_at(&held[at..], held.len() - at, DEFAULT_MAX_FRAME, 3);
+        let chain = |at: usize| chain_inside(&held[at..], held.len() - at);
         let mut found = None;
         self.open.retain(|&at| {
             if found.is_some() {
