@@ -1,6 +1,6 @@
 //! Reads and writes on tracked connections. Once the kernel says how many
 //! bytes a call on a socket in `CONNS` moved, a bounded prefix of them is
-//! copied (one record per buffer or iovec segment) into the ring buffer,
+//! copied (its segments gathered into as few records as fit) into the ring buffer,
 //! then a server connection's call goes to its protocol's observer
 //! (`observe`). The call's arguments are read at its return from the
 //! thread's saved registers (`exit_io_regs`), or, on kernels without that,
@@ -21,19 +21,19 @@ use aya_ebpf::{
         },
     },
     macros::{map, tracepoint},
-    maps::ProgramArray,
+    maps::{PerCpuArray, ProgramArray},
     programs::TracePointContext,
 };
 use clew_common::{
     connstate, dataflag, dir, kind, logs::LOG_MARK, nr, proto, role, stat, ConnInfo, ConnKey,
-    DataHeader, TraceCtx, IO_MARK, MAX_CAPTURE,
+    DataHeader, TraceCtx, CAPTURE_MASK, IO_MARK, MAX_CAPTURE,
 };
 
 use crate::{
     logs,
     maps::{
         capture_limit, count, inflight_put, inflight_take, may_have_conns, now, quiet, Inflight,
-        Scratch, CONNS, EVENTS, SCRATCH,
+        Scratch, CONNS, EVENTS, GATHER_MAX, SCRATCH,
     },
     observe::{self, Record},
     tls, tp,
@@ -207,7 +207,7 @@ fn returned(ctx: &TracePointContext, pid_tgid: u64, v: Inflight) {
         return;
     }
 
-    let first = match v.nr {
+    let one_record = match v.nr {
         nr::READ | nr::RECVFROM => emit_call(&v, pid_tgid, ts, dir::INGRESS, Bytes::Buf(v.a1), len),
         nr::WRITE | nr::SENDTO => emit_call(&v, pid_tgid, ts, dir::EGRESS, Bytes::Buf(v.a1), len),
         nr::READV => emit_call(&v, pid_tgid, ts, dir::INGRESS, Bytes::Iov(v.a1, v.a2), len),
@@ -230,18 +230,20 @@ fn returned(ctx: &TracePointContext, pid_tgid: u64, v: Inflight) {
         // their length so the stream position stays right.
         nr::SENDFILE => {
             emit(&mut v, pid_tgid, ts, dir::EGRESS, 0, len, 0);
-            None
+            false
         }
-        _ => None,
+        _ => false,
     };
     if !observe::observed(&v) {
         return;
     }
-    let (first, record) = match first {
-        Some(f) => (Some(f), Record::Copied),
-        None => (first_segment(&v, len), Record::Gone),
+    // The call's one record starts with its first segment's bytes.
+    let record = if one_record {
+        Record::Copied
+    } else {
+        Record::Gone
     };
-    if let Some((buf, n)) = first {
+    if let Some((buf, n)) = first_segment(&v, len) {
         observe::dispatch(ctx, &OBSERVERS, &v, direction(v.nr), buf, n, ts, record);
     }
 }
@@ -337,13 +339,16 @@ pub enum Bytes {
     Iov(u64, u64),
 }
 
-/// Records one call may produce: an HTTP/2 write can hold hundreds of
-/// frames in as many iovec segments (gRPC's core writes each frame header
-/// and payload as its own segment, up to 260 a call), with a header block
-/// anywhere in it.
-const MAX_RECORDS: u32 = 320;
+/// Rounds of `walk_step` one call may take, about one per iovec segment:
+/// an HTTP/2 write can hold hundreds of frames in as many segments (gRPC's
+/// core writes each frame header and payload as its own segment, up to 260
+/// a call), with a header block anywhere in it.
+const MAX_ROUNDS: u32 = 320;
 
-/// The state of `walk_step`, on the caller's stack.
+/// The state of `walk_step`. In a map rather than on the caller's stack:
+/// the verifier then reads every field as any number, and proves one
+/// round for all. On the stack, it follows the byte counts exactly, each
+/// round differs from the last, and the loop is never proven.
 #[repr(C)]
 struct Walk {
     v: Inflight,
@@ -357,24 +362,35 @@ struct Walk {
     seg_left: u64,
     /// Bytes of the call not reported yet.
     left: u64,
-    /// Index of the next segment to read. Not next to the fields that
-    /// start at zero with it: the compiler would merge their stores into a
-    /// byte-at-a-time `memset` call (see `zero`).
+    /// Index of the next segment to read.
     seg: u64,
+    /// Bytes gathered in the capture scratch space for the next record.
+    gathered: u64,
+    /// Records the call made so far.
+    records: u64,
     direction: u8,
     /// Report every byte (in pieces of at most `MAX_CAPTURE`) instead of a
-    /// prefix of each segment.
+    /// prefix of each segment: framed protocols whose messages span many
+    /// segments, whose parsers need every byte of a header block or batch.
     whole: u8,
 }
 
-/// Emits the `len` bytes a call moved: one record per segment carrying a
-/// prefix of at most the capture limit; on HTTP/2 connections, whose
-/// header blocks may sit anywhere in a write and must all be read for the
-/// header compression state to stay right, every byte, in records of at
-/// most `MAX_CAPTURE`. At most `MAX_RECORDS` records: what is left past
-/// them is reported by length only, and the parser then knows bytes are
-/// missing. Returns the call's first buffer and its bytes when they made
-/// the call's one record, which the capture scratch space then still holds.
+#[map]
+static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
+/// Emits the `len` bytes a call moved. Its segments are gathered into
+/// records of at most the capture limit: a `writev` of a response's head,
+/// chunk sizes and body (Node writes five segments for a small chunked
+/// response, gRPC's core hundreds) is one record, not one per segment, and
+/// each record costs a ring write here and a pass in the agent. A segment
+/// longer than the limit is a record of its own, carrying its prefix, so a
+/// record's bytes are always whole but for its uncaptured tail. HTTP/2 and
+/// Kafka connections, whose header blocks and batches may sit anywhere in
+/// a write and must all be read, report every byte, in records of at most
+/// `MAX_CAPTURE`. After `MAX_ROUNDS` segments, what is left is reported by
+/// length only, and the parser then knows bytes are missing. Returns
+/// whether the call made one record, which the capture scratch space then
+/// still holds.
 #[inline(always)]
 pub fn emit_call(
     v: &Inflight,
@@ -383,57 +399,63 @@ pub fn emit_call(
     direction: u8,
     bytes: Bytes,
     len: u64,
-) -> Option<(u64, u64)> {
+) -> bool {
+    let whole = matches!(connstate::proto(v.conn_state), proto::HTTP2 | proto::KAFKA);
     let (iov, iovcnt, seg_buf, seg_left) = match bytes {
         Bytes::Buf(buf) => (0, 0, buf, len),
         Bytes::Iov(iov, n) => (iov, n, 0, 0),
     };
-    let mut w = Walk {
-        v: *v,
-        pid_tgid,
-        ts,
-        iov,
-        iovcnt,
-        seg_buf,
-        seg_left,
-        left: len,
-        seg: 0,
-        direction,
-        // Framed protocols whose messages span many segments are captured
-        // whole: their parsers need every byte of a header block or batch.
-        whole: matches!(connstate::proto(v.conn_state), proto::HTTP2 | proto::KAFKA) as u8,
+    let Some(w) = WALK.get_ptr_mut(0) else {
+        return false;
     };
-    let rounds = unsafe {
+    unsafe {
+        *w = Walk {
+            v: *v,
+            pid_tgid,
+            ts,
+            iov,
+            iovcnt,
+            seg_buf,
+            seg_left,
+            left: len,
+            seg: 0,
+            gathered: 0,
+            records: 0,
+            direction,
+            whole: whole as u8,
+        };
         bpf_loop(
-            MAX_RECORDS,
+            MAX_ROUNDS,
             walk_step as *const () as *mut c_void,
-            &mut w as *mut Walk as *mut c_void,
+            core::ptr::null_mut(),
             0,
-        )
-    };
-    // A record of all `len` bytes in the first round (so from the first
-    // segment), nothing left in the second: `seg_buf` went past them. Only
-    // values the verifier cannot know are tested here: a test of `seg`,
-    // which it knows for each round, keeps it from merging the loop's
-    // states and the program no longer passes.
-    (rounds == 2 && w.left == 0).then(|| (w.seg_buf - len, len))
+        );
+        (*w).records == 1
+    }
 }
 
-/// One record of a call; returns 1 to stop the loop.
-extern "C" fn walk_step(i: u64, ctx: *mut c_void) -> i64 {
-    let w = unsafe { &mut *(ctx as *mut Walk) };
-    if w.left == 0 {
+/// One segment of a call (or a piece of one); returns 1 to stop the loop.
+extern "C" fn walk_step(i: u64, _: *mut c_void) -> i64 {
+    let Some(w) = WALK.get_ptr_mut(0) else {
         return 1;
-    }
+    };
+    let w = unsafe { &mut *w };
     if w.seg_left == 0 {
+        if w.left == 0 {
+            flush(w);
+            return 1;
+        }
         if w.iov == 0 || w.seg >= w.iovcnt {
             // Fewer segments than bytes: keep the byte count honest.
-            emit(&mut w.v, w.pid_tgid, w.ts, w.direction, 0, w.left, 0);
+            flush(w);
+            untouched(w, w.left);
             return 1;
         }
         let Ok(seg) = (unsafe { bpf_probe_read_user((w.iov + 16 * w.seg) as *const [u64; 2]) })
         else {
             count(stat::READ_ERRORS);
+            flush(w);
+            untouched(w, w.left);
             return 1;
         };
         w.seg += 1;
@@ -443,28 +465,103 @@ extern "C" fn walk_step(i: u64, ctx: *mut c_void) -> i64 {
             return 0;
         }
     }
-    if i + 1 == MAX_RECORDS as u64 {
-        emit(&mut w.v, w.pid_tgid, w.ts, w.direction, 0, w.left, 0);
+    if i + 1 == MAX_ROUNDS as u64 {
+        flush(w);
+        untouched(w, w.left);
         return 1;
     }
-    let (n, limit) = if w.whole != 0 {
-        let piece = MAX_CAPTURE as u64;
-        (
-            if w.seg_left < piece {
-                w.seg_left
-            } else {
-                piece
-            },
-            piece,
-        )
+    let limit = if w.whole != 0 {
+        MAX_CAPTURE as u64
     } else {
-        (w.seg_left, capture_limit() as u64)
+        capture_limit() as u64
     };
-    emit(&mut w.v, w.pid_tgid, w.ts, w.direction, w.seg_buf, n, limit);
+    // A long segment, or one that does not fit after those gathered,
+    // starts the next record.
+    let long = w.seg_left > GATHER_MAX as u64;
+    if long || (w.whole == 0 && w.gathered + w.seg_left > limit) {
+        flush(w);
+    }
+    if long || w.seg_left > limit {
+        // Alone: a piece of at most the limit, or its prefix.
+        let n = if w.whole != 0 && w.seg_left > limit {
+            limit
+        } else {
+            w.seg_left
+        };
+        emit(&mut w.v, w.pid_tgid, w.ts, w.direction, w.seg_buf, n, limit);
+        w.records += 1;
+        consumed(w, n);
+        return 0;
+    }
+    gather(w, limit);
+    if w.gathered >= limit {
+        flush(w);
+    }
+    0
+}
+
+/// Appends what fits below `limit` of the current segment to the record
+/// being gathered. A segment that cannot be read leaves as a record of its
+/// length alone, after those gathered before it.
+#[inline(always)]
+fn gather(w: &mut Walk, limit: u64) {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let at = w.gathered as usize & CAPTURE_MASK;
+    let room = limit.saturating_sub(at as u64);
+    let n = if w.seg_left < room { w.seg_left } else { room };
+    if n == 0 || n as usize > GATHER_MAX {
+        return;
+    }
+    // SAFETY: `at` is below MAX_CAPTURE and `n` at most GATHER_MAX, which
+    // `data` holds.
+    let rc = unsafe {
+        read_user_raw(
+            (*s).data.as_mut_ptr().add(at).cast(),
+            n as u32,
+            w.seg_buf as *const _,
+        )
+    };
+    if rc == 0 {
+        w.gathered = at as u64 + n;
+    } else {
+        count(stat::READ_ERRORS);
+        flush(w);
+        untouched(w, n);
+    }
+    consumed(w, n);
+}
+
+/// Submits the record gathered so far, if any.
+#[inline(always)]
+fn flush(w: &mut Walk) {
+    let n = w.gathered;
+    if n == 0 || n as usize > MAX_CAPTURE {
+        return;
+    }
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    unsafe { (*s).hdr = header(&w.v, w.pid_tgid, w.ts, w.direction, n, n) };
+    w.v.conn_state = submit(&w.v, size_of::<DataHeader>() + n as usize);
+    w.gathered = 0;
+    w.records += 1;
+}
+
+/// `n` bytes of the call, reported by their length alone.
+#[inline(always)]
+fn untouched(w: &mut Walk, n: u64) {
+    emit(&mut w.v, w.pid_tgid, w.ts, w.direction, 0, n, 0);
+    w.records += 1;
+}
+
+/// `n` bytes of the current segment are in a record (or being gathered).
+#[inline(always)]
+fn consumed(w: &mut Walk, n: u64) {
     w.seg_buf += n;
     w.seg_left -= n;
     w.left -= n;
-    0
 }
 
 /// The first buffer of a call and the bytes it holds (None for sendfile).
@@ -520,7 +617,15 @@ fn stage(
             count(stat::READ_ERRORS);
         }
     }
-    s.hdr = DataHeader {
+    s.hdr = header(v, pid_tgid, ts, direction, len, captured as u64);
+    Some(size_of::<DataHeader>() + captured as usize)
+}
+
+/// The header of a data record of `len` bytes of `v`'s call, the first
+/// `captured` of them in its payload.
+#[inline(always)]
+fn header(v: &Inflight, pid_tgid: u64, ts: u64, direction: u8, len: u64, captured: u64) -> DataHeader {
+    DataHeader {
         kind: kind::DATA,
         direction,
         flags: v.data_flags
@@ -534,11 +639,10 @@ fn stage(
         pid_tgid,
         ts_ns: ts,
         total: len as u32,
-        captured,
+        captured: captured as u32,
         fd: v.fd,
         syscall: v.nr as u32,
-    };
-    Some(size_of::<DataHeader>() + captured as usize)
+    }
 }
 
 /// Whether the record in the capture scratch space carries at least `n`

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 pub use clew_common::Inflight;
 use clew_common::{
-    exe, CgroupSel, ConnInfo, ConnKey, DataHeader, TraceCtx, DEFAULT_RINGBUF_BYTES, MAX_CAPTURE,
+    exe, CgroupSel, ConnInfo, ConnKey, DataHeader, DEFAULT_RINGBUF_BYTES, MAX_CAPTURE,
     MAX_CGROUPS, MAX_CONNS, MAX_EXES, MAX_INFLIGHT, MAX_PIDS, MAX_TGID_PAGES, TGID_PAGE,
 };
 
@@ -186,13 +186,20 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(clew_common::
 #[map]
 static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Segments longer than this leave as records of their own instead of
+/// being gathered after others: it keeps `Scratch` within the 32 KiB a
+/// per-CPU map value may take.
+pub const GATHER_MAX: usize = MAX_CAPTURE - 64;
+
 /// A data record is assembled here before it is copied into the ring buffer
 /// with only its used length (a reservation would cost the full maximum).
-/// `data` has room for a SERVER span's context after a full payload.
+/// `data` holds a copy of up to `GATHER_MAX` bytes at any offset below the
+/// capture bound (a call's segments gathered one after another), and a
+/// SERVER span's context after a full payload.
 #[repr(C)]
 pub struct Scratch {
     pub hdr: DataHeader,
-    pub data: [u8; MAX_CAPTURE + core::mem::size_of::<TraceCtx>()],
+    pub data: [u8; MAX_CAPTURE + GATHER_MAX],
 }
 
 #[map]

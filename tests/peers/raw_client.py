@@ -2,6 +2,7 @@
 
 Subcommands: keepalive (many requests on one connection), pipeline (several
 requests in one write), split (headers and body in many small writes),
+segments (pipelined requests in one sendmsg of many iovec segments),
 garbage (non-HTTP bytes and a TLS ClientHello), session (one keep-alive
 connection, a request per path read from stdin), concurrent (many clients at
 once). Each exits non-zero when the server's answers are not what the test
@@ -101,6 +102,29 @@ def split(args):
     print(status)
 
 
+def segments(args):
+    """POST /echo with a body longer than the agent's capture limit, then GET
+    --paths, all pipelined in one sendmsg: the POST's head cut into 7-byte
+    segments, its body one segment, each GET head one more."""
+    rng = random.Random(11)
+    body = bytes(rng.choice(b"klmnopqrst") for _ in range(args.body_len))
+    head = request("POST", "/echo", args.port, f"Content-Length: {len(body)}\r\n").encode()
+    last = len(args.paths) - 1
+    gets = [
+        request("GET", p, args.port, "Connection: close\r\n" if i == last else "").encode()
+        for i, p in enumerate(args.paths)
+    ]
+    iov = [head[i : i + 7] for i in range(0, len(head), 7)] + [body] + gets
+    with connect(args.port) as s:
+        sent = s.sendmsg(iov)
+        if sent != sum(map(len, iov)):
+            sys.exit(f"sendmsg sent {sent} of {sum(map(len, iov))} bytes")
+        answers = read_responses(s, 1 + len(gets))
+    if answers[0] != (200, body):
+        sys.exit(f"POST /echo: status {answers[0][0]}, body echoed: {answers[0][1] == body}")
+    print(" ".join(str(status) for status, _ in answers[1:]))
+
+
 def client_hello():
     """A TLS 1.2 ClientHello record (random, one cipher suite, an SNI extension)."""
     sni = b"example.test"
@@ -188,6 +212,9 @@ def main():
     sp = sub.add_parser("split")
     sp.add_argument("--path", default="/echo")
     sp.add_argument("--body-len", type=int, default=1000)
+    sg = sub.add_parser("segments")
+    sg.add_argument("--body-len", type=int, default=6000)
+    sg.add_argument("--paths", nargs="+", required=True)
     sub.add_parser("garbage")
     sub.add_parser("session")
     c = sub.add_parser("concurrent")
@@ -195,13 +222,14 @@ def main():
     c.add_argument("--count", type=int, default=200)
     c.add_argument("--clients", type=int, default=8)
     c.add_argument("--status", type=int, default=200, help="status every answer must have")
-    for s in (k, pl, sp, c, sub.choices["garbage"], sub.choices["session"]):
+    for s in (k, pl, sp, sg, c, sub.choices["garbage"], sub.choices["session"]):
         s.add_argument("--port", type=int, required=True)
     args = p.parse_args()
     commands = {
         "keepalive": keepalive,
         "pipeline": pipeline,
         "split": split,
+        "segments": segments,
         "garbage": garbage,
         "session": session,
         "concurrent": concurrent,

@@ -1,7 +1,7 @@
 //! Connection handling: keep-alive, pipelining, requests split over writes, and non-HTTP bytes.
 
 use anyhow::{ensure, Context, Result};
-use clew_e2e::check::expect_count;
+use clew_e2e::check::{ensure_parent, expect_count};
 use clew_e2e::nginx::Nginx;
 use clew_e2e::peers::{curl_expect, raw_client, PyService, RAW_CLIENT};
 use clew_e2e::{Expect, Protocol, RecvSpan, Traced, SPAN_TIMEOUT};
@@ -104,6 +104,62 @@ fn request_split_over_many_writes() -> Result<()> {
             .context("waiting for the POST /echo SERVER span")?;
     expect_count(&spans, "POST /echo SERVER spans", 1, |s| e.matches(s))?;
     e.check(e.select(&spans)[0])?;
+    t.agent.ensure_healthy()?;
+    t.agent.stop()
+}
+
+/// One `sendmsg` of many segments: a POST whose head comes in 7-byte
+/// pieces and whose body is longer than the capture limit, then two GETs.
+/// The kernel gathers small segments into one record and gives the long
+/// one a record of its own; the client's three requests must still be
+/// told apart, each with its own CLIENT span, and the POST continues its
+/// trace in the server. (The server reads the GETs in the same read as the
+/// body's end, past its captured prefix: they have no SERVER span.)
+#[test]
+fn pipelined_requests_in_one_vectored_write() -> Result<()> {
+    let mut t = Traced::start("segments", Protocol::Grpc)?;
+    let svc = PyService::start(&t.cg, "backend", None)?;
+    let (a, b) = ("/work/segments-a", "/work/segments-b");
+    let statuses = raw_client(
+        &t.cg,
+        &[
+            "segments",
+            "--port",
+            &svc.port.to_string(),
+            "--body-len",
+            "6000",
+            "--paths",
+            a,
+            b,
+        ],
+    )?;
+    ensure!(statuses == "200 200", "backend answered {statuses:?}");
+
+    let client = |path, method| {
+        Expect::client(RAW_CLIENT, path, svc.port)
+            .method(method)
+            .user_agent("clew-e2e-raw")
+    };
+    let post = client("/echo", "POST");
+    let served = Expect::server("backend", "/echo", svc.port)
+        .method("POST")
+        .user_agent("clew-e2e-raw");
+    let expects = [
+        post.clone(),
+        client(a, "GET"),
+        client(b, "GET"),
+        served.clone(),
+    ];
+    let spans =
+        t.rx.wait_for(
+            |s| expects.iter().all(|e| !e.select(s).is_empty()),
+            SPAN_TIMEOUT,
+        )
+        .context("waiting for the three CLIENT spans and the POST's SERVER span")?;
+    for e in &expects {
+        e.one(&spans)?;
+    }
+    ensure_parent(served.one(&spans)?, post.one(&spans)?)?;
     t.agent.ensure_healthy()?;
     t.agent.stop()
 }
