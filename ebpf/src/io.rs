@@ -405,6 +405,23 @@ pub fn emit_call(
         Bytes::Buf(buf) => (0, 0, buf, len),
         Bytes::Iov(iov, n) => (iov, n, 0, 0),
     };
+    // One buffer, or one segment, that makes one record needs no walk.
+    let one = match iovcnt {
+        0 => Some(seg_buf),
+        1 => unsafe { bpf_probe_read_user(iov as *const u64) }.ok(),
+        _ => None,
+    };
+    if let Some(buf) = one {
+        if !whole || len <= MAX_CAPTURE as u64 {
+            let limit = if whole {
+                MAX_CAPTURE as u64
+            } else {
+                capture_limit() as u64
+            };
+            emit(&mut { *v }, pid_tgid, ts, direction, buf, len, limit);
+            return true;
+        }
+    }
     let Some(w) = WALK.get_ptr_mut(0) else {
         return false;
     };
