@@ -31,6 +31,8 @@ pub struct Row {
     pub rss_mib: Option<f64>,
     /// Summed over rounds, like `errors`.
     pub lost: Option<u64>,
+    /// Ring-buffer records the agent read per request.
+    pub records_per_req: Option<f64>,
     pub spans_per_req: Option<f64>,
     pub exported_pct: Option<f64>,
     pub errors: u64,
@@ -125,6 +127,10 @@ fn aggregate(scenario: Scenario, load: Load, mode: Mode, group: &[&Sample]) -> R
                 .filter_map(|s| s.agent.as_ref())
                 .map(|a| a.lost)
                 .sum()
+        }),
+        records_per_req: f(&|s| {
+            let a = s.agent.as_ref()?;
+            (s.requests > 0).then(|| a.events as f64 / s.requests as f64)
         }),
         spans_per_req: f(&|s| {
             let a = s.agent.as_ref()?;
@@ -237,9 +243,9 @@ pub fn markdown(header: &Header, rows: &[Row]) -> String {
     );
     md.push_str(
         "| scenario | load | mode | req/s | vs base | p50 µs | Δp50 µs | p99 µs | Δp99 µs \
-         | agent CPU ms/1k req | BPF ns/req | agent RSS MiB | lost events | spans/req | exported % | errors |\n",
+         | agent CPU ms/1k req | BPF ns/req | agent RSS MiB | lost events | records/req | spans/req | exported % | errors |\n",
     );
-    md.push_str("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+    md.push_str("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
     for r in rows {
         let errors = match r.late.filter(|&l| l > 0) {
             Some(late) => format!("{} ({late} late)", r.errors),
@@ -247,7 +253,7 @@ pub fn markdown(header: &Header, rows: &[Row]) -> String {
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.scenario,
             r.load,
             r.mode,
@@ -262,6 +268,7 @@ pub fn markdown(header: &Header, rows: &[Row]) -> String {
             opt(r.bpf_ns_per_req, 0),
             opt(r.rss_mib, 1),
             r.lost.map_or_else(|| "–".into(), |v| v.to_string()),
+            opt(r.records_per_req, 2),
             opt(r.spans_per_req, 2),
             opt(r.exported_pct, 1),
             errors
@@ -444,7 +451,8 @@ pub fn json(header: &Header, rows: &[Row], samples: &[Sample]) -> Value {
                 "bpf_programs": r.bpf_programs.iter().map(|(name, calls, ns)| json!({
                     "program": name, "calls_per_req": calls, "ns_per_call": ns,
                 })).collect::<Vec<_>>(),
-                "ringbuf_lost": r.lost, "spans_per_req": r.spans_per_req,
+                "ringbuf_lost": r.lost, "records_per_req": r.records_per_req,
+                "spans_per_req": r.spans_per_req,
                 "exported_pct": r.exported_pct, "errors": r.errors, "late_sends": r.late,
             })
         })
