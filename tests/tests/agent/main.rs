@@ -8,5 +8,6 @@
 mod config_file;
 mod probe;
 mod programs;
+mod records;
 mod start;
 mod synthetic;
