@@ -207,7 +207,7 @@ fn returned(ctx: &TracePointContext, pid_tgid: u64, v: Inflight) {
         return;
     }
 
-    let one_record = match v.nr {
+    let first = match v.nr {
         nr::READ | nr::RECVFROM => emit_call(&v, pid_tgid, ts, dir::INGRESS, Bytes::Buf(v.a1), len),
         nr::WRITE | nr::SENDTO => emit_call(&v, pid_tgid, ts, dir::EGRESS, Bytes::Buf(v.a1), len),
         nr::READV => emit_call(&v, pid_tgid, ts, dir::INGRESS, Bytes::Iov(v.a1, v.a2), len),
@@ -230,20 +230,18 @@ fn returned(ctx: &TracePointContext, pid_tgid: u64, v: Inflight) {
         // their length so the stream position stays right.
         nr::SENDFILE => {
             emit(&mut v, pid_tgid, ts, dir::EGRESS, 0, len, 0);
-            false
+            None
         }
-        _ => false,
+        _ => None,
     };
     if !observe::observed(&v) {
         return;
     }
-    // The call's one record starts with its first segment's bytes.
-    let record = if one_record {
-        Record::Copied
-    } else {
-        Record::Gone
+    let (first, record) = match first {
+        Some(f) => (Some(f), Record::Copied),
+        None => (first_segment(&v, len), Record::Gone),
     };
-    if let Some((buf, n)) = first_segment(&v, len) {
+    if let Some((buf, n)) = first {
         observe::dispatch(ctx, &OBSERVERS, &v, direction(v.nr), buf, n, ts, record);
     }
 }
@@ -368,6 +366,9 @@ struct Walk {
     gathered: u64,
     /// Records the call made so far.
     records: u64,
+    /// The call's first segment and its bytes.
+    first_buf: u64,
+    first_len: u64,
     direction: u8,
     /// Report every byte (in pieces of at most `MAX_CAPTURE`) instead of a
     /// prefix of each segment: framed protocols whose messages span many
@@ -388,9 +389,9 @@ static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
 /// Kafka connections, whose header blocks and batches may sit anywhere in
 /// a write and must all be read, report every byte, in records of at most
 /// `MAX_CAPTURE`. After `MAX_ROUNDS` segments, what is left is reported by
-/// length only, and the parser then knows bytes are missing. Returns
-/// whether the call made one record, which the capture scratch space then
-/// still holds.
+/// length only, and the parser then knows bytes are missing. Returns the
+/// call's first buffer and its bytes when the call made one record, which
+/// the capture scratch space then still holds (and which starts with them).
 #[inline(always)]
 pub fn emit_call(
     v: &Inflight,
@@ -399,7 +400,7 @@ pub fn emit_call(
     direction: u8,
     bytes: Bytes,
     len: u64,
-) -> bool {
+) -> Option<(u64, u64)> {
     let whole = matches!(connstate::proto(v.conn_state), proto::HTTP2 | proto::KAFKA);
     let (iov, iovcnt, seg_buf, seg_left) = match bytes {
         Bytes::Buf(buf) => (0, 0, buf, len),
@@ -419,12 +420,10 @@ pub fn emit_call(
                 capture_limit() as u64
             };
             emit(&mut { *v }, pid_tgid, ts, direction, buf, len, limit);
-            return true;
+            return Some((buf, len));
         }
     }
-    let Some(w) = WALK.get_ptr_mut(0) else {
-        return false;
-    };
+    let w = WALK.get_ptr_mut(0)?;
     unsafe {
         *w = Walk {
             v: *v,
@@ -438,6 +437,8 @@ pub fn emit_call(
             seg: 0,
             gathered: 0,
             records: 0,
+            first_buf: seg_buf,
+            first_len: seg_left,
             direction,
             whole: whole as u8,
         };
@@ -447,7 +448,7 @@ pub fn emit_call(
             core::ptr::null_mut(),
             0,
         );
-        (*w).records == 1
+        ((*w).records == 1).then(|| ((*w).first_buf, (*w).first_len))
     }
 }
 
@@ -475,9 +476,12 @@ extern "C" fn walk_step(i: u64, _: *mut c_void) -> i64 {
             untouched(w, w.left);
             return 1;
         };
-        w.seg += 1;
         w.seg_buf = seg[0];
         w.seg_left = if seg[1] < w.left { seg[1] } else { w.left };
+        if w.seg == 0 {
+            (w.first_buf, w.first_len) = (w.seg_buf, w.seg_left);
+        }
+        w.seg += 1;
         if w.seg_left == 0 {
             return 0;
         }

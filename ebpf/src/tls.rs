@@ -243,7 +243,7 @@ pub fn emit_plaintext<C: EbpfContext>(
         info.state = connstate::with_proto(info.state, p);
         v.conn_state = info.state;
     }
-    let record = if io::emit_call(&v, pid_tgid, ts, direction, io::Bytes::Buf(buf), len) {
+    let record = if io::emit_call(&v, pid_tgid, ts, direction, io::Bytes::Buf(buf), len).is_some() {
         Record::Copied
     } else {
         Record::Gone
