@@ -37,6 +37,7 @@ use crate::{
     },
     observe::{self, Record},
     tls, tp,
+    zero::zeroed,
 };
 
 const MSG_PEEK: u64 = 2;
@@ -402,15 +403,11 @@ pub fn emit_call(
     len: u64,
 ) -> Option<(u64, u64)> {
     let whole = matches!(connstate::proto(v.conn_state), proto::HTTP2 | proto::KAFKA);
-    let (iov, iovcnt, seg_buf, seg_left) = match bytes {
-        Bytes::Buf(buf) => (0, 0, buf, len),
-        Bytes::Iov(iov, n) => (iov, n, 0, 0),
-    };
     // One buffer, or one segment, that makes one record needs no walk.
-    let one = match iovcnt {
-        0 => Some(seg_buf),
-        1 => unsafe { bpf_probe_read_user(iov as *const u64) }.ok(),
-        _ => None,
+    let one = match bytes {
+        Bytes::Buf(buf) => Some(buf),
+        Bytes::Iov(iov, 1) => unsafe { bpf_probe_read_user(iov as *const u64) }.ok(),
+        Bytes::Iov(..) => None,
     };
     if let Some(buf) = one {
         if !whole || len <= MAX_CAPTURE as u64 {
@@ -424,6 +421,12 @@ pub fn emit_call(
         }
     }
     let w = WALK.get_ptr_mut(0)?;
+    // Zeros the compiler cannot see: it would merge neighbouring ones into
+    // a byte-at-a-time `memset` of the map value (see `zero`).
+    let (iov, iovcnt, seg_buf, seg_left) = match bytes {
+        Bytes::Buf(buf) => (zeroed(), zeroed(), buf, len),
+        Bytes::Iov(iov, n) => (iov, n, zeroed(), zeroed()),
+    };
     unsafe {
         *w = Walk {
             v: *v,
@@ -434,9 +437,9 @@ pub fn emit_call(
             seg_buf,
             seg_left,
             left: len,
-            seg: 0,
-            gathered: 0,
-            records: 0,
+            seg: zeroed(),
+            gathered: zeroed(),
+            records: zeroed(),
             first_buf: seg_buf,
             first_len: seg_left,
             direction,
