@@ -122,6 +122,9 @@ impl Pipeline {
             .selector
             .current_processes(&|pid| processes.pod_of(pid));
         for pid in current {
+            // Read while the process is surely there: one that was
+            // already running may end before its first span is built.
+            self.processes.resource(pid);
             self.learn_runtime(pid);
             self.learn_jvm(pid);
             self.adopt_existing(pid);
@@ -287,7 +290,9 @@ impl Pipeline {
 
     fn on_data(&mut self, d: capture::Data<'_>) {
         let Some(c) = self.conns.get_mut(d.conn_id) else {
-            // Opened before its open record was read, or evicted: adopt it.
+            // Opened before its open record was read, or evicted: adopt it,
+            // and read its process's resource while it may still be there.
+            self.processes.resource(d.tgid);
             let c = Conn::new(
                 d.tgid,
                 d.fd,
