@@ -411,12 +411,7 @@ pub fn emit_call(
     };
     if let Some(buf) = one {
         if !whole || len <= MAX_CAPTURE as u64 {
-            let limit = if whole {
-                MAX_CAPTURE as u64
-            } else {
-                capture_limit() as u64
-            };
-            emit(&mut { *v }, pid_tgid, ts, direction, buf, len, limit);
+            emit(&mut { *v }, pid_tgid, ts, direction, buf, len, record_limit(whole));
             return Some((buf, len));
         }
     }
@@ -452,6 +447,17 @@ pub fn emit_call(
             0,
         );
         ((*w).records == 1).then(|| ((*w).first_buf, (*w).first_len))
+    }
+}
+
+/// The bytes a record carries: all of them, up to `MAX_CAPTURE`, on a
+/// connection captured whole, else the capture limit's prefix.
+#[inline(always)]
+fn record_limit(whole: bool) -> u64 {
+    if whole {
+        MAX_CAPTURE as u64
+    } else {
+        capture_limit() as u64
     }
 }
 
@@ -494,11 +500,7 @@ extern "C" fn walk_step(i: u64, _: *mut c_void) -> i64 {
         untouched(w, w.left);
         return 1;
     }
-    let limit = if w.whole != 0 {
-        MAX_CAPTURE as u64
-    } else {
-        capture_limit() as u64
-    };
+    let limit = record_limit(w.whole != 0);
     // A long segment, or one that does not fit after those gathered,
     // starts the next record.
     let long = w.seg_left > GATHER_MAX as u64;

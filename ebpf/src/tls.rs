@@ -243,10 +243,9 @@ pub fn emit_plaintext<C: EbpfContext>(
         info.state = connstate::with_proto(info.state, p);
         v.conn_state = info.state;
     }
-    let record = if io::emit_call(&v, pid_tgid, ts, direction, io::Bytes::Buf(buf), len).is_some() {
-        Record::Copied
-    } else {
-        Record::Gone
+    let record = match io::emit_call(&v, pid_tgid, ts, direction, io::Bytes::Buf(buf), len) {
+        Some(_) => Record::Copied,
+        None => Record::Gone,
     };
     observe::dispatch(ctx, &TLS_OBSERVERS, &v, direction, buf, len, ts, record);
 }
