@@ -25,8 +25,7 @@ observe::observers!(observe_http1, observe_http1_tls);
 #[inline(always)]
 fn observe(s: &mut Staged) {
     if s.direction == dir::EGRESS {
-        let mut b = [0u8; 5];
-        if observe::copy_start(s, b.as_mut_ptr(), 5) && b == *b"HTTP/" {
+        if observe::starts_with(s, b"HTTP/") {
             context::server_response(s.v.conn_id, 0);
         }
         return;

@@ -680,6 +680,17 @@ pub fn scratch_holds(n: u32) -> bool {
         .is_some_and(|s| s.hdr.captured >= n && n as usize <= MAX_CAPTURE)
 }
 
+/// The first 8 payload bytes of the record in the capture scratch space,
+/// as a little-endian word, when it carries at least `n` of them: a load,
+/// where `copy_scratch` pays a helper call.
+#[inline(always)]
+pub fn scratch_word(n: u32) -> Option<u64> {
+    let s = SCRATCH.get_ptr(0)?;
+    const _: () = assert!(size_of::<DataHeader>() % 8 == 0);
+    // SAFETY: `data` follows the header, whose size keeps it 8-byte aligned.
+    unsafe { ((*s).hdr.captured >= n).then(|| core::ptr::read((*s).data.as_ptr() as *const u64)) }
+}
+
 /// Copies the first `n` payload bytes of the record in the capture
 /// scratch space to `dst`; returns whether it did.
 #[inline(always)]

@@ -8,7 +8,7 @@ use aya_ebpf::{
     helpers::generated::bpf_probe_read_user, macros::map, maps::PerCpuArray, maps::ProgramArray,
     EbpfContext,
 };
-use clew_common::{connstate, proto, role, Inflight, TraceCtx};
+use clew_common::{connstate, http1::le, proto, role, Inflight, TraceCtx};
 
 use crate::{context, http1, http2, io};
 
@@ -150,6 +150,20 @@ pub fn release(s: &Staged) {
         return;
     }
     io::submit_held(&s.v, s.decided != 0);
+}
+
+/// Whether the staged call starts with `prefix`, read from its record in
+/// the capture scratch space when that holds it, else from the process.
+#[inline(always)]
+pub fn starts_with(s: &Staged, prefix: &[u8; 5]) -> bool {
+    let mask = 0xff_ffff_ffff;
+    if s.record != Record::Gone {
+        if let Some(w) = io::scratch_word(5) {
+            return u64::from_le(w) & mask == le(prefix);
+        }
+    }
+    let mut b = [0u8; 5];
+    unsafe { bpf_probe_read_user(b.as_mut_ptr().cast(), 5, s.buf as *const _) == 0 && b == *prefix }
 }
 
 /// Copies the first `n` bytes of the staged call to `dst`: from its

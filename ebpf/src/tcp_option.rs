@@ -26,7 +26,7 @@ use aya_ebpf::{
         generated::{bpf_load_hdr_opt, bpf_reserve_hdr_opt, bpf_store_hdr_opt},
     },
     macros::map,
-    maps::LruHashMap,
+    maps::{Array, LruHashMap},
     programs::SockOpsContext,
 };
 use clew_common::{
@@ -107,6 +107,13 @@ static PEERS: LruHashMap<u64, PeerKey> = LruHashMap::with_max_entries(MAX_CONNS,
 #[map]
 static RECEIVED: LruHashMap<PeerKey, Wire> = LruHashMap::with_max_entries(MAX_CONNS, 0);
 
+/// Nonzero once a client endpoint has sent the option. Until then a
+/// request without `traceparent` (most of them, where no other Clew sends
+/// to this node) skips the two hash lookups that find its client's latest
+/// option. Never cleared: entries age out of `RECEIVED` unseen.
+#[map]
+static SEEN: Array<u32> = Array::with_max_entries(1, 0);
+
 /// TLS entry point: the next send of thread `pid_tgid` on a traced client
 /// socket carries `ctx` (the CLIENT span the caller decided and reports).
 pub fn offer(pid_tgid: u64, ctx: &TraceCtx) {
@@ -173,6 +180,12 @@ fn parse(ctx: &SockOpsContext) -> bool {
         return false;
     }
     let _ = RECEIVED.insert(&peer_of(ctx), &w, 0);
+    if let Some(seen) = SEEN.get_ptr_mut(0) {
+        // Written once: a store on every option would bounce the line.
+        if unsafe { *seen } == 0 {
+            unsafe { *seen = 1 };
+        }
+    }
     count(stat::TCP_OPT_READ);
     true
 }
@@ -225,7 +238,7 @@ pub fn closed(conn_id: u64) {
 /// The context the client of server connection `conn_id` sent last:
 /// (trace id, parent span id, sampled), like an incoming `traceparent`.
 pub fn received(conn_id: u64) -> Option<([u8; 16], [u8; 8], bool)> {
-    if !enabled() {
+    if !enabled() || SEEN.get(0).is_none_or(|seen| *seen == 0) {
         return None;
     }
     let peer = unsafe { PEERS.get(&conn_id) }?;
