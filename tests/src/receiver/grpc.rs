@@ -1,5 +1,6 @@
 //! OTLP/gRPC: tonic TraceService, MetricsService and LogsService that store what they are sent.
 
+use super::counting::CountingTraces;
 use super::{ingest, ingest_logs, ingest_metrics, note_encoding, Shared};
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
@@ -76,11 +77,15 @@ pub(super) async fn serve(
             Err(e) => return eprintln!("OTLP/gRPC receiver: bad TLS settings: {e}"),
         };
     }
+    // A benchmark's receiver counts spans without decoding them.
+    let counting = store.lock().unwrap().count_only;
+    let traces = (!counting).then(|| {
+        TraceServiceServer::new(Collector(store.clone()))
+            .accept_compressed(CompressionEncoding::Gzip)
+    });
     let result = builder
-        .add_service(
-            TraceServiceServer::new(Collector(store.clone()))
-                .accept_compressed(CompressionEncoding::Gzip),
-        )
+        .add_optional_service(traces)
+        .add_optional_service(counting.then(|| CountingTraces(store.clone())))
         .add_service(
             MetricsServiceServer::new(Collector(store.clone()))
                 .accept_compressed(CompressionEncoding::Gzip),

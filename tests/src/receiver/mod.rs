@@ -1,6 +1,7 @@
 //! A real OTLP receiver (gRPC or HTTP/protobuf) that collects spans,
 //! metrics and log records for assertions.
 
+mod counting;
 mod grpc;
 mod http;
 mod log;
@@ -73,22 +74,29 @@ pub(crate) struct Store {
 pub(crate) type Shared = Arc<Mutex<Store>>;
 
 pub(crate) fn ingest(store: &Shared, req: &ExportTraceServiceRequest) {
-    let mut s = store.lock().unwrap();
-    s.requests += 1;
-    s.accepted_at.push(Instant::now());
-    if s.count_only {
-        let n: usize = req
+    if store.lock().unwrap().count_only {
+        let n = req
             .resource_spans
             .iter()
             .flat_map(|r| &r.scope_spans)
             .map(|s| s.spans.len())
             .sum();
-        s.count += n as u64;
-    } else {
-        let spans = flatten(req);
-        s.count += spans.len() as u64;
-        s.spans.extend(spans);
+        return count(store, n);
     }
+    let spans = flatten(req);
+    let mut s = store.lock().unwrap();
+    s.requests += 1;
+    s.accepted_at.push(Instant::now());
+    s.count += spans.len() as u64;
+    s.spans.extend(spans);
+}
+
+/// An export of `n` spans, counted and not kept.
+pub(crate) fn count(store: &Shared, n: usize) {
+    let mut s = store.lock().unwrap();
+    s.requests += 1;
+    s.accepted_at.push(Instant::now());
+    s.count += n as u64;
 }
 
 pub(crate) fn ingest_metrics(store: &Shared, req: &ExportMetricsServiceRequest) {
