@@ -135,10 +135,19 @@ const TAKEN: u8 = 0;
 /// Records the call the current thread is entering.
 #[inline(always)]
 pub fn inflight_put(pid_tgid: u64, v: &Inflight) {
-    match INFLIGHT.get_ptr_mut(&pid_tgid) {
+    put(&INFLIGHT, &pid_tgid, v);
+}
+
+/// Writes `v` at `key`: over the entry in place when there is one, else
+/// inserted. For entries a thread rewrites on every call: an LRU insert
+/// takes a free node and links it, and a delete gives it back, several
+/// times the cost of the lookup.
+#[inline(always)]
+pub fn put<K, V: Copy>(map: &LruHashMap<K, V>, key: &K, v: &V) {
+    match map.get_ptr_mut(key) {
         Some(p) => unsafe { *p = *v },
         None => {
-            let _ = INFLIGHT.insert(&pid_tgid, v, 0);
+            let _ = map.insert(key, v, 0);
         }
     }
 }

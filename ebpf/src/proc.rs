@@ -108,6 +108,7 @@ pub fn proc_exit(_ctx: TracePointContext) -> u32 {
     let _ = PIDS.remove(&tid);
     inflight_forget(pid_tgid);
     context::thread_exit(pid_tgid);
+    crate::tls::thread_exit(pid_tgid);
     if tid == (pid_tgid >> 32) as u32 {
         emit(
             kind::PROC_EXIT,

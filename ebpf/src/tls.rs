@@ -32,7 +32,7 @@ use clew_common::{
 
 use crate::{
     io,
-    maps::{count, now, CONNS},
+    maps::{count, now, put, CONNS},
     observe::{self, Record},
     select::current_selected,
 };
@@ -47,7 +47,10 @@ pub struct TlsCall {
     out: u64,
     write: u8,
     ex: u8,
-    _pad: [u8; 6],
+    /// 0 once the call returned: the entry stays, to be written over by
+    /// the thread's next call (see `maps::put`).
+    live: u8,
+    _pad: [u8; 5],
 }
 
 #[repr(C)]
@@ -58,8 +61,16 @@ struct SslKey {
     ssl: u64,
 }
 
+/// Eviction: `proc_exit` deletes a thread's entry when it exits; LRU
+/// covers threads whose exit was missed.
 #[map]
 static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+/// Thread `pid_tgid` exited: its entries can go.
+pub fn thread_exit(pid_tgid: u64) {
+    let _ = TLS_CALLS.remove(&pid_tgid);
+    let _ = TLS_LAST_READ.remove(&pid_tgid);
+}
 
 /// The TLS socket each thread last read ciphertext from outside an SSL
 /// call (memory BIOs), by pid_tgid.
@@ -141,10 +152,18 @@ fn enter(ctx: &ProbeContext, write: bool, ex: bool) -> u32 {
         },
         write: write as u8,
         ex: ex as u8,
-        _pad: [0; 6],
+        live: 1,
+        _pad: [0; 5],
     };
-    let _ = TLS_CALLS.insert(&pid_tgid, &call, 0);
+    put(&TLS_CALLS, &pid_tgid, &call);
     0
+}
+
+/// The SSL call thread `pid_tgid` is in, if any.
+#[inline(always)]
+fn in_call(pid_tgid: u64) -> Option<*mut TlsCall> {
+    let call = TLS_CALLS.get_ptr_mut(&pid_tgid)?;
+    (unsafe { (*call).live } != 0).then_some(call)
 }
 
 /// The protocol of the plaintext an `SSL` writes, as far as its socket
@@ -162,10 +181,13 @@ pub fn request_proto(tgid: u32, fd: Option<u32>) -> Option<u8> {
 #[uretprobe]
 pub fn ssl_exit(ctx: RetProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else {
+    let Some(call) = in_call(pid_tgid) else {
         return 0;
     };
-    let _ = TLS_CALLS.remove(&pid_tgid);
+    let call = unsafe {
+        (*call).live = 0;
+        *call
+    };
     // Both forms return an int: > 0 bytes, or > 0 (1) with the count in
     // *out (the internal functions behind the `_ex` forms, too).
     let rc = ctx.ret::<u64>() as i32;
@@ -256,14 +278,14 @@ pub fn emit_plaintext<C: EbpfContext>(
 /// must not be captured).
 #[inline(always)]
 pub fn bind_socket(pid_tgid: u64, fd: u32, conn_state: u8) -> bool {
-    let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }) else {
+    let Some(call) = in_call(pid_tgid) else {
         return false;
     };
     let tgid = (pid_tgid >> 32) as u32;
     let key = SslKey {
         tgid,
         _pad: 0,
-        ssl: call.ssl,
+        ssl: unsafe { (*call).ssl },
     };
     // Every call after the first on a connection: the binding is already
     // there, and a lookup costs less than rewriting it and the socket's
@@ -299,6 +321,6 @@ pub fn ciphertext(pid_tgid: u64, v: &Inflight, ret: i64) {
         && v.conn_state & connstate::SSL_BOUND == 0
         && matches!(v.nr, nr::READ | nr::READV | nr::RECVFROM | nr::RECVMSG)
     {
-        let _ = TLS_LAST_READ.insert(&pid_tgid, &v.fd, 0);
+        put(&TLS_LAST_READ, &pid_tgid, &v.fd);
     }
 }
