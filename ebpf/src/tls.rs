@@ -45,12 +45,16 @@ pub struct TlsCall {
     buf: u64,
     /// `size_t *` out-parameter of the `_ex` forms (0 for the int forms).
     out: u64,
+    /// The socket the `SSL` runs over (when `bound`): as the entry found
+    /// it, or as the call's own socket I/O set it (`bind_socket`). The
+    /// return then needs no lookup of `TLS_FDS`.
+    fd: u32,
+    bound: u8,
     write: u8,
     ex: u8,
     /// 0 once the call returned: the entry stays, to be written over by
     /// the thread's next call (see `maps::put`).
     live: u8,
-    _pad: [u8; 5],
 }
 
 #[repr(C)]
@@ -150,10 +154,11 @@ fn enter(ctx: &ProbeContext, write: bool, ex: bool) -> u32 {
         } else {
             0
         },
+        fd: fd.unwrap_or(0),
+        bound: fd.is_some() as u8,
         write: write as u8,
         ex: ex as u8,
         live: 1,
-        _pad: [0; 5],
     };
     put(&TLS_CALLS, &pid_tgid, &call);
     0
@@ -207,17 +212,11 @@ pub fn ssl_exit(ctx: RetProbeContext) -> u32 {
     } else {
         return 0;
     };
-    let tgid = (pid_tgid >> 32) as u32;
-    let key = SslKey {
-        tgid,
-        _pad: 0,
-        ssl: call.ssl,
-    };
-    let Some(fd) = (unsafe { TLS_FDS.get(&key) }).copied() else {
+    if call.bound == 0 {
         count(stat::TLS_UNBOUND);
         return 0;
-    };
-    emit_plaintext(&ctx, pid_tgid, fd, call.write != 0, call.buf, len);
+    }
+    emit_plaintext(&ctx, pid_tgid, call.fd, call.write != 0, call.buf, len);
     0
 }
 
@@ -281,20 +280,22 @@ pub fn bind_socket(pid_tgid: u64, fd: u32, conn_state: u8) -> bool {
     let Some(call) = in_call(pid_tgid) else {
         return false;
     };
+    let call = unsafe { &mut *call };
+    // Every call after the first on a connection: the binding is already
+    // there, and rewriting it and the socket's state costs more than
+    // knowing so.
+    if conn_state & connstate::SSL_BOUND != 0 && call.bound != 0 && call.fd == fd {
+        return true;
+    }
     let tgid = (pid_tgid >> 32) as u32;
     let key = SslKey {
         tgid,
         _pad: 0,
-        ssl: unsafe { (*call).ssl },
+        ssl: call.ssl,
     };
-    // Every call after the first on a connection: the binding is already
-    // there, and a lookup costs less than rewriting it and the socket's
-    // state.
-    if conn_state & connstate::SSL_BOUND != 0 && unsafe { TLS_FDS.get(&key) } == Some(&fd) {
-        return true;
-    }
     let _ = TLS_FDS.insert(&key, &fd, 0);
     claim(tgid, fd, true);
+    (call.fd, call.bound) = (fd, 1);
     true
 }
 
