@@ -14,3 +14,6 @@ pub use head::{Known, RequestHead, ResponseHead, MAX_HEADERS, MAX_HEADER_VALUE};
 pub use parse::ParseError;
 pub use session::{Exchange, Session};
 pub use spans::{measure, to_span};
+
+#[cfg(test)]
+mod tests;
