@@ -1,8 +1,11 @@
 //! HTTP/1.x message heads: httparse-backed parsing and the body framing they imply.
 
+use std::mem::MaybeUninit;
+
 #[cfg(test)]
 use super::head::{Known, MAX_HEADERS, MAX_HEADER_VALUE};
 use super::head::{RequestHead, ResponseHead};
+
 /// Longest method a request line may start with; real ones are far shorter.
 const MAX_METHOD: usize = 24;
 /// What an HTTP/2 connection opens with: a valid-looking request line we must not take.
@@ -155,8 +158,8 @@ pub(super) fn is_status_line(line: &[u8]) -> bool {
 /// Parses a complete request head (ending with its empty line).
 pub(super) fn parse_request(buf: &[u8]) -> Result<(RequestHead, Framing), ParseError> {
     with_header_slots(buf, |slots| {
-        let mut req = httparse::Request::new(slots);
-        complete(config().parse_request(&mut req, buf))?;
+        let mut req = httparse::Request::new(&mut []);
+        complete(config().parse_request_with_uninit_headers(&mut req, buf, slots))?;
         let head = RequestHead::new(
             req.method.unwrap_or_default(),
             req.path.unwrap_or_default(),
@@ -170,8 +173,8 @@ pub(super) fn parse_request(buf: &[u8]) -> Result<(RequestHead, Framing), ParseE
 /// Parses a complete response head (ending with its empty line).
 pub(super) fn parse_response(buf: &[u8]) -> Result<(ResponseHead, Framing), ParseError> {
     with_header_slots(buf, |slots| {
-        let mut res = httparse::Response::new(slots);
-        complete(config().parse_response(&mut res, buf))?;
+        let mut res = httparse::Response::new(&mut []);
+        complete(config().parse_response_with_uninit_headers(&mut res, buf, slots))?;
         let head = ResponseHead::new(
             res.code.unwrap_or_default(),
             res.version.unwrap_or_default(),
@@ -197,17 +200,23 @@ fn config() -> httparse::ParserConfig {
 /// Header slots on the stack, for heads of up to this many headers (most heads).
 const STACK_SLOTS: usize = 32;
 
+/// A header slot httparse fills.
+type Slot<'b> = MaybeUninit<httparse::Header<'b>>;
+
 /// Runs `parse` with header slots on the stack, and when they are too few,
 /// with one per line of `buf`, which is always enough. Lines are counted
 /// only then: counting them cost more than parsing most heads' headers.
+/// The slots are left uninitialised, httparse writing those it fills:
+/// setting all of them first cost as much as a short head's headers.
 fn with_header_slots<'b, T>(
     buf: &'b [u8],
-    parse: impl Fn(&mut [httparse::Header<'b>]) -> Result<T, ParseError>,
+    parse: impl Fn(&mut [Slot<'b>]) -> Result<T, ParseError>,
 ) -> Result<T, ParseError> {
-    match parse(&mut [httparse::EMPTY_HEADER; STACK_SLOTS]) {
+    match parse(&mut [const { MaybeUninit::uninit() }; STACK_SLOTS]) {
         Err(ParseError::BadHead(httparse::Error::TooManyHeaders)) => {
             let lines = memchr::memchr_iter(b'\n', buf).count();
-            parse(&mut vec![httparse::EMPTY_HEADER; lines])
+            let mut slots = Vec::with_capacity(lines);
+            parse(slots.spare_capacity_mut())
         }
         parsed => parsed,
     }
