@@ -242,10 +242,12 @@ impl Decoder {
         out: &mut Vec<Frame>,
     ) -> &'a [u8] {
         if head.buf.is_empty() && self.sniff(input) != Sniff::No {
-            // The usual case, a whole head in one syscall: parsed in place.
-            if let Some(end) = find_head_end(input, 0).filter(|&end| end <= MAX_HEAD) {
-                self.complete_head(&input[..end], head.ts, ts, out);
-                return &input[end..];
+            // The usual case, a whole head in one syscall: parsed in place,
+            // httparse finding where it ends (looking for the empty line
+            // first cost a memchr per line). A head cut short, too large
+            // or malformed takes the buffered path, which reports it.
+            if let Ok(Some(len)) = self.emit_head(input, head.ts, ts, out) {
+                return &input[len..];
             }
         }
         let old = head.buf.len();
@@ -257,7 +259,13 @@ impl Decoder {
         }
         match find_head_end(&head.buf, head.scanned) {
             Some(end) => {
-                self.complete_head(&head.buf[..end], head.ts, ts, out);
+                // The buffer ends with an empty line, so wanting more means
+                // line endings are broken.
+                let incomplete = ParseError::BadHead(httparse::Error::NewLine);
+                let emitted = self.emit_head(&head.buf[..end], head.ts, ts, out);
+                if let Err(e) = emitted.and_then(|len| len.ok_or(incomplete)) {
+                    self.fail_head(e, out);
+                }
                 &input[end - old..]
             }
             None if head.buf.len() == MAX_HEAD => {
@@ -272,20 +280,37 @@ impl Decoder {
         }
     }
 
-    /// `head_ts` stamps the head, `ts` (the chunk holding its last byte) an empty body's End.
-    fn complete_head(&mut self, buf: &[u8], head_ts: u64, ts: u64, out: &mut Vec<Frame>) {
-        let parsed = match self.side {
-            Side::Requests => parse::parse_request(buf)
-                .map(|(head, framing)| self.request(head, framing, head_ts, out)),
-            Side::Responses => parse::parse_response(buf)
-                .map(|(head, framing)| self.response(head, framing, head_ts, out)),
+    /// Parses the head `buf` starts with and emits it; its length, or
+    /// `None` when `buf` ends first or the head is longer than
+    /// [`MAX_HEAD`]. Nothing is emitted unless it returns a length.
+    /// `head_ts` stamps the head, `ts` (the chunk holding its last byte)
+    /// an empty body's End.
+    fn emit_head(
+        &mut self,
+        buf: &[u8],
+        head_ts: u64,
+        ts: u64,
+        out: &mut Vec<Frame>,
+    ) -> Result<Option<usize>, ParseError> {
+        let (body, len) = match self.side {
+            Side::Requests => match parse::parse_request(buf)? {
+                Some(p) if p.len <= MAX_HEAD => {
+                    (self.request(p.head, p.framing, head_ts, out), p.len)
+                }
+                _ => return Ok(None),
+            },
+            Side::Responses => match parse::parse_response(buf)? {
+                Some(p) if p.len <= MAX_HEAD => {
+                    (self.response(p.head, p.framing, head_ts, out), p.len)
+                }
+                _ => return Ok(None),
+            },
         };
-        match parsed {
-            Ok(Some(body)) => self.begin_body(body, ts, out),
-            // An interim response: the final one is still to come.
-            Ok(None) => {}
-            Err(e) => self.fail_head(e, out),
+        // None: an interim response, the final one still to come.
+        if let Some(body) = body {
+            self.begin_body(body, ts, out);
         }
+        Ok(Some(len))
     }
 
     fn request(
@@ -554,6 +579,61 @@ mod tests {
     const GET: &str = "GET /a HTTP/1.1\r\nHost: h\r\n\r\n";
     const OK_EMPTY: &str = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
     const CHUNKED_HEAD: &str = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+    /// A whole head in one chunk ends where httparse says, a buffered one
+    /// at its first empty line: both must agree, or a head would be cut
+    /// differently depending on how it was read.
+    #[test]
+    fn httparse_ends_a_head_at_its_first_empty_line() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let pieces: [&[u8]; 12] = [
+            b"X-A",
+            b": ",
+            b"v",
+            b"\r\n",
+            b"\n",
+            b"\r",
+            b" ",
+            b"\t",
+            b":",
+            b"\xc3\xa9",
+            b"\0",
+            b"Host: h\r\n",
+        ];
+        let mut agreed = 0;
+        for i in 0..20_000 {
+            let mut head = if i % 2 == 0 {
+                b"GET / HTTP/1.1\r\n".to_vec()
+            } else {
+                b"HTTP/1.1 200 OK\r\n".to_vec()
+            };
+            for _ in 0..next() % 12 {
+                head.extend_from_slice(pieces[(next() % 12) as usize]);
+            }
+            head.extend_from_slice(b"\r\n\r\nbody\r\n\r\n");
+            let len = if i % 2 == 0 {
+                parse::parse_request(&head).map(|p| p.map(|p| p.len))
+            } else {
+                parse::parse_response(&head).map(|p| p.map(|p| p.len))
+            };
+            if let Ok(Some(len)) = len {
+                assert_eq!(
+                    Some(len),
+                    find_head_end(&head, 0),
+                    "{:?}",
+                    head.escape_ascii()
+                );
+                agreed += 1;
+            }
+        }
+        assert!(agreed > 1_000, "{agreed} heads parsed");
+    }
 
     #[test]
     fn request_without_body_ends_with_its_head() {

@@ -155,32 +155,49 @@ pub(super) fn is_status_line(line: &[u8]) -> bool {
     }
 }
 
-/// Parses a complete request head (ending with its empty line).
-pub(super) fn parse_request(buf: &[u8]) -> Result<(RequestHead, Framing), ParseError> {
+/// A message head, and where it ends.
+#[derive(Debug)]
+pub(super) struct Parsed<H> {
+    pub head: H,
+    pub framing: Framing,
+    /// Its length, the empty line ending it included.
+    pub len: usize,
+}
+
+/// Parses the request head `buf` starts with; `None` when `buf` ends first.
+pub(super) fn parse_request(buf: &[u8]) -> Result<Option<Parsed<RequestHead>>, ParseError> {
     with_header_slots(buf, |slots| {
         let mut req = httparse::Request::new(&mut []);
-        complete(config().parse_request_with_uninit_headers(&mut req, buf, slots))?;
+        let status = config().parse_request_with_uninit_headers(&mut req, buf, slots);
+        let Some(len) = complete(status)? else {
+            return Ok(None);
+        };
         let head = RequestHead::new(
             req.method.unwrap_or_default(),
             req.path.unwrap_or_default(),
             req.version.unwrap_or_default(),
             req.headers,
         );
-        Ok((head, Framing::of(req.headers)))
+        let framing = Framing::of(req.headers);
+        Ok(Some(Parsed { head, framing, len }))
     })
 }
 
-/// Parses a complete response head (ending with its empty line).
-pub(super) fn parse_response(buf: &[u8]) -> Result<(ResponseHead, Framing), ParseError> {
+/// Parses the response head `buf` starts with; `None` when `buf` ends first.
+pub(super) fn parse_response(buf: &[u8]) -> Result<Option<Parsed<ResponseHead>>, ParseError> {
     with_header_slots(buf, |slots| {
         let mut res = httparse::Response::new(&mut []);
-        complete(config().parse_response_with_uninit_headers(&mut res, buf, slots))?;
+        let status = config().parse_response_with_uninit_headers(&mut res, buf, slots);
+        let Some(len) = complete(status)? else {
+            return Ok(None);
+        };
         let head = ResponseHead::new(
             res.code.unwrap_or_default(),
             res.version.unwrap_or_default(),
             res.headers,
         );
-        Ok((head, Framing::of(res.headers)))
+        let framing = Framing::of(res.headers);
+        Ok(Some(Parsed { head, framing, len }))
     })
 }
 
@@ -222,11 +239,11 @@ fn with_header_slots<'b, T>(
     }
 }
 
-fn complete(status: httparse::Result<usize>) -> Result<(), ParseError> {
+/// The head's length; `None` when the buffer ends first.
+fn complete(status: httparse::Result<usize>) -> Result<Option<usize>, ParseError> {
     match status {
-        Ok(httparse::Status::Complete(_)) => Ok(()),
-        // The buffer ends with an empty line, so wanting more means line endings are broken.
-        Ok(httparse::Status::Partial) => Err(ParseError::BadHead(httparse::Error::NewLine)),
+        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
+        Ok(httparse::Status::Partial) => Ok(None),
         Err(e) => Err(ParseError::BadHead(e)),
     }
 }
@@ -285,11 +302,15 @@ mod tests {
     use super::*;
 
     fn request(head: &str) -> (RequestHead, Framing) {
-        parse_request(head.as_bytes()).expect("valid request head")
+        let parsed = parse_request(head.as_bytes()).expect("valid request head");
+        let parsed = parsed.expect("whole head");
+        (parsed.head, parsed.framing)
     }
 
     fn response(head: &str) -> (ResponseHead, Framing) {
-        parse_response(head.as_bytes()).expect("valid response head")
+        let parsed = parse_response(head.as_bytes()).expect("valid response head");
+        let parsed = parsed.expect("whole head");
+        (parsed.head, parsed.framing)
     }
 
     fn target(t: &str) -> RequestHead {
