@@ -49,9 +49,13 @@ impl Writer {
     /// when its length takes another number.
     #[inline]
     pub(super) fn message_sized(&mut self, tag: u32, width: usize, body: impl FnOnce(&mut Writer)) {
-        self.key(tag, WireType::LengthDelimited);
-        let at = self.buf.len();
-        self.buf.extend_from_slice(&[0; 10][..width]);
+        if width == 1 {
+            self.key_and(tag, WireType::LengthDelimited, 0);
+        } else {
+            self.key(tag, WireType::LengthDelimited);
+            self.buf.extend_from_slice(&[0; 10][..width]);
+        }
+        let at = self.buf.len() - width;
         body(self);
         let len = self.buf.len() - at - width;
         if width == 1 && len < 0x80 {
@@ -69,8 +73,7 @@ impl Writer {
     /// A `bytes` or `string` field, written even when empty (`oneof` members).
     #[inline]
     pub(super) fn bytes(&mut self, tag: u32, bytes: &[u8]) {
-        self.key(tag, WireType::LengthDelimited);
-        self.varint(bytes.len() as u64);
+        self.key_and(tag, WireType::LengthDelimited, bytes.len() as u64);
         self.buf.extend_from_slice(bytes);
     }
 
@@ -84,8 +87,7 @@ impl Writer {
 
     /// A varint-typed field (`int64`, `bool`, enums), written even when zero.
     pub(super) fn varint_field(&mut self, tag: u32, value: u64) {
-        self.key(tag, WireType::Varint);
-        self.varint(value);
+        self.key_and(tag, WireType::Varint, value);
     }
 
     pub(super) fn fixed32_if_set(&mut self, tag: u32, value: u32) {
@@ -99,6 +101,20 @@ impl Writer {
         if value != 0 {
             self.key(tag, WireType::SixtyFourBit);
             self.buf.extend_from_slice(&value.to_le_bytes());
+        }
+    }
+
+    /// A key and the varint after it (a length, a value). Both nearly
+    /// always take a byte, and are then written at once: byte by byte,
+    /// every write checked the capacity and stored the length again.
+    #[inline]
+    fn key_and(&mut self, tag: u32, wire_type: WireType, value: u64) {
+        let key = u64::from(tag << 3 | wire_type as u32);
+        if key < 0x80 && value < 0x80 {
+            self.buf.extend_from_slice(&[key as u8, value as u8]);
+        } else {
+            self.varint(key);
+            self.varint(value);
         }
     }
 
