@@ -59,7 +59,7 @@ pub(super) fn by_resource<T>(
 /// The `Resource` message's fields.
 pub(super) fn resource(w: &mut Writer, resource: &Resource) {
     for (key, value) in &resource.attributes {
-        w.message(1, |w| key_value(w, key, value));
+        attribute(w, 1, key, value);
     }
 }
 
@@ -97,7 +97,7 @@ fn span(w: &mut Writer, s: &Span) {
     w.fixed64_if_set(7, s.start_ns);
     w.fixed64_if_set(8, s.end_ns);
     for (key, value) in &s.attributes {
-        w.message(9, |w| key_value(w, key, value));
+        attribute(w, 9, key, value);
     }
     if let Some(l) = &s.link {
         w.message(13, |w| {
@@ -132,16 +132,16 @@ fn flags(span: &Span) -> u32 {
     sampled | SpanFlags::ContextHasIsRemoteMask as u32 | remote
 }
 
-/// `KeyValue` with its `AnyValue`, whose `oneof` member is written even when
-/// it holds the default.
-pub(super) fn key_value(w: &mut Writer, key: &str, value: &AttrValue) {
-    w.bytes_if_set(1, key.as_bytes());
-    w.message(2, |w| match value {
-        AttrValue::Str(s) => w.bytes(1, s.as_bytes()),
-        AttrValue::Bool(b) => w.varint_field(2, u64::from(*b)),
+/// Field `tag` holding a `KeyValue` with its `AnyValue`, whose `oneof`
+/// member is written even when it holds the default.
+pub(super) fn attribute(w: &mut Writer, tag: u32, key: &str, value: &AttrValue) {
+    let key = key.as_bytes();
+    match value {
+        AttrValue::Str(s) => w.named_bytes(tag, key, 1, s.as_bytes()),
+        AttrValue::Bool(b) => w.named_varint(tag, key, 2, u64::from(*b)),
         // int64: negatives are sign-extended to ten bytes, as prost does.
-        AttrValue::Int(i) => w.varint_field(3, *i as u64),
-    });
+        AttrValue::Int(i) => w.named_varint(tag, key, 3, *i as u64),
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! prost writes them), sharing the resource, scope and attribute encoding
 //! with spans (`otlp`).
 
-use super::otlp::{by_resource, key_value, resource, scope};
+use super::otlp::{attribute, by_resource, resource, scope};
 use super::proto::Writer;
 use crate::logs::LogRecord;
 use crate::span::Resource;
@@ -40,7 +40,7 @@ fn record(w: &mut Writer, l: &LogRecord) {
     // The body is always there, even empty: `AnyValue`'s `oneof` string.
     w.message(5, |w| w.bytes(1, l.body.as_bytes()));
     for (key, value) in &l.attributes {
-        w.message(6, |w| key_value(w, key, value));
+        attribute(w, 6, key, value);
     }
     // W3C trace flags: whether the span the record names was sampled
     // (and so exported).
