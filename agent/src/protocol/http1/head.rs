@@ -201,7 +201,8 @@ impl RequestHead {
         minor_version: u8,
         headers: &[httparse::Header<'_>],
     ) -> Self {
-        let query_at = target.bytes().position(|b| b == b'?');
+        // memchr: a byte-by-byte search took a loop turn per byte of the path.
+        let query_at = memchr::memchr(b'?', target.as_bytes());
         let (path, query) = target.split_at(query_at.unwrap_or(target.len()));
         let (strings, located) = keep(&[method, path, query], headers);
         RequestHead {
