@@ -32,7 +32,7 @@ use clew_common::{
 
 use crate::{
     io,
-    maps::{count, now, put, CONNS},
+    maps::{count, may_have_conns, now, put, CONNS},
     observe::{self, Record},
     select::current_selected,
 };
@@ -123,14 +123,17 @@ pub fn ssl_free_enter(ctx: ProbeContext) -> u32 {
 #[inline(always)]
 fn enter(ctx: &ProbeContext, write: bool, ex: bool) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // The probes fire in every process mapping the library.
-    if !current_selected((pid_tgid >> 32) as u32) {
+    // The probes fire in every process mapping the library. One with no
+    // tracked connection has no socket whose plaintext could be reported:
+    // it leaves on an array lookup, before the selection's hash lookup
+    // and cgroup walk.
+    let tgid = (pid_tgid >> 32) as u32;
+    if !may_have_conns(tgid) || !current_selected(tgid) {
         return 0;
     }
     let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
         return 0;
     };
-    let tgid = (pid_tgid >> 32) as u32;
     let key = SslKey { tgid, _pad: 0, ssl };
     let mut fd = unsafe { TLS_FDS.get(&key) }.copied();
     if fd.is_none() {
