@@ -152,18 +152,17 @@ pub fn release(s: &Staged) {
     io::submit_held(&s.v, s.decided != 0);
 }
 
-/// Whether the staged call starts with `prefix`, read from its record in
-/// the capture scratch space when that holds it, else from the process.
+/// Whether the staged call starts with `prefix`: a load from its record
+/// in the capture scratch space when that holds it, else `copy_start`.
 #[inline(always)]
 pub fn starts_with(s: &Staged, prefix: &[u8; 5]) -> bool {
-    let mask = 0xff_ffff_ffff;
     if s.record != Record::Gone {
         if let Some(w) = io::scratch_word(5) {
-            return u64::from_le(w) & mask == le(prefix);
+            return u64::from_le(w) & 0xff_ffff_ffff == le(prefix);
         }
     }
     let mut b = [0u8; 5];
-    unsafe { bpf_probe_read_user(b.as_mut_ptr().cast(), 5, s.buf as *const _) == 0 && b == *prefix }
+    copy_start(s, b.as_mut_ptr(), 5) && b == *prefix
 }
 
 /// Copies the first `n` bytes of the staged call to `dst`: from its
